@@ -1,0 +1,34 @@
+# One task runner; CI (.ci/run) calls these targets.
+PY ?= .venv/bin/python
+VENV ?= .venv
+
+.PHONY: install demo test test-unit test-integration lint types bench lock
+install:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.lock
+	$(VENV)/bin/pip install -q --no-deps -e .
+
+demo:
+	$(VENV)/bin/flowwarden demo
+
+test:
+	$(PY) -m pytest -q tests
+
+test-unit:
+	$(PY) -m pytest -q tests/unit
+
+test-integration:
+	$(PY) -m pytest -q -m "integration or e2e" tests
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+types:
+	$(VENV)/bin/mypy flowwarden collectors pipeline models enforcement simulator dashboards
+
+bench:
+	$(PY) benchmarks/run_all.py
+
+lock:
+	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^flowwarden' > requirements.lock

@@ -1,0 +1,1 @@
+"""flowwarden collectors stage."""

@@ -1,0 +1,393 @@
+"""The records every stage exchanges: one definition each.
+
+* ``Flow``: a batch of flows is a :class:`pandas.DataFrame` whose columns and dtypes are
+  exactly :data:`FLOW_SCHEMA`. :func:`empty_flows` and :func:`conform_flows` build such a
+  frame; :func:`validate_flows` checks one (raising :class:`RecordError` naming the field);
+  :func:`split_invalid_flows` separates the bad rows of a batch with their reason so that
+  they can go to the dead-letter topic while the good rows go on.
+* ``Alert`` and ``Decision``: pydantic models, validated on construction and serialised
+  as JSON on the bus and in the store.
+
+Counters of an interim flow record (``final=False``) are *deltas* since the previous
+record of the same flow, so summing any field over records gives the conversation's total.
+Timestamps in flow batches are float seconds since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from flowwarden.errors import RecordError
+
+# --------------------------------------------------------------------------- flows
+
+STR = "str"  # pandas' string dtype; missing text is "" (never NaN), so groupby keeps it
+
+FLOW_SCHEMA: dict[str, str] = {
+    "ts_start": "float64",
+    "ts_end": "float64",
+    "node": STR,
+    "src_ip": STR,
+    "src_port": "int32",
+    "dst_ip": STR,
+    "dst_port": "int32",
+    "proto": "int16",
+    "bytes_out": "int64",
+    "bytes_in": "int64",
+    "pkts_out": "int64",
+    "pkts_in": "int64",
+    "tcp_flags": "int16",
+    "state": STR,
+    "dns_qname": STR,
+    "dns_rcode": "int16",
+    "server_name": STR,
+    "final": "bool",
+    "direction": STR,
+    "src_namespace": STR,
+    "src_pod": STR,
+    "src_workload": STR,
+    "dst_namespace": STR,
+    "dst_pod": STR,
+    "dst_workload": STR,
+}
+"""Column name to pandas dtype for a flow batch, in wire order."""
+
+FLOW_COLUMNS: tuple[str, ...] = tuple(FLOW_SCHEMA)
+STRING_COLUMNS: tuple[str, ...] = tuple(c for c, t in FLOW_SCHEMA.items() if t == STR)
+COUNTER_COLUMNS: tuple[str, ...] = ("bytes_out", "bytes_in", "pkts_out", "pkts_in")
+
+# Defaults for columns a producer may leave out (the collector knows nothing of pods).
+FLOW_DEFAULTS: dict[str, Any] = {
+    "node": "",
+    "src_port": 0,
+    "dst_port": 0,
+    "bytes_in": 0,
+    "pkts_in": 0,
+    "tcp_flags": 0,
+    "state": "",
+    "dns_qname": "",
+    "dns_rcode": -1,
+    "server_name": "",
+    "final": True,
+    "direction": "",
+    "src_namespace": "",
+    "src_pod": "",
+    "src_workload": "",
+    "dst_namespace": "",
+    "dst_pod": "",
+    "dst_workload": "",
+}
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in FLOW_COLUMNS if c not in FLOW_DEFAULTS)
+
+
+class Proto:
+    """IANA protocol numbers used in ``proto``."""
+
+    ICMP = 1
+    TCP = 6
+    UDP = 17
+    ICMPV6 = 58
+
+
+class FlowState(StrEnum):
+    """How a conversation went, as the collector's flow table saw it."""
+
+    ESTABLISHED = "established"  # TCP handshake completed, still open at record time
+    CLOSED = "closed"  # TCP handshake completed, then FIN or RST
+    REJECTED = "rejected"  # SYN answered by RST
+    SYN_ONLY = "syn_only"  # SYN with no answer
+    TCP_OTHER = "tcp_other"  # TCP seen mid-stream (no SYN observed)
+    UDP = "udp"
+    ICMP = "icmp"
+    OTHER = "other"
+
+
+FLOW_STATES: frozenset[str] = frozenset(s.value for s in FlowState) | {""}
+
+
+class Direction(StrEnum):
+    """Where a flow goes relative to the cluster's CIDRs (filled in by the pipeline)."""
+
+    EGRESS = "egress"  # cluster -> outside
+    INGRESS = "ingress"  # outside -> cluster
+    INTERNAL = "internal"  # cluster -> cluster
+    EXTERNAL = "external"  # neither end in the cluster (transit)
+
+
+FLOW_DIRECTIONS: frozenset[str] = frozenset(d.value for d in Direction) | {""}
+
+
+def empty_flows(n: int = 0) -> pd.DataFrame:
+    """An empty (or default-filled) flow batch with the exact schema."""
+    data: dict[str, Any] = {}
+    for col, dtype in FLOW_SCHEMA.items():
+        default = FLOW_DEFAULTS.get(col, "" if dtype == STR else 0)
+        data[col] = pd.Series([default] * n, dtype=dtype)
+    return pd.DataFrame(data)
+
+
+def conform_flows(df: pd.DataFrame | dict[str, Any]) -> pd.DataFrame:
+    """Fill optional columns with their defaults, order and cast to :data:`FLOW_SCHEMA`.
+
+    Raises :class:`RecordError` naming the first required column that is missing or
+    whose values cannot be cast. Extra columns are dropped.
+    """
+    if isinstance(df, dict):
+        df = pd.DataFrame(df)
+    n = len(df)
+    out: dict[str, pd.Series] = {}
+    for col, dtype in FLOW_SCHEMA.items():
+        if col in df.columns:
+            series = df[col]
+        elif col in FLOW_DEFAULTS:
+            series = pd.Series([FLOW_DEFAULTS[col]] * n, index=df.index)
+        else:
+            raise RecordError(col, "required column is missing")
+        try:
+            if dtype == STR:
+                series = series.fillna("").astype(STR) if series.dtype != STR else series.fillna("")
+            elif dtype == "bool":
+                if series.dtype != bool:
+                    if series.isna().any():
+                        raise ValueError("missing values")
+                    series = series.astype(bool)
+            elif series.dtype != dtype:
+                if series.isna().any():
+                    raise ValueError("missing values")
+                series = series.astype(dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise RecordError(col, f"cannot be read as {dtype}: {exc}") from exc
+        out[col] = series
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+@lru_cache(maxsize=65536)
+def _ip_ok(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def valid_ip_mask(series: pd.Series) -> np.ndarray:
+    """True where the value is a valid IPv4 or IPv6 address (checked once per distinct value)."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    ok = np.array([isinstance(u, str) and _ip_ok(u) for u in uniques], dtype=bool)
+    result = np.zeros(len(series), dtype=bool)
+    present = codes >= 0
+    result[present] = ok[codes[present]]
+    return result
+
+
+def _row_problems(df: pd.DataFrame) -> pd.Series:
+    """Per row, the reason it is invalid ("" when valid). ``df`` already has the schema."""
+    reason = pd.Series("", index=df.index, dtype=object)
+
+    def flag(mask: np.ndarray | pd.Series, text: str) -> None:
+        m = np.asarray(mask, dtype=bool) & (reason.to_numpy() == "")
+        reason[m] = text
+
+    flag(~valid_ip_mask(df["src_ip"]), "src_ip: not an IP address")
+    flag(~valid_ip_mask(df["dst_ip"]), "dst_ip: not an IP address")
+    for col in COUNTER_COLUMNS:
+        flag(df[col].to_numpy() < 0, f"{col}: negative")
+    for col in ("src_port", "dst_port"):
+        v = df[col].to_numpy()
+        flag((v < 0) | (v > 65535), f"{col}: outside 0-65535")
+    p = df["proto"].to_numpy()
+    flag((p < 0) | (p > 255), "proto: outside 0-255")
+    ts0, ts1 = df["ts_start"].to_numpy(), df["ts_end"].to_numpy()
+    flag(~np.isfinite(ts0) | ~np.isfinite(ts1), "ts_start/ts_end: not a finite number")
+    flag(ts1 < ts0, "ts_end: earlier than ts_start")
+    flag(~df["state"].isin(FLOW_STATES).to_numpy(), "state: unknown value")
+    flag(~df["direction"].isin(FLOW_DIRECTIONS).to_numpy(), "direction: unknown value")
+    return reason
+
+
+def split_invalid_flows(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a conformed batch into (valid rows, invalid rows with a ``reason`` column)."""
+    reason = _row_problems(df)
+    bad = reason.to_numpy() != ""
+    if not bad.any():
+        return df, df.iloc[0:0].assign(reason=pd.Series(dtype=object))
+    return df[~bad].reset_index(drop=True), df[bad].assign(reason=reason[bad]).reset_index(drop=True)
+
+
+def validate_flows(df: pd.DataFrame) -> pd.DataFrame:
+    """Conform ``df`` and raise :class:`RecordError` on the first invalid field of any row."""
+    df = conform_flows(df)
+    reason = _row_problems(df)
+    bad = reason[reason != ""]
+    if len(bad):
+        field, _, why = str(bad.iloc[0]).partition(": ")
+        raise RecordError(field, f"{why} (row {bad.index[0]}, {len(bad)} bad rows)")
+    return df
+
+
+# --------------------------------------------------------------------------- alerts
+
+AlertKind = Literal["exfiltration", "lateral_movement"]
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITY_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_ip(value: str, field: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError as exc:
+        raise ValueError(f"{field}: {value!r} is not an IP address") from exc
+
+
+class Entity(BaseModel):
+    """Who did it: the source of the flows, with its Kubernetes identity when known."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ip: str
+    namespace: str = ""
+    pod: str = ""
+    workload: str = ""
+    node: str = ""
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        return _check_ip(v, "ip")
+
+    def key(self) -> str:
+        """Stable identity: the pod when known (its IP may be reused), else the address."""
+        return f"{self.namespace}/{self.pod}" if self.pod else self.ip
+
+
+def alert_id(detector: str, entity_key: str, window_start: datetime) -> str:
+    """Deterministic alert id: the same evidence always gives the same id."""
+    raw = f"{detector}|{entity_key}|{window_start.astimezone(UTC).isoformat()}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+class Alert(BaseModel):
+    """A detector's finding about one entity over one or more windows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = ""
+    kind: AlertKind
+    detector: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+    technique: str = ""  # MITRE ATT&CK id, e.g. T1046
+    score: float = Field(ge=0.0, le=1.0)
+    severity: Severity
+    entity: Entity
+    window_start: datetime
+    window_end: datetime
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    targets: list[str] = Field(default_factory=list)  # IP addresses
+    target_ports: list[int] = Field(default_factory=list)
+    summary: str = ""
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    example_flows: list[dict[str, Any]] = Field(default_factory=list)
+    model_version: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        return [_check_ip(t, "targets") for t in v]
+
+    @field_validator("target_ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for p in v:
+            if not 0 <= p <= 65535:
+                raise ValueError(f"target_ports: {p} outside 0-65535")
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.id:
+            self.id = alert_id(self.detector, self.entity.key(), self.window_start)
+        if self.first_seen is None:
+            self.first_seen = self.window_start
+        if self.last_seen is None:
+            self.last_seen = self.window_end
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Alert:
+        try:
+            return cls.model_validate_json(data)
+        except ValueError as exc:
+            raise RecordError(_first_loc(exc), str(exc).splitlines()[-1].strip()) from exc
+
+
+# --------------------------------------------------------------------------- decisions
+
+Action = Literal["block", "quarantine", "unblock"]
+Mode = Literal["enforce", "dry_run", "approval"]
+DecisionStatus = Literal["applied", "simulated", "pending", "refused", "failed", "revoked", "expired"]
+
+
+class Decision(BaseModel):
+    """What the enforcement hook did (or would do, or refused to do) with an alert.
+
+    ``status``: ``applied`` (rules in place), ``simulated`` (dry-run: recorded only),
+    ``pending`` (waiting for approval), ``refused`` (a guardrail said no: ``guardrail``
+    names it), ``failed`` (a backend error), ``revoked``/``expired`` (lifted).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    alert_id: str = ""
+    action: Action
+    source: Entity
+    targets: list[str] = Field(default_factory=list)  # IPs or CIDRs; empty with quarantine
+    target_ports: list[int] = Field(default_factory=list)
+    ttl_s: int = Field(ge=0)
+    expires_at: datetime | None = None
+    backend: str = ""
+    mode: Mode
+    status: DecisionStatus
+    guardrail: str = ""
+    reason: str = ""
+    decided_by: str = "policy"
+    detector: str = ""
+    backend_result: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Decision:
+        try:
+            return cls.model_validate_json(data)
+        except ValueError as exc:
+            raise RecordError(_first_loc(exc), str(exc).splitlines()[-1].strip()) from exc
+
+
+def _first_loc(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            errs = errors()
+            if errs:
+                return ".".join(str(p) for p in errs[0].get("loc", ())) or "record"
+        except Exception:  # noqa: BLE001 - best effort naming only
+            return "record"
+    return "record"

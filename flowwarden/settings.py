@@ -1,0 +1,299 @@
+"""One typed configuration object for every process.
+
+Loaded once (:func:`load_settings`) from an optional YAML file, then overridden by
+``FLOWWARDEN_…`` environment variables (nested keys joined by ``__``, e.g.
+``FLOWWARDEN_KAFKA__BOOTSTRAP_SERVERS='["kafka:9092"]'``), validated at start and passed
+down explicitly. Unknown keys are rejected with their path and the nearest valid name.
+Each stage owns one section; the defaults are the embedded mode (in-memory bus, SQLite,
+enforcement in dry-run).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from flowwarden.errors import ConfigError
+
+ENV_PREFIX = "FLOWWARDEN_"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _cidrs(values: list[str]) -> list[str]:
+    return [str(ipaddress.ip_network(v, strict=False)) for v in values]
+
+
+def _ips(values: list[str]) -> list[str]:
+    return [str(ipaddress.ip_address(v)) for v in values]
+
+
+class ClusterSettings(Section):
+    """The cluster's address plan: direction and guardrails are derived from it."""
+
+    name: str = "cluster"
+    pod_cidrs: list[str] = ["10.244.0.0/16"]
+    service_cidrs: list[str] = ["10.96.0.0/12"]
+    node_cidrs: list[str] = ["10.0.0.0/16"]
+    node_ips: list[str] = []  # explicit node addresses (never blocked)
+    cluster_dns: list[str] = ["10.96.0.10"]
+    metadata_api: list[str] = ["169.254.169.254", "fd00:ec2::254"]
+
+    _v_cidrs = field_validator("pod_cidrs", "service_cidrs", "node_cidrs")(_cidrs)
+    _v_ips = field_validator("node_ips", "cluster_dns", "metadata_api")(_ips)
+
+    def internal_cidrs(self) -> list[str]:
+        return [*self.pod_cidrs, *self.service_cidrs, *self.node_cidrs]
+
+
+class ControlPlaneSettings(Section):
+    """Control-plane endpoints: detectors watch them, guardrails never block them."""
+
+    api_server_ips: list[str] = []  # empty: any node address
+    api_server_port: int = 6443
+    etcd_ports: list[int] = [2379, 2380]
+    kubelet_port: int = 10250
+    scheduler_port: int = 10259
+    controller_manager_port: int = 10257
+    nodeport_range: tuple[int, int] = (30000, 32767)
+    dns_port: int = 53
+    # Namespaces whose pods legitimately talk to the API server (operators, controllers).
+    api_clients_namespaces: list[str] = ["kube-system", "monitoring", "flowwarden"]
+
+    _v_ips = field_validator("api_server_ips")(_ips)
+
+    def ports(self) -> list[int]:
+        """Every control-plane port, API server first."""
+        return [
+            self.api_server_port,
+            *self.etcd_ports,
+            self.kubelet_port,
+            self.scheduler_port,
+            self.controller_manager_port,
+        ]
+
+
+class TopicSettings(Section):
+    flows: str = "flows"
+    alerts: str = "alerts"
+    decisions: str = "decisions"
+    flows_dlq: str = "flows.dlq"
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: list[str] = ["127.0.0.1:9092"]
+    client_id: str = "flowwarden"
+    topics: TopicSettings = TopicSettings()
+    partitions: int = Field(6, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    linger_ms: int = Field(20, ge=0)
+    batch_size: int = Field(1_048_576, ge=1024)
+    max_request_size: int = Field(8_388_608, ge=1024)
+    connect_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sasl(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username):
+            raise ValueError("security_protocol SASL_* needs sasl_mechanism and sasl_username")
+        return self
+
+
+class BusSettings(Section):
+    kind: Literal["memory", "kafka"] = "memory"
+
+
+class StoreSettings(Section):
+    url: str = "sqlite:///flowwarden.db"  # postgresql+psycopg://user@host/db in production
+
+
+class CollectorSettings(Section):
+    node: str = Field(default_factory=lambda: os.uname().nodename)
+    interfaces: list[str] = []
+    bpf: str = ""
+    snaplen: int = Field(256, ge=64, le=262144)
+    idle_timeout_s: float = Field(15.0, gt=0)
+    active_timeout_s: float = Field(10.0, gt=0)
+    max_flows: int = Field(1_000_000, ge=1)
+    batch_max_flows: int = Field(5_000, ge=1)
+    batch_interval_ms: int = Field(1_000, ge=1)
+    queue_max_batches: int = Field(256, ge=1)
+    spool_dir: Path = Path("/var/lib/flowwarden/spool")
+    spool_max_bytes: int = Field(512 * 1024 * 1024, ge=0)
+    exclude_kafka_traffic: bool = True
+    app_names: bool = True  # dissect DNS / TLS SNI / HTTP Host with pyshark
+    metrics_port: int = Field(9101, ge=0, le=65535)
+
+
+class PipelineSettings(Section):
+    group_id: str = "flowwarden-pipeline"
+    window_s: float = Field(10.0, gt=0)
+    inventory_path: Path | None = None
+    model_dir: Path | None = None  # model registry; None: the model shipped with the package
+    allowlist_sources: list[str] = []  # CIDRs, "namespace/", or "namespace/workload"
+    baseline_half_life_h: float = Field(6.0, gt=0)
+    seen_edges_ttl_days: float = Field(7.0, gt=0)
+    max_entities: int = Field(200_000, ge=1)
+    max_edges: int = Field(2_000_000, ge=1)
+    checkpoint_interval_s: float = Field(60.0, gt=0)
+    # Per-detector overrides of thresholds: {"port_scan": {"min_ports": 30}}.
+    detectors: dict[str, dict[str, float]] = {}
+    disabled_detectors: list[str] = []
+    metrics_port: int = Field(9102, ge=0, le=65535)
+
+
+class NotifierSettings(Section):
+    webhook_urls: list[str] = []
+    slack_webhook_url: str | None = None
+    alertmanager_url: str | None = None  # e.g. http://alertmanager:9093
+    min_severity: Literal["low", "medium", "high", "critical"] = "medium"
+    timeout_s: float = Field(5.0, gt=0)
+
+
+class EnforcementSettings(Section):
+    mode: Literal["dry_run", "approval", "enforce"] = "dry_run"
+    mode_by_detector: dict[str, Literal["dry_run", "approval", "enforce"]] = {}
+    backends: list[Literal["nftables", "networkpolicy", "calico", "exec", "webhook"]] = ["nftables"]
+    kinds: list[Literal["exfiltration", "lateral_movement"]] = ["exfiltration", "lateral_movement"]
+    detectors: list[str] = []  # empty: every detector
+    min_severity: Literal["low", "medium", "high", "critical"] = "high"
+    min_score: float = Field(0.8, ge=0, le=1)
+    action: Literal["block", "quarantine"] = "block"
+    ttl_s: int = Field(4 * 3600, ge=1)
+    ttl_max_s: int = Field(7 * 24 * 3600, ge=1)
+    escalation_factor: float = Field(2.0, ge=1)
+    group_id: str = "flowwarden-enforcer"
+    # Guardrails: the allowlist always wins.
+    allow_cidrs: list[str] = []
+    allow_namespaces: list[str] = ["kube-system"]
+    allow_workloads: list[str] = []  # "namespace/workload"
+    protected_ips: list[str] = []  # flowwarden's own components, its Kafka, anything else vital
+    min_prefix_v4: int = Field(24, ge=0, le=32)
+    min_prefix_v6: int = Field(64, ge=0, le=128)
+    max_active_blocks: int = Field(200, ge=0)
+    max_new_blocks_per_minute: int = Field(20, ge=0)
+    max_workload_share: float = Field(0.5, ge=0, le=1)
+    # Backends.
+    nft_table: str = Field("flowwarden", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+    gitops_dir: Path = Path("flowwarden-rules")
+    kube_namespaces: list[str] = []  # namespaces the enforcer may write NetworkPolicies in
+    apply_to_cluster: bool = False
+    exec_path: Path | None = None
+    exec_timeout_s: float = Field(10.0, gt=0)
+    webhook_url: str | None = None
+    webhook_retries: int = Field(3, ge=0)
+    metrics_port: int = Field(9103, ge=0, le=65535)
+
+    _v_cidrs = field_validator("allow_cidrs")(_cidrs)
+    _v_ips = field_validator("protected_ips")(_ips)
+
+
+class Settings(BaseSettings):
+    """Everything flowwarden can be told. Every field has a working default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    cluster: ClusterSettings = ClusterSettings()
+    control_plane: ControlPlaneSettings = ControlPlaneSettings()
+    bus: BusSettings = BusSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    store: StoreSettings = StoreSettings()
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)
+    pipeline: PipelineSettings = PipelineSettings()
+    notifiers: NotifierSettings = NotifierSettings()
+    enforcement: EnforcementSettings = EnforcementSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the YAML file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+
+def _known_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    node: Any = model
+    for part in path:
+        fields = getattr(node, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        node = fields[part].annotation
+    fields = getattr(node, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            candidates = _known_keys(Settings, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], candidates, n=1)
+            hint = f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else ""
+            lines.append(f"unknown key '{key}'{hint} (valid here: {', '.join(candidates)})")
+        else:
+            lines.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
+    return ConfigError(f"{source}: " + "; ".join(lines))
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (if any), apply environment overrides, validate.
+
+    ``overrides`` are top-level sections as dicts, merged over the file (for CLI flags).
+    Raises :class:`ConfigError` naming the key and the fix.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{p}: no such configuration file") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        data = loaded
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise _explain(exc, source) from exc
+
+
+def dump_settings(settings: Settings) -> str:
+    """The effective settings as YAML (secrets masked)."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,72 @@
+"""Wire format of a flow batch: one Kafka message per batch.
+
+Layout: ``b"FWF"`` magic, one version byte, then an Arrow IPC stream whose record batches
+are zstd-compressed. Arrow keeps the dtypes exactly, costs no per-row Python work and
+compresses columns well; JSON per flow was ~10x slower to produce (figures in the README).
+A breaking change of :data:`~flowwarden.records.FLOW_SCHEMA` bumps :data:`WIRE_VERSION`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+
+from flowwarden.errors import RecordError
+from flowwarden.records import FLOW_SCHEMA, conform_flows
+
+MAGIC = b"FWF"
+WIRE_VERSION = 1
+_HEADER = MAGIC + bytes([WIRE_VERSION])
+_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+
+
+def _arrow_type(dtype: str) -> pa.DataType:
+    return {
+        "float64": pa.float64(),
+        "int16": pa.int16(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "bool": pa.bool_(),
+        "str": pa.string(),
+    }[dtype]
+
+
+ARROW_SCHEMA = pa.schema(
+    [pa.field(name, _arrow_type(dtype), nullable=False) for name, dtype in FLOW_SCHEMA.items()],
+    metadata={b"flowwarden.wire_version": str(WIRE_VERSION).encode()},
+)
+
+
+def encode_flows(df: pd.DataFrame) -> bytes:
+    """Serialise a flow batch (conformed to the schema first) into one message."""
+    df = conform_flows(df)
+    table = pa.Table.from_pandas(df, schema=ARROW_SCHEMA, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, ARROW_SCHEMA, options=_OPTIONS) as writer:
+        writer.write_table(table)
+    return _HEADER + sink.getvalue().to_pybytes()
+
+
+def decode_flows(data: bytes) -> pd.DataFrame:
+    """Parse one message back into a flow batch with the exact schema.
+
+    Raises :class:`RecordError` (field ``batch``) for garbage, an unknown version or a
+    schema that does not match; row-level problems are left to
+    :func:`~flowwarden.records.split_invalid_flows`.
+    """
+    if len(data) < len(_HEADER) or data[:3] != MAGIC:
+        raise RecordError("batch", "not a flowwarden flow batch (bad magic)")
+    if data[3] != WIRE_VERSION:
+        raise RecordError("batch", f"wire version {data[3]} is not supported (this build reads {WIRE_VERSION})")
+    try:
+        with pa.ipc.open_stream(pa.py_buffer(data)[4:]) as reader:
+            table = reader.read_all()
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise RecordError("batch", f"corrupt Arrow stream: {exc}") from exc
+    missing = [n for n in FLOW_SCHEMA if n not in table.column_names]
+    if missing:
+        raise RecordError(missing[0], "required column is missing")
+    for name, dtype in FLOW_SCHEMA.items():
+        if table.schema.field(name).type != _arrow_type(dtype):
+            raise RecordError(name, f"has type {table.schema.field(name).type}, expected {dtype}")
+    return conform_flows(table.to_pandas())

@@ -1,0 +1,1 @@
+"""Test support: real services started by fixtures, and isolated network namespaces."""

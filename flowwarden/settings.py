@@ -106,6 +106,19 @@ class KafkaSettings(Section):
     batch_size: int = Field(1_048_576, ge=1024)
     max_request_size: int = Field(8_388_608, ge=1024)
     connect_timeout_s: float = Field(30.0, gt=0)
+    # Bus client tuning (flowwarden/bus_kafka.py). Batches are already zstd inside (wire.py),
+    # so Kafka-level compression is off by default.
+    compression_type: Literal["none", "gzip", "lz4", "zstd"] = "none"
+    acks: Literal["0", "1", "all"] = "all"
+    idempotence: bool = True  # needs acks=all; off for brokers that forget producer ids on restart
+    max_in_flight: int = Field(5, ge=1)  # requests per connection; 1 keeps order without idempotence
+    delivery_timeout_ms: int = Field(120_000, ge=1000)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    fetch_max_bytes: int = Field(52_428_800, ge=1024)
 
     @model_validator(mode="after")
     def _sasl(self) -> KafkaSettings:
@@ -163,6 +176,9 @@ class NotifierSettings(Section):
     alertmanager_url: str | None = None  # e.g. http://alertmanager:9093
     min_severity: Literal["low", "medium", "high", "critical"] = "medium"
     timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(3, ge=0)  # after the first attempt, with exponential back-off
+    backoff_s: float = Field(0.5, gt=0)  # first back-off; doubles per retry, capped at 30 s
+    queue_max: int = Field(1000, ge=1)  # alert batches waiting per notifier; beyond it they are dropped (counted)
 
 
 class EnforcementSettings(Section):
@@ -190,6 +206,9 @@ class EnforcementSettings(Section):
     max_workload_share: float = Field(0.5, ge=0, le=1)
     # Backends.
     nft_table: str = Field("flowwarden", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+    nft_netns: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$")  # "": the enforcer's own
+    nft_verdict: Literal["reject", "drop"] = "reject"
+    reconcile_interval_s: float = Field(30.0, gt=0)
     gitops_dir: Path = Path("flowwarden-rules")
     kube_namespaces: list[str] = []  # namespaces the enforcer may write NetworkPolicies in
     apply_to_cluster: bool = False

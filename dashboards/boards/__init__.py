@@ -1,0 +1,1 @@
+"""The five flowwarden dashboards, one module each; each exposes ``build() -> dict``."""

@@ -1,0 +1,46 @@
+"""The one interface every backend implements.
+
+``apply`` and ``revoke`` are idempotent (doing either twice changes nothing the second
+time) and return what the backend answered, which the enforcer stores in the decision's
+``backend_result``. ``reconcile`` makes the backend's rules match the active decisions
+(the store is the truth). A backend that cannot list its rules (exec, webhook) says so.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from flowwarden.errors import FlowwardenError
+from flowwarden.records import Decision
+
+
+class BackendError(FlowwardenError):
+    """A backend could not apply or revoke a decision; the decision becomes ``failed``."""
+
+
+class Backend(ABC):
+    name: str = ""
+    kernel_expiry: bool = False
+    """True when the rules expire by themselves (nftables element timeouts)."""
+
+    def start(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Prepare (create the table, the directory); no-op by default."""
+
+    @abstractmethod
+    def apply(self, decision: Decision) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def revoke(self, decision: Decision) -> dict[str, Any]: ...
+
+    def list_rules(self) -> list[dict[str, Any]] | None:
+        """The rules in place, or None when this backend cannot tell."""
+        return None
+
+    def reconcile(self, active: list[Decision]) -> dict[str, Any]:
+        """Make the rules match ``active``; returns what was removed and restored."""
+        return {"skipped": f"{self.name} cannot list its rules"}
+
+    def render(self, decisions: list[Decision]) -> str:
+        """What this backend would write for ``decisions`` (dry-run output); "" when nothing."""
+        return ""

@@ -1,0 +1,215 @@
+"""Kubernetes NetworkPolicy backend: one policy per decision, written to GitOps and optionally applied.
+
+NetworkPolicy has no deny rule, so a *block* is expressed as the source pod's egress
+allowed everywhere except the targets (``ipBlock.except`` under 0.0.0.0/0 and ::/0).
+Policies are additive: if another policy already allows the source to reach a target,
+the union still allows it, and ipBlock for pod IPs depends on the CNI. That is why the
+Calico backend (a real Deny) is preferred where Calico runs; this one is the portable floor.
+
+The policy selects the source pod by a label the enforcer puts on it
+(``flowwarden.io/block-<decision>``), since a NetworkPolicy cannot select a pod by name.
+A *quarantine* labels the pod ``flowwarden.io/quarantine=true``; one pre-approved policy
+per namespace isolates such pods (no ingress; egress only to the cluster DNS and the API
+server, so the pod can still be inspected and terminated cleanly).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from enforcement.backends.base import Backend, BackendError
+from enforcement.backends.kube import KubeCall, KubeClient, dump, write_manifest
+from enforcement.targets import check_decision_id, check_name, check_namespace, parse_target
+from flowwarden.records import Decision
+from flowwarden.settings import Settings
+
+QUARANTINE_LABEL = "flowwarden.io/quarantine"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "flowwarden"}
+
+
+def block_label(decision_id: str) -> str:
+    return f"flowwarden.io/block-{decision_id}"  # name part <= 63 chars: ids are <= 22
+
+
+class NetworkPolicyBackend(Backend):
+    name = "networkpolicy"
+
+    def __init__(self, settings: Settings, client: KubeClient | None = None) -> None:
+        self.settings = settings
+        self.dir = Path(settings.enforcement.gitops_dir) / "networkpolicies"
+        self.client = client or KubeClient(settings.enforcement.apply_to_cluster)
+
+    # ------------------------------------------------------------------ manifests
+
+    def manifests(self, d: Decision) -> list[dict[str, Any]]:
+        ns = self._namespace(d)
+        if d.action == "quarantine":
+            return [self.quarantine_policy(ns)]
+        v4 = [str(parse_target(t)) for t in d.targets if parse_target(t).version == 4]
+        v6 = [str(parse_target(t)) for t in d.targets if parse_target(t).version == 6]
+        to: list[dict[str, Any]] = [
+            {"ipBlock": {"cidr": "0.0.0.0/0", **({"except": v4} if v4 else {})}},
+            {"ipBlock": {"cidr": "::/0", **({"except": v6} if v6 else {})}},
+        ]
+        return [
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {
+                    "name": f"flowwarden-{d.id}",
+                    "namespace": ns,
+                    "labels": {**MANAGED_BY, "flowwarden.io/decision": d.id},
+                    "annotations": {
+                        "flowwarden.io/reason": d.reason[:1000],
+                        "flowwarden.io/source": d.source.ip,
+                    },
+                },
+                "spec": {
+                    "podSelector": {"matchLabels": {block_label(d.id): "true"}},
+                    "policyTypes": ["Egress"],
+                    "egress": [{"to": to}],
+                },
+            }
+        ]
+
+    def quarantine_policy(self, namespace: str) -> dict[str, Any]:
+        cp = self.settings.control_plane
+        egress: list[dict[str, Any]] = []
+        dns = [_host(ip) for ip in self.settings.cluster.cluster_dns]
+        if dns:
+            egress.append(
+                {
+                    "to": [{"ipBlock": {"cidr": c}} for c in dns],
+                    "ports": [
+                        {"protocol": "UDP", "port": cp.dns_port},
+                        {"protocol": "TCP", "port": cp.dns_port},
+                    ],
+                }
+            )
+        if cp.api_server_ips:
+            egress.append(
+                {
+                    "to": [{"ipBlock": {"cidr": _host(ip)}} for ip in cp.api_server_ips],
+                    "ports": [{"protocol": "TCP", "port": cp.api_server_port}],
+                }
+            )
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "flowwarden-quarantine", "namespace": namespace, "labels": dict(MANAGED_BY)},
+            "spec": {
+                "podSelector": {"matchLabels": {QUARANTINE_LABEL: "true"}},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [],
+                "egress": egress,
+            },
+        }
+
+    def calls(self, d: Decision, *, revoke: bool = False) -> list[KubeCall]:
+        ns = self._namespace(d)
+        pod = d.source.pod
+        label = QUARANTINE_LABEL if d.action == "quarantine" else block_label(d.id)
+        patch = {"metadata": {"labels": {label: None if revoke else "true"}}}
+        calls = [KubeCall("CoreV1Api", "patch_namespaced_pod", {"name": pod, "namespace": ns, "body": patch})]
+        if d.action == "quarantine":
+            if not revoke:  # the quarantine policy stays: it is pre-approved and selects nobody unlabelled
+                calls.insert(
+                    0,
+                    KubeCall(
+                        "NetworkingV1Api",
+                        "create_namespaced_network_policy",
+                        {"namespace": ns, "body": self.quarantine_policy(ns)},
+                    ),
+                )
+            return calls
+        name = f"flowwarden-{d.id}"
+        if revoke:
+            return [
+                *calls,
+                KubeCall(
+                    "NetworkingV1Api", "delete_namespaced_network_policy", {"name": name, "namespace": ns}
+                ),
+            ]
+        body = self.manifests(d)[0]
+        return [
+            KubeCall("NetworkingV1Api", "create_namespaced_network_policy", {"namespace": ns, "body": body}),
+            *calls,
+        ]
+
+    # ------------------------------------------------------------------ backend
+
+    def apply(self, decision: Decision) -> dict[str, Any]:
+        path = self._path(decision)
+        write_manifest(path, self.manifests(decision))
+        return {"manifest": str(path), "calls": self.client.run(self.calls(decision))}
+
+    def revoke(self, decision: Decision) -> dict[str, Any]:
+        path = self._path(decision)
+        if decision.action != "quarantine":
+            path.unlink(missing_ok=True)
+        return {"removed": str(path), "calls": self.client.run(self.calls(decision, revoke=True))}
+
+    def list_rules(self) -> list[dict[str, Any]]:
+        if not self.dir.exists():
+            return []
+        return [
+            {"namespace": p.parent.name, "file": p.name} for p in sorted(self.dir.glob("*/flowwarden-*.yaml"))
+        ]
+
+    def reconcile(self, active: list[Decision]) -> dict[str, Any]:
+        wanted = {self._path(d): d for d in active}
+        restored = []
+        for path, d in wanted.items():
+            if not path.exists():
+                self.apply(d)
+                restored.append(d.id)
+        removed = []
+        for path in sorted(self.dir.glob("*/flowwarden-d-*.yaml")) + sorted(
+            self.dir.glob("*/flowwarden-m-*.yaml")
+        ):
+            if path not in wanted:
+                path.unlink()
+                removed.append(path.name)
+        return {"removed": removed, "restored": restored}
+
+    def render(self, decisions: list[Decision]) -> str:
+        docs: list[dict[str, Any]] = []
+        seen = set()
+        for d in decisions:
+            for m in self._manifests_or_none(d):
+                key = (m["metadata"]["namespace"], m["metadata"]["name"])
+                if key not in seen:
+                    seen.add(key)
+                    docs.append(m)
+        return dump(docs)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _manifests_or_none(self, d: Decision) -> list[dict[str, Any]]:
+        try:
+            return self.manifests(d)
+        except BackendError:
+            return []
+
+    def _namespace(self, d: Decision) -> str:
+        check_decision_id(d.id)
+        if not (d.source.namespace and d.source.pod):
+            raise BackendError(
+                "networkpolicy: the source's namespace and pod are unknown (no inventory match)"
+            )
+        ns = check_namespace(d.source.namespace)
+        check_name(d.source.pod, "source.pod")
+        allowed = self.settings.enforcement.kube_namespaces
+        if allowed and ns not in allowed:
+            raise BackendError(f"networkpolicy: namespace {ns} is not in enforcement.kube_namespaces")
+        return ns
+
+    def _path(self, d: Decision) -> Path:
+        name = "flowwarden-quarantine" if d.action == "quarantine" else f"flowwarden-{d.id}"
+        return self.dir / self._namespace(d) / f"{name}.yaml"
+
+
+def _host(ip: str) -> str:
+    return str(ipaddress.ip_network(ip))

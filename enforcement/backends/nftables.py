@@ -1,0 +1,477 @@
+"""nftables backend: blocks are elements, with timeouts, of named sets in flowwarden's own table.
+
+The table (``inet <settings.enforcement.nft_table>``) holds:
+
+* ``blocked_v4`` / ``blocked_v6``: ``source . target`` pairs (targets may be CIDRs);
+* ``quarantine_v4`` / ``quarantine_v6``: sources cut off in both directions;
+* ``protected_v4`` / ``protected_v6``: control plane, nodes, DNS and protected addresses,
+  accepted before any block rule, as a second line behind the guardrails;
+* chains on the ``forward`` and ``output`` hooks.
+
+Every element carries a ``timeout``, so the kernel lifts a block when its TTL ends even if
+flowwarden is down. A block is a change of data (set elements), never of rules; the rules
+are rebuilt to their canonical form at start, which also removes anything added by hand.
+Nothing outside the table is ever touched. Overlapping elements of one source are merged
+into the widest network with the latest expiry (the kernel refuses overlaps in these sets).
+
+Commands are libnftables JSON, sent in-process through the ``nftables`` binding, or with
+``ip netns exec NAME nft -j -f -`` (argument list) when ``nft_netns`` names a namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from enforcement.backends.base import Backend, BackendError
+from enforcement.targets import Network, parse_ip, parse_target
+from flowwarden.records import Decision
+from flowwarden.settings import Settings
+
+FAMILY = "inet"
+HOOKS = ("forward", "output")
+PRIORITY = -10
+SET_TYPES: dict[str, Any] = {
+    "blocked_v4": (["ipv4_addr", "ipv4_addr"], ["interval", "timeout"]),
+    "blocked_v6": (["ipv6_addr", "ipv6_addr"], ["interval", "timeout"]),
+    "quarantine_v4": ("ipv4_addr", ["timeout"]),
+    "quarantine_v6": ("ipv6_addr", ["timeout"]),
+    "protected_v4": ("ipv4_addr", ["interval"]),
+    "protected_v6": ("ipv6_addr", ["interval"]),
+}
+BLOCK_SETS = ("blocked_v4", "blocked_v6", "quarantine_v4", "quarantine_v6")
+
+Key = tuple[str, str, str]  # (set, source, target or "")
+
+
+# --------------------------------------------------------------------------- transport
+
+
+class Transport:
+    """Runs one libnftables JSON batch atomically; returns the parsed output."""
+
+    def run(self, commands: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class LibNftables(Transport):
+    """In-process, through the libnftables binding (fastest: no fork)."""
+
+    def __init__(self) -> None:
+        import nftables  # the PyPI package pip-nftables; needs Debian's libnftables1
+
+        self.nft = nftables.Nftables()
+        self.nft.set_json_output(True)
+
+    def run(self, commands: list[dict[str, Any]]) -> dict[str, Any]:
+        rc, out, err = self.nft.json_cmd({"nftables": commands})
+        if rc != 0:
+            raise BackendError(f"nftables: {str(err).strip() or rc}")
+        return out if isinstance(out, dict) else {}
+
+
+class NftCommand(Transport):
+    """``nft -j -f -`` as an argument list, optionally inside a named network namespace."""
+
+    def __init__(self, netns: str = "", timeout_s: float = 10.0) -> None:
+        self.argv = (["ip", "netns", "exec", netns] if netns else []) + ["nft", "-j", "-f", "-"]
+        self.timeout_s = timeout_s
+
+    def run(self, commands: list[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            proc = subprocess.run(
+                self.argv,
+                input=json.dumps({"nftables": commands}),
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BackendError(f"nftables: {exc}") from exc
+        if proc.returncode != 0:
+            raise BackendError(f"nftables: {proc.stderr.strip() or proc.returncode}")
+        return json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+
+def make_transport(netns: str) -> Transport:
+    return NftCommand(netns) if netns else LibNftables()
+
+
+# --------------------------------------------------------------------------- elements
+
+
+@dataclass(frozen=True)
+class Element:
+    key: Key
+    expires_at: float  # epoch seconds
+
+    @property
+    def set(self) -> str:
+        return self.key[0]
+
+
+def decision_elements(d: Decision, expires_at: float) -> tuple[list[Element], list[str]]:
+    """The set elements that express ``d`` and the targets skipped (other address family)."""
+    src = parse_ip(d.source.ip)
+    fam = "v4" if src.version == 4 else "v6"
+    if d.action == "quarantine":
+        return [Element((f"quarantine_{fam}", str(src), ""), expires_at)], []
+    out, skipped = [], []
+    for t in d.targets:
+        net = parse_target(t)
+        if net.version != src.version:
+            skipped.append(t)
+            continue
+        out.append(Element((f"blocked_{fam}", str(src), str(net)), expires_at))
+    return out, skipped
+
+
+def merge(elements: Iterable[Element]) -> dict[Key, float]:
+    """Overlapping targets of one source collapse into the widest, with the latest expiry."""
+    merged: dict[Key, float] = {}
+    for e in sorted(elements, key=lambda e: _width(e.key), reverse=True):
+        cover = next((k for k in merged if _covers(k, e.key)), None)
+        if cover is None:
+            merged[e.key] = e.expires_at
+        else:
+            merged[cover] = max(merged[cover], e.expires_at)
+    return merged
+
+
+def _net(key: Key) -> Network | None:
+    return parse_target(key[2]) if key[2] else None
+
+
+def _width(key: Key) -> int:
+    net = _net(key)
+    return net.num_addresses if net is not None else 0
+
+
+def _covers(wide: Key, narrow: Key) -> bool:
+    if wide[:2] != narrow[:2]:
+        return False
+    a, b = _net(wide), _net(narrow)
+    if a is None or b is None:
+        return a is None and b is None
+    return a.version == b.version and a.overlaps(b)
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class NftablesBackend(Backend):
+    name = "nftables"
+    kernel_expiry = True
+
+    def __init__(
+        self,
+        *,
+        table: str,
+        protected: Iterable[str] = (),
+        verdict: str = "reject",
+        transport: Transport | None = None,
+        netns: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.protected = sorted({str(ipaddress.ip_network(p, strict=False)) for p in protected})
+        self.verdict = verdict
+        self._transport = transport
+        self.netns = netns
+        self.clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, protected: Iterable[str] = ()) -> NftablesBackend:
+        e = settings.enforcement
+        return cls(table=e.nft_table, protected=protected, verdict=e.nft_verdict, netns=e.nft_netns)
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            self._transport = make_transport(self.netns)
+        return self._transport
+
+    # ------------------------------------------------------------------ table
+
+    def start(self) -> None:
+        self.ensure_table()
+
+    def ensure_table(self) -> dict[str, Any]:
+        """Create the table or bring its sets, chains and rules back to canonical form (atomic)."""
+        present = self._table_objects()
+        cmds: list[dict[str, Any]] = [{"add": {"table": {"family": FAMILY, "name": self.table}}}]
+        removed: list[str] = []
+        for chain in present["chains"]:
+            cmds.append({"flush": {"chain": self._obj(name=chain)}})
+            if chain not in HOOKS:
+                cmds.append({"delete": {"chain": self._obj(name=chain)}})
+                removed.append(f"chain {chain}")
+        for name, (stype, flags) in present["sets"].items():
+            want = SET_TYPES.get(name)
+            if want is None or _norm(want[0]) != _norm(stype) or sorted(want[1]) != sorted(flags):
+                cmds.append({"delete": {"set": self._obj(name=name)}})
+                removed.append(f"set {name}")
+        for name, (stype, flags) in SET_TYPES.items():
+            cmds.append({"add": {"set": {**self._obj(name=name), "type": stype, "flags": flags}}})
+        for fam in ("v4", "v6"):
+            cmds.append({"flush": {"set": self._obj(name=f"protected_{fam}")}})
+            nets = [p for p in self.protected if (":" in p) == (fam == "v6")]
+            if nets:
+                cmds.append(
+                    {
+                        "add": {
+                            "element": {
+                                **self._obj(name=f"protected_{fam}"),
+                                "elem": [_prefix(n) for n in nets],
+                            }
+                        }
+                    }
+                )
+        for hook in HOOKS:
+            cmds.append(
+                {
+                    "add": {
+                        "chain": {
+                            **self._obj(name=hook),
+                            "type": "filter",
+                            "hook": hook,
+                            "prio": PRIORITY,
+                            "policy": "accept",
+                        }
+                    }
+                }
+            )
+            cmds.append({"flush": {"chain": self._obj(name=hook)}})
+            cmds.extend(
+                {"add": {"rule": {**self._obj(chain=hook), "expr": expr}}} for expr in self._rule_exprs()
+            )
+        self.transport.run(cmds)
+        return {"removed": removed}
+
+    def _rule_exprs(self) -> list[list[dict[str, Any]]]:
+        rules: list[list[dict[str, Any]]] = []
+        for ip, fam in (("ip", "v4"), ("ip6", "v6")):
+            rules.append([_match(_payload(ip, "daddr"), f"@protected_{fam}"), {"accept": None}])
+        for ip, fam in (("ip", "v4"), ("ip6", "v6")):
+            pair = {"concat": [_payload(ip, "saddr"), _payload(ip, "daddr")]}
+            rules.extend(self._deny([_match(pair, f"@blocked_{fam}")]))
+            for side in ("saddr", "daddr"):
+                rules.extend(self._deny([_match(_payload(ip, side), f"@quarantine_{fam}")]))
+        return rules
+
+    def _deny(self, matches: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        if self.verdict == "drop":
+            return [[*matches, {"counter": None}, {"drop": None}]]
+        tcp = _match({"meta": {"key": "l4proto"}}, "tcp")
+        return [
+            [tcp, *matches, {"counter": None}, {"reject": {"type": "tcp reset"}}],
+            [*matches, {"counter": None}, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}],
+        ]
+
+    def _obj(self, **kw: str) -> dict[str, Any]:
+        return {"family": FAMILY, "table": self.table, **kw}
+
+    def _table_objects(self) -> dict[str, Any]:
+        """Chains and sets currently in our table (empty when the table does not exist)."""
+        try:
+            out = self.transport.run([{"list": {"table": {"family": FAMILY, "name": self.table}}}])
+        except BackendError as exc:
+            if "No such file" in str(exc) or "does not exist" in str(exc):
+                return {"chains": [], "sets": {}}
+            raise
+        chains: list[str] = []
+        sets: dict[str, tuple[Any, list[str]]] = {}
+        for item in out.get("nftables", []):
+            if "chain" in item:
+                chains.append(item["chain"]["name"])
+            elif "set" in item:
+                sets[item["set"]["name"]] = (item["set"]["type"], list(item["set"].get("flags", [])))
+        return {"chains": chains, "sets": sets}
+
+    # ------------------------------------------------------------------ elements
+
+    def current(self) -> dict[Key, float]:
+        """Block elements in the kernel with their expiry (epoch seconds)."""
+        now = self.clock()
+        out = self.transport.run([{"list": {"table": {"family": FAMILY, "name": self.table}}}])
+        found: dict[Key, float] = {}
+        for item in out.get("nftables", []):
+            s = item.get("set")
+            if not s or s["name"] not in BLOCK_SETS:
+                continue
+            for raw in s.get("elem", []):
+                elem = raw.get("elem", raw) if isinstance(raw, dict) else raw
+                val = elem.get("val", elem) if isinstance(elem, dict) else elem
+                expires = elem.get("expires", elem.get("timeout", 0)) if isinstance(elem, dict) else 0
+                found[(s["name"], *_parse_val(val))] = now + float(expires or 0)
+        return found
+
+    def list_rules(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [
+            {"set": k[0], "source": k[1], "target": k[2], "expires_in_s": round(exp - now, 1)}
+            for k, exp in sorted(self.current().items())
+        ]
+
+    def apply(self, decision: Decision) -> dict[str, Any]:
+        expires = _expiry(decision, self.clock())
+        wanted, skipped = decision_elements(decision, expires)
+        if not wanted:
+            raise BackendError(f"nftables: no target of {decision.id} has the source's address family")
+        current = self.current()
+        same_src = {k: v for k, v in current.items() if k[1] == decision.source.ip}
+        merged = merge([*(Element(k, v) for k, v in same_src.items()), *wanted])
+        deletes = [k for k in same_src if k not in merged]
+        adds = {k: v for k, v in merged.items() if k not in same_src or v > same_src[k] + 1}
+        self._change(deletes, adds)
+        return {
+            "elements": [_show(k) for k in merged if any(_covers(k, w.key) for w in wanted)],
+            "timeout_s": _timeout(expires, self.clock()),
+            "skipped_targets": skipped,
+        }
+
+    def revoke(self, decision: Decision) -> dict[str, Any]:
+        wanted, _ = decision_elements(decision, 0.0)
+        current = self.current()
+        gone = [k for k in current if any(_covers(k, w.key) or _covers(w.key, k) for w in wanted)]
+        self._change(gone, {})
+        return {"removed": [_show(k) for k in gone]}
+
+    def reconcile(self, active: list[Decision]) -> dict[str, Any]:
+        table = self.ensure_table()
+        now = self.clock()
+        desired = merge(
+            e for d in active for e in decision_elements(d, _expiry(d, now))[0] if e.expires_at > now
+        )
+        current = self.current()
+        stray = [k for k in current if k not in desired]
+        missing = {k: v for k, v in desired.items() if k not in current or current[k] + 2 < v}
+        self._change(stray, missing)
+        return {
+            "removed": [_show(k) for k in stray] + table["removed"],
+            "restored": [_show(k) for k in missing],
+        }
+
+    def _change(self, deletes: Iterable[Key], adds: dict[Key, float]) -> None:
+        now = self.clock()
+        cmds: list[dict[str, Any]] = []
+        for k in deletes:
+            cmds.append({"delete": {"element": {**self._obj(name=k[0]), "elem": [_val(k)]}}})
+        for k, exp in adds.items():
+            elem = {"elem": {"val": _val(k), "timeout": _timeout(exp, now)}}
+            cmds.append({"add": {"element": {**self._obj(name=k[0]), "elem": [elem]}}})
+        if not cmds:
+            return
+        try:
+            self.transport.run(cmds)
+        except BackendError:
+            # An element may have expired in the kernel between listing and deleting: list again once.
+            current = self.current()
+            retry = [c for c in cmds if "add" in c or _cmd_key(c) in current]
+            if retry:
+                self.transport.run(retry)
+
+    # ------------------------------------------------------------------ dry-run
+
+    def render(self, decisions: list[Decision]) -> str:
+        """The nft script this backend would load for ``decisions`` (``nft -f`` syntax)."""
+        now = self.clock()
+        elements = merge(e for d in decisions for e in decision_elements(d, _expiry(d, now))[0])
+        lines = [f"table {FAMILY} {self.table} {{"]
+        for name, (stype, flags) in SET_TYPES.items():
+            ty = " . ".join(stype) if isinstance(stype, list) else stype
+            lines += [f"\tset {name} {{", f"\t\ttype {ty}", f"\t\tflags {','.join(flags)}"]
+            elems = [f"{_show(k)} timeout {_timeout(v, now)}s" for k, v in elements.items() if k[0] == name]
+            if name.startswith("protected"):
+                elems = [p for p in self.protected if (":" in p) == name.endswith("v6")]
+            if elems:
+                lines.append("\t\telements = { " + ", ".join(elems) + " }")
+            lines.append("\t}")
+        for hook in HOOKS:
+            lines.append(f"\tchain {hook} {{")
+            lines.append(f"\t\ttype filter hook {hook} priority {PRIORITY}; policy accept;")
+            verdict = "reject with icmpx admin-prohibited" if self.verdict == "reject" else "drop"
+            for ip, fam in (("ip", "v4"), ("ip6", "v6")):
+                lines.append(f"\t\t{ip} daddr @protected_{fam} accept")
+            for ip, fam in (("ip", "v4"), ("ip6", "v6")):
+                pair = f"{ip} saddr . {ip} daddr @blocked_{fam}"
+                if self.verdict == "reject":
+                    lines.append(f"\t\tmeta l4proto tcp {pair} counter reject with tcp reset")
+                lines.append(f"\t\t{pair} counter {verdict}")
+                for side in ("saddr", "daddr"):
+                    one = f"{ip} {side} @quarantine_{fam}"
+                    if self.verdict == "reject":
+                        lines.append(f"\t\tmeta l4proto tcp {one} counter reject with tcp reset")
+                    lines.append(f"\t\t{one} counter {verdict}")
+            lines.append("\t}")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+
+def _payload(proto: str, field: str) -> dict[str, Any]:
+    return {"payload": {"protocol": proto, "field": field}}
+
+
+def _match(left: dict[str, Any], right: Any) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _prefix(net: str) -> Any:
+    n = ipaddress.ip_network(net)
+    if n.num_addresses == 1:
+        return str(n.network_address)
+    return {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
+
+
+def _val(k: Key) -> Any:
+    if not k[2]:
+        return k[1]
+    return {"concat": [k[1], _prefix(k[2])]}
+
+
+def _parse_val(val: Any) -> tuple[str, str]:
+    if isinstance(val, str):
+        return (val, "")
+    parts = val["concat"]
+    src = parts[0]
+    tgt = parts[1]
+    if isinstance(tgt, dict) and "prefix" in tgt:
+        tgt = f"{tgt['prefix']['addr']}/{tgt['prefix']['len']}"
+    elif isinstance(tgt, dict) and "range" in tgt:
+        lo, hi = tgt["range"]
+        nets = list(ipaddress.summarize_address_range(ipaddress.ip_address(lo), ipaddress.ip_address(hi)))
+        tgt = str(nets[0])
+    return (str(src), str(ipaddress.ip_network(tgt)))
+
+
+def _cmd_key(cmd: dict[str, Any]) -> Key:
+    el = next(iter(cmd.values()))["element"]
+    return (el["name"], *_parse_val(el["elem"][0]))
+
+
+def _show(k: Key) -> str:
+    return f"{k[1]} . {k[2]}" if k[2] else k[1]
+
+
+def _norm(t: Any) -> list[str]:
+    return list(t) if isinstance(t, list) else [t]
+
+
+def _expiry(d: Decision, now: float) -> float:
+    if d.expires_at is not None:
+        return d.expires_at.timestamp()
+    return now + d.ttl_s
+
+
+def _timeout(expires_at: float, now: float) -> int:
+    return max(1, math.ceil(expires_at - now))

@@ -1,0 +1,409 @@
+"""The enforcement stage: alerts in, guarded decisions out, rules applied, an audit trail kept.
+
+One :class:`Enforcer` consumes ``alerts``, asks the policy for a proposal, passes it through
+every guardrail, then according to the mode records it (``dry_run``), waits for a person
+(``approval``) or applies it on every backend (``enforce``). Every decision, refusals
+included, goes to the store and to the ``decisions`` topic. The store is the truth: at
+start (and every ``reconcile_interval_s``) each backend is made to match the active
+decisions, which removes stray rules and restores missing ones. Blocks whose TTL ended are
+lifted on backends without kernel timeouts and marked ``expired``.
+
+Ordering: rules are applied *before* the decision is recorded as ``applied``. A crash in
+between leaves a rule without a decision, which reconciliation removes: the failure mode
+unblocks, it never blocks without a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from enforcement import policy
+from enforcement.backends import Backend, BackendError, make_backends
+from enforcement.guardrails import Context, Guardrails
+from enforcement.inventory import Inventory
+from enforcement.metrics import EnforcerMetrics
+from flowwarden.bus import Bus, Consumer, Message, Producer, send_dlq
+from flowwarden.errors import FlowwardenError, RecordError
+from flowwarden.records import Alert, Decision, Entity
+from flowwarden.settings import Settings
+from flowwarden.store import WAS_APPLIED, Store
+
+log = logging.getLogger("flowwarden.enforcement")
+
+OFFENCE_STATUSES = ("applied", "expired", "revoked", "simulated", "pending")
+
+
+class UnknownBlock(FlowwardenError):
+    """No decision with that id in the store."""
+
+
+class Enforcer:
+    """The stage: construct, :meth:`start`, :meth:`run` (or :meth:`poll_once` in a loop), :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        bus: Bus | None = None,
+        backends: Sequence[Backend] | None = None,
+        inventory: Inventory | None = None,
+        metrics: EnforcerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.enforcement
+        self.store = store
+        self.bus = bus
+        self.inventory = (
+            inventory if inventory is not None else Inventory.load(settings.pipeline.inventory_path)
+        )
+        self.guardrails = Guardrails(settings, self.inventory)
+        self.backends = (
+            list(backends) if backends is not None else make_backends(settings, self.protected_networks())
+        )
+        self.metrics = metrics or EnforcerMetrics()
+        self.clock = clock
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self._last_reconcile = 0.0
+        self._started_backends = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def protected_networks(self) -> list[str]:
+        """Everything the guardrails protect, for the backends' own second line (nft accept set)."""
+        return [str(n) for group in self.guardrails.protected for n in group.networks]
+
+    @property
+    def backend_name(self) -> str:
+        return ",".join(b.name for b in self.backends)
+
+    def may_apply(self) -> bool:
+        """False when every mode is dry-run: then not even the nft table is created."""
+        modes = {self.cfg.mode, *self.cfg.mode_by_detector.values()}
+        return modes != {"dry_run"}
+
+    def start(self, *, consume: bool = True) -> dict[str, Any]:
+        """Start backends, reconcile them with the store, then join the consumer group."""
+        result: dict[str, Any] = {}
+        if self.may_apply():
+            for b in self.backends:
+                b.start()
+            self._started_backends = True
+            result = self.reconcile()
+        if self.bus is not None:
+            t = self.settings.kafka.topics
+            self.producer = self.bus.producer()
+            if consume:
+                self.bus.ensure_topics([t.alerts, t.decisions])
+                self.consumer = self.bus.consumer([t.alerts], self.cfg.group_id)
+        return result
+
+    def stop(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+        if self.producer is not None:
+            self.producer.close()
+            self.producer = None
+
+    def run(self, stop: threading.Event, poll_timeout_s: float = 0.5) -> None:
+        """Consume until ``stop`` is set; housekeeping (expiry, reconciliation) between polls."""
+        while not stop.is_set():
+            self.poll_once(poll_timeout_s)
+
+    def poll_once(self, timeout_s: float = 0.5) -> list[Decision]:
+        """One poll of the alerts topic; returns the decisions taken."""
+        out: list[Decision] = []
+        if self.consumer is not None:
+            messages = self.consumer.poll(timeout_s=timeout_s, max_records=100)
+            for m in messages:
+                d = self.handle_message(m)
+                if d is not None:
+                    out.append(d)
+            if messages:
+                self.consumer.commit(messages)
+        self.housekeeping()
+        return out
+
+    def housekeeping(self) -> None:
+        self.expire()
+        now = self.clock()
+        if self._started_backends and now - self._last_reconcile >= self.cfg.reconcile_interval_s:
+            self.reconcile()
+
+    # ------------------------------------------------------------------ alerts
+
+    def handle_message(self, m: Message) -> Decision | None:
+        try:
+            alert = Alert.from_json(m.value)
+        except RecordError as exc:
+            log.error(
+                "bad alert topic=%s partition=%d offset=%d error=%s", m.topic, m.partition, m.offset, exc
+            )
+            if self.producer is not None:
+                send_dlq(
+                    self.producer,
+                    f"{m.topic}.dlq",
+                    m.value,
+                    str(exc),
+                    m.topic,
+                    field=exc.field,
+                    source_partition=m.partition,
+                    source_offset=m.offset,
+                )
+            return None
+        return self.handle_alert(alert)
+
+    def handle_alert(self, alert: Alert) -> Decision | None:
+        """The decision taken on ``alert`` (None when the policy ignores it or it was handled before)."""
+        if policy.ineligible_reason(alert, self.cfg):
+            return None
+        if self.store.get_decision(policy.decision_id(alert.id, self.cfg.action)) is not None:
+            return None  # a replayed alert: its decision is already in the store
+        proposal = policy.propose(alert, self.cfg, prior_offences=self.prior_offences(alert.entity))
+        assert proposal is not None
+        return self.decide(proposal)
+
+    def prior_offences(self, source: Entity) -> int:
+        since = self._now_dt() - timedelta(seconds=self.cfg.ttl_max_s)
+        key = source.key()
+        return sum(
+            1
+            for d in self.store.list_decisions(status=OFFENCE_STATUSES, since=since)
+            if d.action != "unblock" and d.source.key() == key
+        )
+
+    # ------------------------------------------------------------------ deciding
+
+    def decide(self, proposal: Decision, *, force: bool = False) -> Decision:
+        """Guardrails, then record / wait / apply according to the proposal's mode."""
+        now = self._now_dt()
+        d = proposal.model_copy(update={"created_at": now, "backend": self.backend_name})
+        refusal = self.guardrails.check(d, self.context(d.mode, force=force))
+        if refusal is not None:
+            d = d.model_copy(
+                update={
+                    "status": "refused",
+                    "guardrail": refusal.guardrail,
+                    "reason": f"{refusal.reason}; {d.reason}",
+                }
+            )
+            self.metrics.refusals.labels(refusal.guardrail).inc()
+            log.warning(
+                "decision refused id=%s guardrail=%s reason=%s", d.id, refusal.guardrail, refusal.reason
+            )
+        elif d.mode == "dry_run":
+            d = d.model_copy(
+                update={
+                    "status": "simulated",
+                    "expires_at": now + timedelta(seconds=d.ttl_s),
+                    "backend_result": {"would_apply": self.preview(d)},
+                }
+            )
+        elif d.mode == "approval":
+            d = d.model_copy(update={"status": "pending"})
+        else:
+            d = self._apply(d, now)
+        self.store.insert_decisions([d])
+        self._publish(d)
+        self._count(d)
+        return d
+
+    def context(self, mode: str, *, force: bool = False) -> Context:
+        """Blast-radius bookkeeping: real blocks for enforce/approval, simulated ones in dry-run."""
+        now = self._now_dt()
+        minute_ago = now - timedelta(seconds=60)
+        if mode == "dry_run":
+            since = now - timedelta(seconds=self.cfg.ttl_max_s)
+            active = [
+                d
+                for d in self.store.list_decisions(status="simulated", since=since)
+                if d.expires_at is None or d.expires_at > now
+            ]
+            recent = self.store.count_blocks_since(minute_ago, statuses=("simulated",))
+        else:
+            active = self.store.active_blocks(now)
+            recent = self.store.count_blocks_since(minute_ago, statuses=WAS_APPLIED)
+        return Context(active=active, new_last_minute=recent, force=force)
+
+    def preview(self, d: Decision) -> dict[str, str]:
+        return {b.name: b.render([d]) for b in self.backends if b.name == "nftables"} or {
+            b.name: "would apply" for b in self.backends
+        }
+
+    def _apply(self, d: Decision, now: datetime) -> Decision:
+        expires = now + timedelta(seconds=d.ttl_s)
+        d = d.model_copy(update={"expires_at": expires})
+        results: dict[str, Any] = {}
+        done: list[Backend] = []
+        t0 = time.perf_counter()
+        for b in self.backends:
+            try:
+                results[b.name] = b.apply(d)
+                done.append(b)
+            except (BackendError, RecordError, OSError) as exc:
+                results[b.name] = {"error": str(exc)}
+                log.error("apply failed id=%s backend=%s error=%s", d.id, b.name, exc)
+                for ok in done:  # all or nothing: roll back what went in
+                    try:
+                        ok.revoke(d)
+                    except (BackendError, OSError) as undo_exc:
+                        results[ok.name]["rollback_error"] = str(undo_exc)
+                results["applied_at"] = self.clock()
+                return d.model_copy(update={"status": "failed", "backend_result": results})
+        self.metrics.apply_seconds.observe(time.perf_counter() - t0)
+        results["applied_at"] = self.clock()
+        return d.model_copy(update={"status": "applied", "backend_result": results})
+
+    # ------------------------------------------------------------------ people
+
+    def manual(
+        self,
+        *,
+        source: Entity,
+        targets: list[str],
+        action: str = "block",
+        ttl_s: int | None = None,
+        decided_by: str = "cli",
+        reason: str = "",
+        force: bool = False,
+    ) -> Decision:
+        """A block a person asks for: same guardrails; ``force`` overrides only the allowlist."""
+        proposal = policy.manual(
+            source=source,
+            targets=targets,
+            action=action,  # type: ignore[arg-type]
+            ttl_s=ttl_s or self.cfg.ttl_s,
+            mode="enforce",
+            decided_by=decided_by,
+            reason=reason + (" (forced over the allowlist)" if force else ""),
+            now=self._now_dt(),
+        )
+        return self.decide(proposal, force=force)
+
+    def approve(self, decision_id: str, *, by: str = "cli", force: bool = False) -> Decision:
+        d = self._get(decision_id)
+        if d.status != "pending":
+            raise FlowwardenError(f"decision {decision_id} is {d.status}, not pending approval")
+        refusal = self.guardrails.check(d, self.context("enforce", force=force))
+        now = self._now_dt()
+        if refusal is not None:
+            self.metrics.refusals.labels(refusal.guardrail).inc()
+            out = self.store.update_decision(
+                d.id,
+                status="refused",
+                guardrail=refusal.guardrail,
+                reason=f"{refusal.reason}; at approval by {by}",
+            )
+        else:
+            applied = self._apply(d, now)
+            out = self.store.update_decision(
+                d.id,
+                status=applied.status,
+                backend_result=applied.backend_result,
+                expires_at=applied.expires_at,
+                reason=f"{d.reason}; approved by {by}",
+                backend=self.backend_name,
+            )
+        self._publish(out)
+        self._count(out)
+        return out
+
+    def revoke(self, decision_id: str, *, by: str = "cli") -> Decision:
+        d = self._get(decision_id)
+        if d.status not in ("applied", "pending", "simulated"):
+            raise FlowwardenError(f"decision {decision_id} is {d.status}: nothing to revoke")
+        results: dict[str, Any] = dict(d.backend_result)
+        if d.status == "applied":
+            for b in self.backends:
+                try:
+                    results[f"revoke_{b.name}"] = b.revoke(d)
+                except (BackendError, OSError) as exc:
+                    results[f"revoke_{b.name}"] = {"error": str(exc)}
+        out = self.store.update_decision(
+            d.id, status="revoked", backend_result=results, reason=f"{d.reason}; revoked by {by}"
+        )
+        if d.status == "applied":
+            self._reconcile_kernel()  # overlapping blocks of other decisions come back
+        self._publish(out)
+        self._count(out)
+        return out
+
+    # ------------------------------------------------------------------ TTL and reconciliation
+
+    def expire(self) -> list[Decision]:
+        """Mark ended blocks ``expired``, lifting them where the kernel does not do it itself."""
+        now = self._now_dt()
+        ended = [
+            d
+            for d in self.store.list_decisions(status="applied")
+            if d.expires_at is not None and d.expires_at <= now
+        ]
+        out = []
+        for d in ended:
+            results = dict(d.backend_result)
+            for b in self.backends:
+                if not b.kernel_expiry:
+                    try:
+                        results[f"expire_{b.name}"] = b.revoke(d)
+                    except (BackendError, OSError) as exc:
+                        results[f"expire_{b.name}"] = {"error": str(exc)}
+            e = self.store.update_decision(d.id, status="expired", backend_result=results)
+            self._publish(e)
+            self._count(e)
+            out.append(e)
+        if ended:
+            self.metrics.active_blocks.set(len(self.store.active_blocks(now)))
+        return out
+
+    def reconcile(self) -> dict[str, Any]:
+        """Make every backend match the store's active blocks."""
+        self._last_reconcile = self.clock()
+        active = self.store.active_blocks(self._now_dt())
+        self.metrics.active_blocks.set(len(active))
+        out: dict[str, Any] = {}
+        for b in self.backends:
+            try:
+                out[b.name] = b.reconcile(active)
+            except (BackendError, OSError) as exc:
+                out[b.name] = {"error": str(exc)}
+                log.error("reconcile failed backend=%s error=%s", b.name, exc)
+        changed = {k: v for k, v in out.items() if v.get("removed") or v.get("restored")}
+        if changed:
+            log.warning("reconciled rules with the store: %s", changed)
+        return out
+
+    def _reconcile_kernel(self) -> None:
+        active = self.store.active_blocks(self._now_dt())
+        for b in self.backends:
+            if b.kernel_expiry:
+                b.reconcile(active)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _get(self, decision_id: str) -> Decision:
+        d = self.store.get_decision(decision_id)
+        if d is None:
+            raise UnknownBlock(f"no decision with id {decision_id!r}")
+        return d
+
+    def _publish(self, d: Decision) -> None:
+        if self.producer is not None:
+            self.producer.send(
+                self.settings.kafka.topics.decisions, d.to_json().encode(), key=d.source.ip.encode()
+            )
+
+    def _count(self, d: Decision) -> None:
+        self.metrics.decisions.labels(d.mode, d.backend or self.backend_name, d.status).inc()
+        if d.status in ("applied", "expired", "revoked"):
+            self.metrics.active_blocks.set(len(self.store.active_blocks(self._now_dt())))
+
+    def _now_dt(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)

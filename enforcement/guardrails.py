@@ -1,0 +1,240 @@
+"""Guardrails: small named checks that every decision passes before any backend sees it.
+
+They read only the settings and the enforcer's own bookkeeping, never the alert's content,
+so an alert cannot talk its way past them. The allowlist always wins: it is checked first
+and only a person's ``--force`` on a manual decision overrides it; nothing overrides the
+control-plane, node, DNS and protected-address checks, the prefix limit or the blast radius.
+A refusal is a :class:`Refusal` that the enforcer records as a ``refused`` decision.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from enforcement.inventory import Inventory
+from enforcement.targets import (
+    Network,
+    check_decision_id,
+    check_name,
+    check_namespace,
+    parse_ip,
+    parse_target,
+)
+from flowwarden.errors import RecordError
+from flowwarden.records import Decision
+from flowwarden.settings import Settings
+
+ALLOWLIST_GUARDRAILS = frozenset({"allow_cidr", "allow_namespace", "allow_workload"})
+"""The only guardrails a person may override with ``--force``."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    guardrail: str
+    reason: str
+
+
+@dataclass
+class Context:
+    """What the blast-radius checks need from the enforcer's bookkeeping."""
+
+    active: Sequence[Decision] = ()  # blocks in force (or simulated in force, in dry-run)
+    new_last_minute: int = 0  # decisions of this mode started in the last 60 s
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Protected:
+    name: str  # the guardrail's name
+    networks: tuple[Network, ...]
+
+
+def _nets(values: Sequence[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+def kafka_addresses(bootstrap_servers: Sequence[str]) -> list[str]:
+    """Kafka brokers given as literal IPs ("10.0.0.5:9092", "[fd00::5]:9092")."""
+    out = []
+    for server in bootstrap_servers:
+        host = server.rsplit(":", 1)[0] if server.count(":") == 1 or server.startswith("[") else server
+        host = host.strip("[]")
+        try:
+            out.append(str(ipaddress.ip_address(host)))
+        except ValueError:
+            continue  # a DNS name: list its addresses in enforcement.protected_ips
+    return out
+
+
+@dataclass
+class Guardrails:
+    settings: Settings
+    inventory: Inventory = field(default_factory=Inventory)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        api = list(s.control_plane.api_server_ips)
+        # The first address of each service CIDR is the `kubernetes` Service: the API server too.
+        api += [str(ipaddress.ip_network(c).network_address + 1) for c in s.cluster.service_cidrs]
+        self.protected: tuple[Protected, ...] = (
+            Protected("control_plane", _nets(api)),
+            Protected("node_address", _nets([*s.cluster.node_ips, *s.cluster.node_cidrs])),
+            Protected("cluster_dns", _nets(s.cluster.cluster_dns)),
+            Protected(
+                "protected_ip",
+                _nets([*s.enforcement.protected_ips, *kafka_addresses(s.kafka.bootstrap_servers)]),
+            ),
+        )
+        self.allow_cidrs = _nets(s.enforcement.allow_cidrs)
+        self.checks: tuple[Callable[[Decision, Context], Refusal | None], ...] = (
+            self.malformed,
+            self.allowlist,
+            self.target_too_wide,
+            self.protected_addresses,
+            self.reserved_address,
+            self.no_targets,
+            self.max_active_blocks,
+            self.max_new_blocks_per_minute,
+            self.max_workload_share,
+        )
+
+    def check(self, decision: Decision, ctx: Context | None = None) -> Refusal | None:
+        """The first guardrail that refuses ``decision``, or None when it may go ahead."""
+        ctx = ctx or Context()
+        if decision.action == "unblock":
+            return None  # lifting a block never harms
+        for check in self.checks:
+            refusal = check(decision, ctx)
+            if refusal is not None:
+                return refusal
+        return None
+
+    # ------------------------------------------------------------------ the checks
+
+    def malformed(self, d: Decision, ctx: Context) -> Refusal | None:
+        try:
+            check_decision_id(d.id)
+            parse_ip(d.source.ip)
+            check_namespace(d.source.namespace)
+            check_name(d.source.pod, "source.pod")
+            check_name(d.source.workload, "source.workload")
+            check_name(d.source.node, "source.node")
+            for t in d.targets:
+                parse_target(t)
+        except RecordError as exc:
+            return Refusal("malformed", str(exc))
+        return None
+
+    def allowlist(self, d: Decision, ctx: Context) -> Refusal | None:
+        if ctx.force:
+            return None
+        cfg = self.settings.enforcement
+        for role, ns, wl, ip in self._parties(d):
+            if ns and ns in cfg.allow_namespaces:
+                return Refusal("allow_namespace", f"{role} {ip} is in allowlisted namespace {ns}")
+            if ns and wl and f"{ns}/{wl}" in cfg.allow_workloads:
+                return Refusal("allow_workload", f"{role} {ip} belongs to allowlisted workload {ns}/{wl}")
+        for role, net in self._networks(d):
+            hit = next((a for a in self.allow_cidrs if a.version == net.version and a.overlaps(net)), None)
+            if hit is not None:
+                return Refusal("allow_cidr", f"{role} {net} overlaps allowlisted {hit}")
+        return None
+
+    def target_too_wide(self, d: Decision, ctx: Context) -> Refusal | None:
+        cfg = self.settings.enforcement
+        for t in d.targets:
+            net = parse_target(t)
+            limit = cfg.min_prefix_v4 if net.version == 4 else cfg.min_prefix_v6
+            if net.prefixlen < limit:
+                return Refusal("target_too_wide", f"target {net} is wider than /{limit}")
+        return None
+
+    def protected_addresses(self, d: Decision, ctx: Context) -> Refusal | None:
+        for role, net in self._networks(d):
+            for group in self.protected:
+                hit = next((p for p in group.networks if p.version == net.version and p.overlaps(net)), None)
+                if hit is not None:
+                    return Refusal(group.name, f"{role} {net} overlaps protected {hit} ({group.name})")
+        return None
+
+    def reserved_address(self, d: Decision, ctx: Context) -> Refusal | None:
+        for role, net in self._networks(d):
+            a = net.network_address
+            if a.is_loopback or a.is_unspecified or a.is_multicast or net.broadcast_address.is_loopback:
+                return Refusal(
+                    "reserved_address", f"{role} {net} is a loopback, unspecified or multicast address"
+                )
+        return None
+
+    def no_targets(self, d: Decision, ctx: Context) -> Refusal | None:
+        if d.action == "block" and not d.targets:
+            return Refusal("no_targets", "a block needs at least one target (use quarantine to isolate)")
+        return None
+
+    def max_active_blocks(self, d: Decision, ctx: Context) -> Refusal | None:
+        limit = self.settings.enforcement.max_active_blocks
+        others = [a for a in ctx.active if a.id != d.id]
+        if len(others) + 1 > limit:
+            return Refusal("max_active_blocks", f"{len(others)} blocks already active (limit {limit})")
+        return None
+
+    def max_new_blocks_per_minute(self, d: Decision, ctx: Context) -> Refusal | None:
+        limit = self.settings.enforcement.max_new_blocks_per_minute
+        if ctx.new_last_minute + 1 > limit:
+            return Refusal(
+                "max_new_blocks_per_minute",
+                f"{ctx.new_last_minute} new blocks in the last minute (limit {limit})",
+            )
+        return None
+
+    def max_workload_share(self, d: Decision, ctx: Context) -> Refusal | None:
+        src = d.source
+        if not (src.namespace and src.workload):
+            return None
+        total = self.inventory.pod_count(src.namespace, src.workload)
+        if not total:
+            return None  # size unknown: the other blast-radius limits still hold
+        pods = {(a.source.pod or a.source.ip) for a in ctx.active if a.id != d.id and _same_workload(a, d)}
+        pods.add(src.pod or src.ip)
+        share = len(pods) / total
+        limit = self.settings.enforcement.max_workload_share
+        if share > limit:
+            return Refusal(
+                "max_workload_share",
+                f"{len(pods)} of {total} pods of {src.namespace}/{src.workload} would be blocked "
+                f"({share:.0%} > {limit:.0%})",
+            )
+        return None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _parties(self, d: Decision) -> list[tuple[str, str, str, str]]:
+        """(role, namespace, workload, ip) of the source and of every target the inventory knows."""
+        out = [("source", d.source.namespace, d.source.workload, d.source.ip)]
+        ref = self.inventory.pods_by_ip.get(d.source.ip)
+        if ref is not None:
+            out.append(("source", ref.namespace, ref.workload, d.source.ip))
+        for t in d.targets:
+            net = parse_target(t)
+            if net.num_addresses == 1:
+                ref = self.inventory.pods_by_ip.get(str(net.network_address))
+                if ref is not None:
+                    out.append(("target", ref.namespace, ref.workload, str(net.network_address)))
+                continue
+            for ip, ref in self.inventory.pods_by_ip.items():
+                try:
+                    inside = ipaddress.ip_address(ip) in net
+                except ValueError:
+                    continue
+                if inside:
+                    out.append(("target", ref.namespace, ref.workload, ip))
+        return out
+
+    def _networks(self, d: Decision) -> list[tuple[str, Network]]:
+        return [("source", parse_target(d.source.ip)), *(("target", parse_target(t)) for t in d.targets)]
+
+
+def _same_workload(a: Decision, b: Decision) -> bool:
+    return (a.source.namespace, a.source.workload) == (b.source.namespace, b.source.workload)

@@ -1,0 +1,39 @@
+"""Prometheus metrics of the enforcer (names fixed by the dashboards).
+
+Each :class:`EnforcerMetrics` has its own registry, so several enforcers (tests, the
+benchmark) can live in one process; :meth:`serve` exposes it on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class EnforcerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.decisions = Counter(
+            "flowwarden_enforcer_decisions_total",
+            "Decisions taken, by mode, backend and status.",
+            ["mode", "backend", "status"],
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "flowwarden_enforcer_refusals_total",
+            "Decisions refused, by the guardrail that refused them.",
+            ["guardrail"],
+            registry=self.registry,
+        )
+        self.active_blocks = Gauge(
+            "flowwarden_enforcer_active_blocks", "Blocks and quarantines in force.", registry=self.registry
+        )
+        self.apply_seconds = Histogram(
+            "flowwarden_enforcer_apply_seconds",
+            "Time to apply one decision on its backends.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+            registry=self.registry,
+        )
+
+    def serve(self, port: int) -> None:
+        if port:
+            start_http_server(port, registry=self.registry)

@@ -1,0 +1,75 @@
+"""``flowwarden dashboards``: generate, check, render and push the Grafana dashboards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowwarden.errors import ConfigError
+
+DEFAULT_IMG_DIR = Path("docs/img")
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        help="Grafana dashboards as code: generate, check, render, push.", no_args_is_help=True
+    )
+
+    @group.command("generate")
+    def generate(
+        out: Annotated[
+            Path | None, typer.Option(help="Directory for the JSON (default: dashboards/json).")
+        ] = None,
+    ) -> None:
+        """Write every dashboard's JSON from the code."""
+        from dashboards.catalog import JSON_DIR
+        from dashboards.catalog import generate as write
+
+        for path in write(out or JSON_DIR):
+            typer.echo(str(path))
+
+    @group.command("check")
+    def check(
+        out: Annotated[Path | None, typer.Option(help="Directory of the committed JSON.")] = None,
+    ) -> None:
+        """Fail when the committed JSON differs from what the code generates."""
+        from dashboards.catalog import JSON_DIR, stale
+
+        problems = stale(out or JSON_DIR)
+        if problems:
+            raise ConfigError(
+                "dashboards JSON is stale (run 'flowwarden dashboards generate'): " + "; ".join(problems)
+            )
+        typer.echo("dashboards JSON is up to date")
+
+    @group.command("render")
+    def render(
+        out: Annotated[Path, typer.Option(help="Directory for the layout pictures.")] = DEFAULT_IMG_DIR,
+        fmt: Annotated[str, typer.Option("--format", help="svg or png.")] = "svg",
+    ) -> None:
+        """Draw each dashboard's layout (panel titles in grid positions) for the docs."""
+        from dashboards.catalog import load_committed
+        from dashboards.render import render_all
+
+        if fmt not in ("svg", "png"):
+            raise ConfigError(f"--format: {fmt!r} is not one of svg, png")
+        for path in render_all(load_committed(), out, fmt):
+            typer.echo(str(path))
+
+    @group.command("push")
+    def push(
+        url: Annotated[str, typer.Option(help="Grafana base URL, e.g. http://grafana:3000.")],
+        token: Annotated[
+            str, typer.Option(envvar="GRAFANA_TOKEN", help="Service-account token (or GRAFANA_TOKEN).")
+        ],
+        datasources: Annotated[bool, typer.Option(help="Also create/update the data sources.")] = True,
+    ) -> None:
+        """Upload the folder, data sources and dashboards to an existing Grafana."""
+        from dashboards.push import push as upload
+
+        for line in upload(url, token, with_datasources=datasources):
+            typer.echo(line)
+
+    app.add_typer(group, name="dashboards")

@@ -1,0 +1,129 @@
+"""``flowwarden detect`` (offline, no services) and ``flowwarden pipeline …`` (the streaming runtime).
+
+``detect`` runs the very engine the streaming pipeline runs over a Parquet file of flows,
+or over a capture metered by the collector's code, and writes one alert per line.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowwarden.cli.common import ConfigOption, settings_from
+from flowwarden.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    _register_run(app)  # ``flowwarden pipeline run``: the streaming runtime (below)
+
+    @app.command("detect")
+    def detect(
+        out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the alerts (JSON Lines).")],
+        flows: Annotated[
+            Path | None, typer.Option("--flows", help="Parquet file of flows (FLOW_SCHEMA).")
+        ] = None,
+        pcap: Annotated[
+            Path | None, typer.Option("--pcap", help="A capture to meter into flows first.")
+        ] = None,
+        inventory: Annotated[
+            Path | None, typer.Option("--inventory", help="`kubectl get pods -A -o json` output.")
+        ] = None,
+        windows_out: Annotated[
+            Path | None, typer.Option("--windows", help="Also write the scored entity-windows (Parquet).")
+        ] = None,
+        no_model: Annotated[
+            bool, typer.Option("--no-model", help="Do not load the shipped anomaly model.")
+        ] = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Score flows offline (same engine as the live pipeline) and write alerts.jsonl."""
+        import pandas as pd
+
+        from pipeline.enrich import Inventory
+        from pipeline.offline import default_model, detect_flows
+
+        settings = settings_from(config)
+        if (flows is None) == (pcap is None):
+            raise ConfigError("detect: give exactly one of --flows FILE.parquet or --pcap FILE")
+        if flows is not None:
+            if not flows.exists():
+                raise ConfigError(f"--flows: {flows}: no such file")
+            try:
+                frame = pd.read_parquet(flows)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"--flows: {flows}: not a readable Parquet file: {exc}") from exc
+        else:
+            assert pcap is not None
+            if not pcap.exists():
+                raise ConfigError(f"--pcap: {pcap}: no such file")
+            from collectors import meter_pcap  # type: ignore[attr-defined,unused-ignore]
+
+            frame = meter_pcap(pcap, settings)
+        inv_path = inventory or settings.pipeline.inventory_path
+        inv = Inventory.from_file(inv_path) if inv_path is not None else None
+        model = None if no_model else default_model()
+        result = detect_flows(
+            frame, settings=settings, inventory=inv, model=model, keep_windows=windows_out is not None
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as fh:
+            for alert in result.alerts:
+                fh.write(alert.to_json() + "\n")
+        if windows_out is not None:
+            result.windows.to_parquet(windows_out, index=False)
+        invalid = 0 if result.invalid is None else len(result.invalid)
+        if invalid:
+            assert result.invalid is not None
+            typer.secho(
+                f"{invalid} invalid flows set aside (first: {result.invalid['reason'].iloc[0]})",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+        by_detector: dict[str, int] = {}
+        for a in result.alerts:
+            by_detector[a.detector] = by_detector.get(a.detector, 0) + 1
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(by_detector.items())) or "none"
+        typer.echo(f"{len(frame)} flows, {len(result.alerts)} alerts ({summary}) -> {out}")
+
+
+def _register_run(app: typer.Typer) -> None:
+    """``flowwarden pipeline run``, owned by the pipeline runtime (``pipeline/stage.py``)."""
+    pipeline_app = typer.Typer(help="The streaming detection pipeline.", no_args_is_help=True)
+    app.add_typer(pipeline_app, name="pipeline")
+
+    @pipeline_app.command("run")
+    def run(
+        config: ConfigOption = None,
+        worker_id: Annotated[
+            str, typer.Option("--worker-id", help="Names this worker's checkpoint (one per replica).")
+        ] = "0",
+        metrics_port: Annotated[
+            int | None, typer.Option("--metrics-port", help="Serve /metrics here (0: off; default: setting).")
+        ] = None,
+        max_seconds: Annotated[
+            float | None, typer.Option("--max-seconds", help="Stop after this long (default: until SIGTERM).")
+        ] = None,
+        flush_on_stop: Annotated[
+            bool, typer.Option("--flush-on-stop", help="Close every open window at stop and commit all.")
+        ] = False,
+    ) -> None:
+        """Consume flows, detect, send alerts to the topic, the store and the notifiers."""
+        from pipeline.stage import StageOptions, run_pipeline
+
+        settings = settings_from(config)
+        stats = run_pipeline(
+            settings,
+            options=StageOptions(worker_id=worker_id),
+            metrics_port=metrics_port,
+            max_seconds=max_seconds,
+            flush_on_stop=flush_on_stop,
+        )
+        typer.echo(
+            f"pipeline stopped: {stats.batches} batches, {stats.flows} flows, {stats.alerts} alerts, "
+            f"{stats.dlq} dead letters"
+        )

@@ -1,0 +1,91 @@
+"""Ordered schema migrations, recorded in the ``schema_migrations`` table.
+
+A fresh database is created from the latest table definitions
+(:mod:`flowwarden.store_schema`) and stamped with every version; an existing one gets only the
+migrations it lacks, in order, inside one transaction (so a failed upgrade leaves it as it
+was). A database stamped with a version this code does not know is refused: an older
+process must never write into a newer schema.
+
+To change the schema: edit the table in :mod:`flowwarden.store_schema` *and* append a
+:class:`Migration` here that makes the same change to an existing database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from flowwarden.errors import FlowwardenError
+from flowwarden.store_schema import metadata, schema_migrations
+
+# Any constant: serialises concurrent start-ups (pipeline and enforcer) on PostgreSQL.
+_PG_LOCK_KEY = 0x466C6F77  # "Flow"
+
+
+class SchemaTooNew(FlowwardenError):
+    """The database was migrated by a newer flowwarden than this one."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step from ``version - 1`` to ``version``."""
+
+    version: int
+    name: str
+    upgrade: Callable[[Connection], None]
+
+
+def _initial(conn: Connection) -> None:
+    metadata.create_all(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial tables", _initial),)
+"""Every migration, in order; the last one's version is the code's schema version."""
+
+
+def applied_versions(conn: Connection) -> list[int]:
+    """Versions recorded in the database, ascending (empty for a fresh database)."""
+    if not sa.inspect(conn).has_table(schema_migrations.name):
+        return []
+    rows = conn.execute(sa.select(schema_migrations.c.version).order_by(schema_migrations.c.version))
+    return [int(v) for v in rows.scalars()]
+
+
+def migrate(conn: Connection, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Bring the database on ``conn`` (inside a transaction) to the latest version.
+
+    Returns the versions applied now (empty when already up to date). Raises
+    :class:`SchemaTooNew` when the database knows versions this code does not.
+    """
+    known = [m.version for m in migrations]
+    if known != sorted(set(known)) or not known:
+        raise ValueError(f"migrations must have strictly increasing versions, got {known}")
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
+    done = applied_versions(conn)
+    unknown = sorted(set(done) - set(known))
+    if unknown:
+        raise SchemaTooNew(
+            f"the store's schema is at version {max(done)} but this flowwarden knows only up to "
+            f"{known[-1]} (unknown versions {unknown}): upgrade flowwarden, or point store.url "
+            "at another database"
+        )
+    now = datetime.now(UTC)
+    if not done:
+        # Fresh database: the table definitions already are the latest schema.
+        metadata.create_all(conn, checkfirst=True)
+        todo = list(migrations)
+    else:
+        todo = [m for m in migrations if m.version not in done]
+        for m in todo:
+            m.upgrade(conn)
+    if todo:
+        conn.execute(
+            sa.insert(schema_migrations),
+            [{"version": m.version, "name": m.name, "applied_at": now} for m in todo],
+        )
+    return [m.version for m in todo]

@@ -1,0 +1,866 @@
+"""The store: alerts, decisions, per-minute flow rollups, checkpoints and batch marks.
+
+One code path for SQLite (embedded, ``sqlite:///flowwarden.db``) and PostgreSQL
+(``postgresql+psycopg://user@host/db``; plain ``postgresql://`` is accepted): SQLAlchemy
+Core, upserts with ``ON CONFLICT`` on both. The constructor does no I/O; :meth:`Store.start`
+connects and migrates, :meth:`Store.stop` releases the connections.
+
+Exactly-once effects: every write method takes an optional ``conn``. The pipeline opens
+``with store.transaction() as conn:`` and passes it to :meth:`Store.add_rollups`,
+:meth:`Store.upsert_alerts` and :meth:`Store.mark_batches`, so a batch's rollups, its alerts
+and the mark that says "this batch is done" commit together or not at all. A batch replayed
+after a crash is then either already marked (skip it: :meth:`Store.seen_batches`) or was
+never written; and if two consumers race on it, the second mark raises
+:class:`DuplicateBatch` and its transaction rolls back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import StaticPool
+
+from flowwarden.errors import ConfigError, FlowwardenError, RecordError, ServiceUnavailable
+from flowwarden.migrations import MIGRATIONS, Migration, SchemaTooNew, applied_versions, migrate
+from flowwarden.records import SEVERITY_ORDER, Alert, Decision, Entity, FlowState
+from flowwarden.store_schema import (
+    DATA_TABLES,
+    ROLLUP_COLUMNS,
+    ROLLUP_DIMENSIONS,
+    ROLLUP_MEASURES,
+    alerts,
+    consumed_batches,
+    decisions,
+    flow_rollups,
+    model_events,
+    pipeline_state,
+)
+
+__all__ = [
+    "DATA_TABLES",
+    "ROLLUP_COLUMNS",
+    "DuplicateBatch",
+    "SchemaTooNew",
+    "Store",
+    "UnknownDecision",
+    "alert_from_row",
+    "alert_to_row",
+    "decision_from_row",
+    "decision_to_row",
+    "normalise_url",
+    "rollup_flows",
+]
+
+BatchRef = tuple[str, int, int]
+"""A consumed batch: (topic, partition, offset)."""
+
+BLOCK_ACTIONS: tuple[str, ...] = ("block", "quarantine")
+# Statuses of a block that was in place at some time (counted by rate guardrails).
+WAS_APPLIED: tuple[str, ...] = ("applied", "expired", "revoked")
+_CHUNK = 1000  # bound on the size of one IN (...) list
+
+
+class DuplicateBatch(FlowwardenError):
+    """A batch was already marked done for this consumer group: its effects are in the store."""
+
+
+class UnknownDecision(FlowwardenError):
+    """No decision with that id."""
+
+
+_UNSET: Any = object()
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def normalise_url(url: str) -> str:
+    """Pick the psycopg 3 driver for PostgreSQL URLs; reject what the store cannot open."""
+    url = url.strip()
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith(("postgresql+psycopg://", "sqlite://")):
+        return url
+    raise ConfigError(
+        f"store.url: {url!r} is not supported; use sqlite:///path/to/flowwarden.db "
+        "or postgresql://user@host:5432/database"
+    )
+
+
+def _masked(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparsable url>"
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True, future=True)
+    database = parsed.database or ""
+    if database in ("", ":memory:"):
+        engine = sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        parent = Path(database).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise ConfigError(f"store.url: directory {parent} does not exist")
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin, so that DDL
+        # is transactional and a read-then-write transaction cannot deadlock (BEGIN IMMEDIATE).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if database not in ("", ":memory:"):
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    """``INSERT`` with the dialect's ``ON CONFLICT`` support (same API on both)."""
+    if conn.dialect.name == "postgresql":
+        return pg_dialect.insert(table)
+    return sqlite_dialect.insert(table)
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _jsonable(value: Any, field: str) -> Any:
+    """Plain JSON for a JSON column: numpy scalars unboxed, NaN/inf as null (JSON has none)."""
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.generic):
+        return _jsonable(value.item(), field)
+    if isinstance(value, Enum):
+        return _jsonable(value.value, field)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, field) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset | np.ndarray):
+        return [_jsonable(v, field) for v in value]
+    raise RecordError(field, f"a {type(value).__name__} cannot be stored as JSON")
+
+
+def alert_to_row(alert: Alert, now: datetime | None = None) -> dict[str, Any]:
+    """An :class:`Alert` as one flat ``alerts`` row."""
+    e = alert.entity
+    return {
+        "id": alert.id,
+        "kind": alert.kind,
+        "detector": alert.detector,
+        "technique": alert.technique,
+        "score": float(alert.score),
+        "severity": alert.severity,
+        "src_ip": e.ip,
+        "namespace": e.namespace,
+        "pod": e.pod,
+        "workload": e.workload,
+        "node": e.node,
+        "window_start": alert.window_start,
+        "window_end": alert.window_end,
+        "first_seen": alert.first_seen,
+        "last_seen": alert.last_seen,
+        "targets": list(alert.targets),
+        "target_ports": [int(p) for p in alert.target_ports],
+        "summary": alert.summary,
+        "evidence": _jsonable(alert.evidence, "evidence"),
+        "example_flows": _jsonable(alert.example_flows, "example_flows"),
+        "model_version": alert.model_version,
+        "created_at": alert.created_at,
+        "updated_at": now or datetime.now(UTC),
+    }
+
+
+def alert_from_row(row: Mapping[Any, Any]) -> Alert:
+    """The :class:`Alert` an ``alerts`` row holds."""
+    return Alert(
+        id=row["id"],
+        kind=row["kind"],
+        detector=row["detector"],
+        technique=row["technique"],
+        score=row["score"],
+        severity=row["severity"],
+        entity=Entity(
+            ip=row["src_ip"],
+            namespace=row["namespace"],
+            pod=row["pod"],
+            workload=row["workload"],
+            node=row["node"],
+        ),
+        window_start=row["window_start"],
+        window_end=row["window_end"],
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        targets=row["targets"],
+        target_ports=row["target_ports"],
+        summary=row["summary"],
+        evidence=row["evidence"],
+        example_flows=row["example_flows"],
+        model_version=row["model_version"],
+        created_at=row["created_at"],
+    )
+
+
+def decision_to_row(decision: Decision, now: datetime | None = None) -> dict[str, Any]:
+    """A :class:`Decision` as one flat ``decisions`` row."""
+    s = decision.source
+    return {
+        "id": decision.id,
+        "alert_id": decision.alert_id,
+        "action": decision.action,
+        "src_ip": s.ip,
+        "namespace": s.namespace,
+        "pod": s.pod,
+        "workload": s.workload,
+        "node": s.node,
+        "targets": list(decision.targets),
+        "target_ports": [int(p) for p in decision.target_ports],
+        "ttl_s": int(decision.ttl_s),
+        "expires_at": decision.expires_at,
+        "backend": decision.backend,
+        "mode": decision.mode,
+        "status": decision.status,
+        "guardrail": decision.guardrail,
+        "reason": decision.reason,
+        "decided_by": decision.decided_by,
+        "detector": decision.detector,
+        "backend_result": _jsonable(decision.backend_result, "backend_result"),
+        "created_at": decision.created_at,
+        "updated_at": now or datetime.now(UTC),
+    }
+
+
+def decision_from_row(row: Mapping[Any, Any]) -> Decision:
+    """The :class:`Decision` a ``decisions`` row holds."""
+    return Decision(
+        id=row["id"],
+        alert_id=row["alert_id"],
+        action=row["action"],
+        source=Entity(
+            ip=row["src_ip"],
+            namespace=row["namespace"],
+            pod=row["pod"],
+            workload=row["workload"],
+            node=row["node"],
+        ),
+        targets=row["targets"],
+        target_ports=row["target_ports"],
+        ttl_s=row["ttl_s"],
+        expires_at=row["expires_at"],
+        backend=row["backend"],
+        mode=row["mode"],
+        status=row["status"],
+        guardrail=row["guardrail"],
+        reason=row["reason"],
+        decided_by=row["decided_by"],
+        detector=row["detector"],
+        backend_result=row["backend_result"],
+        created_at=row["created_at"],
+    )
+
+
+# Fields of an alert that follow its newest version when the same id arrives again.
+_ALERT_LATEST = (
+    "technique",
+    "namespace",
+    "pod",
+    "workload",
+    "node",
+    "targets",
+    "target_ports",
+    "summary",
+    "evidence",
+    "example_flows",
+    "model_version",
+)
+
+
+def _merge_alert_rows(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The same merge as the SQL upsert, for two versions of one alert in the same call."""
+    out = dict(old)
+    out["score"] = max(old["score"], new["score"])
+    if SEVERITY_ORDER[new["severity"]] > SEVERITY_ORDER[old["severity"]]:
+        out["severity"] = new["severity"]
+    out["first_seen"] = min(old["first_seen"], new["first_seen"])
+    out["last_seen"] = max(old["last_seen"], new["last_seen"])
+    out["window_end"] = max(old["window_end"], new["window_end"])
+    if new["last_seen"] >= old["last_seen"]:
+        for f in _ALERT_LATEST:
+            out[f] = new[f]
+    out["updated_at"] = new["updated_at"]
+    return out
+
+
+def _alert_upsert(conn: Connection) -> Any:
+    """``INSERT … ON CONFLICT (id) DO UPDATE``: max score and severity, widest span, newest details."""
+    stmt = _insert(conn, alerts)
+    ex, t = stmt.excluded, alerts.c
+    rank = dict(SEVERITY_ORDER)
+    newer = ex.last_seen >= t.last_seen
+    update: dict[str, Any] = {
+        "score": sa.case((ex.score > t.score, ex.score), else_=t.score),
+        "severity": sa.case(
+            (sa.case(rank, value=ex.severity) > sa.case(rank, value=t.severity), ex.severity),
+            else_=t.severity,
+        ),
+        "first_seen": sa.case((ex.first_seen < t.first_seen, ex.first_seen), else_=t.first_seen),
+        "last_seen": sa.case((newer, ex.last_seen), else_=t.last_seen),
+        "window_end": sa.case((ex.window_end > t.window_end, ex.window_end), else_=t.window_end),
+        "updated_at": ex.updated_at,
+    }
+    for f in _ALERT_LATEST:
+        update[f] = sa.case((newer, ex[f]), else_=t[f])
+    return stmt.on_conflict_do_update(index_elements=[alerts.c.id], set_=update)
+
+
+# --------------------------------------------------------------------------- rollups
+
+_REJECTED_STATES = (FlowState.REJECTED.value, FlowState.SYN_ONLY.value)
+_ROLLUP_INPUT = (
+    "ts_end",
+    "node",
+    "src_ip",
+    "dst_ip",
+    "dst_port",
+    "bytes_out",
+    "bytes_in",
+    "pkts_out",
+    "pkts_in",
+    "state",
+    "final",
+    "direction",
+    "src_namespace",
+    "src_pod",
+    "src_workload",
+    "dst_namespace",
+    "dst_pod",
+    "dst_workload",
+)
+
+
+def empty_rollups() -> pd.DataFrame:
+    """A rollup frame with no rows and the right dtypes."""
+    return _rollup_dtypes(pd.DataFrame({c: [] for c in ROLLUP_COLUMNS}))
+
+
+def _rollup_dtypes(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.loc[:, list(ROLLUP_COLUMNS)].copy()
+    out["minute"] = pd.to_datetime(out["minute"], utc=True).astype("datetime64[us, UTC]")
+    for c in ROLLUP_DIMENSIONS[1:-1]:
+        out[c] = out[c].astype("str")
+    out["dst_port"] = out["dst_port"].astype("int32")
+    for c in ROLLUP_MEASURES:
+        out[c] = out[c].astype("int64")
+    return out
+
+
+def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.DataFrame:
+    """Aggregate an *enriched* flow batch into per-minute ``flow_rollups`` rows.
+
+    A flow counts in the minute of its ``ts_end``. A side with no namespace is no known pod:
+    its IP goes to ``src_external``/``dst_external`` (else ""). A source talking to one peer
+    on more than ``max_ports_per_peer`` ports in a minute (a port scan) is rolled up with
+    ``dst_port`` 0, so that one scanner cannot add thousands of rows. ``flows`` counts final
+    records (interim records are deltas of a flow that is still open) and ``rejected`` those
+    of them whose connection failed (``rejected`` or ``syn_only``). Returns one row per key.
+    """
+    missing = [c for c in _ROLLUP_INPUT if c not in flows.columns]
+    if missing:
+        raise RecordError(missing[0], "required column is missing for rollups")
+    if flows.empty:
+        return empty_rollups()
+    ts_end = flows["ts_end"].to_numpy(dtype="float64")
+    if not np.isfinite(ts_end).all():
+        raise RecordError("ts_end", "not a finite number")
+    src_ns = flows["src_namespace"].to_numpy(dtype=object)
+    dst_ns = flows["dst_namespace"].to_numpy(dtype=object)
+    src_wl = flows["src_workload"].where(flows["src_workload"] != "", flows["src_pod"])
+    dst_wl = flows["dst_workload"].where(flows["dst_workload"] != "", flows["dst_pod"])
+    final = flows["final"].to_numpy(dtype=bool)
+    bytes_out = flows["bytes_out"].to_numpy(dtype="int64")
+    bytes_in = flows["bytes_in"].to_numpy(dtype="int64")
+    frame = pd.DataFrame(
+        {
+            "minute": (np.floor(ts_end / 60.0) * 60.0).astype("int64"),
+            "node": flows["node"].to_numpy(dtype=object),
+            "src_namespace": src_ns,
+            "src_workload": src_wl.to_numpy(dtype=object),
+            "src_external": np.where(src_ns == "", flows["src_ip"].to_numpy(dtype=object), ""),
+            "dst_namespace": dst_ns,
+            "dst_workload": dst_wl.to_numpy(dtype=object),
+            "dst_external": np.where(dst_ns == "", flows["dst_ip"].to_numpy(dtype=object), ""),
+            "direction": flows["direction"].to_numpy(dtype=object),
+            "dst_port": flows["dst_port"].to_numpy(dtype="int64"),
+            "bytes": bytes_out + bytes_in,
+            "bytes_out": bytes_out,
+            "bytes_in": bytes_in,
+            "packets": flows["pkts_out"].to_numpy(dtype="int64") + flows["pkts_in"].to_numpy(dtype="int64"),
+            "flows": final.astype("int64"),
+            "rejected": (final & flows["state"].isin(_REJECTED_STATES).to_numpy()).astype("int64"),
+        }
+    )
+    peer = [c for c in ROLLUP_DIMENSIONS if c != "dst_port"]
+    ports = frame.groupby(peer, sort=False)["dst_port"].transform("nunique")
+    frame.loc[ports.to_numpy() > max_ports_per_peer, "dst_port"] = 0
+    out = frame.groupby(list(ROLLUP_DIMENSIONS), sort=False, as_index=False)[list(ROLLUP_MEASURES)].sum()
+    out["minute"] = pd.to_datetime(out["minute"], unit="s", utc=True)
+    return _rollup_dtypes(out)
+
+
+def _rollup_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Validate a rollup frame and turn it into rows, one per key (duplicates summed)."""
+    missing = [c for c in ROLLUP_COLUMNS if c not in df.columns]
+    if missing:
+        raise RecordError(missing[0], "required rollup column is missing")
+    if df.empty:
+        return []
+    df = df.loc[:, list(ROLLUP_COLUMNS)]
+    for c in ROLLUP_MEASURES:
+        values = pd.to_numeric(df[c], errors="coerce")
+        if values.isna().any():
+            raise RecordError(c, "not a number")
+        if (values < 0).any():
+            raise RecordError(c, "negative")
+    try:
+        minute = df["minute"]
+        if pd.api.types.is_numeric_dtype(minute):
+            minute = pd.to_datetime(minute, unit="s", utc=True)
+        df = df.assign(minute=pd.to_datetime(minute, utc=True))
+    except (ValueError, TypeError) as exc:
+        raise RecordError("minute", f"not a timestamp: {exc}") from exc
+    if df.duplicated(list(ROLLUP_DIMENSIONS)).any():
+        df = df.groupby(list(ROLLUP_DIMENSIONS), sort=False, as_index=False)[list(ROLLUP_MEASURES)].sum()
+    df = _rollup_dtypes(df)
+    # Column lists then zip: several times faster than DataFrame.to_dict, and native types.
+    columns: list[list[Any]] = [df[c].tolist() for c in ROLLUP_COLUMNS]
+    return [dict(zip(ROLLUP_COLUMNS, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """Alerts, decisions, rollups, checkpoints and batch marks in SQLite or PostgreSQL."""
+
+    def __init__(self, url: str, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
+        self.url = normalise_url(url)
+        self._migrations = tuple(migrations)
+        self._engine: Engine | None = None
+
+    # ---- lifecycle
+
+    def start(self) -> Store:
+        """Connect and apply the migrations this database lacks. Returns ``self``."""
+        if self._engine is not None:
+            return self
+        try:
+            engine = _make_engine(self.url)
+        except ModuleNotFoundError as exc:
+            raise ServiceUnavailable(
+                f"store: database driver missing ({exc.name}); pip install psycopg"
+            ) from exc
+        try:
+            with engine.begin() as conn:
+                migrate(conn, self._migrations)
+        except SchemaTooNew:
+            engine.dispose()
+            raise
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            engine.dispose()
+            cause = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            raise ServiceUnavailable(f"store at {_masked(self.url)} is not reachable: {cause}") from exc
+        self._engine = engine
+        return self
+
+    def stop(self) -> None:
+        """Close every pooled connection (idempotent)."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> Store:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise FlowwardenError("store is not started: call Store.start() first")
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return sa.engine.make_url(self.url).get_backend_name()
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            versions = applied_versions(conn)
+        return versions[-1] if versions else 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction: pass the connection to write methods; it commits on exit."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.engine.begin() as own:
+                yield own
+
+    @contextmanager
+    def _read(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.engine.connect() as own:
+                yield own
+
+    # ---- alerts
+
+    def upsert_alerts(self, items: Iterable[Alert], *, conn: Connection | None = None) -> int:
+        """Insert or merge alerts by id; a replay never duplicates. Returns the rows written.
+
+        On a known id: the max score and severity are kept, ``first_seen``/``last_seen``/
+        ``window_end`` widen, and the other details follow the version seen last.
+        """
+        now = datetime.now(UTC)
+        merged: dict[str, dict[str, Any]] = {}
+        for alert in items:
+            row = alert_to_row(alert, now)
+            merged[row["id"]] = _merge_alert_rows(merged[row["id"]], row) if row["id"] in merged else row
+        if not merged:
+            return 0
+        with self._write(conn) as c:
+            c.execute(_alert_upsert(c), list(merged.values()))
+        return len(merged)
+
+    def get_alert(self, alert_id: str, *, conn: Connection | None = None) -> Alert | None:
+        with self._read(conn) as c:
+            row = c.execute(sa.select(alerts).where(alerts.c.id == alert_id)).mappings().first()
+        return alert_from_row(row) if row else None
+
+    def list_alerts(
+        self,
+        *,
+        since: datetime | None = None,
+        kind: str | None = None,
+        detector: str | None = None,
+        limit: int | None = None,
+        conn: Connection | None = None,
+    ) -> list[Alert]:
+        """Alerts by ``window_start`` (oldest first), optionally from ``since`` on."""
+        q = sa.select(alerts).order_by(alerts.c.window_start, alerts.c.id)
+        if since is not None:
+            q = q.where(alerts.c.window_start >= since)
+        if kind is not None:
+            q = q.where(alerts.c.kind == kind)
+        if detector is not None:
+            q = q.where(alerts.c.detector == detector)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._read(conn) as c:
+            return [alert_from_row(r) for r in c.execute(q).mappings()]
+
+    # ---- decisions
+
+    def insert_decisions(self, items: Iterable[Decision], *, conn: Connection | None = None) -> int:
+        """Record decisions; an id already stored is left as it is. Returns how many are new."""
+        now = datetime.now(UTC)
+        rows = list({r["id"]: r for r in (decision_to_row(d, now) for d in items)}.values())
+        if not rows:
+            return 0
+        with self._write(conn) as c:
+            stmt = _insert(c, decisions).on_conflict_do_nothing(index_elements=[decisions.c.id])
+            inserted = c.execute(stmt.returning(decisions.c.id), rows).scalars().all()
+        return len(inserted)
+
+    def update_decision(
+        self,
+        decision_id: str,
+        *,
+        status: str | None = None,
+        backend_result: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+        guardrail: str | None = None,
+        backend: str | None = None,
+        expires_at: datetime | None = _UNSET,
+        conn: Connection | None = None,
+    ) -> Decision:
+        """Change a decision's outcome (e.g. pending -> applied -> revoked); returns it updated.
+
+        Values are validated as a :class:`Decision` before anything is written.
+        """
+        with self._write(conn) as c:
+            row = c.execute(sa.select(decisions).where(decisions.c.id == decision_id)).mappings().first()
+            if row is None:
+                raise UnknownDecision(f"decision {decision_id!r} is not in the store")
+            current = decision_from_row(row)
+            changes: dict[str, Any] = {}
+            if status is not None:
+                changes["status"] = status
+            if backend_result is not None:
+                changes["backend_result"] = dict(backend_result)
+            if reason is not None:
+                changes["reason"] = reason
+            if guardrail is not None:
+                changes["guardrail"] = guardrail
+            if backend is not None:
+                changes["backend"] = backend
+            if expires_at is not _UNSET:
+                changes["expires_at"] = expires_at
+            try:
+                updated = Decision.model_validate({**current.model_dump(), **changes})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field = ".".join(str(p) for p in err["loc"]) or "decision"
+                raise RecordError(field, f"{err['msg']} (got {err.get('input')!r})") from exc
+            new_row = decision_to_row(updated)
+            values = {k: new_row[k] for k in changes} | {"updated_at": new_row["updated_at"]}
+            c.execute(sa.update(decisions).where(decisions.c.id == decision_id).values(**values))
+        return updated
+
+    def get_decision(self, decision_id: str, *, conn: Connection | None = None) -> Decision | None:
+        with self._read(conn) as c:
+            row = c.execute(sa.select(decisions).where(decisions.c.id == decision_id)).mappings().first()
+        return decision_from_row(row) if row else None
+
+    def list_decisions(
+        self,
+        status: str | Iterable[str] | None = None,
+        since: datetime | None = None,
+        *,
+        alert_id: str | None = None,
+        limit: int | None = None,
+        conn: Connection | None = None,
+    ) -> list[Decision]:
+        """Decisions by ``created_at`` (oldest first), filtered by status(es) and time."""
+        q = sa.select(decisions).order_by(decisions.c.created_at, decisions.c.id)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            q = q.where(decisions.c.status.in_(statuses))
+        if since is not None:
+            q = q.where(decisions.c.created_at >= since)
+        if alert_id is not None:
+            q = q.where(decisions.c.alert_id == alert_id)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._read(conn) as c:
+            return [decision_from_row(r) for r in c.execute(q).mappings()]
+
+    def active_blocks(self, now: datetime | None = None, *, conn: Connection | None = None) -> list[Decision]:
+        """Applied blocks and quarantines not yet expired (no ``expires_at``: until revoked)."""
+        now = now or datetime.now(UTC)
+        q = (
+            sa.select(decisions)
+            .where(decisions.c.status == "applied", decisions.c.action.in_(BLOCK_ACTIONS))
+            .where(sa.or_(decisions.c.expires_at.is_(None), decisions.c.expires_at > now))
+            .order_by(decisions.c.created_at, decisions.c.id)
+        )
+        with self._read(conn) as c:
+            return [decision_from_row(r) for r in c.execute(q).mappings()]
+
+    def count_blocks_since(
+        self, ts: datetime, *, statuses: Sequence[str] = WAS_APPLIED, conn: Connection | None = None
+    ) -> int:
+        """Blocks and quarantines created at or after ``ts`` that were put in place (rate guardrail)."""
+        q = (
+            sa.select(sa.func.count())
+            .select_from(decisions)
+            .where(decisions.c.action.in_(BLOCK_ACTIONS), decisions.c.status.in_(list(statuses)))
+            .where(decisions.c.created_at >= ts)
+        )
+        with self._read(conn) as c:
+            return int(c.execute(q).scalar_one())
+
+    # ---- rollups
+
+    def add_rollups(self, df: pd.DataFrame, *, conn: Connection | None = None) -> int:
+        """Add rollup rows (from :func:`rollup_flows`) to what is stored; returns rows written."""
+        rows = _rollup_rows(df)
+        if not rows:
+            return 0
+        with self._write(conn) as c:
+            stmt = _insert(c, flow_rollups)
+            add = {m: flow_rollups.c[m] + stmt.excluded[m] for m in ROLLUP_MEASURES}
+            c.execute(stmt.on_conflict_do_update(index_elements=list(ROLLUP_DIMENSIONS), set_=add), rows)
+        return len(rows)
+
+    def list_rollups(
+        self, *, since: datetime | None = None, until: datetime | None = None, conn: Connection | None = None
+    ) -> pd.DataFrame:
+        """Stored rollups in ``[since, until)`` as a frame with the rollup columns."""
+        q = sa.select(*(flow_rollups.c[c] for c in ROLLUP_COLUMNS)).order_by(
+            *flow_rollups.primary_key.columns
+        )
+        if since is not None:
+            q = q.where(flow_rollups.c.minute >= since)
+        if until is not None:
+            q = q.where(flow_rollups.c.minute < until)
+        with self._read(conn) as c:
+            rows = c.execute(q).all()
+        if not rows:
+            return empty_rollups()
+        return _rollup_dtypes(pd.DataFrame([tuple(r) for r in rows], columns=list(ROLLUP_COLUMNS)))
+
+    # ---- checkpoints
+
+    def put_state(self, key: str, value: bytes, *, conn: Connection | None = None) -> None:
+        """Store a checkpoint under ``key``, replacing the previous one."""
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise RecordError("value", f"state must be bytes, got {type(value).__name__}")
+        row = {"key": key, "value": bytes(value), "updated_at": datetime.now(UTC)}
+        with self._write(conn) as c:
+            stmt = _insert(c, pipeline_state)
+            c.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[pipeline_state.c.key],
+                    set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+                ),
+                row,
+            )
+
+    def get_state(self, key: str, *, conn: Connection | None = None) -> bytes | None:
+        """The checkpoint stored under ``key``, or None."""
+        with self._read(conn) as c:
+            value = c.execute(sa.select(pipeline_state.c.value).where(pipeline_state.c.key == key)).scalar()
+        return bytes(value) if value is not None else None
+
+    def delete_state(self, key: str, *, conn: Connection | None = None) -> bool:
+        with self._write(conn) as c:
+            return bool(c.execute(sa.delete(pipeline_state).where(pipeline_state.c.key == key)).rowcount)
+
+    # ---- exactly-once bookkeeping
+
+    def mark_batches(
+        self, group_id: str, batches: Iterable[BatchRef], *, conn: Connection | None = None
+    ) -> None:
+        """Record batches as done for ``group_id``; raises :class:`DuplicateBatch` if any already was.
+
+        Call it with the transaction's ``conn`` that also wrote the batches' effects: the
+        exception then rolls those effects back, so they are in the store once.
+        """
+        refs = sorted({(str(t), int(p), int(o)) for t, p, o in batches})
+        if not refs:
+            return
+        now = datetime.now(UTC)
+        rows = [
+            {"group_id": group_id, "topic": t, "partition": p, "offset": o, "marked_at": now}
+            for t, p, o in refs
+        ]
+        with self._write(conn) as c:
+            stmt = _insert(c, consumed_batches).on_conflict_do_nothing(
+                index_elements=list(consumed_batches.primary_key.columns)
+            )
+            cols = consumed_batches.c
+            done = {
+                tuple(r) for r in c.execute(stmt.returning(cols.topic, cols.partition, cols.offset), rows)
+            }
+            dupes = [r for r in refs if r not in done]
+            if dupes:
+                t, p, o = dupes[0]
+                raise DuplicateBatch(
+                    f"group {group_id!r}: batch {t}[{p}]@{o} (and {len(dupes) - 1} more) already marked done"
+                )
+
+    def seen_batches(
+        self, group_id: str, batches: Iterable[BatchRef], *, conn: Connection | None = None
+    ) -> set[BatchRef]:
+        """Which of ``batches`` are already marked done for ``group_id``."""
+        by_part: dict[tuple[str, int], list[int]] = {}
+        for t, p, o in batches:
+            by_part.setdefault((str(t), int(p)), []).append(int(o))
+        seen: set[BatchRef] = set()
+        cols = consumed_batches.c
+        with self._read(conn) as c:
+            for (topic, part), offsets in by_part.items():
+                for i in range(0, len(offsets), _CHUNK):
+                    q = sa.select(cols.offset).where(
+                        cols.group_id == group_id,
+                        cols.topic == topic,
+                        cols.partition == part,
+                        cols.offset.in_(offsets[i : i + _CHUNK]),
+                    )
+                    seen.update((topic, part, int(o)) for o in c.execute(q).scalars())
+        return seen
+
+    def committed_offsets(
+        self, group_id: str, *, conn: Connection | None = None
+    ) -> dict[tuple[str, int], int]:
+        """Highest offset marked per (topic, partition) for ``group_id``."""
+        cols = consumed_batches.c
+        q = (
+            sa.select(cols.topic, cols.partition, sa.func.max(cols.offset))
+            .where(cols.group_id == group_id)
+            .group_by(cols.topic, cols.partition)
+        )
+        with self._read(conn) as c:
+            return {(t, int(p)): int(o) for t, p, o in c.execute(q)}
+
+    def prune_batches(self, before: datetime, *, conn: Connection | None = None) -> int:
+        """Forget marks older than ``before`` (their offsets are long committed); returns how many."""
+        with self._write(conn) as c:
+            return int(
+                c.execute(sa.delete(consumed_batches).where(consumed_batches.c.marked_at < before)).rowcount
+            )
+
+    # ---- model registry events
+
+    def record_model_event(
+        self,
+        version: str,
+        event: str,
+        *,
+        at: datetime | None = None,
+        detail: str = "",
+        conn: Connection | None = None,
+    ) -> None:
+        """Note a model promotion or rollback (dashboards annotate them)."""
+        if not version:
+            raise RecordError("version", "must not be empty")
+        if event not in ("promote", "rollback"):
+            raise RecordError("event", f"{event!r} is not one of promote, rollback")
+        with self._write(conn) as c:
+            c.execute(
+                sa.insert(model_events).values(
+                    version=version, event=event, at=at or datetime.now(UTC), detail=detail
+                )
+            )
+
+    def list_model_events(self, *, conn: Connection | None = None) -> list[dict[str, Any]]:
+        q = sa.select(model_events.c.version, model_events.c.event, model_events.c.at, model_events.c.detail)
+        with self._read(conn) as c:
+            return [dict(r) for r in c.execute(q.order_by(model_events.c.at, model_events.c.id)).mappings()]

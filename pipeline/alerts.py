@@ -1,0 +1,256 @@
+"""Detector findings become :class:`~flowwarden.records.Alert` records a person can act on.
+
+One open alert per (entity, detector): while the behaviour lasts (a new finding within
+``reopen_gap_s`` of the alert's last window), the same alert (same id) is updated: its
+window end, last seen, score, targets and evidence move forward, so a long attack is one
+alert, not a flood. A finding after a longer quiet spell opens a new alert. Sources on the
+allowlist (``settings.pipeline.allowlist_sources``: CIDRs, ``namespace/`` or
+``namespace/workload``) are suppressed and counted, never silently.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flowwarden.records import Alert, Entity
+from flowwarden.settings import Settings
+from pipeline.detectors.base import Context, Detector
+
+MAX_TARGETS = 20
+MAX_EXAMPLES = 5
+EXAMPLE_COLUMNS = (
+    "ts_start",
+    "ts_end",
+    "src_ip",
+    "dst_ip",
+    "dst_port",
+    "proto",
+    "bytes_out",
+    "bytes_in",
+    "state",
+    "dns_qname",
+    "direction",
+    "dst_namespace",
+    "dst_pod",
+    "dst_workload",
+)
+
+
+def severity_of(score: float) -> str:
+    if score >= 0.9:
+        return "critical"
+    if score >= 0.75:
+        return "high"
+    if score >= 0.5:
+        return "medium"
+    return "low"
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+class Allowlist:
+    """Known-benign sources: CIDRs, whole namespaces (``ns/``) or workloads (``ns/workload``)."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.namespaces: set[str] = set()
+        self.workloads: set[str] = set()
+        for e in entries:
+            if "/" in e and e.endswith("/"):
+                self.namespaces.add(e[:-1])
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(e, strict=False))
+            except ValueError:
+                self.workloads.add(e)
+
+    def mask(self, windows: pd.DataFrame) -> np.ndarray:
+        m = windows["namespace"].isin(self.namespaces).to_numpy().copy()
+        if self.workloads:
+            wl = (windows["namespace"] + "/" + windows["workload"]).to_numpy(dtype=object)
+            m |= pd.Series(wl).isin(self.workloads).to_numpy()
+        if self.networks:
+            ips = windows["src_ip"].to_numpy(dtype=object)
+            m |= np.array(
+                [any(ipaddress.ip_address(ip) in n for n in self.networks) for ip in ips], dtype=bool
+            )
+        return m
+
+
+class AlertBuilder:
+    """Keeps the open alerts and turns per-window detector scores into alerts."""
+
+    def __init__(self, settings: Settings, *, reopen_gap_s: float | None = None) -> None:
+        self.settings = settings
+        self.window_s = settings.pipeline.window_s
+        self.reopen_gap_s = reopen_gap_s if reopen_gap_s is not None else 6 * self.window_s
+        self.allowlist = Allowlist(settings.pipeline.allowlist_sources)
+        self.open: dict[tuple[str, str], Alert] = {}
+        self.suppressed: Counter[str] = Counter()
+        self.model_version = ""
+
+    def build(
+        self,
+        ctx: Context,
+        flows: pd.DataFrame,
+        gid: np.ndarray,
+        scores: dict[str, np.ndarray],
+        detectors: dict[str, Detector],
+    ) -> list[Alert]:
+        """Alerts (new or updated) for every window a detector scored above zero."""
+        w = ctx.windows
+        allowed = self.allowlist.mask(w) if len(w) else np.zeros(0, dtype=bool)
+        hits: list[tuple[str, int, float, str]] = []
+        for name, s in scores.items():
+            hit = s > 0
+            if not hit.any():
+                continue
+            n_allowed = int((hit & allowed).sum())
+            if n_allowed:
+                self.suppressed["allowlist"] += n_allowed
+            hit &= ~allowed
+            kinds = detectors[name].kinds(ctx, hit)
+            for r, kind in zip(np.flatnonzero(hit).tolist(), kinds, strict=True):
+                hits.append((name, int(r), float(s[r]), str(kind)))
+        if not hits:
+            return []
+        rows = sorted({h[1] for h in hits})
+        in_hit = np.isin(gid, rows)
+        sub = flows[in_hit]
+        groups: dict[int, Any] = {
+            int(k): v  # type: ignore[call-overload]
+            for k, v in sub.groupby(gid[in_hit], sort=False).indices.items()
+        }
+        out: dict[str, Alert] = {}
+        for name, row, score, kind in hits:
+            det = detectors[name]
+            idx = groups.get(row, np.empty(0, dtype="int64"))
+            wflows = sub.iloc[idx]
+            alert = self._alert(ctx, row, det, kind, score, wflows)
+            out[alert.id] = alert
+        return list(out.values())
+
+    def _alert(
+        self, ctx: Context, row: int, det: Detector, kind: str, score: float, wflows: pd.DataFrame
+    ) -> Alert:
+        w = ctx.windows.iloc[row]
+        entity = Entity(
+            ip=str(w["src_ip"]),
+            namespace=str(w["namespace"]),
+            pod=str(w["pod"]),
+            workload=str(w["workload"]),
+            node=str(w["node"]),
+        )
+        mask = det.target_mask(wflows, ctx) if len(wflows) else np.zeros(0, dtype=bool)
+        tflows = wflows[mask] if mask.any() else wflows
+        targets = tflows["dst_ip"].value_counts().index[:MAX_TARGETS].tolist()
+        ports = [int(p) for p in tflows["dst_port"].value_counts().index[:MAX_TARGETS]]
+        evidence = self._evidence(ctx, row, det)
+        examples = _examples(tflows)
+        ws, we = float(w["ws"]), float(w["we"])
+        key = (entity.key(), det.name)
+        prev = self.open.get(key)
+        if (
+            prev is not None
+            and prev.last_seen is not None
+            and ws - prev.last_seen.timestamp() <= self.reopen_gap_s
+        ):
+            merged_targets = list(dict.fromkeys([*prev.targets, *targets]))[:MAX_TARGETS]
+            merged_ports = list(dict.fromkeys([*prev.target_ports, *ports]))[:MAX_TARGETS]
+            new_score = max(prev.score, score)
+            alert = prev.model_copy(
+                update={
+                    "window_end": _dt(max(we, prev.window_end.timestamp())),
+                    "last_seen": _dt(max(we, prev.last_seen.timestamp())),
+                    "score": new_score,
+                    "severity": severity_of(new_score),
+                    "targets": merged_targets,
+                    "target_ports": merged_ports,
+                    "evidence": {**evidence, "windows": int(prev.evidence.get("windows", 1)) + 1},
+                    "example_flows": (prev.example_flows + examples)[:MAX_EXAMPLES],
+                }
+            )
+        else:
+            alert = Alert(
+                kind=kind,  # type: ignore[arg-type]
+                detector=det.name,
+                technique=det.technique,
+                score=round(score, 4),
+                severity=severity_of(score),  # type: ignore[arg-type]
+                entity=entity,
+                window_start=_dt(ws),
+                window_end=_dt(we),
+                targets=targets,
+                target_ports=ports,
+                summary=_summary(det, entity, targets, ports),
+                evidence={**evidence, "windows": 1},
+                example_flows=examples,
+                model_version=self.model_version if det.name == "isolation_forest" else "",
+            )
+        self.open[key] = alert
+        return alert
+
+    def _evidence(self, ctx: Context, row: int, det: Detector) -> dict[str, Any]:
+        ev: dict[str, Any] = {"detector_score": None}
+        for f in det.evidence:
+            item: dict[str, Any] = {"value": _num(ctx.windows[f].iloc[row])}
+            for label, base in (
+                ("entity_baseline", ctx.entity_base),
+                ("workload_baseline", ctx.workload_base),
+            ):
+                col = f"m_{f}"
+                if col in base.columns:
+                    m = base[col].iloc[row]
+                    if not (isinstance(m, float) and math.isnan(m)):
+                        item[label] = _num(float(np.expm1(m)))
+            ev[f] = item
+        ev.pop("detector_score")
+        return ev
+
+    def expire(self, before: float) -> int:
+        """Forget open alerts whose last window ended before ``before`` (the behaviour stopped)."""
+        stale = [
+            k
+            for k, a in self.open.items()
+            if a.last_seen is not None and a.last_seen.timestamp() + self.reopen_gap_s < before
+        ]
+        for k in stale:
+            del self.open[k]
+        return len(stale)
+
+    def export(self) -> list[str]:
+        return [a.to_json() for a in self.open.values()]
+
+    def load(self, items: list[str]) -> None:
+        self.open = {}
+        for raw in items:
+            a = Alert.from_json(raw)
+            self.open[(a.entity.key(), a.detector)] = a
+
+
+def _num(v: Any) -> float | int:
+    f = float(v)
+    return int(f) if f.is_integer() and abs(f) < 2**53 else round(f, 4)
+
+
+def _examples(flows: pd.DataFrame) -> list[dict[str, Any]]:
+    if not len(flows):
+        return []
+    top = flows.nlargest(MAX_EXAMPLES, "bytes_out")[list(EXAMPLE_COLUMNS)]
+    return json.loads(top.to_json(orient="records"))
+
+
+def _summary(det: Detector, entity: Entity, targets: list[str], ports: list[int]) -> str:
+    who = entity.key()
+    tgt = ", ".join(targets[:3]) + (" …" if len(targets) > 3 else "")
+    return f"{det.name.replace('_', ' ')} by {who}" + (f" to {tgt}" if tgt else "")

@@ -1,0 +1,97 @@
+"""The detector interface and registry.
+
+A detector looks at a table of closed entity-windows (keys, features, and the entity's and
+its workload's baselines) and returns a score in [0, 1] per window: 0 means no finding.
+Thresholds are class-level ``defaults``, documented in each detector's docstring and
+overridable per detector via ``settings.pipeline.detectors`` (``{"port_scan": {"min_ports": 30}}``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from flowwarden.errors import ConfigError
+from flowwarden.records import AlertKind
+from flowwarden.settings import Settings
+
+
+@dataclass
+class Context:
+    """What every detector may read about one batch of closed windows."""
+
+    windows: pd.DataFrame  # keys + features, one row per entity-window
+    entity_base: pd.DataFrame  # baseline rows of the entity (NaN when unknown), aligned with windows
+    workload_base: pd.DataFrame  # baseline rows of the workload, aligned with windows
+    settings: Settings
+    model: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def workload_age(self) -> np.ndarray:
+        """Seconds since the entity's workload was first seen (0 when new)."""
+        first = self.workload_base["first"].to_numpy(dtype="float64")
+        age = self.windows["ws"].to_numpy(dtype="float64") - first
+        return np.nan_to_num(age, nan=0.0)
+
+    def zscore(self, feature: str, base: pd.DataFrame, min_dev: float = 0.5) -> np.ndarray:
+        """Robust deviation of ``log1p(feature)`` from a baseline (0 when there is none)."""
+        x = np.log1p(self.windows[feature].to_numpy(dtype="float64").clip(min=0))
+        m = base[f"m_{feature}"].to_numpy(dtype="float64")
+        d = base[f"d_{feature}"].to_numpy(dtype="float64")
+        z = (x - m) / np.maximum(1.25 * np.nan_to_num(d), min_dev)
+        return np.nan_to_num(z, nan=0.0)
+
+
+def ratio_score(x: np.ndarray, threshold: float, floor: float = 0.5) -> np.ndarray:
+    """``floor`` at the threshold, rising towards 1 as ``x`` grows; 0 below it."""
+    x = np.asarray(x, dtype="float64")
+    thr = max(threshold, 1e-9)
+    s = 1.0 - (1.0 - floor) * thr / np.maximum(x, thr)
+    return np.where(x >= thr, s, 0.0)
+
+
+class Detector:
+    """One kind of finding. Subclasses set the class attributes and implement :meth:`score`."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[AlertKind] = "lateral_movement"
+    technique: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, float]] = {}
+    evidence: ClassVar[tuple[str, ...]] = ()  # features shown against their baselines
+
+    def __init__(self, params: dict[str, float] | None = None) -> None:
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise ConfigError(
+                f"pipeline.detectors.{self.name}: unknown threshold(s) {', '.join(unknown)} "
+                f"(valid: {', '.join(sorted(self.defaults))})"
+            )
+        self.params = {**self.defaults, **params}
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def score(self, ctx: Context) -> np.ndarray:
+        raise NotImplementedError
+
+    def kinds(self, ctx: Context, hit: np.ndarray) -> np.ndarray:
+        """The alert kind of each hit (one fixed kind for most detectors)."""
+        return np.full(int(hit.sum()), self.kind, dtype=object)
+
+    def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
+        """Which of an entity-window's flows are the evidence (their destinations are the targets)."""
+        return np.ones(len(flows), dtype=bool)
+
+
+REGISTRY: dict[str, type[Detector]] = {}
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    REGISTRY[cls.name] = cls
+    return cls

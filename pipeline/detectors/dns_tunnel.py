@@ -1,0 +1,36 @@
+"""DNS tunnelling (T1071.004): data encoded in many random-looking subdomains of one domain.
+
+Catches: an entity querying at least ``min_subdomains`` distinct names under one registered
+domain in a window, with long (``dns_mean_len >= min_len``) or high-entropy
+(``dns_mean_entropy >= min_entropy`` bits per character) leftmost labels.
+Must not flag: cluster-internal names (``*.cluster.local`` is excluded from the count), CDN
+names (few distinct subdomains per window), ordinary lookups.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.detectors.base import Context, Detector, ratio_score, register
+
+
+@register
+class DnsTunnel(Detector):
+    name = "dns_tunnel"
+    kind = "exfiltration"
+    technique = "T1071.004"
+    defaults = {"min_subdomains": 15.0, "min_len": 40.0, "min_entropy": 3.2}
+    evidence = ("dns_max_subdomains", "dns_mean_len", "dns_mean_entropy", "dns_queries")
+
+    def score(self, ctx: Context) -> np.ndarray:
+        w, p = ctx.windows, self.params
+        odd = (w["dns_mean_len"].to_numpy() >= p["min_len"]) | (
+            w["dns_mean_entropy"].to_numpy() >= p["min_entropy"]
+        )
+        return np.where(
+            odd, ratio_score(w["dns_max_subdomains"].to_numpy(), p["min_subdomains"], floor=0.6), 0.0
+        )
+
+    def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
+        return (flows["dns_qname"] != "").to_numpy()

@@ -1,0 +1,32 @@
+"""A pod reading the cloud instance metadata API (T1552.005).
+
+Catches: any connection from a pod to ``cluster.metadata_api`` (169.254.169.254 by default),
+where node credentials live.
+Must not flag: node processes and host-network pods (the kubelet, cloud agents) reading it:
+their source address is a node's, so they are not pods (``is_node``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.detectors.base import Context, Detector, register
+
+
+@register
+class MetadataApi(Detector):
+    name = "metadata_api"
+    kind = "lateral_movement"
+    technique = "T1552.005"
+    defaults = {"min_connections": 1.0}
+    evidence = ("metadata_api",)
+
+    def score(self, ctx: Context) -> np.ndarray:
+        w = ctx.windows
+        n = w["metadata_api"].to_numpy()
+        hit = (n >= self.params["min_connections"]) & ~w["is_node"].to_numpy(dtype=bool)
+        return np.where(hit, 0.85 + 0.1 * np.minimum(n / 10.0, 1.0), 0.0)
+
+    def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
+        return flows["dst_ip"].isin(ctx.settings.cluster.metadata_api).to_numpy()

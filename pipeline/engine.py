@@ -1,0 +1,275 @@
+"""The detection engine: raw flow batches in, alerts out. Pure logic, no I/O.
+
+``process`` enriches a batch, buffers it in tumbling windows, and for every window the
+watermark closes: featurises its entity-windows, scores them with every detector against
+the baselines and seen edges *as they were before the window*, builds alerts, then folds
+the window into the memory. The streaming runtime (consume, commit, sinks) and the offline
+``detect`` command both drive this one class, so what is tuned offline is what runs live.
+
+State (baselines, seen edges, recent connections, open alerts, clocks) exports as JSON with
+Arrow tables (never pickle). Flows still buffered in open windows are *not* part of the
+state: a runtime must not commit past :meth:`DetectionEngine.open_window_floor`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from flowwarden.records import FLOW_SCHEMA, Alert, conform_flows
+from flowwarden.settings import Settings
+from pipeline.alerts import AlertBuilder
+from pipeline.detectors import Context, build_detectors
+from pipeline.enrich import Inventory, enrich_flows
+from pipeline.features import (
+    FEATURES,
+    KEY_COLUMNS,
+    beacon_features,
+    edge_table,
+    novelty_features,
+    prepare,
+    window_features,
+)
+from pipeline.state import Baselines, ConnectionLog, SeenEdges, pack_state, unpack_state
+from pipeline.windows import WindowBuffer
+
+if TYPE_CHECKING:
+    from models.registry import LoadedModel
+
+log = logging.getLogger(__name__)
+
+# Features with a baseline per entity and per workload (log scale, robust).
+BASELINE_FEATURES: tuple[str, ...] = (
+    "flows",
+    "bytes_out_ext",
+    "bytes_out_int",
+    "ext_dsts",
+    "int_peers",
+    "dst_ports",
+    "dns_names",
+    "failed_dsts",
+    "new_edges",
+)
+ALLOWED_LATENESS_S = 2.0
+BASELINE_TTL_S = 24 * 3600.0
+BEACON_HORIZON_S = 3600.0
+BEACON_MAX_ROWS = 2_000_000
+BEACON_MIN_CONNS = 6
+EXPIRE_EVERY_S = 60.0
+
+
+@dataclass
+class EngineResult:
+    alerts: list[Alert] = field(default_factory=list)
+    enriched: pd.DataFrame = field(default_factory=pd.DataFrame)
+    windows: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+class DetectionEngine:
+    """Windows, features, detectors and alerts over a stream of flow batches."""
+
+    def __init__(
+        self, settings: Settings, *, inventory: Inventory | None = None, model: LoadedModel | None = None
+    ) -> None:
+        self.settings = settings
+        p = settings.pipeline
+        self.inventory = inventory
+        self.window_s = p.window_s
+        self.buffer = WindowBuffer(p.window_s, ALLOWED_LATENESS_S)
+        half_life = p.baseline_half_life_h * 3600.0
+        self.entity_base = Baselines(
+            list(BASELINE_FEATURES), half_life_s=half_life, ttl_s=BASELINE_TTL_S, max_keys=p.max_entities
+        )
+        self.workload_base = Baselines(
+            list(BASELINE_FEATURES), half_life_s=half_life, ttl_s=BASELINE_TTL_S, max_keys=p.max_entities
+        )
+        self.edges = SeenEdges(ttl_s=p.seen_edges_ttl_days * 86400.0, max_edges=p.max_edges)
+        self.connections = ConnectionLog(horizon_s=BEACON_HORIZON_S, max_rows=BEACON_MAX_ROWS)
+        beacon = p.detectors.get("beaconing", {})
+        self.beacon_min_conns = int(beacon.get("min_conns", BEACON_MIN_CONNS))
+        self.alerts = AlertBuilder(settings)
+        self.detectors = build_detectors(settings, model)
+        self.model: LoadedModel | None = None
+        self.windows_scored = 0
+        self.flows_in = 0
+        self.flows_scored = 0
+        self.evicted: dict[str, int] = {"entities": 0, "workloads": 0, "edges": 0, "connections": 0}
+        self._last_expire = -math.inf
+        self.set_model(model)
+
+    # ------------------------------------------------------------------ API
+    def set_model(self, model: LoadedModel | None) -> None:
+        """Swap the anomaly model (after a promote); warm-start from its shipped state if any."""
+        self.model = model
+        for det in self.detectors:
+            if det.name == "isolation_forest":
+                det.set_model(model)  # type: ignore[attr-defined]
+        self.alerts.model_version = getattr(model, "version", "") if model is not None else ""
+        state = getattr(model, "state", None) if model is not None else None
+        if state and not len(self.workload_base):
+            self.import_state(state, clocks=False)
+
+    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> EngineResult:
+        """Score a raw flow batch; returns the alerts of every window that closed."""
+        if list(flows.columns) != list(FLOW_SCHEMA) or any(
+            str(flows[c].dtype) != t for c, t in FLOW_SCHEMA.items() if t != "str"
+        ):
+            flows = conform_flows(flows)
+        if self.inventory is not None:
+            self.inventory = self.inventory.reload_if_changed()
+        enriched = enrich_flows(flows, self.inventory, self.settings)
+        self.flows_in += len(enriched)
+        self.buffer.add(enriched)
+        closed = self.buffer.close(now)
+        alerts, windows = self._score(closed)
+        return EngineResult(alerts, enriched, windows)
+
+    def flush(self) -> EngineResult:
+        """Close every open window (end of a file, shutdown)."""
+        closed = self.buffer.close(everything=True)
+        alerts, windows = self._score(closed)
+        return EngineResult(alerts, pd.DataFrame(columns=list(FLOW_SCHEMA)), windows)
+
+    def open_window_floor(self) -> float | None:
+        return self.buffer.open_floor()
+
+    @property
+    def late_flows(self) -> int:
+        return self.buffer.late_flows
+
+    @property
+    def state_entities(self) -> int:
+        return len(self.entity_base)
+
+    # ------------------------------------------------------------------ scoring
+    def _score(self, closed: pd.DataFrame) -> tuple[list[Alert], pd.DataFrame]:
+        if not len(closed):
+            return [], pd.DataFrame()
+        alerts: dict[str, Alert] = {}
+        frames: list[pd.DataFrame] = []
+        groups: dict[float, Any] = {
+            float(k): v  # type: ignore[arg-type]
+            for k, v in closed.groupby("ws", sort=True).indices.items()
+        }
+        for ws in sorted(groups):
+            part = closed.iloc[groups[ws]]
+            step_alerts, windows = self._score_window(part)
+            for a in step_alerts:
+                alerts[a.id] = a
+            if len(windows):
+                frames.append(windows)
+            self._maybe_expire(float(ws))
+        windows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return list(alerts.values()), windows
+
+    def _score_window(self, flows: pd.DataFrame) -> tuple[list[Alert], pd.DataFrame]:
+        node_ips = self.inventory.node_ips if self.inventory is not None else {}
+        p = prepare(flows, self.settings, node_ips)
+        if p is None:
+            return [], pd.DataFrame()
+        feats = window_features(p, self.settings, node_ips)
+        novelty, _ = novelty_features(p, edge_table(p), self.edges)
+        beacon = beacon_features(p, self.connections, self.edges, self.window_s, self.beacon_min_conns)
+        windows = pd.concat([p.keys, feats, novelty, beacon], axis=1)
+        windows = windows[[*KEY_COLUMNS, *FEATURES]]
+        ent = self.entity_base.lookup(windows["entity"])
+        wl = self.workload_base.lookup(windows["wl_key"])
+        ctx = Context(
+            windows, ent.reset_index(drop=True), wl.reset_index(drop=True), self.settings, self.model
+        )
+        scores: dict[str, np.ndarray] = {}
+        for det in self.detectors:
+            s = np.clip(np.asarray(det.score(ctx), dtype="float64"), 0.0, 1.0)
+            scores[det.name] = s
+            windows[f"score_{det.name}"] = s
+        by_name = {d.name: d for d in self.detectors}
+        alerts = self.alerts.build(ctx, p.flows, p.gid, scores, by_name)
+        ws = windows["ws"].to_numpy()
+        self.entity_base.update(windows["entity"], ws, self.window_s, windows)
+        self.workload_base.update(windows["wl_key"], ws, self.window_s, windows)
+        self.windows_scored += len(windows)
+        self.flows_scored += len(p.flows)
+        return alerts, windows
+
+    def _maybe_expire(self, ws: float) -> None:
+        if ws - self._last_expire < EXPIRE_EVERY_S:
+            return
+        self._last_expire = ws
+        self.evicted["entities"] += self.entity_base.expire(ws)
+        self.evicted["workloads"] += self.workload_base.expire(ws)
+        self.evicted["edges"] += self.edges.expire(ws)
+        self.evicted["connections"] = self.connections.evicted
+        self.alerts.expire(ws)
+
+    # ------------------------------------------------------------------ state
+    def export_state(self) -> bytes:
+        """Baselines, seen edges, recent connections, open alerts and clocks (JSON + Arrow)."""
+        tables = {
+            "entity_base": self.entity_base.export(),
+            "workload_base": self.workload_base.export(),
+            "edges": self.edges.export(),
+            "connections": self.connections.table.reset_index(drop=True),
+        }
+        meta: dict[str, Any] = {
+            "window_s": self.window_s,
+            "watermark": _finite(self.buffer.watermark),
+            "closed_until": _finite(self.buffer.closed_until),
+            "open_alerts": self.alerts.export(),
+            "windows_scored": self.windows_scored,
+        }
+        return pack_state(tables, meta)
+
+    def import_state(self, data: bytes, *, clocks: bool = True) -> None:
+        """Restore memory from :meth:`export_state` (``clocks=False``: history only, a warm start)."""
+        tables, meta = unpack_state(data)
+        if not clocks:
+            tables = _as_history(tables)
+        if "entity_base" in tables:
+            self.entity_base.load(tables["entity_base"])
+        if "workload_base" in tables:
+            self.workload_base.load(tables["workload_base"])
+        if "edges" in tables:
+            self.edges.load(tables["edges"])
+        if "connections" in tables and clocks:
+            self.connections.table = tables["connections"].astype(
+                {"pair": "uint64", "ts": "float64", "bytes": "float64"}
+            )
+        if clocks:
+            if meta.get("watermark") is not None:
+                self.buffer.watermark = max(self.buffer.watermark, float(meta["watermark"]))
+            if meta.get("closed_until") is not None:
+                self.buffer.closed_until = max(self.buffer.closed_until, float(meta["closed_until"]))
+            self.alerts.load(list(meta.get("open_alerts", [])))
+            self.windows_scored = int(meta.get("windows_scored", self.windows_scored))
+
+    def describe(self) -> str:
+        return json.dumps(
+            {
+                "entities": len(self.entity_base),
+                "workloads": len(self.workload_base),
+                "edges": len(self.edges),
+                "connections": len(self.connections),
+                "open_alerts": len(self.alerts.open),
+            }
+        )
+
+
+def _as_history(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Shipped history from another timeline: established long ago, never expired by age."""
+    out = dict(tables)
+    for name in ("entity_base", "workload_base", "edges"):
+        if name in out:
+            out[name] = out[name].assign(first=0.0, last=math.inf)
+    if "edges" in out:
+        out["edges"] = out["edges"].assign(bytes=0.0)
+    return out
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None

@@ -1,0 +1,296 @@
+"""Kubernetes metadata enrichment: who is behind an IP address at a given time.
+
+The inventory is the JSON that ``kubectl get pods -A -o json`` prints (read from a file and
+reloaded when it changes; a watch on the Kubernetes API can feed :meth:`Inventory.from_dict`
+the same shape). Pod IPs are reused, so every pod carries its lifetime (creation to
+deletion, plus a grace period for terminating pods) and a lookup at time ``t`` only matches
+the pod that owned the address at ``t``. Host-network pods share their node's address: they
+make the address a *node* address, never a pod.
+
+Direction comes from the cluster CIDRs: ``internal`` (cluster to cluster), ``egress``
+(cluster to outside), ``ingress`` (outside to cluster), ``external`` (neither end inside).
+Every step is vectorised over distinct addresses, never per flow.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flowwarden.errors import ConfigError
+from flowwarden.records import Direction
+from flowwarden.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DELETION_GRACE_S = 30.0  # a terminating pod still sends packets for a little while
+_HASH_SUFFIX = re.compile(r"-[a-z0-9]{5,10}$")  # ReplicaSet pod-template-hash
+_CRONJOB_SUFFIX = re.compile(r"-\d{6,}$")  # Job created by a CronJob: <cronjob>-<minutes>
+
+INVENTORY_COLUMNS = ("ip", "start", "end", "namespace", "pod", "workload", "node")
+
+
+def _ts(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError as exc:
+        raise ConfigError(f"inventory: timestamp {value!r} is not ISO 8601") from exc
+
+
+def workload_of(pod_name: str, owners: list[dict[str, Any]]) -> str:
+    """The workload name a pod belongs to, from its owner references.
+
+    A ReplicaSet's name is its Deployment's name plus the pod-template hash; a Job made by a
+    CronJob carries the schedule time as a suffix. Both are stripped so every replica (and
+    every run) shares one workload, and so one baseline.
+    """
+    for owner in owners:
+        kind, name = str(owner.get("kind", "")), str(owner.get("name", ""))
+        if not name:
+            continue
+        if kind == "ReplicaSet":
+            return _HASH_SUFFIX.sub("", name)
+        if kind == "Job":
+            return _CRONJOB_SUFFIX.sub("", name)
+        if kind in ("Deployment", "StatefulSet", "DaemonSet", "CronJob", "ReplicationController"):
+            return name
+        return name
+    return pod_name  # a bare pod is its own workload
+
+
+@dataclass
+class PodRecord:
+    ip: str
+    start: float
+    end: float
+    namespace: str
+    pod: str
+    workload: str
+    node: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _parse_pod(item: dict[str, Any], index: int) -> tuple[list[PodRecord], str, str]:
+    """Records for one pod (one per IP); also its (node name, host IP)."""
+    meta = item.get("metadata") or {}
+    spec = item.get("spec") or {}
+    status = item.get("status") or {}
+    if not isinstance(meta, dict) or not meta.get("name"):
+        raise ConfigError(f"inventory: items[{index}].metadata.name is missing")
+    name, ns = str(meta["name"]), str(meta.get("namespace", "default"))
+    node = str(spec.get("nodeName", "") or "")
+    host_ip = str(status.get("hostIP", "") or "")
+    if spec.get("hostNetwork"):
+        return [], node, host_ip or str(status.get("podIP", "") or "")
+    ips = [str(p.get("ip")) for p in status.get("podIPs") or [] if p.get("ip")]
+    if not ips and status.get("podIP"):
+        ips = [str(status["podIP"])]
+    annotations = meta.get("annotations") or {}
+    start = _ts(meta.get("creationTimestamp")) or _ts(status.get("startTime")) or -np.inf
+    end_ts = _ts(meta.get("deletionTimestamp")) or _ts(annotations.get("flowwarden.io/deleted-at"))
+    end = end_ts + DELETION_GRACE_S if end_ts is not None else np.inf
+    workload = workload_of(name, list(meta.get("ownerReferences") or []))
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError as exc:
+            raise ConfigError(f"inventory: items[{index}].status.podIP {ip!r} is not an IP address") from exc
+    return [PodRecord(ip, start, end, ns, name, workload, node, labels) for ip in ips], node, host_ip
+
+
+class Inventory:
+    """IP address to pod, namespace, workload and node, honouring pod lifetimes."""
+
+    def __init__(self, pods: pd.DataFrame, node_ips: dict[str, str], *, path: Path | None = None) -> None:
+        self.pods = pods.sort_values(["ip", "start"]).reset_index(drop=True)
+        self.node_ips = node_ips  # address -> node name
+        self.path = path
+        self._mtime = path.stat().st_mtime_ns if path is not None and path.exists() else None
+        counts = self.pods["ip"].value_counts()
+        self._reused = set(counts[counts > 1].index)
+        single = self.pods[~self.pods["ip"].isin(self._reused)]
+        self._single = single.set_index("ip")
+        self.namespaces = dict(zip(self.pods["pod"], self.pods["namespace"], strict=False))
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, path: Path | None = None) -> Inventory:
+        if not isinstance(data, dict) or not isinstance(data.get("items", []), list):
+            raise ConfigError(
+                "inventory: expected the JSON of `kubectl get pods -A -o json` (an 'items' list)"
+            )
+        records: list[PodRecord] = []
+        node_ips: dict[str, str] = {}
+        for i, item in enumerate(data.get("items", [])):
+            if not isinstance(item, dict):
+                raise ConfigError(f"inventory: items[{i}] is not an object")
+            recs, node, host_ip = _parse_pod(item, i)
+            records.extend(recs)
+            if host_ip:
+                node_ips[host_ip] = node
+        frame = pd.DataFrame(
+            {c: [getattr(r, c) for r in records] for c in INVENTORY_COLUMNS},
+        ).astype(
+            {
+                "ip": "str",
+                "start": "float64",
+                "end": "float64",
+                "namespace": "str",
+                "pod": "str",
+                "workload": "str",
+                "node": "str",
+            }
+        )
+        # A host-network pod's address is a node's, never a pod's.
+        frame = frame[~frame["ip"].isin(node_ips)]
+        return cls(frame, node_ips, path=path)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Inventory:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{p}: no such inventory file") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{p}: inventory is not valid JSON: {exc}") from exc
+        return cls.from_dict(data, path=p)
+
+    @classmethod
+    def empty(cls) -> Inventory:
+        return cls.from_dict({"items": []})
+
+    def reload_if_changed(self) -> Inventory:
+        """A fresh inventory when the file changed on disk, else ``self``."""
+        if self.path is None or not self.path.exists():
+            return self
+        if self.path.stat().st_mtime_ns == self._mtime:
+            return self
+        log.info("inventory changed, reloading path=%s", self.path)
+        return Inventory.from_file(self.path)
+
+    # ------------------------------------------------------------------ lookup
+    def lookup(self, ips: pd.Series, ts: pd.Series) -> pd.DataFrame:
+        """Per row: namespace, pod, workload, node of the pod owning ``ips`` at ``ts`` ("" if none)."""
+        n = len(ips)
+        out = {c: np.full(n, "", dtype=object) for c in ("namespace", "pod", "workload", "node")}
+        if n and len(self.pods):
+            ip_arr = ips.to_numpy(dtype=object)
+            t = ts.to_numpy(dtype="float64")
+            codes, uniques = pd.factorize(ip_arr)
+            known = pd.Index(self._single.index)
+            pos = known.get_indexer(uniques)
+            row = np.where(codes >= 0, pos[codes], -1)
+            hit = row >= 0
+            if hit.any():
+                starts = self._single["start"].to_numpy()[row[hit]]
+                ends = self._single["end"].to_numpy()[row[hit]]
+                alive = (t[hit] >= starts - DELETION_GRACE_S) & (t[hit] < ends)
+                idx = np.flatnonzero(hit)[alive]
+                for c in out:
+                    out[c][idx] = self._single[c].to_numpy(dtype=object)[row[idx]]
+            if self._reused:
+                self._lookup_reused(ip_arr, t, out)
+        return pd.DataFrame({c: pd.array(v, dtype="str") for c, v in out.items()})
+
+    def _lookup_reused(self, ip_arr: np.ndarray, t: np.ndarray, out: dict[str, np.ndarray]) -> None:
+        """Addresses held by several pods over time: an as-of join on the creation time."""
+        mask = pd.Series(ip_arr).isin(self._reused).to_numpy()
+        if not mask.any():
+            return
+        left = pd.DataFrame({"ip": ip_arr[mask], "t": t[mask], "row": np.flatnonzero(mask)})
+        left = left.sort_values("t")
+        right = self.pods[self.pods["ip"].isin(self._reused)].copy()
+        right["t"] = right["start"] - DELETION_GRACE_S
+        right = right.sort_values("t")
+        merged = pd.merge_asof(left, right, on="t", by="ip", direction="backward")
+        ok = merged["end"].notna().to_numpy() & (merged["t"].to_numpy() < merged["end"].to_numpy())
+        rows = merged["row"].to_numpy()[ok]
+        for c in out:
+            out[c][rows] = merged[c].to_numpy(dtype=object)[ok]
+
+    def node_of(self, ips: pd.Series) -> np.ndarray:
+        """The node name where an address is a node's own address ("" otherwise)."""
+        return ips.map(self.node_ips).fillna("").to_numpy(dtype=object)
+
+
+# ---------------------------------------------------------------------- direction
+
+
+@lru_cache(maxsize=262144)
+def _in_networks(ip: str, networks: tuple[str, ...]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in ipaddress.ip_network(n) for n in networks)
+
+
+def in_cidrs(ips: pd.Series, cidrs: list[str] | tuple[str, ...]) -> np.ndarray:
+    """Vectorised membership of addresses in CIDRs (checked once per distinct address)."""
+    codes, uniques = pd.factorize(ips)
+    nets = tuple(cidrs)
+    ok = np.array([_in_networks(str(u), nets) for u in uniques], dtype=bool)
+    res = np.zeros(len(ips), dtype=bool)
+    present = codes >= 0
+    res[present] = ok[codes[present]]
+    return res
+
+
+def directions(src_in: np.ndarray, dst_in: np.ndarray) -> np.ndarray:
+    return np.select(
+        [src_in & dst_in, src_in & ~dst_in, ~src_in & dst_in],
+        [Direction.INTERNAL.value, Direction.EGRESS.value, Direction.INGRESS.value],
+        default=Direction.EXTERNAL.value,
+    )
+
+
+def enrich_flows(flows: pd.DataFrame, inventory: Inventory | None, settings: Settings) -> pd.DataFrame:
+    """The batch with Kubernetes metadata on both ends, ``direction`` and ``node`` filled in.
+
+    Values the collector already set are kept; missing ones are looked up.
+    """
+    df = flows.copy()
+    if not len(df):
+        return df
+    internal = settings.cluster.internal_cidrs() + list(settings.cluster.node_ips)
+    src_in = in_cidrs(df["src_ip"], internal)
+    dst_in = in_cidrs(df["dst_ip"], internal)
+    inv = inventory
+    if inv is not None and len(inv.node_ips):
+        node_ips = list(inv.node_ips)
+        src_in |= df["src_ip"].isin(node_ips).to_numpy()
+        dst_in |= df["dst_ip"].isin(node_ips).to_numpy()
+    need_dir = (df["direction"] == "").to_numpy()
+    if need_dir.any():
+        d = df["direction"].to_numpy(dtype=object)
+        d[need_dir] = directions(src_in, dst_in)[need_dir]
+        df["direction"] = pd.array(d, dtype="str")
+    if inv is None:
+        return df
+    ts = df["ts_start"]
+    for end in ("src", "dst"):
+        have = (df[f"{end}_pod"] != "").to_numpy()
+        if have.all():
+            continue
+        found = inv.lookup(df[f"{end}_ip"], ts)
+        for col in ("namespace", "pod", "workload"):
+            cur = df[f"{end}_{col}"].to_numpy(dtype=object)
+            cur[~have] = found[col].to_numpy(dtype=object)[~have]
+            df[f"{end}_{col}"] = pd.array(cur, dtype="str")
+    return df

@@ -1,0 +1,112 @@
+"""Prometheus metrics of the pipeline stage, served on ``settings.pipeline.metrics_port``.
+
+Every process gets its own :class:`~prometheus_client.CollectorRegistry` (no module-level
+globals), so two stages in one test process never share counters. The names are the
+contract with the dashboards: change them only together with ``dashboards/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+# From a flow's end to its alert: live streams sit in the seconds, a backlog in the minutes.
+LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300, 600, 1800, 3600)
+
+
+class PipelineMetrics:
+    """The pipeline's counters, gauges and the latency histogram, on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.flows = Counter("flowwarden_pipeline_flows", "Valid flow records consumed.", registry=r)
+        self.batches = Counter("flowwarden_pipeline_batches", "Flow batches (messages) consumed.", registry=r)
+        self.consumer_lag = Gauge(
+            "flowwarden_pipeline_consumer_lag",
+            "Messages behind the end of the partition.",
+            ["partition"],
+            registry=r,
+        )
+        self.windows_scored = Counter(
+            "flowwarden_pipeline_windows_scored", "Entity-windows closed and scored.", registry=r
+        )
+        self.alerts = Counter(
+            "flowwarden_pipeline_alerts",
+            "Alerts produced (new or updated).",
+            ["kind", "detector"],
+            registry=r,
+        )
+        self.dlq = Counter(
+            "flowwarden_pipeline_dlq", "Batches or rows sent to the dead-letter topic.", ["cause"], registry=r
+        )
+        self.suppressed = Counter(
+            "flowwarden_pipeline_suppressed", "Alerts or rows suppressed on purpose.", ["reason"], registry=r
+        )
+        self.latency = Histogram(
+            "flowwarden_pipeline_latency_seconds",
+            "From the end of the newest flow of an alert's window to the alert's production.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "flowwarden_pipeline_model_info", "The model in use (value 1).", ["version"], registry=r
+        )
+        self.state_entities = Gauge(
+            "flowwarden_pipeline_state_entities", "Entities held in the engine's state.", registry=r
+        )
+        # Beyond the dashboard contract: what the runtime itself does.
+        self.commits = Counter("flowwarden_pipeline_commits", "Offset commits.", ["status"], registry=r)
+        self.checkpoints = Counter(
+            "flowwarden_pipeline_checkpoints", "State checkpoints written.", ["status"], registry=r
+        )
+        self.replayed_batches = Counter(
+            "flowwarden_pipeline_replayed_batches",
+            "Batches seen again after a restart (their rollups were already stored).",
+            registry=r,
+        )
+        self.evicted = Gauge(
+            "flowwarden_pipeline_state_evicted",
+            "Entries evicted from the engine's state.",
+            ["kind"],
+            registry=r,
+        )
+        self.notifications = Counter(
+            "flowwarden_pipeline_notifications",
+            "Notifier deliveries by outcome.",
+            ["notifier", "status"],
+            registry=r,
+        )
+        self.buffered_flows = Gauge(
+            "flowwarden_pipeline_buffered_flows",
+            "Flows held back to align partitions in event time.",
+            registry=r,
+        )
+        self._server: WSGIServer | None = None
+        self._current_model: str | None = None
+
+    def set_model(self, version: str | None) -> None:
+        """Keep exactly one ``model_info`` series: the version in use."""
+        if self._current_model is not None:
+            self.model_info.remove(self._current_model)
+        self._current_model = version
+        if version is not None:
+            self.model_info.labels(version=version).set(1)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:  # noqa: S104 - scraped from the pod network
+        """Expose ``/metrics``; port 0 picks a free one. Returns the bound port."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = server
+        bound = int(server.server_address[1])
+        log.info("metrics listening port=%d", bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

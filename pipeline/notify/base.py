@@ -1,0 +1,174 @@
+"""The notifier interface and the dispatcher that keeps slow receivers off the hot path.
+
+A notifier turns a list of :class:`~flowwarden.records.Alert` into one HTTP request. The
+:class:`NotifierHub` gives every notifier its own bounded queue and thread: a receiver that
+is down is retried with exponential back-off, and when its queue is full new batches are
+dropped and counted, so the consume loop never waits on a person's chat tool.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import requests
+
+from flowwarden.records import SEVERITY_ORDER, Alert
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+# Outcome callback: (notifier name, status) with status in delivered | failed | retried | dropped.
+OnResult = Callable[[str, str], None]
+
+
+class DeliveryError(Exception):
+    """A receiver answered with an error status or could not be reached."""
+
+
+class Notifier(ABC):
+    """One receiver of alerts over HTTP."""
+
+    name: str = "notifier"
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0, session: requests.Session | None = None) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._session = session or requests.Session()
+
+    @abstractmethod
+    def payload(self, alerts: Sequence[Alert]) -> Any:
+        """The JSON document this receiver expects for these alerts."""
+
+    def send(self, alerts: Sequence[Alert]) -> None:
+        """Deliver once; raises :class:`DeliveryError` on any failure."""
+        try:
+            resp = self._session.post(self.url, json=self.payload(alerts), timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise DeliveryError(f"{self.name}: {self.url}: {exc}") from exc
+        if resp.status_code >= 300:
+            raise DeliveryError(f"{self.name}: {self.url}: HTTP {resp.status_code} {resp.text[:200]!r}")
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class _Worker:
+    """A notifier's queue and thread: deliver in order, retry with back-off."""
+
+    def __init__(
+        self, notifier: Notifier, *, retries: int, backoff_s: float, queue_max: int, on_result: OnResult
+    ) -> None:
+        self.notifier = notifier
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.on_result = on_result
+        self.queue: queue.Queue[list[Alert] | None] = queue.Queue(maxsize=queue_max)
+        self.abort = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"notify-{notifier.name}", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            batch = self.queue.get()
+            if batch is None or self.abort.is_set():
+                return
+            self._deliver(batch)
+
+    def _deliver(self, batch: list[Alert]) -> None:
+        name = self.notifier.name
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                self.notifier.send(batch)
+            except DeliveryError as exc:
+                last = attempt == self.retries
+                log.warning(
+                    "notify failed notifier=%s attempt=%d alerts=%d error=%s",
+                    name,
+                    attempt + 1,
+                    len(batch),
+                    exc,
+                )
+                self.on_result(name, "failed" if last else "retried")
+                if last or self.abort.wait(min(delay, MAX_BACKOFF_S)):
+                    return
+                delay *= 2
+            except Exception:  # a notifier bug must not kill the thread
+                log.exception("notify crashed notifier=%s", name)
+                self.on_result(name, "failed")
+                return
+            else:
+                self.on_result(name, "delivered")
+                return
+
+
+class NotifierHub:
+    """Fan alerts out to every notifier, filtered by severity, without blocking the caller."""
+
+    def __init__(
+        self,
+        notifiers: Sequence[Notifier],
+        *,
+        min_severity: str = "medium",
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        queue_max: int = 1000,
+        on_result: OnResult | None = None,
+    ) -> None:
+        self.min_rank = SEVERITY_ORDER[min_severity]
+        self.on_result: OnResult = on_result or (lambda _n, _s: None)
+        self._workers = [
+            _Worker(n, retries=retries, backoff_s=backoff_s, queue_max=queue_max, on_result=self._result)
+            for n in notifiers
+        ]
+        self._started = False
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def _result(self, notifier: str, status: str) -> None:
+        self.on_result(notifier, status)
+
+    def start(self) -> None:
+        if not self._started:
+            for w in self._workers:
+                w.thread.start()
+            self._started = True
+
+    def submit(self, alerts: Sequence[Alert]) -> int:
+        """Queue the alerts at or above the minimum severity; returns how many were queued."""
+        chosen = [a for a in alerts if SEVERITY_ORDER[a.severity] >= self.min_rank]
+        if not chosen or not self._workers:
+            return 0
+        self.start()
+        for w in self._workers:
+            try:
+                w.queue.put_nowait(list(chosen))
+            except queue.Full:
+                log.warning("notify queue full notifier=%s dropped=%d", w.notifier.name, len(chosen))
+                self._result(w.notifier.name, "dropped")
+        return len(chosen)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued within ``timeout_s``, then give up on the rest (logged)."""
+        if self._started:
+            for w in self._workers:
+                try:
+                    w.queue.put_nowait(None)
+                except queue.Full:
+                    w.abort.set()
+                    log.warning("notify queue full at close notifier=%s", w.notifier.name)
+            end = time.monotonic() + timeout_s
+            for w in self._workers:
+                w.thread.join(timeout=max(0.0, end - time.monotonic()))
+                if w.thread.is_alive():
+                    w.abort.set()
+                    log.warning("notify gave up on queued alerts notifier=%s", w.notifier.name)
+        for w in self._workers:
+            w.notifier.close()

@@ -1,0 +1,37 @@
+"""Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat): ``{"text": ...}``.
+
+One message per batch, one line per alert, capped so a burst stays readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flowwarden.records import Alert
+from pipeline.notify.base import Notifier
+
+MAX_LINES = 20
+_ICON = {
+    "low": ":information_source:",
+    "medium": ":warning:",
+    "high": ":rotating_light:",
+    "critical": ":fire:",
+}
+
+
+def alert_line(a: Alert) -> str:
+    who = a.entity.key() + (f" ({a.entity.workload})" if a.entity.workload else "")
+    what = a.summary or f"{a.detector} score {a.score:.2f}"
+    technique = f" [{a.technique}]" if a.technique else ""
+    return f"{_ICON[a.severity]} *{a.severity}* {a.kind}/{a.detector}{technique}: {who}: {what}"
+
+
+class SlackNotifier(Notifier):
+    name = "slack"
+
+    def payload(self, alerts: Sequence[Alert]) -> dict[str, Any]:
+        lines = [alert_line(a) for a in alerts[:MAX_LINES]]
+        if len(alerts) > MAX_LINES:
+            lines.append(f"... and {len(alerts) - MAX_LINES} more")
+        return {"text": f"flowwarden: {len(alerts)} alert(s)\n" + "\n".join(lines)}

@@ -1,0 +1,747 @@
+"""The pipeline's streaming runtime: consume flow batches, run the engine, deliver, commit.
+
+One loop, one thread (notifiers and ``/metrics`` have their own):
+
+1. ``poll`` the ``flows`` topic in a consumer group; decode each message; garbage batches
+   and bad rows go to ``flows.dlq`` with their reason (never a stop).
+2. Hold batches back in a :class:`PartitionAligner` so the partitions this worker owns
+   advance together in event time: otherwise a backlog read one partition at a time would
+   push the engine's watermark past the others' data, and one worker would cut different
+   windows than two. What is released goes through ONE ``engine.process`` call.
+3. Deliver that call's alerts to the ``alerts`` topic, then write alerts + rollups + the
+   batch marks in one store transaction (:class:`~pipeline.sinks.StoreSink`), then notify.
+4. Commit, per partition, up to the last batch whose windows have all closed
+   (:class:`CommitTracker`): at-least-once delivery, exactly-once effects (alert ids are
+   deterministic, batch marks stop rollups being added twice on replay).
+
+When no data arrives, the engine is driven with ``now`` = an event-time clock (the newest
+``ts_end`` fed plus the wall time since), so the last windows close without new data even
+when the stream is a replay of old flows.
+
+The engine's state is checkpointed to the store every ``checkpoint_interval_s`` and at
+stop, with the offsets fed so far and the oldest open window: after a crash, the replayed
+batches that the checkpoint already holds give the engine only their rows of windows that
+were still open (the others are in the restored baselines already and would count twice).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flowwarden.bus import Bus, Consumer, Message, Producer, send_dlq
+from flowwarden.errors import RecordError
+from flowwarden.records import FLOW_COLUMNS, empty_flows, split_invalid_flows
+from flowwarden.settings import Settings
+from flowwarden.store import DuplicateBatch
+from flowwarden.wire import decode_flows, encode_flows
+from pipeline.metrics import PipelineMetrics
+from pipeline.notify import NotifierHub, build_hub
+from pipeline.sinks import AlertPublisher, BatchId, StoreSink
+
+log = logging.getLogger(__name__)
+
+PartitionKey = tuple[str, int]
+
+
+@dataclass(slots=True)
+class PendingBatch:
+    """One consumed message on its way through the stage."""
+
+    message: Message
+    flows: pd.DataFrame | None  # valid rows; None when the whole batch went to the DLQ
+    max_ts_end: float  # -inf when there is no valid row
+    fed: bool = False
+    bound: float = math.inf  # every window this batch touched starts at or before this
+
+    @property
+    def key(self) -> PartitionKey:
+        return (self.message.topic, self.message.partition)
+
+    @property
+    def id(self) -> BatchId:
+        return (self.message.topic, self.message.partition, self.message.offset)
+
+    @property
+    def n_flows(self) -> int:
+        return 0 if self.flows is None else len(self.flows)
+
+
+class PartitionAligner:
+    """Release batches in event-time order across the partitions this worker owns.
+
+    A batch is released once its newest flow is no newer than the slowest *active*
+    partition's newest flow. A partition that delivered nothing for ``idle_s`` (wall clock)
+    stops holding the others back, and more than ``max_flows`` buffered releases everything:
+    the hold-back is bounded in time and memory.
+    """
+
+    def __init__(self, *, idle_s: float = 2.0, max_flows: int = 2_000_000) -> None:
+        self.idle_s = idle_s
+        self.max_flows = max_flows
+        self.buffered_flows = 0
+        self._pending: dict[PartitionKey, deque[PendingBatch]] = {}
+        self._frontier: dict[PartitionKey, float] = {}
+        self._last_seen: dict[PartitionKey, float] = {}
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._pending.values())
+
+    def add(self, batch: PendingBatch, mono_now: float) -> None:
+        key = batch.key
+        self._pending.setdefault(key, deque()).append(batch)
+        self._last_seen[key] = mono_now
+        self._frontier[key] = max(self._frontier.get(key, -math.inf), batch.max_ts_end)
+        self.buffered_flows += batch.n_flows
+
+    def expect(self, keys: Iterable[PartitionKey], mono_now: float) -> None:
+        """Partitions just assigned: hold the others back (up to ``idle_s``) until they speak."""
+        for key in keys:
+            self._last_seen.setdefault(key, mono_now)
+
+    def forget(self, keys: Iterable[PartitionKey]) -> None:
+        for key in keys:
+            self._last_seen.pop(key, None)
+            self._frontier.pop(key, None)
+
+    def threshold(self, mono_now: float) -> float:
+        active = [k for k, t in self._last_seen.items() if mono_now - t < self.idle_s]
+        if not active or self.buffered_flows > self.max_flows:
+            return math.inf
+        return min(self._frontier.get(k, -math.inf) for k in active)
+
+    def release(self, mono_now: float, *, everything: bool = False) -> list[PendingBatch]:
+        limit = math.inf if everything else self.threshold(mono_now)
+        out: list[PendingBatch] = []
+        for q in self._pending.values():
+            while q and q[0].max_ts_end <= limit:
+                b = q.popleft()
+                self.buffered_flows -= b.n_flows
+                out.append(b)
+        return out
+
+
+class CommitTracker:
+    """Per partition, the consumed batches not yet committed, in offset order."""
+
+    def __init__(self) -> None:
+        self._pending: dict[PartitionKey, deque[PendingBatch]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._pending.values())
+
+    def add(self, batch: PendingBatch) -> None:
+        self._pending.setdefault(batch.key, deque()).append(batch)
+
+    def ready(self, floor: float | None) -> list[PendingBatch]:
+        """Per partition, the last batch of the leading run that is fully accounted for.
+
+        Accounted: fed to the engine, and every window it touched has closed (the oldest
+        open window starts after the batch's bound).
+        """
+        out = []
+        for q in self._pending.values():
+            last = None
+            for b in q:
+                if not b.fed or (floor is not None and floor <= b.bound):
+                    break
+                last = b
+            if last is not None:
+                out.append(last)
+        return out
+
+    def drop_through(self, batches: Iterable[PendingBatch]) -> None:
+        """Forget everything up to and including these (committed) batches."""
+        for b in batches:
+            q = self._pending.get(b.key)
+            while q and q[0].message.offset <= b.message.offset:
+                q.popleft()
+
+    def forget(self, keys: Iterable[PartitionKey]) -> None:
+        for key in keys:
+            self._pending.pop(key, None)
+
+
+class ModelWatcher:
+    """Follow the model registry's active version and hand changes to the engine.
+
+    Calls ``models.registry.load_default()`` when no ``model_dir`` is set, else
+    ``models.registry.active_version(model_dir) -> str | None`` (cheap, polled) and
+    ``models.registry.load_version(model_dir, version) -> LoadedModel`` on a change. A
+    missing registry module or a model that fails to load is logged and the current model
+    kept: a bad promote must not stop detection.
+    """
+
+    def __init__(self, model_dir: Path | None) -> None:
+        self.model_dir = model_dir
+        self.version: str | None = None
+        self._warned = False
+
+    def _registry(self) -> Any:
+        try:
+            import models.registry as registry
+        except ImportError as exc:
+            if not self._warned:
+                log.warning("model registry unavailable, isolation_forest inactive: %s", exc)
+                self._warned = True
+            return None
+        return registry
+
+    def initial(self) -> Any:
+        registry = self._registry()
+        if registry is None:
+            return None
+        try:
+            if self.model_dir is None:
+                model = registry.load_default()
+            else:
+                version = registry.active_version(self.model_dir)
+                model = registry.load_version(self.model_dir, version) if version else None
+        except Exception as exc:  # a broken registry must not stop the stage
+            log.error("model load failed dir=%s error=%s", self.model_dir, exc)
+            return None
+        self.version = getattr(model, "version", None)
+        return model
+
+    def changed(self) -> tuple[bool, Any]:
+        """(True, new model) when the active version moved; (False, None) otherwise."""
+        if self.model_dir is None:
+            return False, None
+        registry = self._registry()
+        if registry is None:
+            return False, None
+        try:
+            version = registry.active_version(self.model_dir)
+            if version == self.version:
+                return False, None
+            model = registry.load_version(self.model_dir, version) if version else None
+        except Exception as exc:
+            log.error("model reload failed dir=%s error=%s (keeping %s)", self.model_dir, exc, self.version)
+            return False, None
+        log.info("model switched from=%s to=%s", self.version, version)
+        self.version = version
+        return True, model
+
+
+@dataclass
+class StageOptions:
+    """Knobs of the loop itself (the detection knobs live in ``settings.pipeline``)."""
+
+    poll_timeout_s: float = 0.5
+    max_records: int = 500
+    idle_tick_s: float = 2.0  # no feed for this long: drive the engine with the event clock
+    align_idle_s: float = 2.0
+    align_max_flows: int = 2_000_000
+    model_poll_s: float = 10.0
+    lag_poll_s: float = 5.0
+    flush_timeout_s: float = 30.0
+    worker_id: str = "0"
+    state_key: str = ""  # default: pipeline/<group>/<worker_id>
+
+
+@dataclass
+class StageStats:
+    batches: int = 0
+    flows: int = 0
+    dlq: int = 0
+    alerts: int = 0
+    replayed: int = 0
+    commits: int = 0
+    alert_ids: set[str] = field(default_factory=set)
+
+
+class PipelineStage:
+    """Consume ``flows``, detect, deliver, commit (see the module docstring).
+
+    Embedded mode and production are the same class: give it a ``MemoryBus`` and a SQLite
+    store, or a ``KafkaBus`` and PostgreSQL. Constructor does no I/O; :meth:`start` /
+    :meth:`stop` (or ``with``) own the lifecycle; :meth:`run` loops until ``stop_event``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bus: Bus,
+        store: Any,
+        engine: Any,
+        metrics: PipelineMetrics | None = None,
+        notifiers: NotifierHub | None = None,
+        model_watcher: ModelWatcher | None = None,
+        options: StageOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.engine = engine
+        self.metrics = metrics or PipelineMetrics()
+        self.options = options or StageOptions()
+        self.notifiers = notifiers if notifiers is not None else build_hub(settings.notifiers)
+        self.notifiers.on_result = self._on_notify
+        self.model_watcher = model_watcher
+        self.clock = clock
+        self.wall = wall
+        topics = settings.kafka.topics
+        self.flows_topic = topics.flows
+        self.alerts_topic = topics.alerts
+        self.dlq_topic = topics.flows_dlq
+        self.group_id = settings.pipeline.group_id
+        self.sink = StoreSink(store, self.group_id)
+        self.state_key = self.options.state_key or f"pipeline/{self.group_id}/{self.options.worker_id}"
+        self.aligner = PartitionAligner(
+            idle_s=self.options.align_idle_s, max_flows=self.options.align_max_flows
+        )
+        self.tracker = CommitTracker()
+        self.stats = StageStats()
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.publisher: AlertPublisher | None = None
+        self._assigned: set[PartitionKey] = set()
+        self._fed_max_ts = -math.inf  # newest ts_end given to the engine
+        self._fed_offsets: dict[PartitionKey, int] = {}
+        self._replay_offsets: dict[PartitionKey, int] = {}  # from the checkpoint: already in the state
+        self._replay_floor = math.inf  # rows of those batches before this window start are in it too
+        self._clock_max = -math.inf  # newest event time the engine has been told (data or now)
+        self._last_feed = 0.0
+        self._last_tick_now = -math.inf
+        self._windows_scored_seen = 0
+        now = clock()
+        self._next_checkpoint = now + settings.pipeline.checkpoint_interval_s
+        self._next_model_poll = now + self.options.model_poll_s
+        self._next_lag = now
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Import the checkpoint, join the group, get the producer ready."""
+        if self.model_watcher is not None:
+            model = self.model_watcher.initial()
+            if model is not None:
+                self.engine.set_model(model)
+            self.metrics.set_model(self.model_watcher.version)
+        state = self.sink.load_state(self.state_key)
+        if state:
+            self.engine.import_state(state)
+            self._restore_replay_guard(self.sink.load_state(self.state_key + "/offsets"))
+            log.info("state restored key=%s bytes=%d", self.state_key, len(state))
+        self.bus.ensure_topics([self.flows_topic, self.alerts_topic, self.dlq_topic])
+        self.producer = self.bus.producer()
+        self.publisher = AlertPublisher(self.producer, self.alerts_topic)
+        self.consumer = self.bus.consumer([self.flows_topic], self.group_id)
+        self.notifiers.start()
+        log.info(
+            "pipeline started group=%s topic=%s worker=%s",
+            self.group_id,
+            self.flows_topic,
+            self.options.worker_id,
+        )
+
+    def stop(self, *, flush: bool = False) -> None:
+        """Commit what is accounted for, checkpoint, leave the group.
+
+        ``flush`` closes every open window first (end of a file, the demo): everything
+        consumed is then committed. Without it the open windows' batches stay uncommitted
+        and are replayed by whoever owns their partitions next, so no window is cut short.
+        """
+        if self.consumer is None:
+            return
+        try:
+            if flush:
+                self._feed(self.aligner.release(self.clock(), everything=True))
+                self._deliver(self.engine.flush(), [], None)
+            self._commit()
+            self.checkpoint()
+        finally:
+            self.consumer.close()
+            if self.producer is not None:
+                self.producer.close()
+            self.notifiers.close()
+            self.consumer = None
+            log.info(
+                "pipeline stopped batches=%d flows=%d alerts=%d",
+                self.stats.batches,
+                self.stats.flows,
+                self.stats.alerts,
+            )
+
+    def __enter__(self) -> PipelineStage:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run(self, stop_event: threading.Event, *, max_seconds: float | None = None) -> None:
+        """Loop until ``stop_event`` is set (or ``max_seconds`` have passed)."""
+        deadline = None if max_seconds is None else self.clock() + max_seconds
+        while not stop_event.is_set():
+            if deadline is not None and self.clock() >= deadline:
+                break
+            self.step()
+
+    def drain(self, *, idle_polls: int = 3, max_seconds: float = 300.0, flush: bool = True) -> None:
+        """Consume until ``idle_polls`` polls in a row bring nothing, then (optionally) flush.
+
+        For the embedded mode and tests: a file's worth of flows in, every alert out.
+        """
+        deadline = self.clock() + max_seconds
+        empty = 0
+        while empty < idle_polls and self.clock() < deadline:
+            empty = 0 if self.step() else empty + 1
+        self._feed(self.aligner.release(self.clock(), everything=True))
+        if flush:
+            self._deliver(self.engine.flush(), [], None)
+        self._commit()
+
+    # ------------------------------------------------------------------ one turn
+
+    def step(self) -> int:
+        """One poll and everything due after it; returns the number of messages polled."""
+        assert self.consumer is not None, "start() first"
+        messages = self.consumer.poll(
+            timeout_s=self.options.poll_timeout_s, max_records=self.options.max_records
+        )
+        now = self.clock()
+        self._track_assignment(now)
+        for m in messages:
+            self._ingest(m, now)
+        released = self.aligner.release(now)
+        if released:
+            self._feed(released)
+        elif not messages and not len(self.aligner) and now - self._last_feed >= self.options.idle_tick_s:
+            self._tick(now)
+        self.metrics.buffered_flows.set(self.aligner.buffered_flows)
+        self._commit()
+        if now >= self._next_checkpoint:
+            self.checkpoint()
+        if now >= self._next_model_poll:
+            self._poll_model()
+        if now >= self._next_lag:
+            self._update_lag()
+        return len(messages)
+
+    def _track_assignment(self, now: float) -> None:
+        assert self.consumer is not None
+        try:
+            assigned = {(t, int(p)) for t, p in self.consumer.assignment()}
+        except Exception:  # an assignment is advisory for alignment; never fatal
+            return
+        if assigned != self._assigned:
+            gone = self._assigned - assigned
+            new = assigned - self._assigned
+            if gone:
+                # Their uncommitted batches will come again at their new owner.
+                self.aligner.forget(gone)
+                self.tracker.forget(gone)
+                log.info("partitions revoked %s", sorted(p for _, p in gone))
+            if new:
+                self.aligner.expect(new, now)
+                log.info("partitions assigned %s", sorted(p for _, p in new))
+            self._assigned = assigned
+
+    def _ingest(self, m: Message, now: float) -> None:
+        """Decode one message; route what is bad to the DLQ; queue the rest for alignment."""
+        self.stats.batches += 1
+        self.metrics.batches.inc()
+        flows: pd.DataFrame | None
+        try:
+            flows = decode_flows(m.value)
+        except RecordError as exc:
+            self._dead_letter(m.value, f"{exc} (partition {m.partition} offset {m.offset})", exc.field, 1)
+            flows = None
+        if flows is not None:
+            good, bad = split_invalid_flows(flows)
+            if len(bad):
+                for reason, rows in bad.groupby("reason", sort=False):
+                    cause = str(reason).partition(":")[0]
+                    payload = encode_flows(rows[list(FLOW_COLUMNS)])
+                    self._dead_letter(
+                        payload, f"{reason} (partition {m.partition} offset {m.offset})", cause, len(rows)
+                    )
+            flows = good
+            guard = self._replay_offsets.get((m.topic, m.partition))
+            if guard is not None and m.offset <= guard and len(flows):
+                # Already in the restored state, except its rows of windows that were open.
+                starts = np.floor(flows["ts_end"].to_numpy() / self.settings.pipeline.window_s)
+                flows = flows[starts * self.settings.pipeline.window_s >= self._replay_floor]
+        max_ts = float(flows["ts_end"].max()) if flows is not None and len(flows) else -math.inf
+        batch = PendingBatch(m, flows if flows is not None and len(flows) else None, max_ts)
+        self.tracker.add(batch)
+        self.aligner.add(batch, now)
+
+    def _dead_letter(self, payload: bytes, reason: str, cause: str, count: int) -> None:
+        assert self.producer is not None
+        send_dlq(self.producer, self.dlq_topic, payload, reason, self.flows_topic)
+        self.metrics.dlq.labels(cause=cause).inc(count)
+        self.stats.dlq += count
+        log.warning("dead letter cause=%s records=%d reason=%s", cause, count, reason)
+
+    def _feed(self, released: list[PendingBatch]) -> None:
+        """One engine call over the released batches, then deliver."""
+        if not released:
+            return
+        seen = self.sink.seen(b.id for b in released)
+        frames = [b.flows for b in released if b.flows is not None]
+        result: Any = None
+        enriched: pd.DataFrame | None = None
+        n_fed = 0
+        if frames:
+            flows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+            result = self.engine.process(flows)
+            self._fed_max_ts = max(self._fed_max_ts, float(flows["ts_end"].max()))
+            self._clock_max = max(self._clock_max, self._fed_max_ts)
+            self.metrics.flows.inc(len(flows))
+            self.stats.flows += len(flows)
+            n_fed = len(flows)
+            enriched = self._rollup_rows(result.enriched, released, seen, n_fed)
+        self._last_feed = self.clock()
+        if seen:
+            self.stats.replayed += len(seen)
+            self.metrics.replayed_batches.inc(len(seen))
+        new_ids = [b.id for b in released if b.id not in seen]
+        try:
+            self._deliver(result, new_ids, enriched)
+        except DuplicateBatch:
+            # Another member stored some of these batches meanwhile (a rebalance): ask again.
+            seen = self.sink.seen(b.id for b in released)
+            new_ids = [b.id for b in released if b.id not in seen]
+            if result is not None:
+                enriched = self._rollup_rows(result.enriched, released, seen, n_fed)
+            log.warning("batches stored meanwhile by another member: %d", len(seen))
+            self._deliver(result, new_ids, enriched)
+        bound = self._window_start(self._clock_max)
+        for b in released:
+            self._fed_offsets[b.key] = max(self._fed_offsets.get(b.key, -1), b.message.offset)
+            b.fed = True
+            b.bound = bound
+            b.flows = None  # the engine has them now; keep only the bookkeeping
+
+    def _rollup_rows(
+        self, enriched: pd.DataFrame, released: list[PendingBatch], seen: set[BatchId], n: int
+    ) -> pd.DataFrame | None:
+        """The enriched rows of batches not stored before (a replay adds no rollups)."""
+        if not seen:
+            return enriched
+        if len(enriched) != n:
+            log.error(
+                "engine returned %d enriched rows for %d flows: rollups of this call skipped",
+                len(enriched),
+                n,
+            )
+            return None
+        owner_seen = np.repeat(
+            np.array([b.id in seen for b in released if b.flows is not None], dtype=bool),
+            [b.n_flows for b in released if b.flows is not None],
+        )
+        return enriched[~owner_seen]
+
+    def _deliver(self, result: Any, batch_ids: list[BatchId], enriched: pd.DataFrame | None) -> None:
+        """Alerts to the topic, then alerts + rollups + batch marks to the store, then notifiers."""
+        alerts = list(result.alerts) if result is not None else []
+        assert self.publisher is not None
+        self.sink.write(alerts, enriched, batch_ids)
+        if alerts:
+            self.publisher.publish(alerts)
+            wall = self.wall()
+            newest_flow = self._fed_max_ts
+            for a in alerts:
+                self.metrics.alerts.labels(kind=a.kind, detector=a.detector).inc()
+                end = a.last_seen or a.window_end
+                self.metrics.latency.observe(max(0.0, wall - min(end.timestamp(), newest_flow)))
+                self.stats.alert_ids.add(a.id)
+            self.stats.alerts += len(alerts)
+            self.notifiers.submit(alerts)
+        self._engine_gauges()
+
+    def _engine_gauges(self) -> None:
+        scored = int(getattr(self.engine, "windows_scored", 0))
+        if scored > self._windows_scored_seen:
+            self.metrics.windows_scored.inc(scored - self._windows_scored_seen)
+        self._windows_scored_seen = scored
+        entities = getattr(self.engine, "state_entities", None)
+        if callable(entities):
+            entities = entities()
+        if entities is not None:
+            self.metrics.state_entities.set(float(entities))
+        for kind, n in dict(getattr(self.engine, "evicted", {}) or {}).items():
+            self.metrics.evicted.labels(kind=str(kind)).set(float(n))
+
+    def _tick(self, now: float) -> None:
+        """Idle stream: advance the engine's clock so its last windows close."""
+        if not math.isfinite(self._fed_max_ts):
+            return
+        event_now = self._fed_max_ts + (now - self._last_feed)
+        if event_now <= self._last_tick_now:
+            return
+        self._last_tick_now = event_now
+        self._clock_max = max(self._clock_max, event_now)
+        result = self.engine.process(empty_flows(), now=event_now)
+        self._deliver(result, [], None)
+
+    def _window_start(self, ts: float) -> float:
+        if not math.isfinite(ts):
+            return -math.inf
+        w = self.settings.pipeline.window_s
+        return math.floor(ts / w) * w
+
+    def _commit(self) -> None:
+        """Commit up to the last fully accounted batch per partition, once alerts are out."""
+        assert self.consumer is not None and self.producer is not None
+        ready = self.tracker.ready(self.engine.open_window_floor())
+        if not ready:
+            return
+        if not self.producer.flush(self.options.flush_timeout_s):
+            log.warning("producer flush timed out: commit postponed")
+            self.metrics.commits.labels(status="postponed").inc()
+            return
+        failed = self.producer.take_failed()
+        if failed:
+            # Alerts (or dead letters) that did not reach the bus: send again, commit later.
+            log.warning("resending %d messages that failed to produce; commit postponed", len(failed))
+            for f in failed:
+                self.producer.send(f.topic, f.value, key=f.key, partition=f.partition, headers=f.headers)
+            self.metrics.commits.labels(status="postponed").inc()
+            return
+        try:
+            self.consumer.commit([b.message for b in ready])
+        except Exception as exc:  # a rebalance: the messages will be delivered again
+            log.warning("commit failed (will be replayed): %s", exc)
+            self.metrics.commits.labels(status="failed").inc()
+            return
+        self.tracker.drop_through(ready)
+        self.stats.commits += 1
+        self.metrics.commits.labels(status="ok").inc()
+
+    def checkpoint(self) -> None:
+        """Save the engine's state to the store."""
+        self._next_checkpoint = self.clock() + self.settings.pipeline.checkpoint_interval_s
+        try:
+            data = self.engine.export_state()
+            floor = self.engine.open_window_floor()
+            guard = {
+                "fed": [[t, p, o] for (t, p), o in sorted(self._fed_offsets.items())],
+                "open_floor": floor,
+            }
+            self.sink.save_state(self.state_key, data, json.dumps(guard).encode())
+        except Exception as exc:  # the next checkpoint will try again
+            log.error("checkpoint failed key=%s error=%s", self.state_key, exc)
+            self.metrics.checkpoints.labels(status="failed").inc()
+            return
+        self.metrics.checkpoints.labels(status="ok").inc()
+
+    def _restore_replay_guard(self, raw: bytes | None) -> None:
+        if not raw:
+            return
+        try:
+            guard = json.loads(raw)
+            self._replay_offsets = {(str(t), int(p)): int(o) for t, p, o in guard["fed"]}
+            floor = guard.get("open_floor")
+            self._replay_floor = math.inf if floor is None else float(floor)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("checkpoint offsets unreadable, replay may count twice: %s", exc)
+
+    def _poll_model(self) -> None:
+        self._next_model_poll = self.clock() + self.options.model_poll_s
+        if self.model_watcher is None:
+            return
+        changed, model = self.model_watcher.changed()
+        if changed:
+            self.engine.set_model(model)
+            self.metrics.set_model(self.model_watcher.version)
+
+    def _update_lag(self) -> None:
+        self._next_lag = self.clock() + self.options.lag_poll_s
+        assert self.consumer is not None
+        try:
+            lag = self.consumer.lag()
+        except Exception as exc:
+            log.debug("lag unavailable: %s", exc)
+            return
+        for partition, n in lag.items():
+            self.metrics.consumer_lag.labels(partition=str(partition)).set(n)
+
+    def _on_notify(self, notifier: str, status: str) -> None:
+        self.metrics.notifications.labels(notifier=notifier, status=status).inc()
+
+
+def build_stage(
+    settings: Settings,
+    *,
+    bus: Bus | None = None,
+    store: Any = None,
+    options: StageOptions | None = None,
+    metrics: PipelineMetrics | None = None,
+) -> PipelineStage:
+    """Wire a stage from the settings: the bus, the store, the inventory, the engine, the model.
+
+    The store is created but not started (the caller owns its lifecycle, as with the bus).
+    """
+    from flowwarden.bus import open_bus
+    from flowwarden.store import Store
+    from pipeline.engine import DetectionEngine
+    from pipeline.enrich import Inventory
+
+    path = settings.pipeline.inventory_path
+    inventory = Inventory.from_file(path) if path is not None else None
+    engine = DetectionEngine(settings, inventory=inventory)
+    return PipelineStage(
+        settings,
+        bus=bus if bus is not None else open_bus(settings),
+        store=store if store is not None else Store(settings.store.url),
+        engine=engine,
+        metrics=metrics,
+        model_watcher=ModelWatcher(settings.pipeline.model_dir),
+        options=options,
+    )
+
+
+def run_pipeline(
+    settings: Settings,
+    *,
+    stop_event: threading.Event | None = None,
+    options: StageOptions | None = None,
+    metrics_port: int | None = None,
+    max_seconds: float | None = None,
+    flush_on_stop: bool = False,
+) -> StageStats:
+    """The ``flowwarden pipeline run`` process: store, metrics, stage, signals, loop, clean stop.
+
+    SIGTERM / SIGINT end the loop; :meth:`PipelineStage.stop` then commits what is accounted
+    for and checkpoints. ``metrics_port`` 0 serves no ``/metrics`` (default: the setting).
+    """
+    import signal
+
+    from flowwarden.store import Store
+
+    stop = stop_event or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _s, _f: stop.set())
+    store = Store(settings.store.url).start()
+    metrics = PipelineMetrics()
+    port = settings.pipeline.metrics_port if metrics_port is None else metrics_port
+    try:
+        if port:
+            metrics.serve(port)
+        stage = build_stage(settings, store=store, metrics=metrics, options=options)
+        stage.start()
+        try:
+            stage.run(stop, max_seconds=max_seconds)
+        finally:
+            stage.stop(flush=flush_on_stop)
+        return stage.stats
+    finally:
+        metrics.close()
+        store.stop()

@@ -1,0 +1,316 @@
+"""The detection engine's memory: baselines, seen edges, recent connections.
+
+* :class:`Baselines`: per key (a pod, or a workload), robust running statistics of a few
+  window features over hours: an exponentially weighted mean and mean absolute deviation of
+  ``log1p(value)`` (heavy-tailed counters become well-behaved; one huge window moves the
+  baseline by ``alpha`` only). A new key starts as a plain average, so a fresh entity
+  learns quickly; a new replica is compared with its workload's baseline, which its peers
+  built.
+* :class:`SeenEdges`: (source workload, destination workload or address, port) first and
+  last seen, and the bytes sent while the edge is young: kept for days, so a rolling
+  deployment's new replica inherits its workload's edges.
+* :class:`ConnectionLog`: recent connection start times and sizes per (entity, external
+  destination), the raw material of the beacon score.
+
+Everything is bounded by a TTL and a size limit, and evictions are counted. State exports
+to Arrow IPC tables inside a JSON envelope: never pickle.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+STATE_VERSION = 1
+
+
+def frame_to_b64(df: pd.DataFrame) -> str:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    sink = io.BytesIO()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return base64.b64encode(sink.getvalue()).decode()
+
+
+def frame_from_b64(text: str) -> pd.DataFrame:
+    with ipc.open_stream(io.BytesIO(base64.b64decode(text))) as reader:
+        return reader.read_all().to_pandas()
+
+
+def pack_state(tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {"version": STATE_VERSION, "meta": meta, "tables": {k: frame_to_b64(v) for k, v in tables.items()}}
+    ).encode()
+
+
+def unpack_state(data: bytes) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    from flowwarden.errors import RecordError
+
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordError("state", f"not a detection-engine state document: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
+        raise RecordError("state.version", f"expected {STATE_VERSION}, got {doc.get('version')!r}")
+    return {k: frame_from_b64(v) for k, v in doc.get("tables", {}).items()}, dict(doc.get("meta", {}))
+
+
+# ------------------------------------------------------------------------- baselines
+
+
+class Baselines:
+    """EWMA mean and mean absolute deviation of ``log1p(feature)`` per key."""
+
+    def __init__(self, features: list[str], *, half_life_s: float, ttl_s: float, max_keys: int) -> None:
+        self.features = list(features)
+        self.half_life_s = half_life_s
+        self.ttl_s = ttl_s
+        self.max_keys = max_keys
+        self.evicted = 0
+        cols = ["n", "first", "last"] + [f"m_{f}" for f in features] + [f"d_{f}" for f in features]
+        self.table = pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
+        self.table.index = pd.Index([], dtype=object, name="key")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def lookup(self, keys: pd.Series) -> pd.DataFrame:
+        """Rows of the table for ``keys`` (NaN where unknown), aligned with ``keys``."""
+        got = self.table.reindex(keys.to_numpy(dtype=object))
+        got.index = keys.index
+        return got
+
+    def update(self, keys: pd.Series, ws: np.ndarray, window_s: float, values: pd.DataFrame) -> None:
+        """Fold the observed windows into the baselines (several windows of a key at once)."""
+        if not len(keys):
+            return
+        logs = np.log1p(values[self.features].to_numpy(dtype="float64").clip(min=0))
+        old = self.lookup(keys)
+        old_m = old[[f"m_{f}" for f in self.features]].to_numpy()
+        old_m = np.where(np.isnan(old_m), logs, old_m)
+        absdev = np.abs(logs - old_m)
+        obs = pd.DataFrame(
+            np.hstack([logs, absdev]), columns=[*self.features, *[f"a_{f}" for f in self.features]]
+        )
+        obs["key"] = keys.to_numpy(dtype=object)
+        obs["ws"] = ws
+        g = obs.groupby("key", sort=False)
+        agg = g[[*self.features, *[f"a_{f}" for f in self.features]]].mean()
+        k = g.size().to_numpy(dtype="float64")
+        first = g["ws"].min().to_numpy()
+        last = g["ws"].max().to_numpy() + window_s
+        prev = self.table.reindex(agg.index)
+        n_old = prev["n"].fillna(0).to_numpy()
+        n_new = n_old + k
+        a_hl = 1.0 - 0.5 ** (window_s / self.half_life_s)
+        a_eff = np.maximum(k / n_new, 1.0 - (1.0 - a_hl) ** k)[:, None]
+        m_old = prev[[f"m_{f}" for f in self.features]].to_numpy()
+        d_old = prev[[f"d_{f}" for f in self.features]].to_numpy()
+        xbar = agg[self.features].to_numpy()
+        abar = agg[[f"a_{f}" for f in self.features]].to_numpy()
+        m_old = np.where(np.isnan(m_old), xbar, m_old)
+        d_old = np.where(np.isnan(d_old), abar, d_old)
+        m_new = m_old + a_eff * (xbar - m_old)
+        d_new = d_old + a_eff * (abar - d_old)
+        fresh = pd.DataFrame(
+            np.hstack(
+                [
+                    n_new[:, None],
+                    np.fmin(prev["first"].to_numpy(), first)[:, None],
+                    np.fmax(prev["last"].to_numpy(), last)[:, None],
+                    m_new,
+                    d_new,
+                ]
+            ),
+            index=agg.index,
+            columns=self.table.columns,
+        )
+        if len(self.table):
+            keep = self.table[~self.table.index.isin(fresh.index)]
+            self.table = pd.concat([keep, fresh]) if len(keep) else fresh
+        else:
+            self.table = fresh
+        self.table.index.name = "key"
+
+    def expire(self, now: float) -> int:
+        """Drop keys idle for longer than the TTL, then the stalest beyond the size limit."""
+        if not len(self.table):
+            return 0
+        before = len(self.table)
+        t = self.table[self.table["last"] >= now - self.ttl_s]
+        if len(t) > self.max_keys:
+            t = t.nlargest(self.max_keys, "last")
+        self.table = t
+        dropped = before - len(t)
+        self.evicted += dropped
+        return dropped
+
+    def export(self) -> pd.DataFrame:
+        return self.table.reset_index()
+
+    def load(self, df: pd.DataFrame) -> None:
+        missing = [c for c in self.table.columns if c not in df.columns]
+        if missing:
+            # A model trained with other features: keep the known ones, learn the rest.
+            for c in missing:
+                df[c] = np.nan
+        self.table = df.set_index("key")[list(self.table.columns)].astype("float64")
+
+
+# ------------------------------------------------------------------------- seen edges
+
+
+def edge_hashes(src: pd.Series, dst: pd.Series, port: pd.Series) -> np.ndarray:
+    frame = pd.DataFrame(
+        {"s": src.to_numpy(dtype=object), "d": dst.to_numpy(dtype=object), "p": port.to_numpy()}
+    )
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype="uint64")
+
+
+class SeenEdges:
+    """Which (source workload, peer, port) edges have been seen, since when, and their young bytes."""
+
+    def __init__(self, *, ttl_s: float, max_edges: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_edges = max_edges
+        self.evicted = 0
+        self._index: dict[int, int] = {}
+        self._first = np.empty(0, dtype="float64")
+        self._last = np.empty(0, dtype="float64")
+        self._bytes = np.empty(0, dtype="float64")
+        self._src = np.empty(0, dtype=object)  # the source workload, for peer questions
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def positions(self, hashes: np.ndarray) -> np.ndarray:
+        get = self._index.get
+        return np.fromiter((get(int(h), -1) for h in hashes), dtype="int64", count=len(hashes))
+
+    def first_seen(self, hashes: np.ndarray) -> np.ndarray:
+        """First time each edge was seen (NaN when never, or expired)."""
+        pos = self.positions(hashes)
+        out = np.full(len(hashes), np.nan)
+        ok = pos >= 0
+        out[ok] = self._first[pos[ok]]
+        return out
+
+    def young_bytes(self, hashes: np.ndarray) -> np.ndarray:
+        pos = self.positions(hashes)
+        out = np.zeros(len(hashes))
+        ok = pos >= 0
+        out[ok] = self._bytes[pos[ok]]
+        return out
+
+    def update(
+        self, hashes: np.ndarray, first: np.ndarray, last: np.ndarray, nbytes: np.ndarray, src: np.ndarray
+    ) -> None:
+        """Record edges (unique hashes) seen between ``first`` and ``last`` with ``nbytes`` sent."""
+        pos = self.positions(hashes)
+        old = pos >= 0
+        p = pos[old]
+        self._last[p] = np.fmax(self._last[p], last[old])
+        self._bytes[p] += nbytes[old]
+        new = ~old
+        n_new = int(new.sum())
+        if n_new:
+            base = len(self._first)
+            self._first = np.concatenate([self._first, first[new]])
+            self._last = np.concatenate([self._last, last[new]])
+            self._bytes = np.concatenate([self._bytes, nbytes[new].astype("float64")])
+            self._src = np.concatenate([self._src, src[new].astype(object)])
+            self._index.update(zip(hashes[new].tolist(), range(base, base + n_new), strict=True))
+
+    def expire(self, now: float) -> int:
+        keep = self._last >= now - self.ttl_s
+        if keep.sum() > self.max_edges:
+            cutoff = np.sort(self._last[keep])[-self.max_edges]
+            keep &= self._last >= cutoff
+        dropped = int((~keep).sum())
+        if dropped:
+            hashes = np.fromiter(self._index.keys(), dtype="uint64", count=len(self._index))
+            rows = np.fromiter(self._index.values(), dtype="int64", count=len(self._index))
+            order = np.argsort(rows)
+            hashes = hashes[order]
+            self._load(hashes[keep], self._first[keep], self._last[keep], self._bytes[keep], self._src[keep])
+            self.evicted += dropped
+        return dropped
+
+    def _load(
+        self, hashes: np.ndarray, first: np.ndarray, last: np.ndarray, nbytes: np.ndarray, src: np.ndarray
+    ) -> None:
+        self._first, self._last = first.astype("float64"), last.astype("float64")
+        self._bytes, self._src = nbytes.astype("float64"), src.astype(object)
+        self._index = dict(zip(hashes.astype("uint64").tolist(), range(len(hashes)), strict=True))
+
+    def export(self) -> pd.DataFrame:
+        hashes = np.empty(len(self._index), dtype="uint64")
+        for h, i in self._index.items():
+            hashes[i] = h
+        return pd.DataFrame(
+            {
+                "hash": hashes,
+                "first": self._first,
+                "last": self._last,
+                "bytes": self._bytes,
+                "src": self._src.astype(str),
+            }
+        )
+
+    def load(self, df: pd.DataFrame) -> None:
+        self._load(
+            df["hash"].to_numpy(dtype="uint64"),
+            df["first"].to_numpy(),
+            df["last"].to_numpy(),
+            df["bytes"].to_numpy(),
+            df["src"].to_numpy(dtype=object),
+        )
+
+
+# ------------------------------------------------------------------------- connections
+
+
+class ConnectionLog:
+    """Recent connection starts and sizes per (entity, external destination, port)."""
+
+    COLUMNS = ("pair", "ts", "bytes")
+
+    def __init__(self, *, horizon_s: float, max_rows: int) -> None:
+        self.horizon_s = horizon_s
+        self.max_rows = max_rows
+        self.evicted = 0
+        self.table = pd.DataFrame(
+            {
+                "pair": pd.Series(dtype="uint64"),
+                "ts": pd.Series(dtype="float64"),
+                "bytes": pd.Series(dtype="float64"),
+            }
+        )
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def add(self, conns: pd.DataFrame, now: float) -> None:
+        if len(conns):
+            self.table = pd.concat([self.table, conns[list(self.COLUMNS)]], ignore_index=True)
+        before = len(self.table)
+        t = self.table[self.table["ts"] >= now - self.horizon_s]
+        if len(t) > self.max_rows:
+            t = t.nlargest(self.max_rows, "ts")
+        self.table = t
+        self.evicted += before - len(t)
+
+    def history(self, pairs: np.ndarray) -> pd.DataFrame:
+        return self.table[self.table["pair"].isin(pairs)]
+
+
+def finite_or(value: float, default: float) -> float:
+    return value if math.isfinite(value) else default

@@ -1,0 +1,464 @@
+"""Labelled attacks, each from a compromised workload pod, each an :class:`Episode`.
+
+The run is cut into cycles of 10 minutes; every cycle holds one episode of every requested
+technique, at random offsets, each from a different source pod (so episodes never overlap
+on one source), and sources are not reused across cycles while fresh ones remain.
+``intensity`` scales each attack's volume or rate: 0.3 is subtle, 1 the default, 3 loud.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from flowwarden.labels import TECHNIQUE_KIND, TECHNIQUE_MITRE, TECHNIQUES, Episode
+from flowwarden.records import Entity, FlowState, Proto
+from simulator.benign import EDGES, POOLS, emit_calls, emit_long_lived
+from simulator.context import ATTACKER_NET, SimContext
+from simulator.flows import FLAGS_REJECTED, FLAGS_SYN_ONLY, ephemeral_ports, lognormal, packets
+
+CYCLE_S = 600.0
+WARMUP_S = 90.0  # the first attack starts after some benign history
+DURATION_S: dict[str, tuple[float, float]] = {
+    "port_scan": (40, 90),
+    "ip_sweep": (40, 90),
+    "fan_out": (60, 120),
+    "control_plane_access": (30, 60),
+    "metadata_api": (20, 60),
+    "bulk_exfiltration": (30, 60),
+    "slow_exfiltration": (300, 420),
+    "dns_tunnel": (60, 150),
+}
+COMMON_PORTS = np.array(
+    [
+        21,
+        22,
+        23,
+        25,
+        53,
+        80,
+        110,
+        135,
+        139,
+        143,
+        443,
+        445,
+        993,
+        995,
+        1433,
+        1521,
+        2375,
+        2379,
+        3000,
+        3306,
+        3389,
+        5000,
+        5432,
+        5900,
+        6379,
+        6443,
+        8000,
+        8080,
+        8443,
+        9000,
+        9090,
+        9200,
+        10250,
+        11211,
+        27017,
+    ]
+)
+
+
+@dataclass
+class Attack:
+    """One planned episode: who, what, when."""
+
+    technique: str
+    source: int  # pod index
+    start: float
+    end: float
+    intensity: float
+    remote_ip: str  # the attacker's server for exfiltration
+    index: int = -1
+
+
+def plan_attacks(
+    ctx: SimContext, techniques: list[str], intensity: float, rng: np.random.Generator
+) -> list[Attack]:
+    """Place every technique in every 10-minute cycle, from distinct sources."""
+    if not techniques:
+        return []
+    span = ctx.t1 - ctx.t0
+    ncycles = max(1, int(span // CYCLE_S))
+    candidates = ctx.cluster.attackable_pods()
+    order = list(rng.permutation(candidates))
+    remotes = [f"{ATTACKER_NET}{h}" for h in rng.permutation(np.arange(10, 250))]
+    attacks: list[Attack] = []
+    used = 0
+    for c in range(ncycles):
+        lo = ctx.t0 + c * CYCLE_S + (WARMUP_S if c == 0 else 0.0)
+        hi = ctx.t1 if c == ncycles - 1 else ctx.t0 + (c + 1) * CYCLE_S
+        avail = max(10.0, hi - lo - 5.0)
+        for tech in techniques:
+            if used >= len(order):  # every candidate used once: start over in a new order
+                order += list(rng.permutation(candidates))
+            src = int(order[used])
+            used += 1
+            dmin, dmax = DURATION_S[tech]
+            dur = min(float(rng.uniform(dmin, dmax)), 0.85 * avail)
+            start = lo + float(rng.uniform(0, avail - dur))
+            remote = remotes[len(attacks) % len(remotes)]
+            attacks.append(Attack(tech, src, start, start + dur, intensity, remote))
+    attacks.sort(key=lambda a: (a.start, a.technique))
+    for i, a in enumerate(attacks):
+        a.index = i
+    return attacks
+
+
+def _times(rng: np.random.Generator, a: Attack, n: int) -> np.ndarray:
+    return np.sort(a.start + rng.random(n) * (a.end - a.start))
+
+
+def _other_pods(ctx: SimContext, a: Attack) -> list[int]:
+    """Pods alive all run long, other than the source's own workload."""
+    cl = ctx.cluster
+    me = cl.pods[a.source]
+    return [p for p in cl.attackable_pods() if cl.pods[p].workload != me.workload]
+
+
+def _probe(
+    ctx: SimContext,
+    rng: np.random.Generator,
+    a: Attack,
+    times: np.ndarray,
+    dst: np.ndarray,
+    ports: np.ndarray,
+    open_: np.ndarray,
+    unreachable: np.ndarray,
+) -> None:
+    """Connection attempts: open ports answer, closed ones reset, unreachable ones stay silent."""
+    n = len(times)
+    state = np.where(open_, FlowState.CLOSED.value, FlowState.REJECTED.value).astype(object)
+    silent = unreachable | (~open_ & (rng.random(n) < 0.15))  # filtered ports drop the SYN
+    state[silent] = FlowState.SYN_ONLY.value
+    flags = np.where(open_, 0x1B, FLAGS_REJECTED)
+    flags = np.where(silent, FLAGS_SYN_ONLY, flags)
+    pkts_out = np.where(open_, 4, np.where(silent, 2, 1))
+    pkts_in = np.where(open_, 3, np.where(silent, 0, 1))
+    bytes_out = np.where(open_, 240, pkts_out * 60)
+    bytes_in = np.where(open_, 180 + rng.integers(0, 400, n), pkts_in * 54)
+    dur = np.where(silent, 1.0 + rng.random(n), np.where(open_, 0.01, 0.0005))
+    p = ctx.cluster.pods[a.source]
+    ctx.parts.add(
+        ts_start=times,
+        ts_end=times + dur,
+        node=p.node,
+        src_ip=p.ip,
+        src_port=ephemeral_ports(rng, n),
+        dst_ip=dst,
+        dst_port=ports,
+        proto=Proto.TCP,
+        bytes_out=bytes_out,
+        bytes_in=bytes_in,
+        pkts_out=pkts_out,
+        pkts_in=pkts_in,
+        tcp_flags=flags,
+        state=state,
+        episode=a.index,
+    )
+
+
+def _open_port(ctx: SimContext, pods: list[int]) -> np.ndarray:
+    cl = ctx.cluster
+    spec = {(w.spec.namespace, w.spec.name): w.spec for w in cl.workloads.values()}
+    return np.array([spec[(cl.pods[p].namespace, cl.pods[p].workload)].port for p in pods])
+
+
+def port_scan(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
+    """Many ports on a few internal hosts, mostly refused or unanswered."""
+    cl = ctx.cluster
+    others = _other_pods(ctx, a)
+    hosts = [
+        int(h) for h in rng.choice(others, size=min(len(others), int(rng.integers(1, 4))), replace=False)
+    ]
+    nports = max(15, int(100 * a.intensity))
+    ips, opens, ports = [], [], []
+    for h, open_port in zip(hosts, _open_port(ctx, hosts), strict=True):
+        extra = rng.choice(np.arange(1, 65536), size=max(0, nports - len(COMMON_PORTS)), replace=False)
+        pp = (
+            np.unique(np.concatenate([COMMON_PORTS, extra]))[:nports]
+            if nports < len(COMMON_PORTS)
+            else (np.unique(np.concatenate([COMMON_PORTS, extra])))
+        )
+        pp = rng.permutation(pp)
+        ports.append(pp)
+        ips.append(np.full(len(pp), cl.pods[h].ip, dtype=object))
+        opens.append(pp == open_port)
+    dst, port, open_ = np.concatenate(ips), np.concatenate(ports), np.concatenate(opens)
+    times = _times(rng, a, len(dst))
+    _probe(ctx, rng, a, times, dst, port, open_, np.zeros(len(dst), dtype=bool))
+    return sorted({cl.pods[h].ip for h in hosts})
+
+
+def ip_sweep(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
+    """One or two ports across many addresses of the pod network, live or not."""
+    cl = ctx.cluster
+    others = _other_pods(ctx, a)
+    nhosts = max(12, int(60 * a.intensity))
+    live = [int(h) for h in rng.choice(others, size=min(len(others), int(nhosts * 0.7)), replace=False)]
+    dead: list[str] = []
+    for _ in range(nhosts - len(live)):  # unused addresses in the nodes' pod ranges
+        node = cl.workers[int(rng.integers(len(cl.workers)))]
+        base = node.pod_cidr.rsplit(".", 2)[0] + "." + node.pod_cidr.split(".")[2]
+        dead.append(f"{base}.{int(rng.integers(node.next_host + 20, 250))}")
+    sweep_ports = rng.choice(np.array([22, 80, 443, 6379, 8080]), size=int(rng.integers(1, 3)), replace=False)
+    addrs = [cl.pods[h].ip for h in live] + dead
+    live_port = np.concatenate([_open_port(ctx, live), np.zeros(len(dead), dtype=int)])
+    dst = np.repeat(np.array(addrs, dtype=object), len(sweep_ports))
+    port = np.tile(sweep_ports, len(addrs))
+    open_ = np.repeat(live_port, len(sweep_ports)) == port
+    unreachable = np.repeat(np.arange(len(addrs)) >= len(live), len(sweep_ports))
+    perm = rng.permutation(len(dst))
+    _probe(ctx, rng, a, _times(rng, a, len(dst)), dst[perm], port[perm], open_[perm], unreachable[perm])
+    return sorted(set(addrs))
+
+
+def fan_out(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
+    """Successful SSH / HTTP sessions to many internal peers the source never talks to."""
+    cl = ctx.cluster
+    me = cl.pods[a.source]
+    key = f"{me.namespace}/{me.workload}"
+    usual = {e.server for e in EDGES if e.client == key} | {p.server for p in POOLS if p.client == key}
+    peers = [p for p in _other_pods(ctx, a) if f"{cl.pods[p].namespace}/{cl.pods[p].workload}" not in usual]
+    npeers = min(len(peers), max(6, int(20 * a.intensity)))
+    chosen = [int(p) for p in rng.choice(peers, size=npeers, replace=False)]
+    sessions = rng.integers(1, 4, npeers)
+    tgt = np.repeat(np.array(chosen), sessions)
+    svc_port = _open_port(ctx, list(tgt))
+    port = np.where(
+        svc_port == 8080,
+        np.where(rng.random(len(tgt)) < 0.5, 8080, 22),
+        np.where(rng.random(len(tgt)) < 0.5, 80, 22),
+    )
+    times = _times(rng, a, len(tgt))
+    emit_calls(
+        ctx,
+        rng,
+        times=times,
+        src_ip=np.full(len(tgt), me.ip, dtype=object),
+        node=np.full(len(tgt), me.node, dtype=object),
+        dst_ip=cl.pod_ips()[tgt],
+        dst_port=port,
+        req=6000,
+        resp=20000,
+        dur=3.0,
+        reject_share=0.0,
+        episode=a.index,
+    )
+    return sorted({cl.pods[p].ip for p in chosen})
+
+
+def control_plane_access(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
+    """A workload pod reaching the API server, etcd and kubelets directly (not via the Service)."""
+    cl = ctx.cluster
+    cp = ctx.settings.control_plane
+    me = cl.pods[a.source]
+    cps = [n.ip for n in cl.control_plane]
+    kubelets = [n.ip for n in rng.permutation(np.array(cl.nodes, dtype=object))[: int(rng.integers(2, 5))]]
+    k = a.intensity
+    plan = (
+        [(ip, cp.api_server_port) for ip in rng.choice(cps, size=max(3, int(8 * k)))]
+        + [(ip, cp.etcd_ports[0]) for ip in rng.choice(cps, size=max(2, int(4 * k)))]
+        + [(ip, cp.kubelet_port) for ip in rng.choice(kubelets, size=max(2, int(6 * k)))]
+    )
+    perm = rng.permutation(len(plan))
+    dst = np.array([plan[i][0] for i in perm], dtype=object)
+    port = np.array([plan[i][1] for i in perm])
+    emit_calls(
+        ctx,
+        rng,
+        times=_times(rng, a, len(dst)),
+        src_ip=np.full(len(dst), me.ip, dtype=object),
+        node=np.full(len(dst), me.node, dtype=object),
+        dst_ip=dst,
+        dst_port=port,
+        req=900,
+        resp=1500,
+        dur=0.05,
+        reject_share=0.1,
+        episode=a.index,
+    )
+    return sorted(set(dst.tolist()))
+
+
+def metadata_api(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
+    """A pod asking the cloud metadata API for a token and the node's credentials."""
+    me = ctx.cluster.pods[a.source]
+    n = max(2, int(6 * a.intensity))
+    emit_calls(
+        ctx,
+        rng,
+        times=_times(rng, a, n),
+        src_ip=np.full(n, me.ip, dtype=object),
+        node=np.full(n, me.node, dtype=object),
+        dst_ip=ctx.cluster.metadata_ip,
+        dst_port=80,
+        req=380,
+        resp=1400,
+        dur=0.004,
+        reject_share=0.0,
+        episode=a.index,
+    )
+    return [ctx.cluster.metadata_ip]
+
+
+def bulk_exfiltration(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
+    """Hundreds of MB up to a never-seen external address within a few windows."""
+    me = ctx.cluster.pods[a.source]
+    total = max(60e6, 400e6 * a.intensity) * float(rng.uniform(0.8, 1.25))
+    conns = int(rng.integers(1, 4))
+    opened = a.start + rng.uniform(0, 2, conns)
+    emit_long_lived(
+        ctx,
+        rng,
+        src_ip=np.full(conns, me.ip, dtype=object),
+        node=np.full(conns, me.node, dtype=object),
+        dst_ip=np.full(conns, a.remote_ip, dtype=object),
+        dst_port=443,
+        out_per_s=total / conns / (a.end - a.start),
+        in_per_s=total / conns / (a.end - a.start) / 60,
+        opened=opened,
+        closed=np.full(conns, a.end),
+        daily=False,
+        server_name=_sni(rng, "files"),
+        episode=a.index,
+    )
+    return [a.remote_ip]
+
+
+def slow_exfiltration(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
+    """Small uploads at a fixed period with low jitter, for many minutes."""
+    me = ctx.cluster.pods[a.source]
+    period = float(rng.uniform(15, 30))
+    ticks = a.start + period * np.arange(int((a.end - a.start) / period) + 1)
+    ticks = ticks[ticks < a.end] + rng.normal(0, 0.02 * period, 1)[0]
+    ticks = np.clip(ticks + rng.normal(0, 0.015 * period, len(ticks)), a.start, a.end - 1.0)
+    n = len(ticks)
+    size = 40_000 * a.intensity * rng.normal(1, 0.04, n)
+    out = size.astype(np.int64) + 1500
+    inn = rng.integers(3800, 4200, n)
+    ctx.parts.add(
+        ts_start=ticks,
+        ts_end=ticks + lognormal(rng, 0.3, 0.2, n),
+        node=me.node,
+        src_ip=me.ip,
+        src_port=ephemeral_ports(rng, n),
+        dst_ip=a.remote_ip,
+        dst_port=443,
+        proto=Proto.TCP,
+        bytes_out=out,
+        bytes_in=inn,
+        pkts_out=packets(out, 4),
+        pkts_in=packets(inn, 4),
+        tcp_flags=0x1B,
+        state=FlowState.CLOSED.value,
+        server_name=_sni(rng, "api"),
+        episode=a.index,
+    )
+    return [a.remote_ip]
+
+
+_B32 = np.array(list(string.ascii_lowercase + "234567"))
+_WORDS = ("cdn", "sync", "update", "telemetry", "static", "img", "metrics", "edge")
+
+
+def _sni(rng: np.random.Generator, prefix: str) -> str:
+    """A plausible TLS server name on the attacker's side (they do not go without one)."""
+    return f"{prefix}.{rng.choice(_WORDS)}-{''.join(rng.choice(_B32, 6))}.example"
+
+
+def dns_tunnel(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
+    """Many long, high-entropy names under one registered domain, through the cluster DNS."""
+    me = ctx.cluster.pods[a.source]
+    domain = f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}{int(rng.integers(10, 99))}.example"
+    n = max(20, int(4.0 * a.intensity * (a.end - a.start)))
+    l1 = rng.integers(30, 64, n)
+    chars = rng.choice(_B32, size=(n, 63))
+    labels = ["".join(row[:k]) for row, k in zip(chars, l1, strict=True)]
+    l2 = rng.integers(8, 30, n)
+    chars2 = rng.choice(_B32, size=(n, 30))
+    qnames = np.array(
+        [
+            f"{x}.{''.join(r[:k])}.{i % 4096:03x}.{domain}"
+            for i, (x, r, k) in enumerate(zip(labels, chars2, l2, strict=True))
+        ],
+        dtype=object,
+    )
+    qlen = np.array([len(q) for q in qnames])
+    times = _times(rng, a, n)
+    ctx.parts.add(
+        ts_start=times,
+        ts_end=times + rng.uniform(0.01, 0.08, n),
+        node=me.node,
+        src_ip=me.ip,
+        src_port=ephemeral_ports(rng, n),
+        dst_ip=ctx.cluster.dns_ip,
+        dst_port=ctx.settings.control_plane.dns_port,
+        proto=Proto.UDP,
+        bytes_out=qlen + 46,
+        bytes_in=qlen + 46 + rng.integers(60, 220, n),
+        pkts_out=1,
+        pkts_in=1,
+        tcp_flags=0,
+        state=FlowState.UDP.value,
+        dns_qname=qnames,
+        dns_rcode=0,
+        episode=a.index,
+    )
+    return [domain]
+
+
+TECHNIQUE_FUNCS: dict[str, Callable[[SimContext, np.random.Generator, Attack], list[str]]] = {
+    "port_scan": port_scan,
+    "ip_sweep": ip_sweep,
+    "fan_out": fan_out,
+    "control_plane_access": control_plane_access,
+    "metadata_api": metadata_api,
+    "bulk_exfiltration": bulk_exfiltration,
+    "slow_exfiltration": slow_exfiltration,
+    "dns_tunnel": dns_tunnel,
+}
+assert set(TECHNIQUE_FUNCS) == set(TECHNIQUES)
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def generate_attacks(ctx: SimContext, attacks: list[Attack]) -> list[Episode]:
+    """Emit every planned attack's flows; return their labelled episodes."""
+    cl = ctx.cluster
+    episodes = []
+    for a in attacks:
+        rng = ctx.rng(f"attack:{a.index}:{a.technique}")
+        targets = TECHNIQUE_FUNCS[a.technique](ctx, rng, a)
+        p = cl.pods[a.source]
+        episodes.append(
+            Episode(
+                id=f"ep-{a.index + 1:03d}",
+                technique=a.technique,  # type: ignore[arg-type]
+                mitre=TECHNIQUE_MITRE[a.technique],
+                kind=TECHNIQUE_KIND[a.technique],
+                source=Entity(ip=p.ip, namespace=p.namespace, pod=p.name, workload=p.workload, node=p.node),
+                targets=targets,
+                start=_dt(a.start),
+                end=_dt(a.end),
+                intensity=a.intensity,
+            )
+        )
+    return episodes

@@ -1,0 +1,263 @@
+"""Vectorised building blocks: arrays of flows, never a Python object per flow.
+
+Each traffic generator appends column arrays to a :class:`FlowParts`; :meth:`FlowParts.frame`
+concatenates them once, sorts by ``ts_end`` and conforms to ``FLOW_SCHEMA``. A parallel
+array remembers which labelled episode (or ``-1``: benign) produced each flow, so tests and
+evaluations can check flows against their labels.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flowwarden.records import FlowState, Proto, conform_flows, empty_flows
+
+# TCP flag bits, OR-ed over the conversation as a flow table records them.
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+FLAGS_CLOSED = FIN | SYN | PSH | ACK
+FLAGS_OPEN = PSH | ACK  # interim record of a conversation begun before the record interval
+FLAGS_REJECTED = SYN | RST | ACK
+FLAGS_SYN_ONLY = SYN
+
+EPHEMERAL = (32768, 61000)
+MSS = 1400
+
+
+def diurnal(ts: np.ndarray) -> np.ndarray:
+    """Request-rate multiplier over the day: trough 0.45 at 03:00 UTC, peak 1.55 at 15:00."""
+    hours = (ts % 86400.0) / 3600.0
+    return 1.0 + 0.55 * np.sin(2 * np.pi * (hours - 9.0) / 24.0)
+
+
+def event_times(
+    rng: np.random.Generator,
+    rates: np.ndarray,
+    t0: float,
+    t1: float,
+    *,
+    bin_s: float = 10.0,
+    burstiness: float = 4.0,
+    daily: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson arrivals for each source ``i`` at ``rates[i]`` per second between t0 and t1.
+
+    Rates follow the daily cycle and a gamma noise per source and bin (shape
+    ``burstiness``: lower is burstier). Returns ``(times, source_index)``.
+    """
+    rates = np.asarray(rates, dtype=float)
+    nbins = max(1, int(np.ceil((t1 - t0) / bin_s)))
+    edges = t0 + bin_s * np.arange(nbins)
+    width = np.minimum(bin_s, t1 - edges)
+    mult = diurnal(edges + width / 2) if daily else np.ones(nbins)
+    noise = rng.gamma(burstiness, 1.0 / burstiness, size=(len(rates), nbins))
+    counts = rng.poisson(rates[:, None] * (width * mult)[None, :] * noise)
+    src = np.repeat(np.arange(len(rates)), counts.sum(axis=1))
+    bins = np.repeat(np.tile(np.arange(nbins), len(rates)), counts.ravel())
+    times = edges[bins] + rng.random(len(bins)) * width[bins]
+    return times, src
+
+
+def lognormal(rng: np.random.Generator, median: float | np.ndarray, sigma: float, n: int) -> np.ndarray:
+    return np.asarray(median) * np.exp(sigma * rng.standard_normal(n))
+
+
+def packets(nbytes: np.ndarray, base: int = 1) -> np.ndarray:
+    """Packets to carry ``nbytes`` (segments of about one MSS) plus ``base`` control packets."""
+    return (np.ceil(np.asarray(nbytes, dtype=float) / MSS) + base).astype(np.int64)
+
+
+def ephemeral_ports(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(*EPHEMERAL, size=n)
+
+
+class FlowParts:
+    """Column arrays of flows from many generators, concatenated once at the end."""
+
+    def __init__(self) -> None:
+        self._parts: list[dict[str, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return sum(len(p["ts_start"]) for p in self._parts)
+
+    def add(
+        self,
+        *,
+        ts_start: np.ndarray,
+        ts_end: np.ndarray,
+        node: Any,
+        src_ip: Any,
+        src_port: Any,
+        dst_ip: Any,
+        dst_port: Any,
+        proto: Any,
+        bytes_out: Any,
+        bytes_in: Any,
+        pkts_out: Any,
+        pkts_in: Any,
+        tcp_flags: Any,
+        state: Any,
+        dns_qname: Any = "",
+        dns_rcode: Any = -1,
+        server_name: Any = "",
+        final: Any = True,
+        episode: int = -1,
+    ) -> None:
+        """Append ``n = len(ts_start)`` flows; scalars are broadcast."""
+        n = len(ts_start)
+        if n == 0:
+            return
+        cols = {
+            "ts_start": (ts_start, np.float64),
+            "ts_end": (ts_end, np.float64),
+            "node": (node, object),
+            "src_ip": (src_ip, object),
+            "src_port": (src_port, np.int32),
+            "dst_ip": (dst_ip, object),
+            "dst_port": (dst_port, np.int32),
+            "proto": (proto, np.int16),
+            "bytes_out": (bytes_out, np.int64),
+            "bytes_in": (bytes_in, np.int64),
+            "pkts_out": (pkts_out, np.int64),
+            "pkts_in": (pkts_in, np.int64),
+            "tcp_flags": (tcp_flags, np.int16),
+            "state": (state, object),
+            "dns_qname": (dns_qname, object),
+            "dns_rcode": (dns_rcode, np.int16),
+            "server_name": (server_name, object),
+            "final": (final, np.bool_),
+            "episode": (episode, np.int32),
+        }
+        part: dict[str, np.ndarray] = {}
+        for name, (value, dtype) in cols.items():
+            arr = np.asarray(value)
+            if arr.dtype.kind == "f" and np.dtype(dtype).kind in "iu":
+                arr = np.rint(arr)
+            arr = np.broadcast_to(arr, (n,)).astype(dtype)
+            part[name] = arr
+        self._parts.append(part)
+
+    def frame(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """All flows as one ``FLOW_SCHEMA`` frame sorted by ``ts_end``, and each flow's episode."""
+        if not self._parts:
+            return empty_flows(), np.zeros(0, dtype=np.int32)
+        cols = {k: np.concatenate([p[k] for p in self._parts]) for k in self._parts[0]}
+        # Round to microseconds (what a collector reports) and sort stably: deterministic.
+        cols["ts_start"] = np.round(cols["ts_start"], 6)
+        cols["ts_end"] = np.maximum(np.round(cols["ts_end"], 6), cols["ts_start"])
+        order = np.lexsort((cols["src_port"], cols["src_ip"].astype(str), cols["ts_end"]))
+        episode = cols.pop("episode")[order]
+        data: dict[str, Any] = {}
+        for k, v in cols.items():
+            v = v[order]
+            data[k] = pd.array(v, dtype="str") if v.dtype == object else v
+        return conform_flows(pd.DataFrame(data)), episode
+
+
+def tcp_conversation(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    req_median: float,
+    resp_median: float,
+    sigma: float = 0.8,
+    dur_median: float = 0.05,
+    reject_share: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """Sizes, packets, flags, state and duration for ``n`` short client-server TCP exchanges.
+
+    A ``reject_share`` of them are refused (SYN answered by RST, a benign failure).
+    """
+    out = lognormal(rng, req_median, sigma, n).astype(np.int64) + 60
+    inn = lognormal(rng, resp_median, sigma, n).astype(np.int64) + 60
+    dur = lognormal(rng, dur_median, 0.8, n)
+    pkts_out, pkts_in = packets(out, 3), packets(inn, 2)
+    flags = np.full(n, FLAGS_CLOSED, dtype=np.int16)
+    state = np.full(n, FlowState.CLOSED.value, dtype=object)
+    if reject_share > 0:
+        rej = rng.random(n) < reject_share
+        out[rej], inn[rej], pkts_out[rej], pkts_in[rej] = 60, 54, 1, 1
+        flags[rej] = FLAGS_REJECTED
+        state[rej] = FlowState.REJECTED.value
+        dur[rej] = 0.0005
+    return {
+        "bytes_out": out,
+        "bytes_in": inn,
+        "pkts_out": pkts_out,
+        "pkts_in": pkts_in,
+        "tcp_flags": flags,
+        "state": state,
+        "duration": dur,
+        "proto": np.full(n, Proto.TCP, dtype=np.int16),
+    }
+
+
+def long_lived(
+    rng: np.random.Generator,
+    *,
+    t0: float,
+    t1: float,
+    n: int,
+    interval_s: float,
+    bytes_out_per_s: float | np.ndarray,
+    bytes_in_per_s: float | np.ndarray,
+    opened: np.ndarray | None = None,
+    closed: np.ndarray | None = None,
+    daily: bool = True,
+) -> dict[str, np.ndarray]:
+    """Interim records (``final=False``, counters are deltas) of ``n`` long-lived connections.
+
+    Each connection ``i`` is open from ``opened[i]`` (default: before ``t0``) to ``closed[i]``
+    (default: after ``t1``); a record is emitted every ``interval_s`` (the collector's active
+    timeout) and a final one when it closes inside the run. Returns the flattened records
+    with ``conn`` (connection index), ``ts_start`` (the conversation's start) and ``ts_end``.
+    """
+    opened = t0 - rng.uniform(60, 6 * 3600, n) if opened is None else np.asarray(opened, dtype=float)
+    closed = np.full(n, np.inf) if closed is None else np.asarray(closed, dtype=float)
+    phase = rng.uniform(0, interval_s, n)
+    first = np.maximum(opened, t0) + phase
+    last = np.minimum(closed, t1)
+    counts = np.maximum(0, np.floor((last - first) / interval_s).astype(np.int64) + 1)
+    counts = np.where(first <= last, counts, 0)
+    conn = np.repeat(np.arange(n), counts)
+    k = np.arange(len(conn)) - np.repeat(np.cumsum(counts) - counts, counts)
+    ts_end = first[conn] + k * interval_s
+    is_final = np.zeros(len(conn), dtype=bool)
+    # The closing record of a connection that ends inside the run.
+    ends_inside = (closed < t1) & (counts > 0)
+    last_idx = np.cumsum(counts) - 1
+    ts_end[last_idx[ends_inside]] = closed[ends_inside]
+    is_final[last_idx[ends_inside]] = True
+    prev = np.where(k > 0, ts_end - interval_s, np.maximum(opened[conn], t0))
+    span = np.maximum(ts_end - prev, 0.001)
+    mult = diurnal(ts_end) if daily else 1.0
+    bo = np.broadcast_to(np.asarray(bytes_out_per_s, dtype=float), (n,))[conn]
+    bi = np.broadcast_to(np.asarray(bytes_in_per_s, dtype=float), (n,))[conn]
+    noise = rng.gamma(4.0, 0.25, size=(2, len(conn)))
+    out = (bo * span * mult * noise[0]).astype(np.int64)
+    inn = (bi * span * mult * noise[1]).astype(np.int64)
+    pkts_out, pkts_in = packets(out, 0) + 1, packets(inn, 0) + 1
+    flags = np.where(is_final, FIN | PSH | ACK, FLAGS_OPEN).astype(np.int16)
+    state = np.where(is_final, FlowState.CLOSED.value, FlowState.ESTABLISHED.value).astype(object)
+    return {
+        "conn": conn,
+        "ts_start": opened[conn],
+        "ts_end": ts_end,
+        "final": is_final,
+        "bytes_out": out,
+        "bytes_in": inn,
+        "pkts_out": pkts_out,
+        "pkts_in": pkts_in,
+        "tcp_flags": flags,
+        "state": state,
+        "proto": np.full(len(conn), Proto.TCP, dtype=np.int16),
+    }
+
+
+def epoch(dt: datetime) -> float:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()

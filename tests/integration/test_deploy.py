@@ -1,0 +1,271 @@
+"""The docker-compose stack, the image and the Kubernetes manifests, checked as far as this
+machine allows: no Docker engine, no cluster, but the real docker-compose parser, the real
+Kubernetes OpenAPI schemas (kubernetes-validate, offline), promtool and amtool."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from dashboards.catalog import load_committed
+from flowwarden.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_DIR = ROOT / "deploy" / "kubernetes"
+K8S_VERSION = "1.37.0"
+FLOWWARDEN_SERVICES = {"collector", "pipeline", "enforcer", "replay"}
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not installed: run scripts/install-system-deps.sh"
+    return path
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """The compose file as docker-compose resolves it (interpolated with .env)."""
+    out = subprocess.run(
+        [_tool("docker-compose"), "-f", "docker-compose.yml", "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return yaml.safe_load(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S_DIR.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+def _raw_service_blocks() -> dict[str, str]:
+    """Each service's text in docker-compose.yml, comments included."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    body = text.split("\nservices:\n", 1)[1].split("\nvolumes:\n", 1)[0]
+    blocks = re.split(r"\n(?=  [a-z][a-z0-9_-]*:\n)", "\n" + body)
+    return {b.strip().split(":", 1)[0]: b for b in blocks if b.strip()}
+
+
+def test_compose_config_succeeds_with_every_service(compose: dict[str, Any]) -> None:
+    expected = {"kafka", "postgres", "prometheus", "alertmanager", "grafana", *FLOWWARDEN_SERVICES}
+    assert set(compose["services"]) == expected
+
+
+def test_every_image_tag_is_pinned(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        image = svc["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and "/" not in tag, f"{name}: image {image!r} has no tag"
+        assert tag != "latest" and re.search(r"\d", tag), f"{name}: image tag {tag!r} is not a version"
+    for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines():
+        if line.startswith("ARG PYTHON_IMAGE="):
+            assert re.search(r":\d+\.\d+\.\d+-", line), line
+
+
+def test_every_service_has_a_healthcheck_or_says_why_not(compose: dict[str, Any]) -> None:
+    blocks = _raw_service_blocks()
+    without = []
+    for name, svc in compose["services"].items():
+        if "healthcheck" in svc:
+            assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+            continue
+        without.append(name)
+        comments = " ".join(line for line in blocks[name].splitlines() if line.strip().startswith("#"))
+        assert "healthcheck" in comments.lower(), f"{name}: no healthcheck and no comment saying why"
+    assert without == ["replay"]
+
+
+def test_named_volumes_and_bind_mounts_exist(compose: dict[str, Any]) -> None:
+    declared = set(compose["volumes"])
+    for name, svc in compose["services"].items():
+        for vol in svc.get("volumes", []):
+            source = vol.split(":", 1)[0] if isinstance(vol, str) else vol["source"]
+            if source.startswith("/"):
+                assert Path(source).exists(), f"{name}: bind mount {source} is missing"
+            else:
+                assert source in declared, f"{name}: volume {source} is not declared"
+    assert {"kafka-data", "postgres-data", "grafana-data", "prometheus-data"} <= declared
+
+
+def test_collector_has_host_network_and_only_two_capabilities(compose: dict[str, Any]) -> None:
+    collector = compose["services"]["collector"]
+    assert collector["network_mode"] == "host"
+    assert set(collector["cap_add"]) == {"NET_RAW", "NET_ADMIN"}
+    assert collector["cap_drop"] == ["ALL"]
+    assert not collector.get("privileged", False)
+
+
+def test_flowwarden_services_settings_load(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in FLOWWARDEN_SERVICES:
+        env = compose["services"][name]["environment"]
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, str(value))
+            settings = load_settings()
+        assert settings.bus.kind == "kafka", name
+        assert settings.store.url.startswith("postgresql+psycopg://"), name
+        if name == "enforcer":
+            assert settings.enforcement.mode == "dry_run", "the enforcer must default to dry-run"
+        if name == "collector":
+            assert settings.kafka.bootstrap_servers == ["127.0.0.1:9094"]
+        else:
+            assert settings.kafka.bootstrap_servers == ["kafka:9092"], name
+
+
+def test_grafana_is_provisioned_for_anonymous_viewers(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    env = grafana["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true" and env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"] if v.startswith("/")}
+    provider = yaml.safe_load((ROOT / "dashboards/provisioning/dashboards/flowwarden.yaml").read_text())
+    dash_path = provider["providers"][0]["options"]["path"]
+    assert Path(mounts[dash_path]) == ROOT / "dashboards" / "json"
+    home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "dashboards" / "json" / Path(home).name).is_file() and home.startswith(dash_path)
+    # Every ${VAR} of the data-source file is set in Grafana's environment.
+    text = (ROOT / "dashboards/provisioning/datasources/flowwarden.yaml").read_text()
+    for var in set(re.findall(r"\$\{(\w+)\}", text.split("apiVersion", 1)[1])):
+        assert var in env, f"grafana's environment lacks {var}"
+
+
+def test_provisioning_matches_the_dashboards_datasource_uids() -> None:
+    doc = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/flowwarden.yaml").read_text())
+    provisioned = {d["uid"]: d["type"] for d in doc["datasources"]}
+    used: dict[str, set[str]] = {}
+    for board in load_committed().values():
+        for panel in board["panels"]:
+            for t in panel.get("targets", []):
+                used.setdefault(t["datasource"]["uid"], set()).add(t["datasource"]["type"])
+    assert set(used) == set(provisioned)
+    for uid, types in used.items():
+        assert types == {provisioned[uid]}, f"{uid}: dashboards say {types}, provisioning {provisioned[uid]}"
+
+
+def test_prometheus_and_alertmanager_configs_are_valid() -> None:
+    prom = subprocess.run(
+        [_tool("promtool"), "check", "config", "deploy/compose/prometheus.yml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert prom.returncode == 0, prom.stdout + prom.stderr
+    assert "SUCCESS: 6 rules found" in prom.stdout + prom.stderr
+    am = subprocess.run(
+        [_tool("amtool"), "check-config", "deploy/compose/alertmanager.yml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert am.returncode == 0, am.stdout + am.stderr
+    targets = yaml.safe_load((ROOT / "deploy/compose/prometheus.yml").read_text())["scrape_configs"]
+    ports = {t.split(":")[1] for job in targets for sc in job["static_configs"] for t in sc["targets"]}
+    assert {"9101", "9102", "9103"} <= ports
+
+
+def test_manifests_validate_against_the_kubernetes_schema(manifests: list[dict[str, Any]]) -> None:
+    kinds = []
+    for doc in manifests:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        kinds.append(doc["kind"])
+    assert {"DaemonSet", "Deployment", "ConfigMap", "Service", "Role", "RoleBinding", "ClusterRole"} <= set(
+        kinds
+    )
+    broken = copy.deepcopy(next(d for d in manifests if d["kind"] == "DaemonSet"))
+    broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilitiez"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def _one(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in manifests if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def test_collector_daemonset_is_least_privilege(manifests: list[dict[str, Any]]) -> None:
+    ds = _one(manifests, "DaemonSet", "flowwarden-collector")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW", "NET_ADMIN"]}
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+
+
+def test_pipeline_and_enforcer_run_as_non_root(manifests: list[dict[str, Any]]) -> None:
+    for name in ("flowwarden-pipeline", "flowwarden-enforcer"):
+        pod = _one(manifests, "Deployment", name)["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        (container,) = pod["containers"]
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert "limits" in container["resources"]
+
+
+def test_configmap_settings_load_and_enforcer_rbac_matches_its_namespaces(
+    manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    cm = _one(manifests, "ConfigMap", "flowwarden-settings")
+    path = tmp_path / "flowwarden.yaml"
+    path.write_text(cm["data"]["flowwarden.yaml"])
+    settings = load_settings(path)
+    assert settings.enforcement.mode == "dry_run"
+    roles = [d for d in manifests if d["kind"] == "Role" and d["metadata"]["name"] == "flowwarden-enforcer"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(settings.enforcement.kube_namespaces)
+    for role in roles:
+        assert role["rules"] == [
+            {
+                "apiGroups": ["networking.k8s.io"],
+                "resources": ["networkpolicies"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            }
+        ]
+        binding = _one(
+            [d for d in manifests if d["metadata"].get("namespace") == role["metadata"]["namespace"]],
+            "RoleBinding",
+            "flowwarden-enforcer",
+        )
+        assert binding["subjects"][0]["name"] == "flowwarden-enforcer"
+    calico = _one(manifests, "ClusterRole", "flowwarden-enforcer-calico")
+    assert [r["resources"] for r in calico["rules"]] == [["globalnetworksets"]]
+    bound = {
+        d["roleRef"]["name"]
+        for d in manifests
+        if d["kind"] == "ClusterRoleBinding" and d["subjects"][0]["name"] == "flowwarden-enforcer"
+    }
+    assert bound == {"flowwarden-enforcer-calico"}, "the enforcer must hold no other cluster-wide role"
+
+
+def test_metrics_services_select_their_pods(manifests: list[dict[str, Any]]) -> None:
+    for stage, port in (("collector", 9101), ("pipeline", 9102), ("enforcer", 9103)):
+        svc = _one(manifests, "Service", f"flowwarden-{stage}-metrics")
+        assert svc["spec"]["ports"][0]["port"] == port
+        workload = next(
+            d
+            for d in manifests
+            if d["kind"] in ("DaemonSet", "Deployment") and d["metadata"]["name"] == f"flowwarden-{stage}"
+        )
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= labels.items()
+        ports = workload["spec"]["template"]["spec"]["containers"][0]["ports"]
+        assert [p["containerPort"] for p in ports] == [port]

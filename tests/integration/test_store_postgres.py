@@ -1,0 +1,162 @@
+"""The store's contract on the machine's real PostgreSQL (same test bodies as on SQLite)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from flowwarden.errors import ServiceUnavailable
+from flowwarden.store import Store, rollup_flows
+from tests.support.netns import wait_for
+from tests.unit.test_store_sqlite import T0, StoreContract, make_alert, make_flows
+
+pytestmark = pytest.mark.integration
+
+
+class TestStorePostgres(StoreContract):
+    @pytest.fixture
+    def store(self, pg_store: Store) -> Store:
+        return pg_store
+
+    @pytest.fixture
+    def fresh_url(self, fresh_pg_url: str) -> str:
+        return fresh_pg_url
+
+
+def test_grafana_reads_timestamptz_and_jsonb(pg_store: Store) -> None:
+    """Panels query flat columns with SQL: time columns are timestamptz, details are JSONB."""
+    pg_store.upsert_alerts([make_alert(1), make_alert(2, score=0.9)])
+    pg_store.add_rollups(rollup_flows(make_flows()))
+    with pg_store.engine.connect() as conn:
+        types: dict[str, str] = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name IN ('alerts', 'flow_rollups')"
+                )
+            ).all()
+        )
+        assert types["window_start"] == "timestamp with time zone"
+        assert types["minute"] == "timestamp with time zone"
+        assert types["evidence"] == "jsonb"
+        rows = conn.execute(
+            sa.text(
+                "SELECT window_start AS time, score, evidence->'baseline'->>'median' AS median "
+                "FROM alerts WHERE window_start >= :t ORDER BY 1"
+            ),
+            {"t": T0},
+        ).all()
+        assert [(r.time, r.score, r.median) for r in rows] == [
+            (T0 + timedelta(seconds=10), 0.5, "1.5"),
+            (T0 + timedelta(seconds=20), 0.9, "1.5"),
+        ]
+        per_minute = conn.execute(
+            sa.text("SELECT minute AS time, sum(bytes) FROM flow_rollups GROUP BY 1 ORDER BY 1")
+        ).all()
+        assert [int(b) for _, b in per_minute] == [8410, 30, 10]
+
+
+def test_unreachable_postgres_is_a_clear_error() -> None:
+    store = Store("postgresql://postgres@127.0.0.1:1/nothing")
+    with pytest.raises(ServiceUnavailable, match=r"127\.0\.0\.1:1.*not reachable"):
+        store.start()
+
+
+# --------------------------------------------------------------------------- SIGKILL, then replay
+
+KILL_GROUP = "kill-test"
+
+
+def kill_batch(b: int) -> pd.DataFrame:
+    """Batch ``b`` of the replayed stream: the sample flows, a minute later each time."""
+    flows = make_flows()
+    flows["ts_start"] += 60.0 * b
+    flows["ts_end"] += 60.0 * b
+    flows["bytes_out"] *= b + 1
+    return flows
+
+
+def replay_worker(url: str, n_batches: int, pause_at: int = -1, flag_dir: str = "") -> None:
+    """What the pipeline does per batch: skip if marked, else effects and mark in one transaction.
+
+    At batch ``pause_at`` it stops *inside* the transaction, after writing the effects and
+    before the mark, says so with ``flag_dir/paused``, and waits there to be killed.
+    """
+    with Store(url) as store:
+        for b in range(n_batches):
+            ref = ("flows", b % 3, b)
+            with store.transaction() as conn:
+                if store.seen_batches(KILL_GROUP, [ref], conn=conn):
+                    continue
+                store.add_rollups(rollup_flows(kill_batch(b)), conn=conn)
+                store.upsert_alerts([make_alert(b)], conn=conn)
+                if b == pause_at:
+                    (Path(flag_dir) / "paused").touch()
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:  # the test kills us here
+                        time.sleep(0.05)
+                    raise SystemExit("not killed within 60 s")
+                store.mark_batches(KILL_GROUP, [ref], conn=conn)
+
+
+def _spawn(
+    url: str, n_batches: int, pause_at: int = -1, flag_dir: Path | None = None
+) -> subprocess.Popen[bytes]:
+    code = (
+        "import sys; from tests.integration.test_store_postgres import replay_worker as w; "
+        "w(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, url, str(n_batches), str(pause_at), str(flag_dir or "")],
+        cwd=Path(__file__).parents[2],
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def kill_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'kill.db'}"
+    return str(request.getfixturevalue("fresh_pg_url"))
+
+
+def test_sigkill_mid_transaction_then_replay_leaves_every_batch_once(kill_url: str, tmp_path: Path) -> None:
+    n, pause_at = 120, 50
+    worker = _spawn(kill_url, n, pause_at, tmp_path)
+    try:
+        wait_for(
+            lambda: (tmp_path / "paused").exists() or worker.poll() is not None,
+            timeout=60,
+            what="the worker to reach batch 50",
+        )
+        assert worker.poll() is None, worker.communicate()[1].decode()[-2000:]
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+    assert worker.returncode == -signal.SIGKILL
+
+    with Store(kill_url) as store:
+        # The batch killed mid-transaction left nothing; the 50 before it are complete.
+        assert len(store.list_alerts()) == pause_at
+        assert len(store.seen_batches(KILL_GROUP, [("flows", b % 3, b) for b in range(n)])) == pause_at
+
+        again = _spawn(kill_url, n)
+        _, err = again.communicate(timeout=120)
+        assert again.returncode == 0, err.decode()[-2000:]
+
+        expected = rollup_flows(pd.concat([kill_batch(b) for b in range(n)], ignore_index=True))
+        expected = expected.sort_values(list(expected.columns[:10])).reset_index(drop=True)
+        pd.testing.assert_frame_equal(store.list_rollups(), expected)
+        assert len(store.list_alerts()) == n
+        assert store.committed_offsets(KILL_GROUP) == {("flows", p): max(range(p, n, 3)) for p in range(3)}

@@ -1,0 +1,163 @@
+"""The enforcer stage in memory: MemoryBus, an in-memory SQLite store, the GitOps NetworkPolicy backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enforcement import plan_offline
+from enforcement.backends.networkpolicy import NetworkPolicyBackend
+from enforcement.enforcer import Enforcer
+from flowwarden.bus_memory import MemoryBus
+from flowwarden.errors import FlowwardenError
+from flowwarden.records import Alert, Decision
+from flowwarden.settings import Settings
+from flowwarden.store import Store
+from tests.unit.enforcement_support import T0, alert, settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    s = Store("sqlite://").start()
+    yield s
+    s.stop()
+
+
+def make(store: Store, tmp_path: Path, clock: Clock, **kw: Any) -> tuple[Enforcer, MemoryBus, Settings]:
+    s = settings(gitops_dir=str(tmp_path / "gitops"), backends=["networkpolicy"], ttl_s=60, **kw)
+    bus = MemoryBus(default_partitions=1)
+    e = Enforcer(s, store=store, bus=bus, backends=[NetworkPolicyBackend(s)], clock=clock)
+    e.start()
+    return e, bus, s
+
+
+def send(bus: MemoryBus, s: Settings, *alerts: Alert) -> None:
+    p = bus.producer()
+    for a in alerts:
+        p.send(s.kafka.topics.alerts, a.to_json().encode())
+    p.flush()
+
+
+def published(bus: MemoryBus, s: Settings) -> list[Decision]:
+    c = bus.consumer([s.kafka.topics.decisions], "reader")
+    return [Decision.from_json(m.value) for m in c.poll(timeout_s=0.1, max_records=1000)]
+
+
+def test_enforce_mode_applies_records_publishes_and_ignores_replays(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    e, bus, s = make(store, tmp_path, clock, mode="enforce")
+    send(bus, s, alert(), alert())  # the second is a replay of the first
+    decisions = e.poll_once(0.1)
+    assert [d.status for d in decisions] == ["applied"]
+    d = decisions[0]
+    assert store.get_decision(d.id) == d
+    assert d.expires_at is not None and d.expires_at.timestamp() == clock.now + 60
+    assert Path(d.backend_result["networkpolicy"]["manifest"]).exists()
+    assert [p.id for p in published(bus, s)] == [d.id]
+    assert e.metrics.decisions.labels("enforce", "networkpolicy", "applied")._value.get() == 1
+
+
+def test_ttl_end_lifts_the_block_and_marks_it_expired(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    e, bus, s = make(store, tmp_path, clock, mode="enforce")
+    send(bus, s, alert())
+    (d,) = e.poll_once(0.1)
+    path = Path(d.backend_result["networkpolicy"]["manifest"])
+    clock.now += 59
+    assert e.expire() == [] and path.exists()
+    clock.now += 2
+    (gone,) = e.expire()
+    assert gone.status == "expired" and not path.exists()
+    assert store.active_blocks(gone.expires_at) == []
+
+
+def test_repeat_offender_gets_a_doubled_ttl(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    e, bus, s = make(store, tmp_path, clock, mode="enforce")
+    send(bus, s, alert(), alert(offset_s=100))
+    first, second = e.poll_once(0.1)
+    assert (first.ttl_s, second.ttl_s) == (60, 120)
+
+
+def test_dry_run_records_what_it_would_do_and_applies_nothing(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    e, bus, s = make(store, tmp_path, clock)  # the default mode
+    send(bus, s, alert())
+    (d,) = e.poll_once(0.1)
+    assert d.status == "simulated" and d.mode == "dry_run" and d.backend_result["would_apply"]
+    assert not (tmp_path / "gitops").exists()
+    assert store.active_blocks(T0) == []
+
+
+def test_approval_waits_for_a_person(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    e, bus, s = make(store, tmp_path, clock, mode="approval")
+    send(bus, s, alert())
+    (d,) = e.poll_once(0.1)
+    assert d.status == "pending" and store.active_blocks(T0) == []
+    approved = e.approve(d.id, by="alice")
+    assert approved.status == "applied" and "approved by alice" in approved.reason
+    assert [b.id for b in store.active_blocks(T0)] == [d.id]
+    with pytest.raises(FlowwardenError, match="not pending"):
+        e.approve(d.id)
+    revoked = e.revoke(d.id, by="bob")
+    assert revoked.status == "revoked" and store.active_blocks(T0) == []
+    assert [p.status for p in published(bus, s)] == ["pending", "applied", "revoked"]
+
+
+def test_refusals_are_decisions_with_the_guardrail(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    e, bus, s = make(store, tmp_path, clock, mode="enforce", max_new_blocks_per_minute=2)
+    send(bus, s, alert(targets=["10.0.0.1"]), *[alert(pod=f"web-{i}", offset_s=i) for i in range(3)])
+    decisions = e.poll_once(0.1)
+    assert [(d.status, d.guardrail) for d in decisions] == [
+        ("refused", "control_plane"),
+        ("applied", ""),
+        ("applied", ""),
+        ("refused", "max_new_blocks_per_minute"),
+    ]
+    assert e.metrics.refusals.labels("control_plane")._value.get() == 1
+    assert len(store.active_blocks(T0)) == 2
+
+
+def test_manual_block_over_the_allowlist_needs_force(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    e, _, _ = make(store, tmp_path, clock, mode="enforce")
+    src = alert(namespace="kube-system", pod="coredns-1").entity
+    assert e.manual(source=src, targets=["10.244.2.7"]).guardrail == "allow_namespace"
+    forced = e.manual(source=src, targets=["10.244.2.7"], force=True, decided_by="alice")
+    assert forced.status == "applied" and forced.decided_by == "alice"
+    assert e.manual(source=src, targets=["10.0.0.1"], force=True).guardrail == "control_plane"
+
+
+def test_a_bad_alert_goes_to_the_dead_letter_topic(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    e, bus, s = make(store, tmp_path, clock, mode="enforce")
+    p = bus.producer()
+    p.send(s.kafka.topics.alerts, b'{"kind": "exfiltration"}')
+    p.flush()
+    assert e.poll_once(0.1) == []
+    dlq = bus.consumer([f"{s.kafka.topics.alerts}.dlq"], "dlq-reader").poll(timeout_s=0.1)
+    assert len(dlq) == 1 and dlq[0].value == b'{"kind": "exfiltration"}'
+
+
+def test_plan_offline_writes_the_three_rule_files(tmp_path: Path) -> None:
+    alerts = [alert(), alert(pod="web-2", ip="10.244.1.3"), alert(targets=["0.0.0.0"], pod="web-3", ip="10.244.1.4")]
+    decisions = plan_offline(alerts, settings(mode="enforce"), tmp_path)
+    assert [(d.status, d.guardrail) for d in decisions] == [
+        ("simulated", ""), ("simulated", ""), ("refused", "reserved_address")]
+    nft = (tmp_path / "rules.nft").read_text()
+    assert "10.244.1.2 . 10.244.2.7/32 timeout 14400s" in nft and "10.244.1.4" not in nft
+    assert (tmp_path / "networkpolicies.yaml").read_text().count("kind: NetworkPolicy") == 2
+    assert "GlobalNetworkSet" in (tmp_path / "calico.yaml").read_text()

@@ -1,0 +1,179 @@
+"""The engine over literal streams: windows close by watermark and clock, alerts update, state survives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from flowwarden.settings import Settings
+from pipeline.engine import DetectionEngine
+from pipeline.enrich import Inventory
+from pipeline.offline import detect_flows
+from tests.unit.flowkit import T0, flows, pod
+
+SCANNER = "10.244.1.9"
+VICTIM = "10.244.2.3"
+INV = Inventory.from_dict(
+    {"items": [pod("web-5d9c8f7b6-aaaaa", SCANNER), pod("db-0", VICTIM, owner=("StatefulSet", "db"))]}
+)
+
+
+def _scan(t: float, n: int = 40) -> pd.DataFrame:
+    return flows(
+        [
+            {
+                "ts_start": t + i * 0.01,
+                "src_ip": SCANNER,
+                "dst_ip": VICTIM,
+                "dst_port": 1 + i,
+                "state": "rejected",
+                "bytes_out": 60,
+                "bytes_in": 0,
+            }
+            for i in range(n)
+        ]
+    )
+
+
+def _quiet(t: float) -> pd.DataFrame:
+    return flows([{"ts_start": t, "src_ip": SCANNER, "dst_ip": VICTIM, "dst_port": 5432}])
+
+
+def test_window_closes_on_watermark_or_clock() -> None:
+    eng = DetectionEngine(Settings(), inventory=INV)
+    r = eng.process(_scan(T0 + 1))
+    assert r.alerts == [] and eng.open_window_floor() == T0
+    assert len(r.enriched) == 40 and set(r.enriched["src_workload"]) == {"web"}
+    r = eng.process(_quiet(T0 + 13))  # watermark T0+13.1 - lateness < T0+20: the first window closes
+    assert [a.detector for a in r.alerts] == ["port_scan"]
+    assert r.alerts[0].kind == "lateral_movement" and r.alerts[0].technique == "T1046"
+    assert r.alerts[0].entity.pod == "web-5d9c8f7b6-aaaaa" and r.alerts[0].targets == [VICTIM]
+    assert eng.open_window_floor() == T0 + 10
+    r = eng.process(flows([]) if False else _quiet(T0 + 14).iloc[0:0], now=T0 + 100)
+    assert len(r.windows) == 1 and eng.open_window_floor() is None
+    assert eng.windows_scored == 2
+
+
+def test_ongoing_behaviour_updates_one_alert_and_late_flows_are_counted() -> None:
+    eng = DetectionEngine(Settings(), inventory=INV)
+    first = eng.process(pd.concat([_scan(T0 + 1), _scan(T0 + 11), _quiet(T0 + 25)], ignore_index=True))
+    assert len(first.alerts) == 1
+    a = first.alerts[0]
+    assert a.window_start.timestamp() == T0 and a.window_end.timestamp() == T0 + 20
+    assert a.evidence["windows"] == 2
+    eng.process(_scan(T0 + 2, n=3))  # its window already closed: folded into the open one
+    assert eng.late_flows == 3
+    later = eng.process(_scan(T0 + 301)).alerts + eng.flush().alerts
+    assert len(later) == 1 and later[0].id != a.id  # after a quiet spell: a new alert
+
+
+def test_allowlist_suppresses_and_counts() -> None:
+    s = Settings()
+    s.pipeline.allowlist_sources = ["shop/web"]
+    eng = DetectionEngine(s, inventory=INV)
+    eng.process(_scan(T0 + 1))
+    assert eng.flush().alerts == [] and eng.alerts.suppressed["allowlist"] == 1
+    s.pipeline.allowlist_sources = ["10.244.1.0/24"]
+    eng = DetectionEngine(s, inventory=INV)
+    eng.process(_scan(T0 + 1))
+    assert eng.flush().alerts == [] and eng.alerts.suppressed["allowlist"] == 1
+
+
+def test_state_round_trip_gives_the_same_alerts() -> None:
+    """A restarted engine that imported the state behaves like the one that never stopped."""
+    rng = np.random.default_rng(5)
+    benign = flows(
+        [
+            {
+                "ts_start": T0 + t,
+                "src_ip": SCANNER,
+                "dst_ip": "203.0.113.5",
+                "dst_port": 443,
+                "bytes_out": int(b),
+            }
+            for t, b in zip(np.arange(0, 600, 5), rng.integers(1000, 5000, 120), strict=True)
+        ]
+    )
+    burst = flows(
+        [
+            {
+                "ts_start": T0 + 700 + i,
+                "src_ip": SCANNER,
+                "dst_ip": "198.51.100.9",
+                "dst_port": 443,
+                "bytes_out": 60_000_000,
+            }
+            for i in range(3)
+        ]
+    )
+    one = DetectionEngine(Settings(), inventory=INV)
+    one.process(benign)
+    saved, floor = one.export_state(), one.open_window_floor()
+    assert floor is not None
+    a1 = one.process(burst).alerts + one.flush().alerts
+    two = DetectionEngine(Settings(), inventory=INV)
+    two.import_state(saved)
+    # The runtime replays what was not committed: the flows of windows still open at export.
+    two.process(benign[benign["ts_end"] >= floor])
+    a2 = two.process(burst).alerts + two.flush().alerts
+    assert {a.detector for a in a1} >= {"bulk_egress"}
+    assert sorted((a.id, a.score) for a in a1) == sorted((a.id, a.score) for a in a2)
+    assert two.windows_scored == one.windows_scored
+
+
+def test_warm_start_history_makes_novelty_detectors_ready() -> None:
+    """History from another run (a model's state) counts as learned: no learning pause."""
+    old = DetectionEngine(Settings(), inventory=INV)
+    old.process(
+        flows(
+            [
+                {"ts_start": T0 - 86400 + i, "src_ip": SCANNER, "dst_ip": VICTIM, "dst_port": 5432}
+                for i in range(0, 300, 5)
+            ]
+        )
+    )
+    old.flush()
+    peers = [f"10.244.3.{i}" for i in range(2, 30)]
+    fan = flows(
+        [
+            {"ts_start": T0 + 1 + i * 0.1, "src_ip": SCANNER, "dst_ip": ip, "dst_port": 22}
+            for i, ip in enumerate(peers)
+        ]
+    )
+    cold = detect_flows(fan, settings=Settings(), inventory=INV)
+    warm = detect_flows(fan, settings=Settings(), inventory=INV, state=old.export_state())
+    assert "fan_out" not in {a.detector for a in cold.alerts}
+    assert "fan_out" in {a.detector for a in warm.alerts}
+
+
+def test_detect_flows_sets_invalid_rows_aside_with_reason() -> None:
+    df = pd.concat([_scan(T0 + 1), _quiet(T0 + 2)], ignore_index=True)
+    df.loc[0, "src_ip"] = "bogus"
+    res = detect_flows(df, settings=Settings(), inventory=INV)
+    assert res.invalid is not None and res.invalid["reason"].tolist() == ["src_ip: not an IP address"]
+    assert [a.detector for a in res.alerts] == ["port_scan"]
+    assert {"score_port_scan", "flows", "entity"} <= set(res.windows.columns)
+
+
+def test_detect_command_writes_alerts_jsonl(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from flowwarden.cli import app
+    from flowwarden.records import Alert
+
+    pq = tmp_path / "flows.parquet"
+    pd.concat([_scan(T0 + 1), _quiet(T0 + 30)], ignore_index=True).to_parquet(pq)
+    inv = tmp_path / "pods.json"
+    inv.write_text(json.dumps({"items": [pod("web-5d9c8f7b6-aaaaa", SCANNER)]}))
+    out = tmp_path / "alerts.jsonl"
+    res = CliRunner().invoke(
+        app, ["detect", "--flows", str(pq), "--inventory", str(inv), "--out", str(out), "--no-model"]
+    )
+    assert res.exit_code == 0, res.output
+    alerts = [Alert.from_json(line) for line in out.read_text().splitlines()]
+    assert [a.detector for a in alerts] == ["port_scan"] and alerts[0].entity.workload == "web"
+    assert "port_scan=1" in res.output
+    res = CliRunner().invoke(app, ["detect", "--out", str(out)])
+    assert res.exit_code != 0 and "exactly one of --flows" in str(res.exception)

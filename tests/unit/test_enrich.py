@@ -1,0 +1,115 @@
+"""Enrichment: IP to pod honouring lifetimes, workloads from owners, nodes, direction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flowwarden.errors import ConfigError
+from flowwarden.settings import Settings
+from pipeline.enrich import Inventory, enrich_flows, workload_of
+from tests.unit.flowkit import T0, flows, pod
+
+
+def test_workload_from_owner_references() -> None:
+    assert workload_of("web-5d9c8f7b6-x2k4p", [{"kind": "ReplicaSet", "name": "web-5d9c8f7b6"}]) == "web"
+    assert workload_of("db-0", [{"kind": "StatefulSet", "name": "db"}]) == "db"
+    assert workload_of("backup-29383920-abcde", [{"kind": "Job", "name": "backup-29383920"}]) == "backup"
+    assert workload_of("agent-7x", [{"kind": "DaemonSet", "name": "agent"}]) == "agent"
+    assert workload_of("bare", []) == "bare"
+
+
+def test_reused_ip_maps_to_the_pod_alive_at_the_time() -> None:
+    inv = Inventory.from_dict(
+        {
+            "items": [
+                pod(
+                    "old-1",
+                    "10.244.1.5",
+                    owner=("ReplicaSet", "old-5d9c8f7b6"),
+                    created="2027-01-15T08:00:00Z",
+                    deleted="2027-01-15T08:01:00Z",
+                ),
+                pod(
+                    "new-1",
+                    "10.244.1.5",
+                    owner=("ReplicaSet", "new-7f8g9h6j5"),
+                    created="2027-01-15T08:05:00Z",
+                ),
+            ]
+        }
+    )
+    t_old = pd.Timestamp("2027-01-15T08:00:30Z").timestamp()
+    t_new = pd.Timestamp("2027-01-15T08:06:00Z").timestamp()
+    t_gap = pd.Timestamp("2027-01-15T08:03:00Z").timestamp()
+    got = inv.lookup(pd.Series(["10.244.1.5"] * 3), pd.Series([t_old, t_new, t_gap]))
+    assert got["pod"].tolist() == ["old-1", "new-1", ""]
+    assert got["workload"].tolist() == ["old", "new", ""]
+
+
+def test_host_network_pods_make_node_addresses() -> None:
+    inv = Inventory.from_dict(
+        {
+            "items": [
+                pod(
+                    "kube-proxy-abc",
+                    "10.0.0.11",
+                    ns="kube-system",
+                    owner=("DaemonSet", "kube-proxy"),
+                    host_network=True,
+                ),
+                pod("web-5d9c8f7b6-aaaaa", "10.244.1.9"),
+            ]
+        }
+    )
+    assert inv.node_ips == {"10.0.0.11": "node-1"}
+    got = inv.lookup(pd.Series(["10.0.0.11", "10.244.1.9"]), pd.Series([T0, T0]))
+    assert got["pod"].tolist() == ["", "web-5d9c8f7b6-aaaaa"]
+
+
+def test_enrich_fills_metadata_and_direction() -> None:
+    inv = Inventory.from_dict(
+        {
+            "items": [
+                pod("web-5d9c8f7b6-aaaaa", "10.244.1.9"),
+                pod("db-0", "10.244.2.3", owner=("StatefulSet", "db")),
+            ]
+        }
+    )
+    df = flows(
+        [
+            {"ts_start": T0, "src_ip": "10.244.1.9", "dst_ip": "10.244.2.3"},
+            {"ts_start": T0, "src_ip": "10.244.1.9", "dst_ip": "93.184.216.34"},
+            {"ts_start": T0, "src_ip": "198.51.100.7", "dst_ip": "10.244.1.9"},
+            {"ts_start": T0, "src_ip": "198.51.100.7", "dst_ip": "203.0.113.9"},
+        ]
+    )
+    out = enrich_flows(df, inv, Settings())
+    assert out["direction"].tolist() == ["internal", "egress", "ingress", "external"]
+    assert out["src_workload"].tolist() == ["web", "web", "", ""]
+    assert out["dst_workload"].tolist() == ["db", "", "web", ""]
+    assert out["dst_namespace"].iloc[0] == "shop"
+    assert str(out["src_pod"].dtype) == str(df["src_pod"].dtype)
+
+
+def test_inventory_file_reload_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "pods.json"
+    path.write_text(json.dumps({"items": [pod("a-5d9c8f7b6-aaaaa", "10.244.1.1")]}))
+    inv = Inventory.from_file(path)
+    assert inv.reload_if_changed() is inv
+    path.write_text(json.dumps({"items": [pod("b-5d9c8f7b6-bbbbb", "10.244.1.2")]}))
+    import os
+
+    os.utime(path, ns=(1, 1))
+    fresh = inv.reload_if_changed()
+    assert fresh is not inv and fresh.pods["pod"].tolist() == ["b-5d9c8f7b6-bbbbb"]
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        Inventory.from_file(path)
+    with pytest.raises(ConfigError, match=r"items\[0\].metadata.name"):
+        Inventory.from_dict({"items": [{"metadata": {}}]})
+    with pytest.raises(ConfigError, match="podIP"):
+        Inventory.from_dict({"items": [pod("x", "not-an-ip")]})

@@ -1,0 +1,153 @@
+"""Every guardrail refuses what it should, names itself, and lets ordinary blocks through."""
+
+from __future__ import annotations
+
+import pytest
+
+from enforcement.guardrails import Context, Guardrails, kafka_addresses
+from enforcement.inventory import Inventory, PodRef
+from flowwarden.records import Decision, Entity
+from tests.unit.enforcement_support import decision, settings
+
+
+def refused(d: Decision, g: Guardrails | None = None, ctx: Context | None = None) -> str:
+    r = (g or Guardrails(settings())).check(d, ctx)
+    return r.guardrail if r else ""
+
+
+def test_an_ordinary_block_passes() -> None:
+    assert refused(decision()) == ""
+
+
+@pytest.mark.parametrize(
+    ("target", "guardrail"),
+    [
+        ("10.0.0.1", "control_plane"),  # API server / etcd host
+        ("10.96.0.1", "control_plane"),  # the `kubernetes` Service
+        ("10.0.0.7", "node_address"),  # inside node_cidrs
+        ("192.168.50.10", "node_address"),
+        ("10.96.0.10", "cluster_dns"),
+        ("10.244.9.9", "protected_ip"),
+        ("10.50.0.9", "protected_ip"),  # Kafka, derived from bootstrap_servers
+        ("0.0.0.0/0", "target_too_wide"),
+        ("::/0", "target_too_wide"),
+        ("10.244.0.0/16", "target_too_wide"),
+        ("127.0.0.1", "reserved_address"),
+        ("224.0.0.1", "reserved_address"),
+    ],
+)
+def test_protected_and_wide_targets_are_refused(target: str, guardrail: str) -> None:
+    assert refused(decision(targets=[target])) == guardrail
+
+
+def test_a_cidr_covering_a_protected_address_is_refused() -> None:
+    assert refused(decision(targets=["10.96.0.0/24"])) == "control_plane"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "10.244.2.7; rm -rf /",
+        "10.244.2.7 }",
+        "$(reboot)",
+        "10.244.2.7\n",
+        " 10.244.2.7",
+        "999.1.1.1",
+        "10.244.2.7/33",
+        "10.244.2.0/23x",
+        "10.244.2.1/24",  # host bits set: ambiguous
+        "::ffff:10.0.0.1",  # IPv4-mapped: would dodge the IPv4 checks
+        "fe80::1%eth0",
+        "",
+    ],
+)
+def test_malformed_targets_are_refused(target: str) -> None:
+    assert refused(decision(targets=[target])) == "malformed"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("namespace", "shop;ls"), ("pod", "web-1 }"), ("workload", "web`id`"), ("pod", "Web_1"), ("namespace", "a" * 64)],
+)
+def test_names_with_metacharacters_are_refused(field: str, value: str) -> None:
+    d = decision()
+    d = d.model_copy(update={"source": Entity(ip="10.244.1.2", **{field: value})})
+    assert refused(d) == "malformed"
+
+
+def test_a_decision_id_with_metacharacters_is_refused() -> None:
+    assert refused(decision(id="d-1; flush ruleset")) == "malformed"
+
+
+def test_allowlisted_namespace_workload_and_cidr_win() -> None:
+    g = Guardrails(settings(allow_workloads=["shop/web"], allow_cidrs=["203.0.113.0/24"]))
+    assert refused(decision(namespace="kube-system"), g) == "allow_namespace"
+    assert refused(decision(), g) == "allow_workload"
+    assert refused(decision(workload="api", targets=["203.0.113.9"]), g) == "allow_cidr"
+
+
+def test_an_allowlisted_target_namespace_is_refused_via_the_inventory() -> None:
+    inv = Inventory.from_pods([("10.244.2.7", PodRef("kube-system", "coredns-1", "coredns"))])
+    assert refused(decision(), Guardrails(settings(), inv)) == "allow_namespace"
+
+
+def test_force_overrides_only_the_allowlist() -> None:
+    g = Guardrails(settings())
+    forced = Context(force=True)
+    assert refused(decision(namespace="kube-system"), g, forced) == ""
+    assert refused(decision(namespace="kube-system", targets=["10.0.0.1"]), g, forced) == "control_plane"
+    assert refused(decision(targets=["0.0.0.0/0"]), g, forced) == "target_too_wide"
+
+
+def test_protected_source_is_refused() -> None:
+    assert refused(decision(ip="10.0.0.5", namespace="", pod="", workload="")) == "node_address"
+
+
+def test_block_without_targets_is_refused_but_quarantine_is_not() -> None:
+    assert refused(decision(targets=[])) == "no_targets"
+    assert refused(decision(targets=[], action="quarantine")) == ""
+
+
+def test_blast_radius_limits() -> None:
+    g = Guardrails(settings(max_active_blocks=2, max_new_blocks_per_minute=3))
+    active = [decision(id=f"d-a{i}", pod=f"p{i}") for i in range(2)]
+    assert refused(decision(), g, Context(active=active)) == "max_active_blocks"
+    assert refused(decision(), g, Context(active=active[:1])) == ""
+    assert refused(decision(), g, Context(new_last_minute=3)) == "max_new_blocks_per_minute"
+    assert refused(decision(), g, Context(new_last_minute=2)) == ""
+
+
+def test_workload_share() -> None:
+    inv = Inventory.from_pods([], workload_pods={"shop/web": 4})
+    g = Guardrails(settings(max_workload_share=0.5), inv)
+    one = [decision(id="d-a1", pod="web-2")]
+    two = [*one, decision(id="d-a2", pod="web-3")]
+    assert refused(decision(), g, Context(active=one)) == ""  # 2 of 4
+    assert refused(decision(), g, Context(active=two)) == "max_workload_share"  # 3 of 4
+
+
+def test_unblock_is_never_refused() -> None:
+    assert refused(decision(action="unblock", targets=["0.0.0.0/0"])) == ""
+
+
+def test_kafka_addresses() -> None:
+    assert kafka_addresses(["10.1.2.3:9092", "[fd00::5]:9093", "kafka:9092"]) == ["10.1.2.3", "fd00::5"]
+
+
+def test_inventory_from_kubectl_json() -> None:
+    inv = Inventory.from_kubectl_json(
+        {
+            "items": [
+                {
+                    "metadata": {
+                        "namespace": "shop",
+                        "name": "web-7d4b9c8f6d-abcde",
+                        "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d4b9c8f6d"}],
+                    },
+                    "status": {"podIP": "10.244.1.2", "podIPs": [{"ip": "10.244.1.2"}, {"ip": "fd00::2"}]},
+                }
+            ]
+        }
+    )
+    assert inv.pods_by_ip["fd00::2"] == PodRef("shop", "web-7d4b9c8f6d-abcde", "web")
+    assert inv.pod_count("shop", "web") == 1

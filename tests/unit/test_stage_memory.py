@@ -1,0 +1,436 @@
+"""The pipeline runtime over the in-memory bus and SQLite: the embedded mode.
+
+The runtime's guarantees are tested against a tiny stand-in engine defined here (windows
+per source IP, one rule), so that a failure points at the runtime, not at detection: the
+stand-in follows the engine contract of ``pipeline/engine.py``. The real engine runs
+through the same stage in ``tests/integration/test_pipeline_kafka.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flowwarden.bus import MemoryBus, dead_letter_of, publish_flows
+from flowwarden.records import Alert, Entity, conform_flows, empty_flows
+from flowwarden.settings import Settings, load_settings
+from flowwarden.store import Store
+from flowwarden.wire import encode_flows
+from pipeline.metrics import PipelineMetrics
+from pipeline.notify import NotifierHub
+from pipeline.stage import CommitTracker, PartitionAligner, PendingBatch, PipelineStage, StageOptions
+
+W = 10.0
+T0 = 1_800_000_000.0  # aligned to the window size
+EXFIL_BYTES = 5_000_000
+
+
+class StandInEngine:
+    """Windows per ``src_ip``; an alert when a window's bytes out exceed a threshold."""
+
+    def __init__(self, window_s: float = W, lateness_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self.lateness_s = lateness_s
+        self.watermark = -math.inf
+        self.open: dict[tuple[str, float], int] = {}
+        self.windows_scored = 0
+        self.evicted: dict[str, int] = {}
+        self.state_entities = 0
+        self.totals: dict[str, int] = {}  # "baseline": bytes per source of closed windows (checkpointed)
+        self.model: object | None = None
+
+    def _close(self, clock: float, everything: bool = False) -> list[Alert]:
+        limit = (
+            math.inf if everything else math.floor((clock - self.lateness_s) / self.window_s) * self.window_s
+        )
+        alerts = []
+        for key in sorted(k for k in self.open if k[1] + self.window_s <= limit):
+            ip, ws = key
+            total = self.open.pop(key)
+            self.windows_scored += 1
+            self.totals[ip] = self.totals.get(ip, 0) + total  # like baselines: folded in at close
+            if total > EXFIL_BYTES:
+                alerts.append(
+                    Alert(
+                        kind="exfiltration",
+                        detector="bulk_egress",
+                        score=min(1.0, total / (4 * EXFIL_BYTES)),
+                        severity="high",
+                        entity=Entity(ip=ip),
+                        window_start=datetime.fromtimestamp(ws, UTC),
+                        window_end=datetime.fromtimestamp(ws + self.window_s, UTC),
+                        evidence={"bytes_out": total},
+                    )
+                )
+        return alerts
+
+    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> object:
+        if len(flows):
+            ws = np.floor(flows["ts_end"].to_numpy() / self.window_s) * self.window_s
+            sums = flows.assign(ws=ws).groupby(["src_ip", "ws"])["bytes_out"].sum()
+            ips, starts = sums.index.get_level_values(0), sums.index.get_level_values(1)
+            for ip, w, b in zip(ips, starts, sums.to_numpy(), strict=True):
+                key = (str(ip), float(w))
+                self.open[key] = self.open.get(key, 0) + int(b)
+            self.watermark = max(self.watermark, float(flows["ts_end"].max()))
+        clock = self.watermark if now is None else max(self.watermark, now)
+        self.state_entities = len(self.totals)
+        return _Result(self._close(clock), flows, pd.DataFrame())
+
+    def flush(self) -> object:
+        return _Result(self._close(math.inf, everything=True), empty_flows(), pd.DataFrame())
+
+    def open_window_floor(self) -> float | None:
+        return min((ws for _, ws in self.open), default=None)
+
+    def export_state(self) -> bytes:
+        return json.dumps(self.totals).encode()
+
+    def import_state(self, data: bytes) -> None:
+        self.totals = json.loads(data)
+
+    def set_model(self, model: object | None) -> None:
+        self.model = model
+
+
+class _Result:
+    def __init__(self, alerts: list[Alert], enriched: pd.DataFrame, windows: pd.DataFrame) -> None:
+        self.alerts = alerts
+        self.enriched = enriched
+        self.windows = windows
+
+
+def make_flows(
+    *, sources: int = 30, minutes: float = 2.0, exfil: tuple[int, ...] = (3, 17), seed: int = 1
+) -> pd.DataFrame:
+    """Every source sends one flow per second; the ``exfil`` sources send big ones in minute two."""
+    rng = np.random.default_rng(seed)
+    seconds = int(minutes * 60)
+    src = np.tile(np.arange(sources), seconds)
+    ts = T0 + np.repeat(np.arange(seconds), sources) + rng.uniform(0, 0.9, seconds * sources)
+    bytes_out = rng.integers(100, 2000, seconds * sources)
+    big = np.isin(src, exfil) & (ts >= T0 + 60)
+    bytes_out[big] = 1_000_000
+    return conform_flows(
+        {
+            "ts_start": ts - 0.05,
+            "ts_end": ts,
+            "node": "node-1",
+            "src_ip": [f"10.244.0.{i + 10}" for i in src],
+            "src_port": 40000,
+            "dst_ip": "203.0.113.7",
+            "dst_port": 443,
+            "proto": 6,
+            "bytes_out": bytes_out,
+            "bytes_in": 100,
+            "pkts_out": 10,
+            "pkts_in": 5,
+            "state": "closed",
+        }
+    )
+
+
+def expected_alert_ids(flows: pd.DataFrame) -> set[str]:
+    eng = StandInEngine()
+    ids = {a.id for a in eng.process(flows).alerts}  # type: ignore[attr-defined]
+    ids |= {a.id for a in eng.flush().alerts}  # type: ignore[attr-defined]
+    return ids
+
+
+def publish(bus: MemoryBus, settings: Settings, flows: pd.DataFrame, chunk_s: float = 5.0) -> int:
+    """As collectors would: one batch per chunk of time, split by source over the partitions."""
+    producer = bus.producer()
+    sent = 0
+    edges = np.arange(flows["ts_end"].min(), flows["ts_end"].max() + chunk_s, chunk_s)
+    for lo in edges:
+        part = flows[(flows["ts_end"] >= lo) & (flows["ts_end"] < lo + chunk_s)]
+        sent += publish_flows(producer, settings.kafka.topics.flows, part, settings.kafka.partitions)
+    producer.flush()
+    return sent
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        None,
+        pipeline={"window_s": W, "group_id": "pipe-test", "checkpoint_interval_s": 3600},
+        store={"url": f"sqlite:///{tmp_path / 'fw.db'}"},
+        kafka={"partitions": 4},
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    s = Store(settings.store.url).start()
+    yield s
+    s.stop()
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (the stage's idle logic reads it)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_stage(settings: Settings, bus: MemoryBus, store: Store, **kw: object) -> PipelineStage:
+    opts = StageOptions(poll_timeout_s=0.0, align_idle_s=5.0, idle_tick_s=2.0)
+    return PipelineStage(
+        settings,
+        bus=bus,
+        store=store,
+        engine=StandInEngine(),
+        notifiers=NotifierHub([]),
+        options=opts,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def rollup_total(store: Store) -> tuple[int, int]:
+    r = store.list_rollups()
+    return int(r["bytes_out"].sum()), int(r["flows"].sum())
+
+
+def test_embedded_stage_produces_every_alert_once_and_commits_everything(
+    settings: Settings, store: Store
+) -> None:
+    bus = MemoryBus(default_partitions=4)
+    flows = make_flows()
+    stage = make_stage(settings, bus, store)
+    stage.start()
+    publish(bus, settings, flows)
+    stage.drain(idle_polls=2, max_seconds=60)
+    stage.stop()
+
+    expected = expected_alert_ids(flows)
+    assert len(expected) >= 2 * 6  # two sources, six windows each
+    assert {a.id for a in store.list_alerts()} == expected
+    on_topic = [Alert.from_json(m.value) for m in _read_all(bus, settings.kafka.topics.alerts)]
+    assert {a.id for a in on_topic} == expected
+    assert rollup_total(store) == (int(flows["bytes_out"].sum()), len(flows))
+    committed = bus.committed(settings.pipeline.group_id)
+    assert {tp: off for tp, off in committed.items() if off} == {
+        (settings.kafka.topics.flows, p): n
+        for p, n in enumerate(bus.end_offsets(settings.kafka.topics.flows))
+        if n
+    }
+    assert stage.stats.flows == len(flows)
+
+
+def test_partition_skew_does_not_change_the_alerts(settings: Settings, store: Store) -> None:
+    """The memory bus hands out partition 0's whole backlog first; the aligner evens it out."""
+    bus = MemoryBus(default_partitions=4)
+    flows = make_flows(exfil=(3, 17, 21, 28))
+    stage = make_stage(settings, bus, store)
+    stage.start()
+    publish(bus, settings, flows)
+    stage.options.max_records = 3  # a few batches per poll: the skew of a real backlog
+    stage.drain(idle_polls=2, max_seconds=60)
+    stage.stop()
+    assert {a.id for a in store.list_alerts()} == expected_alert_ids(flows)
+
+
+def test_nothing_is_committed_while_its_window_is_open(settings: Settings, store: Store) -> None:
+    bus = MemoryBus(default_partitions=1)
+    s1 = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"partitions": 1})})
+    clock = FakeClock()
+    stage = make_stage(s1, bus, store, clock=clock)
+    stage.start()
+    flows = make_flows(sources=3, minutes=0.25, exfil=())
+    first = flows[flows["ts_end"] < T0 + 5]
+    publish(bus, s1, first)
+    stage.step()
+    assert stage.stats.flows == len(first)
+    assert not bus.committed(s1.pipeline.group_id).get((s1.kafka.topics.flows, 0))
+    # Data of the next windows pushes the watermark past the first window: now it may commit.
+    publish(bus, s1, flows[flows["ts_end"] >= T0 + 5])
+    clock.t += 1
+    stage.step()
+    stage.step()
+    assert bus.committed(s1.pipeline.group_id).get((s1.kafka.topics.flows, 0), 0) >= 1
+    stage.stop()
+
+
+def test_idle_stream_closes_its_last_windows_without_new_data(settings: Settings, store: Store) -> None:
+    bus = MemoryBus(default_partitions=4)
+    clock = FakeClock()
+    stage = make_stage(settings, bus, store, clock=clock)
+    stage.start()
+    flows = make_flows(minutes=1.5)
+    publish(bus, settings, flows)
+    for _ in range(20):
+        if not stage.step():
+            break
+    clock.t += 10  # beyond align_idle_s: every partition has gone quiet
+    stage.step()
+    before = len(store.list_alerts())
+    assert stage.engine.open_window_floor() is not None
+    # The event clock: newest flow + wall time since the last feed; 15 s later every window is closed.
+    clock.t += 15
+    stage.step()
+    assert stage.engine.open_window_floor() is None
+    assert len(store.list_alerts()) > before
+    assert {a.id for a in store.list_alerts()} == expected_alert_ids(flows)
+    end = bus.end_offsets(settings.kafka.topics.flows)
+    committed = bus.committed(settings.pipeline.group_id)
+    assert all(committed.get((settings.kafka.topics.flows, p), 0) == n for p, n in enumerate(end))
+    stage.stop()
+
+
+def test_crash_then_restart_replays_without_double_counting(settings: Settings, store: Store) -> None:
+    """A member that dies without committing: its successor replays, the store counts once."""
+    bus = MemoryBus(default_partitions=4)
+    flows = make_flows()
+    publish(bus, settings, flows)
+    first = make_stage(settings, bus, store)
+    first.start()
+    first.options.max_records = 4
+    for _ in range(200):  # until part of the stream is fed (the memory bus serves partition 0 first)
+        first.step()
+        if first.stats.flows > len(flows) / 3:
+            break
+    assert 0 < first.stats.flows < len(flows)
+    first.checkpoint()
+    assert first.consumer is not None
+    first.consumer.close()  # the crash: no stop(), nothing more committed
+
+    second = make_stage(settings, bus, store)
+    second.start()
+    assert second.engine.totals  # the checkpoint came back
+    second.drain(idle_polls=2, max_seconds=60)
+    second.stop()
+    assert second.stats.replayed > 0
+    # The restored state plus the replay counts every byte once (the replay guard at work).
+    assert second.engine.totals == flows.groupby("src_ip")["bytes_out"].sum().astype(int).to_dict()
+    assert rollup_total(store) == (int(flows["bytes_out"].sum()), len(flows))
+    ids = [a.id for a in store.list_alerts()]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == expected_alert_ids(flows)
+
+
+def test_bad_batches_and_rows_go_to_the_dead_letter_topic(settings: Settings, store: Store) -> None:
+    bus = MemoryBus(default_partitions=4)
+    topics = settings.kafka.topics
+    bus.ensure_topics([topics.flows, topics.flows_dlq])
+    producer = bus.producer()
+    producer.send(topics.flows, b"not a flow batch", partition=0)
+    flows = make_flows(sources=4, minutes=0.2, exfil=())
+    bad = flows.head(3).copy()
+    bad.loc[0, "src_ip"] = "999.1.1.1"
+    bad.loc[1, "bytes_out"] = -5
+    producer.send(topics.flows, encode_flows(pd.concat([bad, flows.tail(5)])), partition=1)
+    metrics = PipelineMetrics()
+    stage = make_stage(settings, bus, store, metrics=metrics)
+    stage.start()
+    stage.drain(idle_polls=2, max_seconds=30)
+    stage.stop()
+    letters = [dead_letter_of(m) for m in _read_all(bus, topics.flows_dlq)]
+    fields = sorted(d.field for d in letters)
+    assert fields == ["batch", "bytes_out", "src_ip"]
+    assert any("bad magic" in d.reason for d in letters)
+    assert stage.stats.flows == 6  # 1 good row of the bad three, plus five
+    assert metrics.registry.get_sample_value("flowwarden_pipeline_dlq_total", {"cause": "src_ip"}) == 1
+    assert metrics.registry.get_sample_value("flowwarden_pipeline_dlq_total", {"cause": "batch"}) == 1
+    # The garbage did not block the partition: everything is committed.
+    assert bus.committed(settings.pipeline.group_id).get((topics.flows, 0)) == 1
+
+
+def test_metrics_are_served_with_the_dashboard_names(settings: Settings, store: Store) -> None:
+    bus = MemoryBus(default_partitions=4)
+    metrics = PipelineMetrics()
+    port = metrics.serve(0, addr="127.0.0.1")
+    try:
+        stage = make_stage(settings, bus, store, metrics=metrics)
+        stage.start()
+        flows = make_flows(minutes=1.2, exfil=(5,))
+        publish(bus, settings, flows)
+        stage.drain(idle_polls=2, max_seconds=60)
+        stage.stop()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    finally:
+        metrics.close()
+    assert f"flowwarden_pipeline_flows_total {float(len(flows))}" in text
+    assert 'flowwarden_pipeline_alerts_total{detector="bulk_egress",kind="exfiltration"}' in text
+    for name in (
+        "flowwarden_pipeline_batches_total",
+        "flowwarden_pipeline_windows_scored_total",
+        "flowwarden_pipeline_latency_seconds_bucket",
+        "flowwarden_pipeline_state_entities 30.0",
+        'flowwarden_pipeline_consumer_lag{partition="0"}',
+    ):
+        assert name in text, name
+
+
+def test_stop_from_another_thread_ends_run(settings: Settings, store: Store) -> None:
+    bus = MemoryBus(default_partitions=4)
+    stage = make_stage(settings, bus, store)
+    stage.start()
+    publish(bus, settings, make_flows(minutes=0.5, exfil=()))
+    stop = threading.Event()
+    worker = threading.Thread(target=stage.run, args=(stop,), kwargs={"max_seconds": 60})
+    worker.start()
+    from tests.support.netns import wait_for
+
+    wait_for(lambda: stage.stats.flows > 0, timeout=30, what="the stage to consume")
+    stop.set()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    stage.stop()
+
+
+def test_aligner_holds_the_partition_that_runs_ahead() -> None:
+    aligner = PartitionAligner(idle_s=5.0)
+
+    def batch(p: int, off: int, ts: float) -> PendingBatch:
+        from flowwarden.bus import Message
+
+        return PendingBatch(Message("flows", p, off, None, b"", 0), None, ts)
+
+    aligner.expect([("flows", 0), ("flows", 1)], 0.0)
+    aligner.add(batch(0, 0, 100.0), 0.0)
+    aligner.add(batch(0, 1, 200.0), 0.0)
+    assert aligner.release(1.0) == []  # partition 1 has not spoken yet
+    aligner.add(batch(1, 0, 150.0), 1.0)
+    out = aligner.release(1.0)
+    assert [(b.message.partition, b.message.offset) for b in out] == [(0, 0), (1, 0)]
+    assert [b.message.offset for b in aligner.release(7.0)] == [1]  # partition 1 went quiet
+
+
+def test_commit_tracker_waits_for_the_oldest_open_window() -> None:
+    from flowwarden.bus import Message
+
+    tracker = CommitTracker()
+    batches = [PendingBatch(Message("flows", 0, i, None, b"", 0), None, 0.0) for i in range(3)]
+    for b in batches:
+        tracker.add(b)
+    batches[0].fed = batches[1].fed = True
+    batches[0].bound, batches[1].bound = 10.0, 20.0
+    assert [b.message.offset for b in tracker.ready(floor=20.0)] == [0]
+    assert [b.message.offset for b in tracker.ready(floor=None)] == [1]  # 2 was never fed
+    tracker.drop_through([batches[1]])
+    assert len(tracker) == 1
+
+
+def _read_all(bus: MemoryBus, topic: str) -> list:
+    consumer = bus.consumer([topic], group_id=f"reader-{topic}")
+    out: list = []
+    for _ in range(100):
+        got = consumer.poll(timeout_s=0.0, max_records=10_000)
+        if not got:
+            break
+        out.extend(got)
+    consumer.close()
+    return out

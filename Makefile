@@ -11,7 +11,10 @@ install:
 demo:
 	$(VENV)/bin/flowwarden demo
 
+# The README's test command: system packages, services, then every test (unit, integration, e2e).
 test:
+	bash scripts/install-system-deps.sh
+	bash scripts/start-services.sh
 	$(PY) -m pytest -q tests
 
 test-unit:

@@ -138,10 +138,11 @@ def run(url: str, flows: pd.DataFrame, alerts: list[Alert], batches: int) -> Non
         timed("upsert_alerts (replay)", len(alerts), "alerts", lambda: store.upsert_alerts(alerts))
         timed("list_alerts", len(alerts), "alerts", store.list_alerts)
         chunk = max(1, len(flows) // batches)
+        in_time_order = flows.sort_values("ts_end", ignore_index=True)  # as batches arrive
 
         def per_batch_transactions() -> None:
             for b in range(batches):
-                part = flows.iloc[b * chunk : (b + 1) * chunk]
+                part = in_time_order.iloc[b * chunk : (b + 1) * chunk]
                 with store.transaction() as conn:
                     if store.seen_batches("bench", [("flows", 0, b)], conn=conn):
                         continue

@@ -67,7 +67,7 @@ def _gather(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
 
 
 def _u32(raw: np.ndarray, big: bool) -> np.ndarray:
-    return np.ascontiguousarray(raw).view(">u4" if big else "<u4").astype(np.int64)
+    return np.ascontiguousarray(raw).view(">u4" if big else "<u4").astype(np.int64).ravel()
 
 
 @dataclass

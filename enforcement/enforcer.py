@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +37,7 @@ from flowwarden.store import WAS_APPLIED, Store
 log = logging.getLogger("flowwarden.enforcement")
 
 OFFENCE_STATUSES = ("applied", "expired", "revoked", "simulated", "pending")
+EXPIRE_INTERVAL_S = 1.0
 
 
 class UnknownBlock(FlowwardenError):
@@ -72,6 +74,12 @@ class Enforcer:
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self._last_reconcile = 0.0
+        self._last_expire = 0.0
+        # Views of the store kept in step with every decision this enforcer takes and reloaded at
+        # each reconciliation, so that a decision costs no scan of the decisions table.
+        self._offences: Counter[str] | None = None  # source key -> earlier decisions
+        self._active: dict[str, Decision] = {}  # applied blocks and quarantines
+        self._simulated: dict[str, Decision] = {}  # dry-run blocks "in force"
         self._started_backends = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -133,8 +141,9 @@ class Enforcer:
         return out
 
     def housekeeping(self) -> None:
-        self.expire()
         now = self.clock()
+        if now - self._last_expire >= EXPIRE_INTERVAL_S:
+            self.expire()
         if self._started_backends and now - self._last_reconcile >= self.cfg.reconcile_interval_s:
             self.reconcile()
 
@@ -172,13 +181,34 @@ class Enforcer:
         return self.decide(proposal)
 
     def prior_offences(self, source: Entity) -> int:
-        since = self._now_dt() - timedelta(seconds=self.cfg.ttl_max_s)
-        key = source.key()
-        return sum(
-            1
-            for d in self.store.list_decisions(status=OFFENCE_STATUSES, since=since)
-            if d.action != "unblock" and d.source.key() == key
-        )
+        """Earlier decisions on this source within ``ttl_max_s`` (for TTL escalation)."""
+        if self._offences is None:
+            self.load_views()
+        assert self._offences is not None
+        return self._offences[source.key()]
+
+    def load_views(self) -> None:
+        """(Re)load the in-memory views from the store: it is the truth."""
+        now = self._now_dt()
+        since = now - timedelta(seconds=self.cfg.ttl_max_s)
+        recent = self.store.list_decisions(status=OFFENCE_STATUSES, since=since)
+        self._offences = Counter(d.source.key() for d in recent if d.action != "unblock")
+        self._simulated = {d.id: d for d in recent if d.status == "simulated"}
+        self._active = {d.id: d for d in self.store.active_blocks(now)}
+        self.metrics.active_blocks.set(len(self._active))
+
+    def _remember(self, d: Decision, *, new: bool) -> None:
+        if self._offences is None:
+            self.load_views()
+        assert self._offences is not None
+        if new and d.status in OFFENCE_STATUSES and d.action != "unblock":
+            self._offences[d.source.key()] += 1
+        for view, status in ((self._active, "applied"), (self._simulated, "simulated")):
+            if d.status == status:
+                view[d.id] = d
+            else:
+                view.pop(d.id, None)
+        self.metrics.active_blocks.set(len(self._active))
 
     # ------------------------------------------------------------------ deciding
 
@@ -212,6 +242,7 @@ class Enforcer:
         else:
             d = self._apply(d, now)
         self.store.insert_decisions([d])
+        self._remember(d, new=True)
         self._publish(d)
         self._count(d)
         return d
@@ -220,17 +251,15 @@ class Enforcer:
         """Blast-radius bookkeeping: real blocks for enforce/approval, simulated ones in dry-run."""
         now = self._now_dt()
         minute_ago = now - timedelta(seconds=60)
+        if self._offences is None:
+            self.load_views()
         if mode == "dry_run":
-            since = now - timedelta(seconds=self.cfg.ttl_max_s)
-            active = [
-                d
-                for d in self.store.list_decisions(status="simulated", since=since)
-                if d.expires_at is None or d.expires_at > now
-            ]
+            view = self._simulated
             recent = self.store.count_blocks_since(minute_ago, statuses=("simulated",))
         else:
-            active = self.store.active_blocks(now)
+            view = self._active
             recent = self.store.count_blocks_since(minute_ago, statuses=WAS_APPLIED)
+        active = [d for d in view.values() if d.expires_at is None or d.expires_at > now]
         return Context(active=active, new_last_minute=recent, force=force)
 
     def preview(self, d: Decision) -> dict[str, str]:
@@ -312,6 +341,7 @@ class Enforcer:
                 reason=f"{d.reason}; approved by {by}",
                 backend=self.backend_name,
             )
+        self._remember(out, new=False)
         self._publish(out)
         self._count(out)
         return out
@@ -330,6 +360,7 @@ class Enforcer:
         out = self.store.update_decision(
             d.id, status="revoked", backend_result=results, reason=f"{d.reason}; revoked by {by}"
         )
+        self._remember(out, new=False)
         if d.status == "applied":
             self._reconcile_kernel()  # overlapping blocks of other decisions come back
         self._publish(out)
@@ -340,6 +371,7 @@ class Enforcer:
 
     def expire(self) -> list[Decision]:
         """Mark ended blocks ``expired``, lifting them where the kernel does not do it itself."""
+        self._last_expire = self.clock()
         now = self._now_dt()
         ended = [
             d
@@ -356,18 +388,17 @@ class Enforcer:
                     except (BackendError, OSError) as exc:
                         results[f"expire_{b.name}"] = {"error": str(exc)}
             e = self.store.update_decision(d.id, status="expired", backend_result=results)
+            self._remember(e, new=False)
             self._publish(e)
             self._count(e)
             out.append(e)
-        if ended:
-            self.metrics.active_blocks.set(len(self.store.active_blocks(now)))
         return out
 
     def reconcile(self) -> dict[str, Any]:
         """Make every backend match the store's active blocks."""
         self._last_reconcile = self.clock()
-        active = self.store.active_blocks(self._now_dt())
-        self.metrics.active_blocks.set(len(active))
+        self.load_views()
+        active = list(self._active.values())
         out: dict[str, Any] = {}
         for b in self.backends:
             try:
@@ -381,7 +412,8 @@ class Enforcer:
         return out
 
     def _reconcile_kernel(self) -> None:
-        active = self.store.active_blocks(self._now_dt())
+        now = self._now_dt()
+        active = [d for d in self._active.values() if d.expires_at is None or d.expires_at > now]
         for b in self.backends:
             if b.kernel_expiry:
                 b.reconcile(active)
@@ -402,8 +434,6 @@ class Enforcer:
 
     def _count(self, d: Decision) -> None:
         self.metrics.decisions.labels(d.mode, d.backend or self.backend_name, d.status).inc()
-        if d.status in ("applied", "expired", "revoked"):
-            self.metrics.active_blocks.set(len(self.store.active_blocks(self._now_dt())))
 
     def _now_dt(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)

@@ -23,7 +23,7 @@ _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z
 
 def parse_target(value: str, field: str = "targets") -> Network:
     """An IP address or CIDR as a network (a host is a /32 or /128); refuses anything ambiguous."""
-    if not isinstance(value, str) or not _ADDRESS_CHARS.match(value):
+    if not isinstance(value, str) or not _ADDRESS_CHARS.fullmatch(value):
         raise RecordError(
             field, f"{value!r} is not an IP address or CIDR (allowed characters: hex digits . : /)"
         )
@@ -46,20 +46,20 @@ def parse_ip(value: str, field: str = "source.ip") -> ipaddress.IPv4Address | ip
 
 def check_namespace(value: str, field: str = "source.namespace") -> str:
     """A Kubernetes namespace name ("" means unknown)."""
-    if value and not _DNS_LABEL.match(value):
+    if value and not _DNS_LABEL.fullmatch(value):
         raise RecordError(field, f"{value!r} is not a valid Kubernetes namespace name")
     return value
 
 
 def check_name(value: str, field: str) -> str:
     """A Kubernetes object name: pod, workload or node ("" means unknown)."""
-    if value and not _DNS_SUBDOMAIN.match(value):
+    if value and not _DNS_SUBDOMAIN.fullmatch(value):
         raise RecordError(field, f"{value!r} is not a valid Kubernetes object name")
     return value
 
 
 def check_decision_id(value: str, field: str = "id") -> str:
     """Decision ids become object names and nft comments: lowercase alphanumerics and dashes only."""
-    if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", value or ""):
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value or ""):
         raise RecordError(field, f"{value!r} is not a valid decision id (lowercase letters, digits, '-')")
     return value

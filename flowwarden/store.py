@@ -82,6 +82,7 @@ class UnknownDecision(FlowwardenError):
 
 
 _UNSET: Any = object()
+_READ_ONLY = "flowwarden_read_only"  # execution option: a read transaction on SQLite
 
 
 # --------------------------------------------------------------------------- URLs
@@ -111,7 +112,7 @@ def _masked(url: str) -> str:
 def _make_engine(url: str) -> Engine:
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True, future=True)
+        return sa.create_engine(url, pool_pre_ping=True)
     database = parsed.database or ""
     if database in ("", ":memory:"):
         engine = sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
@@ -134,7 +135,9 @@ def _make_engine(url: str) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads take no lock (WAL lets them run beside a writer); writes take it up front.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -149,9 +152,20 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
 # --------------------------------------------------------------------------- conversions
 
 
+def _clean(text: str) -> str:
+    """PostgreSQL text and JSON cannot hold NUL: it becomes U+FFFD on both dialects."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _clean_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _clean(v) if isinstance(v, str) else v for k, v in row.items()}
+
+
 def _jsonable(value: Any, field: str) -> Any:
     """Plain JSON for a JSON column: numpy scalars unboxed, NaN/inf as null (JSON has none)."""
-    if value is None or isinstance(value, bool | str | int):
+    if isinstance(value, str):
+        return _clean(value)
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -162,7 +176,7 @@ def _jsonable(value: Any, field: str) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, field) for k, v in value.items()}
+        return {_clean(str(k)): _jsonable(v, field) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset | np.ndarray):
         return [_jsonable(v, field) for v in value]
     raise RecordError(field, f"a {type(value).__name__} cannot be stored as JSON")
@@ -171,7 +185,7 @@ def _jsonable(value: Any, field: str) -> Any:
 def alert_to_row(alert: Alert, now: datetime | None = None) -> dict[str, Any]:
     """An :class:`Alert` as one flat ``alerts`` row."""
     e = alert.entity
-    return {
+    row = {
         "id": alert.id,
         "kind": alert.kind,
         "detector": alert.detector,
@@ -196,6 +210,7 @@ def alert_to_row(alert: Alert, now: datetime | None = None) -> dict[str, Any]:
         "created_at": alert.created_at,
         "updated_at": now or datetime.now(UTC),
     }
+    return _clean_row(row)
 
 
 def alert_from_row(row: Mapping[Any, Any]) -> Alert:
@@ -231,7 +246,7 @@ def alert_from_row(row: Mapping[Any, Any]) -> Alert:
 def decision_to_row(decision: Decision, now: datetime | None = None) -> dict[str, Any]:
     """A :class:`Decision` as one flat ``decisions`` row."""
     s = decision.source
-    return {
+    row = {
         "id": decision.id,
         "alert_id": decision.alert_id,
         "action": decision.action,
@@ -255,6 +270,7 @@ def decision_to_row(decision: Decision, now: datetime | None = None) -> dict[str
         "created_at": decision.created_at,
         "updated_at": now or datetime.now(UTC),
     }
+    return _clean_row(row)
 
 
 def decision_from_row(row: Mapping[Any, Any]) -> Decision:
@@ -458,6 +474,9 @@ def _rollup_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     if df.duplicated(list(ROLLUP_DIMENSIONS)).any():
         df = df.groupby(list(ROLLUP_DIMENSIONS), sort=False, as_index=False)[list(ROLLUP_MEASURES)].sum()
     df = _rollup_dtypes(df)
+    for c in ROLLUP_DIMENSIONS[1:-1]:
+        if df[c].str.contains("\x00", regex=False).any():
+            df[c] = df[c].str.replace("\x00", "\ufffd", regex=False)
     # Column lists then zip: several times faster than DataFrame.to_dict, and native types.
     columns: list[list[Any]] = [df[c].tolist() for c in ROLLUP_COLUMNS]
     return [dict(zip(ROLLUP_COLUMNS, values, strict=True)) for values in zip(*columns, strict=True)]
@@ -492,7 +511,7 @@ class Store:
         except SchemaTooNew:
             engine.dispose()
             raise
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        except sa.exc.DBAPIError as exc:  # not reachable, no such database, not a database file
             engine.dispose()
             cause = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
             raise ServiceUnavailable(f"store at {_masked(self.url)} is not reachable: {cause}") from exc
@@ -547,7 +566,7 @@ class Store:
             yield conn
         else:
             with self.engine.connect() as own:
-                yield own
+                yield own.execution_options(**{_READ_ONLY: True})
 
     # ---- alerts
 
@@ -736,6 +755,11 @@ class Store:
             return empty_rollups()
         return _rollup_dtypes(pd.DataFrame([tuple(r) for r in rows], columns=list(ROLLUP_COLUMNS)))
 
+    def prune_rollups(self, before: datetime, *, conn: Connection | None = None) -> int:
+        """Delete rollups of minutes before ``before`` (retention); returns how many rows."""
+        with self._write(conn) as c:
+            return int(c.execute(sa.delete(flow_rollups).where(flow_rollups.c.minute < before)).rowcount)
+
     # ---- checkpoints
 
     def put_state(self, key: str, value: bytes, *, conn: Connection | None = None) -> None:
@@ -760,6 +784,7 @@ class Store:
         return bytes(value) if value is not None else None
 
     def delete_state(self, key: str, *, conn: Connection | None = None) -> bool:
+        """Forget a checkpoint; True if there was one."""
         with self._write(conn) as c:
             return bool(c.execute(sa.delete(pipeline_state).where(pipeline_state.c.key == key)).rowcount)
 

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 
 from flowwarden.errors import RecordError
@@ -53,8 +52,10 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-# JSONB on PostgreSQL so that panels can query inside it (evidence->>'ports').
-JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+# Plain ``json`` on PostgreSQL, not ``jsonb``: it keeps the text as written, so floats come
+# back bit-exact (jsonb turns 3.2e16 into the integer 32000000000000000) and keys keep their
+# order; panels still read inside it with ->, ->> and ::text.
+JSONType = sa.JSON()
 
 metadata = sa.MetaData()
 

@@ -34,9 +34,10 @@ from pipeline.features import (
     edge_table,
     novelty_features,
     prepare,
+    recent_features,
     window_features,
 )
-from pipeline.state import Baselines, ConnectionLog, SeenEdges, pack_state, unpack_state
+from pipeline.state import Baselines, ConnectionLog, RecentActivity, SeenEdges, pack_state, unpack_state
 from pipeline.windows import WindowBuffer
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ BEACON_HORIZON_S = 3600.0
 BEACON_MAX_ROWS = 2_000_000
 BEACON_MIN_CONNS = 6
 EXPIRE_EVERY_S = 60.0
+RECENT_HORIZON_S = 60.0
+RECENT_MAX_ROWS = 1_000_000
 
 
 @dataclass
@@ -91,6 +94,8 @@ class DetectionEngine:
         )
         self.edges = SeenEdges(ttl_s=p.seen_edges_ttl_days * 86400.0, max_edges=p.max_edges)
         self.connections = ConnectionLog(horizon_s=BEACON_HORIZON_S, max_rows=BEACON_MAX_ROWS)
+        self.recent = RecentActivity(horizon_s=RECENT_HORIZON_S, max_rows=RECENT_MAX_ROWS)
+        self.first_ws = math.inf  # when this engine's memory starts (-inf: history was imported)
         beacon = p.detectors.get("beaconing", {})
         self.beacon_min_conns = int(beacon.get("min_conns", BEACON_MIN_CONNS))
         self.alerts = AlertBuilder(settings)
@@ -174,14 +179,21 @@ class DetectionEngine:
         if p is None:
             return [], pd.DataFrame()
         feats = window_features(p, self.settings, node_ips)
-        novelty, _ = novelty_features(p, edge_table(p), self.edges)
+        self.first_ws = min(self.first_ws, float(p.keys["ws"].min()))
+        novelty, local_edges = novelty_features(p, edge_table(p), self.edges)
+        recent = recent_features(p, local_edges, self.recent)
         beacon = beacon_features(p, self.connections, self.edges, self.window_s, self.beacon_min_conns)
-        windows = pd.concat([p.keys, feats, novelty, beacon], axis=1)
+        windows = pd.concat([p.keys, feats, novelty, recent, beacon], axis=1)
         windows = windows[[*KEY_COLUMNS, *FEATURES]]
         ent = self.entity_base.lookup(windows["entity"])
         wl = self.workload_base.lookup(windows["wl_key"])
         ctx = Context(
-            windows, ent.reset_index(drop=True), wl.reset_index(drop=True), self.settings, self.model
+            windows,
+            ent.reset_index(drop=True),
+            wl.reset_index(drop=True),
+            self.settings,
+            self.model,
+            memory_since=self.first_ws,
         )
         scores: dict[str, np.ndarray] = {}
         for det in self.detectors:
@@ -215,6 +227,7 @@ class DetectionEngine:
             "workload_base": self.workload_base.export(),
             "edges": self.edges.export(),
             "connections": self.connections.table.reset_index(drop=True),
+            "recent": self.recent.table,
         }
         meta: dict[str, Any] = {
             "window_s": self.window_s,
@@ -222,6 +235,7 @@ class DetectionEngine:
             "closed_until": _finite(self.buffer.closed_until),
             "open_alerts": self.alerts.export(),
             "windows_scored": self.windows_scored,
+            "first_ws": _finite(self.first_ws),
         }
         return pack_state(tables, meta)
 
@@ -247,6 +261,8 @@ class DetectionEngine:
                 self.buffer.closed_until = max(self.buffer.closed_until, float(meta["closed_until"]))
             self.alerts.load(list(meta.get("open_alerts", [])))
             self.windows_scored = int(meta.get("windows_scored", self.windows_scored))
+            if meta.get("first_ws") is not None:
+                self.first_ws = min(self.first_ws, float(meta["first_ws"]))
 
     def describe(self) -> str:
         return json.dumps(

@@ -23,7 +23,7 @@ import pandas as pd
 from flowwarden.records import Direction, FlowState, Proto
 from flowwarden.settings import Settings
 from pipeline.enrich import in_cidrs
-from pipeline.state import ConnectionLog, SeenEdges, edge_hashes
+from pipeline.state import ConnectionLog, RecentActivity, SeenEdges, edge_hashes
 
 LONG_LIVED_S = 300.0
 YOUNG_EDGE_S = 3600.0  # an external edge first seen within this long is "young"
@@ -68,6 +68,9 @@ FEATURES: tuple[str, ...] = (
     "new_ext_bytes",
     "young_ext_bytes",
     "young_ext_age",
+    "recent_new_peers",
+    "recent_failed_dsts",
+    "recent_ports_per_dst",
     "beacon_score",
     "beacon_conns",
     "beacon_peers",
@@ -292,30 +295,38 @@ def _dns(f: pd.DataFrame, gid: np.ndarray, ng: int) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------- with memory
 
 
+def global_hashes(dst_ip: pd.Series) -> np.ndarray:
+    """The cluster-wide edge of an external address: has *anyone* in the cluster talked to it?"""
+    return edge_hashes(pd.Series(["*"] * len(dst_ip)), dst_ip, pd.Series(np.zeros(len(dst_ip), dtype="int64")))
+
+
 def edge_table(p: Prepared) -> pd.DataFrame:
-    """One row per (entity-window, edge): the edge hash, its peer, bytes, direction."""
+    """One row per flow and edge: workload-level edges, plus a cluster-wide edge per external address."""
     f = p.flows
     dwl = f["dst_workload"].to_numpy(dtype=object)
     peer = np.where(
         dwl != "", f["dst_namespace"].to_numpy(dtype=object) + "/" + dwl, f["dst_ip"].to_numpy(dtype=object)
     )
-    h = edge_hashes(f["wl_key"], pd.Series(peer), f["dst_port"])
-    t = pd.DataFrame(
+    ext = (f["direction"] == Direction.EGRESS.value).to_numpy()
+    local = pd.DataFrame(
         {
             "gid": p.gid,
-            "hash": h,
-            "ext": (f["direction"] == Direction.EGRESS.value).to_numpy(),
+            "hash": edge_hashes(f["wl_key"], pd.Series(peer), f["dst_port"]),
+            "ext": ext,
+            "glob": False,
             "dst_ip": f["dst_ip"].to_numpy(dtype=object),
             "bytes": f["bytes_out"].to_numpy(dtype="float64"),
             "ws": f["ws"].to_numpy(),
             "src": f["wl_key"].to_numpy(dtype=object),
         }
     )
-    return t
+    g = local[ext]
+    glob = g.assign(hash=global_hashes(g["dst_ip"]), glob=True, src="*")
+    return pd.concat([local, glob], ignore_index=True)
 
 
 def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Never-seen edges per entity-window; updates ``seen``. Returns (features, per-flow edges)."""
+    """Never-seen edges per entity-window; updates ``seen``. Returns (features, per-flow local edges)."""
     ng = len(p.keys)
     u = edges.groupby("hash", sort=False).agg(
         first=("ws", "min"), last=("ws", "max"), bytes=("bytes", "sum"), src=("src", "first")
@@ -326,26 +337,27 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
     first = np.fmin(prior_first, u["first"].to_numpy())
     first_map = pd.Series(first, index=u.index)
     prior_map = pd.Series(np.nan_to_num(prior_bytes), index=u.index)
-    e = edges.assign(
+    edges = edges.assign(
         first=first_map.reindex(edges["hash"]).to_numpy(), prior=prior_map.reindex(edges["hash"]).to_numpy()
     )
-    e["new"] = e["first"] >= e["ws"]
+    glob = edges["glob"].to_numpy()
+    e = edges[~glob]
+    e = e.assign(new=e["first"].to_numpy() >= e["ws"].to_numpy())
     gid = e["gid"].to_numpy()
     new = e["new"].to_numpy()
     ext = e["ext"].to_numpy()
     h = e["hash"].to_numpy()
+    dst = e["dst_ip"].to_numpy(dtype=object)
     out = {
         "new_edges": _nunique(gid, ng, h, new),
-        "new_int_peers": _nunique(gid, ng, e["dst_ip"].to_numpy(dtype=object), new & ~ext),
+        "new_int_peers": _nunique(gid, ng, dst, new & ~ext),
         "new_int_edges": _nunique(gid, ng, h, new & ~ext),
-        "new_ext_dsts": _nunique(gid, ng, e["dst_ip"].to_numpy(dtype=object), new & ext),
+        "new_ext_dsts": _nunique(gid, ng, dst, new & ext),
         "new_ext_bytes": _sum(gid, ng, np.where(new & ext, e["bytes"].to_numpy(), 0.0)),
     }
-    # Bytes sent to an external edge over its young life (first seen within the last hours).
-    ge = (
-        e[ext]
-        .groupby(["gid", "hash"], sort=False)
-        .agg(b=("bytes", "sum"), prior=("prior", "first"), first=("first", "first"))
+    # Bytes sent to an address new to the whole cluster, over its young life.
+    ge = edges[glob].groupby(["gid", "hash"], sort=False).agg(
+        b=("bytes", "sum"), prior=("prior", "first"), first=("first", "first")
     )
     young = np.zeros(ng)
     young_age = np.zeros(ng)
@@ -360,13 +372,49 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
     out["young_ext_bytes"] = young
     out["young_ext_age"] = young_age
     seen.update(
-        hashes,
-        u["first"].to_numpy(),
-        u["last"].to_numpy(),
-        u["bytes"].to_numpy(),
-        u["src"].to_numpy(dtype=object),
+        hashes, u["first"].to_numpy(), u["last"].to_numpy(), u["bytes"].to_numpy(), u["src"].to_numpy(dtype=object)
     )
     return pd.DataFrame(out), e
+
+
+def recent_features(p: Prepared, e: pd.DataFrame, recent: RecentActivity) -> pd.DataFrame:
+    """Distinct new internal peers and failed targets per entity over the recent horizon (incl. now)."""
+    ng = len(p.keys)
+    f = p.flows
+    ent = pd.util.hash_array(p.keys["entity"].to_numpy(dtype=object))
+    failed = f["state"].isin([FlowState.REJECTED.value, FlowState.SYN_ONLY.value]).to_numpy()
+    newp = e[e["new"].to_numpy() & ~e["ext"].to_numpy()]
+    ev = []
+    if len(newp):
+        ev.append(pd.DataFrame({"entity": ent[newp["gid"].to_numpy()], "kind": RecentActivity.NEW_PEER,
+                                "dst": pd.util.hash_array(newp["dst_ip"].to_numpy(dtype=object)), "port": 0,
+                                "ws": newp["ws"].to_numpy()}))
+    if failed.any():
+        ff = f[failed]
+        ev.append(pd.DataFrame({"entity": ent[p.gid[failed]], "kind": RecentActivity.FAILED,
+                                "dst": pd.util.hash_array(ff["dst_ip"].to_numpy(dtype=object)),
+                                "port": ff["dst_port"].to_numpy(dtype="int64"), "ws": ff["ws"].to_numpy()}))
+    events = pd.concat(ev, ignore_index=True) if ev else recent.table.iloc[0:0]
+    recent.add(events, float(p.keys["ws"].max()))
+    out = {k: np.zeros(ng) for k in ("recent_new_peers", "recent_failed_dsts", "recent_ports_per_dst")}
+    t = recent.table
+    if not len(t):
+        return pd.DataFrame(out)
+    pos = pd.Index(ent).get_indexer(t["entity"].to_numpy())
+    mine = pos >= 0
+    t, pos = t[mine], pos[mine]
+    if not len(t):
+        return pd.DataFrame(out)
+    kind = t["kind"].to_numpy()
+    dst = t["dst"].to_numpy()
+    out["recent_new_peers"] = _nunique(pos, ng, dst, kind == RecentActivity.NEW_PEER)
+    fail = kind == RecentActivity.FAILED
+    out["recent_failed_dsts"] = _nunique(pos, ng, dst, fail)
+    if fail.any():
+        per = pd.DataFrame({"g": pos[fail], "d": dst[fail], "p": t["port"].to_numpy()[fail]})
+        ports = per.drop_duplicates().groupby(["g", "d"]).size().groupby(level=0).max()
+        out["recent_ports_per_dst"][ports.index.to_numpy(dtype="int64")] = ports.to_numpy(dtype="float64")
+    return pd.DataFrame(out)
 
 
 def beacon_features(
@@ -375,60 +423,58 @@ def beacon_features(
     """RITA-style periodicity of each entity's connections to each external destination.
 
     Score ingredients (each in [0, 1], 1 = machine-like): ``1 - |Bowley skew|`` and
-    ``1 - MAD/median`` of the intervals between connection starts, the same of the
-    connection sizes, averaged; multiplied by how persistent the series is (connections
-    seen, against ``min_conns``). Each window reports its best destination.
+    ``1 - MAD/median`` of the intervals between connection starts (weight 2), the same of
+    the connection sizes (MAD against 32 bytes, weight 1); scaled by persistence (connections
+    seen against ``2 * min_conns``). Each window reports its best destination, how many pods
+    of the workload talk to it (``beacon_peers``: a SaaS API is called by every replica) and
+    how long the cluster has known that address (``beacon_edge_age``).
     """
     ng = len(p.keys)
     out = {k: np.zeros(ng) for k in ("beacon_score", "beacon_conns", "beacon_peers", "beacon_edge_age")}
     f = p.flows
+    now = float(f["ts_end"].max())
     ext = (f["direction"] == Direction.EGRESS.value).to_numpy()
     if not ext.any():
-        log.add(f.iloc[0:0].assign(pair=np.uint64(0), ts=0.0, bytes=0.0), float(f["ts_end"].max()))
+        log.add(log.table.iloc[0:0], now)
         return pd.DataFrame(out)
     g = f[ext]
-    gid = p.gid[ext]
-    pair = edge_hashes(g["entity"], g["dst_ip"], g["dst_port"])
-    wld = edge_hashes(g["wl_key"], g["dst_ip"], g["dst_port"])
     conns = pd.DataFrame(
         {
-            "pair": pair,
+            "pair": edge_hashes(g["entity"], g["dst_ip"], g["dst_port"]),
+            "wld": edge_hashes(g["wl_key"], g["dst_ip"], g["dst_port"]),
             "ts": g["ts_start"].to_numpy(),
             "bytes": g["bytes_out"].to_numpy(dtype="float64"),
-            "gid": gid,
-            "wld": wld,
+            "gid": p.gid[ext],
+            "dst": g["dst_ip"].to_numpy(dtype=object),
         }
-    )
-    conns = conns.drop_duplicates(["pair", "ts"])
-    log.add(conns, float(f["ts_end"].max()))
-    hist = log.history(np.unique(pair)).sort_values(["pair", "ts"])
-    if not len(hist):
-        return pd.DataFrame(out)
+    ).drop_duplicates(["pair", "ts"])
+    log.add(conns, now)
+    pairs = conns["pair"].unique()
+    hist = log.history(pairs)
     counts = hist.groupby("pair").size()
     ok = counts[counts >= min_conns].index
-    hist = hist[hist["pair"].isin(ok)]
+    hist = hist[hist["pair"].isin(ok)].sort_values(["pair", "ts"])
     if not len(hist):
         return pd.DataFrame(out)
-    same = hist["pair"].to_numpy()[1:] == hist["pair"].to_numpy()[:-1]
-    iv = pd.DataFrame({"pair": hist["pair"].to_numpy()[1:][same], "d": np.diff(hist["ts"].to_numpy())[same]})
+    pv = hist["pair"].to_numpy()
+    same = pv[1:] == pv[:-1]
+    iv = pd.DataFrame({"pair": pv[1:][same], "d": np.diff(hist["ts"].to_numpy())[same]})
     ts_score = _rita_score(iv, "d", mad_scale=None)
     size_score = _rita_score(hist[["pair", "bytes"]].rename(columns={"bytes": "d"}), "d", mad_scale=32.0)
     n = counts.reindex(ts_score.index).to_numpy(dtype="float64")
     persistence = np.minimum(1.0, n / (2.0 * min_conns))
-    score = ((ts_score * 2.0 + size_score.reindex(ts_score.index).fillna(0.0)) / 3.0) * (
-        0.5 + 0.5 * persistence
-    )
+    score = ((ts_score * 2.0 + size_score.reindex(ts_score.index).fillna(0.0)) / 3.0) * (0.5 + 0.5 * persistence)
     per_pair = pd.DataFrame({"score": score.to_numpy(), "n": n}, index=ts_score.index)
     c = conns.drop_duplicates("pair").set_index("pair")
-    c = c[c.index.isin(per_pair.index)]
+    c = c[c.index.isin(per_pair.index)].join(per_pair)
     if not len(c):
         return pd.DataFrame(out)
-    c = c.join(per_pair)
-    # How many entities of the workload talk to that destination (a SaaS call: all replicas).
-    peer_counts = conns.groupby("wld")["pair"].nunique()
-    c["peers"] = peer_counts.reindex(c["wld"]).to_numpy()
-    first = seen.first_seen(_edge_for_pair(g, c.index.to_numpy()))
-    c["edge_age"] = np.where(np.isnan(first), 0.0, g["ws"].max() - first)
+    wl_hist = log.table[log.table["wld"].isin(c["wld"].unique())]
+    peer_counts = wl_hist.groupby("wld")["pair"].nunique()
+    c["peers"] = peer_counts.reindex(c["wld"]).fillna(1).to_numpy()
+    first = seen.first_seen(global_hashes(pd.Series(c["dst"].to_numpy(dtype=object))))
+    ws = p.keys["ws"].to_numpy()[c["gid"].to_numpy(dtype="int64")]
+    c["edge_age"] = np.where(np.isnan(first), 0.0, ws - first)
     c = c.sort_values("score").drop_duplicates("gid", keep="last")
     idx = c["gid"].to_numpy(dtype="int64")
     out["beacon_score"][idx] = c["score"].to_numpy()
@@ -436,19 +482,6 @@ def beacon_features(
     out["beacon_peers"][idx] = c["peers"].to_numpy()
     out["beacon_edge_age"][idx] = c["edge_age"].to_numpy()
     return pd.DataFrame(out)
-
-
-def _edge_for_pair(g: pd.DataFrame, pairs: np.ndarray) -> np.ndarray:
-    """The workload-level edge hash of each entity-level pair (as :func:`edge_table` computes it)."""
-    pair = edge_hashes(g["entity"], g["dst_ip"], g["dst_port"])
-    dwl = g["dst_workload"].to_numpy(dtype=object)
-    peer = np.where(
-        dwl != "", g["dst_namespace"].to_numpy(dtype=object) + "/" + dwl, g["dst_ip"].to_numpy(dtype=object)
-    )
-    edge = edge_hashes(g["wl_key"], pd.Series(peer), g["dst_port"])
-    m = pd.Series(edge, index=pair)
-    m = m[~m.index.duplicated()]
-    return m.reindex(pairs).to_numpy(dtype="uint64")
 
 
 def _rita_score(df: pd.DataFrame, col: str, mad_scale: float | None) -> pd.Series:

@@ -10,7 +10,8 @@ One loop, one thread (notifiers and ``/metrics`` have their own):
    windows than two. What is released goes through ONE ``engine.process`` call.
 3. Deliver that call's alerts to the ``alerts`` topic, then write alerts + rollups + the
    batch marks in one store transaction (:class:`~pipeline.sinks.StoreSink`), then notify.
-4. Commit, per partition, up to the last batch whose windows have all closed
+4. At each checkpoint (every ``checkpoint_interval_s`` and at stop): store the engine's
+   state, then commit, per partition, up to the last batch whose windows have all closed
    (:class:`CommitTracker`): at-least-once delivery, exactly-once effects (alert ids are
    deterministic, batch marks stop rollups being added twice on replay).
 
@@ -18,8 +19,7 @@ When no data arrives, the engine is driven with ``now`` = an event-time clock (t
 ``ts_end`` fed plus the wall time since), so the last windows close without new data even
 when the stream is a replay of old flows.
 
-The engine's state is checkpointed to the store every ``checkpoint_interval_s`` and at
-stop, with the offsets fed so far and the oldest open window: after a crash, the replayed
+The checkpoint holds the offsets fed so far and the oldest open window: after a crash, the replayed
 batches that the checkpoint already holds give the engine only their rows of windows that
 were still open (the others are in the restored baselines already and would count twice).
 """
@@ -361,7 +361,6 @@ class PipelineStage:
             if flush:
                 self._feed(self.aligner.release(self.clock(), everything=True))
                 self._deliver(self.engine.flush(), [], None)
-            self._commit()
             self.checkpoint()
         finally:
             self.consumer.close()
@@ -403,7 +402,7 @@ class PipelineStage:
         self._feed(self.aligner.release(self.clock(), everything=True))
         if flush:
             self._deliver(self.engine.flush(), [], None)
-        self._commit()
+        self.checkpoint()
 
     # ------------------------------------------------------------------ one turn
 
@@ -423,7 +422,6 @@ class PipelineStage:
         elif not messages and not len(self.aligner) and now - self._last_feed >= self.options.idle_tick_s:
             self._tick(now)
         self.metrics.buffered_flows.set(self.aligner.buffered_flows)
-        self._commit()
         if now >= self._next_checkpoint:
             self.checkpoint()
         if now >= self._next_model_poll:
@@ -596,14 +594,21 @@ class PipelineStage:
         w = self.settings.pipeline.window_s
         return math.floor(ts / w) * w
 
-    def _commit(self) -> None:
-        """Commit up to the last fully accounted batch per partition, once alerts are out."""
+    def checkpoint(self) -> None:
+        """Save the engine's state, then commit what that state accounts for.
+
+        Offsets move only here, right after the state that holds their batches' effects is
+        stored: a restart never resumes past what the restored state knows (no gap in the
+        baselines or the open alerts), and what it replays is trimmed by the replay guard.
+        A batch is committed once it was fed and every window it touched has closed, and
+        only once the producer has delivered every alert and dead letter so far.
+        """
         assert self.consumer is not None and self.producer is not None
-        ready = self.tracker.ready(self.engine.open_window_floor())
-        if not ready:
-            return
+        self._next_checkpoint = self.clock() + self.settings.pipeline.checkpoint_interval_s
+        floor = self.engine.open_window_floor()
+        ready = self.tracker.ready(floor)
         if not self.producer.flush(self.options.flush_timeout_s):
-            log.warning("producer flush timed out: commit postponed")
+            log.warning("producer flush timed out: checkpoint and commit postponed")
             self.metrics.commits.labels(status="postponed").inc()
             return
         failed = self.producer.take_failed()
@@ -615,6 +620,20 @@ class PipelineStage:
             self.metrics.commits.labels(status="postponed").inc()
             return
         try:
+            data = self.engine.export_state()
+            guard = {
+                "fed": [[t, p, o] for (t, p), o in sorted(self._fed_offsets.items())],
+                "open_floor": floor,
+            }
+            self.sink.save_state(self.state_key, data, json.dumps(guard).encode())
+        except Exception as exc:  # the next checkpoint will try again; nothing is committed
+            log.error("checkpoint failed key=%s error=%s", self.state_key, exc)
+            self.metrics.checkpoints.labels(status="failed").inc()
+            return
+        self.metrics.checkpoints.labels(status="ok").inc()
+        if not ready:
+            return
+        try:
             self.consumer.commit([b.message for b in ready])
         except Exception as exc:  # a rebalance: the messages will be delivered again
             log.warning("commit failed (will be replayed): %s", exc)
@@ -623,23 +642,6 @@ class PipelineStage:
         self.tracker.drop_through(ready)
         self.stats.commits += 1
         self.metrics.commits.labels(status="ok").inc()
-
-    def checkpoint(self) -> None:
-        """Save the engine's state to the store."""
-        self._next_checkpoint = self.clock() + self.settings.pipeline.checkpoint_interval_s
-        try:
-            data = self.engine.export_state()
-            floor = self.engine.open_window_floor()
-            guard = {
-                "fed": [[t, p, o] for (t, p), o in sorted(self._fed_offsets.items())],
-                "open_floor": floor,
-            }
-            self.sink.save_state(self.state_key, data, json.dumps(guard).encode())
-        except Exception as exc:  # the next checkpoint will try again
-            log.error("checkpoint failed key=%s error=%s", self.state_key, exc)
-            self.metrics.checkpoints.labels(status="failed").inc()
-            return
-        self.metrics.checkpoints.labels(status="ok").inc()
 
     def _restore_replay_guard(self, raw: bytes | None) -> None:
         if not raw:

@@ -281,7 +281,7 @@ class SeenEdges:
 class ConnectionLog:
     """Recent connection starts and sizes per (entity, external destination, port)."""
 
-    COLUMNS = ("pair", "ts", "bytes")
+    COLUMNS = ("pair", "wld", "ts", "bytes")
 
     def __init__(self, *, horizon_s: float, max_rows: int) -> None:
         self.horizon_s = horizon_s
@@ -314,3 +314,37 @@ class ConnectionLog:
 
 def finite_or(value: float, default: float) -> float:
     return value if math.isfinite(value) else default
+
+
+# ------------------------------------------------------------------------- recent activity
+
+
+class RecentActivity:
+    """What each entity did over the last ``horizon_s``: new peers, failed (destination, port).
+
+    Slow scans and fan-outs spread a few probes over many windows; counting distinct
+    targets over a short sliding horizon lets a detector see them within a couple of windows.
+    """
+
+    NEW_PEER = 0
+    FAILED = 1
+
+    def __init__(self, *, horizon_s: float, max_rows: int) -> None:
+        self.horizon_s = horizon_s
+        self.max_rows = max_rows
+        self.evicted = 0
+        self.table = pd.DataFrame({"entity": pd.Series(dtype="uint64"), "kind": pd.Series(dtype="int8"),
+                                   "dst": pd.Series(dtype="uint64"), "port": pd.Series(dtype="int64"),
+                                   "ws": pd.Series(dtype="float64")})
+
+    def add(self, events: pd.DataFrame, now: float) -> None:
+        keep = self.table[self.table["ws"] > now - self.horizon_s]
+        if len(events):
+            new = events[list(self.table.columns)].astype(self.table.dtypes.to_dict())
+            t = pd.concat([keep, new], ignore_index=True) if len(keep) else new
+        else:
+            t = keep
+        if len(t) > self.max_rows:
+            self.evicted += len(t) - self.max_rows
+            t = t.nlargest(self.max_rows, "ws")
+        self.table = t.reset_index(drop=True)

@@ -26,7 +26,7 @@ WARMUP_S = 90.0  # the first attack starts after some benign history
 DURATION_S: dict[str, tuple[float, float]] = {
     "port_scan": (40, 90),
     "ip_sweep": (40, 90),
-    "fan_out": (60, 120),
+    "fan_out": (20, 50),
     "control_plane_access": (30, 60),
     "metadata_api": (20, 60),
     "bulk_exfiltration": (30, 60),
@@ -88,7 +88,7 @@ class Attack:
 
 
 def plan_attacks(
-    ctx: SimContext, techniques: list[str], intensity: float, rng: np.random.Generator
+    ctx: SimContext, techniques: list[str], intensity: dict[str, float], rng: np.random.Generator
 ) -> list[Attack]:
     """Place every technique in every 10-minute cycle, from distinct sources."""
     if not techniques:
@@ -101,9 +101,9 @@ def plan_attacks(
     attacks: list[Attack] = []
     used = 0
     for c in range(ncycles):
-        lo = ctx.t0 + c * CYCLE_S + (WARMUP_S if c == 0 else 0.0)
+        lo = ctx.t0 + c * CYCLE_S + (min(WARMUP_S, 0.2 * span) if c == 0 else 0.0)
         hi = ctx.t1 if c == ncycles - 1 else ctx.t0 + (c + 1) * CYCLE_S
-        avail = max(10.0, hi - lo - 5.0)
+        avail = max(1.0, hi - lo - min(5.0, 0.05 * span))
         for tech in techniques:
             if used >= len(order):  # every candidate used once: start over in a new order
                 order += list(rng.permutation(candidates))
@@ -113,7 +113,7 @@ def plan_attacks(
             dur = min(float(rng.uniform(dmin, dmax)), 0.85 * avail)
             start = lo + float(rng.uniform(0, avail - dur))
             remote = remotes[len(attacks) % len(remotes)]
-            attacks.append(Attack(tech, src, start, start + dur, intensity, remote))
+            attacks.append(Attack(tech, src, start, start + dur, intensity[tech], remote))
     attacks.sort(key=lambda a: (a.start, a.technique))
     for i, a in enumerate(attacks):
         a.index = i
@@ -214,8 +214,7 @@ def ip_sweep(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
     dead: list[str] = []
     for _ in range(nhosts - len(live)):  # unused addresses in the nodes' pod ranges
         node = cl.workers[int(rng.integers(len(cl.workers)))]
-        base = node.pod_cidr.rsplit(".", 2)[0] + "." + node.pod_cidr.split(".")[2]
-        dead.append(f"{base}.{int(rng.integers(node.next_host + 20, 250))}")
+        dead.append(cl.unused_pod_ip(node, rng))
     sweep_ports = rng.choice(np.array([22, 80, 443, 6379, 8080]), size=int(rng.integers(1, 3)), replace=False)
     addrs = [cl.pods[h].ip for h in live] + dead
     live_port = np.concatenate([_open_port(ctx, live), np.zeros(len(dead), dtype=int)])
@@ -235,7 +234,7 @@ def fan_out(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
     key = f"{me.namespace}/{me.workload}"
     usual = {e.server for e in EDGES if e.client == key} | {p.server for p in POOLS if p.client == key}
     peers = [p for p in _other_pods(ctx, a) if f"{cl.pods[p].namespace}/{cl.pods[p].workload}" not in usual]
-    npeers = min(len(peers), max(6, int(20 * a.intensity)))
+    npeers = min(len(peers), max(6, int(25 * a.intensity)))
     chosen = [int(p) for p in rng.choice(peers, size=npeers, replace=False)]
     sessions = rng.integers(1, 4, npeers)
     tgt = np.repeat(np.array(chosen), sessions)
@@ -447,6 +446,8 @@ def generate_attacks(ctx: SimContext, attacks: list[Attack]) -> list[Episode]:
     for a in attacks:
         rng = ctx.rng(f"attack:{a.index}:{a.technique}")
         targets = TECHNIQUE_FUNCS[a.technique](ctx, rng, a)
+        # The label covers every flow it made inside the run.
+        a.end = min(max(a.end, ctx.parts.last_end(a.index)), ctx.t1)
         p = cl.pods[a.source]
         episodes.append(
             Episode(

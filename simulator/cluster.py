@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from flowwarden.errors import ConfigError
 from flowwarden.settings import Settings
 
 _NAME_CHARS = np.array(list("bcdfghjklmnpqrstvwxz2456789"))
@@ -83,6 +84,7 @@ STATIC_PODS: tuple[tuple[str, int], ...] = (
     ("kube-controller-manager", 10257),
 )
 CONTROL_PLANE_NODES = 3
+REUSE_AFTER_S = 90.0  # a released pod address goes back to the node's pool after this long
 
 
 @dataclass
@@ -140,8 +142,6 @@ class Cluster:
     """Nodes, workloads and pods over the simulated interval, and who owned which IP when."""
 
     def __init__(self, *, pods: int, rng: np.random.Generator, start: float, settings: Settings) -> None:
-        if pods < len(CATALOGUE):
-            pods = len(CATALOGUE)
         self.rng = rng
         self.start = start
         self.settings = settings
@@ -156,6 +156,7 @@ class Cluster:
         self.pods: list[Pod] = []
         self.workloads: dict[str, Workload] = {}
         self.services: dict[str, str] = {}  # "namespace/name" -> ClusterIP
+        self.freed: dict[str, list[tuple[float, str]]] = {}  # node -> (time released, address)
         self._build_nodes(pods)
         self._build_host_pods()
         self._build_workloads(pods)
@@ -164,11 +165,16 @@ class Cluster:
 
     def _build_nodes(self, pods: int) -> None:
         workers = max(2, round(pods / 25))
-        subnets = (
-            self.pod_net.subnets(new_prefix=24) if self.pod_net.prefixlen <= 24 else iter([self.pod_net])
-        )
+        count = CONTROL_PLANE_NODES + workers
+        # One /24 (IPv4) or /120 (IPv6) of the pod network per node, as the node IPAM hands out.
+        per_node = 24 if self.pod_net.version == 4 else 120
+        if self.pod_net.prefixlen > per_node or 2 ** (per_node - self.pod_net.prefixlen) < count:
+            raise ConfigError(
+                f"cluster.pod_cidrs: {self.pod_net} has no room for {count} per-node /{per_node} ranges"
+            )
+        subnets = self.pod_net.subnets(new_prefix=per_node)
         base = int(self.node_net.network_address)
-        for i in range(CONTROL_PLANE_NODES + workers):
+        for i in range(count):
             cp = i < CONTROL_PLANE_NODES
             name = f"cp-{i + 1}" if cp else f"worker-{i - CONTROL_PLANE_NODES + 1}"
             ip = str(ipaddress.ip_address(base + 10 + i))
@@ -186,8 +192,8 @@ class Cluster:
         return str(uuid.UUID(bytes=self.rng.bytes(16), version=4))
 
     def _age(self) -> float:
-        """When a pre-existing pod was created: hours to weeks before the start."""
-        return self.start - float(self.rng.uniform(3600, 30 * 86400))
+        """When a pre-existing pod was created: before any connection it has open (6 h at most)."""
+        return self.start - float(self.rng.uniform(7 * 3600, 30 * 86400))
 
     def _add(self, pod: Pod) -> int:
         pod.uid = self._uid()
@@ -230,8 +236,15 @@ class Cluster:
                         )
                     )
 
+    def unused_pod_ip(self, node: Node, rng: np.random.Generator) -> str:
+        """An address of the node's pod range that no pod ever had (a sweep's empty target)."""
+        net = ipaddress.ip_network(node.pod_cidr)
+        hi = min(net.num_addresses - 2, 250)
+        lo = min(node.next_host + 20, hi - 1)
+        return str(net.network_address + int(rng.integers(lo, hi)))
+
     def new_pod_ip(self, node: Node) -> str:
-        """The next free address in the node's pod range (never reused within a run)."""
+        """The next never-used address in the node's pod range."""
         net = ipaddress.ip_network(node.pod_cidr)
         if node.next_host >= net.num_addresses - 1:
             raise ValueError(f"pods: node {node.name} ran out of pod addresses in {net}")
@@ -302,7 +315,9 @@ class Cluster:
         for s, slot in enumerate(wl.slot_pods):
             t = at + s * step_s
             idx = self.make_pod(wl.spec, slot=s, created=t - 8.0, rs_hash=rs_hash)
-            self.pods[slot[0]].deleted = t + 5.0
+            old = self.pods[slot[0]]
+            old.deleted = t + 5.0
+            self.freed.setdefault(old.node, []).append((old.deleted + REUSE_AFTER_S, old.ip))
             slot.append(idx)
             wl.slot_switch[s] = t
             new.append(idx)
@@ -310,7 +325,16 @@ class Cluster:
 
     def add_job_pod(self, *, namespace: str, cronjob: str, created: float, finished: float) -> int:
         """A CronJob's Job pod (name ``<cronjob>-<minutes since epoch>-<random>``)."""
-        node = self.workers[int(self.rng.integers(len(self.workers)))]
+        # Pod IPs are reused: a node whose IPAM has a released address hands it out again.
+        reusable = sorted(n for n, lst in self.freed.items() if any(t <= created for t, _ in lst))
+        if reusable:
+            node = self.node_of(reusable[int(self.rng.integers(len(reusable)))])
+            entry = min(e for e in self.freed[node.name] if e[0] <= created)
+            self.freed[node.name].remove(entry)
+            ip = entry[1]
+        else:
+            node = self.workers[int(self.rng.integers(len(self.workers)))]
+            ip = self.new_pod_ip(node)
         job = f"{cronjob}-{int(created // 60)}"
         pod = Pod(
             f"{job}-{_random_name(self.rng, 5)}",
@@ -318,7 +342,7 @@ class Cluster:
             cronjob,
             "Job",
             job,
-            self.new_pod_ip(node),
+            ip,
             node.name,
             False,
             created,

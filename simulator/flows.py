@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flowwarden.records import FlowState, Proto, conform_flows, empty_flows
+from flowwarden.records import FLOW_COLUMNS, FlowState, Proto, conform_flows, empty_flows
 
 # TCP flag bits, OR-ed over the conversation as a flow table records them.
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
@@ -140,21 +140,37 @@ class FlowParts:
             part[name] = arr
         self._parts.append(part)
 
-    def frame(self) -> tuple[pd.DataFrame, np.ndarray]:
-        """All flows as one ``FLOW_SCHEMA`` frame sorted by ``ts_end``, and each flow's episode."""
+    def last_end(self, episode: int) -> float:
+        """The latest ``ts_end`` among the flows of ``episode`` (-inf when it has none)."""
+        ends = [p["ts_end"][p["episode"] == episode] for p in self._parts if p["episode"][0] == episode]
+        return max((float(e.max()) for e in ends if len(e)), default=float("-inf"))
+
+    def frame(self, t0: float = -np.inf, t1: float = np.inf) -> tuple[pd.DataFrame, np.ndarray]:
+        """The flows ending in [t0, t1] as one ``FLOW_SCHEMA`` frame sorted by ``ts_end``.
+
+        Also returns each flow's episode index. The parts are consumed (memory is freed
+        column by column), so call this once.
+        """
         if not self._parts:
             return empty_flows(), np.zeros(0, dtype=np.int32)
-        cols = {k: np.concatenate([p[k] for p in self._parts]) for k in self._parts[0]}
+        parts, self._parts = self._parts, []
+
+        def column(name: str) -> np.ndarray:
+            return np.concatenate([p.pop(name) for p in parts])
+
         # Round to microseconds (what a collector reports) and sort stably: deterministic.
-        cols["ts_start"] = np.round(cols["ts_start"], 6)
-        cols["ts_end"] = np.maximum(np.round(cols["ts_end"], 6), cols["ts_start"])
-        order = np.lexsort((cols["src_port"], cols["src_ip"].astype(str), cols["ts_end"]))
-        episode = cols.pop("episode")[order]
-        data: dict[str, Any] = {}
-        for k, v in cols.items():
-            v = v[order]
-            data[k] = pd.array(v, dtype="str") if v.dtype == object else v
-        return conform_flows(pd.DataFrame(data)), episode
+        ts_start = np.round(column("ts_start"), 6)
+        ts_end = np.maximum(np.round(column("ts_end"), 6), ts_start)
+        sport = column("src_port")
+        order = np.lexsort((sport, ts_end))  # stable: ties keep generation order
+        order = order[(ts_end[order] >= t0) & (ts_end[order] <= t1)]
+        data: dict[str, Any] = {"ts_start": ts_start[order], "ts_end": ts_end[order]}
+        del ts_start, ts_end
+        for name in [c for c in FLOW_COLUMNS[2:] if c in parts[0]]:
+            v = sport[order] if name == "src_port" else column(name)[order]
+            data[name] = pd.array(v, dtype="str") if v.dtype == object else v
+        episode = column("episode")[order]
+        return conform_flows(pd.DataFrame(data, copy=False)), episode
 
 
 def tcp_conversation(

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,13 @@ from flowwarden.labels import TECHNIQUES, Labels
 from flowwarden.settings import Settings
 from simulator.attacks import generate_attacks, plan_attacks
 from simulator.benign import generate_benign
-from simulator.cluster import Cluster
+from simulator.cluster import CATALOGUE, Cluster
 from simulator.context import SimContext, stream
 from simulator.flows import epoch
 from simulator.hard_negatives import generate_hard_negatives, plan
 
 DEFAULT_START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+MIN_PODS = len(CATALOGUE)
 Progress = Callable[[str, float], None]  # (step description, fraction done)
 
 
@@ -43,14 +44,20 @@ class Simulation:
     flow_episode: np.ndarray  # per flow: index into labels.episodes, or -1 for benign
     start: datetime
     end: datetime
+    hard_negatives: list[dict[str, Any]] = field(default_factory=list)  # benign look-alikes
 
     def save(self, directory: str | Path) -> None:
-        """Write ``flows.parquet``, ``labels.json`` and ``inventory.json`` (byte-deterministic)."""
+        """Write ``flows.parquet``, ``labels.json``, ``inventory.json`` and ``hard_negatives.json``.
+
+        Byte-deterministic: the same simulation always gives the same files.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         write_flows_parquet(self.flows, out / "flows.parquet")
         (out / "labels.json").write_text(self.labels.to_json() + "\n")
-        (out / "inventory.json").write_text(json.dumps(self.inventory, indent=1, sort_keys=False) + "\n")
+        (out / "inventory.json").write_text(json.dumps(self.inventory, indent=1) + "\n")
+        doc = {"version": 1, "hard_negatives": self.hard_negatives}
+        (out / "hard_negatives.json").write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def write_flows_parquet(flows: pd.DataFrame, path: Path) -> None:
@@ -84,13 +91,31 @@ def resolve_techniques(attacks: str | list[str] | tuple[str, ...]) -> list[str]:
     return [t for t in TECHNIQUES if t in set(attacks)]  # canonical order
 
 
-def _check(minutes: float, pods: int, intensity: float) -> None:
-    if not minutes > 0:
+Intensity = float | Mapping[str, float]
+
+
+def resolve_intensity(intensity: Intensity) -> dict[str, float]:
+    """One intensity for every technique, or a mapping technique -> intensity (others 1.0)."""
+    if isinstance(intensity, Mapping):
+        unknown = [k for k in intensity if k not in TECHNIQUES]
+        if unknown:
+            raise ConfigError(
+                f"intensity: unknown technique(s) {', '.join(unknown)}; valid: {', '.join(TECHNIQUES)}"
+            )
+        values = {t: float(intensity.get(t, 1.0)) for t in TECHNIQUES}
+    else:
+        values = dict.fromkeys(TECHNIQUES, float(intensity))
+    for tech, v in values.items():
+        if not (v > 0 and np.isfinite(v)):
+            raise ConfigError(f"intensity: must be positive (got {v} for {tech})")
+    return values
+
+
+def _check(minutes: float, pods: int) -> None:
+    if not (minutes > 0 and np.isfinite(minutes)):
         raise ConfigError(f"minutes: must be positive (got {minutes})")
-    if not 1 <= pods <= 5000:
-        raise ConfigError(f"pods: must be between 1 and 5000 (got {pods})")
-    if not intensity > 0:
-        raise ConfigError(f"intensity: must be positive (got {intensity})")
+    if not MIN_PODS <= pods <= 5000:
+        raise ConfigError(f"pods: must be between {MIN_PODS} (one per workload) and 5000 (got {pods})")
 
 
 def simulate(
@@ -99,7 +124,7 @@ def simulate(
     pods: int = 200,
     seed: int = 7,
     attacks: str | list[str] = "all",
-    intensity: float = 1.0,
+    intensity: Intensity = 1.0,
     start: datetime | None = None,
     settings: Settings | None = None,
     benign_only: bool = False,
@@ -107,11 +132,15 @@ def simulate(
 ) -> Simulation:
     """Simulate ``minutes`` of a cluster of about ``pods`` pods (with their own IPs).
 
+    ``intensity`` scales every attack (0.3 subtle, 1 default, 3 loud), or each technique
+    on its own when given as a mapping (``{"port_scan": 0.3}``; the others stay at 1).
+
     Flows have exactly ``FLOW_SCHEMA`` and are sorted by ``ts_end``; Kubernetes metadata
     and ``direction`` are left empty, as a collector leaves them. ``benign_only`` (or
     ``attacks="none"``) gives benign traffic and every hard negative, with no episode.
     """
-    _check(minutes, pods, intensity)
+    _check(minutes, pods)
+    intensities = resolve_intensity(intensity)
     techniques = [] if benign_only else resolve_techniques(attacks)
     settings = settings or Settings()
     start = start or DEFAULT_START
@@ -125,17 +154,15 @@ def simulate(
     cluster = Cluster(pods=pods, rng=stream(seed, "cluster"), start=t0, settings=settings)
     hn = plan(cluster, stream(seed, "plan"), t0, t1)
     ctx = SimContext(cluster=cluster, settings=settings, seed=seed, t0=t0, t1=t1)
-    planned = plan_attacks(ctx, techniques, intensity, stream(seed, "attacks"))
+    planned = plan_attacks(ctx, techniques, intensities, stream(seed, "attacks"))
     step("benign traffic", 0.1)
     generate_benign(ctx)
     step("hard negatives", 0.5)
-    generate_hard_negatives(ctx, hn)
+    hard_negatives = generate_hard_negatives(ctx, hn)
     step("attacks", 0.7)
     episodes = generate_attacks(ctx, planned)
     step("assembling flows", 0.8)
-    flows, flow_episode = ctx.parts.frame()
-    inside = (flows["ts_end"].to_numpy() >= t0) & (flows["ts_end"].to_numpy() <= t1)
-    flows, flow_episode = flows[inside].reset_index(drop=True), flow_episode[inside]
+    flows, flow_episode = ctx.parts.frame(t0, t1)
     step("done", 1.0)
     return Simulation(
         flows=flows,
@@ -144,6 +171,7 @@ def simulate(
         flow_episode=flow_episode,
         start=start,
         end=datetime.fromtimestamp(t1, UTC),
+        hard_negatives=hard_negatives,
     )
 
 
@@ -153,7 +181,7 @@ def iter_batches(
     pods: int = 200,
     seed: int = 7,
     attacks: str | list[str] = "all",
-    intensity: float = 1.0,
+    intensity: Intensity = 1.0,
     start: datetime | None = None,
     settings: Settings | None = None,
     benign_only: bool = False,

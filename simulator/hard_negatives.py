@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from flowwarden.records import FlowState, Proto
 from simulator.benign import emit_calls, emit_long_lived, pod_spans
-from simulator.cluster import Cluster
+from simulator.cluster import Cluster, iso
 from simulator.context import EXTERNALS, SimContext
 from simulator.flows import FLAGS_CLOSED, FLAGS_REJECTED, FLAGS_SYN_ONLY, ephemeral_ports, lognormal, packets
 
@@ -332,9 +333,71 @@ def node_metadata_reads(ctx: SimContext) -> None:
         )
 
 
-def generate_hard_negatives(ctx: SimContext, hn: HardNegativePlan) -> None:
+def generate_hard_negatives(ctx: SimContext, hn: HardNegativePlan) -> list[dict[str, Any]]:
+    """Emit every hard negative's flows; return what they are (for false-alert reports)."""
     prometheus_scrapes(ctx)
     backups(ctx, hn.backups)
     saas_beacons(ctx)
     rolling_deployment(ctx, hn)
     node_metadata_reads(ctx)
+    return describe(ctx, hn)
+
+
+def _entity(ctx: SimContext, pod: int) -> dict[str, str]:
+    p = ctx.cluster.pods[pod]
+    return {"ip": p.ip, "namespace": p.namespace, "pod": p.name, "workload": p.workload, "node": p.node}
+
+
+def describe(ctx: SimContext, hn: HardNegativePlan) -> list[dict[str, Any]]:
+    """The hard negatives as records: kind, source, targets, start, end (benign ground truth)."""
+    cl, t0, t1 = ctx.cluster, ctx.t0, ctx.t1
+    out: list[dict[str, Any]] = []
+
+    def add(
+        kind: str, source: dict[str, str], targets: list[str], start: float, end: float, note: str
+    ) -> None:
+        out.append(
+            {
+                "kind": kind,
+                "source": source,
+                "targets": targets,
+                "start": iso(max(start, t0)),
+                "end": iso(min(end, t1)),
+                "note": note,
+            }
+        )
+
+    everything = [*ctx.settings.cluster.pod_cidrs, *ctx.settings.cluster.node_cidrs]
+    for prom in cl.all_pod_indices("monitoring/prometheus"):
+        add("scraper_fan_out", _entity(ctx, prom), everything, t0, t1, "every pod and node every 15 s")
+    for bk in hn.backups:
+        db = cl.pods[cl.workloads["shop/postgres"].slot_pods[0][0]].ip
+        note = f"{bk.dump_bytes / 1e9:.1f} GB dumped, {bk.upload_bytes / 1e9:.1f} GB uploaded"
+        add(
+            "backup_egress",
+            _entity(ctx, bk.pod),
+            [EXTERNALS["objects"].ip, db],
+            bk.start,
+            bk.start + bk.duration,
+            note,
+        )
+    for key, ext_name, period, _, _ in BEACONS:
+        for pod in cl.all_pod_indices(key):
+            add("saas_beacon", _entity(ctx, pod), [EXTERNALS[ext_name].ip], t0, t1, f"every {period:g} s")
+    if hn.new_pods:
+        ns, name = ROLLED_WORKLOAD.split("/")
+        source = {"ip": "", "namespace": ns, "pod": "", "workload": name, "node": ""}
+        last = max(cl.pods[i].created for i in hn.new_pods) + 10.0
+        new_ips = [cl.pods[i].ip for i in hn.new_pods]
+        add(
+            "rolling_deployment",
+            source,
+            new_ips,
+            hn.roll_at - 10.0,
+            last,
+            f"new pods; new edge to {ROLL_NEW_DEPENDENCY}",
+        )
+    for n in cl.nodes:
+        source = {"ip": n.ip, "namespace": "", "pod": "", "workload": "", "node": n.name}
+        add("node_metadata_api", source, [cl.metadata_ip], t0, t1, "host network, every 60 s")
+    return out

@@ -181,7 +181,13 @@ class NftablesBackend(Backend):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.table = table
-        self.protected = sorted({str(ipaddress.ip_network(p, strict=False)) for p in protected})
+        nets = [ipaddress.ip_network(p, strict=False) for p in protected]
+        # The kernel refuses overlapping intervals: collapse per family first.
+        self.protected = [
+            str(n)
+            for version in (4, 6)
+            for n in ipaddress.collapse_addresses(x for x in nets if x.version == version)  # type: ignore[type-var]
+        ]
         self.verdict = verdict
         self._transport = transport
         self.netns = netns

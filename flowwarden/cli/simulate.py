@@ -26,6 +26,16 @@ def _parse_start(value: str | None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+def _parse_intensity(value: str) -> float | dict[str, float]:
+    try:
+        if "=" not in value:
+            return float(value)
+        pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
+        return {k.strip(): float(v) for k, v in pairs}
+    except ValueError as exc:
+        raise ConfigError(f"intensity: {value!r} is not a number or technique=number list") from exc
+
+
 def simulate_command(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for flows.parquet, labels.json, inventory.json.")
@@ -36,7 +46,12 @@ def simulate_command(
     attacks: Annotated[
         str, typer.Option(help="'all', 'none', or comma-separated techniques (e.g. port_scan,dns_tunnel).")
     ] = "all",
-    intensity: Annotated[float, typer.Option(help="Attack intensity: 0.3 subtle, 1 default, 3 loud.")] = 1.0,
+    intensity: Annotated[
+        str,
+        typer.Option(
+            help="Attack intensity: 0.3 subtle, 1 default, 3 loud; or per technique: port_scan=0.3,fan_out=3."
+        ),
+    ] = "1.0",
     start: Annotated[
         str | None, typer.Option(help="Start time, ISO 8601 UTC (default 2026-11-27T10:00:00Z).")
     ] = None,
@@ -47,10 +62,12 @@ def simulate_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from simulator import simulate
-    from simulator.generate import resolve_techniques
+    from simulator.generate import resolve_intensity, resolve_techniques
 
     settings = settings_from(config)
     resolve_techniques(attacks)  # fail on a bad name before any work
+    level = _parse_intensity(intensity)
+    resolve_intensity(level)
     with Progress(
         TextColumn("[bold]simulate[/] {task.description:<18}"),
         BarColumn(),
@@ -68,7 +85,7 @@ def simulate_command(
             pods=pods,
             seed=seed,
             attacks=attacks,
-            intensity=intensity,
+            intensity=level,
             start=_parse_start(start),
             settings=settings,
             benign_only=benign_only,

@@ -28,7 +28,14 @@ class Context:
     workload_base: pd.DataFrame  # baseline rows of the workload, aligned with windows
     settings: Settings
     model: Any = None
+    memory_since: float = float("-inf")  # when the engine's memory starts (-inf: imported history)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def appeared_after_learning(self, age: np.ndarray, learn_s: float) -> np.ndarray:
+        """Whether something first seen ``age`` seconds before each window appeared once the
+        engine had ``learn_s`` seconds of memory (so "new" means new, not merely early)."""
+        first = self.windows["ws"].to_numpy(dtype="float64") - age
+        return first >= self.memory_since + learn_s
 
     @property
     def workload_age(self) -> np.ndarray:

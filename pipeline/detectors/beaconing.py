@@ -1,11 +1,11 @@
-"""Beaconing to an external destination (T1071 application layer protocol, C2 or slow exfiltration).
+"""Beaconing to an external address (T1071 application layer protocol: C2 or slow exfiltration).
 
-Catches: an entity whose connections to one external destination are machine-regular (the
-RITA-style beacon score, see :func:`pipeline.features.beacon_features`, ``>= min_score``)
-over at least ``min_conns`` connections, to a destination its workload only started using
-after ``learn_s`` seconds of history, and that at most ``max_peers`` pods of the workload use.
-Must not flag: SaaS calls and health checks that every replica has made since the workload
-started (known edge, many peers), NTP, a metrics push gateway.
+Catches: an entity whose connections to one external address are machine-regular (the
+RITA-style beacon score of :func:`pipeline.features.beacon_features` ``>= min_score``) over
+at least ``min_conns`` connections, to an address new to the cluster (first seen after
+``learn_s`` of memory) that at most ``max_peers`` pods of the workload use.
+Must not flag: SaaS calls and health checks (addresses the cluster has used since before,
+called by every replica), NTP, nodes' agents (node sources unless ``include_nodes`` is 1).
 """
 
 from __future__ import annotations
@@ -21,19 +21,20 @@ class Beaconing(Detector):
     name = "beaconing"
     kind = "exfiltration"
     technique = "T1071"
-    defaults = {"min_score": 0.8, "min_conns": 6.0, "learn_s": 120.0, "max_peers": 1.0}
+    defaults = {"min_score": 0.8, "min_conns": 6.0, "learn_s": 60.0, "max_peers": 1.0, "include_nodes": 0.0}
     evidence = ("beacon_score", "beacon_conns", "beacon_peers", "beacon_edge_age")
 
     def score(self, ctx: Context) -> np.ndarray:
         w, p = ctx.windows, self.params
         s = w["beacon_score"].to_numpy()
-        age = w["beacon_edge_age"].to_numpy()
         ok = (
             (s >= p["min_score"])
             & (w["beacon_conns"].to_numpy() >= p["min_conns"])
-            & ((ctx.workload_age - age) >= p["learn_s"])
+            & ctx.appeared_after_learning(w["beacon_edge_age"].to_numpy(), p["learn_s"])
             & (w["beacon_peers"].to_numpy() <= p["max_peers"])
         )
+        if not p["include_nodes"]:
+            ok &= ~w["is_node"].to_numpy(dtype=bool)
         return np.where(ok, np.clip(s, 0.0, 1.0), 0.0)
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:

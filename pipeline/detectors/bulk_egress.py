@@ -1,12 +1,13 @@
-"""Bulk exfiltration: bytes out of the cluster far above the baseline (T1048).
+"""Bulk exfiltration: a burst of bytes out of the cluster (T1048).
 
-Catches: an entity sending at least ``min_bytes`` outside in one window while that volume is
-``min_z`` robust deviations (log scale) above both its own baseline and its workload's
-(so a new replica is judged by its peers), once the workload has ``min_windows`` windows of
-history.
-Must not flag: a backup job's regular egress (its workload baseline, kept across runs since
-CronJob runs share one workload, already holds such volumes), steady high-volume services,
-anything while the workload is still learning.
+Catches: an entity sending at least ``min_bytes`` outside in one window, either to an
+address no pod of the cluster had ever talked to (first seen after ``learn_s`` of memory),
+or, for a workload with at least ``baseline_age_s`` of history, ``min_z`` robust deviations
+(log scale) above both its own baseline and its workload's (so a new replica is judged by
+its peers) and at least ``min_bytes_baseline``.
+Must not flag: a backup job uploading gigabytes to the object store the cluster already uses
+(a known address; a fresh CronJob workload has no baseline to break), steady high-volume
+services, node image pulls (bytes in, not out).
 """
 
 from __future__ import annotations
@@ -22,18 +23,28 @@ class BulkEgress(Detector):
     name = "bulk_egress"
     kind = "exfiltration"
     technique = "T1048"
-    defaults = {"min_bytes": 20e6, "min_z": 4.0, "min_windows": 6.0}
-    evidence = ("bytes_out_ext", "ext_dsts", "new_ext_bytes")
+    defaults = {
+        "min_bytes": 5e6,
+        "learn_s": 60.0,
+        "min_z": 4.0,
+        "baseline_age_s": 3600.0,
+        "min_bytes_baseline": 50e6,
+    }
+    evidence = ("bytes_out_ext", "young_ext_bytes", "ext_dsts", "new_ext_bytes")
 
     def score(self, ctx: Context) -> np.ndarray:
         w, p = ctx.windows, self.params
         x = w["bytes_out_ext"].to_numpy()
+        unknown = ctx.appeared_after_learning(w["young_ext_age"].to_numpy(), p["learn_s"]) & (
+            w["young_ext_bytes"].to_numpy() >= p["min_bytes"]
+        )
+        new_dst = np.where(unknown, ratio_score(x, p["min_bytes"], floor=0.7), 0.0)
         z_wl = ctx.zscore("bytes_out_ext", ctx.workload_base)
         z_ent = ctx.zscore("bytes_out_ext", ctx.entity_base)
-        has_ent = ctx.entity_base["n"].fillna(0).to_numpy() >= p["min_windows"]
-        learned = ctx.workload_base["n"].fillna(0).to_numpy() >= p["min_windows"]
-        ok = learned & (z_wl >= p["min_z"]) & (~has_ent | (z_ent >= p["min_z"]))
-        return np.where(ok, ratio_score(x, p["min_bytes"], floor=0.6), 0.0)
+        has_ent = ctx.entity_base["n"].fillna(0).to_numpy() >= 6
+        old = (ctx.workload_age >= p["baseline_age_s"]) & (z_wl >= p["min_z"]) & (~has_ent | (z_ent >= p["min_z"]))
+        baseline = np.where(old, ratio_score(x, p["min_bytes_baseline"], floor=0.6), 0.0)
+        return np.maximum(new_dst, baseline)
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
         return (flows["direction"] == "egress").to_numpy()

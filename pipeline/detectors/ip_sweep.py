@@ -1,10 +1,10 @@
 """Host discovery sweep (T1018 remote system discovery).
 
-Catches: one source trying many internal addresses that do not answer or refuse
-(``failed_dsts >= min_failed_hosts``), or pinging many hosts (``icmp_dsts >= min_icmp_hosts``).
-Must not flag: a Prometheus scraper's fan-out (many hosts, all answering, edges known),
-a service mesh sidecar's health checks, a pod talking to a few dead endpoints during a
-rolling deployment (a handful of failures, below ``min_failed_hosts``).
+Catches: one source trying many internal addresses that do not answer or refuse: at least
+``min_failed_hosts`` distinct failed destinations in a window or over the last minute, or
+pinging ``min_icmp_hosts`` hosts in a window.
+Must not flag: a Prometheus scraper's fan-out (many hosts, all answering), clients retrying
+a few deleted pods' addresses during a rolling deployment (a handful, below the threshold).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ class IpSweep(Detector):
     name = "ip_sweep"
     kind = "lateral_movement"
     technique = "T1018"
-    defaults = {"min_failed_hosts": 10.0, "min_icmp_hosts": 10.0}
-    evidence = ("failed_dsts", "icmp_dsts", "int_peers", "failed_share")
+    defaults = {"min_failed_hosts": 8.0, "min_icmp_hosts": 10.0}
+    evidence = ("failed_dsts", "recent_failed_dsts", "icmp_dsts", "int_peers", "failed_share")
 
     def score(self, ctx: Context) -> np.ndarray:
         w, p = ctx.windows, self.params
-        failed = ratio_score(w["failed_dsts"].to_numpy(), p["min_failed_hosts"])
+        hosts = np.maximum(w["failed_dsts"].to_numpy(), w["recent_failed_dsts"].to_numpy())
+        failed = ratio_score(hosts, p["min_failed_hosts"])
         icmp = ratio_score(w["icmp_dsts"].to_numpy(), p["min_icmp_hosts"])
         return np.maximum(failed, icmp)
 

@@ -22,6 +22,7 @@ import math
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -50,10 +51,12 @@ COLUMNS = [
 def _packets(path: Path):  # type: ignore[no-untyped-def]
     """(frame number, ts, wire length, src, dst, sport, dport, proto, flags) of each IP packet."""
     with open(path, "rb") as fh:
-        reader = dpkt.pcapng.Reader(fh) if path.suffix == ".pcapng" else dpkt.pcap.Reader(fh)
-        dlt = reader.datalink()
-        for n, (ts, raw) in enumerate(reader, start=1):
-            wirelen = len(raw)
+        if path.suffix == ".pcapng":  # the golden pcapng is captured whole: wire length = captured
+            reader = dpkt.pcapng.Reader(fh)
+            dlt, frames = reader.datalink(), ((ts, raw, len(raw)) for ts, raw in reader)
+        else:
+            dlt, frames = _classic_pcap(fh.read())
+        for n, (ts, raw, wirelen) in enumerate(frames, start=1):
             if dlt == dpkt.pcap.DLT_EN10MB:
                 ip = dpkt.ethernet.Ethernet(raw).data
             elif dlt == 276:
@@ -63,7 +66,7 @@ def _packets(path: Path):  # type: ignore[no-untyped-def]
             else:
                 raise SystemExit(f"unexpected link type {dlt}")
             if isinstance(ip, dpkt.ip.IP):
-                if ip.off & 0x1FFF:
+                if ip._flags_offset & 0x1FFF:
                     continue
                 src, dst = socket.inet_ntop(socket.AF_INET, ip.src), socket.inet_ntop(socket.AF_INET, ip.dst)
             elif isinstance(ip, dpkt.ip6.IP6):
@@ -76,6 +79,21 @@ def _packets(path: Path):  # type: ignore[no-untyped-def]
                 sport, dport = l4.sport, l4.dport
                 flags = l4.flags if ip.p == 6 else 0
             yield n, ts, wirelen, src, dst, sport, dport, ip.p, flags
+
+
+def _classic_pcap(data: bytes):  # type: ignore[no-untyped-def]
+    """(link type, iterator of (ts, frame, original length)): dpkt hides the original length."""
+    magic, _, _, _, _, _, dlt = struct.unpack_from("<IHHiIII", data, 0)
+    assert magic == 0xA1B2C3D4, "the reference reads little-endian microsecond pcaps"
+
+    def frames():  # type: ignore[no-untyped-def]
+        pos = 24
+        while pos + 16 <= len(data):
+            sec, usec, caplen, wirelen = struct.unpack_from("<IIII", data, pos)
+            yield sec + usec / 1e6, data[pos + 16 : pos + 16 + caplen], wirelen
+            pos += 16 + caplen
+
+    return dlt, frames()
 
 
 def _state(f: dict) -> str:  # type: ignore[type-arg]
@@ -234,11 +252,12 @@ class Capture:
         while time.monotonic() < deadline:  # "listening on ..." / "Capturing on ..."
             line = self.proc.stderr.readline()
             if b"istening on" in line or b"Capturing on" in line:
+                time.sleep(1.0)  # the socket may still be warming up when the line is printed
                 return
         raise RuntimeError(f"capture did not start: {line!r}")
 
     def stop(self) -> None:
-        time.sleep(0.3)  # let the last segments (FIN/ACK) reach the capture
+        time.sleep(1.0)  # let the last segments (FIN/ACK) reach the capture
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=10)
 
@@ -326,23 +345,31 @@ def make_tls(tmp: Path) -> Path:
 
 
 def make_scan() -> Path:
-    """An nmap SYN scan and UDP over an 802.1Q VLAN (tagged frames on the parent link)."""
+    """An nmap SYN scan and UDP datagrams, 802.1Q-tagged after capture (VLAN 10)."""
     out = OUT / "scan_vlan.pcap"
+    plain = OUT / "scan_plain.tmp"
     with Lab() as lab:
-        cli, srv, ic, isv = _pair(lab)
-        for h, parent, addr in ((cli, ic, "10.10.0.1/24"), (srv, isv, "10.10.0.2/24")):
-            h.run("ip", "link", "add", "link", parent, "name", "vl10", "type", "vlan", "id", "10")
-            h.run("ip", "addr", "add", addr, "dev", "vl10")
-            h.run("ip", "link", "set", "vl10", "up")
-        srv.popen("python3", "-m", "http.server", "8080", "--bind", "10.10.0.2", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cli, srv, ic, _ = _pair(lab)
+        srv.popen("python3", "-m", "http.server", "8080", "--bind", "10.9.0.2", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: srv.run("ss", "-ltn", "sport = :8080", check=False).stdout.count("LISTEN") > 0, timeout=10, what="http")
-        cap = Capture(cli, ["tcpdump", "-Z", "root", "-i", ic, "-s", "0", "-U", "-n", "-w", str(out)])
-        cli.run("nmap", "-n", "-Pn", "-sS", "-p", "20-40,8080", "--max-retries", "0", "10.10.0.2", timeout=60)
+        cap = Capture(cli, ["tcpdump", "-Z", "root", "-i", ic, "-s", "0", "-U", "-n", "-w", str(plain)])
+        cli.run("nmap", "-n", "-Pn", "-sS", "-p", "20-40,8080", "--max-retries", "0", "10.9.0.2", timeout=60)
         cli.run("python3", "-c",
                 "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                "[s.sendto(b'x'*i, ('10.10.0.2', 9999)) for i in range(1, 6)]")  # fmt: skip
+                "[s.sendto(b'x'*i, ('10.9.0.2', 9999)) for i in range(1, 6)]")  # fmt: skip
         cap.stop()
+    _tag_vlan(plain, out, vlan=10)
+    plain.unlink()
     return out
+
+
+def _tag_vlan(src: Path, dst: Path, vlan: int) -> None:
+    """Insert an 802.1Q tag into every Ethernet frame (this kernel has no 8021q module)."""
+    tag = b"\x81\x00" + vlan.to_bytes(2, "big")
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        w = dpkt.pcap.Writer(fo, linktype=dpkt.pcap.DLT_EN10MB, snaplen=262144)
+        for ts, raw in dpkt.pcap.Reader(fi):
+            w.writepkt(raw[:12] + tag + raw[12:], ts)
 
 
 def main() -> None:

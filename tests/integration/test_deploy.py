@@ -48,7 +48,7 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def manifests() -> list[dict[str, Any]]:
-    docs = []
+    docs: list[dict[str, Any]] = []
     for path in sorted(K8S_DIR.glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
@@ -269,3 +269,18 @@ def test_metrics_services_select_their_pods(manifests: list[dict[str, Any]]) -> 
         assert svc["spec"]["selector"].items() <= labels.items()
         ports = workload["spec"]["template"]["spec"]["containers"][0]["ports"]
         assert [p["containerPort"] for p in ports] == [port]
+
+
+def test_dockerfile_is_multi_stage_from_the_lock_and_non_root() -> None:
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\w+)$", text, flags=re.M)
+    assert stages == ["build", "runtime"]
+    assert "pip install -r requirements.lock" in text and (ROOT / "requirements.lock").is_file()
+    for source in re.findall(r"^COPY (?!--from)(\S+) ", text, flags=re.M):
+        assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    runtime = text.split(" AS runtime", 1)[1]
+    assert re.search(r"^USER 10001:10001$", runtime, flags=re.M), "the runtime stage must not run as root"
+    for package in ("tshark", "libnftables1"):
+        assert package in runtime
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored

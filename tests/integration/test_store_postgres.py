@@ -12,11 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
 
 from flowwarden.errors import ServiceUnavailable
+from flowwarden.records import Alert
 from flowwarden.store import Store, rollup_flows
 from tests.support.netns import wait_for
-from tests.unit.test_store_sqlite import T0, StoreContract, make_alert, make_flows
+from tests.support.postgres import truncate_store
+from tests.unit.test_store_sqlite import T0, StoreContract, alerts, make_alert, make_flows
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +34,8 @@ class TestStorePostgres(StoreContract):
         return fresh_pg_url
 
 
-def test_grafana_reads_timestamptz_and_jsonb(pg_store: Store) -> None:
-    """Panels query flat columns with SQL: time columns are timestamptz, details are JSONB."""
+def test_grafana_reads_timestamptz_and_json(pg_store: Store) -> None:
+    """Panels query flat columns with SQL: time columns are timestamptz, details are JSON."""
     pg_store.upsert_alerts([make_alert(1), make_alert(2, score=0.9)])
     pg_store.add_rollups(rollup_flows(make_flows()))
     with pg_store.engine.connect() as conn:
@@ -46,7 +49,7 @@ def test_grafana_reads_timestamptz_and_jsonb(pg_store: Store) -> None:
         )
         assert types["window_start"] == "timestamp with time zone"
         assert types["minute"] == "timestamp with time zone"
-        assert types["evidence"] == "jsonb"
+        assert types["evidence"] == "json"
         rows = conn.execute(
             sa.text(
                 "SELECT window_start AS time, score, evidence->'baseline'->>'median' AS median "
@@ -160,3 +163,11 @@ def test_sigkill_mid_transaction_then_replay_leaves_every_batch_once(kill_url: s
         pd.testing.assert_frame_equal(store.list_rollups(), expected)
         assert len(store.list_alerts()) == n
         assert store.committed_offsets(KILL_GROUP) == {("flows", p): max(range(p, n, 3)) for p in range(3)}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(alert=alerts())
+def test_any_alert_round_trips_on_postgres(pg_store: Store, alert: Alert) -> None:
+    truncate_store(pg_store)  # examples share the fixture; an earlier one may have this id
+    pg_store.upsert_alerts([alert])
+    assert pg_store.get_alert(alert.id) == alert

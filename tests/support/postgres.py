@@ -18,11 +18,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
 
-from flowwarden.store import DATA_TABLES, Store
+if TYPE_CHECKING:  # imported in the fixtures: collecting the other suites stays light
+    from flowwarden.store import Store
 
 PG_HOST = os.environ.get("FLOWWARDEN_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("FLOWWARDEN_TEST_PG_PORT", "5432"))
@@ -96,6 +98,8 @@ def fresh_pg_url(_pg_admin: sa.Engine) -> Iterator[str]:
 
 def truncate_store(store: Store) -> None:
     """Empty every data table (the schema and its migration records stay)."""
+    from flowwarden.store import DATA_TABLES
+
     with store.transaction() as conn:
         if store.dialect == "postgresql":
             names = ", ".join(f'"{t.name}"' for t in DATA_TABLES)
@@ -108,6 +112,8 @@ def truncate_store(store: Store) -> None:
 @pytest.fixture
 def pg_store(pg_url: str) -> Iterator[Store]:
     """A started store on the session's PostgreSQL database, its tables empty."""
+    from flowwarden.store import Store
+
     store = Store(pg_url).start()
     truncate_store(store)
     try:
@@ -119,6 +125,8 @@ def pg_store(pg_url: str) -> Iterator[Store]:
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     """A started store in a SQLite file of this test."""
+    from flowwarden.store import Store
+
     store = Store(f"sqlite:///{tmp_path / 'flowwarden.db'}").start()
     try:
         yield store

@@ -70,8 +70,13 @@ def check_call(call: KubeCall) -> None:
     method = getattr(getattr(kubernetes.client, call.api), call.method)
     params = inspect.signature(method).parameters
     assert all(k in params or "kwargs" in params for k in call.kwargs), (call.method, list(params))
-    required = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty and v.kind
-                not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+    required = [
+        p
+        for p, v in params.items()
+        if p != "self"
+        and v.default is inspect.Parameter.empty
+        and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)
+    ]
     assert set(required) <= set(call.kwargs), (call.method, required)
 
 
@@ -111,8 +116,10 @@ def test_apply_writes_gitops_files_idempotently_and_builds_valid_calls(tmp_path:
     path = Path(first["manifest"])
     assert first == again and path.exists()
     assert [doc["kind"] for doc in yaml.safe_load_all(path.read_text())] == ["NetworkPolicy"]
-    assert first["calls"] == [f"NetworkingV1Api.create_namespaced_network_policy(flowwarden-{d.id})",
-                              "CoreV1Api.patch_namespaced_pod(web-1)"]
+    assert first["calls"] == [
+        f"NetworkingV1Api.create_namespaced_network_policy(flowwarden-{d.id})",
+        "CoreV1Api.patch_namespaced_pod(web-1)",
+    ]
     for call in b.calls(d) + b.calls(d, revoke=True):
         check_call(call)
     assert b.list_rules() == [{"namespace": "shop", "file": path.name}]
@@ -144,8 +151,11 @@ def test_calico_objects_are_well_formed(tmp_path: Path) -> None:
     for doc in docs:
         validate_calico(doc)
     sets = {d["metadata"]["labels"]["flowwarden.io/set"]: d["spec"]["nets"] for d in docs[2:]}
-    assert sets == {"blocked-sources": ["10.244.1.2/32"], "blocked-destinations": ["10.244.2.7/32", "fd00::/64"],
-                    "quarantined": ["10.244.1.2/32"]}
+    assert sets == {
+        "blocked-sources": ["10.244.1.2/32"],
+        "blocked-destinations": ["10.244.2.7/32", "fd00::/64"],
+        "quarantined": ["10.244.1.2/32"],
+    }
     quarantine_rule = docs[1]["spec"]["egress"][1]
     assert quarantine_rule["destination"] == {"notNets": ["10.0.0.1/32", "10.96.0.10/32"]}
 
@@ -164,8 +174,10 @@ def test_calico_block_is_a_change_of_data_only(tmp_path: Path) -> None:
     d = decision()
     result = b.apply(d)
     assert (b.dir / "policy.yaml").read_text() == policy_before
-    assert result["calls"] == [f"CustomObjectsApi.create_cluster_custom_object(flowwarden-{d.id}-src)",
-                               f"CustomObjectsApi.create_cluster_custom_object(flowwarden-{d.id}-dst)"]
+    assert result["calls"] == [
+        f"CustomObjectsApi.create_cluster_custom_object(flowwarden-{d.id}-src)",
+        f"CustomObjectsApi.create_cluster_custom_object(flowwarden-{d.id}-dst)",
+    ]
     for call in b.calls(d) + b.calls(d, revoke=True):
         check_call(call)
     assert b.reconcile([]) == {"removed": [d.id], "restored": []}
@@ -177,5 +189,6 @@ def test_client_runs_nothing_when_not_applying_to_a_cluster(tmp_path: Path) -> N
         raise AssertionError("must not load a kube config")
 
     client = KubeClient(enabled=False, loader=no_cluster)
-    assert client.run([KubeCall("CoreV1Api", "patch_namespaced_pod", {"name": "p", "namespace": "n", "body": {}})]) \
-        == ["CoreV1Api.patch_namespaced_pod(p)"]
+    assert client.run(
+        [KubeCall("CoreV1Api", "patch_namespaced_pod", {"name": "p", "namespace": "n", "body": {}})]
+    ) == ["CoreV1Api.patch_namespaced_pod(p)"]

@@ -19,8 +19,8 @@ def _ctx(rows: list[dict], settings: Settings | None = None, base: Baselines | N
     for i, r in enumerate(rows):
         row = {c: 0.0 for c in FEATURES}
         row.update(
-            ws=1000.0,
-            we=1010.0,
+            ws=5000.0,
+            we=5010.0,
             entity=f"shop/p{i}",
             src_ip=f"10.244.1.{i + 1}",
             namespace="shop",
@@ -43,12 +43,12 @@ def _score(name: str, rows: list[dict], **kw) -> np.ndarray:
     return REGISTRY[name]().score(_ctx(rows, **kw))
 
 
-def _learned(values: dict[str, float], n: int = 50) -> Baselines:
+def _learned(values: dict[str, float], n: int = 50, start: float = 0.0) -> Baselines:
     """A workload baseline that has seen ``values`` for ``n`` windows since t=0."""
     b = Baselines(list(BASELINE_FEATURES), half_life_s=3600, ttl_s=1e9, max_keys=100)
     keys = pd.Series(["shop/web"] * n)
     vals = pd.DataFrame({f: [values.get(f, 0.0)] * n for f in BASELINE_FEATURES})
-    b.update(keys, np.arange(n) * 10.0, 10.0, vals)
+    b.update(keys, start + np.arange(n) * 10.0, 10.0, vals)
     return b
 
 
@@ -91,12 +91,21 @@ def test_metadata_api_pods_not_nodes() -> None:
     assert s[0] > 0.8 and s[1] == 0
 
 
-def test_bulk_egress_against_the_workload_baseline() -> None:
-    base = _learned({"bytes_out_ext": 50_000})
+def test_bulk_egress_new_address_or_far_above_an_old_baseline() -> None:
+    base = _learned({"bytes_out_ext": 50_000}, n=400)  # an hour of history
     s = _score("bulk_egress", [{"bytes_out_ext": 200e6}, {"bytes_out_ext": 60_000}], base=base)
     assert s[0] > 0.6 and s[1] == 0
-    backup = _learned({"bytes_out_ext": 150e6})  # a workload that always sends this much
+    backup = _learned({"bytes_out_ext": 150e6}, n=400)  # a workload that always sends this much
     assert _score("bulk_egress", [{"bytes_out_ext": 200e6}], base=backup)[0] == 0
+    young = _learned({"bytes_out_ext": 50_000}, n=10, start=4800.0)  # too little history for a baseline verdict...
+    assert _score("bulk_egress", [{"bytes_out_ext": 200e6}], base=young)[0] == 0
+    # ...but 200 MB to an address the cluster first saw 10 s ago (after learning) is enough
+    rows = [{"bytes_out_ext": 200e6, "young_ext_bytes": 200e6, "young_ext_age": 10.0},
+            {"bytes_out_ext": 200e6, "young_ext_bytes": 200e6, "young_ext_age": 4990.0}]
+    ctx = _ctx(rows, base=young)
+    ctx.memory_since = 0.0
+    s = REGISTRY["bulk_egress"]().score(ctx)
+    assert s[0] > 0.7 and s[1] == 0  # the second address was known since the engine started
 
 
 def test_new_destination_volume_only_after_learning() -> None:

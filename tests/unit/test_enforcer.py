@@ -153,10 +153,17 @@ def test_a_bad_alert_goes_to_the_dead_letter_topic(store: Store, tmp_path: Path)
 
 
 def test_plan_offline_writes_the_three_rule_files(tmp_path: Path) -> None:
-    alerts = [alert(), alert(pod="web-2", ip="10.244.1.3"), alert(targets=["0.0.0.0"], pod="web-3", ip="10.244.1.4")]
+    alerts = [
+        alert(),
+        alert(pod="web-2", ip="10.244.1.3"),
+        alert(targets=["0.0.0.0"], pod="web-3", ip="10.244.1.4"),
+    ]
     decisions = plan_offline(alerts, settings(mode="enforce"), tmp_path)
     assert [(d.status, d.guardrail) for d in decisions] == [
-        ("simulated", ""), ("simulated", ""), ("refused", "reserved_address")]
+        ("simulated", ""),
+        ("simulated", ""),
+        ("refused", "reserved_address"),
+    ]
     nft = (tmp_path / "rules.nft").read_text()
     assert "10.244.1.2 . 10.244.2.7/32 timeout 14400s" in nft and "10.244.1.4" not in nft
     assert (tmp_path / "networkpolicies.yaml").read_text().count("kind: NetworkPolicy") == 2

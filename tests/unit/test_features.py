@@ -69,7 +69,7 @@ def test_volume_destinations_ports_and_failures() -> None:
     assert r["workload"] == "web" and not r["is_node"]
     # the second replica's edge to db:5432 was new in this window for the workload too
     assert w.loc["shop/web-5d9c8f7b6-bbbbb", "new_edges"] == 1
-    assert {f for f in FEATURES if not f.startswith("beacon_")} <= set(w.columns)
+    assert {f for f in FEATURES if not f.startswith(("beacon_", "recent_"))} <= set(w.columns)
 
 
 def test_control_plane_metadata_and_node_sources() -> None:

@@ -67,7 +67,15 @@ def test_malformed_targets_are_refused(target: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("namespace", "shop;ls"), ("pod", "web-1 }"), ("workload", "web`id`"), ("pod", "Web_1"), ("namespace", "a" * 64)],
+    [
+        ("namespace", "shop;ls"),
+        ("pod", "web-1 }"),
+        ("workload", "web`id`"),
+        ("pod", "Web_1"),
+        ("pod", "web-1\n"),
+        ("namespace", "shop\n"),
+        ("namespace", "a" * 64),
+    ],
 )
 def test_names_with_metacharacters_are_refused(field: str, value: str) -> None:
     d = decision()

@@ -25,7 +25,9 @@ def test_filters() -> None:
 
 
 def test_mode_per_detector_and_quarantine() -> None:
-    cfg = settings(mode="approval", mode_by_detector={"port_scan": "enforce"}, action="quarantine").enforcement
+    cfg = settings(
+        mode="approval", mode_by_detector={"port_scan": "enforce"}, action="quarantine"
+    ).enforcement
     d = policy.propose(alert(), cfg)
     assert d is not None and d.mode == "enforce" and d.action == "quarantine" and d.targets == []
     other = policy.propose(alert(detector="volume"), cfg)

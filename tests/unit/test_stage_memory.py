@@ -162,7 +162,8 @@ def publish(bus: MemoryBus, settings: Settings, flows: pd.DataFrame, chunk_s: fl
 def settings(tmp_path: Path) -> Settings:
     return load_settings(
         None,
-        pipeline={"window_s": W, "group_id": "pipe-test", "checkpoint_interval_s": 3600},
+        # A checkpoint (and commit) at every step: the guarantees are easiest to see.
+        pipeline={"window_s": W, "group_id": "pipe-test", "checkpoint_interval_s": 0.001},
         store={"url": f"sqlite:///{tmp_path / 'fw.db'}"},
         kafka={"partitions": 4},
     )

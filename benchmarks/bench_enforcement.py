@@ -1,0 +1,215 @@
+"""Enforcement latency: an alert on the topic (real Kafka-protocol broker) -> the rule in the kernel.
+
+Everything runs inside one network namespace made for the run (the script re-executes itself
+there with ``ip netns exec``): a tansu broker on that namespace's loopback, the enforcer with
+the in-process libnftables binding (as on a node), and the producer of alerts. Prints p50/p99
+latency (target p99 < 100 ms), the per-element apply time of the nft transports, and peak RSS.
+
+    .venv/bin/python benchmarks/bench_enforcement.py [--quick] [--alerts N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from enforcement.backends.nftables import LibNftables, NftablesBackend  # noqa: E402
+from enforcement.enforcer import Enforcer  # noqa: E402
+from flowwarden.bus import open_bus  # noqa: E402
+from flowwarden.records import Alert, Decision, Entity  # noqa: E402
+from flowwarden.settings import Settings  # noqa: E402
+from flowwarden.store import Store  # noqa: E402
+from tests.support.broker import TansuBroker, kafka_settings_for  # noqa: E402
+from tests.support.netns import Lab  # noqa: E402
+
+TARGET = "10.40.0.1"
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
+
+
+def source_ip(i: int) -> str:
+    return f"10.30.{i // 250}.{i % 250 + 1}"
+
+
+def alert(i: int) -> Alert:
+    now = datetime.now(UTC)
+    return Alert(
+        kind="lateral_movement",
+        detector="port_scan",
+        score=0.99,
+        severity="critical",
+        entity=Entity(ip=source_ip(i)),
+        window_start=now - timedelta(seconds=10),
+        window_end=now,
+        targets=[TARGET],
+    )
+
+
+def latency(n_alerts: int, interval_s: float, workdir: Path) -> dict[str, float]:
+    broker = TansuBroker(log_path=workdir / "tansu.log")
+    broker.start()
+    try:
+        data = kafka_settings_for(broker.bootstrap, partitions=1).model_dump(mode="json")
+        data.pop("collector")
+        data["store"] = {"url": f"sqlite:///{workdir / 'fw.db'}"}
+        data["enforcement"].update(
+            mode="enforce",
+            backends=["nftables"],
+            ttl_s=600,
+            max_active_blocks=1_000_000,
+            max_new_blocks_per_minute=1_000_000,
+            metrics_port=0,
+            group_id=f"bench-{uuid.uuid4().hex[:8]}",
+        )
+        settings = Settings.model_validate(data)
+        bus = open_bus(settings)
+        bus.ensure_topics([settings.kafka.topics.alerts, settings.kafka.topics.decisions])
+        store = Store(settings.store.url).start()
+        enforcer = Enforcer(settings, store=store, bus=bus)
+        enforcer.start()
+        stop = threading.Event()
+        worker = threading.Thread(target=enforcer.run, args=(stop, 0.02), daemon=True)
+        worker.start()
+        producer = bus.producer()
+        # Warm up: the first poll waits for the consumer group to form.
+        producer.send(settings.kafka.topics.alerts, alert(n_alerts).to_json().encode())
+        producer.flush(10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not store.list_decisions(status="applied"):
+            time.sleep(0.05)
+        sent: dict[str, float] = {}
+        t_start = time.perf_counter()
+        for i in range(n_alerts):
+            a = alert(i)
+            sent[a.id] = time.time()
+            producer.send(settings.kafka.topics.alerts, a.to_json().encode())
+            producer.flush(10)
+            time.sleep(interval_s)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(store.list_decisions(status="applied")) < n_alerts + 1:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t_start
+        stop.set()
+        worker.join(10)
+        decisions: list[Decision] = [d for d in store.list_decisions(status="applied") if d.alert_id in sent]
+        lat = [(float(d.backend_result["applied_at"]) - sent[d.alert_id]) * 1000 for d in decisions]
+        in_kernel = len(
+            NftablesBackend(table=settings.enforcement.nft_table, transport=LibNftables()).current()
+        )
+        enforcer.stop()
+        producer.close()
+        store.stop()
+        bus.close()
+    finally:
+        broker.stop()
+    return {
+        "alerts": n_alerts,
+        "applied": len(decisions),
+        "elements_in_kernel": in_kernel,
+        "latency_p50_ms": pct(lat, 50),
+        "latency_p99_ms": pct(lat, 99),
+        "latency_max_ms": max(lat),
+        "latency_mean_ms": statistics.fmean(lat),
+        "alerts_per_s": n_alerts / elapsed,
+    }
+
+
+def per_element(n: int) -> dict[str, float]:
+    """Apply time per set element: one batch of n, then n single-element transactions."""
+    lib = LibNftables()
+    backend = NftablesBackend(table="fwbench", transport=lib)
+    backend.ensure_table()
+    obj = {"family": "inet", "table": "fwbench", "name": "blocked_v4"}
+    elems = [
+        {"elem": {"val": {"concat": ["10.50.0.1", f"10.60.{i // 250}.{i % 250 + 1}"]}, "timeout": 600}}
+        for i in range(n)
+    ]
+    t = time.perf_counter()
+    lib.run([{"add": {"element": {**obj, "elem": elems}}}])
+    batch = (time.perf_counter() - t) / n
+    lib.run([{"flush": {"set": obj}}])
+    t = time.perf_counter()
+    for e in elems:
+        lib.run([{"add": {"element": {**obj, "elem": [e]}}}])
+    single = (time.perf_counter() - t) / n
+    lib.run([{"flush": {"set": obj}}])
+    k = min(n, 50)
+    t = time.perf_counter()
+    for e in elems[:k]:
+        subprocess.run(
+            ["nft", "-j", "-f", "-"],
+            input=json.dumps({"nftables": [{"add": {"element": {**obj, "elem": [e]}}}]}),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    fork = (time.perf_counter() - t) / k
+    lib.run([{"delete": {"table": {"family": "inet", "name": "fwbench"}}}])
+    return {
+        "element_batch_ms": batch * 1000,
+        "element_single_tx_libnftables_ms": single * 1000,
+        "element_single_tx_nft_cli_ms": fork * 1000,
+    }
+
+
+def inside(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = latency(args.alerts, args.interval_ms / 1000, Path(tmp))
+    figures |= per_element(args.elements)
+    figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for k, v in figures.items():
+        print(f"{k:>36}: {v:,.2f}" if isinstance(v, float) else f"{k:>36}: {v}")
+    print(f"{'target':>36}: p99 < 100 ms -> {'met' if figures['latency_p99_ms'] < 100 else 'MISSED'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a small run (< 30 s)")
+    p.add_argument("--alerts", type=int, default=0, help="alerts to send (default 300, quick 60)")
+    p.add_argument("--elements", type=int, default=0, help="set elements for the per-element figure")
+    p.add_argument("--interval-ms", type=float, default=20.0, help="pause between alerts")
+    p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.alerts = args.alerts or (60 if args.quick else 300)
+    args.elements = args.elements or (500 if args.quick else 5000)
+    if args.inside:
+        inside(args)
+        return
+    if os.geteuid() != 0:
+        sys.exit("bench_enforcement needs root to create its network namespace")
+    with Lab() as lab:
+        ns = lab.host("bench")
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--inside",
+            "--alerts",
+            str(args.alerts),
+            "--elements",
+            str(args.elements),
+            "--interval-ms",
+            str(args.interval_ms),
+        ]
+        proc = ns.popen(*argv)
+        sys.exit(proc.wait(timeout=600))
+
+
+if __name__ == "__main__":
+    main()

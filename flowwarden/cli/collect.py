@@ -1,0 +1,101 @@
+"""``flowwarden collect``: live capture to the ``flows`` topic, or a pcap file to Parquet/the bus."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from flowwarden.cli.common import ConfigOption, settings_from
+from flowwarden.errors import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("collect")(collect_command)
+
+
+def collect_command(
+    interface: Annotated[
+        list[str] | None, typer.Option("--interface", "-i", help="Interface to capture on (repeatable).")
+    ] = None,
+    bpf: Annotated[str | None, typer.Option(help="BPF capture filter (tcpdump syntax).")] = None,
+    pcap: Annotated[Path | None, typer.Option(help="Meter this pcap/pcapng file instead of capturing.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="With --pcap: write flows to this Parquet file (no bus).")
+    ] = None,
+    netns: Annotated[str | None, typer.Option(help="Capture inside this network namespace.")] = None,
+    node: Annotated[str | None, typer.Option(help="Node name written into every flow.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Turn packets into bidirectional flow records (live, or from a capture file)."""
+    settings = settings_from(config)
+    cs = settings.collector
+    updates = {
+        k: v
+        for k, v in {"interfaces": interface or None, "bpf": bpf, "netns": netns, "node": node}.items()
+        if v is not None
+    }
+    if updates:
+        settings = settings.model_copy(update={"collector": cs.model_copy(update=updates)})
+        settings.collector = type(cs).model_validate(settings.collector.model_dump())
+    if pcap is not None:
+        _from_pcap(settings, pcap, out)
+        return
+    if out is not None:
+        raise ConfigError("--out: only with --pcap (live flows go to the bus)")
+    _live(settings)
+
+
+def _from_pcap(settings: object, pcap: Path, out: Path | None) -> None:
+    from collectors.offline import meter_capture
+    from flowwarden.settings import Settings
+
+    assert isinstance(settings, Settings)
+    df, report = meter_capture(pcap, settings)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_parquet(out, index=False)
+    else:
+        from flowwarden.bus import open_bus, publish_flows
+
+        with open_bus(settings) as bus:
+            topic = settings.kafka.topics.flows
+            bus.ensure_topics([topic], settings.kafka.partitions)
+            producer = bus.producer()
+            publish_flows(producer, topic, df, settings.kafka.partitions)
+            producer.close()
+            if producer.failed_count:
+                raise ConfigError(f"bus: {producer.failed_count} flow batches could not be delivered")
+    undecoded = ", ".join(f"{k}={v}" for k, v in sorted(report.undecoded.items())) or "none"
+    typer.echo(
+        f"{report.packets} packets -> {len(df)} flow records"
+        + (f" -> {out}" if out else f" -> topic {settings.kafka.topics.flows}")
+        + f"; undecoded: {undecoded}"
+        + (f"; read stopped early: {report.read_error}" if report.read_error else "")
+    )
+
+
+def _live(settings: object) -> None:
+    from collectors.collector import Collector
+    from flowwarden.settings import Settings
+
+    assert isinstance(settings, Settings)
+    collector = Collector(settings)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    collector.start()
+    try:
+        while not stopping.wait(0.5):
+            if collector.wait(0):
+                break
+    finally:
+        collector.stop()

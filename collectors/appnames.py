@@ -76,10 +76,24 @@ class NameDissector:
         self.errors = 0
 
     def start(self) -> None:
-        args = [tshark_path(), "-n", "-l", "-r", "-", "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f"]
+        args = [
+            tshark_path(),
+            "-n",
+            "-l",
+            "-r",
+            "-",
+            "-T",
+            "fields",
+            "-E",
+            "separator=\t",
+            "-E",
+            "occurrence=f",
+        ]
         for f in FIELDS:
             args += ["-e", f]
-        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
         assert self._proc.stdin is not None
         self._proc.stdin.write(_PCAP_HEADER)
         self._reader = threading.Thread(target=self._read, name="tshark-names", daemon=True)
@@ -183,9 +197,13 @@ class NameDissector:
         rc = np.array([f.rcode if f else -1 for f in found], dtype=np.int16)
         sn = np.array([(f.sni or f.host) if f else "" for f in found], dtype=object)
         idx = records.index
-        records["dns_qname"] = pd.Series(np.where(has, q, records["dns_qname"].to_numpy()), index=idx, dtype="str")
+        records["dns_qname"] = pd.Series(
+            np.where(has, q, records["dns_qname"].to_numpy()), index=idx, dtype="str"
+        )
         records["dns_rcode"] = np.where(has, rc, records["dns_rcode"].to_numpy()).astype(np.int16)
-        records["server_name"] = pd.Series(np.where(has, sn, records["server_name"].to_numpy()), index=idx, dtype="str")
+        records["server_name"] = pd.Series(
+            np.where(has, sn, records["server_name"].to_numpy()), index=idx, dtype="str"
+        )
         return records
 
     @property

@@ -79,7 +79,7 @@ def check_interfaces(interfaces: Sequence[str], netns: str = "") -> None:
         raise ConfigError("collect: give at least one --interface (or collector.interfaces)")
     existing = list_interfaces(netns)
     for iface in interfaces:
-        if not _IFACE.match(iface) or iface not in existing and iface != "any":
+        if not _IFACE.match(iface) or (iface not in existing and iface != "any"):
             where = f" in network namespace {netns}" if netns else ""
             raise ConfigError(f"interface {iface!r} does not exist{where}; interfaces: {', '.join(existing)}")
 
@@ -94,7 +94,9 @@ def tcpdump_path() -> str:
 class InterfaceCapture:
     """One tcpdump child; a reader thread parses its stream into packet batches."""
 
-    def __init__(self, iface: str, *, bpf: str, snaplen: int, netns: str, out: queue.Queue[PacketBatch]) -> None:
+    def __init__(
+        self, iface: str, *, bpf: str, snaplen: int, netns: str, out: queue.Queue[PacketBatch]
+    ) -> None:
         self.iface = iface
         self.bpf = bpf
         self.snaplen = snaplen
@@ -102,13 +104,23 @@ class InterfaceCapture:
         self.out = out
         self.stream = PcapStream()
         self.kernel_drops = 0
-        self.dropped_batches = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._threads: list[threading.Thread] = []
         self._ready = threading.Event()
 
     def args(self) -> list[str]:
-        args = [tcpdump_path(), "-i", self.iface, "-s", str(self.snaplen), "-w", "-", "-U", "-n", "--immediate-mode"]
+        args = [
+            tcpdump_path(),
+            "-i",
+            self.iface,
+            "-s",
+            str(self.snaplen),
+            "-w",
+            "-",
+            "-U",
+            "-n",
+            "--immediate-mode",
+        ]
         args += ["-Z", "root"]  # keep reading the pipe we created; the capture socket is opened first anyway
         if self.bpf:
             args.append(self.bpf)
@@ -137,10 +149,9 @@ class InterfaceCapture:
                 break
             batch = self.stream.feed(data)
             if len(batch):
-                try:
-                    self.out.put(batch, timeout=1.0)
-                except queue.Full:
-                    self.dropped_batches += 1
+                # Blocking on purpose: when metering falls behind, the pipe fills, tcpdump
+                # stops reading its socket and the kernel drops, counted as kernel drops.
+                self.out.put(batch)
             if self.stream.failed:
                 log.error("capture stream unreadable iface=%s error=%s", self.iface, self.stream.error)
                 break
@@ -196,7 +207,9 @@ class LiveCapture:
         queue_max: int = 64,
     ) -> None:
         self.queue: queue.Queue[PacketBatch] = queue.Queue(maxsize=queue_max)
-        self.captures = [InterfaceCapture(i, bpf=bpf, snaplen=snaplen, netns=netns, out=self.queue) for i in interfaces]
+        self.captures = [
+            InterfaceCapture(i, bpf=bpf, snaplen=snaplen, netns=netns, out=self.queue) for i in interfaces
+        ]
         self.interfaces = list(interfaces)
         self.netns = netns
 
@@ -224,7 +237,3 @@ class LiveCapture:
     @property
     def kernel_drops(self) -> int:
         return sum(c.kernel_drops for c in self.captures)
-
-    @property
-    def dropped_batches(self) -> int:
-        return sum(c.dropped_batches for c in self.captures)

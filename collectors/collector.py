@@ -47,7 +47,11 @@ class Collector:
         cs = settings.collector
         self.metrics = metrics or CollectorMetrics(cs.node)
         self.serve_metrics = serve_metrics
-        exclude = list(settings.kafka.bootstrap_servers) if cs.exclude_kafka_traffic and settings.bus.kind == "kafka" else []
+        exclude = (
+            list(settings.kafka.bootstrap_servers)
+            if cs.exclude_kafka_traffic and settings.bus.kind == "kafka"
+            else []
+        )
         self.bpf = build_bpf(cs.bpf, exclude)
         self.capture = LiveCapture(cs.interfaces, bpf=self.bpf, snaplen=cs.snaplen, netns=cs.netns)
         self.meter = Meter(cs)
@@ -82,9 +86,9 @@ class Collector:
         if self.names is not None:
             self.names.start()
         self.publisher.start()
+        self.capture.start()
         if self.serve_metrics and self.settings.collector.metrics_port:
             self._server = self.metrics.serve(self.settings.collector.metrics_port)
-        self.capture.start()
         self._thread = threading.Thread(target=self._run, name="collector-meter", daemon=True)
         self._thread.start()
         log.info(

@@ -137,8 +137,8 @@ def decode(batch: PacketBatch) -> Decoded:
         et[raw] = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0))
     known_link = eth | sll | sll2 | null | raw
     cause[~known_link] = UNKNOWN_LINK
-    cause[known_link & (et != ETH_IPV4) & (et != ETH_IPV6)] = NON_IP
-    cause[(cause == OK) & (l3 + 1 > end)] = TRUNCATED
+    cause[known_link & (l3 + 1 > end)] = TRUNCATED  # not even one byte after the link header
+    cause[(cause == OK) & (et != ETH_IPV4) & (et != ETH_IPV6)] = NON_IP
 
     ver = rd.u8(l3) >> 4
     v4 = (cause == OK) & (et == ETH_IPV4)

@@ -29,8 +29,11 @@ so that application-layer names can be joined afterwards.
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -67,18 +70,25 @@ def tcp_state(fwd: np.ndarray, rev: np.ndarray, pkts_in: np.ndarray) -> np.ndarr
 
 def ip_strings(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     """Text addresses from the (hi, lo) halves; each distinct address converted once."""
-    if len(hi) == 0:
-        return np.zeros(0, dtype=object)
-    pairs = pd.MultiIndex.from_arrays([hi, lo])
-    codes, uniq = pd.factorize(pairs)
-    text = []
-    for h, low in uniq:
-        h, low = int(h), int(low)
-        if h == 0 and (low >> 32) == 0xFFFF:
-            text.append(str(ipaddress.IPv4Address(low & 0xFFFFFFFF)))
-        else:
-            text.append(str(ipaddress.IPv6Address((h << 64) | low)))
-    return np.asarray(text, dtype=object)[codes]
+    out = np.empty(len(hi), dtype=object)
+    v4 = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
+    if v4.any():
+        codes, uniq = pd.factorize(lo[v4] & np.uint64(0xFFFFFFFF))
+        text = np.array([socket.inet_ntoa(int(u).to_bytes(4, "big")) for u in uniq.tolist()], dtype=object)
+        out[v4] = text[codes]
+    if not v4.all():
+        idx = np.flatnonzero(~v4)
+        pairs = pd.MultiIndex.from_arrays([hi[idx], lo[idx]])
+        codes6, uniq6 = pd.factorize(pairs)
+        text6 = [str(ipaddress.IPv6Address((int(h) << 64) | int(low))) for h, low in uniq6]
+        out[idx] = np.asarray(text6, dtype=object)[codes6]
+    return out
+
+
+def _key_bytes(keys: np.ndarray) -> list[bytes]:
+    """Each 40-byte canonical key as ``bytes`` (one C-level conversion for the whole array)."""
+    out = np.ascontiguousarray(keys).view(np.dtype((np.void, 40))).ravel().tolist()
+    return cast(list[bytes], out)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -136,20 +146,20 @@ class FlowTable:
         return len(self._index)
 
     def process(self, dec: Decoded) -> list[pd.DataFrame]:
-        """Meter one decoded batch; returns the records it caused (in time order)."""
-        out: list[pd.DataFrame] = []
+        """Meter one decoded batch; returns the records it caused (one frame, or none)."""
+        out: list[dict[str, np.ndarray]] = []
         uids = np.full(len(dec), -1, dtype=np.int64)
         m = np.flatnonzero(dec.metered)
         if len(m) == 0:
             self.last_uids = uids
-            return out
+            return []
         tick = np.floor(dec.ts[m] / self.cfg.tick_s).astype(np.int64)
         tick = np.maximum.accumulate(tick)  # late packets belong to the current tick
         if self._tick is not None:
             tick = np.maximum(tick, self._tick)
         cut = np.flatnonzero(np.diff(tick)) + 1
         bounds = [0, *cut.tolist(), len(m)]
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        for a, b in itertools.pairwise(bounds):
             t = int(tick[a])
             if self._tick is None or t > self._tick:
                 out.extend(self._sweep(t * self.cfg.tick_s))
@@ -158,7 +168,11 @@ class FlowTable:
             uids[idx] = self._merge(dec, idx)
             out.extend(self._evict())
         self.last_uids = uids
-        return [r for r in out if len(r)]
+        return _frames(out, self.cfg.node)
+
+    def open_uids(self) -> np.ndarray:
+        """Uids of the flows still open."""
+        return self._s["uid"][self._used]
 
     def advance(self, now: float) -> list[pd.DataFrame]:
         """Let time pass without packets (live capture): sweep at the tick containing ``now``."""
@@ -166,12 +180,13 @@ class FlowTable:
         if self._tick is not None and t <= self._tick:
             return []
         self._tick = t
-        return [r for r in self._sweep(t * self.cfg.tick_s) if len(r)]
+        return _frames(list(self._sweep(t * self.cfg.tick_s)), self.cfg.node)
 
     def flush(self) -> pd.DataFrame:
         """End every open flow (end of file, SIGTERM)."""
         slots = np.flatnonzero(self._used)
-        return self._emit(slots, final=True)
+        frames = _frames([self._emit(slots, final=True)], self.cfg.node)
+        return frames[0] if frames else _EMPTY.copy()
 
     # ------------------------------------------------------------------ internals
 
@@ -200,8 +215,7 @@ class FlowTable:
     def _release(self, slots: np.ndarray) -> None:
         if len(slots) == 0:
             return
-        keys = np.ascontiguousarray(self._key[slots]).view(np.dtype((np.void, 40))).ravel().tolist()
-        for k in keys:
+        for k in _key_bytes(self._key[slots]):
             del self._index[k]
         self._used[slots] = False
         self._free.extend(slots.tolist())
@@ -216,9 +230,9 @@ class FlowTable:
         a_hi, a_lo = np.where(src_first, sh, dh), np.where(src_first, sl, dl)
         b_hi, b_lo = np.where(src_first, dh, sh), np.where(src_first, dl, sl)
         a_p, b_p = np.where(src_first, sp, dp), np.where(src_first, dp, sp)
-        ports = ((a_p.astype(np.uint64) << np.uint64(24)) | (b_p.astype(np.uint64) << np.uint64(8))) | pr.astype(
-            np.uint64
-        )
+        ports = (
+            (a_p.astype(np.uint64) << np.uint64(24)) | (b_p.astype(np.uint64) << np.uint64(8))
+        ) | pr.astype(np.uint64)
         key = np.stack([a_hi, a_lo, b_hi, b_lo, ports], axis=1)
         h = _mix(a_hi ^ _mix(a_lo ^ _mix(b_hi ^ _mix(b_lo ^ _mix(ports)))))
         codes, _ = pd.factorize(h)
@@ -230,7 +244,7 @@ class FlowTable:
             codes = codes.ravel().astype(np.int64)
         g = len(first)
         gkey = np.ascontiguousarray(key[first])
-        kbytes = gkey.view(np.dtype((np.void, 40))).ravel().tolist()
+        kbytes = _key_bytes(gkey)
         get = self._index.get
         slot = np.fromiter((get(k, -1) for k in kbytes), dtype=np.int64, count=g)
         new = slot < 0
@@ -266,8 +280,10 @@ class FlowTable:
         old = ~new
         if old.any():
             so = slot[old]
-            init_is_a[old] = (s["i_hi"][so] == gkey[old, 0]) & (s["i_lo"][so] == gkey[old, 1]) & (
-                s["i_port"][so] == (gkey[old, 4] >> np.uint64(24)).astype(np.int64)
+            init_is_a[old] = (
+                (s["i_hi"][so] == gkey[old, 0])
+                & (s["i_lo"][so] == gkey[old, 1])
+                & (s["i_port"][so] == (gkey[old, 4] >> np.uint64(24)).astype(np.int64))
             )
             # A flow between one endpoint and itself (same address and port) is all "out".
         fwd = src_first == init_is_a[codes]
@@ -297,7 +313,7 @@ class FlowTable:
         s["period_ts"][slot] = np.fmin(s["period_ts"][slot], tmin)
         return s["uid"][slot][codes]
 
-    def _sweep(self, now: float) -> Iterator[pd.DataFrame]:
+    def _sweep(self, now: float) -> Iterator[dict[str, np.ndarray]]:
         used = np.flatnonzero(self._used)
         if len(used) == 0:
             return
@@ -308,7 +324,7 @@ class FlowTable:
         active = now - s["period_ts"][rest] >= self.cfg.active_timeout_s  # NaN compares False
         yield self._emit(rest[active], final=False)
 
-    def _evict(self) -> Iterator[pd.DataFrame]:
+    def _evict(self) -> Iterator[dict[str, np.ndarray]]:
         excess = len(self._index) - self.cfg.max_flows
         if excess <= 0:
             return
@@ -318,48 +334,64 @@ class FlowTable:
         self.evicted += len(oldest)
         yield self._emit(oldest, final=True)
 
-    def _emit(self, slots: np.ndarray, *, final: bool) -> pd.DataFrame:
-        """Records for ``slots``; a final record releases the slot, an interim one resets deltas."""
+    def _emit(self, slots: np.ndarray, *, final: bool) -> dict[str, np.ndarray]:
+        """Raw record columns for ``slots``; a final record frees the slot, an interim one resets deltas."""
         if len(slots) == 0:
-            return _EMPTY
-        s = {k: v[slots] for k, v in self._s.items()}
-        proto = s["proto"]
-        state = np.full(len(slots), FlowState.OTHER.value, dtype=object)
-        tcp = proto == TCP
-        state[tcp] = tcp_state(s["fl_fwd"][tcp], s["fl_rev"][tcp], s["pkts_in_total"][tcp])
-        state[proto == UDP] = FlowState.UDP.value
-        state[(proto == ICMP) | (proto == ICMPV6)] = FlowState.ICMP.value
-        ts_end = s["last_ts"]
-        ts_start = np.where(np.isnan(s["period_ts"]), ts_end, s["period_ts"])
-        df = pd.DataFrame(
-            {
-                "ts_start": ts_start,
-                "ts_end": ts_end,
-                "node": self.cfg.node,
-                "src_ip": ip_strings(s["i_hi"], s["i_lo"]),
-                "src_port": s["i_port"],
-                "dst_ip": ip_strings(s["r_hi"], s["r_lo"]),
-                "dst_port": s["r_port"],
-                "proto": proto,
-                "bytes_out": s["bytes_out"],
-                "bytes_in": s["bytes_in"],
-                "pkts_out": s["pkts_out"],
-                "pkts_in": s["pkts_in"],
-                "tcp_flags": s["fl_fwd"] | s["fl_rev"],
-                "state": state,
-                "final": final,
-            }
-        )
-        out = conform_flows(df)
-        out["uid"] = s["uid"]
-        self.records_emitted += len(out)
+            return {}
+        block = {k: v[slots] for k, v in self._s.items()}
+        block["final"] = np.full(len(slots), final)
+        self.records_emitted += len(slots)
         if final:
             self._release(slots)
         else:
             for k in ("bytes_out", "bytes_in", "pkts_out", "pkts_in"):
                 self._s[k][slots] = 0
             self._s["period_ts"][slots] = np.nan
-        return out
+        return block
+
+
+def _frames(blocks: list[dict[str, np.ndarray]], node: str) -> list[pd.DataFrame]:
+    """One record frame (FLOW_SCHEMA + ``uid``) from raw blocks: the only per-record pandas work."""
+    blocks = [b for b in blocks if b]
+    if not blocks:
+        return []
+    s = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+    n = len(s["uid"])
+    proto = s["proto"]
+    state = np.full(n, FlowState.OTHER.value, dtype=object)
+    tcp = proto == TCP
+    state[tcp] = tcp_state(s["fl_fwd"][tcp], s["fl_rev"][tcp], s["pkts_in_total"][tcp])
+    state[proto == UDP] = FlowState.UDP.value
+    state[(proto == ICMP) | (proto == ICMPV6)] = FlowState.ICMP.value
+    ts_end = s["last_ts"]
+    ts_start = np.where(np.isnan(s["period_ts"]), ts_end, s["period_ts"])
+    empty = pd.array(np.full(n, "", dtype=object), dtype="str")
+    cols: dict[str, object] = {
+        "ts_start": ts_start,
+        "ts_end": ts_end,
+        "node": pd.array(np.full(n, node, dtype=object), dtype="str"),
+        "src_ip": pd.array(ip_strings(s["i_hi"], s["i_lo"]), dtype="str"),
+        "src_port": s["i_port"].astype(np.int32),
+        "dst_ip": pd.array(ip_strings(s["r_hi"], s["r_lo"]), dtype="str"),
+        "dst_port": s["r_port"].astype(np.int32),
+        "proto": proto.astype(np.int16),
+        "bytes_out": s["bytes_out"],
+        "bytes_in": s["bytes_in"],
+        "pkts_out": s["pkts_out"],
+        "pkts_in": s["pkts_in"],
+        "tcp_flags": (s["fl_fwd"] | s["fl_rev"]).astype(np.int16),
+        "state": pd.array(state, dtype="str"),
+        "dns_qname": empty,
+        "dns_rcode": np.full(n, -1, dtype=np.int16),
+        "server_name": empty,
+        "final": s["final"],
+    }
+    for c in FLOW_COLUMNS:
+        if c not in cols:
+            cols[c] = empty
+    df = pd.DataFrame({c: cols[c] for c in FLOW_COLUMNS})
+    df["uid"] = s["uid"]
+    return [df]
 
 
 _EMPTY = conform_flows(pd.DataFrame({c: [] for c in FLOW_COLUMNS})).assign(uid=np.zeros(0, dtype=np.int64))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from collectors.decode import APP_NONE, cause_counts, decode
+from collectors.decode import APP_DNS, APP_NONE, Decoded, cause_counts, decode
 from collectors.flowtable import FlowTable, FlowTableConfig
 from collectors.pcapfile import PacketBatch
 from flowwarden.settings import CollectorSettings
@@ -57,6 +57,7 @@ class Meter:
         self.bytes = 0
         self.undecoded: Counter[str] = Counter()
         self.candidates = Candidates()
+        self._named: dict[int, int] = {}  # flow uid -> bitmask of candidate kinds already kept
 
     def feed(self, batch: PacketBatch) -> list[pd.DataFrame]:
         """Meter one batch; returns the flow records it caused (with an internal ``uid``)."""
@@ -68,17 +69,44 @@ class Meter:
         self.undecoded.update(cause_counts(dec))
         records = self.table.process(dec)
         if self.app_names:
-            self._keep_candidates(batch, dec.app, dec.l3)
+            self._keep_candidates(batch, dec)
         return records
 
-    def _keep_candidates(self, batch: PacketBatch, app: np.ndarray, l3: np.ndarray) -> None:
-        idx = np.flatnonzero((app != APP_NONE) & (self.table.last_uids >= 0))
+    def _keep_candidates(self, batch: PacketBatch, dec: Decoded) -> None:
+        """Keep the first packet of each kind per flow (names fold to the first one anyway).
+
+        Kinds: DNS query, DNS response, TLS ClientHello, HTTP request. A long DNS-over-TCP
+        or keep-alive HTTP flow thus costs tshark one or two packets, not all of them.
+        """
+        uids = self.table.last_uids
+        idx = np.flatnonzero((dec.app != APP_NONE) & (uids >= 0))
         if len(idx) == 0:
             return
+        kind = dec.app[idx].astype(np.int64) * 2 + ((dec.app[idx] == APP_DNS) & (dec.sport[idx] == 53))
+        bit = np.left_shift(1, kind)
+        key = uids[idx] * 16 + kind
+        _, first = np.unique(key, return_index=True)
+        first.sort()
+        idx, bit = idx[first], bit[first]
+        seen = self._named
+        keep = np.fromiter(
+            (not (seen.get(u, 0) & b) for u, b in zip(uids[idx].tolist(), bit.tolist(), strict=True)),
+            dtype=bool,
+            count=len(idx),
+        )
+        idx, bit = idx[keep], bit[keep]
+        if len(idx) == 0:
+            return
+        for u, b in zip(uids[idx].tolist(), bit.tolist(), strict=True):
+            seen[u] = seen.get(u, 0) | b
+        if len(seen) > 2 * len(self.table) + 10_000:  # forget flows that have ended
+            live = set(self.table.open_uids().tolist())
+            self._named = {u: b for u, b in seen.items() if u in live}
+        l3 = dec.l3
         raw = batch.buf
         ends = (batch.off + batch.caplen)[idx]
         starts = l3[idx]
-        head = (starts - batch.off[idx])
+        head = starts - batch.off[idx]
         c = self.candidates
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             c.packets.append(raw[s:e].tobytes())

@@ -19,7 +19,10 @@ class CollectorMetrics:
         self.packets = Counter("flowwarden_collector_packets", "Packets read.", ["node"], registry=r)
         self.bytes = Counter("flowwarden_collector_bytes", "Frame bytes read.", ["node"], registry=r)
         self.kernel_drops = Counter(
-            "flowwarden_collector_kernel_drops", "Packets the kernel dropped before capture.", ["node"], registry=r
+            "flowwarden_collector_kernel_drops",
+            "Packets the kernel dropped before capture.",
+            ["node"],
+            registry=r,
         )
         self.undecoded = Counter(
             "flowwarden_collector_undecoded_packets",
@@ -29,14 +32,22 @@ class CollectorMetrics:
         )
         self.flows = Counter("flowwarden_collector_flows", "Flow records emitted.", ["node"], registry=r)
         self.evicted = Counter(
-            "flowwarden_collector_flows_evicted", "Flows ended early because the table was full.", ["node"], registry=r
+            "flowwarden_collector_flows_evicted",
+            "Flows ended early because the table was full.",
+            ["node"],
+            registry=r,
         )
-        self.spool_bytes = Gauge("flowwarden_collector_spool_bytes", "Bytes waiting in the on-disk spool.", ["node"], registry=r)
+        self.spool_bytes = Gauge(
+            "flowwarden_collector_spool_bytes", "Bytes waiting in the on-disk spool.", ["node"], registry=r
+        )
         self.publish_errors = Counter(
             "flowwarden_collector_publish_errors", "Messages the bus could not deliver.", ["node"], registry=r
         )
         self.dropped_flows = Counter(
-            "flowwarden_collector_dropped_flows", "Flow records lost, by cause.", ["node", "cause"], registry=r
+            "flowwarden_collector_dropped_flows",
+            "Flow records lost, by cause.",
+            ["node", "cause"],
+            registry=r,
         )
         for m in (self.packets, self.bytes, self.kernel_drops, self.flows, self.evicted, self.publish_errors):
             m.labels(node=node)

@@ -276,7 +276,7 @@ class PcapStream:
                 break
             if code == 9 and length >= 1:  # if_tsresol
                 v = buf[opt + 4]
-                scale = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
+                scale = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0**-v
             opt += 4 + ((length + 3) & ~3)
         self._ifaces.append(_Interface(linktype, scale))
 
@@ -298,7 +298,9 @@ def _concat(batches: list[PacketBatch]) -> PacketBatch:
 CHUNK_BYTES = 8 * 1024 * 1024
 
 
-def read_capture(path: str | Path, stream: PcapStream | None = None, chunk_bytes: int = CHUNK_BYTES) -> Iterator[PacketBatch]:
+def read_capture(
+    path: str | Path, stream: PcapStream | None = None, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[PacketBatch]:
     """Packet batches of a pcap/pcapng file, read in big chunks.
 
     A truncated or corrupt file yields every packet up to the last good record, then logs

@@ -161,7 +161,9 @@ class Publisher:
             except queue.Empty:
                 if stopping:
                     break
-            due = pending and (rows >= self.batch_max_flows or time.monotonic() - first >= self.batch_interval_s)
+            due = pending and (
+                rows >= self.batch_max_flows or time.monotonic() - first >= self.batch_interval_s
+            )
             if due or (stopping and pending and self._queue.empty()):
                 self._dispatch(pd.concat(pending, ignore_index=True))
                 pending, rows = [], 0
@@ -221,9 +223,27 @@ class Publisher:
         if ok and producer.failed_count == failed_before:
             self.published_flows += len(df)
             self.published_messages += sent
-        else:
-            self._next_retry = time.monotonic() + self.retry_s
-        producer.take_failed()  # already spooled by the error callback
+            producer.take_failed()
+            return
+        self._bus_down(producer, replaying=False)
+
+    def _bus_down(self, producer: Producer, *, replaying: bool) -> None:
+        """Give up on this producer: what it still holds fails now and (unless replaying) is spooled.
+
+        Closing it fails the in-flight messages in order, before any newer batch is
+        spooled behind them, so the spool keeps the original order.
+        """
+        self._replaying = replaying
+        try:
+            producer.close(1.0)
+        except Exception as exc:
+            log.warning("closing the producer failed error=%s", exc)
+        finally:
+            self._replaying = False
+        producer.take_failed()
+        self._producer = None
+        self._next_retry = time.monotonic() + self.retry_s
+        log.warning("bus not delivering, spooling spooled=%d", len(self.spool))
 
     def _replay(self, deadline: float) -> None:
         producer = self._ensure_producer()
@@ -242,8 +262,7 @@ class Publisher:
                 self._replaying = False
             producer.take_failed()
             if not ok or self._replay_failed:
-                self._next_retry = time.monotonic() + self.retry_s
-                log.warning("spool replay failed, will retry spooled=%d", len(self.spool))
+                self._bus_down(producer, replaying=True)
                 return
             self.spool.remove([m.seq for m in group])
             self.replayed_messages += len(group)

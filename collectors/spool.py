@@ -60,7 +60,9 @@ class Spool:
         self._seqs.sort()
         self._next = (self._seqs[-1] + 1) if self._seqs else 1
         if self._seqs:
-            log.info("spool holds messages from an earlier run count=%d bytes=%d", len(self._seqs), self.bytes)
+            log.info(
+                "spool holds messages from an earlier run count=%d bytes=%d", len(self._seqs), self.bytes
+            )
 
     def __len__(self) -> int:
         with self._lock:
@@ -70,7 +72,9 @@ class Spool:
         """Write one message at the end; False (nothing written) when the spool is full."""
         t = topic.encode()
         k = key or b""
-        head = _HEAD.pack(_MAGIC, len(t), -1 if partition is None else partition, rows, 0 if key is None else len(k) + 1)
+        head = _HEAD.pack(
+            _MAGIC, len(t), -1 if partition is None else partition, rows, 0 if key is None else len(k) + 1
+        )
         data = head + t + k + value
         with self._lock:
             if self.bytes + len(data) > self.max_bytes:

@@ -7,6 +7,7 @@ regenerating it without a layout change gives the same bytes.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -15,6 +16,18 @@ from dashboards.model import GRID_WIDTH, POSTGRES_UID, PROMETHEUS_UID, Json
 COLOURS = {POSTGRES_UID: "#dbe9f6", PROMETHEUS_UID: "#fde6d2", "mixed": "#e6e6e6"}
 EDGE = {POSTGRES_UID: "#336699", PROMETHEUS_UID: "#c0651b", "mixed": "#666666"}
 UNIT_PX = 30  # Grafana's grid row height, in pixels, against a 24-column width of 1200 px
+
+
+def _reads(panel: Json) -> list[str]:
+    """What a panel reads: metric names for PromQL, table names for SQL (for the picture)."""
+    found: list[str] = []
+    for t in panel.get("targets", []):
+        text = t.get("expr") or t.get("rawSql") or ""
+        names = re.findall(r"flowwarden_\w+", text) or re.findall(
+            r"\bFROM (alerts|decisions|flow_rollups)\b", text
+        )
+        found += [n.removesuffix("_bucket") for n in names if n.removesuffix("_bucket") not in found]
+    return found
 
 
 def _source(panel: Json) -> str:
@@ -56,6 +69,17 @@ def render(board: Json, out: Path) -> Path:
         chars = max(8, int(w / 7))
         title = "\n".join(textwrap.wrap(p["title"], chars)[:3])
         ax.text(x + 9, y + 10, title, va="top", ha="left", fontsize=8, fontweight="bold")
+        reads = "\n".join(textwrap.wrap(", ".join(_reads(p)), max(8, int(w / 5.5)))[:4])
+        ax.text(
+            x + 9,
+            y + 26 + 13 * title.count("\n"),
+            reads,
+            va="top",
+            ha="left",
+            fontsize=6.5,
+            color="#444444",
+            family="monospace",
+        )
         ax.text(
             x + w - 9,
             y + h - 9,

@@ -262,10 +262,9 @@ class Enforcer:
         active = [d for d in view.values() if d.expires_at is None or d.expires_at > now]
         return Context(active=active, new_last_minute=recent, force=force)
 
-    def preview(self, d: Decision) -> dict[str, str]:
-        return {b.name: b.render([d]) for b in self.backends if b.name == "nftables"} or {
-            b.name: "would apply" for b in self.backends
-        }
+    def preview(self, d: Decision) -> dict[str, Any]:
+        """Per backend, what applying ``d`` would do (kept in the dry-run decision)."""
+        return {b.name: b.preview(d) for b in self.backends}
 
     def _apply(self, d: Decision, now: datetime) -> Decision:
         expires = now + timedelta(seconds=d.ttl_s)
@@ -406,9 +405,16 @@ class Enforcer:
             except (BackendError, OSError) as exc:
                 out[b.name] = {"error": str(exc)}
                 log.error("reconcile failed backend=%s error=%s", b.name, exc)
-        changed = {k: v for k, v in out.items() if v.get("removed") or v.get("restored")}
-        if changed:
-            log.warning("reconciled rules with the store: %s", changed)
+        for name, r in out.items():
+            removed, restored = r.get("removed") or [], r.get("restored") or []
+            if removed or restored:
+                log.warning(
+                    "reconciled backend=%s with the store removed=%d restored=%d first=%s",
+                    name,
+                    len(removed),
+                    len(restored),
+                    (removed + restored)[:5],
+                )
         return out
 
     def _reconcile_kernel(self) -> None:

@@ -20,7 +20,7 @@ import ipaddress
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -154,7 +154,7 @@ def conform_flows(df: pd.DataFrame | dict[str, Any]) -> pd.DataFrame:
             raise RecordError(col, "required column is missing")
         try:
             if dtype == STR:
-                series = series.fillna("").astype(STR) if series.dtype != STR else series.fillna("")
+                series = series.fillna("").astype(cast(Any, STR)) if series.dtype != STR else series.fillna("")
             elif dtype == "bool":
                 if series.dtype != bool:
                     if series.isna().any():
@@ -163,7 +163,7 @@ def conform_flows(df: pd.DataFrame | dict[str, Any]) -> pd.DataFrame:
             elif series.dtype != dtype:
                 if series.isna().any():
                     raise ValueError("missing values")
-                series = series.astype(dtype)
+                series = series.astype(cast(Any, dtype))
         except (ValueError, TypeError, OverflowError) as exc:
             raise RecordError(col, f"cannot be read as {dtype}: {exc}") from exc
         out[col] = series

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,6 +107,7 @@ class AlertBuilder:
         gid: np.ndarray,
         scores: dict[str, np.ndarray],
         detectors: dict[str, Detector],
+        decode: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     ) -> list[Alert]:
         """Alerts (new or updated) for every window a detector scored above zero."""
         w = ctx.windows
@@ -127,6 +129,8 @@ class AlertBuilder:
         rows = sorted({h[1] for h in hits})
         in_hit = np.isin(gid, rows)
         sub = flows[in_hit]
+        if decode is not None:
+            sub = decode(sub)
         groups: dict[int, Any] = {
             int(k): v  # type: ignore[call-overload]
             for k, v in sub.groupby(gid[in_hit], sort=False).indices.items()
@@ -182,11 +186,11 @@ class AlertBuilder:
             )
         else:
             alert = Alert(
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 detector=det.name,
                 technique=det.technique,
                 score=round(score, 4),
-                severity=severity_of(score),  # type: ignore[arg-type]
+                severity=severity_of(score),
                 entity=entity,
                 window_start=_dt(ws),
                 window_end=_dt(we),

@@ -31,13 +31,23 @@ from pipeline.features import (
     FEATURES,
     KEY_COLUMNS,
     beacon_features,
+    decode_lean,
     edge_table,
     novelty_features,
     prepare,
     recent_features,
+    to_lean,
     window_features,
 )
-from pipeline.state import Baselines, ConnectionLog, RecentActivity, SeenEdges, pack_state, unpack_state
+from pipeline.state import (
+    Baselines,
+    ConnectionLog,
+    RecentActivity,
+    SeenEdges,
+    Vocab,
+    pack_state,
+    unpack_state,
+)
 from pipeline.windows import WindowBuffer
 
 if TYPE_CHECKING:
@@ -96,6 +106,7 @@ class DetectionEngine:
         self.connections = ConnectionLog(horizon_s=BEACON_HORIZON_S, max_rows=BEACON_MAX_ROWS)
         self.recent = RecentActivity(horizon_s=RECENT_HORIZON_S, max_rows=RECENT_MAX_ROWS)
         self.first_ws = math.inf  # when this engine's memory starts (-inf: history was imported)
+        self.vocab = Vocab()
         beacon = p.detectors.get("beaconing", {})
         self.beacon_min_conns = int(beacon.get("min_conns", BEACON_MIN_CONNS))
         self.alerts = AlertBuilder(settings)
@@ -130,7 +141,8 @@ class DetectionEngine:
             self.inventory = self.inventory.reload_if_changed()
         enriched = enrich_flows(flows, self.inventory, self.settings)
         self.flows_in += len(enriched)
-        self.buffer.add(enriched)
+        if len(enriched):
+            self.buffer.add(to_lean(enriched, self.vocab, self.settings, self._node_ips()))
         closed = self.buffer.close(now)
         alerts, windows = self._score(closed)
         return EngineResult(alerts, enriched, windows)
@@ -173,16 +185,18 @@ class DetectionEngine:
         windows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return list(alerts.values()), windows
 
+    def _node_ips(self) -> dict[str, str]:
+        return self.inventory.node_ips if self.inventory is not None else {}
+
     def _score_window(self, flows: pd.DataFrame) -> tuple[list[Alert], pd.DataFrame]:
-        node_ips = self.inventory.node_ips if self.inventory is not None else {}
-        p = prepare(flows, self.settings, node_ips)
+        p = prepare(flows, self.vocab, self.window_s)
         if p is None:
             return [], pd.DataFrame()
-        feats = window_features(p, self.settings, node_ips)
+        feats = window_features(p)
         self.first_ws = min(self.first_ws, float(p.keys["ws"].min()))
-        novelty, local_edges = novelty_features(p, edge_table(p), self.edges)
+        novelty, local_edges = novelty_features(p, edge_table(p, self.vocab), self.edges)
         recent = recent_features(p, local_edges, self.recent)
-        beacon = beacon_features(p, self.connections, self.edges, self.window_s, self.beacon_min_conns)
+        beacon = beacon_features(p, self.connections, self.edges, self.vocab, self.beacon_min_conns)
         windows = pd.concat([p.keys, feats, novelty, recent, beacon], axis=1)
         windows = windows[[*KEY_COLUMNS, *FEATURES]]
         ent = self.entity_base.lookup(windows["entity"])
@@ -201,7 +215,9 @@ class DetectionEngine:
             scores[det.name] = s
             windows[f"score_{det.name}"] = s
         by_name = {d.name: d for d in self.detectors}
-        alerts = self.alerts.build(ctx, p.flows, p.gid, scores, by_name)
+        alerts = self.alerts.build(
+            ctx, p.flows, p.gid, scores, by_name, decode=lambda rows: decode_lean(rows, self.vocab)
+        )
         ws = windows["ws"].to_numpy()
         self.entity_base.update(windows["entity"], ws, self.window_s, windows)
         self.workload_base.update(windows["wl_key"], ws, self.window_s, windows)

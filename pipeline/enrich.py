@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from flowwarden.errors import ConfigError
 from flowwarden.records import Direction
@@ -124,7 +125,15 @@ class Inventory:
         counts = self.pods["ip"].value_counts()
         self._reused = set(counts[counts > 1].index)
         single = self.pods[~self.pods["ip"].isin(self._reused)]
-        self._single = single.set_index("ip")
+        self._single_index = pd.Index(single["ip"].to_numpy(dtype=object))
+        self._single_rows = single.index.to_numpy()
+        self._start = self.pods["start"].to_numpy()
+        self._end = self.pods["end"].to_numpy()
+        # Arrow columns with a trailing "" for "no pod", for fast takes.
+        self._arrow = {
+            c: pa.array([*self.pods[c].tolist(), ""], type=pa.string())
+            for c in ("namespace", "pod", "workload", "node")
+        }
         self.namespaces = dict(zip(self.pods["pod"], self.pods["namespace"], strict=False))
 
     # ------------------------------------------------------------------ loading
@@ -185,44 +194,54 @@ class Inventory:
         return Inventory.from_file(self.path)
 
     # ------------------------------------------------------------------ lookup
+    def lookup_rows(self, ips: pd.Series, ts: pd.Series) -> np.ndarray:
+        """Per row: the row in :attr:`pods` of the pod owning ``ips`` at ``ts`` (-1 if none)."""
+        n = len(ips)
+        row = np.full(n, -1, dtype="int64")
+        if not n or not len(self.pods):
+            return row
+        t = ts.to_numpy(dtype="float64")
+        codes, uniques = pd.factorize(ips)
+        pos = self._single_index.get_indexer(np.asarray(uniques, dtype=object))
+        cand = np.where(codes >= 0, pos[codes], -1)
+        hit = cand >= 0
+        if hit.any():
+            c = cand[hit]
+            alive = (t[hit] >= self._start[c] - DELETION_GRACE_S) & (t[hit] < self._end[c])
+            row[np.flatnonzero(hit)[alive]] = c[alive]
+        if self._reused:
+            self._lookup_reused(ips, t, row)
+        return row
+
     def lookup(self, ips: pd.Series, ts: pd.Series) -> pd.DataFrame:
         """Per row: namespace, pod, workload, node of the pod owning ``ips`` at ``ts`` ("" if none)."""
-        n = len(ips)
-        out = {c: np.full(n, "", dtype=object) for c in ("namespace", "pod", "workload", "node")}
-        if n and len(self.pods):
-            ip_arr = ips.to_numpy(dtype=object)
-            t = ts.to_numpy(dtype="float64")
-            codes, uniques = pd.factorize(ip_arr)
-            known = pd.Index(self._single.index)
-            pos = known.get_indexer(uniques)
-            row = np.where(codes >= 0, pos[codes], -1)
-            hit = row >= 0
-            if hit.any():
-                starts = self._single["start"].to_numpy()[row[hit]]
-                ends = self._single["end"].to_numpy()[row[hit]]
-                alive = (t[hit] >= starts - DELETION_GRACE_S) & (t[hit] < ends)
-                idx = np.flatnonzero(hit)[alive]
-                for c in out:
-                    out[c][idx] = self._single[c].to_numpy(dtype=object)[row[idx]]
-            if self._reused:
-                self._lookup_reused(ip_arr, t, out)
-        return pd.DataFrame({c: pd.array(v, dtype="str") for c, v in out.items()})
+        row = self.lookup_rows(ips, ts)
+        return pd.DataFrame({c: self.column(c, row) for c in ("namespace", "pod", "workload", "node")})
 
-    def _lookup_reused(self, ip_arr: np.ndarray, t: np.ndarray, out: dict[str, np.ndarray]) -> None:
+    def column(self, name: str, row: np.ndarray) -> pd.Series:
+        """``pods[name]`` at ``row`` ("" where -1), as a string column (an Arrow take, no Python objects)."""
+        values = self._arrow[name]
+        idx = np.where(row >= 0, row, len(values) - 1)
+        return pd.Series(values.take(pa.array(idx)), dtype="str")
+
+    def _lookup_reused(self, ips: pd.Series, t: np.ndarray, row: np.ndarray) -> None:
         """Addresses held by several pods over time: an as-of join on the creation time."""
-        mask = pd.Series(ip_arr).isin(self._reused).to_numpy()
+        mask = ips.isin(self._reused).to_numpy()
         if not mask.any():
             return
-        left = pd.DataFrame({"ip": ip_arr[mask], "t": t[mask], "row": np.flatnonzero(mask)})
+        left = pd.DataFrame(
+            {"ip": ips[mask].to_numpy(dtype=object), "t": t[mask], "row": np.flatnonzero(mask)}
+        )
         left = left.sort_values("t")
-        right = self.pods[self.pods["ip"].isin(self._reused)].copy()
-        right["t"] = right["start"] - DELETION_GRACE_S
-        right = right.sort_values("t")
+        right = self.pods[self.pods["ip"].isin(self._reused)][["ip", "start", "end"]]
+        right = right.assign(t=right["start"] - DELETION_GRACE_S, prow=right.index.to_numpy()).sort_values(
+            "t"
+        )
+        left = left.astype({"ip": "str"})
+        right = right.astype({"ip": "str"})
         merged = pd.merge_asof(left, right, on="t", by="ip", direction="backward")
         ok = merged["end"].notna().to_numpy() & (merged["t"].to_numpy() < merged["end"].to_numpy())
-        rows = merged["row"].to_numpy()[ok]
-        for c in out:
-            out[c][rows] = merged[c].to_numpy(dtype=object)[ok]
+        row[merged["row"].to_numpy()[ok]] = merged["prow"].to_numpy()[ok].astype("int64")
 
     def node_of(self, ips: pd.Series) -> np.ndarray:
         """The node name where an address is a node's own address ("" otherwise)."""
@@ -241,11 +260,26 @@ def _in_networks(ip: str, networks: tuple[str, ...]) -> bool:
     return any(addr in ipaddress.ip_network(n) for n in networks)
 
 
+_MEMBERSHIP: dict[tuple[str, ...], dict[str, bool]] = {}
+_DIRECTIONS = pa.array(
+    [Direction.INTERNAL.value, Direction.EGRESS.value, Direction.INGRESS.value, Direction.EXTERNAL.value]
+)
+
+
 def in_cidrs(ips: pd.Series, cidrs: list[str] | tuple[str, ...]) -> np.ndarray:
-    """Vectorised membership of addresses in CIDRs (checked once per distinct address)."""
+    """Vectorised membership of addresses in CIDRs (each distinct address parsed once per process)."""
     codes, uniques = pd.factorize(ips)
     nets = tuple(cidrs)
-    ok = np.array([_in_networks(str(u), nets) for u in uniques], dtype=bool)
+    memo = _MEMBERSHIP.setdefault(nets, {})
+    if len(memo) > 1_000_000:
+        memo.clear()  # bounded: an address seen again is simply parsed again
+    get = memo.get
+    ok = np.empty(len(uniques), dtype=bool)
+    for i, u in enumerate(uniques):
+        v = get(u)
+        if v is None:
+            v = memo[u] = _in_networks(str(u), nets)
+        ok[i] = v
     res = np.zeros(len(ips), dtype=bool)
     present = codes >= 0
     res[present] = ok[codes[present]]
@@ -253,19 +287,17 @@ def in_cidrs(ips: pd.Series, cidrs: list[str] | tuple[str, ...]) -> np.ndarray:
 
 
 def directions(src_in: np.ndarray, dst_in: np.ndarray) -> np.ndarray:
-    return np.select(
-        [src_in & dst_in, src_in & ~dst_in, ~src_in & dst_in],
-        [Direction.INTERNAL.value, Direction.EGRESS.value, Direction.INGRESS.value],
-        default=Direction.EXTERNAL.value,
-    )
+    """Direction codes: 0 internal, 1 egress, 2 ingress, 3 external."""
+    return np.where(src_in, np.where(dst_in, 0, 1), np.where(dst_in, 2, 3)).astype("int64")
 
 
 def enrich_flows(flows: pd.DataFrame, inventory: Inventory | None, settings: Settings) -> pd.DataFrame:
-    """The batch with Kubernetes metadata on both ends, ``direction`` and ``node`` filled in.
+    """The batch with Kubernetes metadata on both ends and ``direction`` filled in.
 
-    Values the collector already set are kept; missing ones are looked up.
+    Values the collector already set are kept; missing ones are looked up. String columns
+    are built with Arrow takes, never through Python objects per row.
     """
-    df = flows.copy()
+    df = flows.reset_index(drop=True)  # a copy; new columns align by position
     if not len(df):
         return df
     internal = settings.cluster.internal_cidrs() + list(settings.cluster.node_ips)
@@ -278,9 +310,8 @@ def enrich_flows(flows: pd.DataFrame, inventory: Inventory | None, settings: Set
         dst_in |= df["dst_ip"].isin(node_ips).to_numpy()
     need_dir = (df["direction"] == "").to_numpy()
     if need_dir.any():
-        d = df["direction"].to_numpy(dtype=object)
-        d[need_dir] = directions(src_in, dst_in)[need_dir]
-        df["direction"] = pd.array(d, dtype="str")
+        computed = pd.Series(_DIRECTIONS.take(pa.array(directions(src_in, dst_in))), dtype="str")
+        df["direction"] = computed if need_dir.all() else df["direction"].where(~need_dir, computed)
     if inv is None:
         return df
     ts = df["ts_start"]
@@ -288,9 +319,8 @@ def enrich_flows(flows: pd.DataFrame, inventory: Inventory | None, settings: Set
         have = (df[f"{end}_pod"] != "").to_numpy()
         if have.all():
             continue
-        found = inv.lookup(df[f"{end}_ip"], ts)
+        row = inv.lookup_rows(df[f"{end}_ip"], ts)
         for col in ("namespace", "pod", "workload"):
-            cur = df[f"{end}_{col}"].to_numpy(dtype=object)
-            cur[~have] = found[col].to_numpy(dtype=object)[~have]
-            df[f"{end}_{col}"] = pd.array(cur, dtype="str")
+            found = inv.column(col, row)
+            df[f"{end}_{col}"] = found if not have.any() else df[f"{end}_{col}"].where(have, found)
     return df

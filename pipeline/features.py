@@ -1,12 +1,15 @@
-"""Features per entity-window, vectorised: one ``np.bincount`` per feature, no per-flow loop.
+"""Features per entity-window, vectorised: integer ids and ``np.bincount``, no per-flow loop.
 
-Input: enriched flows of closed windows (with ``ws``). Only flows whose source is inside the
-cluster are scored (``internal`` and ``egress``); the entity is the source pod (its
-``namespace/pod``), or the source address when no pod owns it (a node, an unknown host).
+:func:`to_lean` turns an enriched flow batch into a *lean* frame of numbers: only flows
+sourced inside the cluster (``internal`` and ``egress``) are kept, strings become
+:class:`~pipeline.state.Vocab` ids, the control-plane and DNS facts are computed once per
+distinct value. Every later step selects, groups and counts integers.
 
-The stateless features come from the flows alone (:func:`window_features`); the ones that
-need memory (never-seen edges, young-edge bytes, the beacon score) are added by
-:func:`novelty_features` and :func:`beacon_features` from :mod:`pipeline.state`.
+The entity is the source pod (``namespace/pod``), or the source address when no pod owns
+it (a node, an unknown host). :func:`window_features` gives the stateless features; the ones
+that need memory (never-seen edges, volume to addresses new to the cluster, recent targets,
+the beacon score) come from :func:`novelty_features`, :func:`recent_features` and
+:func:`beacon_features` over :mod:`pipeline.state`.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import pandas as pd
 from flowwarden.records import Direction, FlowState, Proto
 from flowwarden.settings import Settings
 from pipeline.enrich import in_cidrs
-from pipeline.state import ConnectionLog, RecentActivity, SeenEdges, edge_hashes
+from pipeline.state import ConnectionLog, RecentActivity, SeenEdges, Vocab, mix
 
 LONG_LIVED_S = 300.0
-YOUNG_EDGE_S = 3600.0  # an external edge first seen within this long is "young"
+YOUNG_EDGE_S = 3600.0  # an address first seen by the cluster within this long is "young"
 CLUSTER_DOMAINS = frozenset({"cluster.local"})  # never counted as tunnel subdomains
 
 # Every numeric feature, in a fixed order (the isolation forest's columns come from here).
@@ -88,15 +91,23 @@ KEY_COLUMNS: tuple[str, ...] = (
     "node",
     "is_node",
 )
+_NUMERIC = ("ts_start", "ts_end", "dst_port", "proto", "bytes_out", "bytes_in", "pkts_out", "final")
+_IDS = (
+    "src_ip",
+    "dst_ip",
+    "src_namespace",
+    "src_pod",
+    "src_workload",
+    "dst_namespace",
+    "dst_pod",
+    "dst_workload",
+    "node",
+    "state",
+)
+_CP = ("cp_api", "cp_etcd", "cp_kubelet", "cp_scheduler", "cp_controller_manager", "metadata_api")
 
 
-@dataclass
-class Prepared:
-    """Scored flows with their group ids and helper columns, shared by every feature step."""
-
-    flows: pd.DataFrame
-    gid: np.ndarray
-    keys: pd.DataFrame  # one row per entity-window, index = gid
+# ----------------------------------------------------------------------- lean frames
 
 
 @lru_cache(maxsize=8)
@@ -105,7 +116,7 @@ def _api_service_ip(service_cidr: str) -> str:
 
 
 def node_mask(ips: pd.Series, settings: Settings, node_ips: dict[str, str]) -> np.ndarray:
-    """Addresses that are nodes: the node CIDRs, configured node IPs, and hosts of host-network pods."""
+    """Addresses that are nodes: the node CIDRs, configured node IPs, hosts of host-network pods."""
     known = set(node_ips) | set(settings.cluster.node_ips)
     m = in_cidrs(ips, settings.cluster.node_cidrs)
     if known:
@@ -113,63 +124,9 @@ def node_mask(ips: pd.Series, settings: Settings, node_ips: dict[str, str]) -> n
     return m
 
 
-def prepare(flows: pd.DataFrame, settings: Settings, node_ips: dict[str, str]) -> Prepared | None:
-    """Keep flows sourced inside the cluster, name their entity, number their entity-windows."""
-    d = flows["direction"].to_numpy(dtype=object)
-    f = flows[(d == Direction.INTERNAL.value) | (d == Direction.EGRESS.value)]
-    if not len(f):
-        return None
-    f = f.reset_index(drop=True)
-    pod = f["src_pod"].to_numpy(dtype=object)
-    ns = f["src_namespace"].to_numpy(dtype=object)
-    wl = f["src_workload"].to_numpy(dtype=object)
-    ip = f["src_ip"].to_numpy(dtype=object)
-    has_pod = pod != ""
-    entity = np.where(has_pod, ns + "/" + pod, ip)
-    wl_key = np.where(wl != "", ns + "/" + wl, entity)
-    is_node = node_mask(f["src_ip"], settings, node_ips) & ~has_pod
-    ws = f["ws"].to_numpy(dtype="float64")
-    e_codes, e_uniq = pd.factorize(entity)
-    w_codes, _ = pd.factorize(ws)
-    gid, _ = pd.factorize(w_codes.astype("int64") * len(e_uniq) + e_codes)
-    f = f.assign(entity=entity, wl_key=wl_key, is_node=is_node)
-    first = pd.DataFrame({"gid": gid, "row": np.arange(len(f))}).drop_duplicates("gid").sort_values("gid")
-    r = first["row"].to_numpy()
-    keys = pd.DataFrame(
-        {
-            "ws": ws[r],
-            "we": ws[r] + settings.pipeline.window_s,
-            "entity": entity[r],
-            "src_ip": ip[r],
-            "namespace": ns[r],
-            "pod": pod[r],
-            "workload": wl[r],
-            "wl_key": wl_key[r],
-            "node": f["node"].to_numpy(dtype=object)[r],
-            "is_node": is_node[r],
-        }
-    )
-    return Prepared(f, gid, keys)
-
-
-def _nunique(gid: np.ndarray, ng: int, values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Distinct ``values`` per group (optionally among rows where ``mask``)."""
-    if mask is not None:
-        gid, values = gid[mask], values[mask]
-    if not len(gid):
-        return np.zeros(ng)
-    codes, uniq = pd.factorize(values)
-    pairs = np.unique(gid.astype("int64") * (len(uniq) + 1) + codes)
-    return np.bincount(pairs // (len(uniq) + 1), minlength=ng).astype("float64")
-
-
-def _sum(gid: np.ndarray, ng: int, weights: np.ndarray | None = None) -> np.ndarray:
-    return np.bincount(gid, weights=weights, minlength=ng).astype("float64")
-
-
 @lru_cache(maxsize=262144)
 def _label_stats(name: str) -> tuple[float, float, str]:
-    """(length, Shannon entropy of the leftmost labels, registered domain) of a DNS name."""
+    """(length, Shannon entropy of the labels left of the registered domain, registered domain)."""
     name = name.rstrip(".").lower()
     labels = name.split(".")
     reg = ".".join(labels[-2:]) if len(labels) >= 2 else name
@@ -182,19 +139,183 @@ def _label_stats(name: str) -> tuple[float, float, str]:
     return float(len(name)), ent, reg
 
 
-def window_features(p: Prepared, settings: Settings, node_ips: dict[str, str]) -> pd.DataFrame:
+def decode_lean(lean: pd.DataFrame, vocab: Vocab) -> pd.DataFrame:
+    """A few lean rows back as readable flows (alert evidence, example flows)."""
+    out = {c: lean[c].to_numpy() for c in _NUMERIC}
+    for c in _IDS:
+        out[c] = vocab.decode(lean[c].to_numpy())
+    out["dns_qname"] = lean["dns_name"].to_numpy(dtype=object)
+    out["direction"] = np.where(lean["ext"].to_numpy(), Direction.EGRESS.value, Direction.INTERNAL.value)
+    return pd.DataFrame(out)
+
+
+def to_lean(flows: pd.DataFrame, vocab: Vocab, settings: Settings, node_ips: dict[str, str]) -> pd.DataFrame:
+    """Numbers only: the flows sourced inside the cluster, strings as vocabulary ids."""
+    d = flows["direction"]
+    ext_all = (d == Direction.EGRESS.value).to_numpy()
+    keep = ext_all | (d == Direction.INTERNAL.value).to_numpy()
+    out: dict[str, np.ndarray] = {c: flows[c].to_numpy()[keep] for c in _NUMERIC}
+    out["ext"] = ext_all[keep]
+    for c in _IDS:
+        out[c] = vocab.encode(flows[c])[keep].astype("int32")
+    state = flows["state"]
+    out["rejected"] = (state == FlowState.REJECTED.value).to_numpy()[keep]
+    out["syn_only"] = (state == FlowState.SYN_ONLY.value).to_numpy()[keep]
+    out["src_is_node"] = node_mask(flows["src_ip"], settings, node_ips)[keep]
+    out.update({k: v[keep] for k, v in _control_plane(flows, settings, node_ips).items()})
+    out.update(_dns_columns(flows, keep, vocab))
+    return pd.DataFrame(out)
+
+
+def _control_plane(
+    flows: pd.DataFrame, settings: Settings, node_ips: dict[str, str]
+) -> dict[str, np.ndarray]:
+    cp = settings.control_plane
+    port = flows["dst_port"].to_numpy(dtype="int64")
+    dst_node = node_mask(flows["dst_ip"], settings, node_ips)
+    if cp.api_server_ips:
+        dst_node |= flows["dst_ip"].isin(cp.api_server_ips).to_numpy()
+    api_svc = [_api_service_ip(c) for c in settings.cluster.service_cidrs]
+    tcp = flows["proto"].to_numpy() == Proto.TCP
+    to_api = (dst_node & (port == cp.api_server_port)) | (
+        flows["dst_ip"].isin(api_svc).to_numpy() & (port == 443)
+    )
+    return {
+        "cp_api": to_api & tcp,
+        "cp_etcd": dst_node & tcp & np.isin(port, cp.etcd_ports),
+        "cp_kubelet": dst_node & tcp & (port == cp.kubelet_port),
+        "cp_scheduler": dst_node & tcp & (port == cp.scheduler_port),
+        "cp_controller_manager": dst_node & tcp & (port == cp.controller_manager_port),
+        "metadata_api": flows["dst_ip"].isin(settings.cluster.metadata_api).to_numpy(),
+    }
+
+
+def _dns_columns(flows: pd.DataFrame, keep: np.ndarray, vocab: Vocab) -> dict[str, np.ndarray]:
+    """Per flow: query-name hash (0: none), length, entropy, registered-domain id, the name itself."""
+    n = int(keep.sum())
+    out = {
+        "dns_hash": np.zeros(n, dtype="uint64"),
+        "dns_len": np.zeros(n),
+        "dns_ent": np.zeros(n),
+        "dns_reg": np.zeros(n, dtype="int32"),
+        "dns_name": np.full(n, "", dtype=object),
+    }
+    q = flows["dns_qname"]
+    has_all = (q != "").to_numpy() & keep
+    if not has_all.any():
+        return out
+    names = q[has_all]
+    codes, uniq = pd.factorize(names)
+    stats = [_label_stats(str(u)) for u in uniq]  # once per distinct name, not per flow
+    regs = [s[2] for s in stats]
+    reg_ids = vocab.encode(np.array(regs, dtype=object))
+    internal = np.array([r in CLUSTER_DOMAINS for r in regs], dtype=bool)
+    reg_ids = np.where(internal, 0, reg_ids)
+    has = has_all[keep]
+    out["dns_hash"][has] = pd.util.hash_array(np.asarray(uniq, dtype=object))[codes]
+    out["dns_len"][has] = np.array([s[0] for s in stats])[codes]
+    out["dns_ent"][has] = np.array([s[1] for s in stats])[codes]
+    out["dns_reg"][has] = reg_ids[codes]
+    out["dns_name"][has] = np.asarray(uniq, dtype=object)[codes]
+    return out
+
+
+# ----------------------------------------------------------------------- entity-windows
+
+
+@dataclass
+class Prepared:
+    """The lean flows of closed windows with their entity-window ids and per-row keys."""
+
+    flows: pd.DataFrame
+    gid: np.ndarray
+    keys: pd.DataFrame  # one row per entity-window, index = gid
+    entity_hash: np.ndarray  # per row
+    source_hash: np.ndarray  # per row: the workload (or the entity when it has none)
+
+
+def prepare(lean: pd.DataFrame, vocab: Vocab, window_s: float) -> Prepared | None:
+    """Name each flow's entity and workload, and number the entity-windows."""
+    if not len(lean):
+        return None
+    f = lean.reset_index(drop=True)
+    ns = f["src_namespace"].to_numpy(dtype="int64")
+    pod = f["src_pod"].to_numpy(dtype="int64")
+    wl = f["src_workload"].to_numpy(dtype="int64")
+    ip = f["src_ip"].to_numpy(dtype="int64")
+    has_pod = pod != 0
+    has_wl = wl != 0
+    ent_code = np.where(has_pod, (ns << 32) | pod, -(ip + 1))
+    ws = f["ws"].to_numpy(dtype="float64")
+    e_codes, e_uniq = pd.factorize(ent_code)
+    w_codes, _ = pd.factorize(ws)
+    gid, _ = pd.factorize(w_codes.astype("int64") * len(e_uniq) + e_codes)
+    h_ns, h_pod, h_wl, h_ip = (vocab.hash_of(x) for x in (ns, pod, wl, ip))
+    entity_hash = np.where(has_pod, mix(h_ns, h_pod, 2), mix(h_ip, 0, 3))
+    source_hash = np.where(has_wl, mix(h_ns, h_wl, 1), entity_hash)
+    first = np.unique(gid, return_index=True)[1]
+    r = first
+    ns_s, pod_s, wl_s, ip_s = (vocab.decode(x[r]) for x in (ns, pod, wl, ip))
+    entity = np.where(has_pod[r], ns_s + "/" + pod_s, ip_s)
+    keys = pd.DataFrame(
+        {
+            "ws": ws[r],
+            "we": ws[r] + window_s,
+            "entity": entity,
+            "src_ip": ip_s,
+            "namespace": ns_s,
+            "pod": pod_s,
+            "workload": wl_s,
+            "wl_key": np.where(has_wl[r], ns_s + "/" + wl_s, entity),
+            "node": vocab.decode(f["node"].to_numpy()[r]),
+            "is_node": f["src_is_node"].to_numpy()[r] & ~has_pod[r],
+        }
+    )
+    return Prepared(f, gid, keys, entity_hash, source_hash)
+
+
+def _nunique(gid: np.ndarray, ng: int, values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Distinct ``values`` per group (optionally among rows where ``mask``)."""
+    if mask is not None:
+        gid, values = gid[mask], values[mask]
+    if not len(gid):
+        return np.zeros(ng)
+    if values.dtype.kind in "iu" and values.dtype.itemsize <= 4:
+        codes, nv = values.astype("int64"), int(values.max()) + 1
+    else:
+        codes, uniq = pd.factorize(values)
+        nv = len(uniq)
+    pairs = np.unique(gid.astype("int64") * (nv + 1) + codes)
+    return np.bincount(pairs // (nv + 1), minlength=ng).astype("float64")
+
+
+def _max_nunique(gid: np.ndarray, ng: int, by: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per group: the largest number of distinct ``values`` under one ``by``."""
+    out = np.zeros(ng)
+    if not len(gid):
+        return out
+    t = pd.DataFrame({"g": gid, "b": by, "v": values}).drop_duplicates()
+    per = t.groupby(["g", "b"], sort=False).size()
+    top = per.groupby(level=0).max()
+    out[top.index.to_numpy(dtype="int64")] = top.to_numpy(dtype="float64")
+    return out
+
+
+def _sum(gid: np.ndarray, ng: int, weights: np.ndarray | None = None) -> np.ndarray:
+    return np.bincount(gid, weights=weights, minlength=ng).astype("float64")
+
+
+def window_features(p: Prepared) -> pd.DataFrame:
     """The stateless features of every entity-window in ``p`` (index = gid)."""
     f, gid, ng = p.flows, p.gid, len(p.keys)
-    d = f["direction"].to_numpy(dtype=object)
-    ext = d == Direction.EGRESS.value
-    internal = d == Direction.INTERNAL.value
+    ext = f["ext"].to_numpy()
+    internal = ~ext
     bo = f["bytes_out"].to_numpy(dtype="float64")
     po = f["pkts_out"].to_numpy(dtype="float64")
     bi = f["bytes_in"].to_numpy(dtype="float64")
-    dst = f["dst_ip"].to_numpy(dtype=object)
+    dst = f["dst_ip"].to_numpy()
     port = f["dst_port"].to_numpy(dtype="int64")
     proto = f["proto"].to_numpy()
-    state = f["state"].to_numpy(dtype=object)
     out: dict[str, np.ndarray] = {}
     out["flows"] = _sum(gid, ng)
     out["bytes_out"] = _sum(gid, ng, bo)
@@ -205,18 +326,12 @@ def window_features(p: Prepared, settings: Settings, node_ips: dict[str, str]) -
     out["bytes_in_ext"] = _sum(gid, ng, np.where(ext, bi, 0.0))
     out["ext_dsts"] = _nunique(gid, ng, dst, ext)
     out["int_peers"] = _nunique(gid, ng, dst, internal)
-    out["dst_ports"] = _nunique(gid, ng, port, proto != Proto.ICMP)
-    # Ports per (entity-window, destination): a port scan hammers one host.
-    dcodes, duniq = pd.factorize(dst)
-    gd = gid.astype("int64") * (len(duniq) + 1) + dcodes
-    gd_codes, gd_uniq = pd.factorize(gd)
-    ports_per = _nunique(gd_codes, len(gd_uniq), port)
-    best = np.zeros(ng)
-    np.maximum.at(best, (gd_uniq // (len(duniq) + 1)).astype("int64"), ports_per)
-    out["max_ports_per_dst"] = best
-    out["icmp_dsts"] = _nunique(gid, ng, dst, (proto == Proto.ICMP) | (proto == Proto.ICMPV6))
-    rejected = state == FlowState.REJECTED.value
-    syn_only = state == FlowState.SYN_ONLY.value
+    icmp = (proto == Proto.ICMP) | (proto == Proto.ICMPV6)
+    out["dst_ports"] = _nunique(gid, ng, port.astype("int32"), ~icmp)
+    out["max_ports_per_dst"] = _max_nunique(gid, ng, dst, port)
+    out["icmp_dsts"] = _nunique(gid, ng, dst, icmp)
+    rejected = f["rejected"].to_numpy()
+    syn_only = f["syn_only"].to_numpy()
     failed = rejected | syn_only
     n = np.maximum(out["flows"], 1.0)
     out["failed_conns"] = _sum(gid, ng, failed.astype("float64"))
@@ -224,8 +339,9 @@ def window_features(p: Prepared, settings: Settings, node_ips: dict[str, str]) -
     out["rejected_share"] = _sum(gid, ng, rejected.astype("float64")) / n
     out["syn_only_share"] = _sum(gid, ng, syn_only.astype("float64")) / n
     out["failed_dsts"] = _nunique(gid, ng, dst, failed)
-    out["failed_ports"] = _nunique(gid, ng, port, failed)
-    out.update(_control_plane(f, gid, ng, settings, node_ips))
+    out["failed_ports"] = _nunique(gid, ng, port.astype("int32"), failed)
+    for c in _CP:
+        out[c] = _sum(gid, ng, f[c].to_numpy().astype("float64"))
     out.update(_dns(f, gid, ng))
     dur = f["ts_end"].to_numpy() - f["ts_start"].to_numpy()
     long_lived = (dur >= LONG_LIVED_S) | ~f["final"].to_numpy(dtype=bool)
@@ -233,113 +349,70 @@ def window_features(p: Prepared, settings: Settings, node_ips: dict[str, str]) -
     return pd.DataFrame(out)
 
 
-def _control_plane(
-    f: pd.DataFrame, gid: np.ndarray, ng: int, settings: Settings, node_ips: dict[str, str]
-) -> dict[str, np.ndarray]:
-    cp = settings.control_plane
-    port = f["dst_port"].to_numpy(dtype="int64")
-    dst_node = node_mask(f["dst_ip"], settings, node_ips)
-    if cp.api_server_ips:
-        dst_node |= f["dst_ip"].isin(cp.api_server_ips).to_numpy()
-    api_svc = [_api_service_ip(c) for c in settings.cluster.service_cidrs]
-    to_api = (dst_node & (port == cp.api_server_port)) | (
-        f["dst_ip"].isin(api_svc).to_numpy() & (port == 443)
-    )
-    tcp = f["proto"].to_numpy() == Proto.TCP
-    meta = f["dst_ip"].isin(settings.cluster.metadata_api).to_numpy()
-    return {
-        "cp_api": _sum(gid, ng, (to_api & tcp).astype("float64")),
-        "cp_etcd": _sum(gid, ng, (dst_node & tcp & np.isin(port, cp.etcd_ports)).astype("float64")),
-        "cp_kubelet": _sum(gid, ng, (dst_node & tcp & (port == cp.kubelet_port)).astype("float64")),
-        "cp_scheduler": _sum(gid, ng, (dst_node & tcp & (port == cp.scheduler_port)).astype("float64")),
-        "cp_controller_manager": _sum(
-            gid, ng, (dst_node & tcp & (port == cp.controller_manager_port)).astype("float64")
-        ),
-        "metadata_api": _sum(gid, ng, meta.astype("float64")),
-    }
-
-
 def _dns(f: pd.DataFrame, gid: np.ndarray, ng: int) -> dict[str, np.ndarray]:
-    q = f["dns_qname"].to_numpy(dtype=object)
-    has = q != ""
+    h = f["dns_hash"].to_numpy()
+    has = h != 0
     out = {
         k: np.zeros(ng)
         for k in ("dns_queries", "dns_names", "dns_max_subdomains", "dns_mean_len", "dns_mean_entropy")
     }
     if not has.any():
         return out
-    g, names = gid[has], q[has]
-    codes, uniq = pd.factorize(names)
-    stats = [_label_stats(str(u)) for u in uniq]  # once per distinct name, not per flow
-    length = np.array([s[0] for s in stats])[codes]
-    ent = np.array([s[1] for s in stats])[codes]
-    reg = np.array([s[2] for s in stats], dtype=object)[codes]
+    g = gid[has]
     cnt = _sum(g, ng)
-    out["dns_queries"] = cnt
-    out["dns_names"] = _nunique(g, ng, names)
     safe = np.maximum(cnt, 1.0)
-    out["dns_mean_len"] = _sum(g, ng, length) / safe
-    out["dns_mean_entropy"] = _sum(g, ng, ent) / safe
-    rcodes, runiq = pd.factorize(reg)
-    gr = g.astype("int64") * (len(runiq) + 1) + rcodes
-    gr_codes, gr_uniq = pd.factorize(gr)
-    subs = _nunique(gr_codes, len(gr_uniq), names)
-    internal_reg = np.isin(runiq[(gr_uniq % (len(runiq) + 1)).astype("int64")], list(CLUSTER_DOMAINS))
-    subs = np.where(internal_reg, 0.0, subs)
-    best = np.zeros(ng)
-    np.maximum.at(best, (gr_uniq // (len(runiq) + 1)).astype("int64"), subs)
-    out["dns_max_subdomains"] = best
+    out["dns_queries"] = cnt
+    out["dns_names"] = _nunique(g, ng, h[has])
+    out["dns_mean_len"] = _sum(g, ng, f["dns_len"].to_numpy()[has]) / safe
+    out["dns_mean_entropy"] = _sum(g, ng, f["dns_ent"].to_numpy()[has]) / safe
+    reg = f["dns_reg"].to_numpy()[has]
+    ext = reg != 0  # cluster-internal names have registered domain 0
+    out["dns_max_subdomains"] = _max_nunique(g[ext], ng, reg[ext], h[has][ext])
     return out
 
 
 # ----------------------------------------------------------------------- with memory
 
 
-def global_hashes(dst_ip: pd.Series) -> np.ndarray:
-    """The cluster-wide edge of an external address: has *anyone* in the cluster talked to it?"""
-    return edge_hashes(pd.Series(["*"] * len(dst_ip)), dst_ip, pd.Series(np.zeros(len(dst_ip), dtype="int64")))
-
-
-def edge_table(p: Prepared) -> pd.DataFrame:
+def edge_table(p: Prepared, vocab: Vocab) -> pd.DataFrame:
     """One row per flow and edge: workload-level edges, plus a cluster-wide edge per external address."""
     f = p.flows
-    dwl = f["dst_workload"].to_numpy(dtype=object)
+    dwl = f["dst_workload"].to_numpy()
+    dst = f["dst_ip"].to_numpy()
     peer = np.where(
-        dwl != "", f["dst_namespace"].to_numpy(dtype=object) + "/" + dwl, f["dst_ip"].to_numpy(dtype=object)
+        dwl != 0,
+        mix(vocab.hash_of(f["dst_namespace"].to_numpy()), vocab.hash_of(dwl), 1),
+        mix(vocab.hash_of(dst), 0, 3),
     )
-    ext = (f["direction"] == Direction.EGRESS.value).to_numpy()
+    port = f["dst_port"].to_numpy(dtype="int64")
+    ext = f["ext"].to_numpy()
     local = pd.DataFrame(
         {
             "gid": p.gid,
-            "hash": edge_hashes(f["wl_key"], pd.Series(peer), f["dst_port"]),
+            "hash": mix(mix(p.source_hash, peer, 4), port, 5),
             "ext": ext,
             "glob": False,
-            "dst_ip": f["dst_ip"].to_numpy(dtype=object),
+            "dst_ip": dst,
             "bytes": f["bytes_out"].to_numpy(dtype="float64"),
             "ws": f["ws"].to_numpy(),
-            "src": f["wl_key"].to_numpy(dtype=object),
         }
     )
     g = local[ext]
-    glob = g.assign(hash=global_hashes(g["dst_ip"]), glob=True, src="*")
+    glob = g.assign(hash=mix(vocab.hash_of(g["dst_ip"].to_numpy()), 0, 6), glob=True)
     return pd.concat([local, glob], ignore_index=True)
 
 
 def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Never-seen edges per entity-window; updates ``seen``. Returns (features, per-flow local edges)."""
     ng = len(p.keys)
-    u = edges.groupby("hash", sort=False).agg(
-        first=("ws", "min"), last=("ws", "max"), bytes=("bytes", "sum"), src=("src", "first")
-    )
+    u = edges.groupby("hash", sort=False).agg(first=("ws", "min"), last=("ws", "max"), bytes=("bytes", "sum"))
     hashes = u.index.to_numpy(dtype="uint64")
-    prior_first = seen.first_seen(hashes)
-    prior_bytes = seen.young_bytes(hashes)
+    pos = seen.positions(hashes)
+    prior_first = seen.first_at(pos)
+    prior_bytes = seen.bytes_at(pos)
     first = np.fmin(prior_first, u["first"].to_numpy())
-    first_map = pd.Series(first, index=u.index)
-    prior_map = pd.Series(np.nan_to_num(prior_bytes), index=u.index)
-    edges = edges.assign(
-        first=first_map.reindex(edges["hash"]).to_numpy(), prior=prior_map.reindex(edges["hash"]).to_numpy()
-    )
+    row = pd.Index(hashes).get_indexer(edges["hash"].to_numpy())
+    edges = edges.assign(first=first[row], prior=prior_bytes[row])
     glob = edges["glob"].to_numpy()
     e = edges[~glob]
     e = e.assign(new=e["first"].to_numpy() >= e["ws"].to_numpy())
@@ -347,7 +420,7 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
     new = e["new"].to_numpy()
     ext = e["ext"].to_numpy()
     h = e["hash"].to_numpy()
-    dst = e["dst_ip"].to_numpy(dtype=object)
+    dst = e["dst_ip"].to_numpy()
     out = {
         "new_edges": _nunique(gid, ng, h, new),
         "new_int_peers": _nunique(gid, ng, dst, new & ~ext),
@@ -356,14 +429,16 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
         "new_ext_bytes": _sum(gid, ng, np.where(new & ext, e["bytes"].to_numpy(), 0.0)),
     }
     # Bytes sent to an address new to the whole cluster, over its young life.
-    ge = edges[glob].groupby(["gid", "hash"], sort=False).agg(
-        b=("bytes", "sum"), prior=("prior", "first"), first=("first", "first")
-    )
     young = np.zeros(ng)
     young_age = np.zeros(ng)
-    ws_now = float(p.keys["ws"].max())
-    ge = ge[(ws_now - ge["first"]) <= YOUNG_EDGE_S]
-    if len(ge):
+    gl = edges[glob]
+    if len(gl):
+        ws_now = float(p.keys["ws"].max())
+        gl = gl[(ws_now - gl["first"].to_numpy()) <= YOUNG_EDGE_S]
+    if len(gl):
+        ge = gl.groupby(["gid", "hash"], sort=False).agg(
+            b=("bytes", "sum"), prior=("prior", "first"), first=("first", "first")
+        )
         ge = ge.assign(total=ge["b"] + ge["prior"]).sort_values("total")
         top = ge[~ge.index.get_level_values(0).duplicated(keep="last")]
         idx = top.index.get_level_values(0).to_numpy(dtype="int64")
@@ -371,9 +446,7 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
         young_age[idx] = p.keys["ws"].to_numpy()[idx] - top["first"].to_numpy()
     out["young_ext_bytes"] = young
     out["young_ext_age"] = young_age
-    seen.update(
-        hashes, u["first"].to_numpy(), u["last"].to_numpy(), u["bytes"].to_numpy(), u["src"].to_numpy(dtype=object)
-    )
+    seen.update(hashes, pos, u["first"].to_numpy(), u["last"].to_numpy(), u["bytes"].to_numpy())
     return pd.DataFrame(out), e
 
 
@@ -381,44 +454,60 @@ def recent_features(p: Prepared, e: pd.DataFrame, recent: RecentActivity) -> pd.
     """Distinct new internal peers and failed targets per entity over the recent horizon (incl. now)."""
     ng = len(p.keys)
     f = p.flows
-    ent = pd.util.hash_array(p.keys["entity"].to_numpy(dtype=object))
-    failed = f["state"].isin([FlowState.REJECTED.value, FlowState.SYN_ONLY.value]).to_numpy()
+    failed = f["rejected"].to_numpy() | f["syn_only"].to_numpy()
     newp = e[e["new"].to_numpy() & ~e["ext"].to_numpy()]
     ev = []
     if len(newp):
-        ev.append(pd.DataFrame({"entity": ent[newp["gid"].to_numpy()], "kind": RecentActivity.NEW_PEER,
-                                "dst": pd.util.hash_array(newp["dst_ip"].to_numpy(dtype=object)), "port": 0,
-                                "ws": newp["ws"].to_numpy()}))
+        rows = newp.index.to_numpy()  # local edge rows are flow rows
+        ev.append(
+            pd.DataFrame(
+                {
+                    "entity": p.entity_hash[rows],
+                    "kind": RecentActivity.NEW_PEER,
+                    "dst": newp["dst_ip"].to_numpy().astype("uint64"),
+                    "port": 0,
+                    "ws": newp["ws"].to_numpy(),
+                }
+            )
+        )
     if failed.any():
         ff = f[failed]
-        ev.append(pd.DataFrame({"entity": ent[p.gid[failed]], "kind": RecentActivity.FAILED,
-                                "dst": pd.util.hash_array(ff["dst_ip"].to_numpy(dtype=object)),
-                                "port": ff["dst_port"].to_numpy(dtype="int64"), "ws": ff["ws"].to_numpy()}))
+        ev.append(
+            pd.DataFrame(
+                {
+                    "entity": p.entity_hash[failed],
+                    "kind": RecentActivity.FAILED,
+                    "dst": ff["dst_ip"].to_numpy().astype("uint64"),
+                    "port": ff["dst_port"].to_numpy(dtype="int64"),
+                    "ws": ff["ws"].to_numpy(),
+                }
+            )
+        )
     events = pd.concat(ev, ignore_index=True) if ev else recent.table.iloc[0:0]
     recent.add(events, float(p.keys["ws"].max()))
     out = {k: np.zeros(ng) for k in ("recent_new_peers", "recent_failed_dsts", "recent_ports_per_dst")}
     t = recent.table
     if not len(t):
         return pd.DataFrame(out)
-    pos = pd.Index(ent).get_indexer(t["entity"].to_numpy())
+    # Each entity's rows, attributed to its entity-window in this batch (the latest one).
+    ent_gid = pd.Series(p.gid, index=p.entity_hash)
+    ent_gid = ent_gid[~ent_gid.index.duplicated(keep="last")]
+    pos = pd.Index(ent_gid.index).get_indexer(t["entity"].to_numpy())
     mine = pos >= 0
-    t, pos = t[mine], pos[mine]
-    if not len(t):
+    if not mine.any():
         return pd.DataFrame(out)
-    kind = t["kind"].to_numpy()
-    dst = t["dst"].to_numpy()
-    out["recent_new_peers"] = _nunique(pos, ng, dst, kind == RecentActivity.NEW_PEER)
+    g = ent_gid.to_numpy()[pos[mine]]
+    kind = t["kind"].to_numpy()[mine]
+    dst = t["dst"].to_numpy()[mine]
+    out["recent_new_peers"] = _nunique(g, ng, dst, kind == RecentActivity.NEW_PEER)
     fail = kind == RecentActivity.FAILED
-    out["recent_failed_dsts"] = _nunique(pos, ng, dst, fail)
-    if fail.any():
-        per = pd.DataFrame({"g": pos[fail], "d": dst[fail], "p": t["port"].to_numpy()[fail]})
-        ports = per.drop_duplicates().groupby(["g", "d"]).size().groupby(level=0).max()
-        out["recent_ports_per_dst"][ports.index.to_numpy(dtype="int64")] = ports.to_numpy(dtype="float64")
+    out["recent_failed_dsts"] = _nunique(g, ng, dst, fail)
+    out["recent_ports_per_dst"] = _max_nunique(g[fail], ng, dst[fail], t["port"].to_numpy()[mine][fail])
     return pd.DataFrame(out)
 
 
 def beacon_features(
-    p: Prepared, log: ConnectionLog, seen: SeenEdges, window_s: float, min_conns: int
+    p: Prepared, log: ConnectionLog, seen: SeenEdges, vocab: Vocab, min_conns: int
 ) -> pd.DataFrame:
     """RITA-style periodicity of each entity's connections to each external destination.
 
@@ -433,46 +522,48 @@ def beacon_features(
     out = {k: np.zeros(ng) for k in ("beacon_score", "beacon_conns", "beacon_peers", "beacon_edge_age")}
     f = p.flows
     now = float(f["ts_end"].max())
-    ext = (f["direction"] == Direction.EGRESS.value).to_numpy()
+    ext = f["ext"].to_numpy()
     if not ext.any():
         log.add(log.table.iloc[0:0], now)
         return pd.DataFrame(out)
     g = f[ext]
+    hd = vocab.hash_of(g["dst_ip"].to_numpy())
+    port = g["dst_port"].to_numpy(dtype="int64")
     conns = pd.DataFrame(
         {
-            "pair": edge_hashes(g["entity"], g["dst_ip"], g["dst_port"]),
-            "wld": edge_hashes(g["wl_key"], g["dst_ip"], g["dst_port"]),
+            "pair": mix(mix(p.entity_hash[ext], hd, 7), port, 8),
+            "wld": mix(mix(p.source_hash[ext], hd, 9), port, 10),
             "ts": g["ts_start"].to_numpy(),
             "bytes": g["bytes_out"].to_numpy(dtype="float64"),
             "gid": p.gid[ext],
-            "dst": g["dst_ip"].to_numpy(dtype=object),
+            "glob": mix(hd, 0, 6),
         }
     ).drop_duplicates(["pair", "ts"])
     log.add(conns, now)
-    pairs = conns["pair"].unique()
-    hist = log.history(pairs)
+    hist = log.history(conns["pair"].unique())
     counts = hist.groupby("pair").size()
     ok = counts[counts >= min_conns].index
-    hist = hist[hist["pair"].isin(ok)].sort_values(["pair", "ts"])
+    hist = hist[hist["pair"].isin(ok)]
     if not len(hist):
         return pd.DataFrame(out)
+    hist = hist.sort_values(["pair", "ts"])
     pv = hist["pair"].to_numpy()
     same = pv[1:] == pv[:-1]
-    iv = pd.DataFrame({"pair": pv[1:][same], "d": np.diff(hist["ts"].to_numpy())[same]})
-    ts_score = _rita_score(iv, "d", mad_scale=None)
-    size_score = _rita_score(hist[["pair", "bytes"]].rename(columns={"bytes": "d"}), "d", mad_scale=32.0)
-    n = counts.reindex(ts_score.index).to_numpy(dtype="float64")
+    iv_pair, iv = pv[1:][same], np.diff(hist["ts"].to_numpy())[same]
+    pairs, ts_score = _rita_score(iv_pair, iv, mad_scale=None)
+    size_pairs, size_score = _rita_score(pv, hist["bytes"].to_numpy(), mad_scale=32.0)
+    size_map = pd.Series(size_score, index=size_pairs).reindex(pairs).fillna(0.0).to_numpy()
+    n = counts.reindex(pairs).to_numpy(dtype="float64")
     persistence = np.minimum(1.0, n / (2.0 * min_conns))
-    score = ((ts_score * 2.0 + size_score.reindex(ts_score.index).fillna(0.0)) / 3.0) * (0.5 + 0.5 * persistence)
-    per_pair = pd.DataFrame({"score": score.to_numpy(), "n": n}, index=ts_score.index)
+    score = ((ts_score * 2.0 + size_map) / 3.0) * (0.5 + 0.5 * persistence)
     c = conns.drop_duplicates("pair").set_index("pair")
-    c = c[c.index.isin(per_pair.index)].join(per_pair)
+    c = c[c.index.isin(pairs)].join(pd.DataFrame({"score": score, "n": n}, index=pairs))
     if not len(c):
         return pd.DataFrame(out)
     wl_hist = log.table[log.table["wld"].isin(c["wld"].unique())]
     peer_counts = wl_hist.groupby("wld")["pair"].nunique()
     c["peers"] = peer_counts.reindex(c["wld"]).fillna(1).to_numpy()
-    first = seen.first_seen(global_hashes(pd.Series(c["dst"].to_numpy(dtype=object))))
+    first = seen.first_at(seen.positions(c["glob"].to_numpy(dtype="uint64")))
     ws = p.keys["ws"].to_numpy()[c["gid"].to_numpy(dtype="int64")]
     c["edge_age"] = np.where(np.isnan(first), 0.0, ws - first)
     c = c.sort_values("score").drop_duplicates("gid", keep="last")
@@ -484,15 +575,33 @@ def beacon_features(
     return pd.DataFrame(out)
 
 
-def _rita_score(df: pd.DataFrame, col: str, mad_scale: float | None) -> pd.Series:
-    """Per pair: mean of (1 - |Bowley skew|) and (1 - MAD / scale) of ``col``, in [0, 1]."""
-    g = df.groupby("pair")[col]
-    q = g.quantile([0.25, 0.5, 0.75]).unstack()  # type: ignore[arg-type]
-    q1, q2, q3 = q[0.25], q[0.5], q[0.75]
+def _group_quantiles(
+    keys: np.ndarray, values: np.ndarray, qs: tuple[float, ...]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per key, linear-interpolated quantiles (vectorised: one sort, no groupby)."""
+    order = np.lexsort((values, keys))
+    k, v = keys[order], values[order]
+    uniq, start, count = np.unique(k, return_index=True, return_counts=True)
+    res = []
+    for q in qs:
+        pos = start + q * (count - 1)
+        lo = np.floor(pos).astype("int64")
+        hi = np.minimum(lo + 1, start + count - 1)
+        frac = pos - lo
+        res.append(v[lo] * (1 - frac) + v[hi] * frac)
+    return uniq, res
+
+
+def _rita_score(
+    keys: np.ndarray, values: np.ndarray, mad_scale: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per key: mean of (1 - |Bowley skew|) and (1 - MAD / scale) of ``values``, in [0, 1]."""
+    uniq, (q1, q2, q3) = _group_quantiles(keys, values, (0.25, 0.5, 0.75))
     spread = q3 - q1
-    skew = np.where(spread > 0, (q3 + q1 - 2 * q2) / spread.where(spread > 0, 1.0), 0.0)
-    dev = (df[col] - df["pair"].map(q2)).abs()
-    mad = dev.groupby(df["pair"]).median().reindex(q.index)
-    scale = q2.clip(lower=1.0) if mad_scale is None else mad_scale
-    mad_score = (1.0 - (mad / scale)).clip(lower=0.0, upper=1.0)
-    return pd.Series((1.0 - np.abs(skew)) * 0.5 + mad_score.to_numpy() * 0.5, index=q.index)
+    skew = np.where(spread > 0, (q3 + q1 - 2 * q2) / np.where(spread > 0, spread, 1.0), 0.0)
+    median_of = pd.Series(q2, index=uniq)
+    dev = np.abs(values - median_of.reindex(keys).to_numpy())
+    _, (mad,) = _group_quantiles(keys, dev, (0.5,))
+    scale = np.maximum(q2, 1.0) if mad_scale is None else mad_scale
+    mad_score = np.clip(1.0 - mad / scale, 0.0, 1.0)
+    return uniq, (1.0 - np.abs(skew)) * 0.5 + mad_score * 0.5

@@ -239,7 +239,7 @@ class StageOptions:
     """Knobs of the loop itself (the detection knobs live in ``settings.pipeline``)."""
 
     poll_timeout_s: float = 0.5
-    max_records: int = 500
+    max_records: int = 50  # messages per poll: bounds one step (collectors send up to 5,000 flows each)
     idle_tick_s: float = 2.0  # no feed for this long: drive the engine with the event clock
     align_idle_s: float = 2.0
     align_max_flows: int = 2_000_000
@@ -259,6 +259,7 @@ class StageStats:
     replayed: int = 0
     commits: int = 0
     alert_ids: set[str] = field(default_factory=set)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))  # seconds, newest last
 
 
 class PipelineStage:
@@ -557,7 +558,9 @@ class PipelineStage:
             for a in alerts:
                 self.metrics.alerts.labels(kind=a.kind, detector=a.detector).inc()
                 end = a.last_seen or a.window_end
-                self.metrics.latency.observe(max(0.0, wall - min(end.timestamp(), newest_flow)))
+                latency = max(0.0, wall - min(end.timestamp(), newest_flow))
+                self.metrics.latency.observe(latency)
+                self.stats.latencies.append(latency)
                 self.stats.alert_ids.add(a.id)
             self.stats.alerts += len(alerts)
             self.notifiers.submit(alerts)

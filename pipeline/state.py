@@ -168,15 +168,8 @@ class Baselines:
 # ------------------------------------------------------------------------- seen edges
 
 
-def edge_hashes(src: pd.Series, dst: pd.Series, port: pd.Series) -> np.ndarray:
-    frame = pd.DataFrame(
-        {"s": src.to_numpy(dtype=object), "d": dst.to_numpy(dtype=object), "p": port.to_numpy()}
-    )
-    return pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype="uint64")
-
-
 class SeenEdges:
-    """Which (source workload, peer, port) edges have been seen, since when, and their young bytes."""
+    """Which edges (64-bit keys) have been seen, since when, and the bytes sent over them."""
 
     def __init__(self, *, ttl_s: float, max_edges: int) -> None:
         self.ttl_s = ttl_s
@@ -186,35 +179,34 @@ class SeenEdges:
         self._first = np.empty(0, dtype="float64")
         self._last = np.empty(0, dtype="float64")
         self._bytes = np.empty(0, dtype="float64")
-        self._src = np.empty(0, dtype=object)  # the source workload, for peer questions
 
     def __len__(self) -> int:
         return len(self._index)
 
     def positions(self, hashes: np.ndarray) -> np.ndarray:
+        """Row of each edge in the memory (-1: never seen)."""
         get = self._index.get
-        return np.fromiter((get(int(h), -1) for h in hashes), dtype="int64", count=len(hashes))
+        return np.fromiter((get(h, -1) for h in hashes.tolist()), dtype="int64", count=len(hashes))
 
-    def first_seen(self, hashes: np.ndarray) -> np.ndarray:
-        """First time each edge was seen (NaN when never, or expired)."""
-        pos = self.positions(hashes)
-        out = np.full(len(hashes), np.nan)
+    def first_at(self, pos: np.ndarray) -> np.ndarray:
+        out = np.full(len(pos), np.nan)
         ok = pos >= 0
         out[ok] = self._first[pos[ok]]
         return out
 
-    def young_bytes(self, hashes: np.ndarray) -> np.ndarray:
-        pos = self.positions(hashes)
-        out = np.zeros(len(hashes))
+    def bytes_at(self, pos: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(pos))
         ok = pos >= 0
         out[ok] = self._bytes[pos[ok]]
         return out
 
+    def first_seen(self, hashes: np.ndarray) -> np.ndarray:
+        return self.first_at(self.positions(hashes))
+
     def update(
-        self, hashes: np.ndarray, first: np.ndarray, last: np.ndarray, nbytes: np.ndarray, src: np.ndarray
+        self, hashes: np.ndarray, pos: np.ndarray, first: np.ndarray, last: np.ndarray, nbytes: np.ndarray
     ) -> None:
-        """Record edges (unique hashes) seen between ``first`` and ``last`` with ``nbytes`` sent."""
-        pos = self.positions(hashes)
+        """Record unique edges (``pos`` from :meth:`positions`) seen from ``first`` to ``last``."""
         old = pos >= 0
         p = pos[old]
         self._last[p] = np.fmax(self._last[p], last[old])
@@ -226,8 +218,14 @@ class SeenEdges:
             self._first = np.concatenate([self._first, first[new]])
             self._last = np.concatenate([self._last, last[new]])
             self._bytes = np.concatenate([self._bytes, nbytes[new].astype("float64")])
-            self._src = np.concatenate([self._src, src[new].astype(object)])
             self._index.update(zip(hashes[new].tolist(), range(base, base + n_new), strict=True))
+
+    def _hash_array(self) -> np.ndarray:
+        hashes = np.empty(len(self._index), dtype="uint64")
+        if self._index:
+            rows = np.fromiter(self._index.values(), dtype="int64", count=len(self._index))
+            hashes[rows] = np.fromiter(self._index.keys(), dtype="uint64", count=len(self._index))
+        return hashes
 
     def expire(self, now: float) -> int:
         keep = self._last >= now - self.ttl_s
@@ -236,33 +234,18 @@ class SeenEdges:
             keep &= self._last >= cutoff
         dropped = int((~keep).sum())
         if dropped:
-            hashes = np.fromiter(self._index.keys(), dtype="uint64", count=len(self._index))
-            rows = np.fromiter(self._index.values(), dtype="int64", count=len(self._index))
-            order = np.argsort(rows)
-            hashes = hashes[order]
-            self._load(hashes[keep], self._first[keep], self._last[keep], self._bytes[keep], self._src[keep])
+            self._load(self._hash_array()[keep], self._first[keep], self._last[keep], self._bytes[keep])
             self.evicted += dropped
         return dropped
 
-    def _load(
-        self, hashes: np.ndarray, first: np.ndarray, last: np.ndarray, nbytes: np.ndarray, src: np.ndarray
-    ) -> None:
+    def _load(self, hashes: np.ndarray, first: np.ndarray, last: np.ndarray, nbytes: np.ndarray) -> None:
         self._first, self._last = first.astype("float64"), last.astype("float64")
-        self._bytes, self._src = nbytes.astype("float64"), src.astype(object)
+        self._bytes = nbytes.astype("float64")
         self._index = dict(zip(hashes.astype("uint64").tolist(), range(len(hashes)), strict=True))
 
     def export(self) -> pd.DataFrame:
-        hashes = np.empty(len(self._index), dtype="uint64")
-        for h, i in self._index.items():
-            hashes[i] = h
         return pd.DataFrame(
-            {
-                "hash": hashes,
-                "first": self._first,
-                "last": self._last,
-                "bytes": self._bytes,
-                "src": self._src.astype(str),
-            }
+            {"hash": self._hash_array(), "first": self._first, "last": self._last, "bytes": self._bytes}
         )
 
     def load(self, df: pd.DataFrame) -> None:
@@ -271,7 +254,6 @@ class SeenEdges:
             df["first"].to_numpy(),
             df["last"].to_numpy(),
             df["bytes"].to_numpy(),
-            df["src"].to_numpy(dtype=object),
         )
 
 
@@ -333,9 +315,15 @@ class RecentActivity:
         self.horizon_s = horizon_s
         self.max_rows = max_rows
         self.evicted = 0
-        self.table = pd.DataFrame({"entity": pd.Series(dtype="uint64"), "kind": pd.Series(dtype="int8"),
-                                   "dst": pd.Series(dtype="uint64"), "port": pd.Series(dtype="int64"),
-                                   "ws": pd.Series(dtype="float64")})
+        self.table = pd.DataFrame(
+            {
+                "entity": pd.Series(dtype="uint64"),
+                "kind": pd.Series(dtype="int8"),
+                "dst": pd.Series(dtype="uint64"),
+                "port": pd.Series(dtype="int64"),
+                "ws": pd.Series(dtype="float64"),
+            }
+        )
 
     def add(self, events: pd.DataFrame, now: float) -> None:
         keep = self.table[self.table["ws"] > now - self.horizon_s]
@@ -348,3 +336,76 @@ class RecentActivity:
             self.evicted += len(t) - self.max_rows
             t = t.nlargest(self.max_rows, "ws")
         self.table = t.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------- vocabulary
+
+
+def mix(a: np.ndarray, b: np.ndarray | int, salt: int) -> np.ndarray:
+    """Combine 64-bit hashes (stable across processes: no Python ``hash``)."""
+    a = np.asarray(a, dtype="uint64")
+    b = np.asarray(b).astype("uint64")
+    with np.errstate(over="ignore"):
+        x = a * np.uint64(0x9E3779B97F4A7C15) + b + np.uint64(salt) * np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(31)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(29)
+    return x
+
+
+class Vocab:
+    """Strings (addresses, namespaces, pods, workloads, nodes, domains) to small integer ids.
+
+    The engine works on integer ids (fast to select, group and count) and decodes strings
+    only for the few rows that become alert evidence. Id 0 is always the empty string.
+    Each id also has a stable 64-bit hash of its string, the raw material of edge keys.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {"": 0}
+        self.strings: list[str] = [""]
+        self.hashes = np.zeros(1024, dtype="uint64")
+        self._table: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.strings)
+
+    def encode(self, values: pd.Series | np.ndarray) -> np.ndarray:
+        """Ids of ``values`` (vectorised: one dictionary lookup per distinct value)."""
+        codes, uniques = pd.factorize(values)
+        ids = np.empty(len(uniques) + 1, dtype="int64")
+        ids[-1] = 0  # missing -> ""
+        get = self._ids.get
+        fresh: list[str] = []
+        for i, u in enumerate(uniques):
+            s = str(u)
+            j = get(s)
+            if j is None:
+                j = len(self.strings)
+                self._ids[s] = j
+                self.strings.append(s)
+                fresh.append(s)
+            ids[i] = j
+        if fresh:
+            self._grow()
+            start = len(self.strings) - len(fresh)
+            self.hashes[start : start + len(fresh)] = pd.util.hash_array(np.array(fresh, dtype=object))
+        return ids[codes]
+
+    def _grow(self) -> None:
+        if len(self.strings) > len(self.hashes):
+            size = max(len(self.strings), 2 * len(self.hashes))
+            grown = np.zeros(size, dtype="uint64")
+            grown[: len(self.hashes)] = self.hashes
+            self.hashes = grown
+
+    def id_of(self, value: str) -> int:
+        return self._ids.get(value, -1)
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        if self._table is None or len(self._table) != len(self.strings):
+            self._table = np.array(self.strings, dtype=object)
+        return self._table[np.asarray(ids, dtype="int64")]
+
+    def hash_of(self, ids: np.ndarray) -> np.ndarray:
+        return self.hashes[np.asarray(ids, dtype="int64")]

@@ -26,11 +26,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from flowwarden.labels import TECHNIQUES, Episode  # noqa: E402
-from flowwarden.records import Alert  # noqa: E402
-from flowwarden.settings import Settings  # noqa: E402
+from flowwarden.labels import TECHNIQUES, Episode
+from flowwarden.records import Alert
+from flowwarden.settings import Settings
 
 FIGURE_SEEDS = (101, 102, 103)
 TUNING_SEEDS = (1, 2, 3)
@@ -41,6 +41,7 @@ class Tally:
     episodes: int = 0
     detected: int = 0
     ttd_windows: list[float] = field(default_factory=list)
+    missed: list[Episode] = field(default_factory=list)
     detectors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -75,18 +76,23 @@ def match(alerts: list[Alert], episodes: list[Episode], window_s: float) -> dict
         if best is not None:
             t.detected += 1
             t.ttd_windows.append(max(0.0, best - lo) / window_s)
+        else:
+            t.missed.append(ep)
     false = [a for a in alerts if a.id not in explained]
     return {"tallies": tallies, "false": false}
 
 
-def run_seed(seed: int, minutes: float, pods: int, intensity: float, settings: Settings,
-             state: bytes | None) -> dict[str, Any]:
+def run_seed(
+    seed: int, minutes: float, pods: int, intensity: float, settings: Settings, state: bytes | None
+) -> dict[str, Any]:
     from pipeline.enrich import Inventory
     from pipeline.offline import detect_flows
     from simulator import simulate
 
     t = time.perf_counter()
-    sim = simulate(minutes=minutes, pods=pods, seed=seed, attacks="all", intensity=intensity, settings=settings)
+    sim = simulate(
+        minutes=minutes, pods=pods, seed=seed, attacks="all", intensity=intensity, settings=settings
+    )
     t_sim = time.perf_counter() - t
     inv = Inventory.from_dict(sim.inventory)
     t = time.perf_counter()
@@ -104,8 +110,9 @@ def benign_state(seed: int, minutes: float, pods: int, settings: Settings) -> by
     from simulator import simulate
 
     sim = simulate(minutes=minutes, pods=pods, seed=seed, attacks="none", settings=settings)
-    res = detect_flows(sim.flows, settings=settings, inventory=Inventory.from_dict(sim.inventory),
-                       keep_windows=False)
+    res = detect_flows(
+        sim.flows, settings=settings, inventory=Inventory.from_dict(sim.inventory), keep_windows=False
+    )
     assert res.engine is not None
     return res.engine.export_state()
 
@@ -116,10 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--pods", type=int, default=100)
     ap.add_argument("--intensity", type=float, default=1.0)
-    ap.add_argument("--warm-seed", type=int, default=None,
-                    help="warm-start from the history of a benign run with this seed")
+    ap.add_argument(
+        "--warm-seed",
+        type=int,
+        default=None,
+        help="warm-start from the history of a benign run with this seed",
+    )
     ap.add_argument("--config", type=Path, default=None)
     ap.add_argument("--show-false", action="store_true", help="print every false alert")
+    ap.add_argument("--show-missed", action="store_true", help="print every missed episode")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = ap.parse_args(argv)
     from flowwarden.settings import load_settings
@@ -143,19 +155,28 @@ def main(argv: list[str] | None = None) -> int:
             tot.episodes += t.episodes
             tot.detected += t.detected
             tot.ttd_windows += t.ttd_windows
+            if args.show_missed:
+                for ep in t.missed:
+                    print(f"  MISSED seed {seed} {tech} {ep.source.namespace}/{ep.source.pod} "
+                          f"{ep.start:%H:%M:%S}-{ep.end:%H:%M:%S} intensity={ep.intensity}", file=sys.stderr)
             for d, n in t.detectors.items():
                 tot.detectors[d] += n
         false += r["false"]
         hours += args.minutes / 60.0
         flows += r["flows"]
         det_s += r["detect_s"]
-        print(f"seed {seed}: {r['flows']} flows, {r['alerts']} alerts, {len(r['false'])} false, "
-              f"simulate {r['sim_s']:.1f}s, detect {r['detect_s']:.1f}s", file=sys.stderr)
+        print(
+            f"seed {seed}: {r['flows']} flows, {r['alerts']} alerts, {len(r['false'])} false, "
+            f"simulate {r['sim_s']:.1f}s, detect {r['detect_s']:.1f}s",
+            file=sys.stderr,
+        )
     fp_rate = len(false) / hours / (args.pods / 100.0) if hours else 0.0
     rows = []
-    print(f"\nDetection quality: seeds {args.seeds}, {args.minutes:g} min x {args.pods} pods each, "
-          f"intensity {args.intensity:g}, window {settings.pipeline.window_s:g}s"
-          + (f", warm start from benign seed {args.warm_seed}" if state else ", cold start"))
+    print(
+        f"\nDetection quality: seeds {args.seeds}, {args.minutes:g} min x {args.pods} pods each, "
+        f"intensity {args.intensity:g}, window {settings.pipeline.window_s:g}s"
+        + (f", warm start from benign seed {args.warm_seed}" if state else ", cold start")
+    )
     print("\n| technique | episodes | detected | recall | median TTD (windows) | detectors |")
     print("|---|---:|---:|---:|---:|---|")
     for tech, t in total.items():
@@ -163,12 +184,21 @@ def main(argv: list[str] | None = None) -> int:
         ttd = float(np.median(t.ttd_windows)) if t.ttd_windows else float("nan")
         dets = ", ".join(f"{d} ({n})" for d, n in sorted(t.detectors.items(), key=lambda kv: -kv[1]))
         print(f"| {tech} | {t.episodes} | {t.detected} | {recall:.2f} | {ttd:.1f} | {dets} |")
-        rows.append({"technique": tech, "episodes": t.episodes, "detected": t.detected, "recall": recall,
-                     "median_ttd_windows": ttd})
+        rows.append(
+            {
+                "technique": tech,
+                "episodes": t.episodes,
+                "detected": t.detected,
+                "recall": recall,
+                "median_ttd_windows": ttd,
+            }
+        )
     all_ttd = [x for t in total.values() for x in t.ttd_windows]
-    print(f"\nfalse alerts: {len(false)} over {hours:g} h -> {fp_rate:.2f} per hour per 100 pods; "
-          f"overall median TTD {float(np.median(all_ttd)) if all_ttd else float('nan'):.1f} windows; "
-          f"engine {flows / det_s:,.0f} flows/s (offline, incl. enrichment)")
+    print(
+        f"\nfalse alerts: {len(false)} over {hours:g} h -> {fp_rate:.2f} per hour per 100 pods; "
+        f"overall median TTD {float(np.median(all_ttd)) if all_ttd else float('nan'):.1f} windows; "
+        f"engine {flows / det_s:,.0f} flows/s (offline, incl. enrichment)"
+    )
     by_det: dict[str, int] = defaultdict(int)
     for a in false:
         by_det[a.detector] += 1
@@ -176,11 +206,16 @@ def main(argv: list[str] | None = None) -> int:
         print("false alerts by detector: " + ", ".join(f"{d}={n}" for d, n in sorted(by_det.items())))
     if args.show_false:
         for a in false:
-            print(f"  FALSE {a.detector} {a.entity.key()} {a.window_start:%H:%M:%S} score={a.score} "
-                  f"targets={a.targets[:3]} evidence={json.dumps(a.evidence)[:300]}")
+            print(
+                f"  FALSE {a.detector} {a.entity.key()} {a.window_start:%H:%M:%S} score={a.score} "
+                f"targets={a.targets[:3]} evidence={json.dumps(a.evidence)[:300]}"
+            )
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "false_per_hour_per_100_pods": fp_rate,
-                                         "false_alerts": len(false)}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"rows": rows, "false_per_hour_per_100_pods": fp_rate, "false_alerts": len(false)}, indent=2
+            )
+        )
     return 0
 
 

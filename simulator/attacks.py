@@ -8,6 +8,7 @@ on one source), and sources are not reused across cycles while fresh ones remain
 
 from __future__ import annotations
 
+import ipaddress
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,45 +34,13 @@ DURATION_S: dict[str, tuple[float, float]] = {
     "slow_exfiltration": (300, 420),
     "dns_tunnel": (60, 150),
 }
-COMMON_PORTS = np.array(
-    [
-        21,
-        22,
-        23,
-        25,
-        53,
-        80,
-        110,
-        135,
-        139,
-        143,
-        443,
-        445,
-        993,
-        995,
-        1433,
-        1521,
-        2375,
-        2379,
-        3000,
-        3306,
-        3389,
-        5000,
-        5432,
-        5900,
-        6379,
-        6443,
-        8000,
-        8080,
-        8443,
-        9000,
-        9090,
-        9200,
-        10250,
-        11211,
-        27017,
-    ]
-)
+# What a scanner tries first, before random ports.
+# fmt: off
+COMMON_PORTS = np.array([
+    21, 22, 23, 25, 53, 80, 110, 135, 139, 143, 443, 445, 993, 995, 1433, 1521, 2375, 2379, 3000, 3306,
+    3389, 5000, 5432, 5900, 6379, 6443, 8000, 8080, 8443, 9000, 9090, 9200, 10250, 11211, 27017,
+])
+# fmt: on
 
 
 @dataclass
@@ -96,19 +65,22 @@ def plan_attacks(
     span = ctx.t1 - ctx.t0
     ncycles = max(1, int(span // CYCLE_S))
     candidates = ctx.cluster.attackable_pods()
-    order = list(rng.permutation(candidates))
+    uses = dict.fromkeys(candidates, 0)
     remotes = [f"{ATTACKER_NET}{h}" for h in rng.permutation(np.arange(10, 250))]
     attacks: list[Attack] = []
-    used = 0
     for c in range(ncycles):
         lo = ctx.t0 + c * CYCLE_S + (min(WARMUP_S, 0.2 * span) if c == 0 else 0.0)
         hi = ctx.t1 if c == ncycles - 1 else ctx.t0 + (c + 1) * CYCLE_S
         avail = max(1.0, hi - lo - min(5.0, 0.05 * span))
+        in_cycle: set[int] = set()
         for tech in techniques:
-            if used >= len(order):  # every candidate used once: start over in a new order
-                order += list(rng.permutation(candidates))
-            src = int(order[used])
-            used += 1
+            # A pod not yet used in this cycle, among the least used so far.
+            pool = [p for p in candidates if p not in in_cycle] or candidates
+            least = min(uses[p] for p in pool)
+            options = [p for p in pool if uses[p] == least]
+            src = options[int(rng.integers(len(options)))]
+            uses[src] += 1
+            in_cycle.add(src)
             dmin, dmax = DURATION_S[tech]
             dur = min(float(rng.uniform(dmin, dmax)), 0.85 * avail)
             start = lo + float(rng.uniform(0, avail - dur))
@@ -174,57 +146,73 @@ def _probe(
 
 
 def _open_port(ctx: SimContext, pods: list[int]) -> np.ndarray:
+    """The port each pod serves on (its workload's service port)."""
     cl = ctx.cluster
     spec = {(w.spec.namespace, w.spec.name): w.spec for w in cl.workloads.values()}
-    return np.array([spec[(cl.pods[p].namespace, cl.pods[p].workload)].port for p in pods])
+    ports = [spec.get((cl.pods[p].namespace, cl.pods[p].workload)) for p in pods]
+    return np.array([w.port if w else 0 for w in ports], dtype=int)  # a Job listens on nothing
+
+
+def _scan_ports(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` distinct ports: the common ones first, then random others, in a shuffled order."""
+    common = rng.permutation(COMMON_PORTS)[:n]
+    rest = np.setdiff1d(np.arange(1, 65536), COMMON_PORTS)
+    extra = rng.choice(rest, size=max(0, n - len(common)), replace=False)
+    return rng.permutation(np.concatenate([common, extra]))
 
 
 def port_scan(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
     """Many ports on a few internal hosts, mostly refused or unanswered."""
     cl = ctx.cluster
     others = _other_pods(ctx, a)
-    hosts = [
-        int(h) for h in rng.choice(others, size=min(len(others), int(rng.integers(1, 4))), replace=False)
-    ]
+    nhosts = min(len(others), int(rng.integers(1, 4)))
+    hosts = [int(h) for h in rng.choice(others, size=nhosts, replace=False)]
     nports = max(15, int(100 * a.intensity))
-    ips, opens, ports = [], [], []
-    for h, open_port in zip(hosts, _open_port(ctx, hosts), strict=True):
-        extra = rng.choice(np.arange(1, 65536), size=max(0, nports - len(COMMON_PORTS)), replace=False)
-        pp = (
-            np.unique(np.concatenate([COMMON_PORTS, extra]))[:nports]
-            if nports < len(COMMON_PORTS)
-            else (np.unique(np.concatenate([COMMON_PORTS, extra])))
-        )
-        pp = rng.permutation(pp)
-        ports.append(pp)
-        ips.append(np.full(len(pp), cl.pods[h].ip, dtype=object))
-        opens.append(pp == open_port)
-    dst, port, open_ = np.concatenate(ips), np.concatenate(ports), np.concatenate(opens)
-    times = _times(rng, a, len(dst))
-    _probe(ctx, rng, a, times, dst, port, open_, np.zeros(len(dst), dtype=bool))
+    ports = [_scan_ports(rng, nports) for _ in hosts]
+    dst = np.concatenate([np.full(nports, cl.pods[h].ip, dtype=object) for h in hosts])
+    port = np.concatenate(ports)
+    open_ = np.concatenate(
+        [pp == open_port for pp, open_port in zip(ports, _open_port(ctx, hosts), strict=True)]
+    )
+    # Host after host, as scanners do (nmap scans one target's ports, then the next).
+    _probe(ctx, rng, a, _times(rng, a, len(dst)), dst, port, open_, np.zeros(len(dst), dtype=bool))
     return sorted({cl.pods[h].ip for h in hosts})
 
 
 def ip_sweep(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
-    """One or two ports across many addresses of the pod network, live or not."""
+    """One or two ports across consecutive addresses of the pod network, live or not.
+
+    The sweep walks node pod ranges address by address; live pods answer (open or reset),
+    addresses without a pod stay silent (``syn_only``).
+    """
     cl = ctx.cluster
-    others = _other_pods(ctx, a)
     nhosts = max(12, int(60 * a.intensity))
-    live = [int(h) for h in rng.choice(others, size=min(len(others), int(nhosts * 0.7)), replace=False)]
-    dead: list[str] = []
-    for _ in range(nhosts - len(live)):  # unused addresses in the nodes' pod ranges
-        node = cl.workers[int(rng.integers(len(cl.workers)))]
-        dead.append(cl.unused_pod_ip(node, rng))
+    live = {
+        cl.pods[p].ip: p
+        for p in range(len(cl.pods))
+        if not cl.pods[p].host_network
+        and cl.pods[p].created <= a.start
+        and (cl.pods[p].deleted or np.inf) > a.end
+        and (cl.pods[p].finished or np.inf) > a.end
+        and p != a.source
+    }
+    addrs: list[str] = []
+    for node in rng.permutation(np.array(cl.workers, dtype=object)):
+        net = ipaddress.ip_network(node.pod_cidr)
+        first = int(rng.integers(1, 4))
+        hosts = range(first, min(net.num_addresses - 1, first + nhosts - len(addrs)))
+        addrs.extend(str(net.network_address + h) for h in hosts)
+        if len(addrs) >= nhosts:
+            break
     sweep_ports = rng.choice(np.array([22, 80, 443, 6379, 8080]), size=int(rng.integers(1, 3)), replace=False)
-    addrs = [cl.pods[h].ip for h in live] + dead
-    live_port = np.concatenate([_open_port(ctx, live), np.zeros(len(dead), dtype=int)])
+    pods = [live.get(ip, -1) for ip in addrs]
+    live_port = np.array([_open_port(ctx, [p])[0] if p >= 0 else 0 for p in pods])
     dst = np.repeat(np.array(addrs, dtype=object), len(sweep_ports))
     port = np.tile(sweep_ports, len(addrs))
     open_ = np.repeat(live_port, len(sweep_ports)) == port
-    unreachable = np.repeat(np.arange(len(addrs)) >= len(live), len(sweep_ports))
-    perm = rng.permutation(len(dst))
-    _probe(ctx, rng, a, _times(rng, a, len(dst)), dst[perm], port[perm], open_[perm], unreachable[perm])
-    return sorted(set(addrs))
+    unreachable = np.repeat(np.array(pods) < 0, len(sweep_ports))
+    _probe(ctx, rng, a, _times(rng, a, len(dst)), dst, port, open_, unreachable)
+    return addrs
 
 
 def fan_out(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
@@ -452,7 +440,7 @@ def generate_attacks(ctx: SimContext, attacks: list[Attack]) -> list[Episode]:
         episodes.append(
             Episode(
                 id=f"ep-{a.index + 1:03d}",
-                technique=a.technique,  # type: ignore[arg-type]
+                technique=a.technique,
                 mitre=TECHNIQUE_MITRE[a.technique],
                 kind=TECHNIQUE_KIND[a.technique],
                 source=Entity(ip=p.ip, namespace=p.namespace, pod=p.name, workload=p.workload, node=p.node),

@@ -14,7 +14,7 @@ import numpy as np
 
 from flowwarden.records import FlowState, Proto
 from simulator.context import EXTERNALS, SimContext
-from simulator.flows import ephemeral_ports, event_times, long_lived, packets, tcp_conversation
+from simulator.flows import ephemeral_ports, event_times, lognormal, long_lived, tcp_conversation
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,9 @@ def service_calls(ctx: SimContext) -> None:
         rng = ctx.rng(f"edge:{i}")
         clients = np.array(cl.all_pod_indices(edge.client))
         a, b = pod_spans(ctx, clients)
-        times, src = event_times(rng, np.full(len(clients), edge.rate), ctx.t0, ctx.t1)
+        # Some replicas are busier than others (sticky clients, uneven balancing).
+        rates = edge.rate * lognormal(rng, 1.0, 0.3, len(clients))
+        times, src = event_times(rng, rates, ctx.t0, ctx.t1)
         keep = (times >= a[src]) & (times < b[src])
         times, src_pod = times[keep], clients[src[keep]]
         if edge.server.startswith("ext:"):
@@ -305,12 +307,18 @@ def control_plane_chatter(ctx: SimContext) -> None:
     conns: list[tuple[str, str, str, int, float, float]] = []  # src, node, dst, port, out/s, in/s
     kafka = cl.pod_ips()[np.array(cl.all_pod_indices("data/kafka"))]
     for i, n in enumerate(cl.nodes):
-        api = cps[i % len(cps)].ip
+        # A control-plane node's own components reach the API server of the next one (its
+        # local one would be on loopback, unseen by the collector).
+        api = cps[(i + 1) % len(cps)].ip if n.control_plane else cps[i % len(cps)].ip
         for o, i_ in ((900, 3000), (200, 1500), (150, 900)):  # kubelet, kube-proxy, CNI agent
             conns.append((n.ip, n.name, api, cp.api_server_port, o, i_))
         conns.append((n.ip, n.name, str(kafka[i % len(kafka)]), 9092, 30_000, 400))  # the flow collector
-    for a in cps:  # every API server to every etcd member; etcd peers among themselves
+    # Every API server to the other etcd members (its local one is on loopback, unseen);
+    # etcd peers among themselves.
+    for a in cps:
         for b in cps:
+            if a.index == b.index:
+                continue
             conns.append((a.ip, a.name, b.ip, cp.etcd_ports[0], 15_000, 25_000))
             if a.index < b.index and len(cp.etcd_ports) > 1:
                 conns.append((a.ip, a.name, b.ip, cp.etcd_ports[1], 5_000, 5_000))
@@ -344,17 +352,15 @@ def control_plane_chatter(ctx: SimContext) -> None:
         )
     # The API server reaching kubelets (logs, exec, port-forward) now and then.
     times, which = event_times(rng, np.full(len(cl.nodes), 0.01), ctx.t0, ctx.t1)
-    api_src = np.array([cps[int(k)].ip for k in rng.integers(0, len(cps), len(times))], dtype=object)
-    api_node = np.array([cps[0].name] * len(times), dtype=object)
-    for k, ip in enumerate(api_src):
-        api_node[k] = next(c.name for c in cps if c.ip == ip)
+    k = rng.integers(0, len(cps), len(times))
+    k = np.where(k == which, (k + 1) % len(cps), k)  # never its own node's kubelet (loopback)
     node_ips = np.array([n.ip for n in cl.nodes], dtype=object)
     emit_calls(
         ctx,
         rng,
         times=times,
-        src_ip=api_src,
-        node=api_node,
+        src_ip=np.array([c.ip for c in cps], dtype=object)[k],
+        node=np.array([c.name for c in cps], dtype=object)[k],
         dst_ip=node_ips[which],
         dst_port=cp.kubelet_port,
         req=800,
@@ -372,10 +378,10 @@ def _names_per_pod(ctx: SimContext) -> tuple[list[int], list[str], list[float]]:
     rates: list[float] = []
     deps: dict[str, list[tuple[str, float]]] = {}
     for e in EDGES:
-        name = EXTERNALS[e.server[4:]].name if e.server.startswith("ext:") else cl.namespace_dns(e.server)
+        name = EXTERNALS[e.server[4:]].name if e.server.startswith("ext:") else cl.service_dns(e.server)
         deps.setdefault(e.client, []).append((name, 1 / 30))
     for p in POOLS:
-        name = "kubernetes.default.svc.cluster.local" if p.server == "k8s-api" else cl.namespace_dns(p.server)
+        name = "kubernetes.default.svc.cluster.local" if p.server == "k8s-api" else cl.service_dns(p.server)
         deps.setdefault(p.client, []).append((name, 1 / 300))
     for key, lst in deps.items():
         if key not in cl.workloads:
@@ -449,6 +455,3 @@ def generate_benign(ctx: SimContext) -> None:
     pooled_connections(ctx)
     control_plane_chatter(ctx)
     dns_lookups(ctx)
-
-
-__all__ = ["EDGES", "POOLS", "emit_calls", "emit_long_lived", "generate_benign", "packets", "pod_spans"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -155,7 +154,6 @@ class Cluster:
         self.nodes: list[Node] = []
         self.pods: list[Pod] = []
         self.workloads: dict[str, Workload] = {}
-        self.services: dict[str, str] = {}  # "namespace/name" -> ClusterIP
         self.freed: dict[str, list[tuple[float, str]]] = {}  # node -> (time released, address)
         self._build_nodes(pods)
         self._build_host_pods()
@@ -174,10 +172,11 @@ class Cluster:
             )
         subnets = self.pod_net.subnets(new_prefix=per_node)
         base = int(self.node_net.network_address)
+        explicit = list(self.settings.cluster.node_ips)  # the operator's node list wins
         for i in range(count):
             cp = i < CONTROL_PLANE_NODES
             name = f"cp-{i + 1}" if cp else f"worker-{i - CONTROL_PLANE_NODES + 1}"
-            ip = str(ipaddress.ip_address(base + 10 + i))
+            ip = explicit[i] if i < len(explicit) else str(ipaddress.ip_address(base + 10 + i))
             self.nodes.append(Node(name, ip, str(next(subnets)), cp, i))
 
     @property
@@ -297,8 +296,6 @@ class Cluster:
             rs_hash = _random_name(self.rng, 10)
             slots = [[self.make_pod(spec, slot=s, created=self._age(), rs_hash=rs_hash)] for s in range(reps)]
             self.workloads[f"{spec.namespace}/{spec.name}"] = Workload(spec, slots, np.full(reps, _INF))
-        for i, key in enumerate(sorted(self.workloads)):
-            self.services[key] = str(self.service_net.network_address + 100 + i)
 
     def roll(self, key: str, at: float, step_s: float) -> list[int]:
         """A rolling update of a Deployment: slot by slot, a new pod takes over.
@@ -354,9 +351,6 @@ class Cluster:
 
     # ------------------------------------------------------------------ queries
 
-    def workload(self, key: str) -> Workload:
-        return self.workloads[key]
-
     def node_of(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
@@ -381,7 +375,8 @@ class Cluster:
     def pod_nodes(self) -> np.ndarray:
         return np.array([p.node for p in self.pods], dtype=object)
 
-    def namespace_dns(self, key: str) -> str:
+    def service_dns(self, key: str) -> str:
+        """The Service name a client resolves for a workload."""
         ns, name = key.split("/")
         return f"{name}.{ns}.svc.cluster.local"
 
@@ -392,9 +387,6 @@ class Cluster:
             if wl.spec.attackable and np.isinf(wl.slot_switch).all():
                 out.extend(s[0] for s in wl.slot_pods)
         return out
-
-    def iter_pods(self) -> Iterator[Pod]:
-        return iter(self.pods)
 
     # ------------------------------------------------------------------ inventory
 
@@ -442,6 +434,19 @@ class Cluster:
                 {"containerPort": port, "protocol": "UDP" if port == 53 else "TCP"} for port in p.ports
             ],
         }
+        status: dict[str, Any] = {
+            "phase": phase,
+            "hostIP": node.ip,
+            "hostIPs": [{"ip": node.ip}],
+            "podIP": p.ip,
+            "podIPs": [{"ip": p.ip}],
+            "startTime": iso(p.created + 1),
+        }
+        if phase == "Succeeded" and p.finished is not None:
+            terminated = {"exitCode": 0, "reason": "Completed", "finishedAt": iso(p.finished)}
+            status["containerStatuses"] = [
+                {"name": p.workload, "ready": False, "restartCount": 0, "state": {"terminated": terminated}}
+            ]
         return {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -452,12 +457,5 @@ class Cluster:
                 "containers": [container],
                 "restartPolicy": "Never" if p.owner_kind == "Job" else "Always",
             },
-            "status": {
-                "phase": phase,
-                "hostIP": node.ip,
-                "hostIPs": [{"ip": node.ip}],
-                "podIP": p.ip,
-                "podIPs": [{"ip": p.ip}],
-                "startTime": iso(p.created + 1),
-            },
+            "status": status,
         }

@@ -19,7 +19,6 @@ from flowwarden.records import FLOW_COLUMNS, FlowState, Proto, conform_flows, em
 # TCP flag bits, OR-ed over the conversation as a flow table records them.
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 FLAGS_CLOSED = FIN | SYN | PSH | ACK
-FLAGS_OPEN = PSH | ACK  # interim record of a conversation begun before the record interval
 FLAGS_REJECTED = SYN | RST | ACK
 FLAGS_SYN_ONLY = SYN
 
@@ -166,7 +165,7 @@ class FlowParts:
         order = order[(ts_end[order] >= t0) & (ts_end[order] <= t1)]
         data: dict[str, Any] = {"ts_start": ts_start[order], "ts_end": ts_end[order]}
         del ts_start, ts_end
-        for name in [c for c in FLOW_COLUMNS[2:] if c in parts[0]]:
+        for name in [c for c in FLOW_COLUMNS[2:] if c in parts[0] or c == "src_port"]:
             v = sport[order] if name == "src_port" else column(name)[order]
             data[name] = pd.array(v, dtype="str") if v.dtype == object else v
         episode = column("episode")[order]
@@ -224,30 +223,31 @@ def long_lived(
     closed: np.ndarray | None = None,
     daily: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Interim records (``final=False``, counters are deltas) of ``n`` long-lived connections.
+    """The records of ``n`` long-lived connections as a flow table with an active timeout exports them.
 
-    Each connection ``i`` is open from ``opened[i]`` (default: before ``t0``) to ``closed[i]``
-    (default: after ``t1``); a record is emitted every ``interval_s`` (the collector's active
-    timeout) and a final one when it closes inside the run. Returns the flattened records
+    Connection ``i`` is open from ``opened[i]`` (default: up to 6 h before ``t0``) to
+    ``closed[i]`` (default: after ``t1``). While open it is exported every ``interval_s``
+    after its start (interim records: ``final=False``, state ``established``, counters are
+    deltas since the previous record); when it closes inside the run, a final record
+    (``closed``) carries the rest. Only records ending in [t0, t1] are returned, flattened,
     with ``conn`` (connection index), ``ts_start`` (the conversation's start) and ``ts_end``.
     """
     opened = t0 - rng.uniform(60, 6 * 3600, n) if opened is None else np.asarray(opened, dtype=float)
     closed = np.full(n, np.inf) if closed is None else np.asarray(closed, dtype=float)
-    phase = rng.uniform(0, interval_s, n)
-    first = np.maximum(opened, t0) + phase
-    last = np.minimum(closed, t1)
-    counts = np.maximum(0, np.floor((last - first) / interval_s).astype(np.int64) + 1)
-    counts = np.where(first <= last, counts, 0)
+    # Scheduled exports at opened + m * interval (m >= 1), strictly before the close, inside the run.
+    m0 = np.maximum(1.0, np.ceil((t0 - opened) / interval_s))
+    first = opened + m0 * interval_s
+    until = np.minimum(np.nextafter(closed, -np.inf), t1)
+    sched = np.where(first <= until, np.floor((until - first) / interval_s).astype(np.int64) + 1, 0)
+    ends = (closed <= t1) & (closed >= t0)
+    counts = sched + ends
     conn = np.repeat(np.arange(n), counts)
     k = np.arange(len(conn)) - np.repeat(np.cumsum(counts) - counts, counts)
-    ts_end = first[conn] + k * interval_s
-    is_final = np.zeros(len(conn), dtype=bool)
-    # The closing record of a connection that ends inside the run.
-    ends_inside = (closed < t1) & (counts > 0)
-    last_idx = np.cumsum(counts) - 1
-    ts_end[last_idx[ends_inside]] = closed[ends_inside]
-    is_final[last_idx[ends_inside]] = True
-    prev = np.where(k > 0, ts_end - interval_s, np.maximum(opened[conn], t0))
+    is_final = k == sched[conn]  # only connections that close inside the run get this index
+    ts_end = np.where(is_final, closed[conn], first[conn] + k * interval_s)
+    prev = np.where(
+        k == 0, np.maximum(opened[conn], first[conn] - interval_s), first[conn] + (k - 1) * interval_s
+    )
     span = np.maximum(ts_end - prev, 0.001)
     mult = diurnal(ts_end) if daily else 1.0
     bo = np.broadcast_to(np.asarray(bytes_out_per_s, dtype=float), (n,))[conn]
@@ -256,7 +256,10 @@ def long_lived(
     out = (bo * span * mult * noise[0]).astype(np.int64)
     inn = (bi * span * mult * noise[1]).astype(np.int64)
     pkts_out, pkts_in = packets(out, 0) + 1, packets(inn, 0) + 1
-    flags = np.where(is_final, FIN | PSH | ACK, FLAGS_OPEN).astype(np.int16)
+    # Flags seen during the record's interval: the handshake in the first, FIN in the last.
+    flags = np.full(len(conn), PSH | ACK, dtype=np.int16)
+    flags[prev <= opened[conn]] |= SYN
+    flags[is_final] |= FIN
     state = np.where(is_final, FlowState.CLOSED.value, FlowState.ESTABLISHED.value).astype(object)
     return {
         "conn": conn,

@@ -2,6 +2,10 @@
 
 The same ``seed`` (and parameters) always gives the same flows, labels and inventory,
 byte for byte once saved; each kind of traffic draws from its own named random stream.
+
+Each conversation is recorded once, by the collector of the client's node (the server's
+node for traffic from outside): flows carry ``node`` but no Kubernetes metadata and no
+``direction``, which the pipeline derives from the inventory and the cluster's CIDRs.
 """
 
 from __future__ import annotations
@@ -102,9 +106,15 @@ def resolve_intensity(intensity: Intensity) -> dict[str, float]:
             raise ConfigError(
                 f"intensity: unknown technique(s) {', '.join(unknown)}; valid: {', '.join(TECHNIQUES)}"
             )
-        values = {t: float(intensity.get(t, 1.0)) for t in TECHNIQUES}
-    else:
-        values = dict.fromkeys(TECHNIQUES, float(intensity))
+    try:
+        if isinstance(intensity, Mapping):
+            values = {t: float(intensity.get(t, 1.0)) for t in TECHNIQUES}
+        else:
+            values = dict.fromkeys(TECHNIQUES, float(intensity))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"intensity: {intensity!r} is not a number (or a technique -> number mapping)"
+        ) from exc
     for tech, v in values.items():
         if not (v > 0 and np.isfinite(v)):
             raise ConfigError(f"intensity: must be positive (got {v} for {tech})")

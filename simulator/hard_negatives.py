@@ -96,6 +96,7 @@ def prometheus_scrapes(ctx: SimContext) -> None:
         tgt = np.broadcast_to(np.arange(len(ip_arr))[:, None], tick.shape)
         ok = (tick >= a[:, None]) & (tick < b[:, None]) & (tick < ctx.t1)
         ok &= (tick >= max(ctx.t0, cl.pods[prom].created)) & (tick < (cl.pods[prom].deleted or np.inf))
+        ok &= (ip_arr != cl.pods[prom].ip)[:, None]  # it scrapes itself on localhost
         times, tg = tick[ok], tgt[ok]
         n = len(times)
         inn = (size[tg] * rng.normal(1.0, 0.03, n)).astype(np.int64)
@@ -126,7 +127,7 @@ def backups(ctx: SimContext, backups: list[Backup]) -> None:
     for bk in backups:
         pod = cl.pods[bk.pod]
         dump_s = 0.4 * bk.duration
-        _lookup(ctx, rng, bk.pod, [cl.namespace_dns("shop/postgres")], bk.start - 0.5)
+        _lookup(ctx, rng, bk.pod, [cl.service_dns("shop/postgres")], bk.start - 0.5)
         emit_long_lived(
             ctx,
             rng,
@@ -261,7 +262,7 @@ def rolling_deployment(ctx: SimContext, hn: HardNegativePlan) -> None:
         srv = np.array([wl.slot_pods[int(s)][0] for s in rng.integers(0, wl.replicas, len(new))])
         created = np.array([cl.pods[i].created for i in new])
         for i, t in zip(new, created, strict=True):
-            _lookup(ctx, rng, int(i), [cl.namespace_dns(ROLL_NEW_DEPENDENCY)], t + 2.5)
+            _lookup(ctx, rng, int(i), [cl.service_dns(ROLL_NEW_DEPENDENCY)], t + 2.5)
         emit_long_lived(
             ctx,
             rng,

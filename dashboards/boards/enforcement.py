@@ -12,9 +12,9 @@ DECISION_SCOPE = scope("namespace", "workload")
 def build() -> Json:
     now = [
         stat(
-            "Active blocks",
+            "Applied blocks (enforcer)",
             [promql("sum(flowwarden_enforcer_active_blocks)")],
-            description="Rules the enforcer holds now, as it reports them.",
+            description="Rules the enforcer holds in the kernel or cluster now (0 in dry-run).",
         ),
         stat(
             "Decisions/s",

@@ -89,7 +89,7 @@ def build() -> Json:
                     f" round(sum(flows) / greatest(extract(epoch FROM max(minute) - min(minute)) / 60.0 + 1,"
                     " 1), 1)"
                     f" AS queries_per_min, sum(bytes) / greatest(sum(flows), 1) AS bytes_per_query,"
-                    f" count(DISTINCT dst_external) AS resolvers"
+                    f" count(DISTINCT dst_namespace || dst_workload || dst_external) AS resolvers"
                     f" FROM flow_rollups WHERE $__timeFilter(minute) AND dst_port = 53 AND {ROLLUP_SCOPE}"
                     f" GROUP BY 1 ORDER BY bytes_per_query DESC, dns_queries DESC LIMIT 20"
                 )

@@ -40,9 +40,15 @@ def build() -> Json:
             description="Alerts raised for the selected workloads, all detectors.",
         ),
         stat(
-            "Active blocks",
-            [promql("sum(flowwarden_enforcer_active_blocks)")],
-            description="Block rules the enforcer holds now (dry-run blocks count as well).",
+            "Active blocks (dry-run included)",
+            [
+                sql(
+                    "SELECT count(*) AS active_blocks FROM decisions WHERE action <> 'unblock'"
+                    " AND status IN ('applied', 'simulated') AND expires_at > now()"
+                    f" AND {scope('namespace', 'workload')}"
+                )
+            ],
+            description="Blocks in force now, from the decision log (dry-run ones recorded, not applied).",
         ),
     ]
     traffic = [

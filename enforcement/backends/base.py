@@ -41,6 +41,10 @@ class Backend(ABC):
         """Make the rules match ``active``; returns what was removed and restored."""
         return {"skipped": f"{self.name} cannot list its rules"}
 
+    def preview(self, decision: Decision) -> Any:
+        """What :meth:`apply` would do, short enough to keep in a dry-run decision."""
+        return f"{self.name}: would apply {decision.action} of {decision.source.ip}"
+
     def render(self, decisions: list[Decision]) -> str:
         """What this backend would write for ``decisions`` (dry-run output); "" when nothing."""
         return ""

@@ -28,7 +28,9 @@ from flowwarden.settings import Settings
 TIER = "flowwarden"
 POLICY = f"{TIER}.enforce"
 SET_LABEL = "flowwarden.io/set"
-GROUP, VERSION = "crd.projectcalico.org", "v1"  # CustomObjectsApi path of projectcalico.org/v3 objects
+# Served by the Calico API server (calico-apiserver), not the crd.projectcalico.org CRDs,
+# which Calico documents as internal: writing them directly bypasses its validation.
+GROUP, VERSION = "projectcalico.org", "v3"
 API_VERSION = "projectcalico.org/v3"
 
 
@@ -155,6 +157,9 @@ class CalicoBackend(Backend):
                 for n in names
             ]
         )
+
+    def preview(self, decision: Decision) -> Any:
+        return [c.describe() for c in self.calls(decision)]
 
     def render(self, decisions: list[Decision]) -> str:
         docs = self.policy()

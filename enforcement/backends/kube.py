@@ -78,6 +78,18 @@ class KubeClient:
                     raise BackendError(f"kubernetes: {call.describe()}: {exc.status} {exc.reason}") from exc
         return done
 
+    def names(self, call: KubeCall) -> list[tuple[str, str]]:
+        """(namespace, name) of the objects a ``list_*`` call returns; [] when not enabled."""
+        if not self.enabled:
+            return []
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            result = getattr(self._api(call.api), call.method)(**call.kwargs)
+        except ApiException as exc:
+            raise BackendError(f"kubernetes: {call.describe()}: {exc.status} {exc.reason}") from exc
+        return [(i.metadata.namespace or "", i.metadata.name) for i in result.items]
+
 
 def write_manifest(path: Path, docs: list[dict[str, Any]]) -> None:
     """Write atomically so that a GitOps sync never sees half a file."""

@@ -159,20 +159,58 @@ class NetworkPolicyBackend(Backend):
         ]
 
     def reconcile(self, active: list[Decision]) -> dict[str, Any]:
-        wanted = {self._path(d): d for d in active}
+        """Files and (with ``apply_to_cluster``) the cluster's flowwarden policies match ``active``."""
+        wanted: dict[Path, Decision] = {}
+        for d in active:
+            try:
+                wanted[self._path(d)] = d
+            except BackendError:
+                continue  # not expressible here (no namespace/pod): it was never applied on this backend
         restored = []
         for path, d in wanted.items():
             if not path.exists():
                 self.apply(d)
                 restored.append(d.id)
         removed = []
-        for path in sorted(self.dir.glob("*/flowwarden-d-*.yaml")) + sorted(
-            self.dir.glob("*/flowwarden-m-*.yaml")
-        ):
+        for path in sorted(self.dir.glob("*/flowwarden-[dm]-*.yaml")):
             if path not in wanted:
                 path.unlink()
                 removed.append(path.name)
+        names = {(p.parent.name, p.stem) for p in wanted}
+        for ns, name in self.cluster_policies():
+            if (ns, name) not in names and name != "flowwarden-quarantine":
+                self.client.run(
+                    [
+                        KubeCall(
+                            "NetworkingV1Api",
+                            "delete_namespaced_network_policy",
+                            {"name": name, "namespace": ns},
+                        )
+                    ]
+                )
+                removed.append(f"{ns}/{name}")
         return {"removed": removed, "restored": restored}
+
+    def list_calls(self) -> list[KubeCall]:
+        """Listing flowwarden's policies, namespace by namespace (the RBAC is per namespace)."""
+        selector = "app.kubernetes.io/managed-by=flowwarden"
+        return [
+            KubeCall(
+                "NetworkingV1Api",
+                "list_namespaced_network_policy",
+                {"namespace": ns, "label_selector": selector},
+            )
+            for ns in self.settings.enforcement.kube_namespaces
+        ]
+
+    def cluster_policies(self) -> list[tuple[str, str]]:
+        return [n for call in self.list_calls() for n in self.client.names(call)]
+
+    def preview(self, decision: Decision) -> Any:
+        try:
+            return [str(self._path(decision)), *(c.describe() for c in self.calls(decision))]
+        except BackendError as exc:
+            return f"would fail: {exc}"
 
     def render(self, decisions: list[Decision]) -> str:
         docs: list[dict[str, Any]] = []

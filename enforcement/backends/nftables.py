@@ -4,8 +4,9 @@ The table (``inet <settings.enforcement.nft_table>``) holds:
 
 * ``blocked_v4`` / ``blocked_v6``: ``source . target`` pairs (targets may be CIDRs);
 * ``quarantine_v4`` / ``quarantine_v6``: sources cut off in both directions;
-* ``protected_v4`` / ``protected_v6``: control plane, nodes, DNS and protected addresses,
-  accepted before any block rule, as a second line behind the guardrails;
+* ``protected_v4`` / ``protected_v6``: control plane, nodes, DNS and protected addresses;
+  traffic to and from them is accepted before any block rule, a second line behind the
+  guardrails (so even a quarantined pod still reaches the API server and the DNS);
 * chains on the ``forward`` and ``output`` hooks.
 
 Every element carries a ``timeout``, so the kernel lifts a block when its TTL ends even if
@@ -264,7 +265,8 @@ class NftablesBackend(Backend):
     def _rule_exprs(self) -> list[list[dict[str, Any]]]:
         rules: list[list[dict[str, Any]]] = []
         for ip, fam in (("ip", "v4"), ("ip6", "v6")):
-            rules.append([_match(_payload(ip, "daddr"), f"@protected_{fam}"), {"accept": None}])
+            for side in ("daddr", "saddr"):  # to it, and its replies: a quarantine never cuts the API server
+                rules.append([_match(_payload(ip, side), f"@protected_{fam}"), {"accept": None}])
         for ip, fam in (("ip", "v4"), ("ip6", "v6")):
             pair = {"concat": [_payload(ip, "saddr"), _payload(ip, "daddr")]}
             rules.extend(self._deny([_match(pair, f"@blocked_{fam}")]))
@@ -331,7 +333,11 @@ class NftablesBackend(Backend):
         wanted, skipped = decision_elements(decision, expires)
         if not wanted:
             raise BackendError(f"nftables: no target of {decision.id} has the source's address family")
-        current = self.current()
+        try:
+            current = self.current()
+        except BackendError:
+            self.ensure_table()  # removed behind our back: put it back, then apply
+            current = self.current()
         same_src = {k: v for k, v in current.items() if k[1] == decision.source.ip}
         merged = merge([*(Element(k, v) for k, v in same_src.items()), *wanted])
         deletes = [k for k in same_src if k not in merged]
@@ -386,6 +392,16 @@ class NftablesBackend(Backend):
 
     # ------------------------------------------------------------------ dry-run
 
+    def preview(self, decision: Decision) -> Any:
+        expires = _expiry(decision, self.clock())
+        elements, skipped = decision_elements(decision, expires)
+        now = self.clock()
+        head = f"add element inet {self.table}"
+        out = [
+            f"{head} {e.set} {{ {_show(e.key)} timeout {_timeout(e.expires_at, now)}s }}" for e in elements
+        ]
+        return out + [f"skipped (address family): {t}" for t in skipped]
+
     def render(self, decisions: list[Decision]) -> str:
         """The nft script this backend would load for ``decisions`` (``nft -f`` syntax)."""
         now = self.clock()
@@ -406,6 +422,7 @@ class NftablesBackend(Backend):
             verdict = "reject with icmpx admin-prohibited" if self.verdict == "reject" else "drop"
             for ip, fam in (("ip", "v4"), ("ip6", "v6")):
                 lines.append(f"\t\t{ip} daddr @protected_{fam} accept")
+                lines.append(f"\t\t{ip} saddr @protected_{fam} accept")
             for ip, fam in (("ip", "v4"), ("ip6", "v6")):
                 pair = f"{ip} saddr . {ip} daddr @blocked_{fam}"
                 if self.verdict == "reject":

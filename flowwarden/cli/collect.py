@@ -12,6 +12,7 @@ import typer
 
 from flowwarden.cli.common import ConfigOption, settings_from
 from flowwarden.errors import ConfigError
+from flowwarden.settings import load_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -23,25 +24,21 @@ def collect_command(
         list[str] | None, typer.Option("--interface", "-i", help="Interface to capture on (repeatable).")
     ] = None,
     bpf: Annotated[str | None, typer.Option(help="BPF capture filter (tcpdump syntax).")] = None,
-    pcap: Annotated[Path | None, typer.Option(help="Meter this pcap/pcapng file instead of capturing.")] = None,
+    pcap: Annotated[
+        Path | None, typer.Option(help="Meter this pcap/pcapng file instead of capturing.")
+    ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="With --pcap: write flows to this Parquet file (no bus).")
+        Path | None,
+        typer.Option("--out", "-o", help="With --pcap: write flows to this Parquet file (no bus)."),
     ] = None,
     netns: Annotated[str | None, typer.Option(help="Capture inside this network namespace.")] = None,
     node: Annotated[str | None, typer.Option(help="Node name written into every flow.")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Turn packets into bidirectional flow records (live, or from a capture file)."""
-    settings = settings_from(config)
-    cs = settings.collector
-    updates = {
-        k: v
-        for k, v in {"interfaces": interface or None, "bpf": bpf, "netns": netns, "node": node}.items()
-        if v is not None
-    }
-    if updates:
-        settings = settings.model_copy(update={"collector": cs.model_copy(update=updates)})
-        settings.collector = type(cs).model_validate(settings.collector.model_dump())
+    updates = {"interfaces": interface, "bpf": bpf, "netns": netns, "node": node}
+    overrides = {k: v for k, v in updates.items() if v}
+    settings = load_settings(config, collector=overrides) if overrides else settings_from(config)
     if pcap is not None:
         _from_pcap(settings, pcap, out)
         return

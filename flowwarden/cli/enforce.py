@@ -70,6 +70,13 @@ def run(config: ConfigOption = None) -> None:
     from flowwarden.store import Store
 
     settings = settings_from(config)
+    if settings.bus.kind == "memory":
+        typer.secho(
+            "warning: bus.kind=memory: no other process can publish alerts to this enforcer "
+            "(use bus.kind=kafka, or the demo that runs every stage in one process)",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     store = Store(settings.store.url).start()
     bus = open_bus(settings)
     enforcer = Enforcer(settings, store=store, bus=bus)
@@ -184,7 +191,9 @@ def blocks_add(
     source: Annotated[str, typer.Option("--source", help="The source IP to block.")],
     target: Annotated[list[str], typer.Option("--target", help="Target IP or CIDR (repeat).")] = [],  # noqa: B006
     quarantine: Annotated[bool, typer.Option("--quarantine", help="Cut the source off entirely.")] = False,
-    ttl: Annotated[int, typer.Option("--ttl", help="Seconds (default: enforcement.ttl_s).", min=1)] = 0,
+    ttl: Annotated[
+        int | None, typer.Option("--ttl", help="Seconds (default: enforcement.ttl_s).", min=1)
+    ] = None,
     namespace: Annotated[str, typer.Option("--namespace")] = "",
     pod: Annotated[str, typer.Option("--pod")] = "",
     reason: Annotated[str, typer.Option("--reason")] = "",
@@ -210,7 +219,7 @@ def blocks_add(
             source=entity,
             targets=list(target),
             action="quarantine" if quarantine else "block",
-            ttl_s=ttl or None,
+            ttl_s=ttl,
             decided_by=by or getpass.getuser(),
             reason=reason,
             force=force,

@@ -38,7 +38,12 @@ def _parse_intensity(value: str) -> float | dict[str, float]:
 
 def simulate_command(
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Directory for flows.parquet, labels.json, inventory.json.")
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Directory for flows.parquet, labels.json, inventory.json (+ hard_negatives.json).",
+        ),
     ],
     minutes: Annotated[float, typer.Option(help="Length of the run in minutes.")] = 60,
     pods: Annotated[int, typer.Option(help="Pods with their own IP (host-network pods come on top).")] = 200,

@@ -42,7 +42,11 @@ class BulkEgress(Detector):
         z_wl = ctx.zscore("bytes_out_ext", ctx.workload_base)
         z_ent = ctx.zscore("bytes_out_ext", ctx.entity_base)
         has_ent = ctx.entity_base["n"].fillna(0).to_numpy() >= 6
-        old = (ctx.workload_age >= p["baseline_age_s"]) & (z_wl >= p["min_z"]) & (~has_ent | (z_ent >= p["min_z"]))
+        old = (
+            (ctx.workload_age >= p["baseline_age_s"])
+            & (z_wl >= p["min_z"])
+            & (~has_ent | (z_ent >= p["min_z"]))
+        )
         baseline = np.where(old, ratio_score(x, p["min_bytes_baseline"], floor=0.6), 0.0)
         return np.maximum(new_dst, baseline)
 

@@ -48,7 +48,7 @@ COLUMNS = [
 # ---------------------------------------------------------------------------- reference meter
 
 
-def _packets(path: Path):  # type: ignore[no-untyped-def]
+def _packets(path: Path):
     """(frame number, ts, wire length, src, dst, sport, dport, proto, flags) of each IP packet."""
     with open(path, "rb") as fh:
         if path.suffix == ".pcapng":  # the golden pcapng is captured whole: wire length = captured
@@ -70,7 +70,10 @@ def _packets(path: Path):  # type: ignore[no-untyped-def]
                     continue
                 src, dst = socket.inet_ntop(socket.AF_INET, ip.src), socket.inet_ntop(socket.AF_INET, ip.dst)
             elif isinstance(ip, dpkt.ip6.IP6):
-                src, dst = socket.inet_ntop(socket.AF_INET6, ip.src), socket.inet_ntop(socket.AF_INET6, ip.dst)
+                src, dst = (
+                    socket.inet_ntop(socket.AF_INET6, ip.src),
+                    socket.inet_ntop(socket.AF_INET6, ip.dst),
+                )
             else:
                 continue
             l4 = ip.data
@@ -81,12 +84,12 @@ def _packets(path: Path):  # type: ignore[no-untyped-def]
             yield n, ts, wirelen, src, dst, sport, dport, ip.p, flags
 
 
-def _classic_pcap(data: bytes):  # type: ignore[no-untyped-def]
+def _classic_pcap(data: bytes):
     """(link type, iterator of (ts, frame, original length)): dpkt hides the original length."""
     magic, _, _, _, _, _, dlt = struct.unpack_from("<IHHiIII", data, 0)
     assert magic == 0xA1B2C3D4, "the reference reads little-endian microsecond pcaps"
 
-    def frames():  # type: ignore[no-untyped-def]
+    def frames():
         pos = 24
         while pos + 16 <= len(data):
             sec, usec, caplen, wirelen = struct.unpack_from("<IIII", data, pos)
@@ -96,7 +99,7 @@ def _classic_pcap(data: bytes):  # type: ignore[no-untyped-def]
     return dlt, frames()
 
 
-def _state(f: dict) -> str:  # type: ignore[type-arg]
+def _state(f: dict) -> str:
     if f["proto"] == 17:
         return "udp"
     if f["proto"] in (1, 58):
@@ -114,15 +117,15 @@ def _state(f: dict) -> str:  # type: ignore[type-arg]
     return "tcp_other"
 
 
-def reference_flows(path: Path) -> tuple[list[dict], dict[int, int]]:  # type: ignore[type-arg]
+def reference_flows(path: Path) -> tuple[list[dict], dict[int, int]]:
     """Flow records of a capture, one packet at a time; also frame number -> flow serial."""
-    flows: dict[tuple, dict] = {}  # type: ignore[type-arg]
-    records: list[dict] = []  # type: ignore[type-arg]
+    flows: dict[tuple, dict] = {}
+    records: list[dict] = []
     frame_flow: dict[int, int] = {}
     serial = 0
     tick: int | None = None
 
-    def emit(key: tuple, final: bool) -> None:  # type: ignore[type-arg]
+    def emit(key: tuple, final: bool) -> None:
         f = flows[key]
         start = f["period_ts"] if f["period_ts"] is not None else f["last_ts"]
         records.append(
@@ -199,9 +202,9 @@ def tshark_names(path: Path) -> list[dict[str, str]]:
     return [dict(zip(fields, line.split("\t"), strict=True)) for line in out.splitlines() if line]
 
 
-def expected_table(path: Path) -> list[dict]:  # type: ignore[type-arg]
+def expected_table(path: Path) -> list[dict]:
     records, frame_flow = reference_flows(path)
-    names: dict[int, dict] = {}  # type: ignore[type-arg]
+    names: dict[int, dict] = {}
     for row in tshark_names(path):
         serial = frame_flow.get(int(row["frame.number"]))
         if serial is None:
@@ -275,7 +278,11 @@ def _serve_http(srv: Host, root: Path) -> subprocess.Popen[bytes]:
         "python3", "-m", "http.server", "80", "--bind", "::", "--directory", str(root),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    wait_for(lambda: srv.run("ss", "-ltn", "sport = :80", check=False).stdout.count("LISTEN") > 0, timeout=10, what="http")
+    wait_for(
+        lambda: srv.run("ss", "-ltn", "sport = :80", check=False).stdout.count("LISTEN") > 0,
+        timeout=10,
+        what="http",
+    )
     return p
 
 
@@ -287,7 +294,10 @@ def make_web(tmp: Path) -> Path:
         (tmp / "index.html").write_text("hello flowwarden\n" * 50)
         _serve_http(srv, tmp)
         cli.run("ip", "neigh", "add", "10.9.0.77", "lladdr", "02:00:00:00:00:77", "dev", ic)
-        cap = Capture(cli, ["tcpdump", "-Z", "root", "-i", ic, "-s", "0", "-U", "-n", "-w", str(out), "ip or ip6 or arp"])
+        cap = Capture(
+            cli,
+            ["tcpdump", "-Z", "root", "-i", ic, "-s", "0", "-U", "-n", "-w", str(out), "ip or ip6 or arp"],
+        )
         cli.run("curl", "-s", "-o", "/dev/null", "http://10.9.0.2/index.html")
         cli.run("curl", "-s", "-o", "/dev/null", "-g", "http://[fd09::2]/index.html")
         cli.run("curl", "-s", "-o", "/dev/null", "--max-time", "2", "http://10.9.0.2:81/", check=False)
@@ -308,7 +318,11 @@ def make_dns(tmp: Path) -> Path:
             "--address=/api.example.test/10.9.0.6", "--local=/test/", f"--pid-file={tmp / 'dnsmasq.pid'}",
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_for(lambda: srv.run("ss", "-lun", "sport = :53", check=False).stdout.count("10.9.0.2") > 0, timeout=10, what="dnsmasq")
+        wait_for(
+            lambda: srv.run("ss", "-lun", "sport = :53", check=False).stdout.count("10.9.0.2") > 0,
+            timeout=10,
+            what="dnsmasq",
+        )
         cap = Capture(cli, ["dumpcap", "-q", "-i", ic, "-s", "0", "-w", str(out)])
         for name in ("db.payments.svc.test", "api.example.test", "missing.example.test"):
             cli.run("dig", "+tries=1", "+time=2", "@10.9.0.2", name, "A")
@@ -333,13 +347,22 @@ def make_tls(tmp: Path) -> Path:
         )  # fmt: skip
         (tmp / "index.html").write_text("x\n")
         _serve_http(srv, tmp)
-        wait_for(lambda: srv.run("ss", "-ltn", "sport = :443", check=False).stdout.count("LISTEN") > 0, timeout=10, what="tls")
-        cap = Capture(cli, ["tcpdump", "-Z", "root", "-i", "any", "-y", "LINUX_SLL2", "-s", "0", "-U", "-n", "-w", str(out)])
+        wait_for(
+            lambda: srv.run("ss", "-ltn", "sport = :443", check=False).stdout.count("LISTEN") > 0,
+            timeout=10,
+            what="tls",
+        )
+        cap = Capture(
+            cli,
+            ["tcpdump", "-Z", "root", "-i", "any", "-y", "LINUX_SLL2", "-s", "0", "-U", "-n", "-w", str(out)],
+        )
         cli.run(
-            "curl", "-sk", "-o", "/dev/null", "--max-time", "5", "--resolve", "secure.example.test:443:10.9.0.2",
-            "https://secure.example.test/",
+            "curl", "-sk", "-o", "/dev/null", "--max-time", "5",
+            "--resolve", "secure.example.test:443:10.9.0.2", "https://secure.example.test/",
         )  # fmt: skip
-        cli.run("curl", "-s", "-o", "/dev/null", "-H", "Host: intranet.example.test", "http://10.9.0.2/index.html")
+        cli.run(
+            "curl", "-s", "-o", "/dev/null", "-H", "Host: intranet.example.test", "http://10.9.0.2/index.html"
+        )
         cap.stop()
     return out
 
@@ -350,8 +373,21 @@ def make_scan() -> Path:
     plain = OUT / "scan_plain.tmp"
     with Lab() as lab:
         cli, srv, ic, _ = _pair(lab)
-        srv.popen("python3", "-m", "http.server", "8080", "--bind", "10.9.0.2", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: srv.run("ss", "-ltn", "sport = :8080", check=False).stdout.count("LISTEN") > 0, timeout=10, what="http")
+        srv.popen(
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "10.9.0.2",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(
+            lambda: srv.run("ss", "-ltn", "sport = :8080", check=False).stdout.count("LISTEN") > 0,
+            timeout=10,
+            what="http",
+        )
         cap = Capture(cli, ["tcpdump", "-Z", "root", "-i", ic, "-s", "0", "-U", "-n", "-w", str(plain)])
         cli.run("nmap", "-n", "-Pn", "-sS", "-p", "20-40,8080", "--max-retries", "0", "10.9.0.2", timeout=60)
         cli.run("python3", "-c",

@@ -30,7 +30,9 @@ def synth_capture(
     udp = rng.random(flows) < 0.2
     start = rng.uniform(0, duration_s, flows)
     gap = np.exp(rng.uniform(np.log(1e-4), np.log(8.0), flows))  # 0.1 ms .. 8 s between packets
-    ts_us = np.round((t0 + start[fid] + j * gap[fid] * rng.uniform(0.5, 1.5, len(fid))) * 1e6).astype(np.int64)
+    ts_us = np.round((t0 + start[fid] + j * gap[fid] * rng.uniform(0.5, 1.5, len(fid))) * 1e6).astype(
+        np.int64
+    )
     order = np.argsort(ts_us, kind="stable")
     # Per-flow endpoints: 10.a.b.c clients to 10.96.x.y servers, random ports.
     cli = (10 << 24) | rng.integers(0, 1 << 20, flows)
@@ -38,12 +40,16 @@ def synth_capture(
     cport = rng.integers(1024, 65535, flows)
     sport = rng.choice(np.array([53, 80, 443, 5432, 6379, 8080, 9092]), flows)
     to_srv = (j == 0) | ((j != 1) & (rng.random(len(fid)) < 0.55))
-    flags = np.where(j == 0, 0x02, np.where(j == 1, 0x12, np.where(last, 0x11, np.where(j % 3 == 0, 0x18, 0x10))))
+    flags = np.where(
+        j == 0, 0x02, np.where(j == 1, 0x12, np.where(last, 0x11, np.where(j % 3 == 0, 0x18, 0x10)))
+    )
     proto = np.where(udp[fid], 17, 6)
     flags = np.where(udp[fid], 0, flags)
     wirelen = np.where(rng.random(len(fid)) < 0.3, rng.integers(64, 1515, len(fid)), 66)
 
-    fid, j, to_srv, flags, proto, wirelen, ts_us = (a[order] for a in (fid, j, to_srv, flags, proto, wirelen, ts_us))
+    fid, j, to_srv, flags, proto, wirelen, ts_us = (
+        a[order] for a in (fid, j, to_srv, flags, proto, wirelen, ts_us)
+    )
     n = len(fid)
     src = np.where(to_srv, cli[fid], srv[fid])
     dst = np.where(to_srv, srv[fid], cli[fid])

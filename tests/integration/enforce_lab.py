@@ -22,6 +22,7 @@ from flowwarden.settings import Settings
 from tests.support.netns import Host, Lab, netns_available, wait_for
 
 ATTACKER, TARGET, CONTROL = "10.10.1.2", "10.10.2.2", "10.10.3.2"
+ATTACKER6, TARGET6 = "fd10:1::2", "fd10:2::2"
 ETCD, NODE = "10.10.3.5", "10.10.3.9"
 TARGET_PORT, API_PORT = 8080, 6443
 
@@ -83,18 +84,27 @@ def build_lab() -> EnforceLab:
         hosts = {}
         for i, name in enumerate(("attacker", "target", "control"), start=1):
             h = lab.host(name)
-            lab.link(h, f"10.10.{i}.2/24", router, f"10.10.{i}.1/24")
+            ih, ir = lab.link(h, f"10.10.{i}.2/24", router, f"10.10.{i}.1/24")
             h.run("ip", "route", "add", "default", "via", f"10.10.{i}.1")
+            # IPv6 too (nodad: usable at once, no duplicate-address-detection wait).
+            h.run("ip", "-6", "addr", "add", f"fd10:{i}::2/64", "dev", ih, "nodad")
+            router.run("ip", "-6", "addr", "add", f"fd10:{i}::1/64", "dev", ir, "nodad")
+            h.run("ip", "-6", "route", "add", "default", "via", f"fd10:{i}::1")
             hosts[name] = h
         router.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        router.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         hosts["target"].popen(
             sys.executable, "-m", "http.server", str(TARGET_PORT), "--bind", TARGET, **quiet
+        )
+        hosts["target"].popen(
+            sys.executable, "-m", "http.server", str(TARGET_PORT), "--bind", TARGET6, **quiet
         )
         hosts["control"].popen(sys.executable, "-m", "http.server", str(API_PORT), "--bind", CONTROL, **quiet)
         env = EnforceLab(lab, hosts["attacker"], hosts["target"], hosts["control"], router)
         wait_for(lambda: env.can_connect(TARGET, TARGET_PORT), timeout=15, what="the target's listener")
         wait_for(lambda: env.can_connect(CONTROL, API_PORT), timeout=15, what="the control plane's listener")
+        wait_for(lambda: env.can_connect(TARGET6, TARGET_PORT), timeout=15, what="the target's IPv6 listener")
         return env
     except BaseException:
         lab.close()

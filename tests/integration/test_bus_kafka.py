@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from flowwarden.bus import (
+    FailedSend,
     KafkaBus,
     Message,
     dead_letter_of,
@@ -50,15 +51,16 @@ def flows(n: int, offset: int = 0) -> pd.DataFrame:
 
 
 def collect(consumers, want: int, timeout: float, what: str) -> list[Message]:
-    """Poll every consumer until ``want`` messages arrived; fail naming ``what``."""
+    """Poll every consumer until ``want`` messages arrived; fail naming ``what`` and what came."""
     got: list[Message] = []
-
-    def enough() -> bool:
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
         for c in consumers:
             got.extend(c.poll(timeout_s=0.2))
-        return len(got) >= want
-
-    wait_for(enough, timeout=timeout, what=what)
+    assert len(got) >= want, (
+        f"timed out after {timeout:.0f}s waiting for {what}: got {len(got)} of {want}: "
+        f"{sorted(m.value[:12] for m in got)[:30]}"
+    )
     return got
 
 
@@ -121,7 +123,9 @@ def test_two_consumers_in_one_group_split_the_partitions(kafka_settings: Setting
             producer.send(topic, str(i).encode(), partition=i % 3)
         assert producer.flush(10) and producer.sent_count == 30 and producer.failed_count == 0
         wait_for(
-            lambda: len(a.messages) + len(b.messages) >= 30, timeout=30, what="30 messages across both members"
+            lambda: len(a.messages) + len(b.messages) >= 30,
+            timeout=30,
+            what="30 messages across both members",
         )
         values = sorted(int(m.value) for m in a.messages + b.messages)
         assert values == list(range(30)), "every message exactly once across the group"
@@ -175,7 +179,7 @@ def test_broker_not_up_fails_clearly_after_backoff(caplog: pytest.LogCaptureFixt
     assert f"127.0.0.1:{port}" in message and "gave up after" in message
     retries = [r for r in caplog.records if "kafka not reachable" in r.getMessage()]
     assert len(retries) >= 2, "it retried before giving up"
-    waits = [float(r.args[3]) for r in retries]  # type: ignore[index]
+    waits = [float(r.args[3]) for r in retries]  # type: ignore[index, arg-type]
     assert waits == sorted(waits) and waits[-1] > waits[0], "the back-off grows"
     assert 3.5 <= elapsed < 15, "bounded by kafka.connect_timeout_s"
     with pytest.raises(ServiceUnavailable, match=f"127.0.0.1:{port}"):
@@ -192,10 +196,12 @@ def test_broker_stopped_and_started_mid_stream(proxied_broker: tuple[TansuBroker
     """
     broker, proxy = proxied_broker
     direct = kafka_settings_for(broker.bootstrap)
-    via_proxy = with_kafka(direct, bootstrap_servers=[proxy.bootstrap], request_timeout_ms=2000, delivery_timeout_ms=4000)
+    via_proxy = with_kafka(
+        direct, bootstrap_servers=[proxy.bootstrap], request_timeout_ms=2000, delivery_timeout_ms=4000
+    )
     topic = direct.kafka.topics.flows
     open_bus(direct).ensure_topics([topic])
-    failures = []
+    failures: list[FailedSend] = []
     producer = open_bus(via_proxy).producer(on_error=failures.append)
     for i in range(10):
         producer.send(topic, f"before-{i}".encode(), partition=i % 3)
@@ -228,7 +234,9 @@ def test_broker_stopped_and_started_mid_stream(proxied_broker: tuple[TansuBroker
     proxy.stop()
     for i in range(5):
         producer.send(topic, f"lost-{i}".encode(), partition=i % 3)
-    wait_for(lambda: producer.failed_count >= 5, timeout=20, what="the 5 undeliverable messages to be reported")
+    wait_for(
+        lambda: producer.failed_count >= 5, timeout=20, what="the 5 undeliverable messages to be reported"
+    )
     assert sorted(f.value.decode() for f in producer.failed) == [f"lost-{i}" for i in range(5)]
     assert all(f.topic == topic and f.error for f in producer.failed)
     assert [f.value for f in failures] == [f.value for f in producer.failed]

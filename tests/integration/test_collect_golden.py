@@ -83,10 +83,10 @@ def test_conversation_totals_equal_tshark(path: Path) -> None:
     for kind, proto in (("tcp", 6), ("udp", 17)):
         conv = _tshark_conv(path, kind)
         mine: dict[frozenset[tuple[str, int]], tuple[int, int]] = {}
-        for r in got[got["proto"] == proto].itertuples():
-            key = frozenset({(r.src_ip, r.src_port), (r.dst_ip, r.dst_port)})
+        for r in got[got["proto"] == proto].to_dict("records"):
+            key = frozenset({(str(r["src_ip"]), int(r["src_port"])), (str(r["dst_ip"]), int(r["dst_port"]))})
             f, b = mine.get(key, (0, 0))
-            mine[key] = (f + r.pkts_out + r.pkts_in, b + r.bytes_out + r.bytes_in)
+            mine[key] = (f + int(r["pkts_out"] + r["pkts_in"]), b + int(r["bytes_out"] + r["bytes_in"]))
         assert mine == conv, kind
 
 

@@ -89,11 +89,12 @@ def test_enforce_run_process_on_kafka(
 
         consumer = bus.consumer([topics.decisions], f"reader-{uuid.uuid4().hex[:8]}")
         seen: list[Decision] = []
-        wait_for(
-            lambda: bool(seen.extend(Decision.from_json(m.value) for m in consumer.poll(0.5))) or bool(seen),
-            timeout=30,
-            what="the decision on the decisions topic",
-        )
+
+        def decision_arrived() -> bool:
+            seen.extend(Decision.from_json(m.value) for m in consumer.poll(0.5))
+            return bool(seen)
+
+        wait_for(decision_arrived, timeout=30, what="the decision on the decisions topic")
         consumer.close()
         assert [(d.alert_id, d.status, d.mode) for d in seen] == [(alert.id, "applied", "enforce")]
     finally:

@@ -25,10 +25,12 @@ from flowwarden.store import Store
 from tests.integration.enforce_lab import (
     API_PORT,
     ATTACKER,
+    ATTACKER6,
     CONTROL,
     ETCD,
     NODE,
     TARGET,
+    TARGET6,
     TARGET_PORT,
     EnforceLab,
     enforce_lab,
@@ -151,7 +153,9 @@ def test_dry_run_changes_no_rule_and_records_the_decision(enforce_lab: EnforceLa
     publish(bus, settings, attack_alert())
     (d,) = enforcer.poll_once(0.2)
     assert d.status == "simulated" and d.mode == "dry_run"
-    assert f"{ATTACKER} . {TARGET}/32" in d.backend_result["would_apply"]["nftables"]
+    assert d.backend_result["would_apply"]["nftables"] == [
+        f"add element inet flowwarden blocked_v4 {{ {ATTACKER} . {TARGET}/32 timeout 3s }}"
+    ]
     assert store.get_decision(d.id) == d
     assert lab.tables() == [], "dry-run must not even create flowwarden's table"
     assert lab.can_connect(TARGET, TARGET_PORT)
@@ -275,3 +279,49 @@ def test_dry_run_script_is_valid_nft(enforce_lab: EnforceLab, tmp_path: Path) ->
     enforce_lab.nft("-f", str(script))
     assert len(enforce_lab.elements("blocked_v4", table="fwcheck")) == 2
     assert len(enforce_lab.elements("quarantine_v6", table="fwcheck")) == 1
+
+
+def test_quarantine_cuts_everything_but_the_control_plane(enforce_lab: EnforceLab, store: Store) -> None:
+    lab = enforce_lab
+    settings = lab.settings(mode="enforce", action="quarantine", ttl_s=60)
+    bus = MemoryBus(default_partitions=1)
+    enforcer = start_enforcer(settings, store, bus)
+    publish(bus, settings, attack_alert())
+    (d,) = enforcer.poll_once(0.2)
+    assert (d.status, d.action, d.targets) == ("applied", "quarantine", [])
+    assert not lab.can_connect(TARGET, TARGET_PORT)
+    assert lab.can_connect(CONTROL, API_PORT), "quarantine still lets the pod reach the API server"
+    enforcer.revoke(d.id, by="test")
+    assert lab.elements("quarantine_v4") == [] and lab.can_connect(TARGET, TARGET_PORT)
+    enforcer.stop()
+
+
+def test_a_table_deleted_by_hand_comes_back_with_the_next_block(
+    enforce_lab: EnforceLab, store: Store
+) -> None:
+    lab = enforce_lab
+    settings = lab.settings(mode="enforce", ttl_s=60)
+    bus = MemoryBus(default_partitions=1)
+    enforcer = start_enforcer(settings, store, bus)
+    lab.nft("delete", "table", "inet", "flowwarden")
+    assert lab.tables() == []
+    publish(bus, settings, attack_alert())
+    (d,) = enforcer.poll_once(0.2)
+    assert d.status == "applied" and lab.tables() == ["flowwarden"]
+    assert not lab.can_connect(TARGET, TARGET_PORT) and lab.can_connect(CONTROL, API_PORT)
+    enforcer.stop()
+
+
+def test_ipv6_block(enforce_lab: EnforceLab, store: Store) -> None:
+    lab = enforce_lab
+    settings = lab.settings(mode="enforce", ttl_s=60)
+    bus = MemoryBus(default_partitions=1)
+    enforcer = start_enforcer(settings, store, bus)
+    alert = attack_alert(targets=[TARGET6]).model_copy(update={"entity": Entity(ip=ATTACKER6)})
+    publish(bus, settings, alert)
+    (d,) = enforcer.poll_once(0.2)
+    assert d.status == "applied", d
+    assert [e["elem"]["val"]["concat"] for e in lab.elements("blocked_v6")] == [[ATTACKER6, TARGET6]]
+    assert not lab.can_connect(TARGET6, TARGET_PORT)
+    assert lab.can_connect(TARGET, TARGET_PORT), "the IPv4 path is a different source: not blocked"
+    enforcer.stop()

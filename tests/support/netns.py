@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def netns_available() -> bool:
@@ -21,8 +22,8 @@ def netns_available() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None
 
 
-def run(args: Sequence[str], *, check: bool = True, timeout: float = 30.0, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), check=check, timeout=timeout, capture_output=True, text=True, **kw)  # type: ignore[call-overload, no-any-return]
+def run(args: Sequence[str], *, check: bool = True, timeout: float = 30.0, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=check, timeout=timeout, capture_output=True, text=True, **kw)
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -48,8 +49,8 @@ class Host:
     def run(self, *args: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         return run(self.cmd(*args), check=check, timeout=timeout)
 
-    def popen(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.cmd(*args), **kw)  # type: ignore[call-overload, no-any-return]
+    def popen(self, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.cmd(*args), **kw)
 
 
 @dataclass

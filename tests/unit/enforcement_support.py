@@ -43,10 +43,10 @@ def alert(
 ) -> Alert:
     start = T0 + timedelta(seconds=offset_s)
     return Alert(
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         detector=detector,
         score=score,
-        severity=severity,  # type: ignore[arg-type]
+        severity=severity,
         entity=Entity(ip=ip, namespace=namespace, pod=pod, workload=workload),
         window_start=start,
         window_end=start + timedelta(seconds=10),

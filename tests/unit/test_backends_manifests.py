@@ -192,3 +192,12 @@ def test_client_runs_nothing_when_not_applying_to_a_cluster(tmp_path: Path) -> N
     assert client.run(
         [KubeCall("CoreV1Api", "patch_namespaced_pod", {"name": "p", "namespace": "n", "body": {}})]
     ) == ["CoreV1Api.patch_namespaced_pod(p)"]
+
+
+def test_cluster_listing_calls_are_valid_and_per_namespace(tmp_path: Path) -> None:
+    b = NetworkPolicyBackend(cfg(tmp_path, kube_namespaces=["shop", "prod"]))
+    calls = b.list_calls()
+    assert [c.kwargs["namespace"] for c in calls] == ["shop", "prod"]
+    for call in calls:
+        check_call(call)
+    assert b.cluster_policies() == []  # apply_to_cluster is off: nothing is asked of a cluster

@@ -12,6 +12,7 @@ from flowwarden.bus import (
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_TOPIC,
     CommitFailed,
+    FailedSend,
     MemoryBus,
     dead_letter_of,
     flow_partitions,
@@ -123,7 +124,7 @@ def test_groups_are_independent_and_lag_counts_unread():
 def test_bad_partition_is_reported_not_silent():
     bus = MemoryBus(default_partitions=2)
     bus.ensure_topics(["t"])
-    seen = []
+    seen: list[FailedSend] = []
     p = bus.producer(on_error=seen.append)
     p.send("t", b"x", partition=7)
     assert p.failed_count == 1 and len(seen) == 1

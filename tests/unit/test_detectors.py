@@ -97,11 +97,15 @@ def test_bulk_egress_new_address_or_far_above_an_old_baseline() -> None:
     assert s[0] > 0.6 and s[1] == 0
     backup = _learned({"bytes_out_ext": 150e6}, n=400)  # a workload that always sends this much
     assert _score("bulk_egress", [{"bytes_out_ext": 200e6}], base=backup)[0] == 0
-    young = _learned({"bytes_out_ext": 50_000}, n=10, start=4800.0)  # too little history for a baseline verdict...
+    young = _learned(
+        {"bytes_out_ext": 50_000}, n=10, start=4800.0
+    )  # too little history for a baseline verdict...
     assert _score("bulk_egress", [{"bytes_out_ext": 200e6}], base=young)[0] == 0
     # ...but 200 MB to an address the cluster first saw 10 s ago (after learning) is enough
-    rows = [{"bytes_out_ext": 200e6, "young_ext_bytes": 200e6, "young_ext_age": 10.0},
-            {"bytes_out_ext": 200e6, "young_ext_bytes": 200e6, "young_ext_age": 4990.0}]
+    rows = [
+        {"bytes_out_ext": 200e6, "young_ext_bytes": 200e6, "young_ext_age": 10.0},
+        {"bytes_out_ext": 200e6, "young_ext_bytes": 200e6, "young_ext_age": 4990.0},
+    ]
     ctx = _ctx(rows, base=young)
     ctx.memory_since = 0.0
     s = REGISTRY["bulk_egress"]().score(ctx)

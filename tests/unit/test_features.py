@@ -13,9 +13,10 @@ from pipeline.features import (
     edge_table,
     novelty_features,
     prepare,
+    to_lean,
     window_features,
 )
-from pipeline.state import ConnectionLog, SeenEdges
+from pipeline.state import ConnectionLog, SeenEdges, Vocab
 from tests.unit.flowkit import T0, flows, pod
 
 INV = Inventory.from_dict(
@@ -36,13 +37,21 @@ INV = Inventory.from_dict(
 )
 
 
+def _prepared(df: pd.DataFrame, settings: Settings, vocab: Vocab, ws: float | None = None):
+    e = enrich_flows(df, INV, settings)
+    lean = to_lean(e, vocab, settings, INV.node_ips)
+    lean["ws"] = np.floor(lean["ts_end"] / 10) * 10 if ws is None else ws
+    p = prepare(lean, vocab, 10.0)
+    assert p is not None
+    return p
+
+
 def _windows(df: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame:
     s = settings or Settings()
-    e = enrich_flows(df, INV, s).assign(ws=lambda d: np.floor(d["ts_end"] / 10) * 10)
-    p = prepare(e, s, INV.node_ips)
-    assert p is not None
-    feats = window_features(p, s, INV.node_ips)
-    nov, _ = novelty_features(p, edge_table(p), SeenEdges(ttl_s=1e9, max_edges=1000))
+    vocab = Vocab()
+    p = _prepared(df, s, vocab)
+    feats = window_features(p)
+    nov, _ = novelty_features(p, edge_table(p, vocab), SeenEdges(ttl_s=1e9, max_edges=1000))
     return pd.concat([p.keys, feats, nov], axis=1).set_index("entity")
 
 
@@ -164,12 +173,11 @@ def test_beacon_score_separates_regular_from_random() -> None:
         }
         for t in noisy_t
     ]
-    e = enrich_flows(flows(regular + noisy), INV, s).assign(ws=T0 + 600)
-    p = prepare(e, s, INV.node_ips)
-    assert p is not None
+    vocab = Vocab()
+    p = _prepared(flows(regular + noisy), s, vocab, ws=T0 + 600)
     seen = SeenEdges(ttl_s=1e9, max_edges=100)
-    novelty_features(p, edge_table(p), seen)
-    out = beacon_features(p, ConnectionLog(horizon_s=3600, max_rows=1000), seen, 10.0, 6)
+    novelty_features(p, edge_table(p, vocab), seen)
+    out = beacon_features(p, ConnectionLog(horizon_s=3600, max_rows=1000), seen, vocab, 6)
     out.index = p.keys["entity"]
     assert out.loc["shop/web-5d9c8f7b6-aaaaa", "beacon_score"] > 0.9
     assert out.loc["shop/web-5d9c8f7b6-bbbbb", "beacon_score"] < 0.7

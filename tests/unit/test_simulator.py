@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from flowwarden.labels import TECHNIQUES, Labels
 from flowwarden.records import FLOW_SCHEMA, validate_flows
 from flowwarden.settings import Settings, load_settings
 from simulator import Simulation, iter_batches, simulate
+from simulator.cluster import Cluster
 from simulator.context import EXTERNALS
 
 SETTINGS = Settings()
@@ -50,10 +54,20 @@ def test_cli_writes_the_three_files_deterministically(tmp_path: Path) -> None:
     runner = CliRunner()
     args = ["simulate", "--minutes", "10", "--pods", "100", "--seed", "1"]
     a = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
-    b = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
+    # Another process with another hash seed: no set or dict order leaks into the output.
+    cmd = [
+        sys.executable,
+        "-c",
+        "from flowwarden.cli import main; main()",
+        *args,
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    b = subprocess.run(cmd, env={**os.environ, "PYTHONHASHSEED": "123"}, capture_output=True, timeout=120)
     c = runner.invoke(app, [*args[:-1], "2", "--out", str(tmp_path / "c")])
     assert a.exit_code == 0, a.output
-    assert b.exit_code == 0 and c.exit_code == 0
+    assert b.returncode == 0, b.stderr
+    assert c.exit_code == 0
     assert "episodes" in a.output
     for name in FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
@@ -97,6 +111,12 @@ def test_flows_have_the_schema_sorted_and_no_kubernetes_metadata(sim: Simulation
     t0, t1 = sim.start.timestamp(), sim.end.timestamp()
     assert f["ts_end"].min() >= t0 and f["ts_end"].max() <= t1
     assert len(f) == len(sim.flow_episode)
+    assert (f["src_port"] >= 1024).all() and (f["dst_port"] > 0).all()
+    assert (f["bytes_out"] > 0).all() and (f["pkts_out"] > 0).all()
+    assert set(f["proto"]) == {6, 17}
+    assert not (f["src_ip"] == f["dst_ip"]).any()  # loopback traffic is never on the wire
+    per_pod_s = len(f) / (10 * 60 * 100)
+    assert 0.5 < per_pod_s < 5, per_pod_s  # a realistic, pipeline-friendly volume
     assert set(f["state"]) >= {"closed", "established", "rejected", "syn_only", "udp"}
 
 
@@ -197,6 +217,25 @@ def test_intensity_scales_the_attacks() -> None:
     assert loud[0] > 4 * quiet[0] and loud[1] > 4 * quiet[1]
 
 
+def test_intensity_per_technique_and_the_address_plan_follow_the_settings() -> None:
+    settings = load_settings(
+        cluster={"node_ips": ["10.0.5.1", "10.0.5.2", "10.0.5.3"], "cluster_dns": ["10.96.0.53"]},
+        control_plane={"api_server_port": 16443},
+    )
+    s = simulate(
+        minutes=5, pods=40, seed=8, intensity={"port_scan": 0.3, "dns_tunnel": 3.0}, settings=settings
+    )
+    level = {e.technique: e.intensity for e in s.labels.episodes}
+    assert level["port_scan"] == 0.3 and level["dns_tunnel"] == 3.0 and level["fan_out"] == 1.0
+    f = s.flows
+    assert {"10.0.5.1", "10.0.5.2", "10.0.5.3"} <= set(f.loc[f["dst_port"] == 16443, "dst_ip"])
+    assert (f.loc[f["dns_qname"] != "", "dst_ip"] == "10.96.0.53").all()
+    with pytest.raises(ConfigError, match="teleport"):
+        simulate(minutes=1, pods=30, intensity={"teleport": 2.0})
+    with pytest.raises(ConfigError, match="intensity"):
+        simulate(minutes=1, pods=30, intensity=0)
+
+
 def test_long_runs_repeat_techniques_from_distinct_sources() -> None:
     s = simulate(minutes=30, pods=80, seed=9, attacks=["port_scan", "bulk_exfiltration", "dns_tunnel"])
     eps = s.labels.episodes
@@ -249,7 +288,15 @@ def test_inventory_is_kubectl_shaped_and_covers_every_pod_ip(sim: Simulation) ->
             for a, b in spans[ip]:
                 covered |= (lo >= a - 1) & (hi <= b + 10)
             assert covered.all(), f"{side} {ip}: flows outside its pod's lifetime"
-    # Sweeps may touch unused addresses; every attack source is a pod of the inventory.
+    # Attacks: only a sweep touches addresses no pod has, and nothing answers there.
+    known = set(spans) | {i["status"]["podIP"] for i in items}
+    attack = f[sim.flow_episode >= 0]
+    sweep = [i for i, e in enumerate(sim.labels.episodes) if e.technique == "ip_sweep"]
+    unknown = attack[_in_pod_net(attack["dst_ip"]) & ~attack["dst_ip"].isin(known)]
+    assert np.isin(sim.flow_episode[unknown.index], sweep).all()
+    assert len(unknown) and (unknown["state"] == "syn_only").all()
+    assert attack["src_ip"].isin(known).all()
+    # Every attack source is a pod of the inventory.
     names = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
     assert all((e.source.namespace, e.source.pod) in names for e in sim.labels.episodes)
 
@@ -297,6 +344,36 @@ def test_hard_negatives_are_present_and_unlabelled(benign: Simulation) -> None:
     assert (f["dst_ip"] == "10.96.0.10").sum() > 100 and (f["dns_qname"] != "").sum() > 100
 
 
+def test_hard_negatives_are_described_for_false_alert_reports(benign: Simulation, tmp_path: Path) -> None:
+    kinds = {h["kind"] for h in benign.hard_negatives}
+    assert kinds == {
+        "scraper_fan_out",
+        "backup_egress",
+        "saas_beacon",
+        "rolling_deployment",
+        "node_metadata_api",
+    }
+    f = benign.flows
+    for h in benign.hard_negatives:
+        assert _ts(h["start"]) <= _ts(h["end"])
+        if h["source"]["ip"]:  # the source really sends to its targets
+            sent = f[f["src_ip"] == h["source"]["ip"]]
+            nets = [ipaddress.ip_network(t) for t in h["targets"]]
+            assert any(any(ipaddress.ip_address(d) in n for n in nets) for d in sent["dst_ip"].unique()), h
+    benign.save(tmp_path)
+    saved = json.loads((tmp_path / "hard_negatives.json").read_text())
+    assert saved["hard_negatives"] == benign.hard_negatives
+
+
+def test_the_backup_runs_at_night_when_the_run_covers_it() -> None:
+    s = simulate(
+        minutes=10, pods=40, seed=13, benign_only=True, start=datetime(2026, 11, 27, 1, 58, tzinfo=UTC)
+    )
+    (backup,) = [h for h in s.hard_negatives if h["kind"] == "backup_egress"]
+    night = datetime(2026, 11, 27, 2, tzinfo=UTC).timestamp()
+    assert night <= _ts(backup["start"]) <= night + 60
+
+
 def test_short_runs_still_include_the_backup() -> None:
     s = simulate(minutes=3, pods=40, seed=11, benign_only=True)
     assert any(i["metadata"]["ownerReferences"][0]["kind"] == "Job" for i in s.inventory["items"])
@@ -330,14 +407,21 @@ def test_short_runs_and_small_clusters_still_hold_every_technique() -> None:
 
 
 def test_pod_addresses_are_reused_after_a_pod_is_gone() -> None:
-    # Seed 2's backup Job starts after the rollout and gets a released catalog address.
-    s = simulate(minutes=10, pods=40, seed=2, benign_only=True)
-    owners: dict[str, list[dict]] = {}
-    for it in s.inventory["items"]:
-        if not it["spec"]["hostNetwork"]:
-            owners.setdefault(it["status"]["podIP"], []).append(it)
-    reused = {ip: items for ip, items in owners.items() if len(items) > 1}
-    assert reused, "no address reused"
-    for items in reused.values():
-        first, second = sorted(items, key=lambda i: i["metadata"]["creationTimestamp"])
-        assert _ts(first["metadata"]["deletionTimestamp"]) < _ts(second["metadata"]["creationTimestamp"])
+    t0 = datetime(2026, 11, 27, 10, tzinfo=UTC).timestamp()
+    cluster = Cluster(pods=40, rng=np.random.default_rng(1), start=t0, settings=SETTINGS)
+    new = cluster.roll("shop/catalog", t0 + 60, 10.0)
+    job = cluster.add_job_pod(namespace="data", cronjob="backup", created=t0 + 400, finished=t0 + 500)
+    old_ips = {cluster.pods[p].ip for p in cluster.all_pod_indices("shop/catalog")} - {
+        cluster.pods[p].ip for p in new
+    }
+    assert cluster.pods[job].ip in old_ips
+    items = cluster.inventory(t0 + 600)["items"]
+    owners = [i for i in items if i["status"]["podIP"] == cluster.pods[job].ip]
+    first, second = sorted(owners, key=lambda i: i["metadata"]["creationTimestamp"])
+    assert _ts(first["metadata"]["deletionTimestamp"]) < _ts(second["metadata"]["creationTimestamp"])
+    assert second["status"]["phase"] == "Succeeded"
+    finished = second["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+    assert _ts(finished) == t0 + 500
+    # A job created before any address is released gets a fresh one.
+    early = cluster.add_job_pod(namespace="data", cronjob="backup", created=t0 + 10, finished=t0 + 20)
+    assert cluster.pods[early].ip not in old_ips

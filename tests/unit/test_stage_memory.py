@@ -435,3 +435,85 @@ def _read_all(bus: MemoryBus, topic: str) -> list:
         out.extend(got)
     consumer.close()
     return out
+
+
+def test_model_hot_swap_follows_the_registry(settings: Settings, store: Store, tmp_path: Path) -> None:
+    """Promote, roll back, and a tampered promote that is refused while detection goes on."""
+    from models import registry
+    from models.estimators import BudgetThreshold, WindowAnomalyDetector
+    from pipeline.stage import ModelWatcher
+
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame(rng.normal(size=(200, 3)), columns=["flows", "bytes_out_ext", "ext_dsts"])
+    reg = tmp_path / "registry"
+    for version in ("v1", "v2", "v3"):
+        est = WindowAnomalyDetector(n_estimators=5, random_state=int(version[1])).fit(features)
+        registry.save_model(reg / version, estimator=est, threshold=BudgetThreshold())
+    registry.promote(reg, "v1")
+
+    clock = FakeClock()
+    metrics = PipelineMetrics()
+    bus = MemoryBus(default_partitions=4)
+    stage = make_stage(settings, bus, store, clock=clock, metrics=metrics, model_watcher=ModelWatcher(reg))
+    stage.options.model_poll_s = 5.0
+    stage._next_model_poll = clock.t + 5.0
+    stage.start()
+
+    def info(version: str) -> float | None:
+        return metrics.registry.get_sample_value("flowwarden_pipeline_model_info", {"version": version})
+
+    engine = stage.engine
+    assert engine.model.version == "v1" and info("v1") == 1
+
+    registry.promote(reg, "v2")
+    clock.t += 1
+    stage.step()
+    assert engine.model.version == "v1"  # not polled yet
+    clock.t += 5
+    stage.step()
+    assert engine.model.version == "v2" and info("v2") == 1 and info("v1") is None
+
+    registry.promote(reg, "v3")
+    (reg / "v3" / "estimator.skops").write_bytes(b"tampered")
+    clock.t += 6
+    stage.step()
+    assert engine.model.version == "v2" and info("v2") == 1  # refused, the old model stays
+
+    registry.rollback(reg)  # from v3 back to v2: nothing changes
+    registry.rollback(reg)  # to v1
+    clock.t += 6
+    stage.step()
+    assert engine.model.version == "v1" and info("v1") == 1 and info("v2") is None
+    stage.stop()
+
+
+def test_embedded_stage_with_the_real_engine_matches_offline_detection(
+    settings: Settings, store: Store
+) -> None:
+    """The embedded mode's stage and ``flowwarden detect`` raise the same alerts on simulator data."""
+    import simulator
+    from pipeline.engine import DetectionEngine
+    from pipeline.enrich import Inventory
+    from pipeline.offline import detect_flows
+
+    sim = simulator.simulate(minutes=3, pods=20, seed=3, attacks="all")
+    s = load_settings(None, store={"url": settings.store.url}, kafka={"partitions": 3})
+    offline = {
+        a.id for a in detect_flows(sim.flows, settings=s, inventory=Inventory.from_dict(sim.inventory)).alerts
+    }
+    bus = MemoryBus(default_partitions=3)
+    stage = PipelineStage(
+        s,
+        bus=bus,
+        store=store,
+        engine=DetectionEngine(s, inventory=Inventory.from_dict(sim.inventory)),
+        notifiers=NotifierHub([]),
+        options=StageOptions(poll_timeout_s=0.0, max_records=10),
+    )
+    stage.start()
+    publish(bus, s, sim.flows)
+    stage.drain(idle_polls=2, max_seconds=120)
+    stage.stop()
+    assert len(offline) >= 3
+    assert {a.id for a in store.list_alerts()} == offline
+    assert int(store.list_rollups()["bytes_out"].sum()) == int(sim.flows["bytes_out"].sum())

@@ -1,0 +1,336 @@
+"""Pipeline runtime benchmark: one worker from Kafka (tansu) to alerts.
+
+Prints, for one ``PipelineStage`` with the real engine, a SQLite store and a real broker
+that this harness starts on loopback:
+
+* throughput: a backlog of flow batches (``--entities`` active sources, benign traffic with
+  stable peers plus a few attackers) consumed, detected, stored and committed; flows/s
+  end to end, with the share of time spent in the engine, the store and decoding;
+* latency: a producer publishes "live" batches once a second (``ts_end`` = now) while the
+  worker runs; p50 / p99 from a flow's end (the newest flow of the alert's window) to the
+  alert's production;
+* peak memory (max RSS) of this process, and its growth while the worker ran.
+
+Run: ``.venv/bin/python benchmarks/bench_pipeline.py [--quick]`` (``--quick`` < 30 s).
+The target of issue 4 is 300,000 flows/s on one core. Times vary with the load of this
+shared machine: the harness prints the load average next to the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flowwarden.bus import KafkaBus, publish_flows
+from flowwarden.records import conform_flows
+from flowwarden.settings import Settings
+from flowwarden.store import Store
+from pipeline.engine import DetectionEngine
+from pipeline.enrich import Inventory
+from pipeline.notify import NotifierHub
+from pipeline.stage import PipelineStage, StageOptions
+from tests.support.broker import TansuBroker, kafka_settings_for
+
+BATCH_FLOWS = 5_000  # a collector's batch_max_flows
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cluster_flows(
+    *, entities: int, seconds: float, rate: float, t0: float, seed: int, attackers: int = 3
+) -> pd.DataFrame:
+    """Benign traffic with stable peers for ``entities`` sources, plus scanners and an exfiltrator."""
+    rng = np.random.default_rng(seed)
+    n = int(rate * seconds)
+    src = rng.integers(0, entities, n)
+    ts = t0 + np.sort(rng.uniform(0, seconds, n))
+    src_ips = np.array([source_ip(i) for i in range(entities)], dtype=object)
+    peers = np.array([peer_ip(i) for i in range(500)], dtype=object)
+    externals = np.array([f"198.51.100.{i + 1}" for i in range(20)], dtype=object)
+    slot = rng.integers(0, 4, n)  # each source talks to 3 fixed peers and 1 fixed external service
+    ext = slot == 3
+    dst = np.where(ext, externals[src % 20], peers[(src * 3 + slot) % 500])
+    frames = [
+        pd.DataFrame(
+            {
+                "ts_start": ts - 0.2,
+                "ts_end": ts,
+                "src_ip": src_ips[src],
+                "src_port": rng.integers(30000, 60000, n),
+                "dst_ip": dst,
+                "dst_port": np.where(ext, 443, 8080),
+                "proto": 6,
+                "bytes_out": rng.integers(200, 4000, n),
+                "bytes_in": rng.integers(200, 40000, n),
+                "pkts_out": rng.integers(2, 20, n),
+                "pkts_in": rng.integers(2, 40, n),
+                "state": "closed",
+            }
+        )
+    ]
+    # Attackers: a port scan and an IP sweep from pods, and a bulk upload to a new address.
+    for a in range(attackers):
+        m = int(seconds * 40)
+        at = t0 + np.sort(rng.uniform(seconds / 3, seconds, m))
+        kind = a % 3
+        frames.append(
+            pd.DataFrame(
+                {
+                    "ts_start": at - 0.01,
+                    "ts_end": at,
+                    "src_ip": src_ips[a * 7 + 1],
+                    "src_port": rng.integers(30000, 60000, m),
+                    "dst_ip": (
+                        peers[a]
+                        if kind == 0
+                        else (
+                            np.array([f"10.244.{150 + a}.{i % 250 + 1}" for i in range(m)], dtype=object)
+                            if kind == 1
+                            else "203.0.113.66"
+                        )
+                    ),
+                    "dst_port": rng.integers(1, 10000, m) if kind == 0 else (22 if kind == 1 else 443),
+                    "proto": 6,
+                    "bytes_out": 60 if kind < 2 else 5_000_000,
+                    "bytes_in": 0 if kind < 2 else 2000,
+                    "pkts_out": 1 if kind < 2 else 4000,
+                    "pkts_in": 0 if kind < 2 else 100,
+                    "state": "rejected" if kind < 2 else "closed",
+                }
+            )
+        )
+    flows = pd.concat(frames, ignore_index=True).sort_values("ts_end", kind="stable", ignore_index=True)
+    flows["node"] = "node-1"
+    return conform_flows(flows)
+
+
+def source_ip(i: int) -> str:
+    return f"10.244.{i // 250}.{i % 250 + 1}"
+
+
+def peer_ip(i: int) -> str:
+    return f"10.244.{200 + i // 250}.{i % 250 + 1}"
+
+
+def inventory(entities: int, *, pods_per_workload: int = 20) -> Inventory:
+    """``kubectl get pods -A -o json`` for the sources (Deployments of 20 pods) and the 500 peers."""
+
+    def pod(name: str, ns: str, owner: str, ip: str) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "ownerReferences": [{"kind": "ReplicaSet", "name": owner}],
+            },
+            "spec": {"nodeName": f"node-{hash(owner) % 8}"},
+            "status": {"podIP": ip, "phase": "Running"},
+        }
+
+    items = []
+    for i in range(entities):
+        w = i // pods_per_workload
+        items.append(pod(f"app{w}-5d8f9c7b6-{i:05d}", f"team{w % 20}", f"app{w}-5d8f9c7b6", source_ip(i)))
+    for j in range(500):
+        items.append(pod(f"svc{j // 10}-7c9d8f6b5-{j:05d}", "backend", f"svc{j // 10}-7c9d8f6b5", peer_ip(j)))
+    return Inventory.from_dict({"items": items})
+
+
+def publish(settings: Settings, flows: pd.DataFrame) -> int:
+    bus = KafkaBus(settings.kafka)
+    producer = bus.producer()
+    sent = 0
+    for start in range(0, len(flows), BATCH_FLOWS * settings.kafka.partitions):
+        chunk = flows.iloc[start : start + BATCH_FLOWS * settings.kafka.partitions]
+        sent += publish_flows(producer, settings.kafka.topics.flows, chunk, settings.kafka.partitions)
+    if not producer.flush(120):
+        raise RuntimeError("the broker did not take the backlog in time")
+    producer.close()
+    return sent
+
+
+class Timed:
+    """Wrap a callable and add up the wall time spent in it."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.seconds = 0.0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+
+def make_stage(settings: Settings, store: Store, worker: str, pods: Inventory) -> PipelineStage:
+    return PipelineStage(
+        settings,
+        bus=KafkaBus(settings.kafka),
+        store=store,
+        engine=DetectionEngine(settings, inventory=pods),
+        notifiers=NotifierHub([]),
+        options=StageOptions(
+            poll_timeout_s=0.2, max_records=16, idle_tick_s=1.0, align_idle_s=2.0, worker_id=worker
+        ),
+    )
+
+
+def throughput(
+    broker: TansuBroker, tmp: Path, *, entities: int, seconds: float, rate: float
+) -> dict[str, Any]:
+    settings = kafka_settings_for(broker.bootstrap, partitions=3)
+    settings.pipeline.checkpoint_interval_s = 5.0
+    flows = cluster_flows(entities=entities, seconds=seconds, rate=rate, t0=1_800_000_000.0, seed=5)
+    t = time.perf_counter()
+    messages = publish(settings, flows)
+    produce_s = time.perf_counter() - t
+    n = len(flows)
+    del flows
+    store = Store(f"sqlite:///{tmp / 'bench-throughput.db'}").start()
+    stage = make_stage(settings, store, "bench", inventory(entities))
+    engine_t = Timed(stage.engine.process)
+    stage.engine.process = engine_t  # type: ignore[method-assign]
+    sink_t = Timed(stage.sink.write)
+    stage.sink.write = sink_t  # type: ignore[method-assign]
+    stage.start()
+    assert stage.consumer is not None
+    poll_t = Timed(stage.consumer.poll)
+    stage.consumer.poll = poll_t  # type: ignore[method-assign]
+    ingest_t = Timed(stage._ingest)
+    stage._ingest = ingest_t  # type: ignore[method-assign]
+    ckpt_t = Timed(stage.checkpoint)
+    stage.checkpoint = ckpt_t  # type: ignore[method-assign]
+    rss0 = current_rss_mb()
+    deadline = time.monotonic() + 600
+    # The clock starts at the first message: joining the group is not throughput.
+    while not stage.stats.batches and time.monotonic() < deadline:
+        stage.step()
+    for timer in (engine_t, sink_t, poll_t, ingest_t, ckpt_t):
+        timer.seconds = 0.0
+    t = time.perf_counter()
+    cpu0 = time.process_time()
+    while stage.stats.flows < n and time.monotonic() < deadline:
+        stage.step()
+    stage.drain(idle_polls=1, max_seconds=60, flush=True)
+    wall = time.perf_counter() - t
+    cpu = time.process_time() - cpu0
+    entities_held = stage.engine.state_entities
+    stage.stop()
+    store.stop()
+    return {
+        "flows": n,
+        "messages": messages,
+        "produce_flows_s": n / produce_s,
+        "wall_s": wall,
+        "flows_s": n / wall,
+        "flows_per_cpu_s": n / cpu,
+        "engine_share": engine_t.seconds / wall,
+        "store_share": sink_t.seconds / wall,
+        "poll_share": poll_t.seconds / wall,
+        "decode_share": ingest_t.seconds / wall,
+        "checkpoint_share": ckpt_t.seconds / wall,
+        "alerts": stage.stats.alerts,
+        "entities": entities_held,
+        "rss_growth_mb": current_rss_mb() - rss0,
+    }
+
+
+def latency(broker: TansuBroker, tmp: Path, *, entities: int, seconds: float, rate: float) -> dict[str, Any]:
+    settings = kafka_settings_for(broker.bootstrap, partitions=3)
+    settings.pipeline.checkpoint_interval_s = 5.0
+    store = Store(f"sqlite:///{tmp / 'bench-latency.db'}").start()
+    stage = make_stage(settings, store, "live", inventory(entities))
+    stage.start()
+    while not stage._assigned:  # joined before the first live batch
+        stage.step()
+    stop = threading.Event()
+
+    def produce() -> None:
+        producer = KafkaBus(settings.kafka).producer()
+        t_start = time.time()
+        for i in range(int(seconds)):
+            if stop.wait(max(0.0, t_start + i + 1 - time.time())):
+                break
+            lo = time.time() - 1.0
+            batch = cluster_flows(entities=entities, seconds=1.0, rate=rate, t0=lo, seed=100 + i)
+            publish_flows(producer, settings.kafka.topics.flows, batch, settings.kafka.partitions)
+            producer.flush(10)
+        producer.close()
+
+    feeder = threading.Thread(target=produce, daemon=True)
+    feeder.start()
+    deadline = time.monotonic() + seconds + 60
+    while feeder.is_alive() and time.monotonic() < deadline:
+        stage.step()
+    end = time.monotonic() + 15  # let the idle clock close the last windows
+    while time.monotonic() < end and stage.engine.open_window_floor() is not None:
+        stage.step()
+    stop.set()
+    lat = np.array(stage.stats.latencies, dtype="float64")
+    stage.stop()
+    store.stop()
+    return {
+        "alerts": len(lat),
+        "p50_s": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "p99_s": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        "flows": stage.stats.flows,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small run, under 30 s")
+    ap.add_argument("--entities", type=int, default=None, help="active source entities (default 10,000)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    entities = args.entities or (2_000 if args.quick else 10_000)
+    backlog_s, backlog_rate = (60.0, 5_000.0) if args.quick else (300.0, 4_000.0)
+    live_s, live_rate = (10.0, 2_000.0) if args.quick else (40.0, 5_000.0)
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as d, TansuBroker() as broker:
+        tmp = Path(d)
+        print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores shared)")
+        tp = throughput(broker, tmp, entities=entities, seconds=backlog_s, rate=backlog_rate)
+        print(
+            f"throughput  {tp['flows']:,} flows in {tp['messages']} batches, {entities:,} entities: "
+            f"{tp['flows_s']:,.0f} flows/s wall, {tp['flows_per_cpu_s']:,.0f} flows/CPU-s "
+            f"(of wall: engine {tp['engine_share']:.0%}, store {tp['store_share']:.0%}, "
+            f"poll {tp['poll_share']:.0%}, decode {tp['decode_share']:.0%}, "
+            f"checkpoint+commit {tp['checkpoint_share']:.0%}); "
+            f"{tp['alerts']} alerts; produce {tp['produce_flows_s']:,.0f} flows/s"
+        )
+        print(
+            f"memory      peak RSS {rss_mb():,.0f} MB; grew {tp['rss_growth_mb']:,.0f} MB while the worker "
+            f"held {tp['entities']:,} entities"
+        )
+        lt = latency(broker, tmp, entities=entities, seconds=live_s, rate=live_rate)
+        print(
+            f"latency     {lt['alerts']} alerts over {live_s:.0f} s live at {live_rate:,.0f} flows/s: "
+            f"flow end -> alert p50 {lt['p50_s']:.2f} s, p99 {lt['p99_s']:.2f} s"
+        )
+        print(f"load average after: {os.getloadavg()[0]:.2f}; peak RSS {rss_mb():,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The enforcer's audit trail on the real PostgreSQL store: decisions, replays, approval, expiry,
+and a restart that rebuilds its views (offences, active blocks) from the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from enforcement.backends.networkpolicy import NetworkPolicyBackend
+from enforcement.enforcer import Enforcer
+from flowwarden.store import Store
+from tests.unit.enforcement_support import T0, alert, settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_enforcer_on_postgres(pg_store: Store, tmp_path: Path) -> None:
+    now = [T0.timestamp()]
+    s = settings(
+        gitops_dir=str(tmp_path), backends=["networkpolicy"], mode="approval", ttl_s=60, max_active_blocks=1
+    )
+    first = Enforcer(s, store=pg_store, backends=[NetworkPolicyBackend(s)], clock=lambda: now[0])
+    first.start(consume=False)
+    pending = first.handle_alert(alert())
+    assert pending is not None and pending.status == "pending"
+    assert first.handle_alert(alert()) is None, "a replayed alert decides nothing"
+    applied = first.approve(pending.id, by="alice")
+    assert applied.status == "applied" and Path(applied.backend_result["networkpolicy"]["manifest"]).exists()
+
+    # A new process: its views come from the database.
+    second = Enforcer(s, store=pg_store, backends=[NetworkPolicyBackend(s)], clock=lambda: now[0])
+    second.start(consume=False)
+    other = second.handle_alert(alert(pod="web-2", ip="10.244.1.3", offset_s=20))
+    assert other is not None and other.guardrail == "max_active_blocks", (
+        "the active block came from the database"
+    )
+    repeat = second.handle_alert(alert(offset_s=40))
+    assert repeat is not None and repeat.ttl_s == 120, "the earlier decision on web-1 escalates the TTL"
+
+    now[0] += 61
+    (expired,) = second.expire()
+    assert expired.id == pending.id and expired.status == "expired"
+    assert not Path(applied.backend_result["networkpolicy"]["manifest"]).exists()
+    statuses = sorted(d.status for d in pg_store.list_decisions())
+    assert statuses == ["expired", "refused", "refused"]

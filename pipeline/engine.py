@@ -31,6 +31,7 @@ from pipeline.features import (
     FEATURES,
     KEY_COLUMNS,
     beacon_features,
+    commit_edges,
     decode_lean,
     edge_table,
     novelty_features,
@@ -185,6 +186,14 @@ class DetectionEngine:
         windows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return list(alerts.values()), windows
 
+    def _pod_age(self, keys: pd.DataFrame) -> np.ndarray:
+        """Seconds each entity's pod has existed (inventory creation time; 0 when unknown)."""
+        if self.inventory is None or not len(keys):
+            return np.zeros(len(keys))
+        created = self.inventory.created_by_key()
+        start = keys["entity"].map(created).to_numpy(dtype="float64")
+        return np.nan_to_num(keys["ws"].to_numpy() - start, nan=0.0, posinf=0.0, neginf=0.0)
+
     def _node_ips(self) -> dict[str, str]:
         return self.inventory.node_ips if self.inventory is not None else {}
 
@@ -194,7 +203,8 @@ class DetectionEngine:
             return [], pd.DataFrame()
         feats = window_features(p)
         self.first_ws = min(self.first_ws, float(p.keys["ws"].min()))
-        novelty, local_edges = novelty_features(p, edge_table(p, self.vocab), self.edges)
+        edges = edge_table(p, self.vocab)
+        novelty, local_edges = novelty_features(p, edges, self.edges)
         recent = recent_features(p, local_edges, self.recent)
         beacon = beacon_features(p, self.connections, self.edges, self.vocab, self.beacon_min_conns)
         windows = pd.concat([p.keys, feats, novelty, recent, beacon], axis=1)
@@ -208,6 +218,7 @@ class DetectionEngine:
             self.settings,
             self.model,
             memory_since=self.first_ws,
+            extra={"pod_age": self._pod_age(p.keys)},
         )
         scores: dict[str, np.ndarray] = {}
         for det in self.detectors:
@@ -218,9 +229,19 @@ class DetectionEngine:
         alerts = self.alerts.build(
             ctx, p.flows, p.gid, scores, by_name, decode=lambda rows: decode_lean(rows, self.vocab)
         )
-        ws = windows["ws"].to_numpy()
-        self.entity_base.update(windows["entity"], ws, self.window_s, windows)
-        self.workload_base.update(windows["wl_key"], ws, self.window_s, windows)
+        # Learn only from windows nobody flagged: an attack must not become the baseline.
+        flagged = np.zeros(len(windows), dtype=bool)
+        lateral = np.zeros(len(windows), dtype=bool)
+        for det in self.detectors:
+            hit = scores[det.name] > 0
+            flagged |= hit
+            if det.kind == "lateral_movement":
+                lateral |= hit
+        commit_edges(edges, self.edges, np.flatnonzero(lateral))
+        calm = windows[~flagged]
+        ws = calm["ws"].to_numpy()
+        self.entity_base.update(calm["entity"], ws, self.window_s, calm)
+        self.workload_base.update(calm["wl_key"], ws, self.window_s, calm)
         self.windows_scored += len(windows)
         self.flows_scored += len(p.flows)
         return alerts, windows

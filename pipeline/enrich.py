@@ -128,6 +128,7 @@ class Inventory:
         self._single_index = pd.Index(single["ip"].to_numpy(dtype=object))
         self._single_rows = single.index.to_numpy()
         self._start = self.pods["start"].to_numpy()
+        self._created: dict[str, float] | None = None
         self._end = self.pods["end"].to_numpy()
         # Arrow columns with a trailing "" for "no pod", for fast takes.
         self._arrow = {
@@ -194,6 +195,15 @@ class Inventory:
         return Inventory.from_file(self.path)
 
     # ------------------------------------------------------------------ lookup
+    def created_by_key(self) -> dict[str, float]:
+        """``namespace/pod`` to its creation time (the earliest, for a reused name)."""
+        if self._created is None:
+            keys = (self.pods["namespace"] + "/" + self.pods["pod"]).to_numpy(dtype=object)
+            self._created = {}
+            for k, t in zip(keys, self.pods["start"].to_numpy(), strict=True):
+                self._created[k] = min(t, self._created.get(k, t))
+        return self._created
+
     def lookup_rows(self, ips: pd.Series, ts: pd.Series) -> np.ndarray:
         """Per row: the row in :attr:`pods` of the pod owning ``ips`` at ``ts`` (-1 if none)."""
         n = len(ips)
@@ -203,7 +213,9 @@ class Inventory:
         t = ts.to_numpy(dtype="float64")
         codes, uniques = pd.factorize(ips)
         pos = self._single_index.get_indexer(np.asarray(uniques, dtype=object))
-        cand = np.where(codes >= 0, pos[codes], -1)
+        # ``pos`` indexes the single-owner IPs; map it to rows of ``self.pods``.
+        rows_of = np.where(pos >= 0, self._single_rows[np.maximum(pos, 0)], -1) if len(pos) else pos
+        cand = np.where(codes >= 0, rows_of[codes], -1)
         hit = cand >= 0
         if hit.any():
             c = cand[hit]

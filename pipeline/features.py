@@ -403,9 +403,12 @@ def edge_table(p: Prepared, vocab: Vocab) -> pd.DataFrame:
 
 
 def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Never-seen edges per entity-window; updates ``seen``. Returns (features, per-flow local edges)."""
+    """Never-seen edges per entity-window (``seen`` is updated later by :func:`commit_edges`).
+
+    Returns the features and the per-flow local edges.
+    """
     ng = len(p.keys)
-    u = edges.groupby("hash", sort=False).agg(first=("ws", "min"), last=("ws", "max"), bytes=("bytes", "sum"))
+    u = edges.groupby("hash", sort=False).agg(first=("ws", "min"))
     hashes = u.index.to_numpy(dtype="uint64")
     pos = seen.positions(hashes)
     prior_first = seen.first_at(pos)
@@ -446,8 +449,22 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
         young_age[idx] = p.keys["ws"].to_numpy()[idx] - top["first"].to_numpy()
     out["young_ext_bytes"] = young
     out["young_ext_age"] = young_age
-    seen.update(hashes, pos, u["first"].to_numpy(), u["last"].to_numpy(), u["bytes"].to_numpy())
     return pd.DataFrame(out), e
+
+
+def commit_edges(edges: pd.DataFrame, seen: SeenEdges, exclude: np.ndarray | None = None) -> None:
+    """Remember the edges of these windows, except those of entity-windows in ``exclude``.
+
+    Edges used by a lateral movement that was alerted on are not learned: the next pod of
+    the same workload doing the same thing must still look new.
+    """
+    if exclude is not None and len(exclude):
+        edges = edges[~np.isin(edges["gid"].to_numpy(), exclude)]
+    if not len(edges):
+        return
+    u = edges.groupby("hash", sort=False).agg(first=("ws", "min"), last=("ws", "max"), bytes=("bytes", "sum"))
+    hashes = u.index.to_numpy(dtype="uint64")
+    seen.update(hashes, seen.positions(hashes), u["first"].to_numpy(), u["last"].to_numpy(), u["bytes"].to_numpy())
 
 
 def recent_features(p: Prepared, e: pd.DataFrame, recent: RecentActivity) -> pd.DataFrame:

@@ -2,7 +2,9 @@
 
 Catches: a pod connecting to at least ``min_new_peers`` distinct internal addresses over
 edges its workload never used (workload to workload-or-address, port), counted over the last
-minute, once the workload has ``learn_s`` seconds of history.
+minute, once the workload has ``learn_s`` seconds of history (or, for a workload that only
+ever served and suddenly acts as a client, once its pod and the engine's memory are that old).
+Edges of an alerted fan-out are not learned, so the next pod doing the same still stands out.
 Must not flag: a Prometheus scraper (its edges are known per destination *workload*, so new
 replicas are not new edges), a rolling deployment (a new replica inherits its workload's
 edges; the new version's one new dependency is a single edge to a few pods), anything while
@@ -29,7 +31,12 @@ class FanOut(Detector):
         w, p = ctx.windows, self.params
         peers = np.maximum(w["new_int_peers"].to_numpy(), w["recent_new_peers"].to_numpy())
         s = ratio_score(peers, p["min_new_peers"])
-        return np.where(ctx.workload_age >= p["learn_s"], s, 0.0)
+        # Learned: the workload has initiated traffic for a while, or (a workload that only ever
+        # served, now suddenly a client) its pod is old and the engine has been watching.
+        pod_age = ctx.extra.get("pod_age", np.zeros(len(w)))
+        watched = ctx.appeared_after_learning(np.zeros(len(w)), p["learn_s"])
+        learned = (ctx.workload_age >= p["learn_s"]) | ((pod_age >= p["learn_s"]) & watched)
+        return np.where(learned, s, 0.0)
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
         return (flows["direction"] == "internal").to_numpy()

@@ -10,7 +10,8 @@ so that its peak memory is its own, and "no crc32c" really is the pure-Python pa
 
 Produce time runs from the first send (serialisation included) until ``flush`` returns;
 consume time from the first poll until every flow is decoded. Group join happens before
-either clock starts.
+either clock starts. Rates are wall-clock (the broker runs beside us); "cpu s" is this
+process's CPU time for both phases, which shows how much a busy shared machine stole.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def worker(mode: str, flows: int, bootstrap: str) -> dict[str, object]:
 
     wire_bytes = 0
     messages = 0
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     if mode.startswith("json"):
         for i, row in enumerate(df.to_dict("records")):
@@ -123,6 +125,7 @@ def worker(mode: str, flows: int, bootstrap: str) -> dict[str, object]:
             else:
                 seen += len(decode_flows(m.value))
     consume_s = time.perf_counter() - t1
+    cpu_s = time.process_time() - cpu0
     consumer.close()
     producer.close()
     return {
@@ -136,6 +139,7 @@ def worker(mode: str, flows: int, bootstrap: str) -> dict[str, object]:
         "consumed": seen,
         "failed": failed,
         "flushed": flushed,
+        "cpu_s": cpu_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -183,7 +187,7 @@ def main() -> None:
     print(f"bus benchmark: tansu {broker.bootstrap}, {PARTITIONS} partitions, cpus={os.cpu_count()}")
     header = (
         f"{'format':<11} {'crc32c':<7} {'flows':>8} {'msgs':>8} {'wire MB':>8} "
-        f"{'produce/s':>11} {'consume/s':>11} {'failed':>6} {'peak RSS MB':>11}"
+        f"{'produce/s':>11} {'consume/s':>11} {'cpu s':>6} {'failed':>6} {'peak RSS MB':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -191,7 +195,7 @@ def main() -> None:
         print(
             f"{r['mode']:<11} {'C' if r['crc32c_c'] else 'python':<7} {r['flows']:>8} {r['messages']:>8} "
             f"{r['wire_mb']:>8.1f} {r['produce_fps']:>11,.0f} {r['consume_fps']:>11,.0f} "
-            f"{r['failed']:>6} {r['peak_rss_mb']:>11.0f}"
+            f"{r['cpu_s']:>6.1f} {r['failed']:>6} {r['peak_rss_mb']:>11.0f}"
         )
         if r["consumed"] != r["flows"] or not r["flushed"]:
             print(f"  ! {r['mode']}: consumed {r['consumed']} of {r['flows']}, flushed={r['flushed']}")

@@ -80,8 +80,8 @@ def real_capture(path: Path, target: int) -> None:
         srv.popen("python3", "-m", "http.server", "80", "--bind", "10.99.0.2", "--directory", www,
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         wait_for(lambda: "LISTEN" in srv.run("ss", "-ltn", "sport = :80").stdout, timeout=10, what="http")
-        cap = cli.popen("tcpdump", "-Z", "root", "-i", ic, "-s", "96", "-B", "131072", "-U", "-n", "-w", str(path),
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        tcpdump = ["tcpdump", "-Z", "root", "-i", ic, "-s", "96", "-B", "131072", "-U", "-n", "-w", str(path)]
+        cap = cli.popen(*tcpdump, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert cap.stderr is not None
         while b"listening on" not in cap.stderr.readline():
             pass
@@ -97,7 +97,8 @@ def real_capture(path: Path, target: int) -> None:
                 timeout=600)  # fmt: skip
         udp = (
             "import socket, sys\n"
-            "n = int(sys.argv[1]); socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(500)]\n"
+            "n = int(sys.argv[1])\n"
+            "socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(500)]\n"
             "for i in range(n):\n"
             "    socks[i % 500].sendto(b'x' * (i % 200), ('10.99.0.2', 20000 + i % 40))\n"
         )

@@ -53,7 +53,9 @@ class Collector:
             else []
         )
         self.bpf = build_bpf(cs.bpf, exclude)
-        self.capture = LiveCapture(cs.interfaces, bpf=self.bpf, snaplen=cs.snaplen, netns=cs.netns)
+        self.capture = LiveCapture(
+            cs.interfaces, bpf=self.bpf, snaplen=cs.snaplen, netns=cs.netns, tool=cs.capture_tool
+        )
         self.meter = Meter(cs)
         self.names = NameDissector() if self.meter.app_names else None
         self.publisher = Publisher(
@@ -74,6 +76,8 @@ class Collector:
         self._drops_seen = 0
         self._evicted_seen = 0
         self._undecoded_seen: dict[str, int] = {}
+        self.failure = ""  # why the collector stopped on its own (empty: it was asked to)
+        self._closing = False
 
     def _open_bus(self) -> Bus:
         from flowwarden.bus import open_bus
@@ -100,6 +104,7 @@ class Collector:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Flush everything: captured packets, open flows, queued batches."""
+        self._closing = True  # the captures are about to exit on purpose
         self.capture.stop()
         self._stop.set()
         if self._thread is not None:
@@ -139,8 +144,10 @@ class Collector:
                 next_stats = time.monotonic() + STATS_INTERVAL_S
                 self.capture.request_stats()
                 self._count_drops()
-            if not stopping and not any(c.alive for c in self.capture.captures):
-                log.error("every capture process has exited; stopping")
+            if not stopping and not self._closing and not any(c.alive for c in self.capture.captures):
+                tails = "; ".join(f"{c.iface}: {c.stderr_tail}" for c in self.capture.captures)
+                self.failure = f"every capture process has exited ({tails})"
+                log.error("%s; stopping", self.failure)
                 self._stop.set()
         self._count_drops()
         self._emit([self.meter.table.flush()])

@@ -26,8 +26,8 @@ def _reads(panel: Json) -> list[str]:
         names = re.findall(r"flowwarden_\w+", text) or re.findall(
             r"\bFROM (alerts|decisions|flow_rollups)\b", text
         )
-        found += [n.removesuffix("_bucket") for n in names if n.removesuffix("_bucket") not in found]
-    return found
+        found += [n.removesuffix("_bucket") for n in names]
+    return list(dict.fromkeys(found))
 
 
 def _source(panel: Json) -> str:

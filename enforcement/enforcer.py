@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -77,7 +76,7 @@ class Enforcer:
         self._last_expire = 0.0
         # Views of the store kept in step with every decision this enforcer takes and reloaded at
         # each reconciliation, so that a decision costs no scan of the decisions table.
-        self._offences: Counter[str] | None = None  # source key -> earlier decisions
+        self._offences: dict[str, list[datetime]] | None = None  # source key -> when decided
         self._active: dict[str, Decision] = {}  # applied blocks and quarantines
         self._simulated: dict[str, Decision] = {}  # dry-run blocks "in force"
         self._started_backends = False
@@ -144,8 +143,15 @@ class Enforcer:
         now = self.clock()
         if now - self._last_expire >= EXPIRE_INTERVAL_S:
             self.expire()
-        if self._started_backends and now - self._last_reconcile >= self.cfg.reconcile_interval_s:
-            self.reconcile()
+        if now - self._last_reconcile >= self.cfg.reconcile_interval_s:
+            if self._started_backends:
+                self.reconcile()
+            else:  # dry-run: no rules to reconcile, but the views must not grow without end
+                self._last_reconcile = now
+                cutoff = self._now_dt()
+                self._simulated = {
+                    k: d for k, d in self._simulated.items() if d.expires_at is None or d.expires_at > cutoff
+                }
 
     # ------------------------------------------------------------------ alerts
 
@@ -185,14 +191,20 @@ class Enforcer:
         if self._offences is None:
             self.load_views()
         assert self._offences is not None
-        return self._offences[source.key()]
+        since = self._now_dt() - timedelta(seconds=self.cfg.ttl_max_s)
+        times = [t for t in self._offences.get(source.key(), []) if t >= since]
+        self._offences[source.key()] = times  # older offences no longer count: forget them
+        return len(times)
 
     def load_views(self) -> None:
         """(Re)load the in-memory views from the store: it is the truth."""
         now = self._now_dt()
         since = now - timedelta(seconds=self.cfg.ttl_max_s)
         recent = self.store.list_decisions(status=OFFENCE_STATUSES, since=since)
-        self._offences = Counter(d.source.key() for d in recent if d.action != "unblock")
+        self._offences = {}
+        for d in recent:
+            if d.action != "unblock":
+                self._offences.setdefault(d.source.key(), []).append(d.created_at)
         self._simulated = {d.id: d for d in recent if d.status == "simulated"}
         self._active = {d.id: d for d in self.store.active_blocks(now)}
         self.metrics.active_blocks.set(len(self._active))
@@ -202,7 +214,7 @@ class Enforcer:
             self.load_views()
         assert self._offences is not None
         if new and d.status in OFFENCE_STATUSES and d.action != "unblock":
-            self._offences[d.source.key()] += 1
+            self._offences.setdefault(d.source.key(), []).append(d.created_at)
         for view, status in ((self._active, "applied"), (self._simulated, "simulated")):
             if d.status == status:
                 view[d.id] = d
@@ -281,7 +293,7 @@ class Enforcer:
                 log.error("apply failed id=%s backend=%s error=%s", d.id, b.name, exc)
                 for ok in done:  # all or nothing: roll back what went in
                     try:
-                        ok.revoke(d)
+                        results[ok.name] = {**results[ok.name], "rolled_back": ok.revoke(d)}
                     except (BackendError, OSError) as undo_exc:
                         results[ok.name]["rollback_error"] = str(undo_exc)
                 results["applied_at"] = self.clock()

@@ -202,18 +202,29 @@ def read_flow_batches(
     readable message appears in the first list, even when none of its rows was valid, so
     the caller can commit everything it was handed.
     """
-    good: list[tuple[Message, pd.DataFrame]] = []
+    decoded: list[tuple[Message, pd.DataFrame]] = []
     dead: list[DeadLetter] = []
     for m in messages:
         try:
-            df = decode_flows(m.value)
+            decoded.append((m, decode_flows(m.value)))
         except RecordError as exc:
             dead.append(DeadLetter(m.value, str(exc), exc.field, m.topic, m.partition, m.offset))
-            continue
-        valid, invalid = split_invalid_flows(df)
-        good.append((m, valid))
-        if len(invalid):
-            dead.extend(_row_dead_letters(invalid, m.topic, m.partition, m.offset))
+    if not decoded:
+        return [], dead
+    # Validate every row of the poll at once: row checks cost ~3 ms per call whatever the
+    # size, so one call over the concatenation beats one per 500-flow message.
+    sizes = np.fromiter((len(df) for _, df in decoded), dtype=np.int64, count=len(decoded))
+    rows = pd.concat([df for _, df in decoded], ignore_index=True) if len(decoded) > 1 else decoded[0][1]
+    valid, invalid = split_invalid_flows(rows.assign(_msg=np.repeat(np.arange(len(decoded)), sizes)))
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(valid["_msg"].to_numpy(), minlength=len(decoded)))))
+    valid = valid.drop(columns="_msg")
+    good = [
+        (m, valid.iloc[bounds[i] : bounds[i + 1]].reset_index(drop=True)) for i, (m, _) in enumerate(decoded)
+    ]
+    if len(invalid):
+        for i, bad in invalid.groupby("_msg", sort=True):
+            m = decoded[int(i)][0]  # type: ignore[arg-type]
+            dead.extend(_row_dead_letters(bad.drop(columns="_msg"), m.topic, m.partition, m.offset))
     return good, dead
 
 

@@ -94,9 +94,7 @@ def connect_with_backoff(
         attempt_ms = int(max(0.5, min(remaining, float(2 ** (attempts - 1)), MAX_BACKOFF_S)) * 1000)
         try:
             return make(attempt_ms)
-        except (KafkaError, OSError, ValueError) as exc:
-            if isinstance(exc, ValueError) and "bootstrap" not in str(exc).lower():
-                raise
+        except (KafkaError, OSError) as exc:
             last = exc
         remaining = deadline - time.monotonic()
         if remaining <= 0:

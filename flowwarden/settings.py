@@ -150,7 +150,9 @@ class CollectorSettings(Section):
     spool_max_bytes: int = Field(512 * 1024 * 1024, ge=0)
     exclude_kafka_traffic: bool = True
     app_names: bool = True  # dissect DNS / TLS SNI / HTTP Host with tshark (candidate packets only)
-    metrics_port: int = Field(9101, ge=0, le=65535)
+    metrics_port: int = Field(9101, ge=0, le=65535)  # 0: no /metrics endpoint
+    # dumpcap runs with only NET_RAW+NET_ADMIN; tcpdump also needs SETUID/SETGID (collectors/capture.py).
+    capture_tool: Literal["dumpcap", "tcpdump"] = "dumpcap"
     # Capture inside this network namespace (``ip netns exec``), e.g. a pod's, from the node.
     netns: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$")
     publish_flush_timeout_s: float = Field(10.0, gt=0)  # wait for delivery of each batch

@@ -39,7 +39,7 @@ def signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
-class WindowAnomalyDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
+class WindowAnomalyDetector(OutlierMixin, BaseEstimator):
     """Signed log, robust scaling and a novelty detector over window features.
 
     Parameters
@@ -175,7 +175,7 @@ class BudgetThreshold:
         if hours <= 0 or pods <= 0:
             raise ValueError(f"hours ({hours}) and pods ({pods}) must be positive to apply a budget")
         s = np.sort(np.asarray(scores, dtype="float64"))[::-1]
-        allowed = int(math.floor(budget * hours * pods / 100.0))
+        allowed = math.floor(budget * hours * pods / 100.0)
         if len(s) == 0:
             value = 0.5 + margin
         elif allowed >= len(s):
@@ -183,7 +183,9 @@ class BudgetThreshold:
         else:
             value = float(np.nextafter(s[allowed], np.inf))  # strictly above the (allowed+1)-th highest
         value = float(min(1.0, value + margin))
-        return cls(value=value, budget=budget, margin=margin, benign_windows=len(s), allowed_false_windows=allowed)
+        return cls(
+            value=value, budget=budget, margin=margin, benign_windows=len(s), allowed_false_windows=allowed
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

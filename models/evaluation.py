@@ -161,7 +161,11 @@ def evaluate(
         for ep_id in det_ttd:
             caught_by[ep_id].append(name)
         col = f"score_{name}"
-        row.update(_aucs(y, windows[col].to_numpy(dtype="float64")) if col in windows else {"roc_auc": None, "pr_auc": None})
+        row.update(
+            _aucs(y, windows[col].to_numpy(dtype="float64"))
+            if col in windows
+            else {"roc_auc": None, "pr_auc": None}
+        )
         row["by_technique"] = {
             t: sum(1 for ep in episodes if ep.technique == t and ep.id in det_ttd)
             for t in TECHNIQUES
@@ -201,7 +205,7 @@ def evaluate(
         "window_s": window_s,
         "hours": hours,
         "pods": pods,
-        "windows": int(len(windows)),
+        "windows": len(windows),
         "attack_windows": int((y == POSITIVE).sum()),
         "overall": overall,
         "per_detector": per_detector,

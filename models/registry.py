@@ -115,8 +115,8 @@ def sha256_frame(df: pd.DataFrame) -> str:
 def canonical_skops(data: bytes) -> bytes:
     """Re-pack a skops archive so the same estimator always gives the same bytes.
 
-    skops names array files after ``id()`` and stamps the wall clock; renumber the files in
-    order of first mention in the schema and use a fixed timestamp.
+    skops names array files and shared-object ids after ``id()`` and stamps the wall clock;
+    renumber both in order of first mention in the schema and use a fixed timestamp.
     """
     src = zipfile.ZipFile(io.BytesIO(data))
     schema = src.read("schema.json").decode()
@@ -124,6 +124,8 @@ def canonical_skops(data: bytes) -> bytes:
     order = sorted(names, key=lambda n: (schema.find(f'"{n}"') if f'"{n}"' in schema else len(schema), n))
     rename = {old: f"{i:06d}{Path(old).suffix}" for i, old in enumerate(order)}
     schema = re.sub(r'"([^"/]+\.npy)"', lambda m: f'"{rename.get(m.group(1), m.group(1))}"', schema)
+    ids: dict[str, int] = {}  # object ids (for shared references): consistent small numbers
+    schema = re.sub(r'"__id__": (\d+)', lambda m: f'"__id__": {ids.setdefault(m.group(1), len(ids) + 1)}', schema)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as dst:
         for name, payload in [("schema.json", schema.encode())] + [(rename[n], src.read(n)) for n in order]:
@@ -211,7 +213,9 @@ def save_model(
 
 
 def write_metadata(directory: Path, meta: dict[str, Any]) -> None:
-    _write_atomic(directory / METADATA_FILE, (json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n").encode())
+    _write_atomic(
+        directory / METADATA_FILE, (json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n").encode()
+    )
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
@@ -264,20 +268,28 @@ def load_model(directory: str | Path) -> LoadedModel:
         raise ModelError(f"{d / ESTIMATOR_FILE}: refusing untrusted types {', '.join(untrusted)}")
     estimator = sio.loads(data, trusted=list(TRUSTED_TYPES))
     if not isinstance(estimator, WindowAnomalyDetector):
-        raise ModelError(f"{d / ESTIMATOR_FILE}: holds a {type(estimator).__name__}, not a WindowAnomalyDetector")
+        raise ModelError(
+            f"{d / ESTIMATOR_FILE}: holds a {type(estimator).__name__}, not a WindowAnomalyDetector"
+        )
     names = [str(f) for f in getattr(estimator, "feature_names_in_", [])]
     if names != list(meta["feature_names"]):
-        raise ModelError(f"{d / METADATA_FILE}: feature_names do not match the estimator's ({len(names)} features)")
+        raise ModelError(
+            f"{d / METADATA_FILE}: feature_names do not match the estimator's ({len(names)} features)"
+        )
     threshold = BudgetThreshold.from_dict(json.loads((d / THRESHOLD_FILE).read_text()))
     if abs(threshold.value - float(meta["threshold"])) > 1e-12:
-        raise ModelError(f"{d / METADATA_FILE}: threshold {meta['threshold']} does not match {THRESHOLD_FILE}")
+        raise ModelError(
+            f"{d / METADATA_FILE}: threshold {meta['threshold']} does not match {THRESHOLD_FILE}"
+        )
     state = (d / STATE_FILE).read_bytes() if STATE_FILE in meta["files"] else None
     libs = meta.get("libraries", {})
     now = library_versions()
     if libs.get("scikit-learn") and libs["scikit-learn"] != now["scikit-learn"]:
         log.warning(
             "model trained with scikit-learn %s, running %s version=%s",
-            libs["scikit-learn"], now["scikit-learn"], meta["version"],
+            libs["scikit-learn"],
+            now["scikit-learn"],
+            meta["version"],
         )
     return LoadedModel(
         version=str(meta["version"]),

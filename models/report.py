@@ -19,15 +19,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from flowwarden.errors import ConfigError  # noqa: E402
-from models.evaluation import IGNORED, POSITIVE  # noqa: E402
-from models.registry import LoadedModel  # noqa: E402
+from flowwarden.errors import ConfigError
+from models.evaluation import IGNORED, POSITIVE
+from models.registry import LoadedModel
 
 IMPORTANCE_ROWS = 4000
 IMPORTANCE_TOP = 15
@@ -49,7 +49,7 @@ def _png(fig: Figure) -> str:
 
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None:
-        return "–"
+        return "-"
     if isinstance(x, float):
         return f"{x:.{digits}g}"
     return html.escape(str(x))
@@ -90,10 +90,16 @@ def distributions(windows: pd.DataFrame, threshold: float | None) -> str:
     y = windows["label"].to_numpy()
     s = windows["score_isolation_forest"].to_numpy(dtype="float64")
     fig, ax = plt.subplots(figsize=(12, 4))
-    bins = np.linspace(float(s.min(initial=0.0)), float(max(s.max(initial=1.0), threshold or 0)), 60)
+    bins = list(np.linspace(float(s.min(initial=0.0)), float(max(s.max(initial=1.0), threshold or 0)), 60))
     ax.hist(s[y == 0], bins=bins, alpha=0.6, label=f"benign windows ({int((y == 0).sum())})", density=True)
     if (y == POSITIVE).any():
-        ax.hist(s[y == POSITIVE], bins=bins, alpha=0.6, label=f"attack windows ({int((y == 1).sum())})", density=True)
+        ax.hist(
+            s[y == POSITIVE],
+            bins=bins,
+            alpha=0.6,
+            label=f"attack windows ({int((y == 1).sum())})",
+            density=True,
+        )
     if threshold is not None:
         ax.axvline(threshold, color="#b00", label=f"threshold {threshold:.3f}")
     ax.set(xlabel="anomaly score (isolation forest)", ylabel="density", title="Score distributions")
@@ -103,7 +109,9 @@ def distributions(windows: pd.DataFrame, threshold: float | None) -> str:
 
 
 def time_to_detect(metrics: dict[str, Any]) -> str:
-    delays = [e["time_to_detect_s"] for e in metrics.get("episodes", []) if e.get("time_to_detect_s") is not None]
+    delays = [
+        e["time_to_detect_s"] for e in metrics.get("episodes", []) if e.get("time_to_detect_s") is not None
+    ]
     if not delays:
         return '<p class="muted">No episode detected: no time to detect.</p>'
     by_tech: dict[str, list[float]] = {}
@@ -118,7 +126,9 @@ def time_to_detect(metrics: dict[str, Any]) -> str:
     return _png(fig)
 
 
-def importances(model: LoadedModel, windows: pd.DataFrame, seed: int = 0) -> tuple[str, list[tuple[str, float]]]:
+def importances(
+    model: LoadedModel, windows: pd.DataFrame, seed: int = 0
+) -> tuple[str, list[tuple[str, float]]]:
     """Permutation importance on the anomaly score: mean |change| when one feature is shuffled."""
     feats = [f for f in model.feature_names if f in windows.columns]
     if len(feats) != len(model.feature_names) or not len(windows):
@@ -161,7 +171,9 @@ def budget_plot(windows: pd.DataFrame, metrics: dict[str, Any], model: LoadedMod
     ax.axhline(budget, color="#a60", linestyle="--", label=f"budget {budget:g}")
     ax.axvline(model.threshold, color="#b00", label=f"threshold {model.threshold:.3f}")
     ax.set_yscale("log")
-    ax.set(xlabel="threshold", ylabel="false alert windows / h / 100 pods", title="Threshold against the budget")
+    ax.set(
+        xlabel="threshold", ylabel="false alert windows / h / 100 pods", title="Threshold against the budget"
+    )
     ax.legend()
     return _png(fig)
 
@@ -184,17 +196,42 @@ def render(model: LoadedModel, metrics: dict[str, Any], windows: pd.DataFrame) -
         else f'<span class="bad">over the budget of {budget:g}</span>'
     )
     tech_rows = [
-        [t, r["kind"], r["episodes"], r["detected"], r["recall"], r["time_to_detect_s"]["median"],
-         r["time_to_detect_s"]["p90"], ", ".join(r["detectors"]) or "–"]
+        [
+            t,
+            r["kind"],
+            r["episodes"],
+            r["detected"],
+            r["recall"],
+            r["time_to_detect_s"]["median"],
+            r["time_to_detect_s"]["p90"],
+            ", ".join(r["detectors"]) or "-",
+        ]
         for t, r in metrics["per_technique"].items()
     ]
     det_rows = [
-        [d, r["alerts"], r["true_alerts"], r["false_alerts"], r["precision"], r["recall"],
-         r["false_alerts_per_hour_per_100_pods"], r["roc_auc"], r["pr_auc"]]
+        [
+            d,
+            r["alerts"],
+            r["true_alerts"],
+            r["false_alerts"],
+            r["precision"],
+            r["recall"],
+            r["false_alerts_per_hour_per_100_pods"],
+            r["roc_auc"],
+            r["pr_auc"],
+        ]
         for d, r in metrics["per_detector"].items()
     ]
     ep_rows = [
-        [e["id"], e["technique"], e["source"], e["start"], e["detected"], e["time_to_detect_s"], ", ".join(e["detectors"])]
+        [
+            e["id"],
+            e["technique"],
+            e["source"],
+            e["start"],
+            e["detected"],
+            e["time_to_detect_s"],
+            ", ".join(e["detectors"]),
+        ]
         for e in metrics.get("episodes", [])
     ]
     fi_html, fi = importances(model, windows)
@@ -205,24 +242,78 @@ def render(model: LoadedModel, metrics: dict[str, Any], windows: pd.DataFrame) -
         f"<style>{CSS}</style></head><body>",
         f"<h1>Model {html.escape(model.version)}</h1>",
         _table(
-            ["method", "threshold", "window (s)", "parent", "trained on windows", "training pods", "data sha256"],
-            [[meta.get("method"), model.threshold, meta.get("window_s"), meta.get("parent") or "–",
-              tr.get("windows"), tr.get("pods"), str(tr.get("data_sha256", ""))[:16]]],
+            [
+                "method",
+                "threshold",
+                "window (s)",
+                "parent",
+                "trained on windows",
+                "training pods",
+                "data sha256",
+            ],
+            [
+                [
+                    meta.get("method"),
+                    model.threshold,
+                    meta.get("window_s"),
+                    meta.get("parent") or "-",
+                    tr.get("windows"),
+                    tr.get("pods"),
+                    str(tr.get("data_sha256", ""))[:16],
+                ]
+            ],
         ),
         "<h2>Overall</h2>",
         f"<p>{metrics['windows']} windows ({metrics['attack_windows']} attack), {metrics['pods']} pods, "
         f"{_fmt(metrics['hours'])} h. False alerts per hour per 100 pods: {_fmt(rate)}, {verdict}.</p>",
         _table(
-            ["recall", "precision", "alerts", "false alerts", "false/h", "false/h/100 pods", "ttd median s",
-             "ttd p90 s", "ROC-AUC", "PR-AUC"],
-            [[o["recall"], o["precision"], o["alerts"], o["false_alerts"], o["false_alerts_per_hour"], rate,
-              o["time_to_detect_s"]["median"], o["time_to_detect_s"]["p90"], o.get("roc_auc"), o.get("pr_auc")]],
+            [
+                "recall",
+                "precision",
+                "alerts",
+                "false alerts",
+                "false/h",
+                "false/h/100 pods",
+                "ttd median s",
+                "ttd p90 s",
+                "ROC-AUC",
+                "PR-AUC",
+            ],
+            [
+                [
+                    o["recall"],
+                    o["precision"],
+                    o["alerts"],
+                    o["false_alerts"],
+                    o["false_alerts_per_hour"],
+                    rate,
+                    o["time_to_detect_s"]["median"],
+                    o["time_to_detect_s"]["p90"],
+                    o.get("roc_auc"),
+                    o.get("pr_auc"),
+                ]
+            ],
         ),
         "<h2>Per technique</h2>",
-        _table(["technique", "kind", "episodes", "detected", "recall", "ttd median s", "ttd p90 s", "detectors"], tech_rows),
+        _table(
+            ["technique", "kind", "episodes", "detected", "recall", "ttd median s", "ttd p90 s", "detectors"],
+            tech_rows,
+        ),
         "<h2>Per detector</h2>",
-        _table(["detector", "alerts", "true", "false", "precision", "recall", "false/h/100 pods", "ROC-AUC", "PR-AUC"],
-               det_rows),
+        _table(
+            [
+                "detector",
+                "alerts",
+                "true",
+                "false",
+                "precision",
+                "recall",
+                "false/h/100 pods",
+                "ROC-AUC",
+                "PR-AUC",
+            ],
+            det_rows,
+        ),
         "<h2>ROC and precision-recall (window scores)</h2>",
         curves(windows),
         "<h2>Score distributions: benign vs attack windows</h2>",
@@ -245,7 +336,8 @@ def write_report(model: LoadedModel, evaluation_dir: Path, out: Path) -> Path:
     metrics_path, windows_path = evaluation_dir / "metrics.json", evaluation_dir / "windows.parquet"
     if not metrics_path.is_file() or not windows_path.is_file():
         raise ConfigError(
-            f"evaluation: {evaluation_dir} has no metrics.json/windows.parquet; run `flowwarden models evaluate` first"
+            f"evaluation: {evaluation_dir} has no metrics.json/windows.parquet; "
+            "run `flowwarden models evaluate` first"
         )
     metrics = json.loads(metrics_path.read_text())
     windows = pd.read_parquet(windows_path)

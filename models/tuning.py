@@ -5,7 +5,7 @@ and the seen edges learn from the benign flows *before* it (attack episodes remo
 every candidate is judged on the flows *after* it, so nothing of the judged period leaks
 into what is learned. A candidate is *feasible* when its false alerts per hour per 100 pods
 stay within the budget; the best feasible candidate maximises episode recall (ties: fewer
-false alerts, then the higher threshold).
+false alerts, then the threshold nearest the one the budget rule picks on training data).
 
 The threshold sweep approximates the isolation_forest alerts from the flagged windows
 (one alert per run of windows of an entity, the pipeline's merge rule); the winner and the
@@ -61,6 +61,7 @@ class Candidate:
     recall: float
     false_alerts_per_hour_per_100_pods: float
     feasible: bool
+    base_threshold: float = 0.0  # what the budget rule alone picked for this forest
     confirmed: dict[str, Any] | None = None  # real-engine overall metrics
 
     def summary(self) -> dict[str, Any]:
@@ -120,9 +121,10 @@ def _forest_alerts(windows: pd.DataFrame, raw: np.ndarray, threshold: float, win
     if not hit.any():
         return []
     w = windows.loc[hit, ["ws", "we", "entity", "src_ip", "namespace", "pod", "workload"]].copy()
-    exfil = (windows.loc[hit, "bytes_out_ext"].to_numpy() > np.maximum(windows.loc[hit, "bytes_out_int"].to_numpy(), 1e6)) | (
-        windows.loc[hit, "dns_max_subdomains"].to_numpy() >= 10
-    )
+    exfil = (
+        windows.loc[hit, "bytes_out_ext"].to_numpy()
+        > np.maximum(windows.loc[hit, "bytes_out_int"].to_numpy(), 1e6)
+    ) | (windows.loc[hit, "dns_max_subdomains"].to_numpy() >= 10)
     w["kind"] = np.where(exfil, "exfiltration", "lateral_movement")
     w["score"] = raw[hit]
     w = w.sort_values(["entity", "ws"], kind="stable")
@@ -164,7 +166,11 @@ def _model(
 ) -> LoadedModel:
     names = [str(f) for f in est.feature_names_in_]
     return LoadedModel(
-        version=version, feature_names=names, estimator=est, threshold=threshold, state=state,
+        version=version,
+        feature_names=names,
+        estimator=est,
+        threshold=threshold,
+        state=state,
         metadata={"window_s": window_s},
     )
 
@@ -211,8 +217,12 @@ def tune(
         fits = []
         for params in grids:
             est, thr = fit_on_windows(
-                learned.windows, feature_names=feature_names, params={"random_state": 0, **params},
-                hours=hours_train, pods=pods, budget=budget,
+                learned.windows,
+                feature_names=feature_names,
+                params={"random_state": 0, **params},
+                hours=hours_train,
+                pods=pods,
+                budget=budget,
             )
             fits.append((params, est, thr))
         progress(f"judge w={w:g}s", done / steps)
@@ -226,11 +236,17 @@ def tune(
                 if int((raw >= t).sum()) > MAX_FLAGGED:
                     continue
                 alerts = base.alerts + _forest_alerts(base.windows, raw, t, w)
-                m = evaluate(alerts, later, base.windows.iloc[:0], window_s=w, hours=hours_test, pods=pods)["overall"]
+                m = evaluate(alerts, later, base.windows.iloc[:0], window_s=w, hours=hours_test, pods=pods)[
+                    "overall"
+                ]
                 cand = Candidate(
-                    window_s=w, params=params, threshold=t, recall=float(m["recall"] or 0.0),
+                    window_s=w,
+                    params=params,
+                    threshold=t,
+                    recall=float(m["recall"] or 0.0),
                     false_alerts_per_hour_per_100_pods=float(m["false_alerts_per_hour_per_100_pods"]),
                     feasible=_within(m, budget),
+                    base_threshold=thr.value,
                 )
                 candidates.append(cand)
                 if w == default_w and params == DEFAULT_PARAMS and t == thr.value:
@@ -240,7 +256,12 @@ def tune(
     assert default is not None  # the default configuration is always in the grid
     ranked = sorted(
         candidates,
-        key=lambda c: (not c.feasible, -c.recall, c.false_alerts_per_hour_per_100_pods, -c.threshold),
+        key=lambda c: (
+            not c.feasible,
+            -c.recall,
+            c.false_alerts_per_hour_per_100_pods,
+            abs(c.threshold - c.base_threshold),  # ties: stay near the budget rule's own pick
+        ),
     )
 
     def confirm(c: Candidate) -> dict[str, Any]:
@@ -249,8 +270,12 @@ def tune(
         model = _model(est, c.threshold, ctx["learned"].state, c.window_s, "tune-candidate")
         det = detect(ctx["late"], ctx["settings"], model)
         metrics = evaluate(
-            det.alerts, ctx["later"], det.windows, window_s=c.window_s,
-            hours=data_hours(ctx["late"]), pods=pods,
+            det.alerts,
+            ctx["later"],
+            det.windows,
+            window_s=c.window_s,
+            hours=data_hours(ctx["late"]),
+            pods=pods,
         )
         c.confirmed = metrics["overall"]
         return metrics
@@ -263,13 +288,21 @@ def tune(
         if cand is default:
             break
         metrics = confirm(cand)
-        ok = _within(metrics["overall"], budget) and float(metrics["overall"]["recall"] or 0.0) >= default_recall
+        ok = (
+            _within(metrics["overall"], budget)
+            and float(metrics["overall"]["recall"] or 0.0) >= default_recall
+        )
         if ok:
             best, best_metrics = cand, metrics
             break
     result = TuneResult(
-        best=best, default=default, split=time_split(flows, train_fraction, best.window_s), budget=budget,
-        candidates=candidates, best_metrics=best_metrics, default_metrics=default_metrics,
+        best=best,
+        default=default,
+        split=time_split(flows, train_fraction, best.window_s),
+        budget=budget,
+        candidates=candidates,
+        best_metrics=best_metrics,
+        default_metrics=default_metrics,
     )
     if out is not None:
         result.model = _save_best(out, result, contexts[best.window_s], flows, budget, pods)
@@ -284,8 +317,11 @@ def _save_best(
     est = next(e for p, e, _ in ctx["fits"] if p == best.params)
     thr = next(t for p, _, t in ctx["fits"] if p == best.params)
     chosen = BudgetThreshold(
-        value=best.threshold, budget=budget, margin=0.0,
-        benign_windows=thr.benign_windows, allowed_false_windows=thr.allowed_false_windows,
+        value=best.threshold,
+        budget=budget,
+        margin=0.0,
+        benign_windows=thr.benign_windows,
+        allowed_false_windows=thr.allowed_false_windows,
     )
     learned = ctx["learned"]
     meta = {
@@ -293,7 +329,7 @@ def _save_best(
         "budget_false_alerts_per_hour_per_100_pods": budget,
         "training": {
             "end": result.split,
-            "windows": int(len(learned.windows)),
+            "windows": len(learned.windows),
             "pods": pods,
             "data_sha256": sha256_frame(flows),
             "split": "time-ordered: fitted before the split, tuned on the flows after it",

@@ -57,7 +57,9 @@ def _noop(_what: str, _done: float) -> None:
 def read_flows(pattern: str | Sequence[str]) -> pd.DataFrame:
     """Parquet flow files matching a glob (or a list of paths), in time order."""
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    paths = sorted({p for pat in patterns for p in (glob.glob(pat) or ([pat] if Path(pat).is_file() else []))})
+    paths = sorted(
+        {p for pat in patterns for p in (glob.glob(pat) or ([pat] if Path(pat).is_file() else []))}
+    )
     if not paths:
         raise ConfigError(f"flows: no Parquet file matches {', '.join(patterns)}")
     frames = []
@@ -194,17 +196,19 @@ def train(
         "training": {
             "start": float(benign["ts_start"].min()) if len(benign) else None,
             "end": float(benign["ts_end"].max()) if len(benign) else None,
-            "flows": int(len(benign)),
+            "flows": len(benign),
             "excluded_attack_flows": excluded,
             "episodes_excluded": len(labels.episodes) if labels is not None else 0,
-            "windows": int(len(det.windows)),
+            "windows": len(det.windows),
             "pods": n_pods,
             "hours": hours,
             "data_sha256": sha256_frame(flows),
             "sources": [Path(s).name for s in sources],
         },
     }
-    model = save_model(out, estimator=est, threshold=threshold, state=det.state, metadata=meta, version=version)
+    model = save_model(
+        out, estimator=est, threshold=threshold, state=det.state, metadata=meta, version=version
+    )
     progress("done", 1.0)
     return model
 
@@ -232,9 +236,7 @@ def evaluate_model(
     windows = det.windows
     if raw is not None:
         windows = windows.assign(score_isolation_forest=raw)  # raw score for the curves, not the alerts
-    metrics = evaluate(
-        det.alerts, labels, windows, window_s=window_s, hours=data_hours(flows), pods=n_pods
-    )
+    metrics = evaluate(det.alerts, labels, windows, window_s=window_s, hours=data_hours(flows), pods=n_pods)
     metrics["model_version"] = model.version if model is not None else None
     metrics["threshold"] = model.threshold if model is not None else None
     if out_dir is not None:
@@ -261,7 +263,9 @@ def write_evaluation(
     table = windows[[*keep, *[f for f in feats if f in windows.columns], *scores]].copy()
     table["label"] = label_windows(windows, labels, window_s)
     table.to_parquet(out_dir / "windows.parquet", index=False)
-    (out_dir / "alerts.json").write_text(json.dumps([json.loads(a.to_json()) for a in alerts], indent=1) + "\n")
+    (out_dir / "alerts.json").write_text(
+        json.dumps([json.loads(a.to_json()) for a in alerts], indent=1) + "\n"
+    )
     if model is not None and model.path is not None and out_dir.resolve().parent == model.path.resolve():
         summary = {k: metrics[k] for k in ("overall", "per_technique", "hours", "pods", "window_s")}
         record_evaluation(model.path, clean_json(summary))

@@ -214,7 +214,10 @@ class Inventory:
         codes, uniques = pd.factorize(ips)
         pos = self._single_index.get_indexer(np.asarray(uniques, dtype=object))
         # ``pos`` indexes the single-owner IPs; map it to rows of ``self.pods``.
-        rows_of = np.where(pos >= 0, self._single_rows[np.maximum(pos, 0)], -1) if len(pos) else pos
+        if len(self._single_rows):
+            rows_of = np.where(pos >= 0, self._single_rows[np.maximum(pos, 0)], -1)
+        else:
+            rows_of = np.full(len(pos), -1, dtype="int64")
         cand = np.where(codes >= 0, rows_of[codes], -1)
         hit = cand >= 0
         if hit.any():

@@ -71,6 +71,7 @@ FEATURES: tuple[str, ...] = (
     "new_ext_bytes",
     "young_ext_bytes",
     "young_ext_age",
+    "young_ext_upload_ratio",
     "recent_new_peers",
     "recent_failed_dsts",
     "recent_ports_per_dst",
@@ -394,6 +395,7 @@ def edge_table(p: Prepared, vocab: Vocab) -> pd.DataFrame:
             "glob": False,
             "dst_ip": dst,
             "bytes": f["bytes_out"].to_numpy(dtype="float64"),
+            "bytes_in": f["bytes_in"].to_numpy(dtype="float64"),
             "ws": f["ws"].to_numpy(),
         }
     )
@@ -434,21 +436,24 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
     # Bytes sent to an address new to the whole cluster, over its young life.
     young = np.zeros(ng)
     young_age = np.zeros(ng)
+    young_ratio = np.zeros(ng)
     gl = edges[glob]
     if len(gl):
         ws_now = float(p.keys["ws"].max())
         gl = gl[(ws_now - gl["first"].to_numpy()) <= YOUNG_EDGE_S]
     if len(gl):
         ge = gl.groupby(["gid", "hash"], sort=False).agg(
-            b=("bytes", "sum"), prior=("prior", "first"), first=("first", "first")
+            b=("bytes", "sum"), bi=("bytes_in", "sum"), prior=("prior", "first"), first=("first", "first")
         )
         ge = ge.assign(total=ge["b"] + ge["prior"]).sort_values("total")
         top = ge[~ge.index.get_level_values(0).duplicated(keep="last")]
         idx = top.index.get_level_values(0).to_numpy(dtype="int64")
         young[idx] = top["total"].to_numpy()
         young_age[idx] = p.keys["ws"].to_numpy()[idx] - top["first"].to_numpy()
+        young_ratio[idx] = top["b"].to_numpy() / np.maximum(top["bi"].to_numpy(), 1.0)
     out["young_ext_bytes"] = young
     out["young_ext_age"] = young_age
+    out["young_ext_upload_ratio"] = young_ratio
     return pd.DataFrame(out), e
 
 

@@ -81,6 +81,11 @@ class PipelineMetrics:
             ["notifier", "status"],
             registry=r,
         )
+        self.late_flows = Counter(
+            "flowwarden_pipeline_late_flows",
+            "Flows that arrived after their window closed (folded into the oldest open one).",
+            registry=r,
+        )
         self.buffered_flows = Gauge(
             "flowwarden_pipeline_buffered_flows",
             "Flows held back to align partitions in event time.",

@@ -8,8 +8,10 @@ One loop, one thread (notifiers and ``/metrics`` have their own):
    advance together in event time: otherwise a backlog read one partition at a time would
    push the engine's watermark past the others' data, and one worker would cut different
    windows than two. What is released goes through ONE ``engine.process`` call.
-3. Deliver that call's alerts to the ``alerts`` topic, then write alerts + rollups + the
-   batch marks in one store transaction (:class:`~pipeline.sinks.StoreSink`), then notify.
+3. Deliver that call's alerts to the store (idempotent upsert), the ``alerts`` topic and
+   the notifiers; every ``store_flush_s`` (and before each checkpoint) write the per-minute
+   rollups of the batches fed since, with their batch marks, in ONE store transaction
+   (:class:`~pipeline.sinks.StoreSink`): a replayed batch adds no rollups twice.
 4. At each checkpoint (every ``checkpoint_interval_s`` and at stop): store the engine's
    state, then commit, per partition, up to the last batch whose windows have all closed
    (:class:`CommitTracker`): at-least-once delivery, exactly-once effects (alert ids are
@@ -246,6 +248,8 @@ class StageOptions:
     model_poll_s: float = 10.0
     lag_poll_s: float = 5.0
     flush_timeout_s: float = 30.0
+    store_flush_s: float = 2.0  # rollups and batch marks are written at least this often
+    store_flush_rows: int = 500_000  # ... or once this many flows wait for it
     worker_id: str = "0"
     state_key: str = ""  # default: pipeline/<group>/<worker_id>
 
@@ -318,7 +322,12 @@ class PipelineStage:
         self._last_feed = 0.0
         self._last_tick_now = -math.inf
         self._windows_scored_seen = 0
+        self._engine_totals: dict[tuple[str, ...], float] = {}
+        # Fed but not yet stored: per engine call, its batches (id, rows) and enriched flows.
+        self._effects: list[tuple[list[tuple[BatchId, int]], pd.DataFrame | None]] = []
+        self._effect_rows = 0
         now = clock()
+        self._next_store_flush = now + self.options.store_flush_s
         self._next_checkpoint = now + settings.pipeline.checkpoint_interval_s
         self._next_model_poll = now + self.options.model_poll_s
         self._next_lag = now
@@ -361,7 +370,7 @@ class PipelineStage:
         try:
             if flush:
                 self._feed(self.aligner.release(self.clock(), everything=True))
-                self._deliver(self.engine.flush(), [], None)
+                self._deliver(self.engine.flush())
             self.checkpoint()
         finally:
             self.consumer.close()
@@ -402,7 +411,7 @@ class PipelineStage:
             empty = 0 if self.step() else empty + 1
         self._feed(self.aligner.release(self.clock(), everything=True))
         if flush:
-            self._deliver(self.engine.flush(), [], None)
+            self._deliver(self.engine.flush())
         self.checkpoint()
 
     # ------------------------------------------------------------------ one turn
@@ -488,14 +497,11 @@ class PipelineStage:
         log.warning("dead letter cause=%s records=%d reason=%s", cause, count, reason)
 
     def _feed(self, released: list[PendingBatch]) -> None:
-        """One engine call over the released batches, then deliver."""
+        """One engine call over the released batches; alerts out now, rollups and marks soon."""
         if not released:
             return
-        seen = self.sink.seen(b.id for b in released)
         frames = [b.flows for b in released if b.flows is not None]
         result: Any = None
-        enriched: pd.DataFrame | None = None
-        n_fed = 0
         if frames:
             flows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
             result = self.engine.process(flows)
@@ -503,55 +509,73 @@ class PipelineStage:
             self._clock_max = max(self._clock_max, self._fed_max_ts)
             self.metrics.flows.inc(len(flows))
             self.stats.flows += len(flows)
-            n_fed = len(flows)
-            enriched = self._rollup_rows(result.enriched, released, seen, n_fed)
+            if len(result.enriched) != len(flows):
+                log.error(
+                    "engine returned %d enriched rows for %d flows: rollups of this call skipped",
+                    len(result.enriched),
+                    len(flows),
+                )
+                self._effects.append(([(b.id, 0) for b in released], None))
+            else:
+                self._effects.append(([(b.id, b.n_flows) for b in released], result.enriched))
+                self._effect_rows += len(flows)
+        else:
+            self._effects.append(([(b.id, 0) for b in released], None))
         self._last_feed = self.clock()
-        if seen:
-            self.stats.replayed += len(seen)
-            self.metrics.replayed_batches.inc(len(seen))
-        new_ids = [b.id for b in released if b.id not in seen]
-        try:
-            self._deliver(result, new_ids, enriched)
-        except DuplicateBatch:
-            # Another member stored some of these batches meanwhile (a rebalance): ask again.
-            seen = self.sink.seen(b.id for b in released)
-            new_ids = [b.id for b in released if b.id not in seen]
-            if result is not None:
-                enriched = self._rollup_rows(result.enriched, released, seen, n_fed)
-            log.warning("batches stored meanwhile by another member: %d", len(seen))
-            self._deliver(result, new_ids, enriched)
+        self._deliver(result)
         bound = self._window_start(self._clock_max)
         for b in released:
             self._fed_offsets[b.key] = max(self._fed_offsets.get(b.key, -1), b.message.offset)
             b.fed = True
             b.bound = bound
             b.flows = None  # the engine has them now; keep only the bookkeeping
+        if self._effect_rows >= self.options.store_flush_rows or self.clock() >= self._next_store_flush:
+            self.flush_effects()
 
-    def _rollup_rows(
-        self, enriched: pd.DataFrame, released: list[PendingBatch], seen: set[BatchId], n: int
-    ) -> pd.DataFrame | None:
-        """The enriched rows of batches not stored before (a replay adds no rollups)."""
-        if not seen:
-            return enriched
-        if len(enriched) != n:
-            log.error(
-                "engine returned %d enriched rows for %d flows: rollups of this call skipped",
-                len(enriched),
-                n,
-            )
-            return None
-        owner_seen = np.repeat(
-            np.array([b.id in seen for b in released if b.flows is not None], dtype=bool),
-            [b.n_flows for b in released if b.flows is not None],
-        )
-        return enriched[~owner_seen]
+    def flush_effects(self) -> None:
+        """Write the rollups and marks of the batches fed so far, in one transaction.
 
-    def _deliver(self, result: Any, batch_ids: list[BatchId], enriched: pd.DataFrame | None) -> None:
-        """Alerts to the topic, then alerts + rollups + batch marks to the store, then notifiers."""
+        Batches another member stored meanwhile (a replay after a crash or a rebalance) are
+        recognised by their marks: they add no rollups. Held in memory between flushes (at
+        most ``store_flush_s`` or ``store_flush_rows``); a crash before a flush loses nothing
+        but work, since those batches are neither marked nor committed and come again.
+        """
+        self._next_store_flush = self.clock() + self.options.store_flush_s
+        if not self._effects:
+            return
+        ids = [bid for part, _ in self._effects for bid, _ in part]
+        for attempt in range(2):
+            seen = self.sink.seen(ids)
+            rows = []
+            for part, enriched in self._effects:
+                if enriched is None:
+                    continue
+                if not seen.intersection(bid for bid, _ in part):
+                    rows.append(enriched)
+                    continue
+                owner_seen = np.repeat(np.array([bid in seen for bid, _ in part]), [n for _, n in part])
+                rows.append(enriched[~owner_seen])
+            frame = pd.concat(rows, ignore_index=True) if len(rows) > 1 else (rows[0] if rows else None)
+            try:
+                self.sink.write([], frame, [bid for bid in ids if bid not in seen])
+            except DuplicateBatch:
+                if attempt:
+                    raise
+                log.warning("batches stored meanwhile by another member: asking again")
+                continue
+            break
+        if seen:
+            self.stats.replayed += len(seen)
+            self.metrics.replayed_batches.inc(len(seen))
+        self._effects.clear()
+        self._effect_rows = 0
+
+    def _deliver(self, result: Any) -> None:
+        """An engine call's alerts: to the store (idempotent upsert), the topic, the notifiers."""
         alerts = list(result.alerts) if result is not None else []
         assert self.publisher is not None
-        self.sink.write(alerts, enriched, batch_ids)
         if alerts:
+            self.sink.write(alerts, None, [])
             self.publisher.publish(alerts)
             wall = self.wall()
             newest_flow = self._fed_max_ts
@@ -578,6 +602,21 @@ class PipelineStage:
             self.metrics.state_entities.set(float(entities))
         for kind, n in dict(getattr(self.engine, "evicted", {}) or {}).items():
             self.metrics.evicted.labels(kind=str(kind)).set(float(n))
+        # Counters the engine keeps as totals: export their growth.
+        builder = getattr(self.engine, "alerts", None)
+        for reason, n in dict(getattr(builder, "suppressed", {}) or {}).items():
+            self._count_growth(
+                self.metrics.suppressed.labels(reason=str(reason)), ("suppressed", str(reason)), n
+            )
+        late = getattr(self.engine, "late_flows", None)
+        if late is not None:
+            self._count_growth(self.metrics.late_flows, ("late",), late)
+
+    def _count_growth(self, counter: Any, key: tuple[str, ...], total: float) -> None:
+        seen = self._engine_totals.get(key, 0.0)
+        if total > seen:
+            counter.inc(total - seen)
+        self._engine_totals[key] = float(total)
 
     def _tick(self, now: float) -> None:
         """Idle stream: advance the engine's clock so its last windows close."""
@@ -589,7 +628,7 @@ class PipelineStage:
         self._last_tick_now = event_now
         self._clock_max = max(self._clock_max, event_now)
         result = self.engine.process(empty_flows(), now=event_now)
-        self._deliver(result, [], None)
+        self._deliver(result)
 
     def _window_start(self, ts: float) -> float:
         if not math.isfinite(ts):
@@ -608,6 +647,7 @@ class PipelineStage:
         """
         assert self.consumer is not None and self.producer is not None
         self._next_checkpoint = self.clock() + self.settings.pipeline.checkpoint_interval_s
+        self.flush_effects()  # the marks of everything fed, before the state that holds it
         floor = self.engine.open_window_floor()
         ready = self.tracker.ready(floor)
         if not self.producer.flush(self.options.flush_timeout_s):

@@ -282,7 +282,8 @@ class ConnectionLog:
 
     def add(self, conns: pd.DataFrame, now: float) -> None:
         if len(conns):
-            self.table = pd.concat([self.table, conns[list(self.COLUMNS)]], ignore_index=True)
+            new = conns[list(self.COLUMNS)].astype(self.table.dtypes.to_dict())
+            self.table = pd.concat([self.table, new], ignore_index=True) if len(self.table) else new
         before = len(self.table)
         t = self.table[self.table["ts"] >= now - self.horizon_s]
         if len(t) > self.max_rows:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dashboards.model import Json, Row, dashboard, scope, sql, table, timeseries
+from flowwarden.settings import PipelineSettings
 
 UID = "flowwarden-exfiltration"
 
 ROLLUP_SCOPE = scope("src_namespace", "src_workload")
 ALERT_SCOPE = scope("namespace", "workload")
 TOP = 8  # workloads drawn in the per-workload graphs
+LOOKBACK_DAYS = round(PipelineSettings().seen_edges_ttl_days)
 
 
 def _top_egress() -> str:
@@ -66,17 +68,21 @@ def build() -> Json:
     ]
     destinations = [
         table(
-            "Never-seen external destinations",
+            f"New external destinations (unseen in the {LOOKBACK_DAYS} days before)",
             [
                 sql(
-                    f"SELECT dst_external AS destination, min(minute) AS first_seen, sum(flows) AS flows,"
-                    f" sum(bytes) AS bytes, string_agg(DISTINCT src_namespace || '/' || src_workload, ', ')"
-                    f" AS sources FROM flow_rollups WHERE direction = 'egress' AND dst_external <> ''"
-                    f" AND minute <= $__timeTo()::timestamptz AND {ROLLUP_SCOPE} GROUP BY 1"
-                    f" HAVING min(minute) >= $__timeFrom()::timestamptz ORDER BY bytes DESC LIMIT 50"
+                    "WITH seen AS (SELECT DISTINCT dst_external FROM flow_rollups WHERE direction = 'egress'"
+                    f" AND minute >= $__timeFrom()::timestamptz - interval '{LOOKBACK_DAYS} days'"
+                    " AND minute < $__timeFrom()::timestamptz)"
+                    " SELECT dst_external AS destination, min(minute) AS first_seen, sum(flows) AS flows,"
+                    " sum(bytes) AS bytes, string_agg(DISTINCT src_namespace || '/' || src_workload, ', ')"
+                    " AS sources FROM flow_rollups WHERE $__timeFilter(minute) AND direction = 'egress'"
+                    f" AND dst_external <> '' AND dst_external NOT IN (SELECT dst_external FROM seen)"
+                    f" AND {ROLLUP_SCOPE} GROUP BY 1 ORDER BY bytes DESC LIMIT 50"
                 )
             ],
-            description="External addresses first contacted inside the selected range (never before it).",
+            description="External addresses contacted in the range and not in the lookback before it "
+            "(the pipeline's memory of seen destinations).",
             unit="",
             w=12,
             h=9,

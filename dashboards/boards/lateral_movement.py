@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 from dashboards.model import Json, Panel, Row, dashboard, scope, sql, table, timeseries
-from flowwarden.settings import ClusterSettings, ControlPlaneSettings
+from flowwarden.settings import ClusterSettings, ControlPlaneSettings, PipelineSettings
 
 UID = "flowwarden-lateral-movement"
 
 ROLLUP_SCOPE = scope("src_namespace", "src_workload")
 ALERT_SCOPE = scope("namespace", "workload")
 MAX_EDGES = 200
+LOOKBACK_DAYS = round(PipelineSettings().seen_edges_ttl_days)
 
 
 def _edges_cte() -> str:
-    """Workload edges in the range with the time each was first seen in the store."""
+    """Workload edges in the range, each marked new when the lookback before the range lacks it.
+
+    The lookback is the pipeline's own memory of seen edges (``seen_edges_ttl_days``); one range
+    scan of it (the primary key starts with ``minute``), never the whole history.
+    """
+    days = LOOKBACK_DAYS
     return (
-        f"WITH edges AS ("
-        f" SELECT src_namespace || '/' || src_workload AS source, dst_namespace || '/' || dst_workload AS"
-        " target,"
-        f" sum(flows) AS flows, sum(bytes) AS bytes FROM flow_rollups"
-        f" WHERE $__timeFilter(minute) AND direction = 'internal' AND src_workload <> ''"
-        f" AND dst_workload <> '' AND {ROLLUP_SCOPE} GROUP BY 1, 2 ORDER BY 3 DESC LIMIT {MAX_EDGES}),"
-        f" first AS (SELECT src_namespace || '/' || src_workload AS source,"
-        f" dst_namespace || '/' || dst_workload AS target, min(minute) AS first_seen FROM flow_rollups"
-        f" WHERE direction = 'internal' GROUP BY 1, 2),"
-        f" marked AS (SELECT e.*, f.first_seen >= $__timeFrom()::timestamptz AS never_seen"
-        f" FROM edges e JOIN first f ON f.source = e.source AND f.target = e.target)"
+        "WITH edges AS ("
+        " SELECT src_namespace AS sns, src_workload AS swl, dst_namespace AS dns, dst_workload AS dwl,"
+        " sum(flows) AS flows, sum(bytes) AS bytes FROM flow_rollups"
+        " WHERE $__timeFilter(minute) AND direction = 'internal' AND src_workload <> ''"
+        f" AND dst_workload <> '' AND {ROLLUP_SCOPE} GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC LIMIT {MAX_EDGES}),"
+        " seen AS (SELECT DISTINCT src_namespace AS sns, src_workload AS swl, dst_namespace AS dns,"
+        " dst_workload AS dwl FROM flow_rollups WHERE direction = 'internal'"
+        f" AND minute >= $__timeFrom()::timestamptz - interval '{days} days'"
+        " AND minute < $__timeFrom()::timestamptz),"
+        " marked AS (SELECT e.sns || '/' || e.swl AS source, e.dns || '/' || e.dwl AS target, e.flows,"
+        " e.bytes,"
+        " s.sns IS NULL AS never_seen FROM edges e LEFT JOIN seen s"
+        " ON s.sns = e.sns AND s.swl = e.swl AND s.dns = e.dns AND s.dwl = e.dwl)"
     )
 
 
@@ -77,7 +85,7 @@ def build() -> Json:
         ),
         Panel(
             "nodeGraph",
-            "Workload edges (red: never seen before the range)",
+            f"Workload edges (red: new, unseen in the {LOOKBACK_DAYS} days before)",
             [
                 sql(
                     f"{edges} SELECT source || '->' || target AS id, source, target, flows AS mainstat,"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Annotated
 import typer
 
 from flowwarden.cli.common import ConfigOption, settings_from
-from flowwarden.errors import ConfigError
+from flowwarden.errors import ConfigError, ServiceUnavailable
 from flowwarden.settings import load_settings
 
 
@@ -81,6 +82,10 @@ def _live(settings: object) -> None:
     from flowwarden.settings import Settings
 
     assert isinstance(settings, Settings)
+    if settings.bus.kind == "memory":
+        logging.getLogger("flowwarden.collector").warning(
+            "bus.kind is memory: flows stay inside this process; set bus.kind: kafka to publish them"
+        )
     collector = Collector(settings)
     stopping = threading.Event()
 
@@ -96,3 +101,5 @@ def _live(settings: object) -> None:
                 break
     finally:
         collector.stop()
+    if collector.failure:
+        raise ServiceUnavailable(collector.failure)

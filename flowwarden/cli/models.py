@@ -24,13 +24,19 @@ if TYPE_CHECKING:
 
 models_app = typer.Typer(help="Train, evaluate, tune, report, promote and roll back detection models.")
 
-FlowsOption = Annotated[str, typer.Option("--flows", help="Parquet flow files: a path or a quoted glob ('DIR/*.parquet').")]
-LabelsOption = Annotated[Path | None, typer.Option("--labels", help="labels.json with attack episodes (see docs/models.md).")]
+FlowsOption = Annotated[
+    str, typer.Option("--flows", help="Parquet flow files: a path or a quoted glob ('DIR/*.parquet').")
+]
+LabelsOption = Annotated[
+    Path | None, typer.Option("--labels", help="labels.json with attack episodes (see docs/models.md).")
+]
 InventoryOption = Annotated[
-    Path | None, typer.Option("--inventory", help="Pods as `kubectl get pods -A -o json` (enrichment, pod count).")
+    Path | None,
+    typer.Option("--inventory", help="Pods as `kubectl get pods -A -o json` (enrichment, pod count)."),
 ]
 RegistryOption = Annotated[
-    Path | None, typer.Option("--registry", help="Model registry directory (default: settings pipeline.model_dir).")
+    Path | None,
+    typer.Option("--registry", help="Model registry directory (default: settings pipeline.model_dir)."),
 ]
 BudgetOption = Annotated[
     float, typer.Option("--budget", help="False alerts allowed per hour per 100 pods.", min=0.0)
@@ -44,10 +50,9 @@ def register(app: typer.Typer) -> None:
 # ---------------------------------------------------------------------- wiring
 def pipeline_detector(inventory: dict[str, Any] | None) -> DetectFn:
     """The pipeline's own offline engine, adapted to what ``models`` needs."""
+    from models.workflow import Detection
     from pipeline.enrich import Inventory
     from pipeline.offline import detect_flows
-
-    from models.workflow import Detection
 
     inv = Inventory.from_dict(inventory) if inventory is not None else None
 
@@ -118,8 +123,13 @@ def _print_overall(metrics: dict[str, Any]) -> None:
     for t, row in metrics["per_technique"].items():
         ttd = row["time_to_detect_s"]
         table.add_row(
-            t, str(row["episodes"]), str(row["detected"]), _fmt(row["recall"]),
-            _fmt(ttd["median"]), _fmt(ttd["p90"]), ", ".join(row["detectors"]),
+            t,
+            str(row["episodes"]),
+            str(row["detected"]),
+            _fmt(row["recall"]),
+            _fmt(ttd["median"]),
+            _fmt(ttd["p90"]),
+            ", ".join(row["detectors"]),
         )
     console.print(table)
 
@@ -141,8 +151,12 @@ def train_command(
     n_estimators: Annotated[int, typer.Option(help="Trees of the forest.", min=1)] = 200,
     seed: Annotated[int, typer.Option(help="Random seed: same seed and data, same model.")] = 0,
     budget: BudgetOption = 1.0,
-    version: Annotated[str | None, typer.Option(help="Version name (default: the --out directory name).")] = None,
-    parent: Annotated[str | None, typer.Option(help="Parent version (default: the registry's active one).")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Version name (default: the --out directory name).")
+    ] = None,
+    parent: Annotated[
+        str | None, typer.Option(help="Parent version (default: the registry's active one).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Learn baselines, seen edges and the anomaly model from benign flows (episodes excluded)."""
@@ -219,8 +233,12 @@ def tune_command(
     out: Annotated[Path, typer.Option("--out", help="Model directory for the tuned model.")],
     inventory: InventoryOption = None,
     budget: BudgetOption = 1.0,
-    train_fraction: Annotated[float, typer.Option(help="Share of the time range learned from (the rest judges).")] = 0.5,
-    window_sizes: Annotated[str, typer.Option(help="Window sizes to try, seconds, comma-separated.")] = "10,20",
+    train_fraction: Annotated[
+        float, typer.Option(help="Share of the time range learned from (the rest judges).")
+    ] = 0.5,
+    window_sizes: Annotated[
+        str, typer.Option(help="Window sizes to try, seconds, comma-separated.")
+    ] = "10,20",
     config: ConfigOption = None,
 ) -> None:
     """Search window size, forest parameters and threshold for recall under the false-alert budget."""
@@ -240,9 +258,17 @@ def tune_command(
     detect = pipeline_detector(inv)
     with progress_bar("tune") as step:
         result = tune(
-            data, lab, settings=settings, detect=detect, feature_names=feature_names(),
-            pods=count_pods(inv, None), budget=budget, train_fraction=train_fraction,
-            window_sizes=sizes, out=out, progress=step,
+            data,
+            lab,
+            settings=settings,
+            detect=detect,
+            feature_names=feature_names(),
+            pods=count_pods(inv, None),
+            budget=budget,
+            train_fraction=train_fraction,
+            window_sizes=sizes,
+            out=out,
+            progress=step,
         )
     write_metrics(result.summary(), out / "tuning.json")
     if result.model is not None:
@@ -250,8 +276,13 @@ def tune_command(
         late = data.loc[data["ts_end"].to_numpy() >= result.split].reset_index(drop=True)
         later = Labels(episodes=[ep for ep in lab.episodes if ep.end.timestamp() >= result.split])
         evaluate_model(
-            result.model, late, later, settings=settings, detect=detect,
-            pods=count_pods(inv, None), out_dir=out / EVAL_DIR,
+            result.model,
+            late,
+            later,
+            settings=settings,
+            detect=detect,
+            pods=count_pods(inv, None),
+            out_dir=out / EVAL_DIR,
         )
     b, d = result.best, result.default
     typer.echo(

@@ -5,6 +5,8 @@ edges its workload never used (workload to workload-or-address, port), counted o
 minute, once the workload has ``learn_s`` seconds of history (or, for a workload that only
 ever served and suddenly acts as a client, once its pod and the engine's memory are that old).
 Edges of an alerted fan-out are not learned, so the next pod doing the same still stands out.
+Nodes (host network: kubelets, etcd peers, CNI agents talk to every node) are left out unless
+``include_nodes`` is 1.
 Must not flag: a Prometheus scraper (its edges are known per destination *workload*, so new
 replicas are not new edges), a rolling deployment (a new replica inherits its workload's
 edges; the new version's one new dependency is a single edge to a few pods), anything while
@@ -24,7 +26,7 @@ class FanOut(Detector):
     name = "fan_out"
     kind = "lateral_movement"
     technique = "T1021"
-    defaults = {"min_new_peers": 5.0, "learn_s": 60.0}
+    defaults = {"min_new_peers": 5.0, "learn_s": 60.0, "include_nodes": 0.0}
     evidence = ("new_int_peers", "recent_new_peers", "new_int_edges", "int_peers")
 
     def score(self, ctx: Context) -> np.ndarray:
@@ -36,6 +38,8 @@ class FanOut(Detector):
         pod_age = ctx.extra.get("pod_age", np.zeros(len(w)))
         watched = ctx.appeared_after_learning(np.zeros(len(w)), p["learn_s"])
         learned = (ctx.workload_age >= p["learn_s"]) | ((pod_age >= p["learn_s"]) & watched)
+        if not p["include_nodes"]:
+            learned &= ~w["is_node"].to_numpy(dtype=bool)
         return np.where(learned, s, 0.0)
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:

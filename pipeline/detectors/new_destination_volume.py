@@ -2,7 +2,8 @@
 
 Catches: an entity whose bytes to one external address that no pod had talked to before
 (first seen after ``learn_s`` of memory, within ``young_s``) add up to ``min_bytes``: slow,
-low exfiltration that no single window shows.
+low exfiltration that no single window shows; or, sooner, ``min_upload_bytes`` sent in an
+upload-shaped exchange (bytes out at least ``min_upload_ratio`` times bytes in, this window).
 Must not flag: SaaS APIs, object stores and registries the cluster already uses (known
 addresses, or in the history a model ships), nodes pulling images (node sources are left
 to the node's own policy unless ``include_nodes`` is 1).
@@ -21,7 +22,14 @@ class NewDestinationVolume(Detector):
     name = "new_destination_volume"
     kind = "exfiltration"
     technique = "T1030"
-    defaults = {"min_bytes": 256e3, "learn_s": 60.0, "young_s": 3600.0, "include_nodes": 0.0}
+    defaults = {
+        "min_bytes": 256e3,
+        "min_upload_bytes": 32e3,
+        "min_upload_ratio": 4.0,
+        "learn_s": 60.0,
+        "young_s": 3600.0,
+        "include_nodes": 0.0,
+    }
     evidence = ("young_ext_bytes", "new_ext_dsts", "bytes_out_ext")
 
     def score(self, ctx: Context) -> np.ndarray:
@@ -30,7 +38,11 @@ class NewDestinationVolume(Detector):
         ok = ctx.appeared_after_learning(age, p["learn_s"]) & (age <= p["young_s"])
         if not p["include_nodes"]:
             ok &= ~w["is_node"].to_numpy(dtype=bool)
-        return np.where(ok, ratio_score(w["young_ext_bytes"].to_numpy(), p["min_bytes"], floor=0.55), 0.0)
+        sent = w["young_ext_bytes"].to_numpy()
+        volume = ratio_score(sent, p["min_bytes"], floor=0.55)
+        upload = w["young_ext_upload_ratio"].to_numpy() >= p["min_upload_ratio"]
+        first_upload = np.where(upload, ratio_score(sent, p["min_upload_bytes"], floor=0.5), 0.0)
+        return np.where(ok, np.maximum(volume, first_upload), 0.0)
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
         return (flows["direction"] == "egress").to_numpy()

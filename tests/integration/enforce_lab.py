@@ -4,7 +4,7 @@ attacker (10.10.1.2) ─┐
 target   (10.10.2.2) ─┼─ router (forwards; flowwarden's nft table lives here)
 control  (10.10.3.2) ─┘   control-plane host with a listener on 6443
 
-No namespace is linked to the host's; listeners are ``python3 -m http.server``.
+No namespace is linked to the host's; listeners are small Python accept loops.
 """
 
 from __future__ import annotations
@@ -76,14 +76,41 @@ class EnforceLab:
         )
 
 
+# Accepts and closes connections; bounded: 100k connections or 5 idle minutes, then exits.
+# (Not http.server: it resolves its own address, which stalls for seconds without DNS.)
+LISTENER = """
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+server = socket.create_server((host, port), family=family)
+server.settimeout(300)
+for _ in range(100_000):
+    conn, _ = server.accept()
+    conn.close()
+"""
+
+
+def listen(h: Host, addr: str, port: int) -> None:
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    h.popen(sys.executable, "-c", LISTENER, addr, str(port), **quiet)
+
+
+def no_dad(h: Host) -> None:
+    """IPv6 addresses (link-local ones too) usable at once: no duplicate-address-detection wait."""
+    for scope in ("all", "default"):
+        h.run("sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0")
+
+
 def build_lab() -> EnforceLab:
     assert netns_available(), "these tests need root and iproute2 to create network namespaces"
     lab = Lab()
     try:
         router = lab.host("router")
+        no_dad(router)
         hosts = {}
         for i, name in enumerate(("attacker", "target", "control"), start=1):
             h = lab.host(name)
+            no_dad(h)
             ih, ir = lab.link(h, f"10.10.{i}.2/24", router, f"10.10.{i}.1/24")
             h.run("ip", "route", "add", "default", "via", f"10.10.{i}.1")
             # IPv6 too (nodad: usable at once, no duplicate-address-detection wait).
@@ -93,14 +120,9 @@ def build_lab() -> EnforceLab:
             hosts[name] = h
         router.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         router.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        hosts["target"].popen(
-            sys.executable, "-m", "http.server", str(TARGET_PORT), "--bind", TARGET, **quiet
-        )
-        hosts["target"].popen(
-            sys.executable, "-m", "http.server", str(TARGET_PORT), "--bind", TARGET6, **quiet
-        )
-        hosts["control"].popen(sys.executable, "-m", "http.server", str(API_PORT), "--bind", CONTROL, **quiet)
+        listen(hosts["target"], TARGET, TARGET_PORT)
+        listen(hosts["target"], TARGET6, TARGET_PORT)
+        listen(hosts["control"], CONTROL, API_PORT)
         env = EnforceLab(lab, hosts["attacker"], hosts["target"], hosts["control"], router)
         wait_for(lambda: env.can_connect(TARGET, TARGET_PORT), timeout=15, what="the target's listener")
         wait_for(lambda: env.can_connect(CONTROL, API_PORT), timeout=15, what="the control plane's listener")

@@ -24,7 +24,7 @@ from flowwarden.bus import (
     read_flow_batches,
     route_dead_letters,
 )
-from flowwarden.bus_kafka import crc32c_accelerated
+from flowwarden.bus_kafka import client_config, crc32c_accelerated
 from flowwarden.errors import ServiceUnavailable
 from flowwarden.records import conform_flows
 from flowwarden.settings import Settings
@@ -70,6 +70,30 @@ def with_kafka(settings: Settings, **changes: object) -> Settings:
 
 def test_crc32c_c_package_is_what_kafka_python_uses():
     assert crc32c_accelerated(), "kafka-python falls back to pure-Python CRC-32C (pip install crc32c)"
+
+
+def test_sasl_and_tls_settings_reach_the_kafka_client():
+    k = Settings.model_validate(
+        {
+            "kafka": {
+                "bootstrap_servers": ["kafka-0:9093"],
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_username": "flowwarden",
+                "sasl_password": "s3cret",
+                "ssl_cafile": "/etc/kafka/ca.pem",
+                "request_timeout_ms": 7000,
+            }
+        }
+    ).kafka
+    cfg = client_config(k)
+    assert cfg["security_protocol"] == "SASL_SSL"
+    assert cfg["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (cfg["sasl_plain_username"], cfg["sasl_plain_password"]) == ("flowwarden", "s3cret")
+    assert cfg["ssl_cafile"] == "/etc/kafka/ca.pem" and "ssl_certfile" not in cfg
+    assert cfg["bootstrap_servers"] == ["kafka-0:9093"] and cfg["request_timeout_ms"] == 7000
+    plain = client_config(Settings().kafka)
+    assert plain["security_protocol"] == "PLAINTEXT" and "sasl_mechanism" not in plain
 
 
 def test_open_bus_gives_kafka_and_creates_partitioned_topics(kafka_settings: Settings):

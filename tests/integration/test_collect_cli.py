@@ -47,7 +47,7 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310 - loopback
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return str(r.read().decode())
 
 
@@ -113,7 +113,8 @@ def _up(port: int) -> bool:
 def test_pcap_to_parquet_needs_no_bus(tmp_path: Path) -> None:
     out = tmp_path / "flows.parquet"
     r = subprocess.run(
-        [*FLOWWARDEN, "collect", "--pcap", str(GOLDEN / "dns.pcapng"), "--out", str(out), "--node", "offline"],
+        [*FLOWWARDEN, "collect", "--pcap", str(GOLDEN / "dns.pcapng"), "--out", str(out),
+         "--node", "offline"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -142,3 +143,54 @@ def test_missing_tshark_is_one_line_saying_what_to_install(tmp_path: Path) -> No
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - start < 120
+
+
+@pytest.mark.parametrize("tool", ["dumpcap", "tcpdump"])
+def test_runs_with_only_net_raw_and_net_admin(lab: Lab, tmp_path: Path, tool: str) -> None:
+    """What the DaemonSet grants: root without privileges but NET_RAW and NET_ADMIN.
+
+    dumpcap captures; tcpdump cannot (it insists on switching user) and says so in one line.
+    """
+    a, b = lab.host("a"), lab.host("b")
+    ia, _ = lab.link(a, "10.79.0.1/24", b, "10.79.0.2/24")
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLOWWARDEN_COLLECTOR__CAPTURE_TOOL": tool,
+        "FLOWWARDEN_COLLECTOR__ACTIVE_TIMEOUT_S": "1",
+        "FLOWWARDEN_COLLECTOR__SPOOL_DIR": str(tmp_path / "spool"),
+        "FLOWWARDEN_COLLECTOR__METRICS_PORT": str(port),
+    }
+    caps = ["setpriv", "--bounding-set=-all,+net_raw,+net_admin", "--inh-caps=-all"]
+    proc = a.popen(*caps, *FLOWWARDEN, "collect", "--interface", ia, env=env,
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        if tool == "tcpdump":
+            _, err = proc.communicate(timeout=60)
+            lines = [line for line in err.decode().splitlines() if line.startswith("flowwarden: error:")]
+            assert proc.returncode == 2
+            assert lines == [
+                "flowwarden: error: tcpdump did not start on "
+                f"{ia}: tcpdump: Couldn't change to 'root' uid=0 gid=0: Operation not permitted"
+            ]
+            return
+
+        def scrape() -> str:
+            r = a.run("curl", "-s", f"http://127.0.0.1:{port}/metrics", check=False)
+            return r.stdout
+
+        def flows() -> float:
+            a.run("ping", "-c", "1", "-W", "1", "10.79.0.2", check=False)
+            for line in scrape().splitlines():
+                if line.startswith("flowwarden_collector_flows_total{"):
+                    return float(line.rsplit(" ", 1)[1])
+            return 0.0
+
+        wait_for(lambda: flows() >= 1, timeout=30, what="flows metered under NET_RAW+NET_ADMIN", interval=0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -40,13 +40,8 @@ MINUTES = 20
 SCRAPE_S = 1
 RATE_INTERVAL = "15s"
 
-# Metrics in the shared contract that a stage does not export yet. Their panels are listed
-# as such in the output (and in the report to the lead) instead of failing the suite.
-NOT_EXPORTED_YET: dict[str, str] = {
-    "flowwarden_pipeline_suppressed_total": "pipeline/stage.py never increments metrics.suppressed",
-}
-# Present exactly when the pipeline runs with a model (none is shipped until the models
-# stage ships a default one): asserted both ways below.
+# Present exactly when the pipeline runs with a model (the models stage ships a default
+# model; a deployment may run without one): asserted both ways below.
 MODEL_INFO = "flowwarden_pipeline_model_info"
 
 
@@ -326,8 +321,25 @@ def test_every_sql_panel_returns_rows(seeded: Seeded) -> None:
         assert not empty, f"panels with no rows on the seeded data: {empty}"
         assert edges_nodes["ends"] <= edges_nodes["nodes"], "an edge points at a node the graph lacks"
         assert len(report) >= 30
+        _check_new_edges(store, seeded)
     finally:
         store.stop()
+
+
+def _check_new_edges(store: Store, seeded: Seeded) -> None:
+    """Edges are new when the lookback before the range lacks them: all of them when the store
+    starts inside the range, only some when the range starts halfway through the data."""
+    (edges,) = [q for q in _queries(POSTGRES_UID) if q.panel_type == "nodeGraph" and q.ref == "edges"]
+    every: dict[str, list[str] | None] = {"namespace": None, "workload": None}
+    cols, rows = _run_sql(
+        store, interpolate_sql(edges.text, QueryContext(seeded.time_from, seeded.time_to, every))
+    )
+    assert rows and all(r[cols.index("highlighted")] for r in rows), "before the data every edge is new"
+    half = seeded.time_from + (seeded.time_to - seeded.time_from) / 2
+    cols, rows = _run_sql(store, interpolate_sql(edges.text, QueryContext(half, seeded.time_to, every)))
+    known = [r for r in rows if not r[cols.index("highlighted")]]
+    assert known, "edges already seen in the first half must not be marked new in the second"
+    assert {r[cols.index("color")] for r in known} == {"gray"}
 
 
 def _prom(url: str, expr: str) -> list[dict[str, Any]]:
@@ -338,15 +350,11 @@ def _prom(url: str, expr: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
-def _gap(expr: str) -> str | None:
-    return next((why for metric, why in NOT_EXPORTED_YET.items() if metric in expr), None)
-
-
 def test_every_promql_panel_returns_series(seeded: Seeded, prometheus: str) -> None:
     ctx = QueryContext(seeded.time_from, seeded.time_to, {}, rate_interval=RATE_INTERVAL)
     queries = [(q, interpolate_promql(q.text, ctx)) for q in _queries(PROMETHEUS_UID)]
     model_loaded = seeded.model_version is not None
-    expected = [(q, e) for q, e in queries if _gap(e) is None and (model_loaded or MODEL_INFO not in e)]
+    expected = [(q, e) for q, e in queries if model_loaded or MODEL_INFO not in e]
     counts: dict[str, int] = {}
 
     def all_answer() -> bool:
@@ -360,7 +368,7 @@ def test_every_promql_panel_returns_series(seeded: Seeded, prometheus: str) -> N
     finally:
         lines = []
         for q, e in queries:
-            note = f"  (not exported yet: {_gap(e)})" if _gap(e) else ""
+            note = ""
             if MODEL_INFO in e and not model_loaded:
                 note = "  (the pipeline runs without a model: none shipped yet)"
             n = counts.get(e, len(_prom(prometheus, e)))

@@ -115,3 +115,29 @@ def test_webhook_unreachable() -> None:
     port = 9  # discard: nothing listens on loopback
     with pytest.raises(BackendError, match="webhook"):
         WebhookBackend(f"http://127.0.0.1:{port}/", retries=1, backoff_s=0.01, timeout_s=1).apply(DECISION)
+
+
+def test_a_failing_hook_fails_the_decision_and_rolls_back_the_other_backends(tmp_path: Path) -> None:
+    from enforcement.backends.networkpolicy import NetworkPolicyBackend
+    from enforcement.enforcer import Enforcer
+    from flowwarden.store import Store
+    from tests.unit.enforcement_support import T0, alert, settings
+
+    s = settings(gitops_dir=str(tmp_path / "gitops"), mode="enforce")
+    hook = script(tmp_path, "sys.exit(0 if sys.argv[1] == 'revoke' else 4)")
+    store = Store("sqlite://").start()
+    try:
+        enforcer = Enforcer(
+            s,
+            store=store,
+            backends=[NetworkPolicyBackend(s), ExecBackend(hook)],
+            clock=lambda: T0.timestamp(),
+        )
+        d = enforcer.handle_alert(alert())
+        assert d is not None and d.status == "failed"
+        assert "exited 4" in d.backend_result["exec"]["error"]
+        assert "rolled_back" in d.backend_result["networkpolicy"], "the applied backend was rolled back"
+        assert not list((tmp_path / "gitops").rglob("*.yaml"))
+        assert store.active_blocks(T0) == []
+    finally:
+        store.stop()

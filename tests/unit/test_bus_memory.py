@@ -224,3 +224,21 @@ def test_closed_clients_refuse_work():
         c.poll(0)
     with pytest.raises(TypeError):
         bus.producer().send("t", "not bytes")  # type: ignore[arg-type]
+
+
+def test_bad_rows_are_traced_to_their_own_message():
+    bus = MemoryBus(default_partitions=1)
+    p = bus.producer()
+    batches = [flows(10, src_prefix=f"10.244.{k}.") for k in range(5)]
+    batches[1].loc[3, "pkts_out"] = -1
+    batches[3].loc[[0, 9], "src_ip"] = "nope"
+    for b in batches:
+        p.send("flows", encode_flows(b))
+    got = drain(bus.consumer(["flows"], "g"), 5)
+    good, dead = read_flow_batches(got)
+    assert [len(df) for _, df in good] == [10, 9, 10, 8, 10]
+    assert [m.offset for m, _ in good] == [0, 1, 2, 3, 4]
+    for (_, df), b in zip(good, batches, strict=True):
+        assert set(df["src_ip"]) <= set(b["src_ip"]), "rows stay with their own message"
+        assert df.index.tolist() == list(range(len(df)))
+    assert [(d.source_offset, d.field, d.rows) for d in dead] == [(1, "pkts_out", 1), (3, "src_ip", 2)]

@@ -13,7 +13,10 @@ def test_kafka_servers_are_left_out_of_the_capture() -> None:
         "not (host 10.0.0.5 and tcp port 9092) and not (host fd00::5 and tcp port 9093)"
         " and not (host kafka.flowwarden.svc and tcp port 9094)"
     )
-    assert build_bpf("tcp or udp", ["127.0.0.1:9092"]) == "(tcp or udp) and not (host 127.0.0.1 and tcp port 9092)"
+    assert (
+        build_bpf("tcp or udp", ["127.0.0.1:9092"])
+        == "(tcp or udp) and not (host 127.0.0.1 and tcp port 9092)"
+    )
     assert build_bpf("  ", []) == ""
 
 
@@ -22,7 +25,7 @@ def test_kafka_servers_are_left_out_of_the_capture() -> None:
     ["1.2.3.4 or port 1:9092", "kafka:99999", "kafka", "host;rm:9092", "[not-v6]:9092", "-i:9092"],
 )
 def test_only_validated_host_port_pairs_reach_the_filter(server: str) -> None:
-    with pytest.raises(ConfigError, match="kafka.bootstrap_servers"):
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap_servers"):
         parse_host_port(server)
 
 

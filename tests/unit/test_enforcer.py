@@ -168,3 +168,14 @@ def test_plan_offline_writes_the_three_rule_files(tmp_path: Path) -> None:
     assert "10.244.1.2 . 10.244.2.7/32 timeout 14400s" in nft and "10.244.1.4" not in nft
     assert (tmp_path / "networkpolicies.yaml").read_text().count("kind: NetworkPolicy") == 2
     assert "GlobalNetworkSet" in (tmp_path / "calico.yaml").read_text()
+
+
+def test_offences_older_than_ttl_max_no_longer_escalate(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    e, bus, s = make(store, tmp_path, clock, mode="enforce", ttl_max_s=300)
+    send(bus, s, alert())
+    (first,) = e.poll_once(0.1)
+    clock.now += 301
+    send(bus, s, alert(offset_s=301))
+    (second,) = e.poll_once(0.1)
+    assert (first.ttl_s, second.ttl_s) == (60, 60)

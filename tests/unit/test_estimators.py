@@ -9,7 +9,6 @@ from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from models.estimators import BudgetThreshold, WindowAnomalyDetector
 
-
 ESTIMATORS = [
     WindowAnomalyDetector(n_estimators=20, random_state=0),
     WindowAnomalyDetector(method="lof", n_neighbors=5, random_state=0),

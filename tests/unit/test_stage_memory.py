@@ -496,7 +496,7 @@ def test_embedded_stage_with_the_real_engine_matches_offline_detection(
     from pipeline.enrich import Inventory
     from pipeline.offline import detect_flows
 
-    sim = simulator.simulate(minutes=3, pods=20, seed=3, attacks="all")
+    sim = simulator.simulate(minutes=3, pods=30, seed=3, attacks="all")
     s = load_settings(None, store={"url": settings.store.url}, kafka={"partitions": 3})
     offline = {
         a.id for a in detect_flows(sim.flows, settings=s, inventory=Inventory.from_dict(sim.inventory)).alerts

@@ -1,0 +1,120 @@
+"""Evaluation against labelled episodes: matching, rates, time to detect, curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flowwarden.labels import Episode, Labels
+from flowwarden.records import Alert, Entity
+from models.evaluation import IGNORED, NEGATIVE, POSITIVE, evaluate, label_windows, write_metrics
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+W = 10.0
+
+
+def _ep(ep_id: str, technique: str, ip: str, pod: str, start_s: float, end_s: float) -> Episode:
+    kind = "exfiltration" if technique in {"bulk_exfiltration", "dns_tunnel"} else "lateral_movement"
+    return Episode(
+        id=ep_id,
+        technique=technique,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
+        source=Entity(ip=ip, namespace="shop", pod=pod, workload="web"),
+        start=T0 + timedelta(seconds=start_s),
+        end=T0 + timedelta(seconds=end_s),
+    )
+
+
+def _alert(detector: str, kind: str, ip: str, pod: str, start_s: float, end_s: float) -> Alert:
+    return Alert(
+        kind=kind,  # type: ignore[arg-type]
+        detector=detector,
+        score=0.9,
+        severity="high",
+        entity=Entity(ip=ip, namespace="shop", pod=pod),
+        window_start=T0 + timedelta(seconds=start_s),
+        window_end=T0 + timedelta(seconds=end_s),
+    )
+
+
+LABELS = Labels(
+    episodes=[
+        _ep("scan", "port_scan", "10.0.0.1", "web-1", 105, 170),
+        _ep("exfil", "bulk_exfiltration", "10.0.0.2", "web-2", 300, 360),
+        _ep("missed", "dns_tunnel", "10.0.0.3", "web-3", 500, 560),
+    ]
+)
+
+
+def test_matching_by_kind_entity_and_time() -> None:
+    alerts = [
+        _alert("port_scan", "lateral_movement", "10.0.0.1", "web-1", 100, 130),  # detects "scan"
+        _alert("bulk_egress", "exfiltration", "10.0.0.99", "web-2", 370, 380),  # same pod, new IP, grace
+        _alert("bulk_egress", "lateral_movement", "10.0.0.3", "web-3", 500, 510),  # wrong kind: false
+        _alert("port_scan", "lateral_movement", "10.0.0.1", "web-1", 200, 210),  # after end+2w: false
+        _alert("fan_out", "lateral_movement", "10.0.0.7", "web-7", 10, 20),  # no episode: false
+    ]
+    m = evaluate(alerts, LABELS, pd.DataFrame(), window_s=W, hours=2.0, pods=50)
+    o = m["overall"]
+    assert (o["episodes"], o["detected"], o["alerts"], o["true_alerts"], o["false_alerts"]) == (3, 2, 5, 2, 3)
+    assert o["recall"] == pytest.approx(2 / 3) and o["precision"] == pytest.approx(2 / 5)
+    assert o["false_alerts_per_hour"] == pytest.approx(1.5)
+    assert o["false_alerts_per_hour_per_100_pods"] == pytest.approx(3.0)
+    # "scan" starts at 105 s; the first window in its span closes at 110 s; "exfil" at 380 s.
+    ttd = {e["id"]: e["time_to_detect_s"] for e in m["episodes"]}
+    assert ttd == {"scan": pytest.approx(5.0), "exfil": pytest.approx(80.0), "missed": None}
+    assert m["per_technique"]["port_scan"]["recall"] == 1.0
+    assert m["per_technique"]["dns_tunnel"]["recall"] == 0.0
+    assert m["per_technique"]["bulk_exfiltration"]["detectors"] == ["bulk_egress"]
+    assert m["per_detector"]["port_scan"]["false_alerts"] == 1
+    assert m["per_detector"]["fan_out"]["recall"] == 0.0
+    assert o["time_to_detect_s"]["median"] == pytest.approx(42.5)
+
+
+def _windows() -> pd.DataFrame:
+    rows = []
+    for ws in T0.timestamp() + np.arange(0, 600, W):
+        for ip, pod in (("10.0.0.1", "web-1"), ("10.0.0.8", "web-8")):
+            rows.append(
+                {
+                    "ws": ws,
+                    "we": ws + W,
+                    "entity": f"shop/{pod}",
+                    "src_ip": ip,
+                    "namespace": "shop",
+                    "pod": pod,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_window_labels_and_curves() -> None:
+    w = _windows()
+    y = label_windows(w, LABELS, W)
+    scan = (w["src_ip"] == "10.0.0.1").to_numpy()
+    ws = w["ws"].to_numpy() - T0.timestamp()
+    assert set(np.unique(y[scan & (ws >= 100) & (ws < 170)])) == {POSITIVE}
+    assert set(np.unique(y[scan & (ws >= 170) & (ws < 190)])) == {IGNORED}
+    assert set(np.unique(y[~scan])) == {NEGATIVE}
+    perfect = w.assign(score_port_scan=(y == POSITIVE).astype(float), score_fan_out=0.0)
+    m = evaluate([], LABELS, perfect, window_s=W, hours=0.2, pods=2)
+    assert m["per_detector"]["port_scan"]["roc_auc"] == 1.0
+    assert m["per_detector"]["port_scan"]["pr_auc"] == 1.0
+    assert m["per_detector"]["fan_out"]["roc_auc"] == 0.5
+    assert m["attack_windows"] == int((y == POSITIVE).sum()) and m["windows"] == len(w)
+    assert m["overall"]["recall"] == 0.0 and m["overall"]["precision"] is None
+
+
+def test_metrics_json_has_no_nan(tmp_path: Path) -> None:
+    m = evaluate([], Labels(), pd.DataFrame(), window_s=W, hours=0.0, pods=0)
+    assert math.isinf(m["overall"]["false_alerts_per_hour"])
+    path = write_metrics(m | {"x": float("nan"), "y": np.float64(2.5)}, tmp_path / "m" / "metrics.json")
+    data = json.loads(path.read_text())
+    assert data["x"] is None and data["y"] == 2.5
+    assert data["overall"]["false_alerts_per_hour"] is None

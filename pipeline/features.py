@@ -105,6 +105,7 @@ _IDS = (
     "node",
     "state",
 )
+NODE_PEER = 0x6E6F646573  # the peer key of every node address
 _CP = ("cp_api", "cp_etcd", "cp_kubelet", "cp_scheduler", "cp_controller_manager", "metadata_api")
 
 
@@ -163,6 +164,7 @@ def to_lean(flows: pd.DataFrame, vocab: Vocab, settings: Settings, node_ips: dic
     out["rejected"] = (state == FlowState.REJECTED.value).to_numpy()[keep]
     out["syn_only"] = (state == FlowState.SYN_ONLY.value).to_numpy()[keep]
     out["src_is_node"] = node_mask(flows["src_ip"], settings, node_ips)[keep]
+    out["dst_is_node"] = node_mask(flows["dst_ip"], settings, node_ips)[keep]
     out.update({k: v[keep] for k, v in _control_plane(flows, settings, node_ips).items()})
     out.update(_dns_columns(flows, keep, vocab))
     return pd.DataFrame(out)
@@ -380,10 +382,11 @@ def edge_table(p: Prepared, vocab: Vocab) -> pd.DataFrame:
     f = p.flows
     dwl = f["dst_workload"].to_numpy()
     dst = f["dst_ip"].to_numpy()
+    # A peer is a workload; nodes (host network) count as one peer group, like a DaemonSet.
     peer = np.where(
         dwl != 0,
         mix(vocab.hash_of(f["dst_namespace"].to_numpy()), vocab.hash_of(dwl), 1),
-        mix(vocab.hash_of(dst), 0, 3),
+        np.where(f["dst_is_node"].to_numpy(), np.uint64(NODE_PEER), mix(vocab.hash_of(dst), 0, 3)),
     )
     port = f["dst_port"].to_numpy(dtype="int64")
     ext = f["ext"].to_numpy()

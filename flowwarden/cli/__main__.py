@@ -1,0 +1,3 @@
+from flowwarden.cli import main
+
+main()

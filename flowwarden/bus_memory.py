@@ -28,6 +28,29 @@ from flowwarden.bus_base import (
 )
 
 
+class _Log:
+    """One partition: the messages from offset ``base`` on (older ones were trimmed)."""
+
+    __slots__ = ("base", "items")
+
+    def __init__(self) -> None:
+        self.base = 0
+        self.items: list[Message] = []
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.items)
+
+    def read(self, start: int, n: int) -> list[Message]:
+        i = max(start, self.base) - self.base
+        return self.items[i : i + n]
+
+    def trim(self, upto: int) -> None:
+        if upto > self.base:
+            del self.items[: upto - self.base]
+            self.base = upto
+
+
 class _Group:
     def __init__(self) -> None:
         self.members: list[MemoryConsumer] = []
@@ -36,13 +59,21 @@ class _Group:
 
 
 class MemoryBus(Bus):
-    """Topics, partitions and consumer groups held in this process."""
+    """Topics, partitions and consumer groups held in this process.
 
-    def __init__(self, default_partitions: int = 6) -> None:
+    Memory stays bounded: a partition keeps at most ``retention_messages`` messages, and
+    messages every group has committed are dropped (Kafka's retention, sized for one
+    process). A consumer whose position was trimmed away resumes at the oldest kept one.
+    """
+
+    def __init__(self, default_partitions: int = 6, *, retention_messages: int = 10_000) -> None:
         super().__init__(default_partitions)
+        if retention_messages < 1:
+            raise ValueError("retention_messages must be >= 1")
+        self.retention_messages = retention_messages
         self._lock = threading.RLock()
         self._data = threading.Condition(self._lock)
-        self._topics: dict[str, list[list[Message]]] = {}
+        self._topics: dict[str, list[_Log]] = {}
         self._groups: dict[str, _Group] = {}
         self._round_robin = itertools.count()
 
@@ -55,7 +86,7 @@ class MemoryBus(Bus):
         with self._lock:
             for name in names:
                 if name not in self._topics:
-                    self._topics[name] = [[] for _ in range(n)]
+                    self._topics[name] = [_Log() for _ in range(n)]
             for group in self._groups.values():
                 self._rebalance(group)
 
@@ -65,7 +96,7 @@ class MemoryBus(Bus):
 
     def end_offsets(self, topic: str) -> list[int]:
         with self._lock:
-            return [len(p) for p in self._topics.get(topic, ())]
+            return [p.end for p in self._topics.get(topic, ())]
 
     def committed(self, group_id: str) -> dict[tuple[str, int], int]:
         with self._lock:
@@ -106,18 +137,28 @@ class MemoryBus(Bus):
                     f"partition {partition} does not exist in topic {topic!r} ({len(parts)} partitions)"
                 )
             log = parts[partition]
-            log.append(
+            log.items.append(
                 Message(
                     topic=topic,
                     partition=partition,
-                    offset=len(log),
+                    offset=log.end,
                     key=key,
                     value=value,
                     timestamp_ms=int(time.time() * 1000),
                     headers=headers,
                 )
             )
+            if len(log.items) > self.retention_messages:
+                log.trim(log.end - self.retention_messages)
             self._data.notify_all()
+
+    def _trim_committed(self, tp: tuple[str, int]) -> None:
+        """Drop what every group that reads this partition has committed."""
+        groups = [
+            g for g in self._groups.values() if tp in g.committed or any(tp[0] in m.topics for m in g.members)
+        ]
+        if groups:
+            self._topics[tp[0]][tp[1]].trim(min(g.committed.get(tp, 0) for g in groups))
 
     def _join(self, member: MemoryConsumer) -> None:
         with self._lock:
@@ -222,8 +263,8 @@ class MemoryConsumer(Consumer):
             if len(out) >= max_records:
                 break
             log = self._bus._topics[tp[0]][tp[1]]
-            start = self._assigned[tp]
-            chunk = log[start : start + (max_records - len(out))]
+            start = max(self._assigned[tp], log.base)
+            chunk = log.read(start, max_records - len(out))
             out.extend(chunk)
             self._assigned[tp] = start + len(chunk)
         return out
@@ -238,6 +279,7 @@ class MemoryConsumer(Consumer):
             for tp, off in offsets.items():
                 if off > group.committed.get(tp, 0):
                     group.committed[tp] = off
+                    self._bus._trim_committed(tp)
 
     def assignment(self) -> set[tuple[str, int]]:
         with self._bus._lock:
@@ -247,7 +289,8 @@ class MemoryConsumer(Consumer):
         out: dict[int, int] = {}
         with self._bus._lock:
             for (topic, p), pos in self._assigned.items():
-                out[p] = out.get(p, 0) + len(self._bus._topics[topic][p]) - pos
+                log = self._bus._topics[topic][p]
+                out[p] = out.get(p, 0) + log.end - max(pos, log.base)
         return out
 
     def close(self) -> None:

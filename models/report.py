@@ -120,7 +120,7 @@ def time_to_detect(metrics: dict[str, Any]) -> str:
             by_tech.setdefault(e["technique"], []).append(float(e["time_to_detect_s"]))
     fig, ax = plt.subplots(figsize=(12, 4))
     names = sorted(by_tech)
-    ax.boxplot([by_tech[n] for n in names], vert=False)
+    ax.boxplot([by_tech[n] for n in names], orientation="horizontal")
     ax.set_yticks(range(1, len(names) + 1), names)
     ax.set(xlabel="seconds from episode start to the first alert", title="Time to detect")
     return _png(fig)

@@ -117,14 +117,22 @@ class PartitionAligner:
             self._last_seen.pop(key, None)
             self._frontier.pop(key, None)
 
-    def threshold(self, mono_now: float) -> float:
-        active = [k for k, t in self._last_seen.items() if mono_now - t < self.idle_s]
+    def threshold(self, mono_now: float, lagging: frozenset[int] = frozenset()) -> float:
+        """Newest event time every active partition has reached.
+
+        A partition is active while it spoke within ``idle_s`` or is known to be behind
+        (``lagging``: the broker holds messages for it that were not fetched yet, e.g. a
+        slow fetch on a busy machine): a quiet partition with nothing to say holds no one.
+        """
+        active = [k for k, t in self._last_seen.items() if mono_now - t < self.idle_s or k[1] in lagging]
         if not active or self.buffered_flows > self.max_flows:
             return math.inf
         return min(self._frontier.get(k, -math.inf) for k in active)
 
-    def release(self, mono_now: float, *, everything: bool = False) -> list[PendingBatch]:
-        limit = math.inf if everything else self.threshold(mono_now)
+    def release(
+        self, mono_now: float, *, everything: bool = False, lagging: frozenset[int] = frozenset()
+    ) -> list[PendingBatch]:
+        limit = math.inf if everything else self.threshold(mono_now, lagging)
         out: list[PendingBatch] = []
         for q in self._pending.values():
             while q and q[0].max_ts_end <= limit:
@@ -246,7 +254,7 @@ class StageOptions:
     align_idle_s: float = 2.0
     align_max_flows: int = 2_000_000
     model_poll_s: float = 10.0
-    lag_poll_s: float = 5.0
+    lag_poll_s: float = 5.0  # also refreshed after an empty poll (at most once a second)
     flush_timeout_s: float = 30.0
     store_flush_s: float = 2.0  # rollups and batch marks are written at least this often
     store_flush_rows: int = 500_000  # ... or once this many flows wait for it
@@ -261,6 +269,7 @@ class StageStats:
     dlq: int = 0
     alerts: int = 0
     replayed: int = 0
+    redelivered: int = 0
     commits: int = 0
     alert_ids: set[str] = field(default_factory=set)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))  # seconds, newest last
@@ -323,6 +332,9 @@ class PipelineStage:
         self._last_tick_now = -math.inf
         self._windows_scored_seen = 0
         self._engine_totals: dict[tuple[str, ...], float] = {}
+        self._lag: dict[int, int] = {}
+        self._ingested: dict[PartitionKey, int] = {}  # highest offset taken in, per partition
+        self._lag_at = -math.inf
         # Fed but not yet stored: per engine call, its batches (id, rows) and enriched flows.
         self._effects: list[tuple[list[tuple[BatchId, int]], pd.DataFrame | None]] = []
         self._effect_rows = 0
@@ -426,19 +438,28 @@ class PipelineStage:
         self._track_assignment(now)
         for m in messages:
             self._ingest(m, now)
-        released = self.aligner.release(now)
+        if now >= self._next_lag or (not messages and now - self._lag_at >= 1.0):
+            self._update_lag()
+        released = self.aligner.release(now, lagging=self._lagging())
         if released:
             self._feed(released)
-        elif not messages and not len(self.aligner) and now - self._last_feed >= self.options.idle_tick_s:
+        elif (
+            not messages
+            and not len(self.aligner)
+            and not self._lagging()
+            and now - self._last_feed >= self.options.idle_tick_s
+        ):
             self._tick(now)
         self.metrics.buffered_flows.set(self.aligner.buffered_flows)
         if now >= self._next_checkpoint:
             self.checkpoint()
         if now >= self._next_model_poll:
             self._poll_model()
-        if now >= self._next_lag:
-            self._update_lag()
         return len(messages)
+
+    def _lagging(self) -> frozenset[int]:
+        """Partitions with messages on the broker not fetched yet (as of the last lag check)."""
+        return frozenset(p for p, n in self._lag.items() if n > 0)
 
     def _track_assignment(self, now: float) -> None:
         assert self.consumer is not None
@@ -461,6 +482,13 @@ class PipelineStage:
 
     def _ingest(self, m: Message, now: float) -> None:
         """Decode one message; route what is bad to the DLQ; queue the rest for alignment."""
+        key = (m.topic, m.partition)
+        if m.offset <= self._ingested.get(key, -1):
+            # Delivered again after a rebalance gave us back a partition we kept reading:
+            # the engine has this batch already.
+            self.stats.redelivered += 1
+            return
+        self._ingested[key] = m.offset
         self.stats.batches += 1
         self.metrics.batches.inc()
         flows: pd.DataFrame | None
@@ -707,13 +735,17 @@ class PipelineStage:
             self.metrics.set_model(self.model_watcher.version)
 
     def _update_lag(self) -> None:
-        self._next_lag = self.clock() + self.options.lag_poll_s
+        """Refresh the lag per partition: for the metric, the aligner and the idle clock."""
+        self._lag_at = self.clock()
+        self._next_lag = self._lag_at + self.options.lag_poll_s
         assert self.consumer is not None
         try:
             lag = self.consumer.lag()
-        except Exception as exc:
+        except Exception as exc:  # unknown lag: behave as if caught up (the idle rules apply)
             log.debug("lag unavailable: %s", exc)
+            self._lag = {}
             return
+        self._lag = {int(p): int(n) for p, n in lag.items()}
         for partition, n in lag.items():
             self.metrics.consumer_lag.labels(partition=str(partition)).set(n)
 

@@ -28,6 +28,7 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "config",
     "simulate",
+    "replay",
     "collect",
     "pipeline",
     "enforce",

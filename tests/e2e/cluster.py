@@ -36,9 +36,10 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -269,11 +270,7 @@ def _start_servers(c: Cluster) -> None:
     checks += [(p, METRICS_PORT, "t") for p in ("client", "scraper", "attacker")]
     checks += [("cp", port, "t") for port in CP_PORTS]
     for host, port, proto in checks:
-        wait_for(
-            lambda h=host, p=port, k=proto: c.listening(h, p, k),
-            timeout=20,
-            what=f"{host} listening on {port}",
-        )
+        wait_for(partial(c.listening, host, port, proto), timeout=20, what=f"{host} listening on {port}")
 
 
 def inventory(now: float | None = None) -> dict[str, Any]:
@@ -512,6 +509,7 @@ def dns_query(server: str, name: str, timeout: float = 2.0) -> list[str]:
 
 def _benign(role: str, log_path: Path, period: float) -> None:
     """Everyday traffic, each attempt logged as one JSON line (kind, ok, time)."""
+    checks: dict[str, Callable[[], bool]]
     if role == "client":
         checks = {
             "web": lambda: _http_ok(f"http://{PODS['web']}:{WEB_PORT}/"),
@@ -520,7 +518,7 @@ def _benign(role: str, log_path: Path, period: float) -> None:
         }
     else:  # the scraper: the metrics endpoints of the pods that are not blocked in the test
         checks = {
-            f"scrape-{k}": (lambda ip=PODS[k]: _http_ok(f"http://{ip}:{METRICS_PORT}/metrics"))
+            f"scrape-{k}": partial(_http_ok, f"http://{PODS[k]}:{METRICS_PORT}/metrics")
             for k in ("web", "client", "scraper")
         }
     with open(log_path, "a", buffering=1) as log:

@@ -32,8 +32,8 @@ def run(*args: str) -> str:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models-data")
-    simulator.simulate(minutes=10, pods=60, seed=11, benign_only=True).save(root / "benign")
-    simulator.simulate(minutes=20, pods=60, seed=12, attacks="all").save(root / "attacks")
+    simulator.simulate(minutes=8, pods=40, seed=11, benign_only=True).save(root / "benign")
+    simulator.simulate(minutes=16, pods=40, seed=12, attacks="all").save(root / "attacks")
     return {"benign": root / "benign", "attacks": root / "attacks"}
 
 
@@ -56,7 +56,7 @@ def test_train_evaluate_report_on_other_seeds(data: dict[str, Path], tmp_path: P
     meta = _train(data, tmp_path / "reg" / "v1")
     tr = meta["training"]
     assert meta["version"] == "v1" and tr["windows"] > 1000 and tr["excluded_attack_flows"] == 0
-    assert len(tr["data_sha256"]) == 64 and tr["pods"] >= 60
+    assert len(tr["data_sha256"]) == 64 and tr["pods"] >= 40
     metrics = _evaluate(data, tmp_path / "reg" / "v1")
     assert set(metrics["per_technique"]) == set(TECHNIQUES)
     overall = metrics["overall"]
@@ -88,7 +88,8 @@ def test_train_evaluate_report_on_other_seeds(data: dict[str, Path], tmp_path: P
 def test_training_on_labelled_data_drops_the_episodes(data: dict[str, Path], tmp_path: Path) -> None:
     a = data["attacks"]
     run("models", "train", "--flows", str(a / "flows.parquet"), "--labels", str(a / "labels.json"),
-        "--inventory", str(a / "inventory.json"), "--n-estimators", "50", "--out", str(tmp_path / "v2"))  # fmt: skip
+        "--inventory", str(a / "inventory.json"), "--n-estimators", "20",
+        "--out", str(tmp_path / "v2"))  # fmt: skip
     tr = json.loads((tmp_path / "v2" / "metadata.json").read_text())["training"]
     assert tr["excluded_attack_flows"] > 100 and tr["episodes_excluded"] >= len(TECHNIQUES)
 

@@ -43,28 +43,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _api_versions_ok(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Send a Kafka ApiVersions v0 request; True when the broker answers with error 0.
+def _metadata_ok(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Send a Kafka Metadata v0 request; True when the broker lists itself at ``host:port``.
 
-    A raw request (rather than a client) keeps the readiness probe free of the code
-    under test and of kafka-python's own retry loops.
+    A raw request (rather than a client) keeps the readiness probe free of the code under
+    test and of kafka-python's own retry loops; answering metadata (not just accepting a
+    connection) means the broker's storage is up and it advertises the right address.
     """
     correlation = 7
     client_id = b"probe"
-    body = struct.pack(">hhih", 18, 0, correlation, len(client_id)) + client_id
+    body = struct.pack(">hhih", 3, 0, correlation, len(client_id)) + client_id + struct.pack(">i", 0)
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(struct.pack(">i", len(body)) + body)
-            header = _recv_exact(sock, 4)
-            (size,) = struct.unpack(">i", header)
+            (size,) = struct.unpack(">i", _recv_exact(sock, 4))
             payload = _recv_exact(sock, size)
-    except OSError:
+        corr, brokers = struct.unpack(">ii", payload[:8])
+        if corr != correlation or brokers < 1:
+            return False
+        pos = 8 + 4  # first broker: node_id, then host (int16 length + bytes), then port
+        (hlen,) = struct.unpack(">h", payload[pos : pos + 2])
+        advertised = payload[pos + 2 : pos + 2 + hlen].decode()
+        (aport,) = struct.unpack(">i", payload[pos + 2 + hlen : pos + 6 + hlen])
+    except (OSError, struct.error, UnicodeDecodeError):
         return False
-    if len(payload) < 6:
-        return False
-    corr, error = struct.unpack(">ih", payload[:6])
-    return corr == correlation and error == 0
+    return advertised == host and aport == port
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -95,7 +99,7 @@ class TansuBroker:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 20.0) -> None:
-        """Start the broker and wait until it answers an ApiVersions request."""
+        """Start the broker and wait until it answers a metadata request listing itself."""
         if self.running:
             return
         url = f"tcp://{self.host}:{self.port}"
@@ -122,11 +126,11 @@ class TansuBroker:
                     f"tansu exited with status {self._proc.returncode} while starting on {self.bootstrap}"
                     + (f" (log: {self.log_path})" if self.log_path else "")
                 )
-            if _api_versions_ok(self.host, self.port, timeout=0.5):
+            if _metadata_ok(self.host, self.port, timeout=0.5):
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"tansu did not answer ApiVersions on {self.bootstrap} within {timeout}s")
+        raise RuntimeError(f"tansu did not answer a metadata request on {self.bootstrap} within {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the broker (its in-memory data is gone) and wait until the port is closed."""
@@ -203,11 +207,13 @@ class TansuProxy:
                 raise RuntimeError(
                     f"tansu proxy exited with status {self._proc.returncode} on {self.bootstrap}"
                 )
-            if _api_versions_ok(self.host, self.port, timeout=0.5):
+            if _metadata_ok(self.host, self.port, timeout=0.5):
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"tansu proxy did not answer ApiVersions on {self.bootstrap} within {timeout}s")
+        raise RuntimeError(
+            f"tansu proxy did not answer a metadata request on {self.bootstrap} within {timeout}s"
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None

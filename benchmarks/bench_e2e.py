@@ -32,9 +32,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
+import yaml
 
-from tests.e2e.cluster import (  # noqa: E402
+from tests.e2e.cluster import (
     GATEWAY,
     INTERNET_PORT,
     PODS,
@@ -45,7 +45,7 @@ from tests.e2e.cluster import (  # noqa: E402
     running_cluster,
     start_flowwarden,
 )
-from tests.support.netns import wait_for  # noqa: E402
+from tests.support.netns import wait_for
 
 ATTACKER = PODS["attacker"]
 UPLOAD_BYTES = 120_000_000
@@ -84,6 +84,60 @@ def _rows(c: Cluster, db: str, query: str) -> list[dict[str, Any]]:
     return read_rows(c.workdir / db, query)
 
 
+def _one_round(c: Cluster, dst: str, blob: Path, refused: list[str]) -> tuple[dict[str, float], float, float]:
+    """One scan, then one upload to ``dst``; when each finding and block was first seen."""
+    known_a = {r["id"] for r in _rows(c, "pipeline.db", "SELECT id FROM alerts")}
+    known_d = {r["id"] for r in _rows(c, "enforcer.db", "SELECT id FROM decisions")}
+    t_scan = time.time()
+    c.host("attacker").run(
+        "nmap", "-sS", "-n", "-T4", "--max-retries", "1", "--host-timeout", "20s", "-p", "1-200",
+        "--exclude", GATEWAY, "10.244.1.0/24", timeout=90, check=False,
+    )  # fmt: skip
+    t_up = time.time()
+    curl = c.host("attacker").popen(
+        "curl", "-sS", "-H", "Expect:", "--max-time", "60", "-T", str(blob),
+        f"http://{dst}:{INTERNET_PORT}/upload", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    seen: dict[str, float] = {}
+
+    def progress() -> bool:
+        now = time.time()
+        alerts = [
+            a
+            for a in _rows(c, "pipeline.db", "SELECT id, kind, src_ip, targets FROM alerts")
+            if a["id"] not in known_a
+        ]
+        decisions = [
+            d for d in _rows(c, "enforcer.db", "SELECT id, status, guardrail, detector FROM decisions")
+            if d["id"] not in known_d
+        ]  # fmt: skip
+        events = {
+            "scan_alert": any(a["kind"] == "lateral_movement" and a["src_ip"] == ATTACKER for a in alerts),
+            "scan_block": any(d["status"] == "applied" and d["detector"] == "port_scan" for d in decisions),
+            "upload_alert": any(
+                a["kind"] == "exfiltration" and dst in json.loads(a["targets"]) for a in alerts
+            ),
+            "upload_block": (ATTACKER, dst) in c.blocked_pairs(),
+            "curl_ended": curl.poll() is not None,
+        }
+        for name, happened in events.items():
+            if happened:
+                seen.setdefault(name, now)
+        for d in decisions:
+            tag = f"{d['detector']}:{d['guardrail']}"
+            if d["status"] == "refused" and tag not in refused:
+                refused.append(tag)
+        return "curl_ended" in seen and ("upload_block" in seen or now - t_up > 45)
+
+    try:
+        wait_for(progress, timeout=70, interval=0.2, what=f"the round against {dst}")
+    finally:
+        if curl.poll() is None:
+            curl.kill()
+            curl.wait(timeout=10)
+    return seen, t_scan, t_up
+
+
 def run(rounds: int, workdir: Path) -> dict[str, Any]:
     samples: dict[str, list[float]] = {
         k: [] for k in ("scan_alert", "scan_block", "upload_alert", "upload_block")
@@ -120,55 +174,12 @@ def run(rounds: int, workdir: Path) -> dict[str, Any]:
         with open(blob, "wb") as f:
             f.truncate(UPLOAD_BYTES)
         for i, dst in enumerate(dsts):
-            known_alerts = {r["id"] for r in _rows(c, "pipeline.db", "SELECT id FROM alerts")}
-            known_decisions = {r["id"] for r in _rows(c, "enforcer.db", "SELECT id FROM decisions")}
-            t_scan = time.time()
-            c.host("attacker").run(
-                "nmap", "-sS", "-n", "-T4", "--max-retries", "1", "--host-timeout", "20s", "-p", "1-200",
-                "--exclude", GATEWAY, "10.244.1.0/24", timeout=90, check=False,
-            )  # fmt: skip
-            t_up = time.time()
-            curl = c.host("attacker").popen(
-                "curl", "-sS", "-H", "Expect:", "--max-time", "60", "-T", str(blob),
-                f"http://{dst}:{INTERNET_PORT}/upload", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            seen: dict[str, float] = {}
-
-            def progress(known_a: set[str] = known_alerts, known_d: set[str] = known_decisions,
-                         dst: str = dst, curl: subprocess.Popen[bytes] = curl) -> bool:  # fmt: skip
-                now = time.time()
-                q = "SELECT id, kind, src_ip, targets FROM alerts"
-                alerts = [a for a in _rows(c, "pipeline.db", q) if a["id"] not in known_a]
-                q = "SELECT id, status, guardrail, detector, targets FROM decisions"
-                decisions = [d for d in _rows(c, "enforcer.db", q) if d["id"] not in known_d]
-                lm = {a["id"] for a in alerts if a["kind"] == "lateral_movement" and a["src_ip"] == ATTACKER}
-                events = {
-                    "scan_alert": bool(lm),
-                    "scan_block": any(
-                        d["status"] == "applied" and d["detector"] == "port_scan" for d in decisions
-                    ),
-                    "upload_alert": any(
-                        a["kind"] == "exfiltration" and dst in json.loads(a["targets"]) for a in alerts
-                    ),
-                    "upload_block": (ATTACKER, dst) in c.blocked_pairs(),
-                    "curl_ended": curl.poll() is not None,
-                }
-                for name, happened in events.items():
-                    if happened:
-                        seen.setdefault(name, now)
-                for d in decisions:
-                    if d["status"] == "refused" and d["id"] not in refused:
-                        refused.append(f"{d['detector']}:{d['guardrail']}")
-                return "curl_ended" in seen and ("upload_block" in seen or now - t_up > 45)
-
-            wait_for(progress, timeout=70, interval=0.2, what=f"round {i + 1}")
-            for key, start in (("scan_alert", t_scan), ("scan_block", t_scan),
-                               ("upload_alert", t_up), ("upload_block", t_up)):  # fmt: skip
+            seen, t_scan, t_up = _one_round(c, dst, blob, refused)
+            for key in samples:
                 if key in seen:
-                    samples[key].append(seen[key] - start)
-            print(f"round {i + 1}/{rounds}: " + ", ".join(
-                f"{k}={seen[k] - (t_scan if k.startswith('scan') else t_up):.1f}s" for k in samples if k in seen
-            ), flush=True)  # fmt: skip
+                    samples[key].append(seen[key] - (t_scan if key.startswith("scan") else t_up))
+            done = ", ".join(f"{k}={samples[k][-1]:.1f}s" for k in samples if k in seen)
+            print(f"round {i + 1}/{rounds}: {done}", flush=True)
             if i + 1 < rounds:
                 time.sleep(QUIET_S)
         procs = _proc_figures(c)

@@ -273,7 +273,8 @@ def test_configmap_settings_load_and_enforcer_rbac_matches_its_namespaces(
                 "apiGroups": ["networking.k8s.io"],
                 "resources": ["networkpolicies"],
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
-            }
+            },
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
         ]
         binding = _one(
             [d for d in manifests if d["metadata"].get("namespace") == role["metadata"]["namespace"]],

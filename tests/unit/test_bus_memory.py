@@ -242,3 +242,32 @@ def test_bad_rows_are_traced_to_their_own_message():
         assert set(df["src_ip"]) <= set(b["src_ip"]), "rows stay with their own message"
         assert df.index.tolist() == list(range(len(df)))
     assert [(d.source_offset, d.field, d.rows) for d in dead] == [(1, "pkts_out", 1), (3, "src_ip", 2)]
+
+
+def test_memory_stays_bounded_and_offsets_stay_absolute():
+    bus = MemoryBus(default_partitions=1, retention_messages=5)
+    p = bus.producer()
+    for i in range(12):
+        p.send("t", str(i).encode())
+    assert bus.end_offsets("t") == [12]
+    late = bus.consumer(["t"], "late")
+    got = drain(late, 5)
+    assert [m.offset for m in got] == [7, 8, 9, 10, 11], "the oldest kept message comes first"
+    assert [int(m.value) for m in got] == [7, 8, 9, 10, 11]
+
+
+def test_committed_messages_are_dropped_once_every_group_has_them():
+    bus = MemoryBus(default_partitions=1)
+    p = bus.producer()
+    for i in range(10):
+        p.send("t", str(i).encode())
+    fast, slow = bus.consumer(["t"], "fast"), bus.consumer(["t"], "slow")
+    fast.commit(drain(fast, 10))
+    assert len(bus._topics["t"][0].items) == 10, "slow has not committed: nothing dropped"
+    got = drain(slow, 10)
+    slow.commit(got[:6])
+    assert bus._topics["t"][0].base == 6 and len(bus._topics["t"][0].items) == 4
+    slow.close()
+    again = bus.consumer(["t"], "slow")
+    assert [int(m.value) for m in drain(again, 4)] == [6, 7, 8, 9]
+    assert again.lag() == {0: 0}

@@ -5,6 +5,7 @@ Makes a synthetic capture (>= 1M packets, many distinct 5-tuples; ``--quick``: 2
 from ``wait4``'s rusage) and prints packets/s and peak RSS:
 
 * ``meter``: the collector's metering path (read + decode + flow table), names off;
+* ``meter-64k``: the same fed 64 KiB at a time, as the live capture pipe delivers it;
 * ``meter+names``: the same with DNS/TLS/HTTP candidates dissected by tshark;
 * ``nfstream``: ``nfstream.NFStreamer`` with one meter process (the C flow meter);
 * ``pyshark``: pyshark's default path on a slice of the file (extrapolated: it is ~1000x slower);
@@ -36,6 +37,20 @@ def run_meter(path: str, names: bool) -> tuple[int, int]:
 
     df, report = meter_capture(path, Settings(collector={"node": "bench", "app_names": names}))
     return report.packets, len(df)
+
+
+def run_meter_pipe(path: str) -> tuple[int, int]:
+    """The live path's parsing: 64 KiB reads, as a capture pipe delivers them."""
+    from collectors.meter import Meter
+    from collectors.pcapfile import read_capture
+    from flowwarden.settings import CollectorSettings
+
+    meter = Meter(CollectorSettings(node="bench", app_names=False))
+    flows = 0
+    for batch in read_capture(path, chunk_bytes=65536):
+        flows += sum(len(r) for r in meter.feed(batch))
+    flows += len(meter.table.flush())
+    return meter.packets, flows
 
 
 def run_nfstream(path: str) -> tuple[int, int]:
@@ -121,6 +136,8 @@ def child(kind: str, path: str) -> None:
         packets, flows = run_meter(path, names=False)
     elif kind == "meter+names":
         packets, flows = run_meter(path, names=True)
+    elif kind == "meter-64k":
+        packets, flows = run_meter_pipe(path)
     elif kind == "nfstream":
         packets, flows = run_nfstream(path)
     elif kind == "pyshark":
@@ -181,7 +198,7 @@ def main() -> None:
         skip = set(a.skip.split(","))
         py = sys.executable
         me = str(Path(__file__).resolve())
-        for kind in ("meter", "meter+names", "nfstream", "pyshark"):
+        for kind in ("meter", "meter-64k", "meter+names", "nfstream", "pyshark"):
             if kind in skip:
                 continue
             out, wall, rss = measure(["taskset", "-c", "0", py, me, "--child", kind, str(path)])

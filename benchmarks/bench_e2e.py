@@ -11,9 +11,10 @@ never used before (a new one each round). Rounds are spaced so that each opens n
 * upload start -> exfiltration alert stored / the ``attacker . destination`` nft element,
 
 and the peak RSS and CPU seconds of every flowwarden process. Needs root (namespaces).
-``--quick`` runs one round (~1 minute: start-up and the engine's warm-up dominate).
+Two rounds take ~85 s; ``--quick`` runs one (~55 s: start-up and the engine's 12 s warm-up
+dominate, so it cannot go under 30 s).
 
-    .venv/bin/python benchmarks/bench_e2e.py [--rounds 3] [--quick] [--json]
+    .venv/bin/python benchmarks/bench_e2e.py [--rounds 2] [--quick] [--json] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from tests.support.netns import wait_for
 
 ATTACKER = PODS["attacker"]
 UPLOAD_BYTES = 120_000_000
-QUIET_S = 14.0  # > the pipeline's alert re-open gap (6 windows of 2 s): the next round is a new alert
+QUIET_S = 30.0  # > the alert re-open gap (6 windows of 2 s) after the attack's trailing packets: new alerts
 PROCS = ("tansu", "collector", "pipeline", "enforcer")
 
 
@@ -183,6 +184,12 @@ def run(rounds: int, workdir: Path) -> dict[str, Any]:
             if i + 1 < rounds:
                 time.sleep(QUIET_S)
         procs = _proc_figures(c)
+        alerts = _rows(
+            c, "pipeline.db", "SELECT kind, detector, window_start FROM alerts ORDER BY window_start"
+        )
+        decisions = _rows(
+            c, "enforcer.db", "SELECT detector, status, created_at FROM decisions ORDER BY created_at"
+        )
         collector = {
             "packets": c.metric(9101, "flowwarden_collector_packets_total"),
             "kernel_drops": c.metric(9101, "flowwarden_collector_kernel_drops_total"),
@@ -199,25 +206,51 @@ def run(rounds: int, workdir: Path) -> dict[str, Any]:
         "latency": latency,
         "missed": {k: rounds - len(v) for k, v in samples.items()},
         "refused_decisions": refused,
+        "alerts": [f"{a['window_start'][11:19]} {a['kind']}/{a['detector']}" for a in alerts],
+        "decisions": [f"{d['created_at'][11:19]} {d['detector']}:{d['status']}" for d in decisions],
         "processes": procs,
         "collector": collector,
         "bench_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
+def _emit(fig: dict[str, Any]) -> None:
+    """``RESULT`` lines for ``benchmarks/run_all.py`` (see ``benchmarks/results.py``)."""
+    from results import emit
+
+    n = fig["rounds"]
+    peer = "Calico flow logs: flushed every 300 s"
+    labels = {
+        "upload_alert": "upload start -> alert",
+        "upload_block": "upload start -> block",
+        "scan_alert": "scan start -> alert",
+        "scan_block": "scan start -> block",
+    }
+    for key, label in labels.items():
+        v = fig["latency"][key]
+        emit("e2e", f"{label} p50", v["p50_s"], "s", peer=peer, note=f"{v['n']}/{n} rounds, real packets")
+        emit("e2e", f"{label} p99", v["p99_s"], "s", peer=peer, note=f"{v['n']}/{n} rounds")
+    for name, p in fig["processes"].items():
+        emit("e2e", f"{name} peak RSS", p["peak_rss_mib"], "MiB", note=f"CPU {p['cpu_s']} s over the run")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="one round")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON only")
+    ap.add_argument("--keep", type=Path, help="work in this directory and keep it (stores, logs)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_e2e needs root: it creates network namespaces")
     rounds = 1 if args.quick else max(1, args.rounds)
     with tempfile.TemporaryDirectory(prefix="fw-bench-e2e-") as tmp:
         t0 = time.time()
-        fig = run(rounds, Path(tmp))
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        fig = run(rounds, workdir)
         fig["wall_s"] = round(time.time() - t0, 1)
+    _emit(fig)
     if args.json:
         print(json.dumps(fig))
         return
@@ -234,6 +267,8 @@ def main() -> None:
         v = fig["latency"][key]
         print(f"{label:<34}{v['n']:>3}{v['p50_s']:>8}{v['p99_s']:>8}{v['max_s'] or float('nan'):>8}")
     print(f"missed: {fig['missed']}; refused decisions: {fig['refused_decisions'] or 'none'}")
+    print("alerts (window start):", "; ".join(fig["alerts"]))
+    print("decisions (created):", "; ".join(fig["decisions"]))
     for name, p in fig["processes"].items():
         print(f"{name:<10} peak RSS {p['peak_rss_mib']:>7} MiB   CPU {p['cpu_s']:>6} s")
     print(f"collector: {fig['collector']}; bench process peak RSS {fig['bench_peak_rss_mib']} MiB")

@@ -99,6 +99,11 @@ class PcapStream:
     def failed(self) -> bool:
         return bool(self.error)
 
+    @property
+    def started(self) -> bool:
+        """The stream's header has been read."""
+        return bool(self._kind)
+
     def feed(self, data: bytes) -> PacketBatch:
         """Parse as many whole records as ``data`` (plus what was left over) holds."""
         if self.failed:

@@ -145,6 +145,7 @@ class KafkaBus(Bus):
         try:
             existing = set(admin.list_topics())
             missing = [t for t in dict.fromkeys(names) if t not in existing]
+            self._warn_if_fewer_partitions(admin, [t for t in names if t in existing], n)
             if missing:
                 spec = {t: {"num_partitions": n, "replication_factor": k.replication_factor} for t in missing}
                 with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
@@ -158,6 +159,22 @@ class KafkaBus(Bus):
             ) from exc
         finally:
             admin.close()
+
+    @staticmethod
+    def _warn_if_fewer_partitions(admin: KafkaAdminClient, topics: list[str], wanted: int) -> None:
+        """An existing topic is left alone, but a producer that spreads over ``wanted``
+        partitions would fail on the missing ones: say so at start, not per message."""
+        if not topics:
+            return
+        for t in admin.describe_topics(topics):
+            have = len(t.get("partitions", []))
+            if t.get("error_code", 0) == 0 and have < wanted:
+                log.warning(
+                    "kafka topic has fewer partitions than configured topic=%s partitions=%d configured=%d",
+                    t.get("name"),
+                    have,
+                    wanted,
+                )
 
     def partitions(self, topic: str) -> int:
         """How many partitions ``topic`` has (0 when it does not exist)."""

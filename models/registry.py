@@ -125,7 +125,9 @@ def canonical_skops(data: bytes) -> bytes:
     rename = {old: f"{i:06d}{Path(old).suffix}" for i, old in enumerate(order)}
     schema = re.sub(r'"([^"/]+\.npy)"', lambda m: f'"{rename.get(m.group(1), m.group(1))}"', schema)
     ids: dict[str, int] = {}  # object ids (for shared references): consistent small numbers
-    schema = re.sub(r'"__id__": (\d+)', lambda m: f'"__id__": {ids.setdefault(m.group(1), len(ids) + 1)}', schema)
+    schema = re.sub(
+        r'"__id__": (\d+)', lambda m: f'"__id__": {ids.setdefault(m.group(1), len(ids) + 1)}', schema
+    )
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as dst:
         for name, payload in [("schema.json", schema.encode())] + [(rename[n], src.read(n)) for n in order]:

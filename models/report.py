@@ -29,7 +29,7 @@ from flowwarden.errors import ConfigError
 from models.evaluation import IGNORED, POSITIVE
 from models.registry import LoadedModel
 
-IMPORTANCE_ROWS = 4000
+IMPORTANCE_ROWS = 1500
 IMPORTANCE_TOP = 15
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}

@@ -36,6 +36,7 @@ from models.workflow import (
     DetectFn,
     Progress,
     _noop,
+    count_pods,
     data_hours,
     exclude_episodes,
     fit_on_windows,
@@ -86,6 +87,8 @@ class TuneResult:
     best_metrics: dict[str, Any] = field(default_factory=dict)
     default_metrics: dict[str, Any] = field(default_factory=dict)
     model: LoadedModel | None = None
+    best_detection: Any = None  # the real engine's Detection of the winner on the judged period
+    judged: tuple[pd.DataFrame, Labels] | None = None  # the flows after the split and their episodes
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -182,7 +185,7 @@ def tune(
     settings: Settings,
     detect: DetectFn,
     feature_names: Sequence[str],
-    pods: int,
+    pods: int | None = None,
     budget: float = 1.0,
     train_fraction: float = 0.5,
     window_sizes: Sequence[float] = (),
@@ -190,7 +193,10 @@ def tune(
     out: Path | None = None,
     progress: Progress = _noop,
 ) -> TuneResult:
-    """Search window size x forest parameters x threshold; confirm the winner with the real engine."""
+    """Search window size x forest parameters x threshold; confirm the winner with the real engine.
+
+    ``pods`` (the budget's unit) defaults to the pods seen in the training windows.
+    """
     if not labels.episodes:
         raise ConfigError("labels: tuning needs attack episodes to measure recall")
     default_w = settings.pipeline.window_s
@@ -213,6 +219,8 @@ def tune(
         progress(f"learn w={w:g}s", done / steps)
         learned = detect(benign, s, None)
         done += 1
+        if pods is None:
+            pods = count_pods(None, learned.windows)
         hours_train, hours_test = data_hours(benign), data_hours(late)
         fits = []
         for params in grids:
@@ -254,6 +262,7 @@ def tune(
             done += 1
             progress(f"search w={w:g}s", done / steps)
     assert default is not None  # the default configuration is always in the grid
+    n_pods = pods if pods is not None else 1
     ranked = sorted(
         candidates,
         key=lambda c: (
@@ -264,18 +273,21 @@ def tune(
         ),
     )
 
+    detections: dict[int, Any] = {}
+
     def confirm(c: Candidate) -> dict[str, Any]:
         ctx = contexts[c.window_s]
         est = next(e for p, e, _ in ctx["fits"] if p == c.params)
         model = _model(est, c.threshold, ctx["learned"].state, c.window_s, "tune-candidate")
         det = detect(ctx["late"], ctx["settings"], model)
+        detections[id(c)] = det
         metrics = evaluate(
             det.alerts,
             ctx["later"],
             det.windows,
             window_s=c.window_s,
             hours=data_hours(ctx["late"]),
-            pods=pods,
+            pods=n_pods,
         )
         c.confirmed = metrics["overall"]
         return metrics
@@ -303,9 +315,11 @@ def tune(
         candidates=candidates,
         best_metrics=best_metrics,
         default_metrics=default_metrics,
+        best_detection=detections[id(best)],
+        judged=(contexts[best.window_s]["late"], contexts[best.window_s]["later"]),
     )
     if out is not None:
-        result.model = _save_best(out, result, contexts[best.window_s], flows, budget, pods)
+        result.model = _save_best(out, result, contexts[best.window_s], flows, budget, n_pods)
     progress("done", 1.0)
     return result
 

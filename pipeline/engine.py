@@ -3,8 +3,13 @@
 ``process`` enriches a batch, buffers it in tumbling windows, and for every window the
 watermark closes: featurises its entity-windows, scores them with every detector against
 the baselines and seen edges *as they were before the window*, builds alerts, then folds
-the window into the memory. The streaming runtime (consume, commit, sinks) and the offline
-``detect`` command both drive this one class, so what is tuned offline is what runs live.
+the window into the memory: only windows no detector flagged update the baselines, and the
+edges of an alerted lateral movement stay "new" for a quarantine period (an attack must not
+become normal just by happening). A fresh engine learns for a minute before its novelty
+detectors speak; ``import_state(model.state, clocks=False)`` ships benign history instead.
+
+The streaming runtime (consume, commit, sinks) and the offline ``detect`` command both
+drive this one class, so what is tuned offline is what runs live.
 
 State (baselines, seen edges, recent connections, open alerts, clocks) exports as JSON with
 Arrow tables (never pickle). Flows still buffered in open windows are *not* part of the
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from flowwarden.errors import RecordError
 from flowwarden.records import FLOW_SCHEMA, Alert, conform_flows
 from flowwarden.settings import Settings
 from pipeline.alerts import AlertBuilder
@@ -29,6 +35,7 @@ from pipeline.detectors import Context, build_detectors
 from pipeline.enrich import Inventory, enrich_flows
 from pipeline.features import (
     FEATURES,
+    ID_COLUMNS,
     KEY_COLUMNS,
     beacon_features,
     commit_edges,
@@ -75,6 +82,8 @@ BEACON_MAX_ROWS = 2_000_000
 BEACON_MIN_CONNS = 6
 EXPIRE_EVERY_S = 60.0
 RECENT_HORIZON_S = 60.0
+VOCAB_MAX = 2_000_000  # strings kept as ids; past this, rebuilt from what is still buffered
+QUARANTINE_S = 1800.0  # edges of an alerted lateral movement stay "new" this long
 RECENT_MAX_ROWS = 1_000_000
 
 
@@ -130,7 +139,14 @@ class DetectionEngine:
         self.alerts.model_version = getattr(model, "version", "") if model is not None else ""
         state = getattr(model, "state", None) if model is not None else None
         if state and not len(self.workload_base):
-            self.import_state(state, clocks=False)
+            try:
+                self.import_state(state, clocks=False)
+            except RecordError as exc:
+                log.warning(
+                    "model %s: warm-start state not usable (%s); starting cold",
+                    getattr(model, "version", "?"),
+                    exc,
+                )
 
     def process(self, flows: pd.DataFrame, *, now: float | None = None) -> EngineResult:
         """Score a raw flow batch; returns the alerts of every window that closed."""
@@ -146,6 +162,8 @@ class DetectionEngine:
             self.buffer.add(to_lean(enriched, self.vocab, self.settings, self._node_ips()))
         closed = self.buffer.close(now)
         alerts, windows = self._score(closed)
+        if len(self.vocab) > VOCAB_MAX:
+            self._compact_vocab()
         return EngineResult(alerts, enriched, windows)
 
     def flush(self) -> EngineResult:
@@ -194,6 +212,19 @@ class DetectionEngine:
         start = keys["entity"].map(created).to_numpy(dtype="float64")
         return np.nan_to_num(keys["ws"].to_numpy() - start, nan=0.0, posinf=0.0, neginf=0.0)
 
+    def _compact_vocab(self) -> None:
+        """Start a fresh vocabulary holding only the strings of still-buffered flows (bounded memory)."""
+        old, new = self.vocab, Vocab()
+        parts = []
+        for part in self.buffer.take_parts():
+            part = part.copy()
+            for col in (*ID_COLUMNS, "dns_reg"):
+                part[col] = new.encode(old.decode(part[col].to_numpy())).astype("int32")
+            parts.append(part)
+        self.buffer.put_parts(parts)
+        self.evicted["vocabulary"] = self.evicted.get("vocabulary", 0) + len(old) - len(new)
+        self.vocab = new
+
     def _node_ips(self) -> dict[str, str]:
         return self.inventory.node_ips if self.inventory is not None else {}
 
@@ -237,7 +268,7 @@ class DetectionEngine:
             flagged |= hit
             if det.kind == "lateral_movement":
                 lateral |= hit
-        commit_edges(edges, self.edges, np.flatnonzero(lateral))
+        commit_edges(edges, self.edges, np.flatnonzero(lateral), quarantine_s=QUARANTINE_S)
         calm = windows[~flagged]
         ws = calm["ws"].to_numpy()
         self.entity_base.update(calm["entity"], ws, self.window_s, calm)

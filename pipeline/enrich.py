@@ -182,6 +182,30 @@ class Inventory:
         return cls.from_dict(data, path=p)
 
     @classmethod
+    def from_pod_list(cls, pod_list: Any) -> Inventory:
+        """From the Kubernetes API (a ``V1PodList`` of ``CoreV1Api.list_pod_for_all_namespaces``)."""
+        from kubernetes.client import ApiClient
+
+        return cls.from_dict(ApiClient().sanitize_for_serialization(pod_list))
+
+    @classmethod
+    def from_cluster(cls, *, in_cluster: bool = True) -> Inventory:
+        """List every pod through the API (in-cluster service account, or the local kubeconfig).
+
+        A long-running pipeline calls this again on a timer or on watch events; the
+        result is the same :class:`Inventory` as from a file, so the rest is unchanged.
+        """
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config() if in_cluster else config.load_kube_config()
+        except config.ConfigException as exc:
+            from flowwarden.errors import ServiceUnavailable
+
+            raise ServiceUnavailable(f"kubernetes: no cluster credentials ({exc})") from exc
+        return cls.from_pod_list(client.CoreV1Api().list_pod_for_all_namespaces(watch=False))
+
+    @classmethod
     def empty(cls) -> Inventory:
         return cls.from_dict({"items": []})
 

@@ -93,7 +93,7 @@ KEY_COLUMNS: tuple[str, ...] = (
     "is_node",
 )
 _NUMERIC = ("ts_start", "ts_end", "dst_port", "proto", "bytes_out", "bytes_in", "pkts_out", "final")
-_IDS = (
+ID_COLUMNS = _IDS = (
     "src_ip",
     "dst_ip",
     "src_namespace",
@@ -288,19 +288,22 @@ def _nunique(gid: np.ndarray, ng: int, values: np.ndarray, mask: np.ndarray | No
     else:
         codes, uniq = pd.factorize(values)
         nv = len(uniq)
-    pairs = np.unique(gid.astype("int64") * (nv + 1) + codes)
+    pairs = pd.unique(gid.astype("int64") * (nv + 1) + codes)  # hash-based: no sort
     return np.bincount(pairs // (nv + 1), minlength=ng).astype("float64")
 
 
 def _max_nunique(gid: np.ndarray, ng: int, by: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per group: the largest number of distinct ``values`` under one ``by``."""
+    """Per group: the largest number of distinct ``values`` under one ``by`` (numpy, no groupby)."""
     out = np.zeros(ng)
     if not len(gid):
         return out
-    t = pd.DataFrame({"g": gid, "b": by, "v": values}).drop_duplicates()
-    per = t.groupby(["g", "b"], sort=False).size()
-    top = per.groupby(level=0).max()
-    out[top.index.to_numpy(dtype="int64")] = top.to_numpy(dtype="float64")
+    bc, bu = pd.factorize(by)
+    vc, vu = pd.factorize(values)
+    gb = gid.astype("int64") * (len(bu) + 1) + bc
+    pairs = pd.unique(gb * (len(vu) + 1) + vc)  # hash-based: no sort
+    gb_codes, gb_u = pd.factorize(pairs // (len(vu) + 1))
+    per = np.bincount(gb_codes)
+    np.maximum.at(out, np.asarray(gb_u) // (len(bu) + 1), per.astype("float64"))
     return out
 
 
@@ -413,13 +416,14 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
     Returns the features and the per-flow local edges.
     """
     ng = len(p.keys)
-    u = edges.groupby("hash", sort=False).agg(first=("ws", "min"))
-    hashes = u.index.to_numpy(dtype="uint64")
+    row, uniq = pd.factorize(edges["hash"].to_numpy())
+    hashes = np.asarray(uniq, dtype="uint64")
+    chunk_first = np.full(len(hashes), np.inf)
+    np.minimum.at(chunk_first, row, edges["ws"].to_numpy(dtype="float64"))
     pos = seen.positions(hashes)
     prior_first = seen.first_at(pos)
     prior_bytes = seen.bytes_at(pos)
-    first = np.fmin(prior_first, u["first"].to_numpy())
-    row = pd.Index(hashes).get_indexer(edges["hash"].to_numpy())
+    first = np.fmin(prior_first, chunk_first)
     edges = edges.assign(first=first[row], prior=prior_bytes[row])
     glob = edges["glob"].to_numpy()
     e = edges[~glob]
@@ -460,19 +464,30 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
     return pd.DataFrame(out), e
 
 
-def commit_edges(edges: pd.DataFrame, seen: SeenEdges, exclude: np.ndarray | None = None) -> None:
-    """Remember the edges of these windows, except those of entity-windows in ``exclude``.
+def commit_edges(
+    edges: pd.DataFrame, seen: SeenEdges, quarantined: np.ndarray | None = None, quarantine_s: float = 0.0
+) -> None:
+    """Remember the edges of these windows; those of entity-windows in ``quarantined`` only later.
 
-    Edges used by a lateral movement that was alerted on are not learned: the next pod of
-    the same workload doing the same thing must still look new.
+    Edges first used by a lateral movement that was alerted on stay "new" for
+    ``quarantine_s`` (their first-seen time is set that far ahead): the next pod of the same
+    workload doing the same thing still stands out, yet a false alert cannot pin an edge as
+    new forever.
     """
-    if exclude is not None and len(exclude):
-        edges = edges[~np.isin(edges["gid"].to_numpy(), exclude)]
     if not len(edges):
         return
-    u = edges.groupby("hash", sort=False).agg(first=("ws", "min"), last=("ws", "max"), bytes=("bytes", "sum"))
-    hashes = u.index.to_numpy(dtype="uint64")
-    seen.update(hashes, seen.positions(hashes), u["first"].to_numpy(), u["last"].to_numpy(), u["bytes"].to_numpy())
+    if quarantined is not None and len(quarantined):
+        q = np.isin(edges["gid"].to_numpy(), quarantined)
+        edges = edges.assign(ws=edges["ws"].to_numpy() + np.where(q, quarantine_s, 0.0))
+    row, uniq = pd.factorize(edges["hash"].to_numpy())
+    hashes = np.asarray(uniq, dtype="uint64")
+    ws = edges["ws"].to_numpy(dtype="float64")
+    first = np.full(len(hashes), np.inf)
+    last = np.full(len(hashes), -np.inf)
+    np.minimum.at(first, row, ws)
+    np.maximum.at(last, row, ws)
+    nbytes = np.bincount(row, weights=edges["bytes"].to_numpy(), minlength=len(hashes))
+    seen.update(hashes, seen.positions(hashes), first, last, nbytes)
 
 
 def recent_features(p: Prepared, e: pd.DataFrame, recent: RecentActivity) -> pd.DataFrame:

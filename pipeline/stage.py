@@ -332,7 +332,7 @@ class PipelineStage:
         self._last_tick_now = -math.inf
         self._windows_scored_seen = 0
         self._engine_totals: dict[tuple[str, ...], float] = {}
-        self._lag: dict[int, int] = {}
+        self._lag: dict[int, int] | None = {}  # None: the consumer cannot tell
         self._ingested: dict[PartitionKey, int] = {}  # highest offset taken in, per partition
         self._lag_at = -math.inf
         # Fed but not yet stored: per engine call, its batches (id, rows) and enriched flows.
@@ -438,7 +438,12 @@ class PipelineStage:
         self._track_assignment(now)
         for m in messages:
             self._ingest(m, now)
-        if now >= self._next_lag or (not messages and now - self._lag_at >= 1.0):
+        # Fresh lag matters when holding batches back (is a quiet partition done or just slow?)
+        # and before the idle clock runs; otherwise the metric's period is enough.
+        stale = now - self._lag_at
+        if now >= self._next_lag or stale >= (
+            0.5 if len(self.aligner) else 1.0 if not messages else math.inf
+        ):
             self._update_lag()
         released = self.aligner.release(now, lagging=self._lagging())
         if released:
@@ -458,8 +463,14 @@ class PipelineStage:
         return len(messages)
 
     def _lagging(self) -> frozenset[int]:
-        """Partitions with messages on the broker not fetched yet (as of the last lag check)."""
-        return frozenset(p for p, n in self._lag.items() if n > 0)
+        """Partitions that may have messages on the broker not fetched yet.
+
+        Those behind at the last lag check, and those assigned since (lag unknown). When the
+        consumer cannot tell its lag at all, none: the aligner's idle timeout decides alone.
+        """
+        if self._lag is None:
+            return frozenset()
+        return frozenset(p for _, p in self._assigned if self._lag.get(p, 1) > 0)
 
     def _track_assignment(self, now: float) -> None:
         assert self.consumer is not None
@@ -477,6 +488,7 @@ class PipelineStage:
                 log.info("partitions revoked %s", sorted(p for _, p in gone))
             if new:
                 self.aligner.expect(new, now)
+                self._lag_at = -math.inf  # ask for their lag at once
                 log.info("partitions assigned %s", sorted(p for _, p in new))
             self._assigned = assigned
 
@@ -741,9 +753,9 @@ class PipelineStage:
         assert self.consumer is not None
         try:
             lag = self.consumer.lag()
-        except Exception as exc:  # unknown lag: behave as if caught up (the idle rules apply)
+        except Exception as exc:  # unknown lag: the idle rules apply alone
             log.debug("lag unavailable: %s", exc)
-            self._lag = {}
+            self._lag = None
             return
         self._lag = {int(p): int(n) for p, n in lag.items()}
         for partition, n in lag.items():

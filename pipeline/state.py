@@ -7,10 +7,14 @@
   learns quickly; a new replica is compared with its workload's baseline, which its peers
   built.
 * :class:`SeenEdges`: (source workload, destination workload or address, port) first and
-  last seen, and the bytes sent while the edge is young: kept for days, so a rolling
-  deployment's new replica inherits its workload's edges.
+  last seen, and the bytes sent over it; plus one cluster-wide edge per external address
+  ("has anyone here talked to it?"). Kept for days, so a rolling deployment's new replica
+  inherits its workload's edges.
 * :class:`ConnectionLog`: recent connection start times and sizes per (entity, external
   destination), the raw material of the beacon score.
+* :class:`RecentActivity`: new peers and failed targets per entity over the last minute.
+* :class:`Vocab`: strings to integer ids for the hot path (not exported: edge keys are
+  stable 64-bit hashes of the strings, so they survive a restart).
 
 Everything is bounded by a TTL and a size limit, and evictions are counted. State exports
 to Arrow IPC tables inside a JSON envelope: never pickle.
@@ -29,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: edge keys from vocabulary hashes, nodes as one peer group
 
 
 def frame_to_b64(df: pd.DataFrame) -> str:
@@ -67,7 +71,7 @@ def unpack_state(data: bytes) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
 
 
 class Baselines:
-    """EWMA mean and mean absolute deviation of ``log1p(feature)`` per key."""
+    """EWMA mean and mean absolute deviation of ``log1p(feature)`` per key (numpy rows + a key index)."""
 
     def __init__(self, features: list[str], *, half_life_s: float, ttl_s: float, max_keys: int) -> None:
         self.features = list(features)
@@ -75,94 +79,115 @@ class Baselines:
         self.ttl_s = ttl_s
         self.max_keys = max_keys
         self.evicted = 0
-        cols = ["n", "first", "last"] + [f"m_{f}" for f in features] + [f"d_{f}" for f in features]
-        self.table = pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
-        self.table.index = pd.Index([], dtype=object, name="key")
+        self.columns = ["n", "first", "last"] + [f"m_{f}" for f in features] + [f"d_{f}" for f in features]
+        self._index: dict[str, int] = {}
+        self._rows = np.empty((0, len(self.columns)))
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self._index)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        keys = np.empty(len(self._index), dtype=object)
+        for k, i in self._index.items():
+            keys[i] = k
+        return pd.DataFrame(self._rows, columns=self.columns, index=pd.Index(keys, name="key"))
+
+    def _positions(self, keys: np.ndarray) -> np.ndarray:
+        get = self._index.get
+        return np.fromiter((get(k, -1) for k in keys), dtype="int64", count=len(keys))
 
     def lookup(self, keys: pd.Series) -> pd.DataFrame:
         """Rows of the table for ``keys`` (NaN where unknown), aligned with ``keys``."""
-        got = self.table.reindex(keys.to_numpy(dtype=object))
-        got.index = keys.index
-        return got
+        codes, uniq = pd.factorize(keys.to_numpy(dtype=object))
+        pos = (
+            self._positions(np.asarray(uniq, dtype=object))[codes]
+            if len(uniq)
+            else np.empty(0, dtype="int64")
+        )
+        out = np.full((len(keys), len(self.columns)), np.nan)
+        ok = pos >= 0
+        out[ok] = self._rows[pos[ok]]
+        return pd.DataFrame(out, columns=self.columns, index=keys.index)
 
     def update(self, keys: pd.Series, ws: np.ndarray, window_s: float, values: pd.DataFrame) -> None:
         """Fold the observed windows into the baselines (several windows of a key at once)."""
         if not len(keys):
             return
+        nf = len(self.features)
         logs = np.log1p(values[self.features].to_numpy(dtype="float64").clip(min=0))
-        old = self.lookup(keys)
-        old_m = old[[f"m_{f}" for f in self.features]].to_numpy()
-        old_m = np.where(np.isnan(old_m), logs, old_m)
-        absdev = np.abs(logs - old_m)
-        obs = pd.DataFrame(
-            np.hstack([logs, absdev]), columns=[*self.features, *[f"a_{f}" for f in self.features]]
-        )
-        obs["key"] = keys.to_numpy(dtype=object)
-        obs["ws"] = ws
-        g = obs.groupby("key", sort=False)
-        agg = g[[*self.features, *[f"a_{f}" for f in self.features]]].mean()
-        k = g.size().to_numpy(dtype="float64")
-        first = g["ws"].min().to_numpy()
-        last = g["ws"].max().to_numpy() + window_s
-        prev = self.table.reindex(agg.index)
-        n_old = prev["n"].fillna(0).to_numpy()
+        codes, uniq = pd.factorize(keys.to_numpy(dtype=object))
+        uniq = np.asarray(uniq, dtype=object)
+        pos = self._positions(uniq)
+        prev = np.full((len(uniq), len(self.columns)), np.nan)
+        prev[pos >= 0] = self._rows[pos[pos >= 0]]
+        m_old_obs = prev[codes, 3 : 3 + nf]
+        m_old_obs = np.where(np.isnan(m_old_obs), logs, m_old_obs)
+        absdev = np.abs(logs - m_old_obs)
+        k = np.bincount(codes, minlength=len(uniq)).astype("float64")
+        sums = [np.bincount(codes, weights=logs[:, j], minlength=len(uniq)) for j in range(nf)]
+        devs = [np.bincount(codes, weights=absdev[:, j], minlength=len(uniq)) for j in range(nf)]
+        xbar = np.stack(sums, 1).astype("float64") / k[:, None]
+        abar = np.stack(devs, 1).astype("float64") / k[:, None]
+        first = np.full(len(uniq), np.inf)
+        last = np.full(len(uniq), -np.inf)
+        np.minimum.at(first, codes, ws)
+        np.maximum.at(last, codes, ws + window_s)
+        n_old = np.nan_to_num(prev[:, 0])
         n_new = n_old + k
         a_hl = 1.0 - 0.5 ** (window_s / self.half_life_s)
         a_eff = np.maximum(k / n_new, 1.0 - (1.0 - a_hl) ** k)[:, None]
-        m_old = prev[[f"m_{f}" for f in self.features]].to_numpy()
-        d_old = prev[[f"d_{f}" for f in self.features]].to_numpy()
-        xbar = agg[self.features].to_numpy()
-        abar = agg[[f"a_{f}" for f in self.features]].to_numpy()
+        m_old = prev[:, 3 : 3 + nf]
+        d_old = prev[:, 3 + nf :]
         m_old = np.where(np.isnan(m_old), xbar, m_old)
         d_old = np.where(np.isnan(d_old), abar, d_old)
-        m_new = m_old + a_eff * (xbar - m_old)
-        d_new = d_old + a_eff * (abar - d_old)
-        fresh = pd.DataFrame(
-            np.hstack(
-                [
-                    n_new[:, None],
-                    np.fmin(prev["first"].to_numpy(), first)[:, None],
-                    np.fmax(prev["last"].to_numpy(), last)[:, None],
-                    m_new,
-                    d_new,
-                ]
-            ),
-            index=agg.index,
-            columns=self.table.columns,
+        fresh = np.hstack(
+            [
+                n_new[:, None],
+                np.fmin(prev[:, 1], first)[:, None],
+                np.fmax(prev[:, 2], last)[:, None],
+                m_old + a_eff * (xbar - m_old),
+                d_old + a_eff * (abar - d_old),
+            ]
         )
-        if len(self.table):
-            keep = self.table[~self.table.index.isin(fresh.index)]
-            self.table = pd.concat([keep, fresh]) if len(keep) else fresh
-        else:
-            self.table = fresh
-        self.table.index.name = "key"
+        known = pos >= 0
+        self._rows[pos[known]] = fresh[known]
+        if (~known).any():
+            base = len(self._rows)
+            self._rows = np.vstack([self._rows, fresh[~known]])
+            self._index.update(
+                zip(uniq[~known].tolist(), range(base, base + int((~known).sum())), strict=True)
+            )
 
     def expire(self, now: float) -> int:
         """Drop keys idle for longer than the TTL, then the stalest beyond the size limit."""
-        if not len(self.table):
+        if not len(self._index):
             return 0
-        before = len(self.table)
-        t = self.table[self.table["last"] >= now - self.ttl_s]
-        if len(t) > self.max_keys:
-            t = t.nlargest(self.max_keys, "last")
-        self.table = t
-        dropped = before - len(t)
-        self.evicted += dropped
+        last = self._rows[:, 2]
+        keep = last >= now - self.ttl_s
+        if keep.sum() > self.max_keys:
+            cutoff = np.sort(last[keep])[-self.max_keys]
+            keep &= last >= cutoff
+        dropped = int((~keep).sum())
+        if dropped:
+            t = self.table[keep]
+            self._set(t)
+            self.evicted += dropped
         return dropped
+
+    def _set(self, t: pd.DataFrame) -> None:
+        self._rows = t[self.columns].to_numpy(dtype="float64").copy()
+        self._index = {str(k): i for i, k in enumerate(t.index)}
 
     def export(self) -> pd.DataFrame:
         return self.table.reset_index()
 
     def load(self, df: pd.DataFrame) -> None:
-        missing = [c for c in self.table.columns if c not in df.columns]
-        if missing:
-            # A model trained with other features: keep the known ones, learn the rest.
-            for c in missing:
-                df[c] = np.nan
-        self.table = df.set_index("key")[list(self.table.columns)].astype("float64")
+        df = df.copy()
+        for c in self.columns:
+            if c not in df.columns:
+                df[c] = np.nan  # a model trained with other features: learn the rest
+        self._set(df.set_index("key")[self.columns].astype("float64"))
 
 
 # ------------------------------------------------------------------------- seen edges

@@ -82,6 +82,14 @@ class WindowBuffer:
             self.closed_until = max(self.closed_until, limit)
         return closed.reset_index(drop=True)
 
+    def take_parts(self) -> list[pd.DataFrame]:
+        """Remove and return the buffered frames (to rewrite them), keeping the clocks."""
+        parts, self._parts = self._parts, []
+        return parts
+
+    def put_parts(self, parts: list[pd.DataFrame]) -> None:
+        self._parts = [p for p in parts if len(p)]
+
     @property
     def buffered(self) -> int:
         return sum(len(p) for p in self._parts)

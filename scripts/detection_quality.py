@@ -83,7 +83,13 @@ def match(alerts: list[Alert], episodes: list[Episode], window_s: float) -> dict
 
 
 def run_seed(
-    seed: int, minutes: float, pods: int, intensity: float, settings: Settings, state: bytes | None
+    seed: int,
+    minutes: float,
+    pods: int,
+    intensity: float,
+    settings: Settings,
+    state: bytes | None,
+    model: Any = None,
 ) -> dict[str, Any]:
     from pipeline.enrich import Inventory
     from pipeline.offline import detect_flows
@@ -96,7 +102,9 @@ def run_seed(
     t_sim = time.perf_counter() - t
     inv = Inventory.from_dict(sim.inventory)
     t = time.perf_counter()
-    res = detect_flows(sim.flows, settings=settings, inventory=inv, state=state, keep_windows=False)
+    res = detect_flows(
+        sim.flows, settings=settings, inventory=inv, state=state, model=model, keep_windows=False
+    )
     t_det = time.perf_counter() - t
     out = match(res.alerts, sim.labels.episodes, settings.pipeline.window_s)
     out.update(flows=len(sim.flows), sim_s=t_sim, detect_s=t_det, alerts=len(res.alerts))
@@ -130,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         help="warm-start from the history of a benign run with this seed",
     )
     ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument(
+        "--model",
+        choices=("none", "default"),
+        default="none",
+        help="'default': the anomaly model shipped with the package (isolation_forest on)",
+    )
     ap.add_argument("--show-false", action="store_true", help="print every false alert")
     ap.add_argument("--show-missed", action="store_true", help="print every missed episode")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
@@ -143,13 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.warm_seed in seeds:
             ap.error("--warm-seed must differ from the evaluated seeds")
         state = benign_state(args.warm_seed, args.minutes, args.pods, settings)
+    model = None
+    if args.model == "default":
+        from pipeline.offline import default_model
+
+        model = default_model()
     total: dict[str, Tally] = {t: Tally() for t in TECHNIQUES}
     false: list[Alert] = []
     hours = 0.0
     flows = 0
     det_s = 0.0
     for seed in seeds:
-        r = run_seed(seed, args.minutes, args.pods, args.intensity, settings, state)
+        r = run_seed(seed, args.minutes, args.pods, args.intensity, settings, state, model)
         for tech, t in r["tallies"].items():
             tot = total[tech]
             tot.episodes += t.episodes
@@ -157,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
             tot.ttd_windows += t.ttd_windows
             if args.show_missed:
                 for ep in t.missed:
-                    print(f"  MISSED seed {seed} {tech} {ep.source.namespace}/{ep.source.pod} "
-                          f"{ep.start:%H:%M:%S}-{ep.end:%H:%M:%S} intensity={ep.intensity}", file=sys.stderr)
+                    print(
+                        f"  MISSED seed {seed} {tech} {ep.source.namespace}/{ep.source.pod} "
+                        f"{ep.start:%H:%M:%S}-{ep.end:%H:%M:%S} intensity={ep.intensity}",
+                        file=sys.stderr,
+                    )
             for d, n in t.detectors.items():
                 tot.detectors[d] += n
         false += r["false"]

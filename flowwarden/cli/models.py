@@ -242,10 +242,9 @@ def tune_command(
     config: ConfigOption = None,
 ) -> None:
     """Search window size, forest parameters and threshold for recall under the false-alert budget."""
-    from flowwarden.labels import Labels
-    from models.evaluation import write_metrics
+    from models.evaluation import evaluate, write_metrics
     from models.tuning import tune
-    from models.workflow import EVAL_DIR, count_pods, evaluate_model, read_flows, read_inventory
+    from models.workflow import EVAL_DIR, count_pods, data_hours, read_flows, read_inventory, write_evaluation
 
     try:
         sizes = [float(x) for x in window_sizes.split(",") if x.strip()]
@@ -263,7 +262,7 @@ def tune_command(
             settings=settings,
             detect=detect,
             feature_names=feature_names(),
-            pods=count_pods(inv, None),
+            pods=count_pods(inv) if inv is not None else None,
             budget=budget,
             train_fraction=train_fraction,
             window_sizes=sizes,
@@ -271,18 +270,21 @@ def tune_command(
             progress=step,
         )
     write_metrics(result.summary(), out / "tuning.json")
-    if result.model is not None:
+    if result.model is not None and result.judged is not None:
         # The tuned model's own evaluation on the judged (later) period, for `models report`.
-        late = data.loc[data["ts_end"].to_numpy() >= result.split].reset_index(drop=True)
-        later = Labels(episodes=[ep for ep in lab.episodes if ep.end.timestamp() >= result.split])
-        evaluate_model(
-            result.model,
-            late,
+        late, later = result.judged
+        det = result.best_detection
+        windows = det.windows.assign(score_isolation_forest=result.model.score(det.windows))
+        metrics = evaluate(
+            det.alerts,
             later,
-            settings=settings,
-            detect=detect,
-            pods=count_pods(inv, None),
-            out_dir=out / EVAL_DIR,
+            windows,
+            window_s=result.best.window_s,
+            hours=data_hours(late),
+            pods=int(result.best_metrics["pods"]),
+        ) | {"model_version": result.model.version, "threshold": result.model.threshold}
+        write_evaluation(
+            out / EVAL_DIR, metrics, windows, det.alerts, later, result.best.window_s, result.model
         )
     b, d = result.best, result.default
     typer.echo(

@@ -96,12 +96,17 @@ def test_sasl_and_tls_settings_reach_the_kafka_client():
     assert plain["security_protocol"] == "PLAINTEXT" and "sasl_mechanism" not in plain
 
 
-def test_open_bus_gives_kafka_and_creates_partitioned_topics(kafka_settings: Settings):
+def test_open_bus_gives_kafka_and_creates_partitioned_topics(
+    kafka_settings: Settings, caplog: pytest.LogCaptureFixture
+):
     bus = open_bus(kafka_settings)
     assert isinstance(bus, KafkaBus)
     topics = kafka_settings.kafka.topics
     bus.ensure_topics([topics.flows, topics.flows_dlq])
     bus.ensure_topics([topics.flows])  # idempotent
+    with caplog.at_level(logging.WARNING, logger="flowwarden.bus"):
+        bus.ensure_topics([topics.flows], partitions=5)
+    assert "fewer partitions than configured" in caplog.text, "a mismatch is said at start"
     assert bus.partitions(topics.flows) == kafka_settings.kafka.partitions == 3
     assert bus.partitions("no-such-topic-" + unique_group()) == 0
 
@@ -206,8 +211,9 @@ def test_broker_not_up_fails_clearly_after_backoff(caplog: pytest.LogCaptureFixt
     waits = [float(r.args[3]) for r in retries]  # type: ignore[index, arg-type]
     assert waits == sorted(waits) and waits[-1] > waits[0], "the back-off grows"
     assert 3.5 <= elapsed < 15, "bounded by kafka.connect_timeout_s"
-    with pytest.raises(ServiceUnavailable, match=f"127.0.0.1:{port}"):
-        bus.consumer(["t"], unique_group())
+    quick = open_bus(with_kafka(settings, connect_timeout_s=1.0))
+    with pytest.raises(ServiceUnavailable, match=rf"127\.0\.0\.1:{port} \(consumer group"):
+        quick.consumer(["t"], unique_group())
 
 
 def test_broker_stopped_and_started_mid_stream(proxied_broker: tuple[TansuBroker, TansuProxy]):

@@ -179,3 +179,28 @@ def test_every_detector_documents_what_it_catches_and_must_not_flag() -> None:
         doc = __import__(cls.__module__, fromlist=["x"]).__doc__ or ""
         assert "Catches" in doc and "Must not flag" in doc, name
         assert cls.kind in ("exfiltration", "lateral_movement")
+
+
+def test_new_destination_volume_flags_a_first_upload_sooner() -> None:
+    rows = [
+        {"young_ext_bytes": 41_000, "young_ext_age": 0, "young_ext_upload_ratio": 10.0},  # upload-shaped
+        {"young_ext_bytes": 41_000, "young_ext_age": 0, "young_ext_upload_ratio": 0.2},  # a download
+    ]
+    ctx = _ctx(rows)
+    ctx.memory_since = 0.0
+    s = REGISTRY["new_destination_volume"]().score(ctx)
+    assert s[0] >= 0.5 and s[1] == 0
+
+
+def test_fan_out_from_an_old_pod_of_a_serving_workload_but_not_from_nodes() -> None:
+    rows = [
+        {"recent_new_peers": 12},
+        {"recent_new_peers": 12, "is_node": True, "pod": "", "entity": "10.0.0.11"},
+    ]
+    ctx = _ctx(rows)  # no workload history as a source: it only ever served
+    ctx.memory_since = 0.0
+    ctx.extra["pod_age"] = np.array([4000.0, 4000.0])
+    s = REGISTRY["fan_out"]().score(ctx)
+    assert s[0] > 0.5 and s[1] == 0
+    ctx.extra["pod_age"] = np.array([10.0, 10.0])  # a brand-new pod of a brand-new workload: learning
+    assert REGISTRY["fan_out"]().score(ctx)[0] == 0

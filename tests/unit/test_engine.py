@@ -179,3 +179,76 @@ def test_detect_command_writes_alerts_jsonl(tmp_path) -> None:
     assert "port_scan=1" in res.output
     res = CliRunner().invoke(app, ["detect", "--out", str(out)])
     assert res.exit_code != 0 and "exactly one of --flows" in str(res.exception)
+
+
+def test_detect_command_on_a_capture(tmp_path) -> None:
+    """Collector metering then the same engine: a real nmap-style scan capture raises a port scan."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from flowwarden.cli import app
+    from flowwarden.records import Alert
+
+    pcap = Path(__file__).resolve().parents[1] / "data" / "pcaps" / "scan_vlan.pcap"
+    assert pcap.exists()
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text('cluster:\n  pod_cidrs: ["10.9.0.0/24"]\n')
+    out = tmp_path / "alerts.jsonl"
+    res = CliRunner().invoke(
+        app, ["detect", "--pcap", str(pcap), "--config", str(cfg), "--out", str(out), "--no-model"]
+    )
+    assert res.exit_code == 0, res.output
+    alerts = [Alert.from_json(line) for line in out.read_text().splitlines()]
+    assert [(a.detector, a.entity.ip, a.targets) for a in alerts] == [("port_scan", "10.9.0.1", ["10.9.0.2"])]
+
+
+def test_vocabulary_is_bounded_without_losing_buffered_flows(monkeypatch) -> None:
+    import pipeline.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "VOCAB_MAX", 3)
+    eng = DetectionEngine(Settings(), inventory=INV)
+    eng.process(_scan(T0 + 1))  # buffered, window still open; the vocabulary is rebuilt
+    assert "vocabulary" in eng.evicted  # it was rebuilt from the buffered flows
+    alerts = eng.flush().alerts
+    assert [a.detector for a in alerts] == ["port_scan"] and alerts[0].targets == [VICTIM]
+    assert alerts[0].entity.pod == "web-5d9c8f7b6-aaaaa"
+
+
+def test_an_alerted_fan_out_is_not_learned_so_the_next_pod_still_stands_out() -> None:
+    second = "10.244.1.10"
+    inv = Inventory.from_dict(
+        {
+            "items": [
+                pod("web-5d9c8f7b6-aaaaa", SCANNER),
+                pod("web-5d9c8f7b6-bbbbb", second),
+                pod("db-0", VICTIM, owner=("StatefulSet", "db")),
+            ]
+        }
+    )
+    history = flows(
+        [
+            {"ts_start": T0 + t, "src_ip": ip, "dst_ip": VICTIM, "dst_port": 5432}
+            for t in range(0, 150, 5)
+            for ip in (SCANNER, second)
+        ]
+    )
+    peers = [f"10.244.3.{i}" for i in range(2, 14)]
+
+    def fan(src: str, t: float) -> pd.DataFrame:
+        return flows(
+            [
+                {"ts_start": t + i * 0.2, "src_ip": src, "dst_ip": ip, "dst_port": 22}
+                for i, ip in enumerate(peers)
+            ]
+        )
+
+    res = detect_flows(
+        pd.concat([history, fan(SCANNER, T0 + 200), fan(second, T0 + 600)]),
+        settings=Settings(),
+        inventory=inv,
+    )
+    fan_outs = sorted(
+        (a.entity.pod, a.window_start.timestamp()) for a in res.alerts if a.detector == "fan_out"
+    )
+    assert fan_outs == [("web-5d9c8f7b6-aaaaa", T0 + 200), ("web-5d9c8f7b6-bbbbb", T0 + 600)]

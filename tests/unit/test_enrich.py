@@ -113,3 +113,30 @@ def test_inventory_file_reload_and_errors(tmp_path: Path) -> None:
         Inventory.from_dict({"items": [{"metadata": {}}]})
     with pytest.raises(ConfigError, match="podIP"):
         Inventory.from_dict({"items": [pod("x", "not-an-ip")]})
+
+
+def test_inventory_from_the_kubernetes_api_objects() -> None:
+    """The API's typed pod list gives the same inventory as the kubectl JSON."""
+    import kubernetes.client as k
+
+    def v1pod(name: str, ip: str, owner: str, kind: str = "ReplicaSet", host: bool = False) -> k.V1Pod:
+        return k.V1Pod(
+            metadata=k.V1ObjectMeta(
+                name=name,
+                namespace="shop",
+                owner_references=[k.V1OwnerReference(api_version="apps/v1", kind=kind, name=owner, uid="u")],
+            ),
+            spec=k.V1PodSpec(containers=[], node_name="node-1", host_network=host),
+            status=k.V1PodStatus(pod_ip=ip, host_ip="10.0.0.11"),
+        )
+
+    inv = Inventory.from_pod_list(
+        k.V1PodList(
+            items=[
+                v1pod("web-5d9c8f7b6-aaaaa", "10.244.1.9", "web-5d9c8f7b6"),
+                v1pod("agent-x", "10.0.0.11", "agent", kind="DaemonSet", host=True),
+            ]
+        )
+    )
+    got = inv.lookup(pd.Series(["10.244.1.9", "10.0.0.11"]), pd.Series([T0, T0]))
+    assert got["workload"].tolist() == ["web", ""] and inv.node_ips == {"10.0.0.11": "node-1"}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
-from models.estimators import BudgetThreshold, WindowAnomalyDetector
+from models.estimators import BudgetThreshold, Method, WindowAnomalyDetector
 
 ESTIMATORS = [
     WindowAnomalyDetector(n_estimators=20, random_state=0),
@@ -24,7 +26,7 @@ CHECKS = [
 
 
 @pytest.mark.parametrize(("estimator", "check"), CHECKS)
-def test_sklearn_conformance(estimator, check):  # type: ignore[no-untyped-def]
+def test_sklearn_conformance(estimator: WindowAnomalyDetector, check: Any) -> None:
     check(estimator)
 
 
@@ -40,7 +42,7 @@ def _benign(n: int = 400, seed: int = 0) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("method", ["isolation_forest", "lof", "ocsvm"])
-def test_anomaly_score_is_higher_for_outliers(method: str) -> None:
+def test_anomaly_score_is_higher_for_outliers(method: Method) -> None:
     X = _benign()
     det = WindowAnomalyDetector(method=method, n_estimators=50, random_state=1).fit(X)
     outlier = pd.DataFrame({"flows": [900.0], "bytes_out_ext": [5e9], "dst_ports": [800.0]})

@@ -23,8 +23,8 @@ def _ep(ep_id: str, technique: str, ip: str, pod: str, start_s: float, end_s: fl
     kind = "exfiltration" if technique in {"bulk_exfiltration", "dns_tunnel"} else "lateral_movement"
     return Episode(
         id=ep_id,
-        technique=technique,  # type: ignore[arg-type]
-        kind=kind,  # type: ignore[arg-type]
+        technique=technique,
+        kind=kind,
         source=Entity(ip=ip, namespace="shop", pod=pod, workload="web"),
         start=T0 + timedelta(seconds=start_s),
         end=T0 + timedelta(seconds=end_s),
@@ -33,7 +33,7 @@ def _ep(ep_id: str, technique: str, ip: str, pod: str, start_s: float, end_s: fl
 
 def _alert(detector: str, kind: str, ip: str, pod: str, start_s: float, end_s: float) -> Alert:
     return Alert(
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         detector=detector,
         score=0.9,
         severity="high",

@@ -182,3 +182,49 @@ def test_beacon_score_separates_regular_from_random() -> None:
     assert out.loc["shop/web-5d9c8f7b6-aaaaa", "beacon_score"] > 0.9
     assert out.loc["shop/web-5d9c8f7b6-bbbbb", "beacon_score"] < 0.7
     assert out.loc["shop/web-5d9c8f7b6-aaaaa", "beacon_conns"] == 20
+
+
+def test_state_is_bounded_by_ttl_and_size_and_counts_evictions() -> None:
+    from pipeline.state import Baselines
+
+    seen = SeenEdges(ttl_s=100.0, max_edges=3)
+    hashes = np.array([11, 12, 13, 14, 15], dtype="uint64")
+    seen.update(
+        hashes, seen.positions(hashes), np.arange(5.0), np.array([0.0, 50, 150, 160, 170]), np.ones(5)
+    )
+    assert seen.expire(200.0) == 2 and seen.evicted == 2  # two older than the TTL
+    assert len(seen) == 3 and np.isnan(seen.first_seen(np.array([11], dtype="uint64")))[0]
+    more = np.array([16, 17], dtype="uint64")
+    seen.update(more, seen.positions(more), np.zeros(2), np.array([190.0, 195.0]), np.ones(2))
+    assert seen.expire(200.0) == 2 and len(seen) == 3  # the size limit keeps the freshest
+    assert not np.isnan(seen.first_seen(np.array([17], dtype="uint64")))[0]
+
+    base = Baselines(["flows"], half_life_s=3600, ttl_s=100, max_keys=2)
+    base.update(
+        pd.Series(["a", "b", "c"]), np.array([0.0, 150.0, 160.0]), 10.0, pd.DataFrame({"flows": [1, 2, 3]})
+    )
+    assert base.expire(200.0) == 1 and len(base) == 2 and base.evicted == 1
+    got = base.lookup(pd.Series(["a", "b"]))
+    assert np.isnan(got["n"].iloc[0]) and got["n"].iloc[1] == 1
+
+
+def test_baseline_is_robust_to_one_outlier() -> None:
+    from pipeline.state import Baselines
+
+    base = Baselines(["bytes_out_ext"], half_life_s=6 * 3600, ttl_s=1e9, max_keys=10)
+    for i in range(100):
+        base.update(pd.Series(["w"]), np.array([i * 10.0]), 10.0, pd.DataFrame({"bytes_out_ext": [1000.0]}))
+    before = base.lookup(pd.Series(["w"]))["m_bytes_out_ext"].iloc[0]
+    base.update(pd.Series(["w"]), np.array([1000.0]), 10.0, pd.DataFrame({"bytes_out_ext": [1e9]}))
+    after = base.lookup(pd.Series(["w"]))["m_bytes_out_ext"].iloc[0]
+    assert abs(before - np.log1p(1000.0)) < 1e-9
+    assert after - before < 0.2  # one huge window moves the log-scale mean by ~1/n only
+
+
+def test_vocabulary_ids_are_stable_and_decode() -> None:
+    v = Vocab()
+    a = v.encode(pd.Series(["x", "", "y", "x"], dtype="str"))
+    b = v.encode(pd.Series(["y", "z"], dtype="str"))
+    assert a.tolist()[1] == 0 and a[0] == a[3] and b[0] == a[2]
+    assert v.decode(b).tolist() == ["y", "z"]
+    assert v.hash_of(a)[0] == v.hash_of(a)[3] != v.hash_of(b)[1]

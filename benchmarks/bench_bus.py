@@ -188,7 +188,7 @@ def main() -> None:
 
     from tests.support.broker import TansuBroker
 
-    json_flows, arrow_flows = (10_000, 100_000) if args.quick else (50_000, 500_000)
+    json_flows, arrow_flows = (5_000, 50_000) if args.quick else (50_000, 500_000)
     cases = [
         ("json", json_flows, True),
         ("arrow-500", arrow_flows, True),

@@ -159,7 +159,7 @@ class AlertBuilder:
         tflows = wflows[mask] if mask.any() else wflows
         targets = tflows["dst_ip"].value_counts().index[:MAX_TARGETS].tolist()
         ports = [int(p) for p in tflows["dst_port"].value_counts().index[:MAX_TARGETS]]
-        evidence = self._evidence(ctx, row, det)
+        evidence = {**self._evidence(ctx, row, det), **(det.describe(tflows) if mask.any() else {})}
         examples = _examples(tflows)
         ws, we = float(w["ws"]), float(w["we"])
         key = (entity.key(), det.name)

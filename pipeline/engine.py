@@ -125,6 +125,7 @@ class DetectionEngine:
         self.windows_scored = 0
         self.flows_in = 0
         self.flows_scored = 0
+        self.flows_unscored = 0
         self.evicted: dict[str, int] = {"entities": 0, "workloads": 0, "edges": 0, "connections": 0}
         self._last_expire = -math.inf
         self.set_model(model)
@@ -159,7 +160,10 @@ class DetectionEngine:
         enriched = enrich_flows(flows, self.inventory, self.settings)
         self.flows_in += len(enriched)
         if len(enriched):
-            self.buffer.add(to_lean(enriched, self.vocab, self.settings, self._node_ips()))
+            lean = to_lean(enriched, self.vocab, self.settings, self._node_ips())
+            # Ingress and transit flows have no in-cluster source to score (still enriched, still counted).
+            self.flows_unscored += len(enriched) - len(lean)
+            self.buffer.add(lean)
         closed = self.buffer.close(now)
         alerts, windows = self._score(closed)
         if len(self.vocab) > VOCAB_MAX:

@@ -147,6 +147,7 @@ def decode_lean(lean: pd.DataFrame, vocab: Vocab) -> pd.DataFrame:
     for c in _IDS:
         out[c] = vocab.decode(lean[c].to_numpy())
     out["dns_qname"] = lean["dns_name"].to_numpy(dtype=object)
+    out["dns_domain"] = vocab.decode(lean["dns_reg"].to_numpy())
     out["direction"] = np.where(lean["ext"].to_numpy(), Direction.EGRESS.value, Direction.INTERNAL.value)
     return pd.DataFrame(out)
 

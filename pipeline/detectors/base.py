@@ -95,6 +95,10 @@ class Detector:
         """Which of an entity-window's flows are the evidence (their destinations are the targets)."""
         return np.ones(len(flows), dtype=bool)
 
+    def describe(self, flows: pd.DataFrame) -> dict[str, Any]:
+        """Extra evidence from the window's evidence flows (e.g. the tunnel's domain)."""
+        return {}
+
 
 REGISTRY: dict[str, type[Detector]] = {}
 

@@ -9,6 +9,8 @@ names (few distinct subdomains per window), ordinary lookups.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -33,4 +35,14 @@ class DnsTunnel(Detector):
         )
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
-        return (flows["dns_qname"] != "").to_numpy()
+        """The queries under the registered domain with the most distinct names."""
+        has = (flows["dns_qname"] != "").to_numpy() & (flows["dns_domain"] != "").to_numpy()
+        if not has.any():
+            return has
+        per = flows[has].groupby("dns_domain")["dns_qname"].nunique()
+        return has & (flows["dns_domain"] == per.idxmax()).to_numpy()
+
+    def describe(self, flows: pd.DataFrame) -> dict[str, Any]:
+        names = flows["dns_qname"].drop_duplicates()
+        domain = flows["dns_domain"].iloc[0] if len(flows) else ""
+        return {"domain": str(domain), "example_names": [str(n) for n in names.head(3)]}

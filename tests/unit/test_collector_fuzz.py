@@ -40,7 +40,7 @@ def _header(linktype: int) -> bytes:
     return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
 
 
-@settings(max_examples=150, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=3000), st.sampled_from(LINKTYPES))
 def test_random_bytes_after_a_header(body: bytes, linktype: int) -> None:
     records, stream, meter = meter_bytes(_header(linktype) + body)
@@ -48,7 +48,7 @@ def test_random_bytes_after_a_header(body: bytes, linktype: int) -> None:
     assert records <= meter.packets
 
 
-@settings(max_examples=200, deadline=10_000)
+@settings(max_examples=120, deadline=10_000)
 @given(
     st.lists(st.tuples(st.sampled_from(LINKTYPES), st.binary(max_size=120), st.floats(0, 4e9)), max_size=40),
 )
@@ -68,7 +68,7 @@ def test_well_framed_records_with_random_contents(packets: list[tuple[int, bytes
     assert meter.packets == len(packets)
 
 
-@settings(max_examples=150, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(GOLDEN),
     st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), max_size=12),

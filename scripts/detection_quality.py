@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nDetection quality: seeds {args.seeds}, {args.minutes:g} min x {args.pods} pods each, "
         f"intensity {args.intensity:g}, window {settings.pipeline.window_s:g}s"
         + (f", warm start from benign seed {args.warm_seed}" if state else ", cold start")
+        + (f", anomaly model {getattr(model, 'version', '?')}" if model is not None else ", rules only")
     )
     print("\n| technique | episodes | detected | recall | median TTD (windows) | detectors |")
     print("|---|---:|---:|---:|---:|---|")

@@ -294,6 +294,18 @@ def tune_command(
         f"defaults: recall {_fmt((d.confirmed or {}).get('recall'))}, false alerts/h/100 pods "
         f"{_fmt((d.confirmed or {}).get('false_alerts_per_hour_per_100_pods'))}"
     )
+    if not result.summary()["budget_met"]:
+        noisy = {
+            name: row["false_alerts"]
+            for name, row in result.best_metrics.get("per_detector", {}).items()
+            if row.get("false_alerts")
+        }
+        typer.secho(
+            f"warning: the budget of {budget:g} is not met; false alerts by detector: {noisy or 'none'} "
+            "(tune sets the forest and the window size; rule thresholds live in pipeline.detectors)",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     typer.echo(f"model written to {out}; search in {out / 'tuning.json'}")
 
 

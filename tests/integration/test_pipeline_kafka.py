@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,26 @@ CHUNK_S = 5.0  # simulated seconds per published batch, like a collector's flush
 @pytest.fixture(scope="module")
 def sim() -> Any:
     return simulator.simulate(minutes=4, pods=30, seed=23, attacks="all")
+
+
+@pytest.fixture(scope="module")
+def warm_state() -> bytes:
+    """Benign history of the same workloads (another seed, the day before), as a model ships it.
+
+    Baselines and seen edges are kept per workload too, while flows are spread over the
+    partitions by source IP: from a cold start, two workers each learn a workload from
+    their share of its pods and can disagree with one worker on a brand-new workload.
+    With the workloads' history (what a running pipeline has, and what a model's
+    warm-start state gives a new one) they must agree exactly.
+    """
+    history = simulator.simulate(
+        minutes=10, pods=30, seed=1023, benign_only=True, start=datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+    )
+    engine = DetectionEngine(Settings(), inventory=Inventory.from_dict(history.inventory))
+    engine.process(history.flows)
+    engine.flush()
+    state: bytes = engine.export_state()
+    return state
 
 
 def with_changes(settings: Settings, **sections: dict[str, Any]) -> Settings:
@@ -79,8 +100,11 @@ def publish(settings: Settings, parts: list[pd.DataFrame]) -> int:
 class Worker:
     """A pipeline stage with the real engine, looping in a thread."""
 
-    def __init__(self, settings: Settings, store: Store, inventory: dict[str, Any], worker_id: str) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, inventory: dict[str, Any], worker_id: str, warm: bytes
+    ) -> None:
         engine = DetectionEngine(settings, inventory=Inventory.from_dict(inventory))
+        engine.import_state(warm, clocks=False)
         self.stage = PipelineStage(
             settings,
             bus=KafkaBus(settings.kafka),
@@ -121,7 +145,7 @@ class Worker:
 
 
 def test_two_workers_in_one_group_raise_the_same_alerts_as_one(
-    kafka_settings: Settings, fresh_pg_url: str, tmp_path: Path, sim: Any
+    kafka_settings: Settings, fresh_pg_url: str, tmp_path: Path, sim: Any, warm_state: bytes
 ) -> None:
     valid = len(sim.flows)
     one = with_changes(
@@ -138,7 +162,7 @@ def test_two_workers_in_one_group_raise_the_same_alerts_as_one(
     store_two = Store(fresh_pg_url).start()
     workers: list[Worker] = []
     try:
-        pair = [Worker(two, store_two, sim.inventory, f"w{i}").start() for i in range(2)]
+        pair = [Worker(two, store_two, sim.inventory, f"w{i}", warm_state).start() for i in range(2)]
         workers += pair
         # Both members hold partitions before any flow exists: no rebalance mid-stream.
         wait_for(
@@ -149,7 +173,7 @@ def test_two_workers_in_one_group_raise_the_same_alerts_as_one(
             what="the two workers to split the partitions",
         )
         assert not pair[0].partitions() & pair[1].partitions()
-        solo = Worker(one, store_one, sim.inventory, "solo").start()
+        solo = Worker(one, store_one, sim.inventory, "solo", warm_state).start()
         workers.append(solo)
         wait_for(
             lambda: solo.partitions() == all_partitions, timeout=90, what="the single worker's assignment"

@@ -27,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from results import compact, emit  # noqa: E402
 
 PYSHARK_SLICE = 2000
 
@@ -176,12 +179,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fw-bench-") as d:
         if a.pcap:
             path = a.pcap
+            source = f"capture {a.pcap.name}"
         elif a.real:
             path = Path(d) / "real.pcap"
             t0 = time.perf_counter()
             real_capture(path, packets)
             mib = path.stat().st_size / 2**20
             print(f"real-traffic capture: {path} {mib:.0f} MiB in {time.perf_counter() - t0:.1f}s")
+            source = "real traffic (netns)"
         else:
             # Made in a child: a forked child inherits the parent's peak RSS, which would
             # pollute every contender's figure if the parent held the capture's arrays.
@@ -194,6 +199,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", code, str(ROOT), str(path), str(packets)], check=True)
             mib = path.stat().st_size / 2**20
             print(f"synthetic capture: {path} {mib:.0f} MiB in {time.perf_counter() - t0:.1f}s")
+            source = f"synthetic {packets // 1000}k pkts"
         rows = []
         skip = set(a.skip.split(","))
         py = sys.executable
@@ -216,6 +222,35 @@ def main() -> None:
         print(f"{kind:<28}{n:>10}{secs:>9.2f}{n / secs:>12,.0f}{rss:>10.0f}  {note}")
     if "meter" in base and "nfstream" in base:
         print(f"\nmetering path / nfstream: {base['meter'] / base['nfstream']:.1f}x")
+    emit_results(rows, f"{source}, 1 core")
+
+
+def emit_results(rows: list[tuple[str, int, float, float, str]], source: str) -> None:
+    """The headline figures as ``RESULT`` lines for ``run_all.py``."""
+    by = {kind: (n, secs, rss, note) for kind, n, secs, rss, note in rows}
+    rate = {kind: n / secs for kind, (n, secs, _, _) in by.items()}
+    ceiling = "tcpdump -r (read ceiling)"
+    nfs = f"nfstream {compact(rate['nfstream'], 'pkts/s')}" if "nfstream" in rate else ""
+    top = f"tcpdump -r ceiling {compact(rate[ceiling], 'pkts/s')}" if ceiling in rate else ""
+    meter = f"metering {compact(rate['meter'], 'pkts/s')}" if "meter" in rate else ""
+    figures = {
+        "meter": ("metering (names off)", f"{nfs}; {top}" if nfs and top else nfs or top),
+        "meter-64k": ("metering, 64 KiB reads (live pipe)", nfs),
+        "meter+names": ("metering + names (tshark)", nfs),
+        "nfstream": ("nfstream, 1 meter (peer)", top),
+        "pyshark": ("pyshark default (peer)", nfs),
+        ceiling: ("tcpdump -r -w /dev/null (ceiling)", meter),
+    }
+    for kind, (figure, peer) in figures.items():
+        if kind in by:
+            n = by[kind][0]
+            note = f"extrapolated from a slice of {n} packets" if kind == "pyshark" else by[kind][3]
+            emit("collector", figure, round(rate[kind]), "packets/s", peer=peer, note=f"{note}; {source}")
+    if "meter" in rate and "nfstream" in rate:
+        emit("collector", "metering / nfstream", round(rate["meter"] / rate["nfstream"], 2), "x", peer=nfs)
+    for kind, (_, _, rss, _) in by.items():
+        label = "tcpdump -r" if kind == ceiling else kind
+        emit("collector", f"peak RSS {label}", round(rss), "MiB", note="child process, wait4 rusage")
 
 
 if __name__ == "__main__":

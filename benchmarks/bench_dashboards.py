@@ -27,6 +27,9 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from results import emit  # noqa: E402
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -142,6 +145,42 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     slowest = max(p[3] for p in panels) * 1000
     print(f"\npanels: {len(panels)}  slowest: {slowest:.1f} ms  peak RSS: {peak_mb:.0f} MB")
+    emit_results(panels, per_board, figures, minutes, pods, args.repeat, peak_mb)
+
+
+def emit_results(
+    panels: list[tuple[str, str, int, float]],
+    per_board: dict[str, float],
+    figures: dict[str, float],
+    minutes: int,
+    pods: int,
+    repeat: int,
+    peak_mb: float,
+) -> None:
+    """The headline figures as ``RESULT`` lines for ``run_all.py``."""
+    peer = "Grafana refresh every 30 s"
+    store = f"store: {minutes} min, {pods} pods, {figures['rollup_rows']:,.0f} rollup rows"
+    board, panel, rows, secs = max(panels, key=lambda p: p[3])
+    emit(
+        "dashboards",
+        "slowest panel query",
+        round(secs * 1000, 1),
+        "ms",
+        peer=peer,
+        note=f"{board}: {panel}, {rows} rows; median of {repeat}; {store}",
+    )
+    for name, secs in sorted(per_board.items(), key=lambda b: -b[1]):
+        n = sum(1 for p in panels if p[0] == name)
+        emit(
+            "dashboards",
+            f"full refresh, {name}",
+            round(secs * 1000, 1),
+            "ms",
+            peer=peer,
+            note=f"{n} queries, sequential",
+        )
+    note = "one process: simulator, pipeline stage, queries"
+    emit("dashboards", "peak RSS", round(peak_mb), "MiB", note=note)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from results import emit  # noqa: E402
 
 from enforcement.backends.nftables import LibNftables, NftablesBackend  # noqa: E402
 from enforcement.enforcer import Enforcer  # noqa: E402
@@ -211,6 +214,49 @@ def inside(args: argparse.Namespace) -> None:
     for label in ("default", "fetch_wait_10ms"):
         p99 = figures[f"{label}.latency_p99_ms"]
         print(f"{'target ' + label:>40}: p99 < 100 ms -> {'met' if p99 < 100 else 'MISSED'}")
+    emit_results(figures, args)
+
+
+def emit_results(figures: dict[str, float], args: argparse.Namespace) -> None:
+    """The headline figures as ``RESULT`` lines for ``run_all.py``."""
+    runs = {  # label: (in the figure, in the note)
+        "fetch_wait_10ms": ("fetch wait 10 ms", "consumer fetch_max_wait_ms 10"),
+        "default": ("default fetch wait", "kafka-python's 500 ms fetch wait: tansu answers only at its end"),
+    }
+    for label, (short, how) in runs.items():
+        f = {k.split(".", 1)[1]: v for k, v in figures.items() if k.startswith(label + ".")}
+        for q in ("p50", "p99"):
+            lat = f[f"latency_{q}_ms"]
+            verdict = f"; target {'met' if lat < 100 else 'MISSED'}" if q == "p99" else ""
+            emit(
+                "enforcement",
+                f"alert on topic -> rule in kernel {q} ({short})",
+                round(lat, 1),
+                "ms",
+                peer="target p99 < 100 ms",
+                note=f"{how}; {f['applied']:.0f}/{figures['alerts']} applied, "
+                f"bus transit {q} {f[f'bus_transit_{q}_ms']:.1f} ms{verdict}",
+            )
+    single = figures["element_single_tx_libnftables_ms"]
+    cli = figures["element_single_tx_nft_cli_ms"]
+    emit(
+        "enforcement",
+        "per-element apply, one transaction each (libnftables)",
+        round(single, 3),
+        "ms",
+        peer=f"nft -j -f - per element {cli:.1f} ms",
+        note=f"{args.elements} elements",
+    )
+    emit(
+        "enforcement",
+        "per-element apply, one batch (libnftables)",
+        round(figures["element_batch_ms"], 4),
+        "ms",
+        peer=f"one transaction each {single:.3f} ms",
+        note=f"{args.elements} elements in one transaction",
+    )
+    note = "this process: enforcer, bus clients, store, nft"
+    emit("enforcement", "peak RSS", round(figures["peak_rss_mib"]), "MiB", note=note)
 
 
 def main() -> None:

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import compact, emit
 
 from simulator import simulate
 
@@ -52,6 +55,17 @@ def main() -> None:
     print(f"  save (3 files)      {save_s:>12.2f} s  ({size / 1e6:,.1f} MB)")
     print(f"  peak RSS            {_peak_mib():>12,.0f} MiB  (interpreter and imports: {base:,.0f} MiB)")
     print(f"  frame in memory     {sim.flows.memory_usage(deep=True).sum() / 2**20:>12,.0f} MiB")
+    real_time = n / (minutes * 60)
+    emit(
+        "simulator",
+        "flows generated",
+        round(n / gen_s),
+        "flows/s",
+        peer=f"real time: {compact(real_time, 'flows/s')} simulated",
+        note=f"{n:,} flows, {minutes:g} min, {pods} pods; {n / gen_s / real_time:,.0f}x real time",
+    )
+    emit("simulator", "save (3 files)", round(save_s, 2), "s", note=f"{size / 1e6:,.1f} MB")
+    emit("simulator", "peak RSS", round(_peak_mib()), "MiB", note=f"interpreter and imports {base:,.0f} MiB")
 
 
 if __name__ == "__main__":

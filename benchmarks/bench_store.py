@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import tempfile
 import time
 import uuid
@@ -27,6 +28,10 @@ import sqlalchemy as sa
 
 from flowwarden.records import Alert, Entity, empty_flows
 from flowwarden.store import Store, rollup_flows
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import compact, emit
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -98,11 +103,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(label: str, count: int, unit: str, fn: Callable[[], Any]) -> Any:
+def timed(
+    label: str, count: int, unit: str, fn: Callable[[], Any], rates: dict[str, float] | None = None
+) -> Any:
     t = time.perf_counter()
     out = fn()
     dt = time.perf_counter() - t
     print(f"  {label:<38} {count:>8} {unit:<8} {dt:7.3f} s  {count / dt:>12,.0f} {unit}/s")
+    if rates is not None:
+        rates[label] = count / dt
     return out
 
 
@@ -125,17 +134,23 @@ def pg_database() -> Iterator[str | None]:
         admin.dispose()
 
 
-def run(url: str, flows: pd.DataFrame, alerts: list[Alert], batches: int) -> None:
+def run(url: str, flows: pd.DataFrame, alerts: list[Alert], batches: int) -> dict[str, float]:
+    """Times each operation on one store; returns the rates (per second) by label, and sizes."""
+    rates: dict[str, float] = {}
     with Store(url) as store:
         print(f"{store.dialect}:")
-        rollups = timed("rollup_flows (pandas)", len(flows), "flows", lambda: rollup_flows(flows))
+        rollups = timed("rollup_flows (pandas)", len(flows), "flows", lambda: rollup_flows(flows), rates)
         print(f"  -> {len(rollups)} rollup rows")
-        timed("add_rollups (new rows)", len(rollups), "rows", lambda: store.add_rollups(rollups))
+        timed("add_rollups (new rows)", len(rollups), "rows", lambda: store.add_rollups(rollups), rates)
         timed(
-            "add_rollups (all conflict, additive)", len(rollups), "rows", lambda: store.add_rollups(rollups)
+            "add_rollups (all conflict, additive)",
+            len(rollups),
+            "rows",
+            lambda: store.add_rollups(rollups),
+            rates,
         )
-        timed("upsert_alerts (new)", len(alerts), "alerts", lambda: store.upsert_alerts(alerts))
-        timed("upsert_alerts (replay)", len(alerts), "alerts", lambda: store.upsert_alerts(alerts))
+        timed("upsert_alerts (new)", len(alerts), "alerts", lambda: store.upsert_alerts(alerts), rates)
+        timed("upsert_alerts (replay)", len(alerts), "alerts", lambda: store.upsert_alerts(alerts), rates)
         timed("list_alerts", len(alerts), "alerts", store.list_alerts)
         chunk = max(1, len(flows) // batches)
         in_time_order = flows.sort_values("ts_end", ignore_index=True)  # as batches arrive
@@ -149,7 +164,38 @@ def run(url: str, flows: pd.DataFrame, alerts: list[Alert], batches: int) -> Non
                     store.add_rollups(rollup_flows(part), conn=conn)
                     store.mark_batches("bench", [("flows", 0, b)], conn=conn)
 
-        timed(f"pipeline-style tx ({chunk} flows each)", batches, "batches", per_batch_transactions)
+        label = f"pipeline-style tx ({chunk} flows each)"
+        timed(label, batches, "batches", per_batch_transactions, rates)
+        rates["pipeline-style tx"] = rates.pop(label)
+        rates["chunk"] = chunk
+        rates["rollup_rows"] = len(rollups)
+    return rates
+
+
+HEADLINE = [  # (label in run(), figure, unit)
+    ("rollup_flows (pandas)", "rollup_flows (pandas)", "flows/s"),
+    ("add_rollups (new rows)", "add_rollups (new rows)", "rows/s"),
+    ("upsert_alerts (new)", "alert upserts (new)", "alerts/s"),
+    ("pipeline-style tx", "pipeline-style batch transactions", "batches/s"),
+]
+
+
+def emit_results(by_dialect: dict[str, dict[str, float]], n_flows: int, n_alerts: int) -> None:
+    """The headline figures as ``RESULT`` lines for ``run_all.py``; each dialect's peer is the other."""
+    sizes = {"flows/s": f"{n_flows:,} flows", "alerts/s": f"{n_alerts:,} alerts"}
+    for dialect, rates in by_dialect.items():
+        others = [d for d in by_dialect if d != dialect]
+        for label, figure, unit in HEADLINE:
+            peer = ", ".join(f"{o} {compact(by_dialect[o][label], unit)}" for o in others)
+            if unit == "rows/s":
+                note = f"{rates['rollup_rows']:,.0f} rollup rows"
+            elif unit == "batches/s":
+                note = f"{rates['chunk']:,.0f} flows each, one transaction per batch"
+            else:
+                note = sizes[unit]
+            if label == "rollup_flows (pandas)":
+                note += "; pandas, not the database"
+            emit("store", f"{dialect}: {figure}", round(rates[label], 1), unit, peer=peer, note=note)
 
 
 def main() -> None:
@@ -164,14 +210,17 @@ def main() -> None:
     flows = synthetic_flows(n_flows)
     alerts = synthetic_alerts(n_alerts)
     print(f"built {n_flows} flows and {n_alerts} alerts in {time.perf_counter() - t:.1f} s")
+    by_dialect: dict[str, dict[str, float]] = {}
     if args.only in (None, "sqlite"):
         with tempfile.TemporaryDirectory() as tmp:
-            run(f"sqlite:///{Path(tmp) / 'bench.db'}", flows, alerts, n_batches)
+            by_dialect["sqlite"] = run(f"sqlite:///{Path(tmp) / 'bench.db'}", flows, alerts, n_batches)
     if args.only in (None, "postgresql"):
         with pg_database() as url:
             if url:
-                run(url, flows, alerts, n_batches)
+                by_dialect["postgresql"] = run(url, flows, alerts, n_batches)
     print(f"peak RSS {peak_rss_mb():.0f} MiB")
+    emit_results(by_dialect, n_flows, n_alerts)
+    emit("store", "peak RSS", round(peak_rss_mb()), "MiB", note=", ".join(by_dialect) + " in one process")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,23 @@ HARNESSES = {
     "pipeline": "bench_pipeline.py",
     "store": "bench_store.py",
     "enforcement": "bench_enforcement.py",
+    "dashboards": "bench_dashboards.py",
     "e2e": "bench_e2e.py",
 }
+
+
+def cell(value: object) -> str:
+    """One Markdown table cell: numbers with thousands separators (3 significant digits
+    below 100), and any ``|`` escaped so that a note cannot break the row."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        text = str(value)
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    elif abs(value) >= 100:
+        text = f"{value:,.0f}"
+    else:
+        text = f"{value:.3g}"
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def machine() -> str:
@@ -47,7 +62,10 @@ def machine() -> str:
     except OSError:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Python {platform.python_version()}"
+    return (
+        f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def main() -> int:
@@ -57,6 +75,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per harness")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(HARNESSES)
+    unknown = [n for n in names if n not in HARNESSES]
+    if unknown:
+        ap.error(f"unknown harness {', '.join(unknown)}; known: {', '.join(HARNESSES)}")
     rows: list[dict[str, object]] = []
     failures: list[str] = []
     for name in names:
@@ -82,9 +103,8 @@ def main() -> int:
     print("| stage | figure | value | unit | beside (peer or ceiling, same run) | note |")
     print("|---|---|---:|---|---|---|")
     for r in rows:
-        v = r["value"]
-        value = f"{v:,.0f}" if isinstance(v, float) and abs(v) >= 100 else (f"{v:.3g}" if isinstance(v, float) else str(v))
-        print(f"| {r['stage']} | {r['figure']} | {value} | {r['unit']} | {r['peer']} | {r['note']} |")
+        cells = [cell(r.get(k, "")) for k in ("stage", "figure", "value", "unit", "peer", "note")]
+        print("| " + " | ".join(cells) + " |")
     for f in failures:
         print(f"\n(!) {f}")
     return 1 if failures else 0

@@ -281,6 +281,7 @@ class KafkaBusConsumer(Consumer):
             heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms,
             fetch_max_bytes=k.fetch_max_bytes,
+            fetch_max_wait_ms=k.fetch_max_wait_ms,
             # A whole flow batch must fit in one fetch.
             max_partition_fetch_bytes=max(k.max_request_size, 1_048_576),
         )

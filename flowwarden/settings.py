@@ -119,6 +119,9 @@ class KafkaSettings(Section):
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     fetch_max_bytes: int = Field(52_428_800, ge=1024)
+    # How long a fetch may wait for data. Apache Kafka answers as soon as data arrives; some
+    # brokers (the test broker) hold the fetch this long, which then bounds delivery latency.
+    fetch_max_wait_ms: int = Field(100, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _sasl(self) -> KafkaSettings:

@@ -178,13 +178,48 @@ def budget_plot(windows: pd.DataFrame, metrics: dict[str, Any], model: LoadedMod
     return _png(fig)
 
 
+def tuning_plot(tuning: dict[str, Any] | None) -> str:
+    """Every candidate of ``models tune``: recall against false alerts, the budget, the pick."""
+    if not tuning or not tuning.get("candidates"):
+        return '<p class="muted">Not tuned (no tuning.json in the model directory).</p>'
+    cands = tuning["candidates"]
+    budget = float(tuning["budget_false_alerts_per_hour_per_100_pods"])
+    fig, ax = plt.subplots(figsize=(12, 4))
+    for w in sorted({c["window_s"] for c in cands}):
+        mine = [c for c in cands if c["window_s"] == w]
+        ax.scatter(
+            [max(c["false_alerts_per_hour_per_100_pods"], 1e-2) for c in mine],
+            [c["recall"] for c in mine],
+            s=14,
+            alpha=0.6,
+            label=f"window {w:g} s",
+        )
+    best = tuning["best"]
+    ax.scatter(
+        [max(best["false_alerts_per_hour_per_100_pods"], 1e-2)], [best["recall"]], marker="*", s=250,
+        color="#b00", label="chosen",
+    )  # fmt: skip
+    ax.axvline(budget, color="#a60", linestyle="--", label=f"budget {budget:g}")
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="false alerts / h / 100 pods (judged period)",
+        ylabel="episode recall",
+        title="Tuning candidates",
+    )
+    ax.legend(fontsize=8)
+    met = "met" if tuning.get("budget_met") else "NOT met"
+    return f"<p>Split at {html.escape(str(tuning.get('split')))}; budget {met}.</p>" + _png(fig)
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render(model: LoadedModel, metrics: dict[str, Any], windows: pd.DataFrame) -> str:
+def render(
+    model: LoadedModel, metrics: dict[str, Any], windows: pd.DataFrame, tuning: dict[str, Any] | None = None
+) -> str:
     o = metrics["overall"]
     meta = model.metadata
     tr = meta.get("training", {})
@@ -320,6 +355,8 @@ def render(model: LoadedModel, metrics: dict[str, Any], windows: pd.DataFrame) -
         distributions(windows, model.threshold),
         "<h2>Threshold against the false-alert budget</h2>",
         budget_plot(windows, metrics, model),
+        "<h2>Tuning</h2>",
+        tuning_plot(tuning),
         "<h2>Time to detect</h2>",
         time_to_detect(metrics),
         "<h2>Features that drive the forest</h2>",
@@ -342,5 +379,9 @@ def write_report(model: LoadedModel, evaluation_dir: Path, out: Path) -> Path:
     metrics = json.loads(metrics_path.read_text())
     windows = pd.read_parquet(windows_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(model, metrics, windows))
+    tuning_path = model.path / "tuning.json" if model.path is not None else None
+    tuning = (
+        json.loads(tuning_path.read_text()) if tuning_path is not None and tuning_path.is_file() else None
+    )
+    out.write_text(render(model, metrics, windows, tuning))
     return out

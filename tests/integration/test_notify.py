@@ -147,7 +147,7 @@ def make_alert(i: int, severity: str = "high", detector: str = "port_scan") -> A
         detector=detector,
         technique="T1046",
         score=0.9,
-        severity=severity,  # type: ignore[arg-type]
+        severity=severity,
         entity=Entity(ip=f"10.244.1.{i + 1}", namespace="shop", pod=f"cart-{i}", workload="cart"),
         window_start=start,
         window_end=start.replace(second=start.second + 9),

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.estimators import BudgetThreshold, WindowAnomalyDetector
+from models.estimators import BudgetThreshold, Method, WindowAnomalyDetector
 from models.registry import (
     ACTIVE_FILE,
     ESTIMATOR_FILE,
@@ -62,6 +62,17 @@ def test_round_trip_scores_like_the_estimator(tmp_path: Path) -> None:
     assert meta["libraries"]["scikit-learn"] and meta["feature_names"] == list(X.columns)
     with pytest.raises(ModelError, match="int_peers"):
         loaded.score(X.drop(columns=["int_peers"]))
+
+
+@pytest.mark.parametrize("method", ["lof", "ocsvm"])
+def test_every_method_loads_with_the_trusted_types_only(tmp_path: Path, method: Method) -> None:
+    X = _windows()
+    est = WindowAnomalyDetector(method=method, random_state=0).fit(X)
+    thr = BudgetThreshold.fit(est.anomaly_score(X), hours=1.0, pods=100)
+    save_model(tmp_path / method, estimator=est, threshold=thr)
+    loaded = load_model(tmp_path / method)
+    assert loaded.state is None and loaded.estimator.method == method
+    np.testing.assert_allclose(loaded.score(X), est.anomaly_score(X))
 
 
 def test_same_seed_and_data_give_the_same_bytes(tmp_path: Path) -> None:

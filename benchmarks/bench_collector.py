@@ -247,7 +247,8 @@ def emit_results(rows: list[tuple[str, int, float, float, str]], source: str) ->
             note = f"extrapolated from a slice of {n} packets" if kind == "pyshark" else by[kind][3]
             emit("collector", figure, round(rate[kind]), "packets/s", peer=peer, note=f"{note}; {source}")
     if "meter" in rate and "nfstream" in rate:
-        emit("collector", "metering / nfstream", round(rate["meter"] / rate["nfstream"], 2), "x", peer=nfs)
+        ratio = round(rate["meter"] / rate["nfstream"], 2)
+        emit("collector", "metering / nfstream", ratio, "x", peer=nfs, note=f"packets/s, names off; {source}")
     for kind, (_, _, rss, _) in by.items():
         label = "tcpdump -r" if kind == ceiling else kind
         emit("collector", f"peak RSS {label}", round(rss), "MiB", note="child process, wait4 rusage")

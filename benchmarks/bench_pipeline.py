@@ -185,12 +185,10 @@ class Timed:
 
 
 def bench_settings(broker: TansuBroker) -> Settings:
-    """The test broker's settings, with production-like group timeouts (a busy machine starves heartbeats)."""
+    """The test broker's settings (fast group joins), with room for a long step on a busy machine."""
     settings = kafka_settings_for(broker.bootstrap, partitions=3)
     settings.pipeline.checkpoint_interval_s = 5.0
-    settings.kafka.session_timeout_ms = 30_000
-    settings.kafka.heartbeat_interval_ms = 3_000
-    settings.kafka.max_poll_interval_ms = 300_000
+    settings.kafka.max_poll_interval_ms = 120_000
     return settings
 
 
@@ -266,7 +264,9 @@ def throughput(
     }
 
 
-def latency(broker: TansuBroker, tmp: Path, *, entities: int, seconds: float, rate: float) -> dict[str, Any]:
+def latency(
+    broker: TansuBroker, tmp: Path, *, entities: int, seconds: float, rate: float, tail_s: float
+) -> dict[str, Any]:
     settings = bench_settings(broker)
     store = Store(f"sqlite:///{tmp / 'bench-latency.db'}").start()
     stage = make_stage(settings, store, "live", inventory(entities))
@@ -293,7 +293,7 @@ def latency(broker: TansuBroker, tmp: Path, *, entities: int, seconds: float, ra
     while feeder.is_alive() and time.monotonic() < deadline:
         stage.step()
     steady = len(stage.stats.latencies)  # alerts while flows kept coming (windows closed by the watermark)
-    end = time.monotonic() + 15  # let the idle clock close the last windows
+    end = time.monotonic() + tail_s  # let the idle clock close the last windows
     while time.monotonic() < end and stage.engine.open_window_floor() is not None:
         stage.step()
     stop.set()
@@ -339,7 +339,9 @@ def main() -> None:
             f"memory      peak RSS {rss_mb():,.0f} MB; grew {tp['rss_growth_mb']:,.0f} MB while the worker "
             f"held {tp['entities']:,} entities"
         )
-        lt = latency(broker, tmp, entities=entities, seconds=live_s, rate=live_rate)
+        lt = latency(
+            broker, tmp, entities=entities, seconds=live_s, rate=live_rate, tail_s=0.0 if args.quick else 15.0
+        )
         print(
             f"latency     {lt['steady_alerts']} alerts over {live_s:.0f} s live at {live_rate:,.0f} flows/s: "
             f"flow end -> alert p50 {lt['p50_s']:.2f} s, p99 {lt['p99_s']:.2f} s; after the stream stopped "

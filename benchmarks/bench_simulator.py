@@ -61,7 +61,7 @@ def main() -> None:
         "flows generated",
         round(n / gen_s),
         "flows/s",
-        peer=f"real time: {compact(real_time, 'flows/s')} simulated",
+        peer=f"simulated traffic: {compact(real_time, 'flows/s')} (real time)",
         note=f"{n:,} flows, {minutes:g} min, {pods} pods; {n / gen_s / real_time:,.0f}x real time",
     )
     emit("simulator", "save (3 files)", round(save_s, 2), "s", note=f"{size / 1e6:,.1f} MB")

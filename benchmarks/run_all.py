@@ -35,6 +35,7 @@ HARNESSES = {
     "enforcement": "bench_enforcement.py",
     "dashboards": "bench_dashboards.py",
     "e2e": "bench_e2e.py",
+    "models": "bench_models.py",
 }
 
 

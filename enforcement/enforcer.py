@@ -8,6 +8,12 @@ start (and every ``reconcile_interval_s``) each backend is made to match the act
 decisions, which removes stray rules and restores missing ones. Blocks whose TTL ended are
 lifted on backends without kernel timeouts and marked ``expired``.
 
+An alert's decisions: the first names the alert (a replay decides nothing); while the alert
+stays open the pipeline re-emits it with more targets, and the targets no earlier decision
+on it covers get a decision of their own (named by the alert and that target set). Automatic
+decisions drop protected targets (node, DNS, control plane, ``protected_ips``) and block the
+rest; a person's decision is refused whole.
+
 Ordering: rules are applied *before* the decision is recorded as ``applied``. A crash in
 between leaves a rule without a decision, which reconciliation removes: the failure mode
 unblocks, it never blocks without a record.
@@ -24,7 +30,7 @@ from typing import Any
 
 from enforcement import policy
 from enforcement.backends import Backend, BackendError, make_backends
-from enforcement.guardrails import Context, Guardrails
+from enforcement.guardrails import Context, DroppedTarget, Guardrails
 from enforcement.inventory import Inventory
 from enforcement.metrics import EnforcerMetrics
 from flowwarden.bus import Bus, Consumer, Message, Producer, send_dlq
@@ -76,7 +82,8 @@ class Enforcer:
         self._last_expire = 0.0
         # Views of the store kept in step with every decision this enforcer takes and reloaded at
         # each reconciliation, so that a decision costs no scan of the decisions table.
-        self._offences: dict[str, list[datetime]] | None = None  # source key -> when decided
+        # source key -> (when decided, alert id) of each decision that counts as an offence
+        self._offences: dict[str, list[tuple[datetime, str]]] | None = None
         self._active: dict[str, Decision] = {}  # applied blocks and quarantines
         self._simulated: dict[str, Decision] = {}  # dry-run blocks "in force"
         self._started_backends = False
@@ -177,24 +184,42 @@ class Enforcer:
         return self.handle_alert(alert)
 
     def handle_alert(self, alert: Alert) -> Decision | None:
-        """The decision taken on ``alert`` (None when the policy ignores it or it was handled before)."""
+        """The decision taken on ``alert`` (None when the policy ignores it or nothing in it is new).
+
+        The first delivery of an alert gets a decision; a re-delivery decides only on targets
+        that no earlier decision on this alert covers (an open alert that gained targets), so a
+        replay never decides twice.
+        """
         if policy.ineligible_reason(alert, self.cfg):
             return None
-        if self.store.get_decision(policy.decision_id(alert.id, self.cfg.action)) is not None:
-            return None  # a replayed alert: its decision is already in the store
-        proposal = policy.propose(alert, self.cfg, prior_offences=self.prior_offences(alert.entity))
+        action = self.cfg.action
+        earlier = [d for d in self.store.list_decisions(alert_id=alert.id) if d.action == action]
+        prior = self.prior_offences(alert.entity, alert_id=alert.id)
+        if not earlier:
+            proposal = policy.propose(alert, self.cfg, prior_offences=prior)
+        else:
+            new = policy.new_targets(alert, earlier) if action == "block" else []
+            if not new:
+                return None  # a replay: the earlier decisions cover every target
+            proposal = policy.propose(alert, self.cfg, prior_offences=prior, targets=new)
         assert proposal is not None
-        return self.decide(proposal)
+        if self.store.get_decision(proposal.id) is not None:
+            return None  # never two decisions under one id (the store would keep only the first)
+        return self.decide(proposal, drop_protected_targets=True)
 
-    def prior_offences(self, source: Entity) -> int:
-        """Earlier decisions on this source within ``ttl_max_s`` (for TTL escalation)."""
+    def prior_offences(self, source: Entity, *, alert_id: str = "") -> int:
+        """Earlier decisions on this source within ``ttl_max_s`` (for TTL escalation).
+
+        Decisions on ``alert_id`` itself do not count: new targets of an open alert are the
+        same offence, not a repeat.
+        """
         if self._offences is None:
             self.load_views()
         assert self._offences is not None
         since = self._now_dt() - timedelta(seconds=self.cfg.ttl_max_s)
-        times = [t for t in self._offences.get(source.key(), []) if t >= since]
+        times = [(t, a) for t, a in self._offences.get(source.key(), []) if t >= since]
         self._offences[source.key()] = times  # older offences no longer count: forget them
-        return len(times)
+        return sum(1 for _, a in times if not (alert_id and a == alert_id))
 
     def load_views(self) -> None:
         """(Re)load the in-memory views from the store: it is the truth."""
@@ -204,7 +229,7 @@ class Enforcer:
         self._offences = {}
         for d in recent:
             if d.action != "unblock":
-                self._offences.setdefault(d.source.key(), []).append(d.created_at)
+                self._offences.setdefault(d.source.key(), []).append((d.created_at, d.alert_id))
         self._simulated = {d.id: d for d in recent if d.status == "simulated"}
         self._active = {d.id: d for d in self.store.active_blocks(now)}
         self.metrics.active_blocks.set(len(self._active))
@@ -214,7 +239,7 @@ class Enforcer:
             self.load_views()
         assert self._offences is not None
         if new and d.status in OFFENCE_STATUSES and d.action != "unblock":
-            self._offences.setdefault(d.source.key(), []).append(d.created_at)
+            self._offences.setdefault(d.source.key(), []).append((d.created_at, d.alert_id))
         for view, status in ((self._active, "applied"), (self._simulated, "simulated")):
             if d.status == status:
                 view[d.id] = d
@@ -224,11 +249,23 @@ class Enforcer:
 
     # ------------------------------------------------------------------ deciding
 
-    def decide(self, proposal: Decision, *, force: bool = False) -> Decision:
-        """Guardrails, then record / wait / apply according to the proposal's mode."""
+    def decide(
+        self, proposal: Decision, *, force: bool = False, drop_protected_targets: bool = False
+    ) -> Decision:
+        """Guardrails, then record / wait / apply according to the proposal's mode.
+
+        ``drop_protected_targets`` (automatic decisions): protected targets are dropped and
+        recorded (``backend_result["dropped_targets"]``, the reason, one
+        ``flowwarden_enforcer_refusals_total`` per target) instead of refusing the whole decision.
+        """
         now = self._now_dt()
         d = proposal.model_copy(update={"created_at": now, "backend": self.backend_name})
-        refusal = self.guardrails.check(d, self.context(d.mode, force=force))
+        review = self.guardrails.review(
+            d, self.context(d.mode, force=force), drop_protected_targets=drop_protected_targets
+        )
+        d, refusal = review.decision, review.refusal
+        if review.dropped:
+            d = self._with_dropped(d, review.dropped)
         if refusal is not None:
             d = d.model_copy(
                 update={
@@ -246,7 +283,7 @@ class Enforcer:
                 update={
                     "status": "simulated",
                     "expires_at": now + timedelta(seconds=d.ttl_s),
-                    "backend_result": {"would_apply": self.preview(d)},
+                    "backend_result": {**d.backend_result, "would_apply": self.preview(d)},
                 }
             )
         elif d.mode == "approval":
@@ -258,6 +295,22 @@ class Enforcer:
         self._publish(d)
         self._count(d)
         return d
+
+    def _with_dropped(self, d: Decision, dropped: Sequence[DroppedTarget]) -> Decision:
+        """Record the targets a guardrail dropped: in the decision, the log and the refusal counter."""
+        for x in dropped:
+            self.metrics.refusals.labels(x.guardrail).inc()
+        listed = ", ".join(f"{x.target} ({x.guardrail})" for x in dropped)
+        log.warning("protected targets dropped id=%s dropped=%s kept=%d", d.id, listed, len(d.targets))
+        return d.model_copy(
+            update={
+                "reason": f"{d.reason}; dropped protected target(s) {listed}",
+                "backend_result": {
+                    **d.backend_result,
+                    policy.DROPPED_TARGETS: [x.as_dict() for x in dropped],
+                },
+            }
+        )
 
     def context(self, mode: str, *, force: bool = False) -> Context:
         """Blast-radius bookkeeping: real blocks for enforce/approval, simulated ones in dry-run."""
@@ -281,7 +334,7 @@ class Enforcer:
     def _apply(self, d: Decision, now: datetime) -> Decision:
         expires = now + timedelta(seconds=d.ttl_s)
         d = d.model_copy(update={"expires_at": expires})
-        results: dict[str, Any] = {}
+        results: dict[str, Any] = dict(d.backend_result)  # e.g. the dropped targets
         done: list[Backend] = []
         t0 = time.perf_counter()
         for b in self.backends:

@@ -5,6 +5,12 @@ so an alert cannot talk its way past them. The allowlist always wins: it is chec
 and only a person's ``--force`` on a manual decision overrides it; nothing overrides the
 control-plane, node, DNS and protected-address checks, the prefix limit or the blast radius.
 A refusal is a :class:`Refusal` that the enforcer records as a ``refused`` decision.
+
+Automatic (policy) decisions may instead *drop* the targets that the protected-address checks
+(``control_plane``, ``node_address``, ``cluster_dns``, ``protected_ip``) refuse and go ahead with
+the rest (:meth:`Guardrails.review` with ``drop_protected_targets``): a scan of a whole subnet
+that also touched the node's address is still blocked, the node never is. Every other check
+still judges the whole decision, and only a decision with no target left is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +40,31 @@ ALLOWLIST_GUARDRAILS = frozenset({"allow_cidr", "allow_namespace", "allow_worklo
 class Refusal:
     guardrail: str
     reason: str
+
+
+@dataclass(frozen=True)
+class DroppedTarget:
+    """A target removed from an automatic decision, and the guardrail that removed it."""
+
+    target: str
+    guardrail: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"target": self.target, "guardrail": self.guardrail, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Review:
+    """What the guardrails made of a decision.
+
+    ``decision`` is what may go ahead (the proposal less any ``dropped`` targets); ``refusal``
+    is set when it may not go ahead at all.
+    """
+
+    decision: Decision
+    refusal: Refusal | None = None
+    dropped: tuple[DroppedTarget, ...] = ()
 
 
 @dataclass
@@ -102,14 +133,33 @@ class Guardrails:
 
     def check(self, decision: Decision, ctx: Context | None = None) -> Refusal | None:
         """The first guardrail that refuses ``decision``, or None when it may go ahead."""
+        return self.review(decision, ctx).refusal
+
+    def review(
+        self, decision: Decision, ctx: Context | None = None, *, drop_protected_targets: bool = False
+    ) -> Review:
+        """Every check in order; the first refusal wins.
+
+        With ``drop_protected_targets`` (automatic decisions only: a person's decision is refused
+        whole, so that they see exactly what was refused) the targets that a protected-address
+        check refuses are dropped instead, and the remaining checks judge what is left. The
+        whole decision is still refused when its source is protected or no target is left;
+        the checks before (``malformed``, the allowlist, ``target_too_wide``) always judge the
+        whole decision.
+        """
         ctx = ctx or Context()
         if decision.action == "unblock":
-            return None  # lifting a block never harms
+            return Review(decision)  # lifting a block never harms
+        d = decision
+        dropped: tuple[DroppedTarget, ...] = ()
         for check in self.checks:
-            refusal = check(decision, ctx)
+            if drop_protected_targets and check == self.protected_addresses:
+                d, dropped, refusal = self._drop_protected_targets(d)
+            else:
+                refusal = check(d, ctx)
             if refusal is not None:
-                return refusal
-        return None
+                return Review(d, refusal, dropped)
+        return Review(d, None, dropped)
 
     # ------------------------------------------------------------------ the checks
 
@@ -153,11 +203,47 @@ class Guardrails:
 
     def protected_addresses(self, d: Decision, ctx: Context) -> Refusal | None:
         for role, net in self._networks(d):
-            for group in self.protected:
-                hit = next((p for p in group.networks if p.version == net.version and p.overlaps(net)), None)
-                if hit is not None:
-                    return Refusal(group.name, f"{role} {net} overlaps protected {hit} ({group.name})")
+            refusal = self._protected(role, net)
+            if refusal is not None:
+                return refusal
         return None
+
+    def _protected(self, role: str, net: Network) -> Refusal | None:
+        for group in self.protected:
+            hit = next((p for p in group.networks if p.version == net.version and p.overlaps(net)), None)
+            if hit is not None:
+                return Refusal(group.name, f"{role} {net} overlaps protected {hit} ({group.name})")
+        return None
+
+    def _drop_protected_targets(
+        self, d: Decision
+    ) -> tuple[Decision, tuple[DroppedTarget, ...], Refusal | None]:
+        """``protected_addresses`` for automatic decisions: drop protected targets, keep the rest.
+
+        Returns the decision to go on with, the dropped targets and a refusal when the source
+        is protected or every target is (then the decision is returned unchanged, as refused
+        whole, naming the first target's guardrail).
+        """
+        refusal = self._protected("source", parse_target(d.source.ip))
+        if refusal is not None:
+            return d, (), refusal
+        kept: list[str] = []
+        dropped: list[DroppedTarget] = []
+        for t in d.targets:
+            hit = self._protected("target", parse_target(t))
+            if hit is None:
+                kept.append(t)
+            else:
+                dropped.append(DroppedTarget(t, hit.guardrail, hit.reason))
+        if not dropped:
+            return d, (), None
+        if not kept:
+            first = dropped[0]
+            if len(dropped) == 1:
+                return d, (), Refusal(first.guardrail, first.reason)
+            every = "; ".join(x.reason for x in dropped)
+            return d, (), Refusal(first.guardrail, f"every target is protected: {every}")
+        return d.model_copy(update={"targets": kept}), tuple(dropped), None
 
     def reserved_address(self, d: Decision, ctx: Context) -> Refusal | None:
         for role, net in self._networks(d):

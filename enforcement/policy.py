@@ -1,23 +1,36 @@
 """Alert -> proposed decision: which alerts lead to action, what action, for how long, in which mode.
 
 Pure functions over the settings: the enforcer supplies the history (how many times this
-source was acted on before) so that repeat offenders get an escalated TTL. Nothing here
-looks at guardrails; every proposal still goes through :mod:`enforcement.guardrails`.
+source was acted on before, the decisions already taken on this alert) so that repeat
+offenders get an escalated TTL and an open alert that gains targets gets a decision for the
+new ones only. Nothing here looks at guardrails; every proposal still goes through
+:mod:`enforcement.guardrails`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+from enforcement.targets import parse_target
+from flowwarden.errors import RecordError
 from flowwarden.records import SEVERITY_ORDER, Action, Alert, Decision, Entity, Mode, utcnow
 from flowwarden.settings import EnforcementSettings
 
+DROPPED_TARGETS = "dropped_targets"
+"""Key of ``Decision.backend_result`` listing the targets a guardrail dropped from the decision."""
 
-def decision_id(alert_id: str, action: str) -> str:
-    """Deterministic: replaying the same alert never creates a second decision."""
-    return "d-" + hashlib.sha256(f"{alert_id}|{action}".encode()).hexdigest()[:20]
+
+def decision_id(alert_id: str, action: str, targets: Sequence[str] = ()) -> str:
+    """Deterministic: replaying the same alert never creates a second decision.
+
+    The first decision on an alert is named by the alert and the action; a later one, for
+    targets the open alert gained, by the alert, the action and that new target set.
+    """
+    key = f"{alert_id}|{action}" + (f"|{','.join(sorted(set(targets)))}" if targets else "")
+    return "d-" + hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def manual_decision_id() -> str:
@@ -47,26 +60,80 @@ def escalated_ttl(prior_offences: int, cfg: EnforcementSettings) -> int:
     return int(min(ttl, cfg.ttl_max_s))
 
 
-def propose(alert: Alert, cfg: EnforcementSettings, *, prior_offences: int = 0) -> Decision | None:
-    """The decision policy would take on ``alert`` (status ``pending``), or None when not eligible."""
+def covered_targets(earlier: Iterable[Decision]) -> set[str]:
+    """Targets already decided on by ``earlier`` decisions: their targets and the ones dropped."""
+    out: set[str] = set()
+    for d in earlier:
+        out.update(d.targets)
+        dropped = d.backend_result.get(DROPPED_TARGETS)
+        if isinstance(dropped, list):
+            out.update(str(x["target"]) for x in dropped if isinstance(x, dict) and "target" in x)
+    return out
+
+
+def new_targets(alert: Alert, earlier: Iterable[Decision]) -> list[str]:
+    """The targets of ``alert`` that no ``earlier`` decision on it covers ([] when none).
+
+    Every decision ever taken on the alert counts, whatever its status: a replay never
+    decides twice, and a block a person revoked (or a refusal) is not silently taken again.
+    A malformed target goes along with every new set, so that the ``malformed`` guardrail
+    refuses each decision on an alert that carries garbage.
+    """
+    covered = covered_targets(earlier)
+    targets = list(dict.fromkeys(alert.targets))
+    if all(t in covered for t in targets):
+        return []
+    return [t for t in targets if t not in covered or not _valid_target(t)]
+
+
+def _valid_target(value: str) -> bool:
+    try:
+        parse_target(value)
+    except RecordError:
+        return False
+    return True
+
+
+def propose(
+    alert: Alert,
+    cfg: EnforcementSettings,
+    *,
+    prior_offences: int = 0,
+    targets: Sequence[str] | None = None,
+) -> Decision | None:
+    """The decision policy would take on ``alert`` (status ``pending``), or None when not eligible.
+
+    ``targets``: a later decision on an open alert, for the targets it gained (see
+    :func:`new_targets`); the decision id then names that target set.
+    """
     if ineligible_reason(alert, cfg):
         return None
     action: Action = cfg.action
     ttl = escalated_ttl(prior_offences, cfg)
     repeat = f" (repeat offence #{prior_offences}, TTL escalated)" if prior_offences else ""
+    if action == "quarantine":
+        chosen: list[str] = []
+        did = decision_id(alert.id, action)
+    elif targets is None:
+        chosen = list(dict.fromkeys(alert.targets))
+        did = decision_id(alert.id, action)
+    else:
+        chosen = list(dict.fromkeys(targets))
+        did = decision_id(alert.id, action, chosen)
+    more = f"; {len(chosen)} new target(s) of the open alert" if targets is not None else ""
     return Decision(
-        id=decision_id(alert.id, action),
+        id=did,
         alert_id=alert.id,
         action=action,
         source=alert.entity,
-        targets=[] if action == "quarantine" else list(dict.fromkeys(alert.targets)),
+        targets=chosen,
         target_ports=list(alert.target_ports),
         ttl_s=ttl,
         mode=mode_for(alert.detector, cfg),
         status="pending",
         detector=alert.detector,
         reason=f"{alert.kind} alert {alert.id} by {alert.detector} score={alert.score:.2f} "
-        f"severity={alert.severity}{repeat}",
+        f"severity={alert.severity}{repeat}{more}",
         decided_by="policy",
     )
 

@@ -18,10 +18,12 @@ against a false-alert budget, so one fitted detector can serve several operating
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
@@ -32,6 +34,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 Method = Literal["isolation_forest", "lof", "ocsvm"]
 METHODS: tuple[str, ...] = ("isolation_forest", "lof", "ocsvm")
+
+
+def finite_features(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """The named columns as finite float64: a missing value is 0 and an infinite ratio is
+    merely huge, so one odd window can never stop the scoring of a batch."""
+    values = np.nan_to_num(frame[list(names)].to_numpy(dtype="float64"), nan=0.0, posinf=1e300, neginf=-1e300)
+    return pd.DataFrame(values, columns=list(names), index=frame.index)
 
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:

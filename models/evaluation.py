@@ -140,8 +140,11 @@ def evaluate(
     pods: int,
     detectors: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """Every figure of ``models evaluate``: overall, per detector, per technique, per episode."""
-    alerts = list(alerts)
+    """Every figure of ``models evaluate``: overall, per detector, per technique, per episode.
+
+    Alerts are unique by id (a later version of an alert replaces the earlier, as in the store).
+    """
+    alerts = list({a.id: a for a in alerts}.values())
     episodes = list(labels.episodes)
     y = label_windows(windows, labels, window_s)
     score_cols = sorted(c for c in windows.columns if c.startswith("score_"))

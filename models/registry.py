@@ -35,7 +35,7 @@ import pandas as pd
 import skops.io as sio
 
 from flowwarden.errors import FlowwardenError
-from models.estimators import BudgetThreshold, WindowAnomalyDetector
+from models.estimators import BudgetThreshold, WindowAnomalyDetector, finite_features
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class LoadedModel:
         missing = [f for f in self.feature_names if f not in features.columns]
         if missing:
             raise ModelError(f"model {self.version}: features missing from the windows: {', '.join(missing)}")
-        X = features[self.feature_names].astype("float64").fillna(0.0)
+        X = finite_features(features, self.feature_names)
         if not len(X):
             return np.zeros(0)
         return np.asarray(self.estimator.anomaly_score(X), dtype="float64")

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from flowwarden.errors import ConfigError
+from models.estimators import finite_features
 from models.evaluation import IGNORED, POSITIVE
 from models.registry import LoadedModel
 
@@ -135,7 +136,7 @@ def importances(
         return '<p class="muted">Evaluation windows lack the model features.</p>', []
     rng = np.random.default_rng(seed)
     sample = windows.iloc[rng.permutation(len(windows))[:IMPORTANCE_ROWS]]
-    X = sample[feats].astype("float64").fillna(0.0).reset_index(drop=True)
+    X = finite_features(sample, feats).reset_index(drop=True)
     base = model.score(X)
     out = []
     for f in feats:

@@ -29,7 +29,7 @@ from flowwarden.errors import ConfigError
 from flowwarden.labels import Labels
 from flowwarden.records import Alert, Entity
 from flowwarden.settings import Settings
-from models.estimators import BudgetThreshold, WindowAnomalyDetector
+from models.estimators import BudgetThreshold, WindowAnomalyDetector, finite_features
 from models.evaluation import evaluate
 from models.registry import LoadedModel, save_model, sha256_frame
 from models.workflow import (
@@ -239,7 +239,7 @@ def tune(
         done += 1
         contexts[w] = {"settings": s, "late": late, "later": later, "learned": learned, "fits": fits}
         for params, est, thr in fits:
-            raw = est.anomaly_score(base.windows[list(est.feature_names_in_)].astype("float64").fillna(0.0))
+            raw = est.anomaly_score(finite_features(base.windows, list(est.feature_names_in_)))
             for t in _threshold_grid(raw, thr.value):
                 if int((raw >= t).sum()) > MAX_FLAGGED:
                     continue

@@ -21,8 +21,8 @@ from flowwarden.errors import ConfigError
 from flowwarden.labels import Labels
 from flowwarden.records import Alert
 from flowwarden.settings import Settings
-from models.estimators import BudgetThreshold, WindowAnomalyDetector
-from models.evaluation import IGNORED, clean_json, evaluate, label_windows, write_metrics
+from models.estimators import BudgetThreshold, WindowAnomalyDetector, finite_features
+from models.evaluation import clean_json, evaluate, label_windows, write_metrics
 from models.registry import (
     LoadedModel,
     active_version,
@@ -146,7 +146,7 @@ def fit_on_windows(
     if len(windows) < 20:
         raise ConfigError(f"flows: only {len(windows)} benign windows to learn from; give more traffic")
     w = windows.sort_values(["ws", "entity"], kind="stable").reset_index(drop=True)
-    X = w[list(feature_names)].astype("float64").fillna(0.0)
+    X = finite_features(w, feature_names)
     cut_ws = float(np.quantile(w["ws"].to_numpy(), 1.0 - CALIBRATION_SHARE))
     fit_rows = (w["ws"] < cut_ws).to_numpy()
     if fit_rows.sum() < 10 or (~fit_rows).sum() < 10:
@@ -269,9 +269,3 @@ def write_evaluation(
     if model is not None and model.path is not None and out_dir.resolve().parent == model.path.resolve():
         summary = {k: metrics[k] for k in ("overall", "per_technique", "hours", "pods", "window_s")}
         record_evaluation(model.path, clean_json(summary))
-
-
-def attack_share(windows: pd.DataFrame, labels: Labels, window_s: float) -> float:
-    y = label_windows(windows, labels, window_s)
-    y = y[y != IGNORED]
-    return float((y == 1).mean()) if len(y) else 0.0

@@ -4,8 +4,8 @@
 watermark closes: featurises its entity-windows, scores them with every detector against
 the baselines and seen edges *as they were before the window*, builds alerts, then folds
 the window into the memory: only windows no detector flagged update the baselines, and the
-edges of an alerted lateral movement stay "new" for a quarantine period (an attack must not
-become normal just by happening). A fresh engine learns for a minute before its novelty
+edges of an alerted lateral movement stay new to every other pod for a day (an attack must
+not become normal just by happening). A fresh engine learns for a minute before its novelty
 detectors speak; ``import_state(model.state, clocks=False)`` ships benign history instead.
 
 The streaming runtime (consume, commit, sinks) and the offline ``detect`` command both
@@ -83,7 +83,7 @@ BEACON_MIN_CONNS = 6
 EXPIRE_EVERY_S = 60.0
 RECENT_HORIZON_S = 60.0
 VOCAB_MAX = 2_000_000  # strings kept as ids; past this, rebuilt from what is still buffered
-QUARANTINE_S = 1800.0  # edges of an alerted lateral movement stay "new" this long
+TAINT_S = 24 * 3600.0  # edges of an alerted lateral movement stay new to other pods this long
 RECENT_MAX_ROWS = 1_000_000
 
 
@@ -239,7 +239,7 @@ class DetectionEngine:
         feats = window_features(p)
         self.first_ws = min(self.first_ws, float(p.keys["ws"].min()))
         edges = edge_table(p, self.vocab)
-        novelty, local_edges = novelty_features(p, edges, self.edges)
+        novelty, local_edges, edges_all = novelty_features(p, edges, self.edges)
         recent = recent_features(p, local_edges, self.recent)
         beacon = beacon_features(p, self.connections, self.edges, self.vocab, self.beacon_min_conns)
         windows = pd.concat([p.keys, feats, novelty, recent, beacon], axis=1)
@@ -272,7 +272,7 @@ class DetectionEngine:
             flagged |= hit
             if det.kind == "lateral_movement":
                 lateral |= hit
-        commit_edges(edges, self.edges, np.flatnonzero(lateral), quarantine_s=QUARANTINE_S)
+        commit_edges(edges_all, self.edges, np.flatnonzero(lateral), taint_s=TAINT_S)
         calm = windows[~flagged]
         ws = calm["ws"].to_numpy()
         self.entity_base.update(calm["entity"], ws, self.window_s, calm)
@@ -298,6 +298,7 @@ class DetectionEngine:
             "entity_base": self.entity_base.export(),
             "workload_base": self.workload_base.export(),
             "edges": self.edges.export(),
+            "alerted_edges": self.edges.export_alerted(),
             "connections": self.connections.table.reset_index(drop=True),
             "recent": self.recent.table,
         }
@@ -322,6 +323,8 @@ class DetectionEngine:
             self.workload_base.load(tables["workload_base"])
         if "edges" in tables:
             self.edges.load(tables["edges"])
+        if "alerted_edges" in tables and clocks:
+            self.edges.load_alerted(tables["alerted_edges"])
         if "connections" in tables and clocks:
             self.connections.table = tables["connections"].astype(
                 {"pair": "uint64", "ts": "float64", "bytes": "float64"}

@@ -398,6 +398,7 @@ def edge_table(p: Prepared, vocab: Vocab) -> pd.DataFrame:
         {
             "gid": p.gid,
             "hash": mix(mix(p.source_hash, peer, 4), port, 5),
+            "ent": p.entity_hash,
             "ext": ext,
             "glob": False,
             "dst_ip": dst,
@@ -411,10 +412,12 @@ def edge_table(p: Prepared, vocab: Vocab) -> pd.DataFrame:
     return pd.concat([local, glob], ignore_index=True)
 
 
-def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple[pd.DataFrame, pd.DataFrame]:
+def novelty_features(
+    p: Prepared, edges: pd.DataFrame, seen: SeenEdges
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Never-seen edges per entity-window (``seen`` is updated later by :func:`commit_edges`).
 
-    Returns the features and the per-flow local edges.
+    Returns the features, the per-flow local edges, and every edge row (for the commit).
     """
     ng = len(p.keys)
     row, uniq = pd.factorize(edges["hash"].to_numpy())
@@ -425,10 +428,18 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
     prior_first = seen.first_at(pos)
     prior_bytes = seen.bytes_at(pos)
     first = np.fmin(prior_first, chunk_first)
+    taint_until, taint_ent = seen.taint_at(pos)
     edges = edges.assign(first=first[row], prior=prior_bytes[row])
+    # New: never seen before this window, or tainted by an alerted movement of another entity.
+    ws_all = edges["ws"].to_numpy()
+    ent = edges["ent"].to_numpy()
+    tainted = (taint_until[row] > ws_all) & (taint_ent[row] != ent)
+    if tainted.any():  # ...unless this entity was itself alerted on for that edge
+        idx = np.flatnonzero(tainted)
+        tainted[idx] = ~seen.alerted_before(edges["hash"].to_numpy()[idx], ent[idx])
+    edges = edges.assign(new=(edges["first"].to_numpy() >= ws_all) | tainted)
     glob = edges["glob"].to_numpy()
     e = edges[~glob]
-    e = e.assign(new=e["first"].to_numpy() >= e["ws"].to_numpy())
     gid = e["gid"].to_numpy()
     new = e["new"].to_numpy()
     ext = e["ext"].to_numpy()
@@ -462,24 +473,20 @@ def novelty_features(p: Prepared, edges: pd.DataFrame, seen: SeenEdges) -> tuple
     out["young_ext_bytes"] = young
     out["young_ext_age"] = young_age
     out["young_ext_upload_ratio"] = young_ratio
-    return pd.DataFrame(out), e
+    return pd.DataFrame(out), e, edges
 
 
 def commit_edges(
-    edges: pd.DataFrame, seen: SeenEdges, quarantined: np.ndarray | None = None, quarantine_s: float = 0.0
+    edges: pd.DataFrame, seen: SeenEdges, tainted: np.ndarray | None = None, taint_s: float = 0.0
 ) -> None:
-    """Remember the edges of these windows; those of entity-windows in ``quarantined`` only later.
+    """Remember the edges of these windows; taint those of the entity-windows in ``tainted``.
 
-    Edges first used by a lateral movement that was alerted on stay "new" for
-    ``quarantine_s`` (their first-seen time is set that far ahead): the next pod of the same
-    workload doing the same thing still stands out, yet a false alert cannot pin an edge as
-    new forever.
+    An edge first used by an alerted lateral movement stays new for ``taint_s`` to every
+    entity but the alerted one: the next pod of the same workload doing the same thing still
+    stands out, and the alerted pod's own alert can close (a false alert is not pinned open).
     """
     if not len(edges):
         return
-    if quarantined is not None and len(quarantined):
-        q = np.isin(edges["gid"].to_numpy(), quarantined)
-        edges = edges.assign(ws=edges["ws"].to_numpy() + np.where(q, quarantine_s, 0.0))
     row, uniq = pd.factorize(edges["hash"].to_numpy())
     hashes = np.asarray(uniq, dtype="uint64")
     ws = edges["ws"].to_numpy(dtype="float64")
@@ -488,7 +495,13 @@ def commit_edges(
     np.minimum.at(first, row, ws)
     np.maximum.at(last, row, ws)
     nbytes = np.bincount(row, weights=edges["bytes"].to_numpy(), minlength=len(hashes))
-    seen.update(hashes, seen.positions(hashes), first, last, nbytes)
+    rows = seen.update(hashes, seen.positions(hashes), first, last, nbytes)
+    if tainted is not None and len(tainted) and taint_s > 0:
+        t = np.isin(edges["gid"].to_numpy(), tainted) & edges["new"].to_numpy()
+        if t.any():
+            seen.taint(
+                rows[row[t]], hashes[row[t]], ws[t] + taint_s, edges["ent"].to_numpy()[t].astype("uint64")
+            )
 
 
 def recent_features(p: Prepared, e: pd.DataFrame, recent: RecentActivity) -> pd.DataFrame:

@@ -818,6 +818,11 @@ def run_pipeline(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda _s, _f: stop.set())
+    if settings.bus.kind == "memory":
+        log.warning(
+            "bus.kind is memory: this process sees only flows published inside it "
+            "(the embedded mode is `flowwarden demo`; a deployment sets bus.kind=kafka)"
+        )
     store = Store(settings.store.url).start()
     metrics = PipelineMetrics()
     port = settings.pipeline.metrics_port if metrics_port is None else metrics_port

@@ -194,7 +194,12 @@ class Baselines:
 
 
 class SeenEdges:
-    """Which edges (64-bit keys) have been seen, since when, and the bytes sent over them."""
+    """Which edges (64-bit keys) have been seen, since when, and the bytes sent over them.
+
+    An edge first used by an alerted lateral movement is *tainted* until ``taint_until``:
+    it stays new to every entity but the one already alerted on (so the next pod doing the
+    same stands out, while the alerted pod's alert can close).
+    """
 
     def __init__(self, *, ttl_s: float, max_edges: int) -> None:
         self.ttl_s = ttl_s
@@ -204,6 +209,9 @@ class SeenEdges:
         self._first = np.empty(0, dtype="float64")
         self._last = np.empty(0, dtype="float64")
         self._bytes = np.empty(0, dtype="float64")
+        self._taint_until = np.empty(0, dtype="float64")
+        self._taint_ent = np.empty(0, dtype="uint64")
+        self._alerted: dict[int, float] = {}  # mix(edge, entity) -> taint end
 
     def __len__(self) -> int:
         return len(self._index)
@@ -225,13 +233,25 @@ class SeenEdges:
         out[ok] = self._bytes[pos[ok]]
         return out
 
+    def taint_at(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        until = np.full(len(pos), -np.inf)
+        ent = np.zeros(len(pos), dtype="uint64")
+        ok = pos >= 0
+        until[ok] = self._taint_until[pos[ok]]
+        ent[ok] = self._taint_ent[pos[ok]]
+        return until, ent
+
     def first_seen(self, hashes: np.ndarray) -> np.ndarray:
         return self.first_at(self.positions(hashes))
 
     def update(
         self, hashes: np.ndarray, pos: np.ndarray, first: np.ndarray, last: np.ndarray, nbytes: np.ndarray
-    ) -> None:
-        """Record unique edges (``pos`` from :meth:`positions`) seen from ``first`` to ``last``."""
+    ) -> np.ndarray:
+        """Record unique edges (``pos`` from :meth:`positions`) seen from ``first`` to ``last``.
+
+        Returns every edge's row after the update.
+        """
+        pos = pos.copy()
         old = pos >= 0
         p = pos[old]
         self._last[p] = np.fmax(self._last[p], last[old])
@@ -243,7 +263,26 @@ class SeenEdges:
             self._first = np.concatenate([self._first, first[new]])
             self._last = np.concatenate([self._last, last[new]])
             self._bytes = np.concatenate([self._bytes, nbytes[new].astype("float64")])
-            self._index.update(zip(hashes[new].tolist(), range(base, base + n_new), strict=True))
+            self._taint_until = np.concatenate([self._taint_until, np.full(n_new, -np.inf)])
+            self._taint_ent = np.concatenate([self._taint_ent, np.zeros(n_new, dtype="uint64")])
+            rows = np.arange(base, base + n_new)
+            self._index.update(zip(hashes[new].tolist(), rows.tolist(), strict=True))
+            pos[new] = rows
+        return pos
+
+    def taint(self, rows: np.ndarray, hashes: np.ndarray, until: np.ndarray, entity: np.ndarray) -> None:
+        """Mark edges as used by an alerted movement of ``entity`` (new to others until ``until``)."""
+        self._taint_until[rows] = np.fmax(self._taint_until[rows], until)
+        self._taint_ent[rows] = entity
+        pairs = mix(hashes, entity, 11)
+        self._alerted.update(zip(pairs.tolist(), until.tolist(), strict=True))
+
+    def alerted_before(self, hashes: np.ndarray, entity: np.ndarray) -> np.ndarray:
+        """Whether each entity was already alerted on for using each edge."""
+        if not self._alerted:
+            return np.zeros(len(hashes), dtype=bool)
+        pairs = mix(hashes, entity, 11).tolist()
+        return np.fromiter((p in self._alerted for p in pairs), dtype=bool, count=len(pairs))
 
     def _hash_array(self) -> np.ndarray:
         hashes = np.empty(len(self._index), dtype="uint64")
@@ -259,26 +298,51 @@ class SeenEdges:
             keep &= self._last >= cutoff
         dropped = int((~keep).sum())
         if dropped:
-            self._load(self._hash_array()[keep], self._first[keep], self._last[keep], self._bytes[keep])
+            self.load(self.export()[keep])
             self.evicted += dropped
+        if self._alerted:
+            self._alerted = {k: v for k, v in self._alerted.items() if v > now}
         return dropped
-
-    def _load(self, hashes: np.ndarray, first: np.ndarray, last: np.ndarray, nbytes: np.ndarray) -> None:
-        self._first, self._last = first.astype("float64"), last.astype("float64")
-        self._bytes = nbytes.astype("float64")
-        self._index = dict(zip(hashes.astype("uint64").tolist(), range(len(hashes)), strict=True))
 
     def export(self) -> pd.DataFrame:
         return pd.DataFrame(
-            {"hash": self._hash_array(), "first": self._first, "last": self._last, "bytes": self._bytes}
+            {
+                "hash": self._hash_array(),
+                "first": self._first,
+                "last": self._last,
+                "bytes": self._bytes,
+                "taint_until": self._taint_until,
+                "taint_ent": self._taint_ent,
+            }
         )
 
     def load(self, df: pd.DataFrame) -> None:
-        self._load(
-            df["hash"].to_numpy(dtype="uint64"),
-            df["first"].to_numpy(),
-            df["last"].to_numpy(),
-            df["bytes"].to_numpy(),
+        n = len(df)
+        hashes = df["hash"].to_numpy(dtype="uint64")
+        self._first = df["first"].to_numpy(dtype="float64").copy()
+        self._last = df["last"].to_numpy(dtype="float64").copy()
+        self._bytes = df["bytes"].to_numpy(dtype="float64").copy()
+        self._taint_until = (
+            df["taint_until"].to_numpy(dtype="float64").copy() if "taint_until" in df else np.full(n, -np.inf)
+        )
+        self._taint_ent = (
+            df["taint_ent"].to_numpy(dtype="uint64").copy()
+            if "taint_ent" in df
+            else np.zeros(n, dtype="uint64")
+        )
+        self._index = dict(zip(hashes.tolist(), range(n), strict=True))
+
+    def export_alerted(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "pair": np.array(list(self._alerted), dtype="uint64"),
+                "until": np.array(list(self._alerted.values())),
+            }
+        )
+
+    def load_alerted(self, df: pd.DataFrame) -> None:
+        self._alerted = dict(
+            zip(df["pair"].to_numpy(dtype="uint64").tolist(), df["until"].tolist(), strict=True)
         )
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flowwarden.labels import Episode, Labels
 from flowwarden.records import Alert, Entity
@@ -118,3 +120,24 @@ def test_metrics_json_has_no_nan(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     assert data["x"] is None and data["y"] == 2.5
     assert data["overall"]["false_alerts_per_hour"] is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.9"]),
+            st.sampled_from(["lateral_movement", "exfiltration"]),
+            st.integers(min_value=0, max_value=80),
+            st.integers(min_value=1, max_value=10),
+        ),
+        max_size=12,
+    )
+)
+def test_counts_add_up_and_more_alerts_never_lower_recall(raw: list[tuple[str, str, int, int]]) -> None:
+    alerts = [_alert("fan_out", kind, ip, "", start * W, (start + span) * W) for ip, kind, start, span in raw]
+    m = evaluate(alerts, LABELS, pd.DataFrame(), window_s=W, hours=1.0, pods=100)["overall"]
+    assert m["true_alerts"] + m["false_alerts"] == m["alerts"] == len({a.id for a in alerts})
+    assert 0 <= m["detected"] <= m["episodes"]
+    fewer = evaluate(alerts[:-1], LABELS, pd.DataFrame(), window_s=W, hours=1.0, pods=100)["overall"]
+    assert fewer["detected"] <= m["detected"]

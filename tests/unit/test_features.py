@@ -51,7 +51,7 @@ def _windows(df: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame
     vocab = Vocab()
     p = _prepared(df, s, vocab)
     feats = window_features(p)
-    nov, _ = novelty_features(p, edge_table(p, vocab), SeenEdges(ttl_s=1e9, max_edges=1000))
+    nov, _, _ = novelty_features(p, edge_table(p, vocab), SeenEdges(ttl_s=1e9, max_edges=1000))
     return pd.concat([p.keys, feats, nov], axis=1).set_index("entity")
 
 

@@ -159,3 +159,69 @@ def test_inventory_from_kubectl_json() -> None:
     )
     assert inv.pods_by_ip["fd00::2"] == PodRef("shop", "web-7d4b9c8f6d-abcde", "web")
     assert inv.pod_count("shop", "web") == 1
+
+
+# ---------------------------------------------------------------- automatic decisions: drop, do not refuse
+
+SCAN = ["10.244.2.7", "10.0.0.7", "10.244.2.8", "10.96.0.10", "10.0.0.1"]  # pods, node, DNS, API server
+
+
+def test_automatic_review_drops_protected_targets_and_keeps_the_rest() -> None:
+    r = Guardrails(settings()).review(decision(targets=SCAN), drop_protected_targets=True)
+    assert r.refusal is None
+    assert r.decision.targets == ["10.244.2.7", "10.244.2.8"]
+    assert [(x.target, x.guardrail) for x in r.dropped] == [
+        ("10.0.0.7", "node_address"),
+        ("10.96.0.10", "cluster_dns"),
+        ("10.0.0.1", "control_plane"),
+    ]
+    assert "overlaps protected 10.0.0.0/24 (node_address)" in r.dropped[0].reason
+
+
+def test_a_person_s_decision_with_one_protected_target_is_still_refused_whole() -> None:
+    g = Guardrails(settings())
+    assert refused(decision(targets=SCAN), g) == "node_address"
+    r = g.review(decision(targets=SCAN))
+    assert r.refusal is not None and r.decision.targets == SCAN and r.dropped == ()
+
+
+def test_a_protected_cidr_target_is_dropped_whole() -> None:
+    r = Guardrails(settings()).review(
+        decision(targets=["10.96.0.0/24", "10.244.2.7"]), drop_protected_targets=True
+    )
+    assert r.refusal is None and r.decision.targets == ["10.244.2.7"]
+    assert [x.guardrail for x in r.dropped] == ["control_plane"]
+
+
+def test_automatic_review_refuses_when_no_target_is_left() -> None:
+    g = Guardrails(settings())
+    one = g.review(decision(targets=["10.0.0.7"]), drop_protected_targets=True)
+    assert one.refusal is not None and one.refusal.guardrail == "node_address"
+    assert one.decision.targets == ["10.0.0.7"] and one.dropped == ()
+    assert one.refusal.reason == g.review(decision(targets=["10.0.0.7"])).refusal.reason  # type: ignore[union-attr]
+    every = g.review(decision(targets=["10.96.0.10", "10.0.0.7"]), drop_protected_targets=True)
+    assert every.refusal is not None and every.refusal.guardrail == "cluster_dns"
+    assert every.refusal.reason.startswith("every target is protected:") and "node_address" in every.refusal.reason
+
+
+def test_automatic_review_still_refuses_a_protected_source_and_garbage_whole() -> None:
+    g = Guardrails(settings())
+    src = g.review(decision(ip="10.0.0.5", targets=["10.244.2.7"]), drop_protected_targets=True)
+    assert src.refusal is not None and src.refusal.guardrail == "node_address"
+    bad = g.review(decision(targets=["10.244.2.7", "10.0.0.7", "10.244.2.8;ls"]), drop_protected_targets=True)
+    assert bad.refusal is not None and bad.refusal.guardrail == "malformed" and bad.dropped == ()
+
+
+def test_the_allowlist_and_blast_radius_still_judge_the_whole_automatic_decision() -> None:
+    # An allowlisted target refuses the whole decision, even when it is also protected.
+    g = Guardrails(settings(allow_cidrs=["10.0.0.0/28"]))
+    r = g.review(decision(targets=["10.244.2.7", "10.0.0.7"]), drop_protected_targets=True)
+    assert r.refusal is not None and r.refusal.guardrail == "allow_cidr"
+    inv = Inventory.from_pods([("10.244.2.8", PodRef("kube-system", "coredns-1", "coredns"))])
+    r = Guardrails(settings(), inv).review(decision(targets=SCAN), drop_protected_targets=True)
+    assert r.refusal is not None and r.refusal.guardrail == "allow_namespace"
+    # The blast radius judges what is left; the dropped targets stay on record.
+    g = Guardrails(settings(max_new_blocks_per_minute=1))
+    r = g.review(decision(targets=SCAN), Context(new_last_minute=1), drop_protected_targets=True)
+    assert r.refusal is not None and r.refusal.guardrail == "max_new_blocks_per_minute"
+    assert r.decision.targets == ["10.244.2.7", "10.244.2.8"] and len(r.dropped) == 3

@@ -47,3 +47,45 @@ def test_decision_id_is_deterministic_and_safe() -> None:
     assert first is not None and again is not None and first.id == again.id
     assert first.id.startswith("d-") and len(first.id) == 22
     assert policy.decision_id(a.id, "block") != policy.decision_id(a.id, "quarantine")
+
+
+def test_a_later_decision_on_an_open_alert_is_named_by_its_new_targets() -> None:
+    a = alert(targets=["10.244.2.7", "10.244.2.8", "10.244.2.9"])
+    cfg = settings().enforcement
+    later = policy.propose(a, cfg, targets=["10.244.2.9", "10.244.2.8"])
+    assert later is not None and later.targets == ["10.244.2.9", "10.244.2.8"]
+    assert later.id == policy.decision_id(a.id, "block", ["10.244.2.8", "10.244.2.9"])  # order-free
+    assert later.id not in {policy.decision_id(a.id, "block"), policy.decision_id(a.id, "block", ["10.244.2.8"])}
+    assert "2 new target(s) of the open alert" in later.reason
+    quarantine = policy.propose(a, settings(action="quarantine").enforcement, targets=["10.244.2.9"])
+    assert quarantine is not None and quarantine.targets == [] and quarantine.id == policy.decision_id(
+        a.id, "quarantine"
+    )
+
+
+def test_new_targets_are_those_no_earlier_decision_covers() -> None:
+    cfg = settings().enforcement
+    first = policy.propose(alert(targets=["10.244.2.7", "10.0.0.7"]), cfg)
+    assert first is not None
+    # The enforcer dropped the node's address from the first decision: it is covered too.
+    first = first.model_copy(
+        update={
+            "targets": ["10.244.2.7"],
+            "backend_result": {"dropped_targets": [{"target": "10.0.0.7", "guardrail": "node_address"}]},
+        }
+    )
+    assert policy.covered_targets([first]) == {"10.244.2.7", "10.0.0.7"}
+    assert policy.new_targets(alert(targets=["10.0.0.7", "10.244.2.7"]), [first]) == []
+    grown = alert(targets=["10.244.2.7", "10.0.0.7", "10.244.2.9", "10.244.2.8"])
+    assert policy.new_targets(grown, [first]) == ["10.244.2.9", "10.244.2.8"]
+    assert policy.new_targets(grown, []) == grown.targets
+
+
+def test_a_malformed_target_goes_along_with_every_new_set() -> None:
+    cfg = settings().enforcement
+    bad = "::ffff:10.0.0.1"  # a valid Alert target, refused by the malformed guardrail
+    first = policy.propose(alert(targets=["10.244.2.7", bad]), cfg)
+    assert first is not None
+    assert policy.new_targets(alert(targets=["10.244.2.7", bad]), [first]) == []
+    grown = policy.new_targets(alert(targets=["10.244.2.7", bad, "10.244.2.8"]), [first])
+    assert len(grown) == 2 and grown[1] == "10.244.2.8" and "ffff" in grown[0]

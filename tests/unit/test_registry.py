@@ -62,6 +62,9 @@ def test_round_trip_scores_like_the_estimator(tmp_path: Path) -> None:
     assert meta["libraries"]["scikit-learn"] and meta["feature_names"] == list(X.columns)
     with pytest.raises(ModelError, match="int_peers"):
         loaded.score(X.drop(columns=["int_peers"]))
+    # A missing value or an infinite ratio never stops the scoring of a batch.
+    odd = X.head(3).assign(flows=[np.nan, np.inf, -np.inf])
+    assert np.isfinite(loaded.score(odd)).all()
 
 
 @pytest.mark.parametrize("method", ["lof", "ocsvm"])

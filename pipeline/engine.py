@@ -358,7 +358,7 @@ def _as_history(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         if name in out:
             out[name] = out[name].assign(first=0.0, last=math.inf)
     if "edges" in out:
-        out["edges"] = out["edges"].assign(bytes=0.0)
+        out["edges"] = out["edges"].assign(bytes=0.0, taint_until=-math.inf, taint_ent=np.uint64(0))
     return out
 
 

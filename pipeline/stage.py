@@ -270,6 +270,7 @@ class StageStats:
     alerts: int = 0
     replayed: int = 0
     redelivered: int = 0
+    ticks: int = 0  # idle-clock calls that closed windows without data
     commits: int = 0
     alert_ids: set[str] = field(default_factory=set)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))  # seconds, newest last
@@ -391,10 +392,14 @@ class PipelineStage:
             self.notifiers.close()
             self.consumer = None
             log.info(
-                "pipeline stopped batches=%d flows=%d alerts=%d",
+                "pipeline stopped batches=%d flows=%d alerts=%d replayed=%d redelivered=%d ticks=%d late_flows=%s",
                 self.stats.batches,
                 self.stats.flows,
                 self.stats.alerts,
+                self.stats.replayed,
+                self.stats.redelivered,
+                self.stats.ticks,
+                getattr(self.engine, "late_flows", "?"),
             )
 
     def __enter__(self) -> PipelineStage:
@@ -667,7 +672,11 @@ class PipelineStage:
             return
         self._last_tick_now = event_now
         self._clock_max = max(self._clock_max, event_now)
+        floor = self.engine.open_window_floor()
         result = self.engine.process(empty_flows(), now=event_now)
+        if self.engine.open_window_floor() != floor:
+            self.stats.ticks += 1
+            log.info("idle clock closed windows event_now=%.1f floor=%s", event_now, floor)
         self._deliver(result)
 
     def _window_start(self, ts: float) -> float:

@@ -8,6 +8,11 @@ Calico backend (a real Deny) is preferred where Calico runs; this one is the por
 
 The policy selects the source pod by a label the enforcer puts on it
 (``flowwarden.io/block-<decision>``), since a NetworkPolicy cannot select a pod by name.
+Policies are additive among flowwarden's own too: two block policies on one pod, "all but
+X" and "all but Y", together allow everything. So each block policy of a pod excepts the
+targets of *every* active block on that pod (and allows nothing while the pod is
+quarantined); applying or lifting one block rewrites the pod's other block policies, and
+reconciliation rewrites any that differ from what the active decisions call for.
 A *quarantine* labels the pod ``flowwarden.io/quarantine=true``; one pre-approved policy
 per namespace isolates such pods (no ingress; egress only to the cluster DNS and the API
 server, so the pod can still be inspected and terminated cleanly).
@@ -16,6 +21,7 @@ server, so the pod can still be inspected and terminated cleanly).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +46,35 @@ class NetworkPolicyBackend(Backend):
         self.settings = settings
         self.dir = Path(settings.enforcement.gitops_dir) / "networkpolicies"
         self.client = client or KubeClient(settings.enforcement.apply_to_cluster)
+        # Active decisions this backend knows (applied here, or given to reconcile): a block
+        # policy excepts the targets of every active block on the same pod.
+        self.known: dict[str, Decision] = {}
 
     # ------------------------------------------------------------------ manifests
 
-    def manifests(self, d: Decision) -> list[dict[str, Any]]:
+    def manifests(self, d: Decision, others: Iterable[Decision] | None = None) -> list[dict[str, Any]]:
+        """``d``'s objects; a block's policy accounts for ``others`` (default: the known active
+        decisions) on the same pod: their targets are excepted too, a quarantine allows nothing."""
         ns = self._namespace(d)
         if d.action == "quarantine":
             return [self.quarantine_policy(ns)]
-        v4 = [str(parse_target(t)) for t in d.targets if parse_target(t).version == 4]
-        v6 = [str(parse_target(t)) for t in d.targets if parse_target(t).version == 6]
+        pod = (ns, d.source.pod)
+        same = [
+            o
+            for o in (self.known.values() if others is None else others)
+            if o.id != d.id and (o.source.namespace, o.source.pod) == pod
+        ]
+        targets = list(d.targets)
+        for o in same:
+            if o.action == "block":
+                targets += [t for t in o.targets if t not in targets]
+        v4 = [str(parse_target(t)) for t in targets if parse_target(t).version == 4]
+        v6 = [str(parse_target(t)) for t in targets if parse_target(t).version == 6]
         to: list[dict[str, Any]] = [
             {"ipBlock": {"cidr": "0.0.0.0/0", **({"except": v4} if v4 else {})}},
             {"ipBlock": {"cidr": "::/0", **({"except": v6} if v6 else {})}},
         ]
+        quarantined = any(o.action == "quarantine" for o in same)
         return [
             {
                 "apiVersion": "networking.k8s.io/v1",
@@ -69,7 +91,7 @@ class NetworkPolicyBackend(Backend):
                 "spec": {
                     "podSelector": {"matchLabels": {block_label(d.id): "true"}},
                     "policyTypes": ["Egress"],
-                    "egress": [{"to": to}],
+                    "egress": [] if quarantined else [{"to": to}],
                 },
             }
         ]
@@ -142,14 +164,45 @@ class NetworkPolicyBackend(Backend):
 
     def apply(self, decision: Decision) -> dict[str, Any]:
         path = self._path(decision)
+        self.known[decision.id] = decision
         write_manifest(path, self.manifests(decision))
-        return {"manifest": str(path), "calls": self.client.run(self.calls(decision))}
+        out: dict[str, Any] = {"manifest": str(path), "calls": self.client.run(self.calls(decision))}
+        updated = self._rewrite_siblings(decision)
+        if updated:
+            out["updated"] = updated
+        return out
 
     def revoke(self, decision: Decision) -> dict[str, Any]:
         path = self._path(decision)
+        self.known.pop(decision.id, None)
         if decision.action != "quarantine":
             path.unlink(missing_ok=True)
-        return {"removed": str(path), "calls": self.client.run(self.calls(decision, revoke=True))}
+        out = {"removed": str(path), "calls": self.client.run(self.calls(decision, revoke=True))}
+        updated = self._rewrite_siblings(decision)
+        if updated:
+            out["updated"] = updated
+        return out
+
+    def _rewrite_siblings(self, d: Decision) -> list[str]:
+        """Rewrite the other block policies of ``d``'s pod (their excepts include ``d``'s targets)."""
+        pod = (d.source.namespace, d.source.pod)
+        out = []
+        for o in list(self.known.values()):
+            if o.id != d.id and o.action == "block" and (o.source.namespace, o.source.pod) == pod:
+                body = self.manifests(o)
+                write_manifest(self._path(o), body)
+                ns = self._namespace(o)
+                self.client.run(
+                    [
+                        KubeCall(
+                            "NetworkingV1Api",
+                            "create_namespaced_network_policy",
+                            {"namespace": ns, "body": body[0]},
+                        )
+                    ]
+                )
+                out.append(o.id)
+        return out
 
     def list_rules(self) -> list[dict[str, Any]]:
         if not self.dir.exists():
@@ -166,10 +219,14 @@ class NetworkPolicyBackend(Backend):
                 wanted[self._path(d)] = d
             except BackendError:
                 continue  # not expressible here (no namespace/pod): it was never applied on this backend
+        self.known = {d.id: d for d in wanted.values()}
         restored = []
         for path, d in wanted.items():
-            if not path.exists():
-                self.apply(d)
+            # Missing, or a block policy written before another block on its pod began or ended.
+            if not path.exists() or path.read_text() != dump(self.manifests(d)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_manifest(path, self.manifests(d))
+                self.client.run(self.calls(d))
                 restored.append(d.id)
         removed = []
         for path in sorted(self.dir.glob("*/flowwarden-[dm]-*.yaml")):
@@ -216,7 +273,7 @@ class NetworkPolicyBackend(Backend):
         docs: list[dict[str, Any]] = []
         seen = set()
         for d in decisions:
-            for m in self._manifests_or_none(d):
+            for m in self._manifests_or_none(d, decisions):
                 key = (m["metadata"]["namespace"], m["metadata"]["name"])
                 if key not in seen:
                     seen.add(key)
@@ -225,9 +282,9 @@ class NetworkPolicyBackend(Backend):
 
     # ------------------------------------------------------------------ helpers
 
-    def _manifests_or_none(self, d: Decision) -> list[dict[str, Any]]:
+    def _manifests_or_none(self, d: Decision, others: list[Decision]) -> list[dict[str, Any]]:
         try:
-            return self.manifests(d)
+            return self.manifests(d, others)
         except BackendError:
             return []
 

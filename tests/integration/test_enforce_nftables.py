@@ -325,3 +325,41 @@ def test_ipv6_block(enforce_lab: EnforceLab, store: Store) -> None:
     assert not lab.can_connect(TARGET6, TARGET_PORT)
     assert lab.can_connect(TARGET, TARGET_PORT), "the IPv4 path is a different source: not blocked"
     enforcer.stop()
+
+
+def test_a_scan_touching_protected_addresses_is_blocked_and_grows_with_the_open_alert(
+    enforce_lab: EnforceLab, store: Store
+) -> None:
+    """A scan over the lab's addresses: the API server, etcd and the node are dropped from the
+    block (and stay reachable), the target is blocked; the same alert re-emitted with one more
+    target blocks that one too, and a re-delivery changes nothing."""
+    lab = enforce_lab
+    settings = lab.settings(mode="enforce", ttl_s=120)
+    bus = MemoryBus(default_partitions=1)
+    enforcer = start_enforcer(settings, store, bus)
+    scan = attack_alert(targets=[CONTROL, TARGET, ETCD, NODE])
+    publish(bus, settings, scan)
+    (d,) = enforcer.poll_once(0.2)
+    assert (d.status, d.targets) == ("applied", [TARGET]), d
+    assert [x["guardrail"] for x in d.backend_result["dropped_targets"]] == [
+        "control_plane",
+        "control_plane",
+        "node_address",
+    ]
+    assert enforcer.metrics.refusals.labels("control_plane")._value.get() == 2
+    assert [e["elem"]["val"]["concat"] for e in lab.elements("blocked_v4")] == [[ATTACKER, TARGET]]
+    assert not lab.can_connect(TARGET, TARGET_PORT) and lab.can_connect(CONTROL, API_PORT)
+
+    more = scan.model_copy(update={"targets": [*scan.targets, "10.10.2.3"]})
+    publish(bus, settings, more)
+    publish(bus, settings, more)
+    (later,) = enforcer.poll_once(0.2)
+    assert (later.status, later.alert_id, later.targets) == ("applied", scan.id, ["10.10.2.3"]), later
+    assert sorted(e["elem"]["val"]["concat"][1] for e in lab.elements("blocked_v4")) == [TARGET, "10.10.2.3"]
+    publish(bus, settings, scan)
+    assert enforcer.poll_once(0.2) == []
+    assert lab.can_connect(CONTROL, API_PORT)
+
+    enforcer.revoke(later.id, by="test")
+    assert [e["elem"]["val"]["concat"] for e in lab.elements("blocked_v4")] == [[ATTACKER, TARGET]]
+    enforcer.stop()

@@ -44,3 +44,20 @@ def test_enforcer_on_postgres(pg_store: Store, tmp_path: Path) -> None:
     assert not Path(applied.backend_result["networkpolicy"]["manifest"]).exists()
     statuses = sorted(d.status for d in pg_store.list_decisions())
     assert statuses == ["expired", "refused", "refused"]
+
+
+def test_new_targets_of_an_open_alert_on_postgres(pg_store: Store, tmp_path: Path) -> None:
+    """The decisions of one alert are found in the database: a restarted enforcer decides only on
+    the targets the alert gained, once."""
+    s = settings(gitops_dir=str(tmp_path), backends=["networkpolicy"], mode="enforce", ttl_s=60)
+    first = Enforcer(s, store=pg_store, backends=[NetworkPolicyBackend(s)], clock=lambda: T0.timestamp())
+    first.start(consume=False)
+    d = first.handle_alert(alert(targets=["10.244.2.7", "10.0.0.7"]))
+    assert d is not None and (d.status, d.targets) == ("applied", ["10.244.2.7"])
+    second = Enforcer(s, store=pg_store, backends=[NetworkPolicyBackend(s)], clock=lambda: T0.timestamp())
+    second.start(consume=False)
+    assert second.handle_alert(alert(targets=["10.0.0.7", "10.244.2.7"])) is None
+    grown = second.handle_alert(alert(targets=["10.244.2.7", "10.0.0.7", "10.244.2.8"]))
+    assert grown is not None and (grown.status, grown.targets) == ("applied", ["10.244.2.8"])
+    assert second.handle_alert(alert(targets=["10.244.2.7", "10.0.0.7", "10.244.2.8"])) is None
+    assert {x.id for x in pg_store.list_decisions(alert_id=d.alert_id)} == {d.id, grown.id}

@@ -201,7 +201,10 @@ def test_automatic_review_refuses_when_no_target_is_left() -> None:
     assert one.refusal.reason == g.review(decision(targets=["10.0.0.7"])).refusal.reason  # type: ignore[union-attr]
     every = g.review(decision(targets=["10.96.0.10", "10.0.0.7"]), drop_protected_targets=True)
     assert every.refusal is not None and every.refusal.guardrail == "cluster_dns"
-    assert every.refusal.reason.startswith("every target is protected:") and "node_address" in every.refusal.reason
+    assert (
+        every.refusal.reason.startswith("every target is protected:")
+        and "node_address" in every.refusal.reason
+    )
 
 
 def test_automatic_review_still_refuses_a_protected_source_and_garbage_whole() -> None:

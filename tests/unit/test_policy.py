@@ -55,11 +55,16 @@ def test_a_later_decision_on_an_open_alert_is_named_by_its_new_targets() -> None
     later = policy.propose(a, cfg, targets=["10.244.2.9", "10.244.2.8"])
     assert later is not None and later.targets == ["10.244.2.9", "10.244.2.8"]
     assert later.id == policy.decision_id(a.id, "block", ["10.244.2.8", "10.244.2.9"])  # order-free
-    assert later.id not in {policy.decision_id(a.id, "block"), policy.decision_id(a.id, "block", ["10.244.2.8"])}
+    assert later.id not in {
+        policy.decision_id(a.id, "block"),
+        policy.decision_id(a.id, "block", ["10.244.2.8"]),
+    }
     assert "2 new target(s) of the open alert" in later.reason
     quarantine = policy.propose(a, settings(action="quarantine").enforcement, targets=["10.244.2.9"])
-    assert quarantine is not None and quarantine.targets == [] and quarantine.id == policy.decision_id(
-        a.id, "quarantine"
+    assert (
+        quarantine is not None
+        and quarantine.targets == []
+        and quarantine.id == policy.decision_id(a.id, "quarantine")
     )
 
 

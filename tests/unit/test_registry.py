@@ -171,3 +171,9 @@ def test_the_shipped_default_model_verifies_and_fits_the_pipeline() -> None:
     assert model.state is not None and 0 < model.threshold <= 1
     scores = model.score(pd.DataFrame(np.zeros((3, len(FEATURES))), columns=list(FEATURES)))
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+    # Its warm-start state is one the engine of this checkout can import (else: retrain it).
+    from flowwarden.settings import Settings
+    from pipeline.engine import DetectionEngine
+
+    engine = DetectionEngine(Settings(), model=model)
+    assert engine.model is model and len(engine.workload_base) > 0

@@ -154,7 +154,9 @@ def conform_flows(df: pd.DataFrame | dict[str, Any]) -> pd.DataFrame:
             raise RecordError(col, "required column is missing")
         try:
             if dtype == STR:
-                series = series.fillna("").astype(cast(Any, STR)) if series.dtype != STR else series.fillna("")
+                series = (
+                    series.fillna("").astype(cast(Any, STR)) if series.dtype != STR else series.fillna("")
+                )
             elif dtype == "bool":
                 if series.dtype != bool:
                     if series.isna().any():
@@ -388,6 +390,6 @@ def _first_loc(exc: Exception) -> str:
             errs = errors()
             if errs:
                 return ".".join(str(p) for p in errs[0].get("loc", ())) or "record"
-        except Exception:  # noqa: BLE001 - best effort naming only
+        except Exception:
             return "record"
     return "record"

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from flowwarden.errors import ConfigError
@@ -187,7 +195,9 @@ class NotifierSettings(Section):
     timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(3, ge=0)  # after the first attempt, with exponential back-off
     backoff_s: float = Field(0.5, gt=0)  # first back-off; doubles per retry, capped at 30 s
-    queue_max: int = Field(1000, ge=1)  # alert batches waiting per notifier; beyond it they are dropped (counted)
+    queue_max: int = Field(
+        1000, ge=1
+    )  # alert batches waiting per notifier; beyond it they are dropped (counted)
 
 
 class EnforcementSettings(Section):

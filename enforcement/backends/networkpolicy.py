@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from enforcement.backends.base import Backend, BackendError
 from enforcement.backends.kube import KubeCall, KubeClient, dump, write_manifest
 from enforcement.targets import check_decision_id, check_name, check_namespace, parse_target
@@ -214,18 +216,19 @@ class NetworkPolicyBackend(Backend):
     def reconcile(self, active: list[Decision]) -> dict[str, Any]:
         """Files and (with ``apply_to_cluster``) the cluster's flowwarden policies match ``active``."""
         wanted: dict[Path, Decision] = {}
+        self.known = {}
         for d in active:
             try:
                 wanted[self._path(d)] = d
             except BackendError:
                 continue  # not expressible here (no namespace/pod): it was never applied on this backend
-        self.known = {d.id: d for d in wanted.values()}
+            self.known[d.id] = d
         restored = []
         for path, d in wanted.items():
             # Missing, or a block policy written before another block on its pod began or ended.
-            if not path.exists() or path.read_text() != dump(self.manifests(d)):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_manifest(path, self.manifests(d))
+            docs = self.manifests(d)
+            if _stale(path, docs):
+                write_manifest(path, docs)
                 self.client.run(self.calls(d))
                 restored.append(d.id)
         removed = []
@@ -304,6 +307,16 @@ class NetworkPolicyBackend(Backend):
     def _path(self, d: Decision) -> Path:
         name = "flowwarden-quarantine" if d.action == "quarantine" else f"flowwarden-{d.id}"
         return self.dir / self._namespace(d) / f"{name}.yaml"
+
+
+def _stale(path: Path, docs: list[dict[str, Any]]) -> bool:
+    """The file is missing, or its objects' specs are not ``docs``' (annotations may differ)."""
+    try:
+        current = list(yaml.safe_load_all(path.read_text()))
+    except (OSError, yaml.YAMLError):
+        return True
+    specs = [c.get("spec") if isinstance(c, dict) else None for c in current]
+    return specs != [d["spec"] for d in docs]
 
 
 def _host(ip: str) -> str:

@@ -11,7 +11,9 @@ from flowwarden.settings import Settings, load_settings
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML settings file (FLOWWARDEN_* environment variables override it)."),
+    typer.Option(
+        "--config", "-c", help="YAML settings file (FLOWWARDEN_* environment variables override it)."
+    ),
 ]
 
 

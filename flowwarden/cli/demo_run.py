@@ -8,6 +8,7 @@ have at the time the (simulated) traffic happened.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -75,8 +76,8 @@ class DemoSummary:
     def render(self, wall_s: float) -> str:
         lines = [
             "",
-            f"flowwarden demo: {self.flows:,} flows ({self.source}, {self.sim_minutes:.0f} simulated minutes) "
-            f"in {wall_s:.1f} s",
+            f"flowwarden demo: {self.flows:,} flows ({self.source}, "
+            f"{self.sim_minutes:.0f} simulated minutes) in {wall_s:.1f} s",
         ]
         if self.metrics:
             o = self.metrics["overall"]
@@ -92,9 +93,8 @@ class DemoSummary:
             for tech, row in self.metrics["per_technique"].items():
                 med = row["time_to_detect_s"].get("median")
                 med_s = f"{med:.0f} s" if med is not None else "-"
-                lines.append(
-                    f"{tech:<22}{row['episodes']:>9}{row['detected']:>9}{med_s:>12}  {', '.join(row['detectors'])}"
-                )
+                detectors = ", ".join(row["detectors"])
+                lines.append(f"{tech:<22}{row['episodes']:>9}{row['detected']:>9}{med_s:>12}  {detectors}")
         else:
             lines.append(f"alerts {len(self.alerts)} (no labels: nothing to score them against)")
         by_status: dict[str, int] = {}
@@ -117,17 +117,25 @@ def demo_settings(opts: DemoOptions, inventory_path: Path | None) -> Settings:
     overrides: dict[str, Any] = {
         "bus": {"kind": opts.bus},
         "store": {"url": opts.store or f"sqlite:///{(opts.out / 'flowwarden.db').resolve()}"},
-        "pipeline": {"inventory_path": str(inventory_path) if inventory_path else None,
-                     "group_id": f"flowwarden-demo-{int(time.time())}"},
-        "enforcement": {"mode": "dry_run", "mode_by_detector": {}, "apply_to_cluster": False,
-                        "gitops_dir": str(opts.out / "rules"),
-                        "group_id": f"flowwarden-demo-enforcer-{int(time.time())}"},
+        "pipeline": {
+            "inventory_path": str(inventory_path) if inventory_path else None,
+            "group_id": f"flowwarden-demo-{int(time.time())}",
+        },
+        "enforcement": {
+            "mode": "dry_run",
+            "mode_by_detector": {},
+            "apply_to_cluster": False,
+            "gitops_dir": str(opts.out / "rules"),
+            "group_id": f"flowwarden-demo-enforcer-{int(time.time())}",
+        },
     }
     if opts.bus == "memory":
         # One in-process worker consumes everything: one partition keeps the batches few and large.
         overrides["kafka"] = {"partitions": 1}
     if opts.bootstrap:
-        overrides["kafka"] = {"bootstrap_servers": [s.strip() for s in opts.bootstrap.split(",") if s.strip()]}
+        overrides["kafka"] = {
+            "bootstrap_servers": [s.strip() for s in opts.bootstrap.split(",") if s.strip()]
+        }
     return load_settings(opts.config, **overrides)
 
 
@@ -150,8 +158,9 @@ def load_traffic(opts: DemoOptions, settings: Settings) -> Traffic:
     traffic_dir = opts.out / "traffic"
     sim.save(traffic_dir)
     n_pods = sum(1 for p in sim.inventory["items"] if not p.get("spec", {}).get("hostNetwork"))
-    return Traffic(sim.flows, sim.labels, traffic_dir / "inventory.json", n_pods,
-                   f"simulated cluster, seed {opts.seed}")
+    return Traffic(
+        sim.flows, sim.labels, traffic_dir / "inventory.json", n_pods, f"simulated cluster, seed {opts.seed}"
+    )
 
 
 def run_demo(opts: DemoOptions) -> DemoSummary:
@@ -218,11 +227,17 @@ class _Run:
         store = Store(s.store.url).start()
         try:
             bus.ensure_topics([topics.flows, topics.alerts, topics.decisions, topics.flows_dlq])
-            inventory = Inventory.from_file(self.traffic.inventory_path) if self.traffic.inventory_path else None
+            inventory = (
+                Inventory.from_file(self.traffic.inventory_path) if self.traffic.inventory_path else None
+            )
             engine = _RecordingEngine(DetectionEngine(s, inventory=inventory))
             watcher = ModelWatcher(s.pipeline.model_dir)
             stage = PipelineStage(
-                s, bus=bus, store=store, engine=engine, model_watcher=watcher,
+                s,
+                bus=bus,
+                store=store,
+                engine=engine,
+                model_watcher=watcher,
                 options=StageOptions(align_idle_s=ALIGN_IDLE_S, poll_timeout_s=0.0, max_records=500),
             )
             enforcer = Enforcer(s, store=store, bus=bus, clock=lambda: self.sim_now)
@@ -259,7 +274,7 @@ class _Run:
         edges = flows["ts_end"].searchsorted([t0 + k * BATCH_S for k in range(int(span // BATCH_S) + 2)])
         partitions = self.settings.kafka.partitions
         topic = self.settings.kafka.topics.flows
-        for a, b in zip(edges[:-1], edges[1:], strict=False):
+        for a, b in itertools.pairwise(edges):
             if b <= a:
                 continue
             batch = flows.iloc[a:b]
@@ -321,12 +336,18 @@ def _finish(
 
         window_s = settings.pipeline.window_s
         metrics = evaluate(
-            alerts, traffic.labels, windows, window_s=window_s,
-            hours=max(sim_minutes / 60.0, 1e-9), pods=max(traffic.pods, 1),
+            alerts,
+            traffic.labels,
+            windows,
+            window_s=window_s,
+            hours=max(sim_minutes / 60.0, 1e-9),
+            pods=max(traffic.pods, 1),
         )
         evaluation = out / "evaluation"
         write_evaluation(evaluation, metrics, windows, alerts, traffic.labels, window_s, model)
         files.append(evaluation / "metrics.json")
         if model is not None and len(windows):
             files.append(write_report(model, evaluation, out / "report.html"))
-    return DemoSummary(traffic.source, len(traffic.flows), sim_minutes, alerts, decisions, metrics, out, files)
+    return DemoSummary(
+        traffic.source, len(traffic.flows), sim_minutes, alerts, decisions, metrics, out, files
+    )

@@ -40,16 +40,23 @@ def replay(
         producer = bus.producer()
         try:
             stats = run_replay(
-                frame, producer, topic=topics.flows, partitions=settings.kafka.partitions,
-                speed=speed if realtime else 0.0, batch_s=batch_s, stop=stop,
+                frame,
+                producer,
+                topic=topics.flows,
+                partitions=settings.kafka.partitions,
+                speed=speed if realtime else 0.0,
+                batch_s=batch_s,
+                stop=stop,
             )
         finally:
             producer.close()
         failed = producer.failed_count
     finally:
         bus.close()
-    typer.echo(f"replayed {stats.flows:,} flows in {stats.messages:,} messages over {stats.seconds:.1f} s"
-               + (f"; {failed} messages failed" if failed else ""))
+    typer.echo(
+        f"replayed {stats.flows:,} flows in {stats.messages:,} messages over {stats.seconds:.1f} s"
+        + (f"; {failed} messages failed" if failed else "")
+    )
     if failed:
         raise typer.Exit(1)
 

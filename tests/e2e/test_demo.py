@@ -19,9 +19,26 @@ pytestmark = pytest.mark.e2e
 def test_demo_detects_every_injected_attack_and_leaves_its_outputs(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "flowwarden.cli", "demo", "--no-live", "--duration", "0", "--strict",
-         "--minutes", "12", "--pods", "60", "--out", str(out)],
-        capture_output=True, text=True, timeout=240, check=False,
+        [
+            sys.executable,
+            "-m",
+            "flowwarden.cli",
+            "demo",
+            "--no-live",
+            "--duration",
+            "0",
+            "--strict",
+            "--minutes",
+            "12",
+            "--pods",
+            "60",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "attacks injected" in proc.stdout

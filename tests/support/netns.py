@@ -7,6 +7,7 @@ with ``ip netns exec`` as argument lists, never shell strings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -22,7 +23,9 @@ def netns_available() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None
 
 
-def run(args: Sequence[str], *, check: bool = True, timeout: float = 30.0, **kw: Any) -> subprocess.CompletedProcess[str]:
+def run(
+    args: Sequence[str], *, check: bool = True, timeout: float = 30.0, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), check=check, timeout=timeout, capture_output=True, text=True, **kw)
 
 
@@ -77,7 +80,23 @@ class Lab:
         self._links += 1
         ia, ib = f"v{self._links}{a.short[:5]}", f"v{self._links}{b.short[:5]}"
         tmp_a, tmp_b = f"t{uuid.uuid4().hex[:10]}", f"t{uuid.uuid4().hex[:10]}"
-        run(["ip", "link", "add", tmp_a, "netns", a.name, "type", "veth", "peer", "name", tmp_b, "netns", b.name])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                tmp_a,
+                "netns",
+                a.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                tmp_b,
+                "netns",
+                b.name,
+            ]
+        )
         a.run("ip", "link", "set", tmp_a, "name", ia)
         b.run("ip", "link", "set", tmp_b, "name", ib)
         for h, iface, addr in ((a, ia, a_addr), (b, ib, b_addr)):
@@ -98,10 +117,8 @@ class Lab:
             # Kill whatever still runs inside, then remove the namespace.
             pids = run(["ip", "netns", "pids", h.name], check=False).stdout.split()
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), 9)
-                except (ProcessLookupError, ValueError):
-                    pass
             run(["ip", "netns", "del", h.name], check=False)
         self.hosts.clear()
 

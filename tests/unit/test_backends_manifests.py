@@ -201,3 +201,49 @@ def test_cluster_listing_calls_are_valid_and_per_namespace(tmp_path: Path) -> No
     for call in calls:
         check_call(call)
     assert b.cluster_policies() == []  # apply_to_cluster is off: nothing is asked of a cluster
+
+
+def excepted(path: Path) -> list[str]:
+    (doc,) = yaml.safe_load_all(path.read_text())
+    validate_k8s(doc)
+    egress = doc["spec"]["egress"]
+    return egress[0]["to"][0]["ipBlock"].get("except", []) if egress else ["(no egress)"]
+
+
+def test_block_policies_of_one_pod_each_except_every_active_block(tmp_path: Path) -> None:
+    """NetworkPolicies are additive: "all but X" and "all but Y" on one pod would allow everything."""
+    b = NetworkPolicyBackend(cfg(tmp_path))
+    first, second = decision(id="d-first"), decision(id="d-second", targets=["10.244.2.8"])
+    other_pod = decision(id="d-other", pod="web-2", targets=["10.244.2.9"])
+    p1, p3 = Path(b.apply(first)["manifest"]), Path(b.apply(other_pod)["manifest"])
+    result = b.apply(second)
+    p2 = Path(result["manifest"])
+    assert result["updated"] == ["d-first"]
+    assert excepted(p1) == excepted(p2) == ["10.244.2.7/32", "10.244.2.8/32"]
+    assert excepted(p3) == ["10.244.2.9/32"], "another pod's block is its own"
+    # A quarantine of the pod: its block policies allow nothing more than the quarantine does.
+    q = decision(id="d-q", action="quarantine", targets=[])
+    assert sorted(b.apply(q)["updated"]) == ["d-first", "d-second"]
+    assert excepted(p1) == excepted(p2) == ["(no egress)"]
+    b.revoke(q)
+    assert excepted(p1) == ["10.244.2.7/32", "10.244.2.8/32"]
+    assert b.revoke(second)["updated"] == ["d-first"]
+    assert excepted(p1) == ["10.244.2.7/32"] and not p2.exists()
+    rendered = [doc for doc in yaml.safe_load_all(b.render([first, second])) if doc]
+    assert [doc["spec"]["egress"][0]["to"][0]["ipBlock"]["except"] for doc in rendered] == [
+        ["10.244.2.7/32", "10.244.2.8/32"],
+        ["10.244.2.8/32", "10.244.2.7/32"],
+    ]
+
+
+def test_reconcile_rewrites_a_block_policy_that_misses_a_sibling(tmp_path: Path) -> None:
+    first, second = decision(id="d-first"), decision(id="d-second", targets=["10.244.2.8"])
+    elsewhere = NetworkPolicyBackend(cfg(tmp_path))  # e.g. `blocks add` in another process
+    p1 = Path(elsewhere.apply(first)["manifest"])
+    b = NetworkPolicyBackend(cfg(tmp_path))
+    assert b.reconcile([first]) == {"removed": [], "restored": []}
+    NetworkPolicyBackend(cfg(tmp_path)).apply(second)  # knew nothing of d-first
+    assert excepted(p1) == ["10.244.2.7/32"]
+    assert b.reconcile([first, second]) == {"removed": [], "restored": ["d-first", "d-second"]}
+    assert excepted(p1) == ["10.244.2.7/32", "10.244.2.8/32"]
+    assert b.reconcile([first, second]) == {"removed": [], "restored": []}

@@ -37,7 +37,9 @@ def test_replay_as_fast_as_possible_sends_every_flow_unchanged(flows: pd.DataFra
     bus.ensure_topics(["flows"])
     stats = replay(flows, bus.producer(), topic="flows", partitions=3, speed=0.0)
     assert stats.flows == len(flows)
-    got = _consume(bus, "flows").sort_values(["ts_end", "src_ip", "src_port", "dst_ip"]).reset_index(drop=True)
+    got = (
+        _consume(bus, "flows").sort_values(["ts_end", "src_ip", "src_port", "dst_ip"]).reset_index(drop=True)
+    )
     want = flows.sort_values(["ts_end", "src_ip", "src_port", "dst_ip"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want)
 
@@ -57,8 +59,9 @@ def test_paced_replay_shifts_the_traffic_to_start_now(flows: pd.DataFrame) -> No
             now[0] += timeout or 0.0
             return False
 
-    stats = replay(flows.head(500), bus.producer(), topic="flows", partitions=1, speed=10.0,
-                   stop=FastStop(), clock=clock)
+    stats = replay(
+        flows.head(500), bus.producer(), topic="flows", partitions=1, speed=10.0, stop=FastStop(), clock=clock
+    )
     got = _consume(bus, "flows")
     assert stats.flows == 500 == len(got)
     assert got["ts_end"].min() == pytest.approx(1_900_000_000.0)

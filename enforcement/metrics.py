@@ -20,7 +20,7 @@ class EnforcerMetrics:
         )
         self.refusals = Counter(
             "flowwarden_enforcer_refusals_total",
-            "Decisions refused, by the guardrail that refused them.",
+            "Decisions refused, and targets dropped from automatic decisions, by guardrail.",
             ["guardrail"],
             registry=self.registry,
         )

@@ -287,7 +287,7 @@ class DetectionEngine:
         self._last_expire = ws
         self.evicted["entities"] += self.entity_base.expire(ws)
         self.evicted["workloads"] += self.workload_base.expire(ws)
-        self.evicted["edges"] += self.edges.expire(ws)
+        self.evicted["edges"] += self.edges.expire(ws)  # also forgets expired alerted pairs
         self.evicted["connections"] = self.connections.evicted
         self.alerts.expire(ws)
 

@@ -428,15 +428,15 @@ def novelty_features(
     prior_first = seen.first_at(pos)
     prior_bytes = seen.bytes_at(pos)
     first = np.fmin(prior_first, chunk_first)
-    taint_until, taint_ent = seen.taint_at(pos)
+    taint_until, _ = seen.taint_at(pos)
     edges = edges.assign(first=first[row], prior=prior_bytes[row])
     # New: never seen before this window, or tainted by an alerted movement of another entity.
     ws_all = edges["ws"].to_numpy()
     ent = edges["ent"].to_numpy()
-    tainted = (taint_until[row] > ws_all) & (taint_ent[row] != ent)
-    if tainted.any():  # ...unless this entity was itself alerted on for that edge
+    tainted = taint_until[row] > ws_all
+    if tainted.any():  # ...unless this entity was itself alerted on for that edge, recently
         idx = np.flatnonzero(tainted)
-        tainted[idx] = ~seen.alerted_before(edges["hash"].to_numpy()[idx], ent[idx])
+        tainted[idx] = ~seen.alerted_before(edges["hash"].to_numpy()[idx], ent[idx], ws_all[idx])
     edges = edges.assign(new=(edges["first"].to_numpy() >= ws_all) | tainted)
     glob = edges["glob"].to_numpy()
     e = edges[~glob]
@@ -477,13 +477,18 @@ def novelty_features(
 
 
 def commit_edges(
-    edges: pd.DataFrame, seen: SeenEdges, tainted: np.ndarray | None = None, taint_s: float = 0.0
+    edges: pd.DataFrame,
+    seen: SeenEdges,
+    tainted: np.ndarray | None = None,
+    taint_s: float = 0.0,
+    own_s: float = 3600.0,
 ) -> None:
     """Remember the edges of these windows; taint those of the entity-windows in ``tainted``.
 
     An edge first used by an alerted lateral movement stays new for ``taint_s`` to every
     entity but the alerted one: the next pod of the same workload doing the same thing still
-    stands out, and the alerted pod's own alert can close (a false alert is not pinned open).
+    stands out, and the alerted pod's own alert can close (a false alert is not pinned open);
+    after ``own_s`` the same pod doing it again is news again.
     """
     if not len(edges):
         return
@@ -499,9 +504,8 @@ def commit_edges(
     if tainted is not None and len(tainted) and taint_s > 0:
         t = np.isin(edges["gid"].to_numpy(), tainted) & edges["new"].to_numpy()
         if t.any():
-            seen.taint(
-                rows[row[t]], hashes[row[t]], ws[t] + taint_s, edges["ent"].to_numpy()[t].astype("uint64")
-            )
+            ent = edges["ent"].to_numpy()[t].astype("uint64")
+            seen.taint(rows[row[t]], hashes[row[t]], ws[t] + taint_s, ent, ws[t] + own_s)
 
 
 def recent_features(p: Prepared, e: pd.DataFrame, recent: RecentActivity) -> pd.DataFrame:

@@ -270,19 +270,32 @@ class SeenEdges:
             pos[new] = rows
         return pos
 
-    def taint(self, rows: np.ndarray, hashes: np.ndarray, until: np.ndarray, entity: np.ndarray) -> None:
-        """Mark edges as used by an alerted movement of ``entity`` (new to others until ``until``)."""
+    def taint(
+        self,
+        rows: np.ndarray,
+        hashes: np.ndarray,
+        until: np.ndarray,
+        entity: np.ndarray,
+        own_until: np.ndarray,
+    ) -> None:
+        """Mark edges as used by an alerted movement of ``entity``: new to other entities until
+        ``until``, and not news from ``entity`` itself until ``own_until`` (its alert said it)."""
         self._taint_until[rows] = np.fmax(self._taint_until[rows], until)
         self._taint_ent[rows] = entity
         pairs = mix(hashes, entity, 11)
-        self._alerted.update(zip(pairs.tolist(), until.tolist(), strict=True))
+        self._alerted.update(zip(pairs.tolist(), own_until.tolist(), strict=True))
 
-    def alerted_before(self, hashes: np.ndarray, entity: np.ndarray) -> np.ndarray:
-        """Whether each entity was already alerted on for using each edge."""
+    def alerted_before(self, hashes: np.ndarray, entity: np.ndarray, now: np.ndarray) -> np.ndarray:
+        """Whether each entity was alerted on for using each edge, recently enough to not be news."""
         if not self._alerted:
             return np.zeros(len(hashes), dtype=bool)
-        pairs = mix(hashes, entity, 11).tolist()
-        return np.fromiter((p in self._alerted for p in pairs), dtype=bool, count=len(pairs))
+        get = self._alerted.get
+        until = np.fromiter((get(p, -np.inf) for p in mix(hashes, entity, 11).tolist()), dtype="float64")
+        return until > now
+
+    def forget_alerted(self, now: float) -> None:
+        if self._alerted:
+            self._alerted = {k: v for k, v in self._alerted.items() if v > now}
 
     def _hash_array(self) -> np.ndarray:
         hashes = np.empty(len(self._index), dtype="uint64")
@@ -300,8 +313,7 @@ class SeenEdges:
         if dropped:
             self.load(self.export()[keep])
             self.evicted += dropped
-        if self._alerted:
-            self._alerted = {k: v for k, v in self._alerted.items() if v > now}
+        self.forget_alerted(now)
         return dropped
 
     def export(self) -> pd.DataFrame:

@@ -66,12 +66,9 @@ class NetworkPolicyBackend(Backend):
             for o in (self.known.values() if others is None else others)
             if o.id != d.id and (o.source.namespace, o.source.pod) == pod
         ]
-        targets = list(d.targets)
-        for o in same:
-            if o.action == "block":
-                targets += [t for t in o.targets if t not in targets]
-        v4 = [str(parse_target(t)) for t in targets if parse_target(t).version == 4]
-        v6 = [str(parse_target(t)) for t in targets if parse_target(t).version == 6]
+        nets = {parse_target(t) for o in [d, *same] if o.action == "block" for t in o.targets}
+        v4 = [str(n) for n in sorted(n for n in nets if n.version == 4)]  # the same in every policy
+        v6 = [str(n) for n in sorted(n for n in nets if n.version == 6)]
         to: list[dict[str, Any]] = [
             {"ipBlock": {"cidr": "0.0.0.0/0", **({"except": v4} if v4 else {})}},
             {"ipBlock": {"cidr": "::/0", **({"except": v6} if v6 else {})}},

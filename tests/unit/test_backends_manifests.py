@@ -232,7 +232,7 @@ def test_block_policies_of_one_pod_each_except_every_active_block(tmp_path: Path
     rendered = [doc for doc in yaml.safe_load_all(b.render([first, second])) if doc]
     assert [doc["spec"]["egress"][0]["to"][0]["ipBlock"]["except"] for doc in rendered] == [
         ["10.244.2.7/32", "10.244.2.8/32"],
-        ["10.244.2.8/32", "10.244.2.7/32"],
+        ["10.244.2.7/32", "10.244.2.8/32"],
     ]
 
 

@@ -280,6 +280,14 @@ def test_new_targets_of_an_open_alert_get_a_decision_of_their_own(store: Store, 
     assert [x["target"] for x in second.backend_result["dropped_targets"]] == ["10.0.0.7"]
     assert second.ttl_s == first.ttl_s == 60, "more targets of the same alert are no repeat offence"
     assert {d.id for d in store.active_blocks(clock_dt(clock))} == {first.id, second.id}
+    # NetworkPolicies are additive: the pod's first policy now excepts the new targets too.
+    assert second.backend_result["networkpolicy"]["updated"] == [first.id]
+    (doc,) = yaml.safe_load_all(Path(first.backend_result["networkpolicy"]["manifest"]).read_text())
+    assert doc["spec"]["egress"][0]["to"][0]["ipBlock"]["except"] == [
+        "10.244.2.7/32",
+        "10.244.2.8/32",
+        "10.244.2.9/32",
+    ]
     # Re-delivery of any earlier version decides nothing; nor does a restarted enforcer.
     send(bus, s, alert(targets=["10.244.2.7"]), grown)
     assert e.poll_once(0.1) == []

@@ -393,7 +393,8 @@ class PipelineStage:
             self.notifiers.close()
             self.consumer = None
             log.info(
-                "pipeline stopped batches=%d flows=%d alerts=%d replayed=%d redelivered=%d ticks=%d late_flows=%s",
+                "pipeline stopped batches=%d flows=%d alerts=%d replayed=%d redelivered=%d ticks=%d "
+                "late_flows=%s",
                 self.stats.batches,
                 self.stats.flows,
                 self.stats.alerts,

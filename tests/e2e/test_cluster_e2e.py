@@ -25,7 +25,6 @@ from tests.e2e.cluster import (
     CONTROL_PLANE,
     CP_PORTS,
     DNS,
-    GATEWAY,
     INTERNET,
     INTERNET_PORT,
     PODS,

@@ -100,8 +100,13 @@ def _register_run(app: typer.Typer) -> None:
     def run(
         config: ConfigOption = None,
         worker_id: Annotated[
-            str, typer.Option("--worker-id", help="Names this worker's checkpoint (one per replica).")
-        ] = "0",
+            str | None,
+            typer.Option(
+                "--worker-id",
+                help="Names this worker's checkpoint: unique per replica, stable across its restarts "
+                "(a StatefulSet ordinal). Default: the host name.",
+            ),
+        ] = None,
         metrics_port: Annotated[
             int | None, typer.Option("--metrics-port", help="Serve /metrics here (0: off; default: setting).")
         ] = None,
@@ -113,9 +118,12 @@ def _register_run(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Consume flows, detect, send alerts to the topic, the store and the notifiers."""
+        import socket
+
         from pipeline.stage import StageOptions, run_pipeline
 
         settings = settings_from(config)
+        worker_id = worker_id or socket.gethostname()
         stats = run_pipeline(
             settings,
             options=StageOptions(worker_id=worker_id),

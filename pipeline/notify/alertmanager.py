@@ -22,6 +22,7 @@ def _label(value: str) -> str:
 
 class AlertmanagerNotifier(Notifier):
     name = "alertmanager"
+    wants_updates = True  # resending keeps the alert active; silence it there, not here
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from flowwarden.records import SEVERITY_ORDER, Alert
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+MAX_KNOWN_ALERTS = 100_000  # alert ids remembered to tell an update from a new alert
 
 # Outcome callback: (notifier name, status) with status in delivered | failed | retried | dropped.
 OnResult = Callable[[str, str], None]
@@ -36,6 +38,9 @@ class Notifier(ABC):
     """One receiver of alerts over HTTP."""
 
     name: str = "notifier"
+    # False: only an alert's first sighting and severity escalations reach this receiver (a
+    # chat channel); True: every update too (Alertmanager resolves alerts not resent).
+    wants_updates: bool = False
 
     def __init__(self, url: str, *, timeout_s: float = 5.0, session: requests.Session | None = None) -> None:
         self.url = url
@@ -128,9 +133,24 @@ class NotifierHub:
             for n in notifiers
         ]
         self._started = False
+        self._known: OrderedDict[str, int] = OrderedDict()  # alert id -> highest severity sent
 
     def __len__(self) -> int:
         return len(self._workers)
+
+    def _news(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """The alerts seen for the first time, or at a higher severity than before (remembered)."""
+        out = []
+        for a in alerts:
+            rank = SEVERITY_ORDER[a.severity]
+            before = self._known.get(a.id)
+            if before is None or rank > before:
+                out.append(a)
+                self._known[a.id] = rank
+            self._known.move_to_end(a.id)
+        while len(self._known) > MAX_KNOWN_ALERTS:
+            self._known.popitem(last=False)
+        return out
 
     def _result(self, notifier: str, status: str) -> None:
         self.on_result(notifier, status)
@@ -142,16 +162,24 @@ class NotifierHub:
             self._started = True
 
     def submit(self, alerts: Sequence[Alert]) -> int:
-        """Queue the alerts at or above the minimum severity; returns how many were queued."""
+        """Queue the alerts at or above the minimum severity; returns how many were queued.
+
+        An open alert comes back at every window while its behaviour lasts: receivers that
+        do not want updates get it once, and again only if its severity rises.
+        """
         chosen = [a for a in alerts if SEVERITY_ORDER[a.severity] >= self.min_rank]
         if not chosen or not self._workers:
             return 0
+        news = self._news(chosen)
         self.start()
         for w in self._workers:
+            batch = chosen if w.notifier.wants_updates else news
+            if not batch:
+                continue
             try:
-                w.queue.put_nowait(list(chosen))
+                w.queue.put_nowait(list(batch))
             except queue.Full:
-                log.warning("notify queue full notifier=%s dropped=%d", w.notifier.name, len(chosen))
+                log.warning("notify queue full notifier=%s dropped=%d", w.notifier.name, len(batch))
                 self._result(w.notifier.name, "dropped")
         return len(chosen)
 

@@ -273,3 +273,36 @@ def test_build_hub_from_settings(receiver: Receiver, alertmanager: Alertmanager)
     assert hub.submit([make_alert(0, severity="high"), make_alert(1, severity="critical")]) == 1
     hub.close(timeout_s=20)
     assert sorted(n for n, s in outcomes.seen if s == "delivered") == ["alertmanager", "slack", "webhook"]
+
+
+def test_chat_receivers_hear_an_alert_once_alertmanager_hears_every_update(
+    receiver: Receiver, alertmanager: Alertmanager
+) -> None:
+    """An open alert is updated at every window: Slack once (and on escalation), Alertmanager each time."""
+    outcomes = Outcomes()
+    hub = NotifierHub(
+        [SlackNotifier(receiver.url), AlertmanagerNotifier(alertmanager.url)],
+        min_severity="low",
+        on_result=outcomes,
+    )
+    first = make_alert(0, severity="medium")
+    update = first.model_copy(update={"last_seen": first.window_end, "score": 0.95})
+    escalated = first.model_copy(update={"severity": "critical"})
+    for batch in ([first], [update], [update]):
+        hub.submit(batch)
+    wait_for(lambda: outcomes.count("alertmanager", "delivered") == 3, timeout=20, what="three deliveries")
+
+    def listed() -> list[dict[str, Any]]:
+        return [a for a in alertmanager.alerts() if a["labels"]["flowwarden_id"] == first.id]
+
+    wait_for(lambda: len(listed()) == 1, timeout=20, what="alertmanager to list the alert")
+    assert listed()[0]["annotations"]["score"] == "0.950"  # kept fresh by the updates, not duplicated
+    hub.submit([escalated])
+    hub.close(timeout_s=20)
+    assert outcomes.count("slack", "delivered") == 2  # the first sighting and the escalation
+    assert outcomes.count("alertmanager", "delivered") == 4
+    texts = [b["text"] for b in receiver.bodies]
+    assert "*medium*" in texts[0] and "*critical*" in texts[1]
+    # Severity is a routing label: the escalation is a new series, the medium one resolves by itself.
+    wait_for(lambda: len(listed()) == 2, timeout=20, what="the escalated alert")
+    assert {a["labels"]["severity"] for a in listed()} == {"medium", "critical"}

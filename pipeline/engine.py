@@ -325,6 +325,10 @@ class DetectionEngine:
             self.edges.load(tables["edges"])
         if "alerted_edges" in tables and clocks:
             self.edges.load_alerted(tables["alerted_edges"])
+        if "recent" in tables and clocks:
+            # Recent activity (new peers, failed connections over a sliding horizon) keeps an
+            # ongoing slow scan on its open alert across a restart instead of starting afresh.
+            self.recent.table = tables["recent"].astype(self.recent.table.dtypes.to_dict())
         if "connections" in tables and clocks:
             self.connections.table = tables["connections"].astype(
                 {"pair": "uint64", "ts": "float64", "bytes": "float64"}

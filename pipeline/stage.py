@@ -357,7 +357,6 @@ class PipelineStage:
         state = self.sink.load_state(self.state_key)
         if state:
             self.engine.import_state(state)
-            _restore_recent_activity(self.engine, state)
             self._restore_replay_guard(self.sink.load_state(self.state_key + "/offsets"))
             log.info("state restored key=%s bytes=%d", self.state_key, len(state))
         self.bus.ensure_topics([self.flows_topic, self.alerts_topic, self.dlq_topic])
@@ -775,30 +774,6 @@ class PipelineStage:
     def _on_notify(self, notifier: str, status: str) -> None:
         self.metrics.notifications.labels(notifier=notifier, status=status).inc()
 
-
-def _restore_recent_activity(engine: Any, state: bytes) -> None:
-    """WORKAROUND until ``DetectionEngine.import_state`` restores its ``recent`` table itself.
-
-    ``export_state`` writes the engine's recent activity (new peers and failed connections
-    over a sliding horizon) but ``import_state`` does not read it back: after a restart a
-    slow scan or sweep is seen again from zero, so an ongoing behaviour gets a new alert id
-    (a duplicate; the SIGKILL test shows it). Loading the table here is a no-op once the
-    engine does it. The fix belongs in ``pipeline/engine.py``.
-    """
-    recent = getattr(engine, "recent", None)
-    if recent is None or not hasattr(recent, "table"):
-        return
-    try:
-        from pipeline.state import unpack_state
-
-        tables, _meta = unpack_state(state)
-    except Exception as exc:  # the engine already accepted the state; this is best effort
-        log.warning("recent activity not restored: %s", exc)
-        return
-    table = tables.get("recent")
-    if table is not None and len(table) and not len(recent.table):
-        recent.table = table.astype(recent.table.dtypes.to_dict())
-        log.info("recent activity restored rows=%d (engine workaround)", len(table))
 
 
 def build_stage(

@@ -397,6 +397,41 @@ def _rollup_dtypes(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _codes(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per row a code into the distinct values (-1 where missing), and those values."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return np.asarray(codes, dtype=np.int64), np.asarray(uniques, dtype=object)
+
+
+def _pick(
+    use_first: np.ndarray, first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row the first column's value where ``use_first``, else the second's, as codes.
+
+    Works on the distinct values only: equal text from either column gets one code.
+    """
+    (c1, u1), (c2, u2) = first, second
+    merged, uniques = pd.factorize(np.concatenate([u1, u2]))
+    lookup = np.append(np.asarray(merged, dtype=np.int64), -1)  # index -1: missing stays missing
+    ids = np.where(use_first, c1, np.where(c2 >= 0, c2 + len(u1), -1))
+    return lookup[ids], np.asarray(uniques, dtype=object)
+
+
+def _group_codes(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+    """One code per distinct combination of non-negative code columns, in order of first appearance."""
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    size = 1
+    for codes in columns:
+        card = int(codes.max()) + 1 if len(codes) else 1
+        if size * card >= 2**62:
+            compact, uniques = pd.factorize(key)
+            key, size = np.asarray(compact, dtype=np.int64), len(uniques)
+        key = key * card + codes
+        size *= card
+    compact, uniques = pd.factorize(key)
+    return np.asarray(compact, dtype=np.int64), len(uniques)
+
+
 def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.DataFrame:
     """Aggregate an *enriched* flow batch into per-minute ``flow_rollups`` rows.
 
@@ -405,8 +440,13 @@ def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.Dat
     on more than ``max_ports_per_peer`` ports in a minute (a port scan) is rolled up with
     ``dst_port`` 0, so that one scanner cannot add thousands of rows. ``flows`` counts final
     records (interim records are deltas of a flow that is still open) and ``rejected`` those
-    of them whose connection failed (``rejected`` or ``syn_only``). Returns one row per key.
+    of them whose connection failed (``rejected`` or ``syn_only``). Returns one row per key,
+    in the order the keys first appear.
     """
+    # Vectorised over integer codes: each text column is factorised once (its distinct
+    # values are few), the keys are combined as integers and the sums are taken over a
+    # stable sort, so no per-row text is copied or hashed twice. Rows with a missing key
+    # value are left out, as a pandas groupby would.
     missing = [c for c in _ROLLUP_INPUT if c not in flows.columns]
     if missing:
         raise RecordError(missing[0], "required column is missing for rollups")
@@ -415,39 +455,64 @@ def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.Dat
     ts_end = flows["ts_end"].to_numpy(dtype="float64")
     if not np.isfinite(ts_end).all():
         raise RecordError("ts_end", "not a finite number")
-    src_ns = flows["src_namespace"].to_numpy(dtype=object)
-    dst_ns = flows["dst_namespace"].to_numpy(dtype=object)
-    src_wl = flows["src_workload"].where(flows["src_workload"] != "", flows["src_pod"])
-    dst_wl = flows["dst_workload"].where(flows["dst_workload"] != "", flows["dst_pod"])
+
+    def side(prefix: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        ns = _codes(flows[f"{prefix}_namespace"])
+        workload = _codes(flows[f"{prefix}_workload"])
+        pod = _codes(flows[f"{prefix}_pod"])
+        ip = _codes(flows[f"{prefix}_ip"])
+        named = np.append(workload[1] != "", True)[workload[0]]  # missing: kept (and left out)
+        no_pod = np.append(ns[1] == "", False)[ns[0]]
+        empty = (np.zeros(len(ts_end), dtype=np.int64), np.array([""], dtype=object))
+        return [ns, _pick(named, workload, pod), _pick(no_pod, ip, empty)]
+
+    minute_s = (np.floor(ts_end / 60.0) * 60.0).astype("int64")
+    dims = [
+        _codes(minute_s),
+        _codes(flows["node"]),
+        *side("src"),
+        *side("dst"),
+        _codes(flows["direction"]),
+    ]
+    dst_port = flows["dst_port"].to_numpy(dtype="int64")
     final = flows["final"].to_numpy(dtype=bool)
     bytes_out = flows["bytes_out"].to_numpy(dtype="int64")
     bytes_in = flows["bytes_in"].to_numpy(dtype="int64")
-    frame = pd.DataFrame(
-        {
-            "minute": (np.floor(ts_end / 60.0) * 60.0).astype("int64"),
-            "node": flows["node"].to_numpy(dtype=object),
-            "src_namespace": src_ns,
-            "src_workload": src_wl.to_numpy(dtype=object),
-            "src_external": np.where(src_ns == "", flows["src_ip"].to_numpy(dtype=object), ""),
-            "dst_namespace": dst_ns,
-            "dst_workload": dst_wl.to_numpy(dtype=object),
-            "dst_external": np.where(dst_ns == "", flows["dst_ip"].to_numpy(dtype=object), ""),
-            "direction": flows["direction"].to_numpy(dtype=object),
-            "dst_port": flows["dst_port"].to_numpy(dtype="int64"),
-            "bytes": bytes_out + bytes_in,
-            "bytes_out": bytes_out,
-            "bytes_in": bytes_in,
-            "packets": flows["pkts_out"].to_numpy(dtype="int64") + flows["pkts_in"].to_numpy(dtype="int64"),
-            "flows": final.astype("int64"),
-            "rejected": (final & flows["state"].isin(_REJECTED_STATES).to_numpy()).astype("int64"),
-        }
-    )
-    peer = [c for c in ROLLUP_DIMENSIONS if c != "dst_port"]
-    ports = frame.groupby(peer, sort=False)["dst_port"].transform("nunique")
-    frame.loc[ports.to_numpy() > max_ports_per_peer, "dst_port"] = 0
-    out = frame.groupby(list(ROLLUP_DIMENSIONS), sort=False, as_index=False)[list(ROLLUP_MEASURES)].sum()
-    out["minute"] = pd.to_datetime(out["minute"], unit="s", utc=True)
-    return _rollup_dtypes(out)
+    packets = flows["pkts_out"].to_numpy(dtype="int64") + flows["pkts_in"].to_numpy(dtype="int64")
+    rejected = final & flows["state"].isin(_REJECTED_STATES).to_numpy(dtype=bool)
+    keep = np.logical_and.reduce([codes >= 0 for codes, _ in dims])
+    if not keep.all():
+        dims = [(codes[keep], uniques) for codes, uniques in dims]
+        dst_port, final, bytes_out, bytes_in, packets, rejected = (
+            a[keep] for a in (dst_port, final, bytes_out, bytes_in, packets, rejected)
+        )
+        if not keep.any():
+            return empty_rollups()
+    peer, _ = _group_codes([codes for codes, _ in dims])
+    port_codes, _ = _codes(dst_port)
+    pairs = np.unique(peer * (int(port_codes.max()) + 1) + port_codes) // (int(port_codes.max()) + 1)
+    ports_per_peer = np.bincount(pairs, minlength=int(peer.max()) + 1)
+    dst_port = np.where(ports_per_peer[peer] > max_ports_per_peer, 0, dst_port)
+    group, n_groups = _group_codes([peer, _codes(dst_port)[0]])
+    order = np.argsort(group, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(np.bincount(group, minlength=n_groups))[:-1]))
+    first = order[starts]  # the first row of each group
+    out: dict[str, Any] = {}
+    for name, (codes, uniques) in zip(ROLLUP_DIMENSIONS[:-1], dims, strict=True):
+        out[name] = uniques[codes[first]]
+    out["minute"] = pd.to_datetime(out["minute"].astype("int64"), unit="s", utc=True)
+    out["dst_port"] = dst_port[first]
+    measures = {
+        "bytes": bytes_out + bytes_in,
+        "bytes_out": bytes_out,
+        "bytes_in": bytes_in,
+        "packets": packets,
+        "flows": final.astype("int64"),
+        "rejected": rejected.astype("int64"),
+    }
+    for name in ROLLUP_MEASURES:
+        out[name] = np.add.reduceat(measures[name][order], starts)
+    return _rollup_dtypes(pd.DataFrame(out))
 
 
 def _rollup_rows(df: pd.DataFrame) -> list[dict[str, Any]]:

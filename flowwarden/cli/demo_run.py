@@ -176,7 +176,7 @@ def run_demo(opts: DemoOptions) -> DemoSummary:
     # The view shows every decision, refusals included: keep the stages' logs to errors.
     for name in ("flowwarden.enforcement", "enforcement", "pipeline", "models", "flowwarden.bus"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    view = DemoView(live=opts.live, labels=traffic.labels)
+    view = DemoView(live=opts.live)
     with view:
         run = _Run(settings, traffic, view, opts)
         alerts, decisions, windows, model = run.execute()
@@ -244,13 +244,16 @@ class _Run:
             producer = bus.producer()
             stage.start()
             enforcer.start()
+            # The view reads alerts as a person's tool would: its own group on the alerts topic.
+            viewer = bus.consumer([topics.alerts], f"{s.pipeline.group_id}-view")
             model = engine.model
             self.view.model(watcher.version)
             try:
-                self._replay(producer, stage, enforcer, publish_flows)
+                self._replay(producer, stage, enforcer, viewer, publish_flows)
                 stage.drain(idle_polls=3, max_seconds=60.0, flush=True)
-                self._settle(enforcer)
+                self._settle(enforcer, viewer)
             finally:
+                viewer.close()
                 producer.flush(10.0)
                 producer.close()
                 stage.stop()
@@ -263,7 +266,7 @@ class _Run:
             store.stop()
             bus.close()
 
-    def _replay(self, producer: Any, stage: Any, enforcer: Any, publish_flows: Any) -> None:
+    def _replay(self, producer: Any, stage: Any, enforcer: Any, viewer: Any, publish_flows: Any) -> None:
         flows = self.traffic.flows.sort_values("ts_end", kind="stable").reset_index(drop=True)
         if not len(flows):
             return
@@ -282,6 +285,7 @@ class _Run:
             publish_flows(producer, topic, batch, partitions)
             while stage.step():
                 pass
+            self._show_alerts(viewer)
             for d in enforcer.poll_once(timeout_s=0.0):
                 self.view.decision(d)
             self.view.progress(self.sim_now, t0, t1, len(batch), stage.stats, self._alerts_of(stage))
@@ -290,8 +294,16 @@ class _Run:
                 if lag > 0:
                     time.sleep(min(lag, 1.0))
 
-    def _settle(self, enforcer: Any) -> None:
+    def _show_alerts(self, viewer: Any) -> None:
+        messages = viewer.poll(timeout_s=0.0, max_records=500)
+        for m in messages:
+            self.view.alert(Alert.from_json(m.value))
+        if messages:
+            viewer.commit(messages)
+
+    def _settle(self, enforcer: Any, viewer: Any) -> None:
         """Let the enforcer take every alert the final flush produced."""
+        self._show_alerts(viewer)
         for _ in range(20):
             decisions = enforcer.poll_once(timeout_s=0.05)
             for d in decisions:

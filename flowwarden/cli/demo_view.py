@@ -10,11 +10,11 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from flowwarden.labels import Labels
-from flowwarden.records import Decision
+from flowwarden.records import SEVERITY_ORDER, Alert, Decision
 
 REFRESH_S = 0.25
 LOG_EVERY_S = 5.0
@@ -23,10 +23,9 @@ LOG_EVERY_S = 5.0
 class DemoView:
     """Shows flows/s, windows scored, alerts as they fire (with evidence) and decisions."""
 
-    def __init__(self, *, live: bool | None, labels: Labels | None) -> None:
+    def __init__(self, *, live: bool | None) -> None:
         self.console = Console(stderr=False)
         self.live_enabled = self.console.is_terminal if live is None else live
-        self.labels = labels
         self.alerts: deque[str] = deque(maxlen=8)
         self.decisions: deque[str] = deque(maxlen=6)
         self.flows = 0
@@ -36,7 +35,7 @@ class DemoView:
         self.sim_now = 0.0
         self.fraction = 0.0
         self.model_version: str | None = None
-        self._seen_alerts: set[str] = set()
+        self._shown: dict[str, int] = {}  # alert id -> severity rank shown (updates are not news)
         self._live: Live | None = None
         self._t0 = time.monotonic()
         self._last_log = 0.0
@@ -77,15 +76,21 @@ class DemoView:
         why = f" [{d.guardrail}]" if d.guardrail else ""
         line = f"{clock} {d.status}{why}: {d.action} {who} -> {tgt} ttl {d.ttl_s}s ({d.detector})"
         self.decisions.appendleft(line)
-        if d.alert_id and d.alert_id not in self._seen_alerts:
-            self._seen_alerts.add(d.alert_id)
         if self._live is None:
             self._log(line)
 
-    def alert_line(self, text: str) -> None:
-        self.alerts.appendleft(text)
+    def alert(self, a: Alert) -> None:
+        """A new alert (or one whose severity rose), with its strongest evidence."""
+        rank = SEVERITY_ORDER[a.severity]
+        if self._shown.get(a.id, -1) >= rank:
+            return
+        self._shown[a.id] = rank
+        clock = (a.last_seen or a.window_end).strftime("%H:%M:%S")
+        facts = [f"{k}={_short(v)}" for k, v in a.evidence.items() if k != "windows"][:3]
+        line = f"{clock} {a.severity:<8} {a.kind:<16} {a.summary} [{', '.join(facts)}] score {a.score:.2f}"
+        self.alerts.appendleft(line)
         if self._live is None:
-            self._log(text)
+            self._log(line)
 
     def _log(self, text: str) -> None:
         print(f"[demo] {text}", file=sys.stdout, flush=True)
@@ -100,7 +105,21 @@ class DemoView:
             f"[bold]alerts[/] {self.alert_count}",
             f"[bold]model[/] {self.model_version or '-'}",
         )
+        alerts = Table(title="alerts as they fire", expand=True, show_header=False)
+        for line in self.alerts:
+            alerts.add_row(escape(line))
         dec = Table(title="enforcer decisions (dry-run)", expand=True, show_header=False)
         for line in self.decisions:
-            dec.add_row(line)
-        return Panel(Group(head, dec), title="flowwarden demo", border_style="cyan")
+            dec.add_row(escape(line))
+        return Panel(Group(head, alerts, dec), title="flowwarden demo", border_style="cyan")
+
+
+def _short(value: Any) -> str:
+    """One evidence entry, compactly: ``{"value": 42, "baseline": 3}`` -> ``42 (base 3)``."""
+    if isinstance(value, dict):
+        v, base = value.get("value"), value.get("baseline")
+        text = _short(v)
+        return f"{text} (base {_short(base)})" if base is not None else text
+    if isinstance(value, float):
+        return f"{value:,.3g}"
+    return str(value)

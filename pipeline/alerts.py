@@ -155,12 +155,14 @@ class AlertBuilder:
             workload=str(w["workload"]),
             node=str(w["node"]),
         )
+        # Only the detector's evidence flows name targets: a window without them adds none
+        # (the enforcer must never block a destination the finding is not about).
         mask = det.target_mask(wflows, ctx) if len(wflows) else np.zeros(0, dtype=bool)
-        tflows = wflows[mask] if mask.any() else wflows
+        tflows = wflows[mask]
         targets = tflows["dst_ip"].value_counts().index[:MAX_TARGETS].tolist()
         ports = [int(p) for p in tflows["dst_port"].value_counts().index[:MAX_TARGETS]]
         evidence = {**self._evidence(ctx, row, det), **(det.describe(tflows) if mask.any() else {})}
-        examples = _examples(tflows)
+        examples = _examples(tflows if len(tflows) else wflows)
         ws, we = float(w["ws"]), float(w["we"])
         key = (entity.key(), det.name)
         prev = self.open.get(key)

@@ -100,6 +100,25 @@ class Detector:
         return {}
 
 
+HEAVY_SHARE = 0.10  # a destination is a target of an egress finding from this share of its bytes
+
+
+def heavy_egress_mask(flows: pd.DataFrame, share: float = HEAVY_SHARE) -> np.ndarray:
+    """Egress flows to the destinations that carry at least ``share`` of the window's bytes out.
+
+    The targets of an exfiltration alert are what the enforcer may block: a pod uploading
+    gigabytes to a new address also makes small calls to its usual SaaS APIs, and those
+    must not become block targets.
+    """
+    egress = (flows["direction"] == "egress").to_numpy()
+    if not egress.any():
+        return egress
+    out = flows["bytes_out"].where(egress, 0)
+    per_dst = out.groupby(flows["dst_ip"]).transform("sum").to_numpy(dtype="float64")
+    total = float(out.sum())
+    return egress & (per_dst >= share * total) if total > 0 else egress
+
+
 REGISTRY: dict[str, type[Detector]] = {}
 
 

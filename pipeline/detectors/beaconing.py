@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.detectors.base import Context, Detector, register
+from pipeline.detectors.base import Context, Detector, heavy_egress_mask, register
 
 
 @register
@@ -38,4 +38,4 @@ class Beaconing(Detector):
         return np.where(ok, np.clip(s, 0.0, 1.0), 0.0)
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
-        return (flows["direction"] == "egress").to_numpy()
+        return heavy_egress_mask(flows)

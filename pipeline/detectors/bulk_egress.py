@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.detectors.base import Context, Detector, ratio_score, register
+from pipeline.detectors.base import Context, Detector, heavy_egress_mask, ratio_score, register
 
 
 @register
@@ -51,4 +51,4 @@ class BulkEgress(Detector):
         return np.maximum(new_dst, baseline)
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
-        return (flows["direction"] == "egress").to_numpy()
+        return heavy_egress_mask(flows)

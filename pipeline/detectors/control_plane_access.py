@@ -10,6 +10,8 @@ Must not flag: kube-system components, node processes (kubelet to API server), m
 
 from __future__ import annotations
 
+import ipaddress
+
 import numpy as np
 import pandas as pd
 
@@ -37,5 +39,12 @@ class ControlPlaneAccess(Detector):
         return np.where(eligible, s, 0.0)
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
-        ports = ctx.settings.control_plane.ports()
-        return flows["dst_port"].isin([*ports, 443]).to_numpy()
+        """Control-plane ports, and 443 only on the API server's addresses (not any HTTPS)."""
+        cp, cluster = ctx.settings.control_plane, ctx.settings.cluster
+        api_ips = {
+            *cp.api_server_ips,
+            *(str(next(ipaddress.ip_network(c).hosts())) for c in cluster.service_cidrs),
+        }
+        on_port = flows["dst_port"].isin(cp.ports()).to_numpy()
+        https_api = (flows["dst_port"] == 443).to_numpy() & flows["dst_ip"].isin(api_ips).to_numpy()
+        return on_port | https_api

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.detectors.base import Context, Detector, ratio_score, register
+from pipeline.detectors.base import Context, Detector, heavy_egress_mask, ratio_score, register
 
 
 @register
@@ -45,4 +45,4 @@ class NewDestinationVolume(Detector):
         return np.where(ok, np.maximum(volume, first_upload), 0.0)
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
-        return (flows["direction"] == "egress").to_numpy()
+        return heavy_egress_mask(flows)

@@ -445,7 +445,7 @@ def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.Dat
     """
     # Vectorised over integer codes: each text column is factorised once (its distinct
     # values are few), the keys are combined as integers and the sums are taken over a
-    # stable sort, so no per-row text is copied or hashed twice. Rows with a missing key
+    # group codes, so no per-row text is copied or hashed twice. Rows with a missing key
     # value are left out, as a pandas groupby would.
     missing = [c for c in _ROLLUP_INPUT if c not in flows.columns]
     if missing:
@@ -466,9 +466,14 @@ def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.Dat
         empty = (np.zeros(len(ts_end), dtype=np.int64), np.array([""], dtype=object))
         return [ns, _pick(named, workload, pod), _pick(no_pod, ip, empty)]
 
-    minute_s = (np.floor(ts_end / 60.0) * 60.0).astype("int64")
+    minute = np.floor(ts_end / 60.0).astype("int64")
+    first_minute, span = int(minute.min()), int(minute.max()) - int(minute.min()) + 1
+    if span <= len(minute):  # a batch covers a few minutes: their offsets are the codes
+        minutes = (minute - first_minute, (np.arange(span, dtype=np.int64) + first_minute) * 60)
+    else:
+        minutes = _codes(minute * 60)
     dims = [
-        _codes(minute_s),
+        minutes,
         _codes(flows["node"]),
         *side("src"),
         *side("dst"),
@@ -494,9 +499,8 @@ def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.Dat
     ports_per_peer = np.bincount(pairs, minlength=int(peer.max()) + 1)
     dst_port = np.where(ports_per_peer[peer] > max_ports_per_peer, 0, dst_port)
     group, n_groups = _group_codes([peer, _codes(dst_port)[0]])
-    order = np.argsort(group, kind="stable")
-    starts = np.concatenate(([0], np.cumsum(np.bincount(group, minlength=n_groups))[:-1]))
-    first = order[starts]  # the first row of each group
+    first = np.full(n_groups, len(group), dtype=np.int64)
+    np.minimum.at(first, group, np.arange(len(group), dtype=np.int64))  # the first row of each group
     out: dict[str, Any] = {}
     for name, (codes, uniques) in zip(ROLLUP_DIMENSIONS[:-1], dims, strict=True):
         out[name] = uniques[codes[first]]
@@ -511,7 +515,9 @@ def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.Dat
         "rejected": rejected.astype("int64"),
     }
     for name in ROLLUP_MEASURES:
-        out[name] = np.add.reduceat(measures[name][order], starts)
+        total = np.zeros(n_groups, dtype=np.int64)
+        np.add.at(total, group, measures[name])
+        out[name] = total
     return _rollup_dtypes(pd.DataFrame(out))
 
 

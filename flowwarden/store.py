@@ -17,6 +17,8 @@ never written; and if two consumers race on it, the second mark raises
 from __future__ import annotations
 
 import math
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -128,9 +130,9 @@ def _make_engine(url: str) -> Engine:
         # is transactional and a read-then-write transaction cannot deadlock (BEGIN IMMEDIATE).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        if database not in ("", ":memory:"):
-            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
+        if database not in ("", ":memory:"):
+            _set_wal(cur)
         cur.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -140,6 +142,20 @@ def _make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _set_wal(cur: Any, attempts: int = 100, pause_s: float = 0.05) -> None:
+    """Switch a file database to WAL. The switch needs the database to itself and SQLite
+    answers "locked" at once, without its busy handler, while another process is starting
+    up on the same fresh file: retry, bounded."""
+    for attempt in range(attempts):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
 
 
 def _insert(conn: Connection, table: sa.Table) -> Any:

@@ -218,6 +218,23 @@ def main() -> None:
         if r["consumed"] != r["flows"] or not r["flushed"]:
             print(f"  ! {r['mode']}: consumed {r['consumed']} of {r['flows']}, flushed={r['flushed']}")
     print(f"total {time.monotonic() - started:.0f}s")
+    report(rows)
+
+
+def report(rows: list[dict[str, object]]) -> None:
+    """Headline figures for run_all.py: each format's produce and consume rates, JSON as the peer."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results import emit
+
+    json_row = next((r for r in rows if r["mode"] == "json" and r["crc32c_c"]), None)
+    peer = f"JSON per flow {float(json_row['produce_fps']):,.0f}/s produced" if json_row else ""
+    for r in rows:
+        crc = "crc32c C" if r["crc32c_c"] else "pure-Python CRC"
+        note = f"{r['flows']:,} flows, {r['messages']:,} messages, {PARTITIONS} partitions, {crc}"
+        label = {"raw-500": "pre-encoded 500/msg (bus alone)"}.get(str(r["mode"]), str(r["mode"]))
+        emit("bus", f"produce {label}", float(r["produce_fps"]), "flows/s", peer=peer, note=note)
+        emit("bus", f"consume {label}", float(r["consume_fps"]), "flows/s", peer=peer, note=note)
+    emit("bus", "peak RSS (largest case)", max(float(r["peak_rss_mb"]) for r in rows), "MiB")
 
 
 if __name__ == "__main__":

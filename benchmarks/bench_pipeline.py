@@ -357,6 +357,16 @@ def main() -> None:
             f"{lt['alerts'] - lt['steady_alerts']} more (idle clock) at p50 {lt['tail_p50_s']:.2f} s"
         )
         print(f"load average after: {os.getloadavg()[0]:.2f}; peak RSS {rss_mb():,.0f} MB")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results import emit
+
+    note = f"{tp['flows']:,} flows, {entities:,} entities, Kafka (tansu) to alerts + store, one worker"
+    emit("pipeline", "one worker, Kafka to alerts", tp["flows_s"], "flows/s",
+         peer=f"{tp['flows_per_cpu_s']:,.0f}/CPU-s; target 300k", note=note)  # fmt: skip
+    live = f"{live_rate:,.0f} flows/s live for {live_s:.0f} s"
+    emit("pipeline", "flow end -> alert p50", lt["p50_s"], "s", note=live)
+    emit("pipeline", "flow end -> alert p99", lt["p99_s"], "s", note=live)
+    emit("pipeline", "peak RSS", rss_mb(), "MiB", note=f"{entities:,} active entities, broker client, store")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from bench_bus import make_flows  # noqa: E402
 from flowwarden.records import split_invalid_flows  # noqa: E402
 from flowwarden.wire import decode_flows, encode_flows  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import emit  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,6 +49,7 @@ def main() -> None:
     dec = len(rows) / (time.process_time() - t)
     size = sum(len(b) for b in blobs) / len(rows)
     print(f"{'json/flow':<12} {enc:>12,.0f} {dec:>12,.0f} {'-':>15} {size:>11.1f}")
+    json_peer = f"JSON per flow: encode {enc:,.0f}/s, {size:.0f} B/flow"
 
     for batch in (500, 5000, 50_000):
         chunks = [df.iloc[i : i + batch] for i in range(0, n, batch)]
@@ -62,6 +66,9 @@ def main() -> None:
         both = n / (n / dec + n / split)
         size = sum(len(m) for m in msgs) / n
         print(f"{f'arrow-{batch}':<12} {enc:>12,.0f} {dec:>12,.0f} {both:>15,.0f} {size:>11.1f}")
+        note = f"{batch} flows/message, {size:.0f} bytes/flow on the wire; per CPU-second"
+        emit("wire", f"encode arrow-{batch}", enc, "flows/s", peer=json_peer, note=note)
+        emit("wire", f"decode + row checks arrow-{batch}", both, "flows/s", peer=json_peer, note=note)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

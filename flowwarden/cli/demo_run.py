@@ -141,7 +141,6 @@ def demo_settings(opts: DemoOptions, inventory_path: Path | None) -> Settings:
 
 def load_traffic(opts: DemoOptions, settings: Settings) -> Traffic:
     """Simulated cluster traffic with labels, or a capture metered by the collector."""
-    opts.out.mkdir(parents=True, exist_ok=True)
     if opts.pcap is not None:
         from collectors.offline import meter_pcap
 

@@ -229,6 +229,17 @@ def alert_to_row(alert: Alert, now: datetime | None = None) -> dict[str, Any]:
     return _clean_row(row)
 
 
+def _entity_from_row(row: Mapping[Any, Any]) -> Entity:
+    """The source entity that ``alerts`` and ``decisions`` rows both keep in flat columns."""
+    return Entity(
+        ip=row["src_ip"],
+        namespace=row["namespace"],
+        pod=row["pod"],
+        workload=row["workload"],
+        node=row["node"],
+    )
+
+
 def alert_from_row(row: Mapping[Any, Any]) -> Alert:
     """The :class:`Alert` an ``alerts`` row holds."""
     return Alert(
@@ -238,13 +249,7 @@ def alert_from_row(row: Mapping[Any, Any]) -> Alert:
         technique=row["technique"],
         score=row["score"],
         severity=row["severity"],
-        entity=Entity(
-            ip=row["src_ip"],
-            namespace=row["namespace"],
-            pod=row["pod"],
-            workload=row["workload"],
-            node=row["node"],
-        ),
+        entity=_entity_from_row(row),
         window_start=row["window_start"],
         window_end=row["window_end"],
         first_seen=row["first_seen"],
@@ -295,13 +300,7 @@ def decision_from_row(row: Mapping[Any, Any]) -> Decision:
         id=row["id"],
         alert_id=row["alert_id"],
         action=row["action"],
-        source=Entity(
-            ip=row["src_ip"],
-            namespace=row["namespace"],
-            pod=row["pod"],
-            workload=row["workload"],
-            node=row["node"],
-        ),
+        source=_entity_from_row(row),
         targets=row["targets"],
         target_ports=row["target_ports"],
         ttl_s=row["ttl_s"],

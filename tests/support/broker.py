@@ -98,12 +98,10 @@ class TansuBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Start the broker and wait until it answers a metadata request listing itself."""
-        if self.running:
-            return
-        url = f"tcp://{self.host}:{self.port}"
-        args = [
+    name = "tansu"
+
+    def _command(self, url: str) -> list[str]:
+        return [
             str(tansu_path()),
             "broker",
             "--listener-url",
@@ -113,6 +111,12 @@ class TansuBroker:
             "--storage-engine",
             "memory://tansu/",
         ]
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the process and wait until it answers a metadata request listing itself."""
+        if self.running:
+            return
+        args = self._command(f"tcp://{self.host}:{self.port}")
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
@@ -123,14 +127,17 @@ class TansuBroker:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(
-                    f"tansu exited with status {self._proc.returncode} while starting on {self.bootstrap}"
+                    f"{self.name} exited with status {self._proc.returncode} "
+                    f"while starting on {self.bootstrap}"
                     + (f" (log: {self.log_path})" if self.log_path else "")
                 )
             if _metadata_ok(self.host, self.port, timeout=0.5):
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"tansu did not answer a metadata request on {self.bootstrap} within {timeout}s")
+        raise RuntimeError(
+            f"{self.name} did not answer a metadata request on {self.bootstrap} within {timeout}s"
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the broker (its in-memory data is gone) and wait until the port is closed."""
@@ -155,7 +162,7 @@ class TansuBroker:
         self.stop()
 
 
-class TansuProxy:
+class TansuProxy(TansuBroker):
     """``tansu proxy`` in front of a broker: clients that bootstrap here see only the proxy.
 
     Outage tests stop the broker *and* the proxy, restart the broker, re-create the topics
@@ -166,26 +173,14 @@ class TansuProxy:
     broker later hands out the same offsets twice.
     """
 
+    name = "tansu proxy"
+
     def __init__(self, origin: TansuBroker, port: int | None = None, *, log_path: Path | None = None) -> None:
+        super().__init__(port, log_path=log_path)
         self.origin = origin
-        self.host = "127.0.0.1"
-        self.port = port or free_port()
-        self.log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self, timeout: float = 20.0) -> None:
-        if self.running:
-            return
-        url = f"tcp://{self.host}:{self.port}"
-        args = [
+    def _command(self, url: str) -> list[str]:
+        return [
             str(tansu_path()),
             "proxy",
             "--listener-url",
@@ -195,35 +190,6 @@ class TansuProxy:
             "--origin-url",
             f"tcp://{self.origin.bootstrap}",
         ]
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            self._proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        finally:
-            if self.log_path:
-                out.close()  # type: ignore[union-attr]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"tansu proxy exited with status {self._proc.returncode} on {self.bootstrap}"
-                )
-            if _metadata_ok(self.host, self.port, timeout=0.5):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(
-            f"tansu proxy did not answer a metadata request on {self.bootstrap} within {timeout}s"
-        )
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
 
 
 def unique_group(prefix: str = "test") -> str:

@@ -174,6 +174,10 @@ class PipelineSettings(Section):
     group_id: str = "flowwarden-pipeline"
     window_s: float = Field(10.0, gt=0)
     inventory_path: Path | None = None
+    # Where pod metadata comes from: "file" reads inventory_path (none when unset), "kubernetes"
+    # lists and watches pods through the API (needs list and watch on pods), "none" skips it.
+    inventory_source: Literal["file", "kubernetes", "none"] = "file"
+    kubernetes_in_cluster: bool = True  # true: the service account of the pod; false: the local kubeconfig
     model_dir: Path | None = None  # model registry; None: the model shipped with the package
     allowlist_sources: list[str] = []  # CIDRs, "namespace/", or "namespace/workload"
     baseline_half_life_h: float = Field(6.0, gt=0)

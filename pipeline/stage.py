@@ -388,6 +388,9 @@ class PipelineStage:
             if self.producer is not None:
                 self.producer.close()
             self.notifiers.close()
+            from pipeline.inventory_watch import close_inventory
+
+            close_inventory(getattr(self.engine, "inventory", None))
             self.consumer = None
             log.info(
                 "pipeline stopped batches=%d flows=%d alerts=%d replayed=%d redelivered=%d ticks=%d "
@@ -781,7 +784,6 @@ class PipelineStage:
         self.metrics.notifications.labels(notifier=notifier, status=status).inc()
 
 
-
 def build_stage(
     settings: Settings,
     *,
@@ -797,10 +799,10 @@ def build_stage(
     from flowwarden.bus import open_bus
     from flowwarden.store import Store
     from pipeline.engine import DetectionEngine
-    from pipeline.enrich import Inventory
+    from pipeline.inventory_watch import inventory_from_settings
 
-    path = settings.pipeline.inventory_path
-    inventory = Inventory.from_file(path) if path is not None else None
+    # The file (reloaded when it changes), or a watch on the Kubernetes API; stop() ends the watch.
+    inventory = inventory_from_settings(settings)
     engine = DetectionEngine(settings, inventory=inventory)
     return PipelineStage(
         settings,

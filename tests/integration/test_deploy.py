@@ -218,22 +218,33 @@ def test_every_manifest_image_is_pinned(manifests: list[dict[str, Any]]) -> None
         for c in d["spec"]["template"]["spec"]["containers"]
         + d["spec"]["template"]["spec"].get("initContainers", [])
     ]
-    assert len(images) >= 5
+    assert len(images) >= 3
     for image in images:
         tag = image.rpartition(":")[2]
         assert tag != "latest" and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{image}: not a pinned version"
 
 
-def test_pipeline_reads_the_inventory_its_sidecar_refreshes(manifests: list[dict[str, Any]]) -> None:
+def test_pipeline_watches_pods_with_list_and_watch_only(
+    manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    cm = _one(manifests, "ConfigMap", "flowwarden-settings")
+    path = tmp_path / "flowwarden.yaml"
+    path.write_text(cm["data"]["flowwarden.yaml"])
+    assert load_settings(path).pipeline.inventory_source == "kubernetes"
     pod = _one(manifests, "Deployment", "flowwarden-pipeline")["spec"]["template"]["spec"]
-    env = {
-        e["name"]: e.get("value") for e in _flowwarden_container({"spec": {"template": {"spec": pod}}})["env"]
-    }
-    path = env["FLOWWARDEN_PIPELINE__INVENTORY_PATH"]
-    for c in pod["initContainers"] + [c for c in pod["containers"] if c["name"] == "inventory"]:
-        assert f"mv {path}.tmp {path}" in " ".join(c["args"]), c["name"]
+    assert [c["name"] for c in pod["containers"]] == ["pipeline"], "no kubectl sidecar: the pipeline watches"
+    assert not pod.get("initContainers")
+    assert pod["serviceAccountName"] == "flowwarden-pipeline"
+    assert pod.get("automountServiceAccountToken", True), "the watch needs the service account token"
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert "FLOWWARDEN_PIPELINE__INVENTORY_PATH" not in env
     rules = _one(manifests, "ClusterRole", "flowwarden-pipeline-inventory")["rules"]
-    assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in rules), "the pipeline only reads"
+    assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    binding = _one(manifests, "ClusterRoleBinding", "flowwarden-pipeline-inventory")
+    assert binding["roleRef"]["name"] == "flowwarden-pipeline-inventory"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "flowwarden-pipeline", "namespace": "flowwarden"}
+    ]
 
 
 def test_collector_daemonset_is_least_privilege(manifests: list[dict[str, Any]]) -> None:

@@ -1,0 +1,443 @@
+"""Keep the enrichment's pod inventory current from a watch on the Kubernetes API.
+
+A ``kubectl get pods -A -o json`` dump every N seconds misses pods that live less than N
+seconds and maps a reused IP to the wrong pod until the next dump. A list, then a watch from
+the list's resourceVersion (client-go's reflector pattern), sees every change as it happens.
+
+The engine still holds a plain :class:`~pipeline.enrich.Inventory`: :class:`LiveInventory`
+is one, and its ``reload_if_changed`` returns a fresh snapshot when the watch changed
+something: at most every ``min_refresh_s``, and less often when a rebuild is slow, since it
+costs O(pods) on the engine's thread. Pod IPs are reused, and flows arrive late: a deleted
+pod stays ``deleted_retention_s`` with its end time, so a late flow still maps to it while a
+new pod with the same IP takes the flows after.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import urllib3
+
+from flowwarden.errors import ConfigError, ServiceUnavailable
+from flowwarden.settings import Settings
+from pipeline.enrich import Inventory
+
+log = logging.getLogger(__name__)
+
+DELETED_AT = "flowwarden.io/deleted-at"  # enrich.py's end of life for a pod without deletionTimestamp
+_GONE = 410  # the resourceVersion is older than the API server's history: list again
+_MAX_PAGES = 10_000  # of page_size pods each: a bound on one list, far above any cluster
+_REBUILD_SHARE = 0.1  # of the engine's time at most spent rebuilding (a 20k-pod rebuild is ~0.3 s)
+_HEALTHY_STREAM_S = 1.0  # a watch that ends sooner with no event counts as a failure (no spinning)
+_RBAC_HINT = "the service account needs list and watch on pods cluster-wide (deploy/kubernetes/pipeline.yaml)"
+
+
+@dataclass
+class WatchStats:
+    """What the watch did; counters for logs, metrics and tests."""
+
+    lists: int = 0  # complete lists (start, after 410 Gone)
+    watches: int = 0  # watch requests opened
+    events: int = 0  # watch events applied (bookmarks included)
+    failures: int = 0  # list or watch attempts that failed (connection, API error, 410)
+    rebuilds: int = 0  # inventory snapshots built
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _slim(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields enrich.py's ``_parse_pod`` reads, in the API's camelCase JSON.
+
+    Real pod objects carry specs, managed fields and container statuses (kilobytes each);
+    keeping only what enrichment uses bounds memory, and makes a MODIFIED event that changed
+    nothing enrichment sees compare equal, so it costs no rebuild. None: not a usable pod.
+    """
+    meta = pod.get("metadata")
+    if not isinstance(meta, dict) or not meta.get("name"):
+        return None
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    keep = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "labels")
+    slim_meta: dict[str, Any] = {k: meta[k] for k in keep if meta.get(k) is not None}
+    owners = [{"kind": o.get("kind"), "name": o.get("name")} for o in meta.get("ownerReferences") or []]
+    if owners:
+        slim_meta["ownerReferences"] = owners
+    deleted_at = (meta.get("annotations") or {}).get(DELETED_AT)
+    if deleted_at:
+        slim_meta["annotations"] = {DELETED_AT: deleted_at}
+    return {
+        "metadata": slim_meta,
+        "spec": {k: spec[k] for k in ("nodeName", "hostNetwork") if spec.get(k) is not None},
+        "status": {k: status[k] for k in ("hostIP", "podIP", "podIPs", "startTime") if status.get(k)},
+    }
+
+
+def _key(pod: dict[str, Any]) -> str:
+    meta = pod["metadata"]
+    return str(meta.get("uid") or f"{meta.get('namespace', 'default')}/{meta['name']}")
+
+
+def _ended(pod: dict[str, Any], now: float) -> dict[str, Any]:
+    """The pod with an end of life: its deletionTimestamp, else ``now`` (when it was seen gone)."""
+    meta = pod["metadata"]
+    if meta.get("deletionTimestamp") or (meta.get("annotations") or {}).get(DELETED_AT):
+        return pod
+    return {**pod, "metadata": {**meta, "annotations": {DELETED_AT: _iso(now)}}}
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason  # the cause, without the URL urllib3 wraps it in
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status:
+        reason = f"{status} {getattr(exc, 'reason', '') or ''}".strip()
+        return f"{reason}; {_RBAC_HINT}" if status in (401, 403) else reason
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _core_api(*, in_cluster: bool) -> Any:
+    """A ``CoreV1Api`` from the pod's service account or the local kubeconfig (its own configuration)."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    try:
+        if in_cluster:
+            config.load_incluster_config(client_configuration=cfg)
+        else:
+            config.load_kube_config(client_configuration=cfg)
+    except config.ConfigException as exc:
+        where = "in-cluster service account" if in_cluster else "kubeconfig"
+        raise ServiceUnavailable(f"kubernetes: no cluster credentials ({where}: {exc})") from exc
+    return client.CoreV1Api(client.ApiClient(cfg))
+
+
+class LiveInventory(Inventory):
+    """An :class:`Inventory` snapshot that knows its watch: ``reload_if_changed`` swaps in a newer one.
+
+    The engine only calls ``reload_if_changed`` on what it holds, so the file inventory and
+    this one are interchangeable. Every snapshot shares one :class:`WatchedInventory`;
+    ``stop()`` on any of them stops the watch.
+    """
+
+    source: WatchedInventory | None = None
+    version: int = -1
+
+    def reload_if_changed(self) -> Inventory:
+        return self if self.source is None else self.source.refresh(self)
+
+    def stop(self) -> None:
+        if self.source is not None:
+            self.source.stop()
+
+
+class WatchedInventory:
+    """Every pod of the cluster, kept current by a list-then-watch in a daemon thread.
+
+    ``api``: a ``kubernetes.client.CoreV1Api`` (tests, out-of-cluster use); by default one is
+    made in :meth:`start` from the pod's service account (``in_cluster``) or the kubeconfig.
+    The constructor does no I/O. Thread-safe: the watch thread writes the pod table under a
+    lock; :meth:`snapshot` and :meth:`refresh` (the engine's thread) copy it under the lock.
+    """
+
+    def __init__(
+        self,
+        *,
+        api: Any = None,
+        in_cluster: bool = True,
+        deleted_retention_s: float = 120.0,
+        min_refresh_s: float = 2.0,
+        watch_timeout_s: int = 300,
+        request_timeout_s: float = 30.0,
+        page_size: int = 500,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        stop_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api = api
+        self.in_cluster = in_cluster
+        self.deleted_retention_s = deleted_retention_s
+        self.min_refresh_s = min_refresh_s
+        self.watch_timeout_s = watch_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.page_size = page_size
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.stop_timeout_s = stop_timeout_s
+        self.clock = clock  # wall clock: deletion times and retention
+        self.stats = WatchStats()
+        self._lock = threading.Lock()
+        self._pods: dict[str, dict[str, Any]] = {}  # uid -> slim pod JSON (never mutated in place)
+        self._forget_at: dict[str, float] = {}  # uid of a deleted pod -> when to drop it
+        self._version = 0  # bumped on every change enrichment can see
+        self._resource_version: str | None = None  # None: list before watching
+        self._next_build = -float("inf")  # time.monotonic() before which refresh() keeps its snapshot
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watch: Any = None
+        self._owns_api = False  # made here from credentials: closed at stop()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> WatchedInventory:
+        """List every pod (so the first snapshot is complete), then watch in a daemon thread.
+
+        Raises :class:`ServiceUnavailable` when the API cannot be reached or refuses the list:
+        a start-up error, named with its cause (a 403 names the RBAC the pipeline needs).
+        """
+        if self._thread is not None:
+            return self
+        if self.api is None:
+            self.api = _core_api(in_cluster=self.in_cluster)
+            self._owns_api = True
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._relist()
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise ServiceUnavailable(f"kubernetes: cannot list pods ({_describe(exc)})") from exc
+        self._watch = watch.Watch()
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="pod-watch", daemon=True)
+        self._thread.start()
+        log.info("pod watch started pods=%d resource_version=%s", len(self._pods), self._resource_version)
+        return self
+
+    def stop(self) -> None:
+        """End the watch thread promptly: the stop event ends a back-off, closing the socket ends a read."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is None:
+            return
+        deadline = time.monotonic() + self.stop_timeout_s
+        while thread.is_alive() and time.monotonic() < deadline:
+            if self._watch is not None:
+                self._watch.stop()  # shuts the stream's socket down, if one is open now
+            thread.join(timeout=0.05)
+        if thread.is_alive():
+            log.warning("pod watch did not stop within %.1fs (daemon thread left)", self.stop_timeout_s)
+        elif self._owns_api:
+            self.api.api_client.close()
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def version(self) -> int:
+        """Bumped on every change enrichment can see; a snapshot of an older one is stale."""
+        with self._lock:
+            return self._version
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self) -> LiveInventory:
+        """An :class:`Inventory` of the pods now (deleted ones within their retention)."""
+        started = time.monotonic()
+        with self._lock:
+            self._forget_expired(self.clock())
+            items = list(self._pods.values())
+            version = self._version
+        inv = cast(LiveInventory, LiveInventory.from_dict({"items": items}))
+        inv.source = self
+        inv.version = version
+        self._throttle(started)
+        self.stats.rebuilds += 1
+        return inv
+
+    def refresh(self, current: LiveInventory) -> Inventory:
+        """``current`` while nothing changed or it is too recent; else a new snapshot."""
+        with self._lock:
+            self._forget_expired(self.clock())
+            unchanged = current.version == self._version
+        if unchanged or time.monotonic() < self._next_build:
+            return current
+        started = time.monotonic()
+        try:
+            return self.snapshot()
+        except ConfigError as exc:  # one odd object must not stop enrichment: keep the last good one
+            log.error("pod inventory rebuild failed, keeping the previous one error=%s", exc)
+            self._throttle(started)
+            return current
+
+    def _throttle(self, started: float) -> None:
+        """No rebuild before ``min_refresh_s``, nor before the engine had 1/share of its time back."""
+        now = time.monotonic()
+        self._next_build = now + max(self.min_refresh_s, (now - started) * (1 / _REBUILD_SHARE - 1))
+
+    def _forget_expired(self, now: float) -> None:
+        """Drop deleted pods past their retention (caller holds the lock)."""
+        expired = [uid for uid, at in self._forget_at.items() if at <= now]
+        for uid in expired:
+            del self._forget_at[uid]
+            self._pods.pop(uid, None)
+        if expired:
+            self._version += 1
+
+    # ------------------------------------------------------------------ list and watch
+    def _relist(self) -> None:
+        """Every pod, page by page, as raw JSON (the same camelCase as kubectl, and far cheaper
+        than building a ``V1PodList``); pods that vanished since the last list count as deleted."""
+        items: list[dict[str, Any]] = []
+        resource_version: str | None = None
+        cont: str | None = None
+        for _page in range(_MAX_PAGES):
+            resp = self.api.list_pod_for_all_namespaces(
+                limit=self.page_size,
+                _continue=cont,
+                _preload_content=False,
+                _request_timeout=(self.request_timeout_s, self.request_timeout_s),
+            )
+            try:
+                body = json.loads(resp.data)
+            finally:
+                resp.release_conn()
+            meta = body.get("metadata") or {}
+            resource_version = resource_version or meta.get("resourceVersion")
+            items.extend(body.get("items") or [])
+            cont = meta.get("continue") or None
+            if cont is None:
+                break
+        else:
+            raise ValueError(f"pod list did not end after {_MAX_PAGES} pages")
+        fresh: dict[str, dict[str, Any]] = {}
+        for item in items:
+            pod = _slim(item)
+            if pod is not None:
+                fresh[_key(pod)] = pod
+        now = self.clock()
+        with self._lock:
+            for uid, old in self._pods.items():
+                if uid in fresh:
+                    self._forget_at.pop(uid, None)
+                    continue
+                # Deleted while no watch was open (or already deleted): keep it for late flows.
+                fresh[uid] = _ended(old, now)
+                self._forget_at.setdefault(uid, now + self.deleted_retention_s)
+            if fresh != self._pods:
+                self._version += 1
+            self._pods = fresh
+            self._resource_version = str(resource_version) if resource_version else None
+            self.stats.lists += 1
+        log.info("pods listed pods=%d resource_version=%s", len(fresh), resource_version)
+
+    def _watch_once(self) -> int:
+        """Follow changes from the last resourceVersion until the server ends the stream."""
+        stream = self._watch.stream(
+            self.api.list_pod_for_all_namespaces,
+            resource_version=self._resource_version,
+            timeout_seconds=self.watch_timeout_s,
+            allow_watch_bookmarks=True,
+            _request_timeout=(self.request_timeout_s, self.watch_timeout_s + self.request_timeout_s),
+        )
+        self.stats.watches += 1
+        applied = 0
+        try:
+            for event in stream:
+                if self._stopping.is_set():
+                    break
+                self._apply(str(event.get("type")), event.get("raw_object") or {})
+                applied += 1
+        finally:
+            stream.close()
+        return applied
+
+    def _apply(self, kind: str, obj: dict[str, Any]) -> None:
+        """One watch event on the pod table; the resourceVersion moves on with it."""
+        meta = obj.get("metadata") or {}
+        now = self.clock()
+        pod = _slim(obj) if kind in ("ADDED", "MODIFIED", "DELETED") else None
+        with self._lock:
+            if pod is not None:
+                uid = _key(pod)
+                if kind == "DELETED":
+                    self._pods[uid] = _ended(pod, now)
+                    self._forget_at[uid] = now + self.deleted_retention_s
+                    self._version += 1
+                elif self._pods.get(uid) != pod:
+                    self._pods[uid] = pod
+                    self._forget_at.pop(uid, None)
+                    self._version += 1
+            self._forget_expired(now)
+            if meta.get("resourceVersion"):
+                self._resource_version = str(meta["resourceVersion"])
+            self.stats.events += 1
+        if pod is None and kind != "BOOKMARK":
+            log.debug("pod watch event ignored type=%s", kind)
+
+    def _run(self) -> None:
+        """Watch until stopped: resume from the last resourceVersion, list again on 410 Gone,
+        back off (bounded, exponential, stop-aware) on anything else."""
+        from kubernetes.client.exceptions import ApiException
+
+        failures = 0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                if self._resource_version is None:
+                    self._relist()
+                applied = self._watch_once()
+            except ApiException as exc:
+                if self._stopping.is_set():
+                    break
+                failures += 1
+                self.stats.failures += 1
+                if exc.status == _GONE:
+                    log.info("pod watch expired, listing again resource_version=%s", self._resource_version)
+                    self._resource_version = None
+                    if failures == 1:
+                        continue  # the normal case: list at once; a 410 again backs off
+                else:
+                    log.warning("pod watch refused error=%s failures=%d", _describe(exc), failures)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if self._stopping.is_set():
+                    break
+                failures += 1
+                self.stats.failures += 1
+                log.warning("pod watch connection failed error=%s failures=%d", _describe(exc), failures)
+            except Exception:  # keep watching: a dead thread would freeze the inventory silently
+                if self._stopping.is_set():
+                    break
+                failures += 1
+                self.stats.failures += 1
+                # An event that cannot be read would fail again from the same resourceVersion.
+                self._resource_version = None
+                log.exception("pod watch failed unexpectedly, listing again failures=%d", failures)
+            else:
+                if applied or time.monotonic() - started >= _HEALTHY_STREAM_S:
+                    failures = 0
+                    continue  # the server ended the stream (timeout_seconds): watch again
+                failures += 1  # an empty stream that ended at once: do not spin
+            delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(failures - 1, 16))
+            log.debug("pod watch retrying in_s=%.2f failures=%d", delay, failures)
+            self._stopping.wait(delay)
+        log.info("pod watch stopped")
+
+
+def inventory_from_settings(settings: Settings, *, api: Any = None) -> Inventory | None:
+    """The inventory ``pipeline.inventory_source`` names: the file, a started watch, or None.
+
+    A watch-backed inventory is a :class:`LiveInventory`: call :func:`close_inventory` on the
+    engine's current inventory (or ``stop()`` on any snapshot) at shutdown.
+    """
+    p = settings.pipeline
+    if p.inventory_source == "none":
+        return None
+    if p.inventory_source == "file":
+        return Inventory.from_file(p.inventory_path) if p.inventory_path is not None else None
+    return WatchedInventory(api=api, in_cluster=p.kubernetes_in_cluster).start().snapshot()
+
+
+def close_inventory(inventory: Inventory | None) -> None:
+    """Stop the watch behind ``inventory`` if it has one (a file inventory has nothing to stop)."""
+    if isinstance(inventory, LiveInventory):
+        inventory.stop()

@@ -1,0 +1,124 @@
+"""The inventory source setting, and what the watch keeps of a pod (no API server needed).
+
+The watch itself, over real HTTP, is in tests/integration/test_inventory_watch.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from flowwarden.errors import ConfigError, ServiceUnavailable
+from flowwarden.settings import Settings, load_settings
+from pipeline.enrich import Inventory
+from pipeline.inventory_watch import DELETED_AT, WatchedInventory, _ended, _slim, inventory_from_settings
+from tests.unit.flowkit import T0, pod
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own FLOWWARDEN_* and in-cluster variables must not change these tests."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("FLOWWARDEN_") or name.startswith("KUBERNETES_SERVICE_"):
+            monkeypatch.delenv(name)
+
+
+def settings(**pipeline: Any) -> Settings:
+    return Settings.model_validate({"pipeline": pipeline})
+
+
+def test_default_source_keeps_todays_behaviour(tmp_path: Path) -> None:
+    assert Settings().pipeline.inventory_source == "file"
+    assert Settings().pipeline.kubernetes_in_cluster is True
+    assert inventory_from_settings(settings()) is None, "file without a path: no inventory"
+    path = tmp_path / "pods.json"
+    path.write_text(json.dumps({"items": [pod("web-5d9c8f7b6-x2k4p", "10.244.1.5")]}))
+    inv = inventory_from_settings(settings(inventory_path=str(path)))
+    assert isinstance(inv, Inventory) and inv.path == path
+    assert inv.lookup(pd.Series(["10.244.1.5"]), pd.Series([T0]))["workload"].tolist() == ["web"]
+    assert inventory_from_settings(settings(inventory_path=str(path), inventory_source="none")) is None
+
+
+def test_bad_source_is_a_clear_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "flowwarden.yaml"
+    path.write_text("pipeline:\n  inventory_source: kubectl\n")
+    with pytest.raises(
+        ConfigError, match=r"'pipeline\.inventory_source': Input should be 'file', 'kubernetes'"
+    ):
+        load_settings(path)
+
+
+def test_kubernetes_source_outside_a_cluster_fails_at_start_not_in_the_constructor() -> None:
+    watched = WatchedInventory(in_cluster=True)  # no I/O: nothing is read or dialled yet
+    assert not watched.running
+    with pytest.raises(ServiceUnavailable, match="no cluster credentials"):
+        watched.start()
+    with pytest.raises(ServiceUnavailable, match="in-cluster service account"):
+        inventory_from_settings(settings(inventory_source="kubernetes"))
+
+
+def _full(name: str, ip: str, **kw: Any) -> dict[str, Any]:
+    """A pod with the bulk the API server adds (enrichment must not need any of it)."""
+    item = pod(name, ip, **kw)
+    item["metadata"] |= {
+        "uid": f"uid-{name}",
+        "resourceVersion": "42",
+        "labels": {"app": name},
+        "annotations": {"kubectl.kubernetes.io/restartedAt": "2027-01-15T08:00:00Z"},
+        "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+    }
+    item["spec"] |= {
+        "containers": [{"name": "app", "image": "app:1.0", "env": [{"name": "A", "value": "1"}]}]
+    }
+    item["status"] |= {"phase": "Running", "podIPs": [{"ip": ip}, {"ip": "fd00:10:244::5"}], "conditions": []}
+    return item
+
+
+def test_slim_pods_give_the_same_inventory_as_full_ones() -> None:
+    full = [
+        _full("web-5d9c8f7b6-x2k4p", "10.244.1.5", created="2027-01-15T08:00:00Z"),
+        _full("db-0", "10.244.1.6", ns="data", owner=("StatefulSet", "db"), deleted="2027-01-15T09:00:00Z"),
+        _full(
+            "kube-proxy-abc",
+            "10.0.0.11",
+            ns="kube-system",
+            owner=("DaemonSet", "kube-proxy"),
+            host_network=True,
+        ),
+        _full("bare", "10.244.1.7", owner=None),
+    ]
+    slim = [_slim(p) for p in full]
+    assert all(s is not None for s in slim)
+    a, b = Inventory.from_dict({"items": full}), Inventory.from_dict({"items": slim})
+    pd.testing.assert_frame_equal(a.pods, b.pods)
+    assert a.node_ips == b.node_ips == {"10.0.0.11": "node-1"}
+    kept = json.dumps(slim)
+    for bulk in ("managedFields", "containers", "conditions", "resourceVersion", "restartedAt"):
+        assert bulk not in kept, f"{bulk} is not for enrichment"
+    # A change enrichment does not read leaves the slim pod equal (no rebuild).
+    changed = _full("web-5d9c8f7b6-x2k4p", "10.244.1.5", created="2027-01-15T08:00:00Z")
+    changed["metadata"]["resourceVersion"] = "43"
+    changed["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    assert _slim(changed) == slim[0]
+    assert _slim({"metadata": {"namespace": "x"}}) is None, "no name: not a pod"
+
+
+def test_an_ended_pod_keeps_its_deletion_timestamp_or_gets_the_time_it_was_seen_gone() -> None:
+    slim = _slim(_full("web-5d9c8f7b6-x2k4p", "10.244.1.5", created="2027-01-15T08:00:00Z"))
+    assert slim is not None
+    ended = _ended(slim, pd.Timestamp("2027-01-15T08:10:00Z").timestamp())
+    assert ended["metadata"]["annotations"] == {DELETED_AT: "2027-01-15T08:10:00Z"}
+    assert "annotations" not in slim["metadata"], "the stored pod is never changed in place"
+    inv = Inventory.from_dict({"items": [ended]})
+    t = pd.Series([pd.Timestamp(s).timestamp() for s in ("2027-01-15T08:09:00Z", "2027-01-15T08:11:00Z")])
+    assert inv.lookup(pd.Series(["10.244.1.5"] * 2), t)["pod"].tolist() == ["web-5d9c8f7b6-x2k4p", ""]
+    terminating = _slim(
+        _full("db-0", "10.244.1.6", owner=("StatefulSet", "db"), deleted="2027-01-15T09:00:00Z")
+    )
+    assert terminating is not None and _ended(terminating, 0.0) is terminating

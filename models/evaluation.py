@@ -2,9 +2,11 @@
 
 An episode is *detected* when an alert of the episode's kind, whose entity matches the
 episode's source (same IP, or same namespace/pod), overlaps ``[start, end + 2 windows]``.
-An alert that matches no episode is a *false alert*. Rates are per hour of data and per
-hour per 100 pods, because an analyst's burden grows with the cluster (the base-rate
-fallacy: a "low" per-window rate still buries people in a big cluster).
+An alert that detects no episode is a *false alert*; :func:`match_episodes` is the one
+place that decides this, for ``models evaluate`` and ``scripts/detection_quality.py``
+alike. Rates are per hour of data and per hour per 100 pods, because an analyst's burden
+grows with the cluster (the base-rate fallacy: a "low" per-window rate still buries people
+in a big cluster).
 
 Window-level ROC-AUC and PR-AUC use the detectors' per-window scores: a window is positive
 when its entity is an episode's source and it overlaps the episode; the source's windows in
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +45,88 @@ def entity_matches(alert: Alert, ep: Episode) -> bool:
     return bool(src.pod) and alert.entity.pod == src.pod and alert.entity.namespace == src.namespace
 
 
+def concerns(alert: Alert, ep: Episode, window_s: float) -> bool:
+    """Whether ``alert`` is about ``ep``'s source during ``[start, end + 2 windows]``, of any kind."""
+    if not entity_matches(alert, ep):
+        return False
+    start, end = _ts(ep.start), _ts(ep.end) + GRACE_WINDOWS * window_s
+    return not (_ts(alert.window_start) > end or _ts(alert.window_end) < start)
+
+
 def detection_time(alert: Alert, ep: Episode, window_s: float) -> float | None:
     """When ``alert`` detects ``ep`` (the close of its first window in the episode's span), else None."""
-    if alert.kind != TECHNIQUE_KIND[ep.technique] or not entity_matches(alert, ep):
+    if alert.kind != TECHNIQUE_KIND[ep.technique] or not concerns(alert, ep, window_s):
         return None
-    start, end = _ts(ep.start), _ts(ep.end) + GRACE_WINDOWS * window_s
-    a0, a1 = _ts(alert.window_start), _ts(alert.window_end)
-    if a0 > end or a1 < start:
-        return None
-    first_window = max(a0, math.floor(start / window_s) * window_s)
+    first_window = max(_ts(alert.window_start), math.floor(_ts(ep.start) / window_s) * window_s)
     return first_window + window_s
+
+
+@dataclass
+class TechniqueTally:
+    """One technique's episodes and detections; tallies of several runs add up with :meth:`add`."""
+
+    episodes: int = 0
+    detected: int = 0
+    ttd_s: list[float] = field(default_factory=list)  # time to detect of each detected episode
+    missed: list[Episode] = field(default_factory=list)
+    detectors: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # detections each
+
+    def add(self, other: TechniqueTally) -> None:
+        self.episodes += other.episodes
+        self.detected += other.detected
+        self.ttd_s += other.ttd_s
+        self.missed += other.missed
+        for name, n in other.detectors.items():
+            self.detectors[name] += n
+
+
+@dataclass
+class Matching:
+    """Which alerts detect which episodes: what every detection-quality figure is counted from."""
+
+    ttd_s: dict[str, float]  # episode id -> time to detect, detected episodes only
+    true_alerts: set[str]  # ids of the alerts that detect some episode
+    false_alerts: list[Alert]  # the alerts that detect no episode
+    # Laxer: the alerts about no episode's source during its span, whatever their kind (an
+    # attacker's alert of another kind is not counted). The README's false-alert rate.
+    unexplained: list[Alert]
+    tallies: dict[str, TechniqueTally]  # every technique, in TECHNIQUES order
+
+
+def match_episodes(alerts: Sequence[Alert], episodes: Sequence[Episode], window_s: float) -> Matching:
+    """Match ``alerts`` to ``episodes``: the one definition of detected, time to detect and false.
+
+    Each alert counts once, however many episodes it detects or fails to.
+    """
+    tallies = {t: TechniqueTally() for t in TECHNIQUES}
+    ttd: dict[str, float] = {}
+    true_ids: set[str] = set()
+    explained: set[str] = set()
+    for ep in episodes:
+        tally = tallies[ep.technique]
+        tally.episodes += 1
+        for a in alerts:
+            if not concerns(a, ep, window_s):
+                continue
+            explained.add(a.id)
+            t = detection_time(a, ep, window_s)
+            if t is None:
+                continue
+            true_ids.add(a.id)
+            tally.detectors[a.detector] += 1
+            ttd[ep.id] = min(ttd.get(ep.id, math.inf), max(0.0, t - _ts(ep.start)))
+        if ep.id in ttd:
+            tally.detected += 1
+            tally.ttd_s.append(ttd[ep.id])
+        else:
+            tally.missed.append(ep)
+    return Matching(
+        ttd_s=ttd,
+        true_alerts=true_ids,
+        false_alerts=[a for a in alerts if a.id not in true_ids],
+        unexplained=[a for a in alerts if a.id not in explained],
+        tallies=tallies,
+    )
 
 
 def label_windows(windows: pd.DataFrame, labels: Labels, window_s: float) -> np.ndarray:
@@ -93,7 +169,8 @@ def _aucs(y: np.ndarray, score: np.ndarray) -> dict[str, float | None]:
     }
 
 
-def _rates(false_alerts: int, hours: float, pods: int) -> dict[str, float]:
+def false_alert_rates(false_alerts: int, hours: float, pods: int) -> dict[str, float]:
+    """False alerts per hour and per hour per 100 pods (infinite when there is no data)."""
     per_hour = false_alerts / hours if hours > 0 else math.inf
     return {
         "false_alerts_per_hour": per_hour,
@@ -103,31 +180,22 @@ def _rates(false_alerts: int, hours: float, pods: int) -> dict[str, float]:
 
 def _summary(
     alerts: list[Alert], episodes: list[Episode], window_s: float, hours: float, pods: int
-) -> tuple[dict[str, Any], dict[str, float]]:
+) -> tuple[dict[str, Any], Matching]:
     """Recall, precision, false-alert rates and time to detect of ``alerts`` over ``episodes``."""
-    true_ids: set[str] = set()
-    ttd: dict[str, float] = {}
-    for ep in episodes:
-        for a in alerts:
-            t = detection_time(a, ep, window_s)
-            if t is None:
-                continue
-            true_ids.add(a.id)
-            delay = max(0.0, t - _ts(ep.start))
-            ttd[ep.id] = min(ttd.get(ep.id, math.inf), delay)
-    false = sum(1 for a in alerts if a.id not in true_ids)
+    m = match_episodes(alerts, episodes, window_s)
+    false = len(m.false_alerts)
     out: dict[str, Any] = {
         "episodes": len(episodes),
-        "detected": len(ttd),
-        "recall": len(ttd) / len(episodes) if episodes else None,
+        "detected": len(m.ttd_s),
+        "recall": len(m.ttd_s) / len(episodes) if episodes else None,
         "alerts": len(alerts),
-        "true_alerts": len(true_ids),
+        "true_alerts": len(m.true_alerts),
         "false_alerts": false,
-        "precision": len(true_ids) / len(alerts) if alerts else None,
-        **_rates(false, hours, pods),
-        "time_to_detect_s": _quantiles(list(ttd.values())),
+        "precision": len(m.true_alerts) / len(alerts) if alerts else None,
+        **false_alert_rates(false, hours, pods),
+        "time_to_detect_s": _quantiles(list(m.ttd_s.values())),
     }
-    return out, ttd
+    return out, m
 
 
 def evaluate(
@@ -150,7 +218,8 @@ def evaluate(
     score_cols = sorted(c for c in windows.columns if c.startswith("score_"))
     names = sorted({*detectors, *(c[len("score_") :] for c in score_cols), *(a.detector for a in alerts)})
 
-    overall, ttd = _summary(alerts, episodes, window_s, hours, pods)
+    overall, matched = _summary(alerts, episodes, window_s, hours, pods)
+    ttd = matched.ttd_s
     if score_cols:
         overall.update(_aucs(y, windows[score_cols].to_numpy(dtype="float64").max(axis=1)))
     else:
@@ -160,7 +229,8 @@ def evaluate(
     caught_by: dict[str, list[str]] = {ep.id: [] for ep in episodes}
     for name in names:
         mine = [a for a in alerts if a.detector == name]
-        row, det_ttd = _summary(mine, episodes, window_s, hours, pods)
+        row, mine_matched = _summary(mine, episodes, window_s, hours, pods)
+        det_ttd = mine_matched.ttd_s
         for ep_id in det_ttd:
             caught_by[ep_id].append(name)
         col = f"score_{name}"
@@ -177,18 +247,16 @@ def evaluate(
         per_detector[name] = row
 
     per_technique: dict[str, Any] = {}
-    for t in TECHNIQUES:
-        eps = [ep for ep in episodes if ep.technique == t]
-        if not eps:
+    for t, tally in matched.tallies.items():
+        if not tally.episodes:
             continue
-        found = [ep for ep in eps if ep.id in ttd]
         per_technique[t] = {
             "kind": TECHNIQUE_KIND[t],
-            "episodes": len(eps),
-            "detected": len(found),
-            "recall": len(found) / len(eps),
-            "time_to_detect_s": _quantiles([ttd[ep.id] for ep in found]),
-            "detectors": sorted({d for ep in eps for d in caught_by[ep.id]}),
+            "episodes": tally.episodes,
+            "detected": tally.detected,
+            "recall": tally.detected / tally.episodes,
+            "time_to_detect_s": _quantiles(tally.ttd_s),
+            "detectors": sorted(tally.detectors),
         }
 
     per_episode = [

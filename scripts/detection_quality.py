@@ -5,12 +5,13 @@
     .venv/bin/python scripts/detection_quality.py --seeds 1,2,3  # tuning seeds
 
 For each seed: simulate a cluster with every attack technique at the given intensity plus
-all hard negatives, run the offline detector (the live engine), match alerts to episodes.
+all hard negatives, run the offline detector (the live engine), match alerts to episodes
+with ``models.evaluation.match_episodes`` (the matching ``flowwarden models evaluate`` uses).
 An episode is detected when an alert of the episode's kind, whose entity is the episode's
 source, covers some of [start, end + 2 windows]; time to detect is from the episode start
-to the close of the first such window. An alert whose entity is no episode's source at that
-time is a false alert (reported per hour per 100 pods). Thin on purpose: the models stage's
-``models/evaluation.py`` will own this matching once it exists.
+to the close of the alert's first window in that span. An alert about no episode's source
+during its span is a false alert (reported per hour per 100 pods): an attacker's alert of
+another kind is not counted, unlike ``models evaluate``'s stricter false alerts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,58 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from flowwarden.labels import TECHNIQUES, Episode
+from flowwarden.labels import TECHNIQUES
 from flowwarden.records import Alert
 from flowwarden.settings import Settings
+from models.evaluation import TechniqueTally, false_alert_rates, match_episodes
 
 FIGURE_SEEDS = (101, 102, 103)
 TUNING_SEEDS = (1, 2, 3)
-
-
-@dataclass
-class Tally:
-    episodes: int = 0
-    detected: int = 0
-    ttd_windows: list[float] = field(default_factory=list)
-    missed: list[Episode] = field(default_factory=list)
-    detectors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-
-def _same_source(alert: Alert, ep: Episode) -> bool:
-    if ep.source.pod and alert.entity.pod:
-        return alert.entity.pod == ep.source.pod and alert.entity.namespace == ep.source.namespace
-    return alert.entity.ip == ep.source.ip
-
-
-def match(alerts: list[Alert], episodes: list[Episode], window_s: float) -> dict[str, Any]:
-    """Per technique: episodes, detected, times to detect; plus the false alerts."""
-    tallies: dict[str, Tally] = {t: Tally() for t in TECHNIQUES}
-    explained: set[str] = set()
-    for ep in episodes:
-        t = tallies[ep.technique]
-        t.episodes += 1
-        lo, hi = ep.start.timestamp(), ep.end.timestamp() + 2 * window_s
-        best: float | None = None
-        for a in alerts:
-            if not _same_source(a, ep):
-                continue
-            a0 = a.window_start.timestamp()
-            a1 = (a.last_seen or a.window_end).timestamp()
-            if a1 < lo - window_s or a0 > hi:
-                continue
-            explained.add(a.id)  # about the attacker during the attack: not a false alert
-            if a.kind != ep.kind:
-                continue
-            t.detectors[a.detector] += 1
-            detect_at = max(a0, lo - window_s) + window_s
-            best = detect_at if best is None else min(best, detect_at)
-        if best is not None:
-            t.detected += 1
-            t.ttd_windows.append(max(0.0, best - lo) / window_s)
-        else:
-            t.missed.append(ep)
-    false = [a for a in alerts if a.id not in explained]
-    return {"tallies": tallies, "false": false}
 
 
 def run_seed(
@@ -91,6 +46,7 @@ def run_seed(
     state: bytes | None,
     model: Any = None,
 ) -> dict[str, Any]:
+    """One seed's tallies, false alerts and timings: the matching is ``models/evaluation.py``'s."""
     from pipeline.enrich import Inventory
     from pipeline.offline import detect_flows
     from simulator import simulate
@@ -106,9 +62,15 @@ def run_seed(
         sim.flows, settings=settings, inventory=inv, state=state, model=model, keep_windows=False
     )
     t_det = time.perf_counter() - t
-    out = match(res.alerts, sim.labels.episodes, settings.pipeline.window_s)
-    out.update(flows=len(sim.flows), sim_s=t_sim, detect_s=t_det, alerts=len(res.alerts))
-    return out
+    m = match_episodes(res.alerts, sim.labels.episodes, settings.pipeline.window_s)
+    return {
+        "tallies": m.tallies,
+        "false": m.unexplained,
+        "flows": len(sim.flows),
+        "sim_s": t_sim,
+        "detect_s": t_det,
+        "alerts": len(res.alerts),
+    }
 
 
 def benign_state(seed: int, minutes: float, pods: int, settings: Settings) -> bytes:
@@ -162,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.offline import default_model
 
         model = default_model()
-    total: dict[str, Tally] = {t: Tally() for t in TECHNIQUES}
+    window_s = settings.pipeline.window_s
+    total: dict[str, TechniqueTally] = {t: TechniqueTally() for t in TECHNIQUES}
     false: list[Alert] = []
     hours = 0.0
     flows = 0
@@ -170,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         r = run_seed(seed, args.minutes, args.pods, args.intensity, settings, state, model)
         for tech, t in r["tallies"].items():
-            tot = total[tech]
-            tot.episodes += t.episodes
-            tot.detected += t.detected
-            tot.ttd_windows += t.ttd_windows
+            total[tech].add(t)
             if args.show_missed:
                 for ep in t.missed:
                     print(
@@ -181,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
                         f"{ep.start:%H:%M:%S}-{ep.end:%H:%M:%S} intensity={ep.intensity}",
                         file=sys.stderr,
                     )
-            for d, n in t.detectors.items():
-                tot.detectors[d] += n
         false += r["false"]
         hours += args.minutes / 60.0
         flows += r["flows"]
@@ -192,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
             f"simulate {r['sim_s']:.1f}s, detect {r['detect_s']:.1f}s",
             file=sys.stderr,
         )
-    fp_rate = len(false) / hours / (args.pods / 100.0) if hours else 0.0
+    rates = false_alert_rates(len(false), hours, args.pods)
+    fp_rate = rates["false_alerts_per_hour_per_100_pods"] if hours else 0.0
     rows = []
     print(
         f"\nDetection quality: seeds {args.seeds}, {args.minutes:g} min x {args.pods} pods each, "
-        f"intensity {args.intensity:g}, window {settings.pipeline.window_s:g}s"
+        f"intensity {args.intensity:g}, window {window_s:g}s"
         + (f", warm start from benign seed {args.warm_seed}" if state else ", cold start")
         + (f", anomaly model {getattr(model, 'version', '?')}" if model is not None else ", rules only")
     )
@@ -204,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|---|")
     for tech, t in total.items():
         recall = t.detected / t.episodes if t.episodes else float("nan")
-        ttd = float(np.median(t.ttd_windows)) if t.ttd_windows else float("nan")
+        ttd_windows = [s / window_s for s in t.ttd_s]
+        ttd = float(np.median(ttd_windows)) if ttd_windows else float("nan")
         dets = ", ".join(f"{d} ({n})" for d, n in sorted(t.detectors.items(), key=lambda kv: -kv[1]))
         print(f"| {tech} | {t.episodes} | {t.detected} | {recall:.2f} | {ttd:.1f} | {dets} |")
         rows.append(
@@ -216,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 "median_ttd_windows": ttd,
             }
         )
-    all_ttd = [x for t in total.values() for x in t.ttd_windows]
+    all_ttd = [s / window_s for t in total.values() for s in t.ttd_s]
     print(
         f"\nfalse alerts: {len(false)} over {hours:g} h -> {fp_rate:.2f} per hour per 100 pods; "
         f"overall median TTD {float(np.median(all_ttd)) if all_ttd else float('nan'):.1f} windows; "

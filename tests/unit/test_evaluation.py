@@ -13,9 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowwarden.labels import Episode, Labels
+from flowwarden.labels import TECHNIQUES, Episode, Labels
 from flowwarden.records import Alert, Entity
-from models.evaluation import IGNORED, NEGATIVE, POSITIVE, evaluate, label_windows, write_metrics
+from models.evaluation import (
+    IGNORED,
+    NEGATIVE,
+    POSITIVE,
+    TechniqueTally,
+    evaluate,
+    label_windows,
+    match_episodes,
+    write_metrics,
+)
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 W = 10.0
@@ -79,6 +88,38 @@ def test_matching_by_kind_entity_and_time() -> None:
     assert o["time_to_detect_s"]["median"] == pytest.approx(42.5)
 
 
+def test_match_episodes_counts_only_the_right_kind_entity_and_span() -> None:
+    # "scan" is 10.0.0.1/web-1 from 105 s to 170 s: its span is [105, 190] with 10 s windows.
+    hit = _alert("port_scan", "lateral_movement", "10.0.0.1", "web-1", 120, 130)
+    at_span_end = _alert("fan_out", "lateral_movement", "10.0.0.1", "web-1", 190, 200)
+    grace = _alert("bulk_egress", "exfiltration", "10.0.0.99", "web-2", 370, 380)  # "exfil", same pod
+    wrong_kind = _alert("bulk_egress", "exfiltration", "10.0.0.1", "web-1", 140, 150)
+    other_entity = _alert("port_scan", "lateral_movement", "10.0.0.8", "web-8", 120, 130)
+    after = _alert("port_scan", "lateral_movement", "10.0.0.1", "web-1", 191, 200)
+    before = _alert("port_scan", "lateral_movement", "10.0.0.1", "web-1", 80, 95)
+    alerts = [hit, at_span_end, grace, wrong_kind, other_entity, after, before]
+
+    m = match_episodes(alerts, LABELS.episodes, W)
+
+    assert m.ttd_s == {"scan": pytest.approx(25.0), "exfil": pytest.approx(80.0)}
+    assert m.true_alerts == {hit.id, at_span_end.id, grace.id}
+    # Each false alert once, though it detects none of the three episodes.
+    assert [a.id for a in m.false_alerts] == [wrong_kind.id, other_entity.id, after.id, before.id]
+    # The attacker's alert of the wrong kind detects nothing but is about the attack.
+    assert [a.id for a in m.unexplained] == [other_entity.id, after.id, before.id]
+    scan = m.tallies["port_scan"]
+    assert (scan.episodes, scan.detected, scan.missed) == (1, 1, [])
+    assert scan.ttd_s == [pytest.approx(25.0)] and dict(scan.detectors) == {"port_scan": 1, "fan_out": 1}
+    tunnel = m.tallies["dns_tunnel"]
+    assert (tunnel.episodes, tunnel.detected, [e.id for e in tunnel.missed]) == (1, 0, ["missed"])
+    assert m.tallies["ip_sweep"].episodes == 0 and list(m.tallies) == list(TECHNIQUES)
+
+    total = TechniqueTally()
+    total.add(scan)
+    total.add(scan)
+    assert (total.episodes, total.detected, dict(total.detectors)) == (2, 2, {"port_scan": 2, "fan_out": 2})
+
+
 def _windows() -> pd.DataFrame:
     rows = []
     for ws in T0.timestamp() + np.arange(0, 600, W):
@@ -136,6 +177,8 @@ def test_metrics_json_has_no_nan(tmp_path: Path) -> None:
 )
 def test_counts_add_up_and_more_alerts_never_lower_recall(raw: list[tuple[str, str, int, int]]) -> None:
     alerts = [_alert("fan_out", kind, ip, "", start * W, (start + span) * W) for ip, kind, start, span in raw]
+    # The id is (entity, detector, window): the engine emits one alert per id, never two kinds.
+    alerts = list({a.id: a for a in alerts}.values())
     m = evaluate(alerts, LABELS, pd.DataFrame(), window_s=W, hours=1.0, pods=100)["overall"]
     assert m["true_alerts"] + m["false_alerts"] == m["alerts"] == len({a.id for a in alerts})
     assert 0 <= m["detected"] <= m["episodes"]

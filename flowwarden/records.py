@@ -184,7 +184,10 @@ def _ip_ok(value: str) -> bool:
 def valid_ip_mask(series: pd.Series) -> np.ndarray:
     """True where the value is a valid IPv4 or IPv6 address (checked once per distinct value)."""
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
-    ok = np.array([isinstance(u, str) and _ip_ok(u) for u in uniques], dtype=bool)
+    # A plain list: iterating an Arrow-backed index boxes one scalar at a time.
+    ok = np.array(
+        [isinstance(u, str) and _ip_ok(u) for u in np.asarray(uniques, dtype=object).tolist()], dtype=bool
+    )
     result = np.zeros(len(series), dtype=bool)
     present = codes >= 0
     result[present] = ok[codes[present]]
@@ -192,12 +195,19 @@ def valid_ip_mask(series: pd.Series) -> np.ndarray:
 
 
 def _row_problems(df: pd.DataFrame) -> pd.Series:
-    """Per row, the reason it is invalid ("" when valid). ``df`` already has the schema."""
-    reason = pd.Series("", index=df.index, dtype=object)
+    """Per row, the reason it is invalid ("" when valid). ``df`` already has the schema.
 
-    def flag(mask: np.ndarray | pd.Series, text: str) -> None:
-        m = np.asarray(mask, dtype=bool) & (reason.to_numpy() == "")
-        reason[m] = text
+    A row gets the first reason that applies. Reasons are tracked as small integer codes
+    (comparing a column of Python strings per check cost more than the checks).
+    """
+    reasons = [""]
+    code = np.zeros(len(df), dtype=np.int8)
+
+    def flag(mask: np.ndarray, text: str) -> None:
+        reasons.append(text)
+        m = np.asarray(mask, dtype=bool)
+        if m.any():
+            code[m & (code == 0)] = len(reasons) - 1
 
     flag(~valid_ip_mask(df["src_ip"]), "src_ip: not an IP address")
     flag(~valid_ip_mask(df["dst_ip"]), "dst_ip: not an IP address")
@@ -213,7 +223,7 @@ def _row_problems(df: pd.DataFrame) -> pd.Series:
     flag(ts1 < ts0, "ts_end: earlier than ts_start")
     flag(~df["state"].isin(FLOW_STATES).to_numpy(), "state: unknown value")
     flag(~df["direction"].isin(FLOW_DIRECTIONS).to_numpy(), "direction: unknown value")
-    return reason
+    return pd.Series(np.array(reasons, dtype=object)[code], index=df.index, dtype=object)
 
 
 def split_invalid_flows(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -160,7 +160,11 @@ def _set_wal(cur: Any, attempts: int = 100, pause_s: float = 0.05) -> None:
 
 def _insert(conn: Connection, table: sa.Table) -> Any:
     """``INSERT`` with the dialect's ``ON CONFLICT`` support (same API on both)."""
-    if conn.dialect.name == "postgresql":
+    return _insert_for(conn.dialect.name, table)
+
+
+def _insert_for(dialect_name: str, table: sa.Table) -> Any:
+    if dialect_name == "postgresql":
         return pg_dialect.insert(table)
     return sqlite_dialect.insert(table)
 
@@ -536,13 +540,13 @@ def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.Dat
     return _rollup_dtypes(pd.DataFrame(out))
 
 
-def _rollup_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Validate a rollup frame and turn it into rows, one per key (duplicates summed)."""
+def _rollup_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Validate a rollup frame: one row per key (duplicates summed), store dtypes, no NUL."""
     missing = [c for c in ROLLUP_COLUMNS if c not in df.columns]
     if missing:
         raise RecordError(missing[0], "required rollup column is missing")
     if df.empty:
-        return []
+        return df
     df = df.loc[:, list(ROLLUP_COLUMNS)]
     for c in ROLLUP_MEASURES:
         values = pd.to_numeric(df[c], errors="coerce")
@@ -563,9 +567,38 @@ def _rollup_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     for c in ROLLUP_DIMENSIONS[1:-1]:
         if df[c].str.contains("\x00", regex=False).any():
             df[c] = df[c].str.replace("\x00", "\ufffd", regex=False)
-    # Column lists then zip: several times faster than DataFrame.to_dict, and native types.
-    columns: list[list[Any]] = [df[c].tolist() for c in ROLLUP_COLUMNS]
-    return [dict(zip(ROLLUP_COLUMNS, values, strict=True)) for values in zip(*columns, strict=True)]
+    return df
+
+
+def _rollup_upsert(dialect: Any, df: pd.DataFrame) -> tuple[str, list[tuple[Any, ...]]]:
+    """The rollup upsert as driver SQL and plain row tuples, for one ``executemany``.
+
+    SQLAlchemy's per-row parameter processing cost five times the database's own work on
+    a batch of thousands of rollups, so the statement is compiled once and the values are
+    converted by column: the minute as SQLAlchemy's SQLite text format (its key compares as
+    text there) or an aware datetime for PostgreSQL.
+    """
+    stmt = _insert_for(dialect.name, flow_rollups)
+    add = {m: flow_rollups.c[m] + stmt.excluded[m] for m in ROLLUP_MEASURES}
+    compiled = stmt.on_conflict_do_update(index_elements=list(ROLLUP_DIMENSIONS), set_=add).compile(
+        dialect=dialect
+    )
+    minute = df["minute"]
+    columns: dict[str, list[Any]] = {c: df[c].tolist() for c in ROLLUP_COLUMNS if c != "minute"}
+    if dialect.name == "sqlite":
+        columns["minute"] = minute.dt.tz_convert(None).dt.strftime("%Y-%m-%d %H:%M:%S.%f").tolist()
+    else:
+        columns["minute"] = minute.dt.to_pydatetime().tolist()
+    order = list(compiled.positiontup) if compiled.positional else None
+    if order is not None:
+        return str(compiled), list(zip(*(columns[c] for c in order), strict=True))
+    # Named placeholders (psycopg): the same values, by name.
+    names = list(ROLLUP_COLUMNS)
+    sql = str(compiled)
+    for c in names:
+        sql = sql.replace(f"%({c})s", "%s")
+    order = sorted(names, key=lambda c: str(compiled).index(f"%({c})s"))
+    return sql, list(zip(*(columns[c] for c in order), strict=True))
 
 
 # --------------------------------------------------------------------------- the store
@@ -815,13 +848,12 @@ class Store:
 
     def add_rollups(self, df: pd.DataFrame, *, conn: Connection | None = None) -> int:
         """Add rollup rows (from :func:`rollup_flows`) to what is stored; returns rows written."""
-        rows = _rollup_rows(df)
-        if not rows:
+        frame = _rollup_frame(df)
+        if frame.empty:
             return 0
         with self._write(conn) as c:
-            stmt = _insert(c, flow_rollups)
-            add = {m: flow_rollups.c[m] + stmt.excluded[m] for m in ROLLUP_MEASURES}
-            c.execute(stmt.on_conflict_do_update(index_elements=list(ROLLUP_DIMENSIONS), set_=add), rows)
+            sql, rows = _rollup_upsert(c.dialect, frame)
+            c.exec_driver_sql(sql, rows)
         return len(rows)
 
     def list_rollups(

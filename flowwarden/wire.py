@@ -39,6 +39,7 @@ ARROW_SCHEMA = pa.schema(
 
 _COLUMNS = list(FLOW_SCHEMA)
 _DTYPES = list(FLOW_SCHEMA.values())
+_READ_SCHEMA = pa.schema([pa.field(name, _arrow_type(dtype)) for name, dtype in FLOW_SCHEMA.items()])
 
 
 def _has_schema(df: pd.DataFrame) -> bool:
@@ -63,17 +64,18 @@ def encode_flows(df: pd.DataFrame) -> bytes:
     return _HEADER + sink.getvalue().to_pybytes()
 
 
-def decode_flows(data: bytes) -> pd.DataFrame:
-    """Parse one message back into a flow batch with the exact schema.
+def decode_table(data: bytes) -> pa.Table:
+    """Parse one message into an Arrow table whose columns and types are the schema's.
 
-    Raises :class:`RecordError` (field ``batch``) for garbage, an unknown version or a
-    schema that does not match; row-level problems are left to
-    :func:`~flowwarden.records.split_invalid_flows`.
+    Raises :class:`RecordError` (field ``batch``, or the column) for garbage, an unknown
+    version or a schema that does not match. Nulls are left for :func:`table_to_flows`.
     """
     if len(data) < len(_HEADER) or data[:3] != MAGIC:
         raise RecordError("batch", "not a flowwarden flow batch (bad magic)")
     if data[3] != WIRE_VERSION:
-        raise RecordError("batch", f"wire version {data[3]} is not supported (this build reads {WIRE_VERSION})")  # noqa: E501
+        raise RecordError(
+            "batch", f"wire version {data[3]} is not supported (this build reads {WIRE_VERSION})"
+        )
     try:
         with pa.ipc.open_stream(pa.py_buffer(data)[4:]) as reader:
             table = reader.read_all()
@@ -85,8 +87,25 @@ def decode_flows(data: bytes) -> pd.DataFrame:
     for name, dtype in FLOW_SCHEMA.items():
         if table.schema.field(name).type != _arrow_type(dtype):
             raise RecordError(name, f"has type {table.schema.field(name).type}, expected {dtype}")
-    if table.column_names == _COLUMNS and not any(col.null_count for col in table.columns):
+    # One schema for every reader (writers may differ in nullability or metadata), so the
+    # tables of a poll concatenate without copies.
+    return pa.Table.from_arrays([table.column(n) for n in _COLUMNS], schema=_READ_SCHEMA)
+
+
+def table_to_flows(table: pa.Table) -> pd.DataFrame:
+    """Decoded tables (one, or several concatenated) as a flow frame with the exact schema."""
+    if not any(col.null_count for col in table.columns):
         df = table.to_pandas()
         if _has_schema(df):
             return df  # the common case: written by encode_flows, nothing to fix
     return conform_flows(table.to_pandas())
+
+
+def decode_flows(data: bytes) -> pd.DataFrame:
+    """Parse one message back into a flow batch with the exact schema.
+
+    Raises :class:`RecordError` (field ``batch``) for garbage, an unknown version or a
+    schema that does not match; row-level problems are left to
+    :func:`~flowwarden.records.split_invalid_flows`.
+    """
+    return table_to_flows(decode_table(data))

@@ -30,7 +30,9 @@ import pandas as pd
 from flowwarden.errors import RecordError
 from flowwarden.records import FLOW_SCHEMA, Alert, conform_flows
 from flowwarden.settings import Settings
+from pipeline.addresses import AddressFacts
 from pipeline.alerts import AlertBuilder
+from pipeline.connections import ConnectionLog
 from pipeline.detectors import Context, build_detectors
 from pipeline.enrich import Inventory, enrich_flows
 from pipeline.features import (
@@ -49,7 +51,6 @@ from pipeline.features import (
 )
 from pipeline.state import (
     Baselines,
-    ConnectionLog,
     RecentActivity,
     SeenEdges,
     Vocab,
@@ -78,7 +79,7 @@ BASELINE_FEATURES: tuple[str, ...] = (
 ALLOWED_LATENESS_S = 2.0
 BASELINE_TTL_S = 24 * 3600.0
 BEACON_HORIZON_S = 3600.0
-BEACON_MAX_ROWS = 2_000_000
+BEACON_MAX_PAIRS = 100_000  # (entity, external destination, port) pairs, 48 connections each
 BEACON_MIN_CONNS = 6
 EXPIRE_EVERY_S = 60.0
 RECENT_HORIZON_S = 60.0
@@ -113,10 +114,11 @@ class DetectionEngine:
             list(BASELINE_FEATURES), half_life_s=half_life, ttl_s=BASELINE_TTL_S, max_keys=p.max_entities
         )
         self.edges = SeenEdges(ttl_s=p.seen_edges_ttl_days * 86400.0, max_edges=p.max_edges)
-        self.connections = ConnectionLog(horizon_s=BEACON_HORIZON_S, max_rows=BEACON_MAX_ROWS)
+        self.connections = ConnectionLog(horizon_s=BEACON_HORIZON_S, max_pairs=BEACON_MAX_PAIRS)
         self.recent = RecentActivity(horizon_s=RECENT_HORIZON_S, max_rows=RECENT_MAX_ROWS)
         self.first_ws = math.inf  # when this engine's memory starts (-inf: history was imported)
         self.vocab = Vocab()
+        self.facts = AddressFacts(settings)
         beacon = p.detectors.get("beaconing", {})
         self.beacon_min_conns = int(beacon.get("min_conns", BEACON_MIN_CONNS))
         self.alerts = AlertBuilder(settings)
@@ -157,10 +159,13 @@ class DetectionEngine:
             flows = conform_flows(flows)
         if self.inventory is not None:
             self.inventory = self.inventory.reload_if_changed()
-        enriched = enrich_flows(flows, self.inventory, self.settings)
+        addresses = self.facts.batch(self.vocab, flows["src_ip"], flows["dst_ip"], self._node_ips())
+        enriched = enrich_flows(
+            flows, self.inventory, self.settings, inside=(addresses.src_in, addresses.dst_in)
+        )
         self.flows_in += len(enriched)
         if len(enriched):
-            lean = to_lean(enriched, self.vocab, self.settings, self._node_ips())
+            lean = to_lean(enriched, self.vocab, self.settings, self._node_ips(), addresses=addresses)
             # Ingress and transit flows have no in-cluster source to score (still enriched, still counted).
             self.flows_unscored += len(enriched) - len(lean)
             self.buffer.add(lean)
@@ -193,12 +198,14 @@ class DetectionEngine:
             return [], pd.DataFrame()
         alerts: dict[str, Alert] = {}
         frames: list[pd.DataFrame] = []
-        groups: dict[float, Any] = {
-            float(k): v  # type: ignore[arg-type]
-            for k, v in closed.groupby("ws", sort=True).indices.items()
-        }
-        for ws in sorted(groups):
-            part = closed.iloc[groups[ws]]
+        ws_all = closed["ws"].to_numpy()
+        if len(ws_all) > 1 and not bool((ws_all[1:] >= ws_all[:-1]).all()):
+            closed = closed.iloc[np.argsort(ws_all, kind="stable")]  # one take; then slices
+            ws_all = closed["ws"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, ws_all[1:] != ws_all[:-1]])
+        for lo, hi in zip(starts, [*starts[1:], len(ws_all)], strict=True):
+            ws = ws_all[lo]
+            part = closed.iloc[lo:hi]  # a view: no copy per window
             step_alerts, windows = self._score_window(part)
             for a in step_alerts:
                 alerts[a.id] = a
@@ -299,7 +306,7 @@ class DetectionEngine:
             "workload_base": self.workload_base.export(),
             "edges": self.edges.export(),
             "alerted_edges": self.edges.export_alerted(),
-            "connections": self.connections.table.reset_index(drop=True),
+            "connections": self.connections.export(),
             "recent": self.recent.table,
         }
         meta: dict[str, Any] = {
@@ -330,9 +337,7 @@ class DetectionEngine:
             # ongoing slow scan on its open alert across a restart instead of starting afresh.
             self.recent.table = tables["recent"].astype(self.recent.table.dtypes.to_dict())
         if "connections" in tables and clocks:
-            self.connections.table = tables["connections"].astype(
-                {"pair": "uint64", "ts": "float64", "bytes": "float64"}
-            )
+            self.connections.load(tables["connections"])
         if clocks:
             if meta.get("watermark") is not None:
                 self.buffer.watermark = max(self.buffer.watermark, float(meta["watermark"]))

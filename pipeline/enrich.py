@@ -130,11 +130,21 @@ class Inventory:
         self._start = self.pods["start"].to_numpy()
         self._created: dict[str, float] | None = None
         self._end = self.pods["end"].to_numpy()
-        # Arrow columns with a trailing "" for "no pod", for fast takes.
-        self._arrow = {
-            c: pa.array([*self.pods[c].tolist(), ""], type=pa.string())
-            for c in ("namespace", "pod", "workload", "node")
-        }
+        # Per column: the distinct values with "" (no pod) last, and each pod row's code.
+        # A looked-up column is a Categorical over them: no string is copied per flow, and
+        # grouping or encoding it later reads the codes.
+        self._dtypes: dict[str, pd.CategoricalDtype] = {}
+        self._codes: dict[str, np.ndarray] = {}
+        for c in ("namespace", "pod", "workload", "node"):
+            codes, uniques = pd.factorize(self.pods[c].to_numpy(dtype=object))
+            values = [str(u) for u in uniques]
+            if "" in values:
+                empty = values.index("")
+            else:
+                empty = len(values)
+                values.append("")
+            self._dtypes[c] = pd.CategoricalDtype(pd.Index(values, dtype="str"))
+            self._codes[c] = np.append(codes, empty).astype("int32")
         self.namespaces = dict(zip(self.pods["pod"], self.pods["namespace"], strict=False))
 
     # ------------------------------------------------------------------ loading
@@ -258,10 +268,9 @@ class Inventory:
         return pd.DataFrame({c: self.column(c, row) for c in ("namespace", "pod", "workload", "node")})
 
     def column(self, name: str, row: np.ndarray) -> pd.Series:
-        """``pods[name]`` at ``row`` ("" where -1), as a string column (an Arrow take, no Python objects)."""
-        values = self._arrow[name]
-        idx = np.where(row >= 0, row, len(values) - 1)
-        return pd.Series(values.take(pa.array(idx)), dtype="str")
+        """``pods[name]`` at ``row`` ("" where -1), as a categorical column of strings."""
+        codes = self._codes[name][np.where(row >= 0, row, len(self._codes[name]) - 1)]
+        return pd.Series(pd.Categorical.from_codes(codes, dtype=self._dtypes[name]))
 
     def _lookup_reused(self, ips: pd.Series, t: np.ndarray, row: np.ndarray) -> None:
         """Addresses held by several pods over time: an as-of join on the creation time."""
@@ -330,23 +339,34 @@ def directions(src_in: np.ndarray, dst_in: np.ndarray) -> np.ndarray:
     return np.where(src_in, np.where(dst_in, 0, 1), np.where(dst_in, 2, 3)).astype("int64")
 
 
-def enrich_flows(flows: pd.DataFrame, inventory: Inventory | None, settings: Settings) -> pd.DataFrame:
+def enrich_flows(
+    flows: pd.DataFrame,
+    inventory: Inventory | None,
+    settings: Settings,
+    *,
+    inside: tuple[np.ndarray, np.ndarray] | None = None,
+) -> pd.DataFrame:
     """The batch with Kubernetes metadata on both ends and ``direction`` filled in.
 
     Values the collector already set are kept; missing ones are looked up. String columns
-    are built with Arrow takes, never through Python objects per row.
+    are built with Arrow takes, never through Python objects per row. ``inside``: which
+    sources and destinations are in the cluster (CIDRs and node addresses), when the caller
+    already knows (the engine's :class:`~pipeline.addresses.AddressFacts`).
     """
     df = flows.reset_index(drop=True)  # a copy; new columns align by position
     if not len(df):
         return df
-    internal = settings.cluster.internal_cidrs() + list(settings.cluster.node_ips)
-    src_in = in_cidrs(df["src_ip"], internal)
-    dst_in = in_cidrs(df["dst_ip"], internal)
     inv = inventory
-    if inv is not None and len(inv.node_ips):
-        node_ips = list(inv.node_ips)
-        src_in |= df["src_ip"].isin(node_ips).to_numpy()
-        dst_in |= df["dst_ip"].isin(node_ips).to_numpy()
+    if inside is not None:
+        src_in, dst_in = inside
+    else:
+        internal = settings.cluster.internal_cidrs() + list(settings.cluster.node_ips)
+        src_in = in_cidrs(df["src_ip"], internal)
+        dst_in = in_cidrs(df["dst_ip"], internal)
+        if inv is not None and len(inv.node_ips):
+            node_ips = list(inv.node_ips)
+            src_in |= df["src_ip"].isin(node_ips).to_numpy()
+            dst_in |= df["dst_ip"].isin(node_ips).to_numpy()
     need_dir = (df["direction"] == "").to_numpy()
     if need_dir.any():
         computed = pd.Series(_DIRECTIONS.take(pa.array(directions(src_in, dst_in))), dtype="str")
@@ -361,5 +381,7 @@ def enrich_flows(flows: pd.DataFrame, inventory: Inventory | None, settings: Set
         row = inv.lookup_rows(df[f"{end}_ip"], ts)
         for col in ("namespace", "pod", "workload"):
             found = inv.column(col, row)
-            df[f"{end}_{col}"] = found if not have.any() else df[f"{end}_{col}"].where(have, found)
+            if have.any():  # the collector named some: keep those, as plain strings
+                found = df[f"{end}_{col}"].where(have, found.astype("str"))
+            df[f"{end}_{col}"] = found
     return df

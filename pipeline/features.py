@@ -14,7 +14,6 @@ the beacon score) come from :func:`novelty_features`, :func:`recent_features` an
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ import pandas as pd
 
 from flowwarden.records import Direction, FlowState, Proto
 from flowwarden.settings import Settings
-from pipeline.enrich import in_cidrs
-from pipeline.state import ConnectionLog, RecentActivity, SeenEdges, Vocab, mix
+from pipeline.addresses import AddressFacts, BatchAddresses
+from pipeline.connections import COLUMNS as CONN_COLUMNS
+from pipeline.connections import ConnectionLog
+from pipeline.state import RecentActivity, SeenEdges, Vocab, mix
 
 LONG_LIVED_S = 300.0
 YOUNG_EDGE_S = 3600.0  # an address first seen by the cluster within this long is "young"
@@ -112,20 +113,6 @@ _CP = ("cp_api", "cp_etcd", "cp_kubelet", "cp_scheduler", "cp_controller_manager
 # ----------------------------------------------------------------------- lean frames
 
 
-@lru_cache(maxsize=8)
-def _api_service_ip(service_cidr: str) -> str:
-    return str(ipaddress.ip_network(service_cidr, strict=False)[1])
-
-
-def node_mask(ips: pd.Series, settings: Settings, node_ips: dict[str, str]) -> np.ndarray:
-    """Addresses that are nodes: the node CIDRs, configured node IPs, hosts of host-network pods."""
-    known = set(node_ips) | set(settings.cluster.node_ips)
-    m = in_cidrs(ips, settings.cluster.node_cidrs)
-    if known:
-        m |= ips.isin(known).to_numpy()
-    return m
-
-
 @lru_cache(maxsize=262144)
 def _label_stats(name: str) -> tuple[float, float, str]:
     """(length, Shannon entropy of the labels left of the registered domain, registered domain)."""
@@ -152,45 +139,53 @@ def decode_lean(lean: pd.DataFrame, vocab: Vocab) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def to_lean(flows: pd.DataFrame, vocab: Vocab, settings: Settings, node_ips: dict[str, str]) -> pd.DataFrame:
-    """Numbers only: the flows sourced inside the cluster, strings as vocabulary ids."""
+def to_lean(
+    flows: pd.DataFrame,
+    vocab: Vocab,
+    settings: Settings,
+    node_ips: dict[str, str],
+    *,
+    addresses: BatchAddresses | None = None,
+) -> pd.DataFrame:
+    """Numbers only: the flows sourced inside the cluster, strings as vocabulary ids.
+
+    ``addresses``: the batch's address ids and facts, when the caller already looked them up.
+    """
+    if addresses is None:
+        addresses = AddressFacts(settings).batch(vocab, flows["src_ip"], flows["dst_ip"], node_ips)
+    a = addresses
     d = flows["direction"]
     ext_all = (d == Direction.EGRESS.value).to_numpy()
     keep = ext_all | (d == Direction.INTERNAL.value).to_numpy()
     out: dict[str, np.ndarray] = {c: flows[c].to_numpy()[keep] for c in _NUMERIC}
     out["ext"] = ext_all[keep]
-    for c in _IDS:
+    out["src_ip"] = a.src_id[keep].astype("int32")
+    out["dst_ip"] = a.dst_id[keep].astype("int32")
+    for c in _IDS[2:]:
         out[c] = vocab.encode(flows[c])[keep].astype("int32")
     state = flows["state"]
     out["rejected"] = (state == FlowState.REJECTED.value).to_numpy()[keep]
     out["syn_only"] = (state == FlowState.SYN_ONLY.value).to_numpy()[keep]
-    out["src_is_node"] = node_mask(flows["src_ip"], settings, node_ips)[keep]
-    out["dst_is_node"] = node_mask(flows["dst_ip"], settings, node_ips)[keep]
-    out.update({k: v[keep] for k, v in _control_plane(flows, settings, node_ips).items()})
+    out["src_is_node"] = a.src_node[keep]
+    out["dst_is_node"] = a.dst_node[keep]
+    out.update({k: v[keep] for k, v in _control_plane(flows, settings, a).items()})
     out.update(_dns_columns(flows, keep, vocab))
     return pd.DataFrame(out)
 
 
-def _control_plane(
-    flows: pd.DataFrame, settings: Settings, node_ips: dict[str, str]
-) -> dict[str, np.ndarray]:
+def _control_plane(flows: pd.DataFrame, settings: Settings, a: BatchAddresses) -> dict[str, np.ndarray]:
     cp = settings.control_plane
     port = flows["dst_port"].to_numpy(dtype="int64")
-    dst_node = node_mask(flows["dst_ip"], settings, node_ips)
-    if cp.api_server_ips:
-        dst_node |= flows["dst_ip"].isin(cp.api_server_ips).to_numpy()
-    api_svc = [_api_service_ip(c) for c in settings.cluster.service_cidrs]
+    dst_node = a.dst_node | a.dst_api_server
     tcp = flows["proto"].to_numpy() == Proto.TCP
-    to_api = (dst_node & (port == cp.api_server_port)) | (
-        flows["dst_ip"].isin(api_svc).to_numpy() & (port == 443)
-    )
+    to_api = (dst_node & (port == cp.api_server_port)) | (a.dst_api_service & (port == 443))
     return {
         "cp_api": to_api & tcp,
         "cp_etcd": dst_node & tcp & np.isin(port, cp.etcd_ports),
         "cp_kubelet": dst_node & tcp & (port == cp.kubelet_port),
         "cp_scheduler": dst_node & tcp & (port == cp.scheduler_port),
         "cp_controller_manager": dst_node & tcp & (port == cp.controller_manager_port),
-        "metadata_api": flows["dst_ip"].isin(settings.cluster.metadata_api).to_numpy(),
+        "metadata_api": a.dst_metadata,
     }
 
 
@@ -572,9 +567,11 @@ def beacon_features(
     Score ingredients (each in [0, 1], 1 = machine-like): ``1 - |Bowley skew|`` and
     ``1 - MAD/median`` of the intervals between connection starts (weight 2), the same of
     the connection sizes (MAD against 32 bytes, weight 1); scaled by persistence (connections
-    seen against ``2 * min_conns``). Each window reports its best destination, how many pods
-    of the workload talk to it (``beacon_peers``: a SaaS API is called by every replica) and
-    how long the cluster has known that address (``beacon_edge_age``).
+    seen against ``2 * min_conns``). The history is the pair's newest connections within
+    the horizon (:class:`~pipeline.connections.ConnectionLog`). Each window reports its best
+    destination, how many pods of the workload talk to it (``beacon_peers``: a SaaS API is
+    called by every replica) and how long the cluster has known that address
+    (``beacon_edge_age``).
     """
     ng = len(p.keys)
     out = {k: np.zeros(ng) for k in ("beacon_score", "beacon_conns", "beacon_peers", "beacon_edge_age")}
@@ -582,84 +579,83 @@ def beacon_features(
     now = float(f["ts_end"].max())
     ext = f["ext"].to_numpy()
     if not ext.any():
-        log.add(log.table.iloc[0:0], now)
+        log.add(_NO_CONNS, now)
         return pd.DataFrame(out)
-    g = f[ext]
-    hd = vocab.hash_of(g["dst_ip"].to_numpy())
-    port = g["dst_port"].to_numpy(dtype="int64")
+    hd = vocab.hash_of(f["dst_ip"].to_numpy()[ext])
+    port = f["dst_port"].to_numpy(dtype="int64")[ext]
     conns = pd.DataFrame(
         {
             "pair": mix(mix(p.entity_hash[ext], hd, 7), port, 8),
             "wld": mix(mix(p.source_hash[ext], hd, 9), port, 10),
-            "ts": g["ts_start"].to_numpy(),
-            "bytes": g["bytes_out"].to_numpy(dtype="float64"),
+            "ts": f["ts_start"].to_numpy()[ext],
+            "bytes": f["bytes_out"].to_numpy(dtype="float64")[ext],
             "gid": p.gid[ext],
             "glob": mix(hd, 0, 6),
         }
-    ).drop_duplicates(["pair", "ts"])
+    )
     log.add(conns, now)
-    hist = log.history(conns["pair"].unique())
-    counts = hist.groupby("pair").size()
-    ok = counts[counts >= min_conns].index
-    hist = hist[hist["pair"].isin(ok)]
-    if not len(hist):
+    c = conns.drop_duplicates("pair")
+    ts, size, n = log.history(c["pair"].to_numpy(dtype="uint64"), now)
+    ok = n >= max(min_conns, 2)  # at least one interval
+    if not ok.any():
         return pd.DataFrame(out)
-    hist = hist.sort_values(["pair", "ts"])
-    pv = hist["pair"].to_numpy()
-    same = pv[1:] == pv[:-1]
-    iv_pair, iv = pv[1:][same], np.diff(hist["ts"].to_numpy())[same]
-    pairs, ts_score = _rita_score(iv_pair, iv, mad_scale=None)
-    size_pairs, size_score = _rita_score(pv, hist["bytes"].to_numpy(), mad_scale=32.0)
-    size_map = pd.Series(size_score, index=size_pairs).reindex(pairs).fillna(0.0).to_numpy()
-    n = counts.reindex(pairs).to_numpy(dtype="float64")
+    c, ts, size, n = c[ok], ts[ok], size[ok], n[ok].astype("float64")
+    intervals = np.diff(ts, axis=1)  # NaN past each row's count
+    ts_score = _rita_rows(intervals, n - 1, mad_scale=None)
+    size_score = _rita_rows(np.where(np.isnan(ts), np.nan, size), n, mad_scale=32.0)
     persistence = np.minimum(1.0, n / (2.0 * min_conns))
-    score = ((ts_score * 2.0 + size_map) / 3.0) * (0.5 + 0.5 * persistence)
-    c = conns.drop_duplicates("pair").set_index("pair")
-    c = c[c.index.isin(pairs)].join(pd.DataFrame({"score": score, "n": n}, index=pairs))
-    if not len(c):
-        return pd.DataFrame(out)
-    wl_hist = log.table[log.table["wld"].isin(c["wld"].unique())]
-    peer_counts = wl_hist.groupby("wld")["pair"].nunique()
-    c["peers"] = peer_counts.reindex(c["wld"]).fillna(1).to_numpy()
+    score = ((ts_score * 2.0 + size_score) / 3.0) * (0.5 + 0.5 * persistence)
     first = seen.first_at(seen.positions(c["glob"].to_numpy(dtype="uint64")))
-    ws = p.keys["ws"].to_numpy()[c["gid"].to_numpy(dtype="int64")]
-    c["edge_age"] = np.where(np.isnan(first), 0.0, ws - first)
-    c = c.sort_values("score").drop_duplicates("gid", keep="last")
-    idx = c["gid"].to_numpy(dtype="int64")
-    out["beacon_score"][idx] = c["score"].to_numpy()
-    out["beacon_conns"][idx] = c["n"].to_numpy()
-    out["beacon_peers"][idx] = c["peers"].to_numpy()
-    out["beacon_edge_age"][idx] = c["edge_age"].to_numpy()
+    gid = c["gid"].to_numpy(dtype="int64")
+    ws = p.keys["ws"].to_numpy()[gid]
+    best = pd.DataFrame(
+        {
+            "gid": gid,
+            "score": score,
+            "n": n,
+            "peers": log.peers(c["wld"].to_numpy(dtype="uint64"), now),
+            "edge_age": np.where(np.isnan(first), 0.0, ws - first),
+        }
+    )
+    best = best.sort_values("score", kind="stable").drop_duplicates("gid", keep="last")
+    idx = best["gid"].to_numpy(dtype="int64")
+    out["beacon_score"][idx] = best["score"].to_numpy()
+    out["beacon_conns"][idx] = best["n"].to_numpy()
+    out["beacon_peers"][idx] = best["peers"].to_numpy()
+    out["beacon_edge_age"][idx] = best["edge_age"].to_numpy()
     return pd.DataFrame(out)
 
 
-def _group_quantiles(
-    keys: np.ndarray, values: np.ndarray, qs: tuple[float, ...]
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per key, linear-interpolated quantiles (vectorised: one sort, no groupby)."""
-    order = np.lexsort((values, keys))
-    k, v = keys[order], values[order]
-    uniq, start, count = np.unique(k, return_index=True, return_counts=True)
+_NO_CONNS = pd.DataFrame(
+    {c: pd.Series(dtype="uint64" if c in ("pair", "wld") else "float64") for c in CONN_COLUMNS}
+)
+
+
+def _row_quantiles(v: np.ndarray, n: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """Per row, linear-interpolated quantiles of its first ``n`` values (rows sorted, NaN last)."""
+    rows = np.arange(len(v))
+    last = np.maximum(n.astype("int64") - 1, 0)
     res = []
     for q in qs:
-        pos = start + q * (count - 1)
+        pos = q * last
         lo = np.floor(pos).astype("int64")
-        hi = np.minimum(lo + 1, start + count - 1)
+        hi = np.minimum(lo + 1, last)
         frac = pos - lo
-        res.append(v[lo] * (1 - frac) + v[hi] * frac)
-    return uniq, res
+        res.append(v[rows, lo] * (1 - frac) + v[rows, hi] * frac)
+    return res
 
 
-def _rita_score(
-    keys: np.ndarray, values: np.ndarray, mad_scale: float | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per key: mean of (1 - |Bowley skew|) and (1 - MAD / scale) of ``values``, in [0, 1]."""
-    uniq, (q1, q2, q3) = _group_quantiles(keys, values, (0.25, 0.5, 0.75))
+def _rita_rows(values: np.ndarray, n: np.ndarray, mad_scale: float | None) -> np.ndarray:
+    """Per row: mean of (1 - |Bowley skew|) and (1 - MAD / scale) of its values, in [0, 1].
+
+    ``values`` holds each row's ``n`` values first, NaN after (any order within the row).
+    """
+    v = np.sort(values, axis=1)  # NaN last
+    q1, q2, q3 = _row_quantiles(v, n, (0.25, 0.5, 0.75))
     spread = q3 - q1
     skew = np.where(spread > 0, (q3 + q1 - 2 * q2) / np.where(spread > 0, spread, 1.0), 0.0)
-    median_of = pd.Series(q2, index=uniq)
-    dev = np.abs(values - median_of.reindex(keys).to_numpy())
-    _, (mad,) = _group_quantiles(keys, dev, (0.5,))
+    dev = np.sort(np.abs(v - q2[:, None]), axis=1)
+    (mad,) = _row_quantiles(dev, n, (0.5,))
     scale = np.maximum(q2, 1.0) if mad_scale is None else mad_scale
     mad_score = np.clip(1.0 - mad / scale, 0.0, 1.0)
-    return uniq, (1.0 - np.abs(skew)) * 0.5 + mad_score * 0.5
+    return (1.0 - np.abs(skew)) * 0.5 + mad_score * 0.5

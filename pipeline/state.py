@@ -10,8 +10,8 @@
   last seen, and the bytes sent over it; plus one cluster-wide edge per external address
   ("has anyone here talked to it?"). Kept for days, so a rolling deployment's new replica
   inherits its workload's edges.
-* :class:`ConnectionLog`: recent connection start times and sizes per (entity, external
-  destination), the raw material of the beacon score.
+* :class:`~pipeline.connections.ConnectionLog` (its own module): recent connection starts
+  and sizes per (entity, external destination), the raw material of the beacon score.
 * :class:`RecentActivity`: new peers and failed targets per entity over the last minute.
 * :class:`Vocab`: strings to integer ids for the hot path (not exported: edge keys are
   stable 64-bit hashes of the strings, so they survive a restart).
@@ -36,10 +36,13 @@ import pyarrow.ipc as ipc
 STATE_VERSION = 2  # 2: edge keys from vocabulary hashes, nodes as one peer group
 
 
+_IPC_OPTIONS = ipc.IpcWriteOptions(compression="zstd")  # readers decompress on their own
+
+
 def frame_to_b64(df: pd.DataFrame) -> str:
     table = pa.Table.from_pandas(df, preserve_index=False)
     sink = io.BytesIO()
-    with ipc.new_stream(sink, table.schema) as writer:
+    with ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
         writer.write_table(table)
     return base64.b64encode(sink.getvalue()).decode()
 
@@ -361,41 +364,6 @@ class SeenEdges:
 # ------------------------------------------------------------------------- connections
 
 
-class ConnectionLog:
-    """Recent connection starts and sizes per (entity, external destination, port)."""
-
-    COLUMNS = ("pair", "wld", "ts", "bytes")
-
-    def __init__(self, *, horizon_s: float, max_rows: int) -> None:
-        self.horizon_s = horizon_s
-        self.max_rows = max_rows
-        self.evicted = 0
-        self.table = pd.DataFrame(
-            {
-                "pair": pd.Series(dtype="uint64"),
-                "ts": pd.Series(dtype="float64"),
-                "bytes": pd.Series(dtype="float64"),
-            }
-        )
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def add(self, conns: pd.DataFrame, now: float) -> None:
-        if len(conns):
-            new = conns[list(self.COLUMNS)].astype(self.table.dtypes.to_dict())
-            self.table = pd.concat([self.table, new], ignore_index=True) if len(self.table) else new
-        before = len(self.table)
-        t = self.table[self.table["ts"] >= now - self.horizon_s]
-        if len(t) > self.max_rows:
-            t = t.nlargest(self.max_rows, "ts")
-        self.table = t
-        self.evicted += before - len(t)
-
-    def history(self, pairs: np.ndarray) -> pd.DataFrame:
-        return self.table[self.table["pair"].isin(pairs)]
-
-
 def finite_or(value: float, default: float) -> float:
     return value if math.isfinite(value) else default
 
@@ -475,24 +443,24 @@ class Vocab:
     def encode(self, values: pd.Series | np.ndarray) -> np.ndarray:
         """Ids of ``values`` (vectorised: one dictionary lookup per distinct value)."""
         codes, uniques = pd.factorize(values)
-        ids = np.empty(len(uniques) + 1, dtype="int64")
-        ids[-1] = 0  # missing -> ""
+        # A plain list of str: iterating an Arrow-backed index yields one boxed scalar at a
+        # time and cost more than the lookups themselves.
+        strings = [str(u) for u in np.asarray(uniques, dtype=object).tolist()]
         get = self._ids.get
-        fresh: list[str] = []
-        for i, u in enumerate(uniques):
-            s = str(u)
-            j = get(s)
-            if j is None:
-                j = len(self.strings)
-                self._ids[s] = j
+        found = [get(s, -1) for s in strings]
+        ids = np.fromiter(found, dtype="int64", count=len(found))
+        if (ids < 0).any():
+            fresh = [s for s, j in zip(strings, found, strict=True) if j < 0]
+            start = len(self.strings)
+            for k, s in enumerate(dict.fromkeys(fresh)):
+                self._ids[s] = start + k
                 self.strings.append(s)
-                fresh.append(s)
-            ids[i] = j
-        if fresh:
             self._grow()
-            start = len(self.strings) - len(fresh)
-            self.hashes[start : start + len(fresh)] = pd.util.hash_array(np.array(fresh, dtype=object))
-        return ids[codes]
+            added = self.strings[start:]
+            self.hashes[start : start + len(added)] = pd.util.hash_array(np.array(added, dtype=object))
+            ids = np.fromiter((get(s) for s in strings), dtype="int64", count=len(strings))
+        # A trailing 0 so a missing value (code -1) reads as the empty string.
+        return np.append(ids, 0)[codes]
 
     def _grow(self) -> None:
         if len(self.strings) > len(self.hashes):

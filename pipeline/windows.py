@@ -68,13 +68,25 @@ class WindowBuffer:
             limit = math.floor((clock - self.lateness_s) / self.window_s) * self.window_s
             if self._floor is None or self._floor >= limit:
                 return pd.DataFrame()
-        buf = pd.concat(self._parts, ignore_index=True) if len(self._parts) > 1 else self._parts[0]
-        ws = buf["ws"].to_numpy()
-        done = ws < limit
-        closed = buf[done]
-        rest = buf[~done]
-        self._parts = [rest] if len(rest) else []
-        self._floor = float(rest["ws"].min()) if len(rest) else None
+        # Batches arrive roughly in time order: most parts are wholly closed or wholly open
+        # and move without a copy; only the parts straddling the limit are split.
+        done_parts: list[pd.DataFrame] = []
+        rest_parts: list[pd.DataFrame] = []
+        for part in self._parts:
+            done = part["ws"].to_numpy() < limit
+            if done.all():
+                done_parts.append(part)
+            elif not done.any():
+                rest_parts.append(part)
+            else:
+                done_parts.append(part[done])
+                rest_parts.append(part[~done])
+        self._parts = rest_parts
+        self._floor = min(float(p["ws"].min()) for p in rest_parts) if rest_parts else None
+        if not done_parts:
+            closed = pd.DataFrame()
+        else:
+            closed = pd.concat(done_parts, ignore_index=True) if len(done_parts) > 1 else done_parts[0]
         if len(closed):
             top = float(closed["ws"].max()) + self.window_s
             self.closed_until = max(self.closed_until, top if everything else limit)

@@ -32,7 +32,7 @@ def run(*args: str) -> str:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models-data")
-    simulator.simulate(minutes=8, pods=40, seed=11, benign_only=True).save(root / "benign")
+    simulator.simulate(minutes=16, pods=40, seed=11, benign_only=True).save(root / "benign")
     simulator.simulate(minutes=16, pods=40, seed=12, attacks="all").save(root / "attacks")
     return {"benign": root / "benign", "attacks": root / "attacks"}
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from flowwarden.errors import ConfigError
+from flowwarden.records import conform_flows
 from flowwarden.settings import Settings
 from pipeline.enrich import Inventory, enrich_flows, workload_of
 from tests.unit.flowkit import T0, flows, pod
@@ -92,7 +93,11 @@ def test_enrich_fills_metadata_and_direction() -> None:
     assert out["src_workload"].tolist() == ["web", "web", "", ""]
     assert out["dst_workload"].tolist() == ["db", "", "web", ""]
     assert out["dst_namespace"].iloc[0] == "shop"
-    assert str(out["src_pod"].dtype) == str(df["src_pod"].dtype)
+    # Looked-up metadata is categorical (codes over the inventory's strings: nothing copied
+    # per flow); conforming to the schema gives the plain string column back.
+    assert isinstance(out["src_pod"].dtype, pd.CategoricalDtype)
+    assert str(conform_flows(out)["src_pod"].dtype) == str(df["src_pod"].dtype)
+    assert conform_flows(out)["src_workload"].tolist() == ["web", "web", "", ""]
 
 
 def test_inventory_file_reload_and_errors(tmp_path: Path) -> None:

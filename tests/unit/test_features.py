@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from flowwarden.settings import Settings
+from pipeline.connections import ConnectionLog
 from pipeline.enrich import Inventory, enrich_flows
 from pipeline.features import (
     FEATURES,
@@ -16,7 +17,7 @@ from pipeline.features import (
     to_lean,
     window_features,
 )
-from pipeline.state import ConnectionLog, SeenEdges, Vocab
+from pipeline.state import SeenEdges, Vocab
 from tests.unit.flowkit import T0, flows, pod
 
 INV = Inventory.from_dict(
@@ -177,7 +178,7 @@ def test_beacon_score_separates_regular_from_random() -> None:
     p = _prepared(flows(regular + noisy), s, vocab, ws=T0 + 600)
     seen = SeenEdges(ttl_s=1e9, max_edges=100)
     novelty_features(p, edge_table(p, vocab), seen)
-    out = beacon_features(p, ConnectionLog(horizon_s=3600, max_rows=1000), seen, vocab, 6)
+    out = beacon_features(p, ConnectionLog(horizon_s=3600, max_pairs=1000), seen, vocab, 6)
     out.index = p.keys["entity"]
     assert out.loc["shop/web-5d9c8f7b6-aaaaa", "beacon_score"] > 0.9
     assert out.loc["shop/web-5d9c8f7b6-bbbbb", "beacon_score"] < 0.7

@@ -65,7 +65,7 @@ def test_message_is_versioned_and_compressed():
     ("payload", "why"),
     [
         (b"", "bad magic"),
-        (b"{\"ts_start\": 1}", "bad magic"),
+        (b'{"ts_start": 1}', "bad magic"),
         (MAGIC + bytes([WIRE_VERSION + 1]) + b"xx", f"wire version {WIRE_VERSION + 1}"),
         (MAGIC + bytes([WIRE_VERSION]) + b"\x00\x01 not arrow", "corrupt Arrow stream"),
     ],

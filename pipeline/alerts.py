@@ -11,7 +11,6 @@ allowlist (``settings.pipeline.allowlist_sources``: CIDRs, ``namespace/`` or
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pipeline.detectors.base import Context, Detector
 
 MAX_TARGETS = 20
 MAX_EXAMPLES = 5
+_ALERT_KEYS = ("src_ip", "namespace", "pod", "workload", "node", "ws", "we")
 EXAMPLE_COLUMNS = (
     "ts_start",
     "ts_end",
@@ -147,7 +147,8 @@ class AlertBuilder:
     def _alert(
         self, ctx: Context, row: int, det: Detector, kind: str, score: float, wflows: pd.DataFrame
     ) -> Alert:
-        w = ctx.windows.iloc[row]
+        # Only the columns needed: a whole row of the wide window frame is a costly object.
+        w: dict[str, Any] = {c: ctx.windows[c].iat[row] for c in _ALERT_KEYS}
         entity = Entity(
             ip=str(w["src_ip"]),
             namespace=str(w["namespace"]),
@@ -252,8 +253,15 @@ def _num(v: Any) -> float | int:
 def _examples(flows: pd.DataFrame) -> list[dict[str, Any]]:
     if not len(flows):
         return []
-    top = flows.nlargest(MAX_EXAMPLES, "bytes_out")[list(EXAMPLE_COLUMNS)]
-    return json.loads(top.to_json(orient="records"))
+    # The largest uploads first (ties in flow order), as plain JSON values: no frame is
+    # built per alert, and times keep their sub-second digits.
+    idx = np.argsort(-flows["bytes_out"].to_numpy(dtype="float64"), kind="stable")[:MAX_EXAMPLES]
+    cols = {c: flows[c].to_numpy()[idx].tolist() for c in EXAMPLE_COLUMNS}
+    return [{c: _plain(cols[c][i]) for c in EXAMPLE_COLUMNS} for i in range(len(idx))]
+
+
+def _plain(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _summary(det: Detector, entity: Entity, targets: list[str], ports: list[int]) -> str:

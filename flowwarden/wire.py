@@ -39,7 +39,6 @@ ARROW_SCHEMA = pa.schema(
 
 _COLUMNS = list(FLOW_SCHEMA)
 _DTYPES = list(FLOW_SCHEMA.values())
-_READ_SCHEMA = pa.schema([pa.field(name, _arrow_type(dtype)) for name, dtype in FLOW_SCHEMA.items()])
 
 
 def _has_schema(df: pd.DataFrame) -> bool:
@@ -81,15 +80,18 @@ def decode_table(data: bytes) -> pa.Table:
             table = reader.read_all()
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise RecordError("batch", f"corrupt Arrow stream: {exc}") from exc
+    if table.schema.equals(ARROW_SCHEMA):
+        return table  # written by encode_flows (the usual case)
     missing = [n for n in FLOW_SCHEMA if n not in table.column_names]
     if missing:
         raise RecordError(missing[0], "required column is missing")
     for name, dtype in FLOW_SCHEMA.items():
         if table.schema.field(name).type != _arrow_type(dtype):
             raise RecordError(name, f"has type {table.schema.field(name).type}, expected {dtype}")
-    # One schema for every reader (writers may differ in nullability or metadata), so the
-    # tables of a poll concatenate without copies.
-    return pa.Table.from_arrays([table.column(n) for n in _COLUMNS], schema=_READ_SCHEMA)
+    # Other writers may differ in column order, nullability or metadata: one schema for all,
+    # so the tables of a poll concatenate without copies (nulls are still seen and fixed
+    # by table_to_flows; the schema's non-null flag is not enforced by Arrow).
+    return pa.Table.from_arrays([table.column(n) for n in _COLUMNS], schema=ARROW_SCHEMA)
 
 
 def table_to_flows(table: pa.Table) -> pd.DataFrame:

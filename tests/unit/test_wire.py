@@ -153,3 +153,21 @@ def test_extra_columns_on_the_wire_are_dropped():
     table = table.append_column("future_field", pa.array([1, 2]))
     out = decode_flows(arrow_message(table))
     assert list(out.columns) == list(FLOW_SCHEMA)
+
+
+def test_a_poll_mixing_writers_decodes_in_one_go():
+    """Another writer's batch (reordered, nullable columns, a null) joins ours in one poll."""
+    from flowwarden.bus import Message, read_flow_batches
+
+    ours = encode_flows(sample())
+    nullable = pa.schema([pa.field(f.name, f.type) for f in ARROW_SCHEMA])  # no metadata either
+    table = pa.Table.from_pandas(sample(), schema=nullable, preserve_index=False)
+    table = table.select(list(reversed(table.column_names)))
+    i = table.schema.get_field_index("dns_qname")
+    table = table.set_column(i, "dns_qname", pa.array(["x.example", None]))
+    theirs = arrow_message(table)
+    msgs = [Message("flows", 0, n, None, payload, 0) for n, payload in enumerate([ours, theirs, ours])]
+    good, dead = read_flow_batches(msgs)
+    assert not dead and [len(df) for _, df in good] == [2, 2, 2]
+    assert good[1][1]["dns_qname"].tolist() == ["x.example", ""]
+    assert {c: str(t) for c, t in good[1][1].dtypes.items()} == FLOW_SCHEMA

@@ -65,6 +65,16 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def hwm_mb() -> float:
+    """Peak RSS of this process image (VmHWM). ``ru_maxrss`` would not do in a spawned child:
+    Linux carries the parent's high-water mark over fork and exec."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def current_rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -300,7 +310,7 @@ def consume(settings_json: str, db: str, entities: int, n: int, messages: int) -
         "alerts": stage.stats.alerts,
         "entities": entities_held,
         "rss_start_mb": rss0,
-        "peak_rss_mb": rss_mb(),
+        "peak_rss_mb": hwm_mb(),
         "state_mb": state_mb,
     }
 

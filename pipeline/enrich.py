@@ -348,8 +348,8 @@ def enrich_flows(
 ) -> pd.DataFrame:
     """The batch with Kubernetes metadata on both ends and ``direction`` filled in.
 
-    Values the collector already set are kept; missing ones are looked up. String columns
-    are built with Arrow takes, never through Python objects per row. ``inside``: which
+    Values the collector already set are kept; missing ones are looked up, as categoricals
+    over the inventory's strings (never a Python object per row). ``inside``: which
     sources and destinations are in the cluster (CIDRs and node addresses), when the caller
     already knows (the engine's :class:`~pipeline.addresses.AddressFacts`).
     """

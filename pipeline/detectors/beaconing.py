@@ -5,7 +5,9 @@ RITA-style beacon score of :func:`pipeline.features.beacon_features` ``>= min_sc
 at least ``min_conns`` connections, to an address new to the cluster (first seen after
 ``learn_s`` of memory) that at most ``max_peers`` pods of the workload use.
 Must not flag: SaaS calls and health checks (addresses the cluster has used since before,
-called by every replica), NTP, nodes' agents (node sources unless ``include_nodes`` is 1).
+called by every replica), NTP, nodes' agents (node sources unless ``include_nodes`` is 1),
+a long transfer such as a backup upload (its interim records every 10 s repeat one start
+time: one connection, not a regular series).
 """
 
 from __future__ import annotations

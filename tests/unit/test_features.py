@@ -229,3 +229,32 @@ def test_vocabulary_ids_are_stable_and_decode() -> None:
     assert a.tolist()[1] == 0 and a[0] == a[3] and b[0] == a[2]
     assert v.decode(b).tolist() == ["y", "z"]
     assert v.hash_of(a)[0] == v.hash_of(a)[3] != v.hash_of(b)[1]
+
+
+def test_a_long_transfer_is_one_connection_not_a_beacon() -> None:
+    """A backup upload reports an interim record every 10 s with the same start: not periodic."""
+    from pipeline.engine import DetectionEngine
+
+    upload = [
+        {
+            "ts_start": T0,
+            "ts_end": T0 + 10.0 * (i + 1),
+            "src_ip": "10.244.1.9",
+            "dst_ip": "203.0.113.77",
+            "dst_port": 443,
+            "bytes_out": 5_000_000,
+            "final": i == 29,
+        }
+        for i in range(30)
+    ]
+    regular = [
+        {"ts_start": T0 + 10.0 * i, "src_ip": "10.244.1.10", "dst_ip": "203.0.113.78", "dst_port": 443}
+        for i in range(30)
+    ]
+    engine = DetectionEngine(Settings(), inventory=INV)
+    engine.process(flows(upload + regular).sort_values("ts_end", ignore_index=True))
+    w = engine.flush().windows
+    last = w.sort_values("ws").groupby("entity").last()
+    assert last.loc["shop/web-5d9c8f7b6-aaaaa", "beacon_conns"] == 0  # one connection: never scored
+    assert last.loc["shop/web-5d9c8f7b6-bbbbb", "beacon_conns"] >= 20  # 30 starts, some windows still open
+    assert last.loc["shop/web-5d9c8f7b6-bbbbb", "beacon_score"] > 0.9

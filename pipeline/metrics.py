@@ -91,6 +91,12 @@ class PipelineMetrics:
             "Flows held back to align partitions in event time.",
             registry=r,
         )
+        self.inventory_watch = Counter(
+            "flowwarden_pipeline_inventory_watch",
+            "Kubernetes pod watch: lists, watches opened, events applied, failures, inventory rebuilds.",
+            ["what"],
+            registry=r,
+        )
         self._server: WSGIServer | None = None
         self._current_model: str | None = None
 

@@ -666,6 +666,12 @@ class PipelineStage:
         late = getattr(self.engine, "late_flows", None)
         if late is not None:
             self._count_growth(self.metrics.late_flows, ("late",), late)
+        watch = getattr(getattr(self.engine, "inventory", None), "source", None)
+        stats = getattr(watch, "stats", None)
+        if stats is not None:  # the pod inventory follows a watch on the Kubernetes API
+            for what in ("lists", "watches", "events", "failures", "rebuilds"):
+                counter = self.metrics.inventory_watch.labels(what=what)
+                self._count_growth(counter, ("inventory", what), getattr(stats, what))
 
     def _count_growth(self, counter: Any, key: tuple[str, ...], total: float) -> None:
         seen = self._engine_totals.get(key, 0.0)

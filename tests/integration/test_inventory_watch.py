@@ -349,3 +349,51 @@ def test_inventory_from_settings_feeds_the_detection_engine(server: FakeKubeApi,
     finally:
         close_inventory(inventory)  # any snapshot stops the one watch they share
     assert inventory.source is not None and not inventory.source.running
+
+
+def test_a_stage_counts_the_watch_and_stops_it(server: FakeKubeApi, core_api: Any, tmp_path: Any) -> None:
+    """The watch's counters reach /metrics through the stage, and stopping the stage ends the watch."""
+    from flowwarden.bus import MemoryBus, publish_flows
+    from flowwarden.store import Store
+    from pipeline.engine import DetectionEngine
+    from pipeline.metrics import PipelineMetrics
+    from pipeline.notify import NotifierHub
+    from pipeline.stage import PipelineStage, StageOptions
+    from tests.unit.flowkit import flows
+
+    server.add(pod("web-5d9c8f7b6-aaaaa", "10.244.7.1", uid="u-1"))
+    settings = Settings.model_validate(
+        {"pipeline": {"inventory_source": "kubernetes"}, "kafka": {"partitions": 1}}
+    )
+    inventory = inventory_from_settings(settings, api=core_api)
+    assert isinstance(inventory, LiveInventory) and inventory.source is not None
+    bus = MemoryBus(default_partitions=1)
+    store = Store(f"sqlite:///{tmp_path / 'fw.db'}").start()
+    metrics = PipelineMetrics()
+    stage = PipelineStage(
+        settings,
+        bus=bus,
+        store=store,
+        engine=DetectionEngine(settings, inventory=inventory),
+        notifiers=NotifierHub([]),
+        metrics=metrics,
+        options=StageOptions(poll_timeout_s=0.0, align_idle_s=1.0, idle_tick_s=1.0),
+    )
+    try:
+        stage.start()
+        server.add(pod("db-0", "10.244.7.2", uid="u-2", ns="data", owner=("StatefulSet", "db")))
+        wait_for(lambda: inventory.source.stats.events >= 1, timeout=10, what="a watch event")
+        batch = flows([{"ts_start": NOW, "src_ip": "10.244.7.1", "dst_ip": "10.244.7.2"}])
+        publish_flows(bus.producer(), settings.kafka.topics.flows, batch, 1)
+        stage.drain(idle_polls=2, max_seconds=30)
+
+        def counted(what: str) -> float:
+            name = "flowwarden_pipeline_inventory_watch_total"
+            return metrics.registry.get_sample_value(name, {"what": what}) or 0.0
+
+        assert counted("lists") == 1 and counted("watches") >= 1 and counted("events") >= 1
+        assert counted("failures") == 0
+    finally:
+        stage.stop()
+        store.stop()
+    assert not inventory.source.running  # stop() ended the watch

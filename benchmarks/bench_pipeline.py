@@ -232,15 +232,29 @@ def make_stage(settings: Settings, store: Store, worker: str, pods: Inventory) -
         engine=DetectionEngine(settings, inventory=pods, model=load_default()),
         notifiers=NotifierHub([]),
         # max_records: the stage's default (50 batches a poll; the poll is decoded and checked at once).
-        options=StageOptions(poll_timeout_s=0.2, idle_tick_s=1.0, align_idle_s=2.0, worker_id=worker),
+        options=StageOptions(
+            poll_timeout_s=0.2,
+            idle_tick_s=1.0,
+            align_idle_s=2.0,
+            worker_id=worker,
+            max_records=settings.pipeline.max_poll_batches,
+        ),
     )
 
 
 def throughput(
-    broker: TansuBroker, tmp: Path, *, entities: int, seconds: float, rate: float
+    broker: TansuBroker,
+    tmp: Path,
+    *,
+    entities: int,
+    seconds: float,
+    rate: float,
+    poll_batches: int | None = None,
 ) -> dict[str, Any]:
     """Publish the backlog here, consume it in a fresh process (its own peak RSS and CPU)."""
     settings = bench_settings(broker)
+    if poll_batches is not None:
+        settings.pipeline.max_poll_batches = poll_batches
     flows = cluster_flows(entities=entities, seconds=seconds, rate=rate, t0=1_800_000_000.0, seed=5)
     t = time.perf_counter()
     messages = publish(settings, flows)
@@ -395,6 +409,7 @@ def main() -> None:
     ap.add_argument(
         "--only", choices=sorted({sc.name for sc in (*FULL, *QUICK)}), action="append", help="run only these"
     )
+    ap.add_argument("--poll-batches", type=int, default=None, help="pipeline.max_poll_batches (default 50)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     scenarios = [sc for sc in (QUICK if args.quick else FULL) if not args.only or sc.name in args.only]
@@ -406,7 +421,12 @@ def main() -> None:
         print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores shared)")
         for sc in scenarios:
             tp = throughput(
-                broker, tmp, entities=sc.entities, seconds=sc.seconds, rate=sc.entities * sc.per_entity_rate
+                broker,
+                tmp,
+                entities=sc.entities,
+                seconds=sc.seconds,
+                rate=sc.entities * sc.per_entity_rate,
+                poll_batches=args.poll_batches,
             )
             results.append((sc, tp))
             print(

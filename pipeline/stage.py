@@ -300,7 +300,7 @@ class PipelineStage:
         self.bus = bus
         self.engine = engine
         self.metrics = metrics or PipelineMetrics()
-        self.options = options or StageOptions()
+        self.options = options or StageOptions(max_records=settings.pipeline.max_poll_batches)
         self.notifiers = notifiers if notifiers is not None else build_hub(settings.notifiers)
         self.notifiers.on_result = self._on_notify
         self.model_watcher = model_watcher

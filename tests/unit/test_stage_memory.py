@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from flowwarden.bus import MemoryBus, dead_letter_of, publish_flows
+from flowwarden.errors import ConfigError
 from flowwarden.records import Alert, Entity, conform_flows, empty_flows
 from flowwarden.settings import Settings, load_settings
 from flowwarden.store import Store
@@ -591,3 +592,12 @@ def test_real_engine_restarted_from_a_checkpoint_raises_no_new_alert_ids(tmp_pat
     assert second.stats.replayed > 0
     assert len(offline) >= 5
     assert stored == offline
+
+
+def test_poll_size_comes_from_the_settings(settings: Settings, store: Store) -> None:
+    """``pipeline.max_poll_batches`` bounds a poll (the flows in flight) unless options say otherwise."""
+    s = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={"max_poll_batches": 7})})
+    stage = PipelineStage(s, bus=MemoryBus(), store=store, engine=StandInEngine(), notifiers=NotifierHub([]))
+    assert stage.options.max_records == 7
+    with pytest.raises(ConfigError, match="max_poll_batches"):
+        load_settings(None, pipeline={"max_poll_batches": 0})

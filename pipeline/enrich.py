@@ -20,7 +20,6 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -299,39 +298,9 @@ class Inventory:
 # ---------------------------------------------------------------------- direction
 
 
-@lru_cache(maxsize=262144)
-def _in_networks(ip: str, networks: tuple[str, ...]) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(addr in ipaddress.ip_network(n) for n in networks)
-
-
-_MEMBERSHIP: dict[tuple[str, ...], dict[str, bool]] = {}
 _DIRECTIONS = pa.array(
     [Direction.INTERNAL.value, Direction.EGRESS.value, Direction.INGRESS.value, Direction.EXTERNAL.value]
 )
-
-
-def in_cidrs(ips: pd.Series, cidrs: list[str] | tuple[str, ...]) -> np.ndarray:
-    """Vectorised membership of addresses in CIDRs (each distinct address parsed once per process)."""
-    codes, uniques = pd.factorize(ips)
-    nets = tuple(cidrs)
-    memo = _MEMBERSHIP.setdefault(nets, {})
-    if len(memo) > 1_000_000:
-        memo.clear()  # bounded: an address seen again is simply parsed again
-    get = memo.get
-    ok = np.empty(len(uniques), dtype=bool)
-    for i, u in enumerate(uniques):
-        v = get(u)
-        if v is None:
-            v = memo[u] = _in_networks(str(u), nets)
-        ok[i] = v
-    res = np.zeros(len(ips), dtype=bool)
-    present = codes >= 0
-    res[present] = ok[codes[present]]
-    return res
 
 
 def directions(src_in: np.ndarray, dst_in: np.ndarray) -> np.ndarray:
@@ -357,16 +326,14 @@ def enrich_flows(
     if not len(df):
         return df
     inv = inventory
-    if inside is not None:
-        src_in, dst_in = inside
-    else:
-        internal = settings.cluster.internal_cidrs() + list(settings.cluster.node_ips)
-        src_in = in_cidrs(df["src_ip"], internal)
-        dst_in = in_cidrs(df["dst_ip"], internal)
-        if inv is not None and len(inv.node_ips):
-            node_ips = list(inv.node_ips)
-            src_in |= df["src_ip"].isin(node_ips).to_numpy()
-            dst_in |= df["dst_ip"].isin(node_ips).to_numpy()
+    if inside is None:  # one definition of "inside the cluster": the engine's address facts
+        from pipeline.addresses import AddressFacts
+        from pipeline.state import Vocab
+
+        nodes = inv.node_ips if inv is not None else {}
+        a = AddressFacts(settings).batch(Vocab(), df["src_ip"], df["dst_ip"], nodes)
+        inside = (a.src_in, a.dst_in)
+    src_in, dst_in = inside
     need_dir = (df["direction"] == "").to_numpy()
     if need_dir.any():
         computed = pd.Series(_DIRECTIONS.take(pa.array(directions(src_in, dst_in))), dtype="str")

@@ -161,8 +161,9 @@ def to_lean(
     out["ext"] = ext_all[keep]
     out["src_ip"] = a.src_id[keep].astype("int32")
     out["dst_ip"] = a.dst_id[keep].astype("int32")
-    for c in _IDS[2:]:
-        out[c] = vocab.encode(flows[c])[keep].astype("int32")
+    for c in _IDS:
+        if c not in out:  # the addresses came encoded with their facts
+            out[c] = vocab.encode(flows[c])[keep].astype("int32")
     state = flows["state"]
     out["rejected"] = (state == FlowState.REJECTED.value).to_numpy()[keep]
     out["syn_only"] = (state == FlowState.SYN_ONLY.value).to_numpy()[keep]

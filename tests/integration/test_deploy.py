@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from dashboards.catalog import load_committed
-from flowwarden.settings import load_settings
+from flowwarden.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -224,13 +224,18 @@ def test_every_manifest_image_is_pinned(manifests: list[dict[str, Any]]) -> None
         assert tag != "latest" and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{image}: not a pinned version"
 
 
-def test_pipeline_watches_pods_with_list_and_watch_only(
-    manifests: list[dict[str, Any]], tmp_path: Path
-) -> None:
+def _configmap_settings(manifests: list[dict[str, Any]], tmp_path: Path) -> Settings:
+    """The settings file the ConfigMap mounts, loaded as the stages load it."""
     cm = _one(manifests, "ConfigMap", "flowwarden-settings")
     path = tmp_path / "flowwarden.yaml"
     path.write_text(cm["data"]["flowwarden.yaml"])
-    assert load_settings(path).pipeline.inventory_source == "kubernetes"
+    return load_settings(path)
+
+
+def test_pipeline_watches_pods_with_list_and_watch_only(
+    manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    assert _configmap_settings(manifests, tmp_path).pipeline.inventory_source == "kubernetes"
     pod = _one(manifests, "Deployment", "flowwarden-pipeline")["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["pipeline"], "no kubectl sidecar: the pipeline watches"
     assert not pod.get("initContainers")
@@ -271,10 +276,7 @@ def test_pipeline_and_enforcer_run_as_non_root(manifests: list[dict[str, Any]]) 
 def test_configmap_settings_load_and_enforcer_rbac_matches_its_namespaces(
     manifests: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    cm = _one(manifests, "ConfigMap", "flowwarden-settings")
-    path = tmp_path / "flowwarden.yaml"
-    path.write_text(cm["data"]["flowwarden.yaml"])
-    settings = load_settings(path)
+    settings = _configmap_settings(manifests, tmp_path)
     assert settings.enforcement.mode == "dry_run"
     roles = [d for d in manifests if d["kind"] == "Role" and d["metadata"]["name"] == "flowwarden-enforcer"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(settings.enforcement.kube_namespaces)

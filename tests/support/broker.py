@@ -16,7 +16,6 @@ import importlib.util
 import socket
 import struct
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from flowwarden.settings import Settings
+from tests.support.netns import wait_for
 
 
 def tansu_path() -> Path:
@@ -123,21 +123,21 @@ class TansuBroker:
         finally:
             if self.log_path:
                 out.close()  # type: ignore[union-attr]  # the child keeps its own handle
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+        proc = self._proc
+
+        def answering() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(
-                    f"{self.name} exited with status {self._proc.returncode} "
-                    f"while starting on {self.bootstrap}"
+                    f"{self.name} exited with status {proc.returncode} while starting on {self.bootstrap}"
                     + (f" (log: {self.log_path})" if self.log_path else "")
                 )
-            if _metadata_ok(self.host, self.port, timeout=0.5):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(
-            f"{self.name} did not answer a metadata request on {self.bootstrap} within {timeout}s"
-        )
+            return _metadata_ok(self.host, self.port, timeout=0.5)
+
+        try:
+            wait_for(answering, timeout=timeout, what=f"{self.name} to answer metadata on {self.bootstrap}")
+        except AssertionError as exc:
+            self.stop()
+            raise RuntimeError(str(exc)) from exc
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the broker (its in-memory data is gone) and wait until the port is closed."""

@@ -12,19 +12,27 @@ and the mark that says "this batch is done" commit together or not at all. A bat
 after a crash is then either already marked (skip it: :meth:`Store.seen_batches`) or was
 never written; and if two consumers race on it, the second mark raises
 :class:`DuplicateBatch` and its transaction rolls back.
+
+Several workers write to one PostgreSQL: every write method sends its rows in key order, so
+two transactions that touch the same rollup or alert lock them in the same order and wait
+for each other instead of deadlocking; :meth:`Store.in_transaction` runs a unit of work
+again when the database still aborts it for a reason that a second try clears (deadlock,
+serialization failure, a connection lost mid-transaction).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import random
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -50,6 +58,29 @@ from flowwarden.store_schema import (
     model_events,
     pipeline_state,
 )
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# SQLSTATEs of a transaction the database aborted only because of the moment it ran in.
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the same transaction again may succeed (it was rolled back whole)."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _RETRY_SQLSTATES:
+        return True
+    return isinstance(orig, sqlite3.OperationalError) and getattr(orig, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_BUSY,  # still locked after busy_timeout
+        sqlite3.SQLITE_LOCKED,
+    )
+
 
 __all__ = [
     "DATA_TABLES",
@@ -671,6 +702,36 @@ class Store:
         with self.engine.begin() as conn:
             yield conn
 
+    def in_transaction(
+        self, work: Callable[[Connection], T], *, attempts: int = 5, max_delay_s: float = 2.0
+    ) -> T:
+        """Run ``work(conn)`` in one transaction, again (up to ``attempts``) if it was transient.
+
+        For units of work that are safe to repeat because a failed try left nothing behind:
+        the database rolled the whole transaction back. Back-off is jittered and doubles from
+        50 ms to ``max_delay_s``; a failure that is not transient, or the last one, is raised.
+        """
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if attempt == attempts or not is_transient(exc):
+                    raise
+                delay = min(max_delay_s, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random())
+                cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+                log.warning(
+                    "store transaction aborted (%s); try %d of %d in %.2fs",
+                    cause,
+                    attempt + 1,
+                    attempts,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
     @contextmanager
     def _write(self, conn: Connection | None) -> Iterator[Connection]:
         if conn is not None:
@@ -702,8 +763,8 @@ class Store:
             merged[row["id"]] = _merge_alert_rows(merged[row["id"]], row) if row["id"] in merged else row
         if not merged:
             return 0
-        with self._write(conn) as c:
-            c.execute(_alert_upsert(c), list(merged.values()))
+        with self._write(conn) as c:  # in id order: concurrent writers lock rows alike
+            c.execute(_alert_upsert(c), [merged[k] for k in sorted(merged)])
         return len(merged)
 
     def get_alert(self, alert_id: str, *, conn: Connection | None = None) -> Alert | None:
@@ -851,6 +912,9 @@ class Store:
         frame = _rollup_frame(df)
         if frame.empty:
             return 0
+        # In key order: two workers' transactions over shared keys (replicas of one workload)
+        # then take their row locks in the same order, so one waits instead of deadlocking.
+        frame = frame.sort_values(list(ROLLUP_DIMENSIONS), ignore_index=True, kind="stable")
         with self._write(conn) as c:
             sql, rows = _rollup_upsert(c.dialect, frame)
             c.exec_driver_sql(sql, rows)

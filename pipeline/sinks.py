@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from flowwarden.bus import Producer
 from flowwarden.records import Alert
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,8 @@ class StoreSink:
         rollups = rollup_flows(enriched) if enriched is not None and len(enriched) else None
         if not alerts and rollups is None and not batches:
             return
-        with self.store.transaction() as conn:
+
+        def work(conn: Connection) -> None:
             if alerts:
                 self.store.upsert_alerts(list(alerts), conn=conn)
             if rollups is not None and len(rollups):
@@ -66,13 +70,18 @@ class StoreSink:
             if batches:
                 self.store.mark_batches(self.group_id, list(batches), conn=conn)
 
+        self.store.in_transaction(work)  # a deadlock or a lost connection: tried again
+
     def load_state(self, key: str) -> bytes | None:
         data: bytes | None = self.store.get_state(key)
         return data
 
     def save_state(self, key: str, data: bytes, offsets: bytes | None = None) -> None:
         """The engine's state and the offsets it holds, together (``key`` and ``key/offsets``)."""
-        with self.store.transaction() as conn:
+
+        def work(conn: Connection) -> None:
             self.store.put_state(key, data, conn=conn)
             if offsets is not None:
                 self.store.put_state(key + "/offsets", offsets, conn=conn)
+
+        self.store.in_transaction(work)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from flowwarden.errors import ServiceUnavailable
 from flowwarden.records import Alert
 from flowwarden.store import Store, rollup_flows
+from flowwarden.store_schema import ROLLUP_DIMENSIONS
 from tests.support.netns import wait_for
 from tests.support.postgres import truncate_store
 from tests.unit.test_store_sqlite import T0, StoreContract, alerts, make_alert, make_flows
@@ -71,6 +73,109 @@ def test_unreachable_postgres_is_a_clear_error() -> None:
     store = Store("postgresql://postgres@127.0.0.1:1/nothing")
     with pytest.raises(ServiceUnavailable, match=r"127\.0\.0\.1:1.*not reachable"):
         store.start()
+
+
+# --------------------------------------------------------------------------- concurrent writers
+
+
+def _waiting_on_a_lock(store: Store, pid: int) -> bool:
+    with store.engine.connect() as conn:
+        event = conn.execute(
+            sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+        ).scalar()
+    return bool(event == "Lock")
+
+
+def test_workers_writing_shared_rollups_wait_for_each_other_instead_of_deadlocking(pg_store: Store) -> None:
+    """Two workers' transactions over the same rollup keys, given in opposite orders, both commit.
+
+    Replicas of one workload land on different workers, so their rollup rows share keys.
+    Holding key A, the first writer then writes B while the second writes (B, A): unless both
+    lock in key order, each waits on the other and PostgreSQL aborts one (what CI once hit).
+    """
+    keyed = rollup_flows(make_flows()).sort_values(list(ROLLUP_DIMENSIONS), ignore_index=True)
+    assert len(keyed) >= 2
+    first, last = keyed.iloc[[0]], keyed.iloc[[-1]]
+    errors: list[BaseException] = []
+    pids: list[int] = []
+
+    def second_writer() -> None:
+        try:
+            with pg_store.transaction() as conn:
+                pids.append(int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()))
+                pg_store.add_rollups(keyed.iloc[[-1, 0]], conn=conn)
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+
+    with pg_store.transaction() as conn:
+        pg_store.add_rollups(first, conn=conn)
+        other = threading.Thread(target=second_writer, name="second-writer")
+        other.start()
+        wait_for(lambda: bool(pids), timeout=30, what="the second writer's connection")
+        wait_for(lambda: _waiting_on_a_lock(pg_store, pids[0]), timeout=30, what="the second writer to wait")
+        pg_store.add_rollups(last, conn=conn)  # deadlocks here if the second writer holds B
+    other.join(timeout=60)
+    assert not other.is_alive()
+    assert not errors, errors
+    stored = pg_store.list_rollups().set_index(list(ROLLUP_DIMENSIONS))
+    for row in (first, last):
+        key = tuple(row[list(ROLLUP_DIMENSIONS)].iloc[0])
+        assert int(stored.loc[key, "flows"]) == 2 * int(row["flows"].iloc[0])
+
+
+def test_a_deadlock_victim_is_run_again_whole(fresh_pg_url: str) -> None:
+    """``in_transaction`` repeats a unit of work that PostgreSQL aborted as a deadlock victim.
+
+    A real deadlock: this transaction holds row 1 and asks for row 2 while another holds 2
+    and waits for 1. The other one detects late (``deadlock_timeout`` 30 s), so this one is
+    the victim; its first try's update of row 1 must be rolled back, not applied twice.
+    """
+    with Store(fresh_pg_url) as store:
+        with store.transaction() as conn:
+            conn.exec_driver_sql("CREATE TABLE probe (k int PRIMARY KEY, v int NOT NULL)")
+            conn.exec_driver_sql("INSERT INTO probe VALUES (1, 0), (2, 0)")
+        other_pid: list[int] = []
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                with store.transaction() as oc:
+                    oc.exec_driver_sql("SET LOCAL deadlock_timeout = '30s'")
+                    other_pid.append(int(oc.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()))
+                    oc.exec_driver_sql("UPDATE probe SET v = v + 1 WHERE k = 2")
+                    oc.exec_driver_sql("UPDATE probe SET v = v + 1 WHERE k = 1")
+            except BaseException as exc:  # reported by the test below
+                errors.append(exc)
+
+        tries: list[int] = []
+        thread = threading.Thread(target=other, name="other-writer")
+
+        def work(conn: sa.Connection) -> int:
+            tries.append(1)
+            conn.exec_driver_sql("UPDATE probe SET v = v + 1 WHERE k = 1")
+            if len(tries) == 1:
+                thread.start()
+                wait_for(lambda: bool(other_pid), timeout=30, what="the other writer's connection")
+                wait_for(
+                    lambda: _waiting_on_a_lock(store, other_pid[0]), timeout=30, what="the other to wait"
+                )
+            conn.exec_driver_sql("UPDATE probe SET v = v + 1 WHERE k = 2")
+            return len(tries)
+
+        assert store.in_transaction(work) == 2
+        thread.join(timeout=60)
+        assert not thread.is_alive() and not errors, errors
+        with store.engine.connect() as conn:
+            assert dict(conn.exec_driver_sql("SELECT k, v FROM probe").all()) == {1: 2, 2: 2}
+
+        def violates(conn: sa.Connection) -> None:  # not transient: raised at once
+            tries.append(1)
+            conn.exec_driver_sql("INSERT INTO probe VALUES (1, 0)")
+
+        tries.clear()
+        with pytest.raises(sa.exc.IntegrityError):
+            store.in_transaction(violates)
+        assert len(tries) == 1
 
 
 # --------------------------------------------------------------------------- SIGKILL, then replay

@@ -84,6 +84,33 @@ class PodRecord:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+FINISHED_PHASES = ("Succeeded", "Failed")  # the pod ran to its end; its IP is free again
+
+
+def finish_times(status: dict[str, Any]) -> list[Any]:
+    """The ``finishedAt`` of every container (init ones too) that terminated, as reported."""
+    return [
+        t
+        for key in ("containerStatuses", "initContainerStatuses")
+        for c in status.get(key) or []
+        if isinstance(c, dict)
+        and (t := ((c.get("state") or {}).get("terminated") or {}).get("finishedAt")) is not None
+    ]
+
+
+def _finished_at(status: dict[str, Any]) -> float | None:
+    """When a pod that ran to its end (a Job's, phase Succeeded or Failed) let go of its IP.
+
+    Such a pod stays in the API, its IP still in its status, until something deletes it,
+    while the network already gives the IP to new pods: it is the pod only until its last
+    container finished. ``None`` while it runs, or when no finish time is reported.
+    """
+    if status.get("phase") not in FINISHED_PHASES:
+        return None
+    known = [t for t in (_ts(v) for v in finish_times(status)) if t is not None]
+    return max(known) if known else None
+
+
 def _parse_pod(item: dict[str, Any], index: int) -> tuple[list[PodRecord], str, str]:
     """Records for one pod (one per IP); also its (node name, host IP)."""
     meta = item.get("metadata") or {}
@@ -102,6 +129,9 @@ def _parse_pod(item: dict[str, Any], index: int) -> tuple[list[PodRecord], str, 
     annotations = meta.get("annotations") or {}
     start = _ts(meta.get("creationTimestamp")) or _ts(status.get("startTime")) or -np.inf
     end_ts = _ts(meta.get("deletionTimestamp")) or _ts(annotations.get("flowwarden.io/deleted-at"))
+    finished = _finished_at(status)
+    if finished is not None and (end_ts is None or finished < end_ts):
+        end_ts = finished
     end = end_ts + DELETION_GRACE_S if end_ts is not None else np.inf
     workload = workload_of(name, list(meta.get("ownerReferences") or []))
     labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}

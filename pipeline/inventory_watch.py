@@ -27,7 +27,7 @@ import urllib3
 
 from flowwarden.errors import ConfigError, ServiceUnavailable
 from flowwarden.settings import Settings
-from pipeline.enrich import Inventory
+from pipeline.enrich import FINISHED_PHASES, Inventory, finish_times
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,16 @@ def _slim(pod: dict[str, Any]) -> dict[str, Any] | None:
     deleted_at = (meta.get("annotations") or {}).get(DELETED_AT)
     if deleted_at:
         slim_meta["annotations"] = {DELETED_AT: deleted_at}
+    slim_status = {k: status[k] for k in ("hostIP", "podIP", "podIPs", "startTime") if status.get(k)}
+    if status.get("phase") in FINISHED_PHASES:  # its end of life: when its containers finished
+        slim_status["phase"] = status["phase"]
+        slim_status["containerStatuses"] = [
+            {"state": {"terminated": {"finishedAt": t}}} for t in finish_times(status)
+        ]
     return {
         "metadata": slim_meta,
         "spec": {k: spec[k] for k in ("nodeName", "hostNetwork") if spec.get(k) is not None},
-        "status": {k: status[k] for k in ("hostIP", "podIP", "podIPs", "startTime") if status.get(k)},
+        "status": slim_status,
     }
 
 

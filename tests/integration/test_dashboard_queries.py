@@ -364,7 +364,7 @@ def test_every_promql_panel_returns_series(seeded: Seeded, prometheus: str) -> N
 
     # rate() needs two scrapes inside its window: wait for them, never for a fixed time.
     try:
-        wait_for(all_answer, timeout=60, what="every PromQL panel to return series", interval=1.0)
+        wait_for(all_answer, timeout=120, what="every PromQL panel to return series", interval=1.0)
     finally:
         lines = []
         for q, e in queries:

@@ -51,6 +51,31 @@ def test_reused_ip_maps_to_the_pod_alive_at_the_time() -> None:
     assert got["workload"].tolist() == ["old", "new", ""]
 
 
+def test_a_finished_job_pod_lets_go_of_its_ip_when_its_containers_finish() -> None:
+    """A Succeeded pod stays listed with its IP until deleted; the IP is free from its finish."""
+    job = pod(
+        "backup-29383920-abcde",
+        "10.244.1.9",
+        owner=("Job", "backup-29383920"),
+        created="2027-01-15T08:00:00Z",
+    )
+    job["status"] |= {
+        "phase": "Succeeded",
+        "initContainerStatuses": [{"state": {"terminated": {"finishedAt": "2027-01-15T08:00:10Z"}}}],
+        "containerStatuses": [
+            {"state": {"terminated": {"finishedAt": "2027-01-15T08:02:00Z"}}},
+            {"state": {"running": {"startedAt": "2027-01-15T08:00:11Z"}}},
+        ],
+    }
+    failed = pod("probe-1", "10.244.1.10", owner=None, created="2027-01-15T08:00:00Z")
+    failed["status"] |= {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {}}}]}
+    inv = Inventory.from_dict({"items": [job, failed]})
+    at = [pd.Timestamp(f"2027-01-15T08:{m}Z").timestamp() for m in ("01:00", "02:20", "02:40", "30:00")]
+    got = inv.lookup(pd.Series(["10.244.1.9"] * 4 + ["10.244.1.10"]), pd.Series([*at, at[-1]]))
+    # Running, then the deletion grace after its last container, then free.
+    assert got["workload"].tolist() == ["backup", "backup", "", "", "probe-1"]  # no finish time: kept
+
+
 def test_host_network_pods_make_node_addresses() -> None:
     inv = Inventory.from_dict(
         {

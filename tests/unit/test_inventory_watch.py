@@ -109,6 +109,33 @@ def test_slim_pods_give_the_same_inventory_as_full_ones() -> None:
     assert _slim({"metadata": {"namespace": "x"}}) is None, "no name: not a pod"
 
 
+def test_a_slim_finished_pod_keeps_when_its_containers_finished() -> None:
+    """The one container field enrichment reads: a Job pod's end, so its IP is free after it."""
+    job = _full("backup-29383920-abcde", "10.244.1.9", owner=("Job", "backup-29383920"))
+    job["status"] |= {
+        "phase": "Succeeded",
+        "containerStatuses": [
+            {
+                "name": "app",
+                "image": "app:1.0",
+                "state": {"terminated": {"exitCode": 0, "finishedAt": "2027-01-15T08:02:00Z"}},
+            }
+        ],
+    }
+    slim = _slim(job)
+    assert slim is not None
+    assert slim["status"]["containerStatuses"] == [
+        {"state": {"terminated": {"finishedAt": "2027-01-15T08:02:00Z"}}}
+    ]
+    a, b = Inventory.from_dict({"items": [job]}), Inventory.from_dict({"items": [slim]})
+    pd.testing.assert_frame_equal(a.pods, b.pods)
+    assert a.pods["end"].iloc[0] == pd.Timestamp("2027-01-15T08:02:30Z").timestamp()
+    running = _full("web-5d9c8f7b6-x2k4p", "10.244.1.5")
+    assert "containerStatuses" not in (_slim(running) or {})["status"], (
+        "a running pod's statuses change often"
+    )
+
+
 def test_an_ended_pod_keeps_its_deletion_timestamp_or_gets_the_time_it_was_seen_gone() -> None:
     slim = _slim(_full("web-5d9c8f7b6-x2k4p", "10.244.1.5", created="2027-01-15T08:00:00Z"))
     assert slim is not None

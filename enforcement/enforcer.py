@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enforcement import policy
 from enforcement.backends import Backend, BackendError, make_backends
@@ -39,10 +39,14 @@ from flowwarden.records import Alert, Decision, Entity
 from flowwarden.settings import Settings
 from flowwarden.store import WAS_APPLIED, Store
 
+if TYPE_CHECKING:
+    from pipeline.inventory_watch import WatchedInventory
+
 log = logging.getLogger("flowwarden.enforcement")
 
 OFFENCE_STATUSES = ("applied", "expired", "revoked", "simulated", "pending")
 EXPIRE_INTERVAL_S = 1.0
+INVENTORY_REFRESH_S = 2.0  # a watched inventory is rebuilt at most this often
 
 
 class UnknownBlock(FlowwardenError):
@@ -60,6 +64,7 @@ class Enforcer:
         bus: Bus | None = None,
         backends: Sequence[Backend] | None = None,
         inventory: Inventory | None = None,
+        pod_watch: WatchedInventory | None = None,
         metrics: EnforcerMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -67,9 +72,21 @@ class Enforcer:
         self.cfg = settings.enforcement
         self.store = store
         self.bus = bus
-        self.inventory = (
-            inventory if inventory is not None else Inventory.load(settings.pipeline.inventory_path)
-        )
+        # Who owns an address, from pipeline.inventory_source like the pipeline's: with
+        # "kubernetes" a watch started in start() keeps it current (empty until then).
+        self._pod_watch = pod_watch
+        if inventory is None and pod_watch is None and settings.pipeline.inventory_source == "kubernetes":
+            from pipeline.inventory_watch import WatchedInventory
+
+            self._pod_watch = WatchedInventory(in_cluster=settings.pipeline.kubernetes_in_cluster)
+        if inventory is not None or self._pod_watch is not None:
+            self.inventory = inventory if inventory is not None else Inventory()
+        elif settings.pipeline.inventory_source == "file":
+            self.inventory = Inventory.load(settings.pipeline.inventory_path)
+        else:
+            self.inventory = Inventory()
+        self._pod_watch_version = -1
+        self._next_inventory = -float("inf")
         self.guardrails = Guardrails(settings, self.inventory)
         self.backends = (
             list(backends) if backends is not None else make_backends(settings, self.protected_networks())
@@ -104,8 +121,12 @@ class Enforcer:
         return modes != {"dry_run"}
 
     def start(self, *, consume: bool = True) -> dict[str, Any]:
-        """Start backends, reconcile them with the store, then join the consumer group."""
+        """List the pods (when watched), start backends, reconcile them with the store, then join
+        the consumer group."""
         result: dict[str, Any] = {}
+        if self._pod_watch is not None:
+            self._pod_watch.start()  # the first list is complete before any decision
+            self.refresh_inventory(force=True)
         if self.may_apply():
             for b in self.backends:
                 b.start()
@@ -120,6 +141,8 @@ class Enforcer:
         return result
 
     def stop(self) -> None:
+        if self._pod_watch is not None:
+            self._pod_watch.stop()
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -146,7 +169,26 @@ class Enforcer:
         self.housekeeping()
         return out
 
+    def refresh_inventory(self, *, force: bool = False) -> bool:
+        """Rebuild the guardrails' inventory from the pod watch when it changed; True if rebuilt.
+
+        At most every ``INVENTORY_REFRESH_S`` (a rebuild reads every pod), unless ``force``.
+        """
+        watch = self._pod_watch
+        if watch is None:
+            return False
+        now = time.monotonic()
+        version = watch.version  # read before the pods: a change meanwhile is seen next time
+        if not force and (version == self._pod_watch_version or now < self._next_inventory):
+            return False
+        self.inventory = Inventory.from_kubectl_json({"items": watch.pods()})
+        self.guardrails.inventory = self.inventory
+        self._pod_watch_version = version
+        self._next_inventory = now + INVENTORY_REFRESH_S
+        return True
+
     def housekeeping(self) -> None:
+        self.refresh_inventory()
         now = self.clock()
         if now - self._last_expire >= EXPIRE_INTERVAL_S:
             self.expire()

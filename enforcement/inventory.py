@@ -1,14 +1,17 @@
 """Who owns an address: pods, namespaces and workload sizes for the guardrails.
 
-Read from a ``kubectl get pods -A -o json`` dump (``settings.pipeline.inventory_path``)
-or given as a mapping. The guardrails need it to refuse blocks whose *target* sits in an
-allowlisted namespace or workload, and to cap the share of one workload's pods blocked.
+From where ``pipeline.inventory_source`` says, as the pipeline: a ``kubectl get pods -A -o
+json`` dump (``pipeline.inventory_path``), the pods a watch on the Kubernetes API keeps
+current (:meth:`Inventory.from_kubectl_json` over ``WatchedInventory.pods()``), or a
+mapping. The guardrails need it to refuse blocks whose *target* sits in an allowlisted
+namespace or workload, and to cap the share of one workload's pods blocked. Workload names
+are the pipeline's (:func:`pipeline.enrich.workload_of`), so an alert's source workload
+finds its size here; a pod without an owner belongs to no workload.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flowwarden.errors import ConfigError
-
-_POD_TEMPLATE_HASH = re.compile(r"-[a-z0-9]{5,10}$")
+from pipeline.enrich import DELETED_AT, FINISHED_PHASES, workload_of
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,29 @@ class Inventory:
 
     @classmethod
     def from_kubectl_json(cls, data: Mapping[str, Any]) -> Inventory:
+        """Every listed pod by IP; a workload's size counts only its pods that are not ending.
+
+        A terminating, deleted or finished pod still owns its address for a moment (a block
+        of it is still checked against the allowlists) but is no longer one of its
+        workload's replicas: counting it would make the share of a workload blocked look
+        smaller than it is during a rollout.
+        """
         pods: list[tuple[str, PodRef]] = []
+        live: Counter[str] = Counter()
         for item in data.get("items", []):
-            meta = item.get("metadata", {})
-            ref = PodRef(str(meta.get("namespace", "")), str(meta.get("name", "")), _workload(meta))
-            status = item.get("status", {})
-            ips = [p.get("ip", "") for p in status.get("podIPs", [])] or [status.get("podIP", "")]
+            meta = item.get("metadata") or {}
+            status = item.get("status") or {}
+            if (item.get("spec") or {}).get("hostNetwork"):
+                continue  # its address is its node's, never a pod's
+            owners = list(meta.get("ownerReferences") or [])
+            name = str(meta.get("name", ""))
+            ref = PodRef(str(meta.get("namespace", "")), name, workload_of(name, owners) if owners else "")
+            ips = [p.get("ip", "") for p in status.get("podIPs") or []] or [status.get("podIP", "")]
             pods.extend((ip, ref) for ip in ips if ip)
-        return cls.from_pods(pods)
+            ending = meta.get("deletionTimestamp") or (meta.get("annotations") or {}).get(DELETED_AT)
+            if ref.workload and not ending and status.get("phase") not in FINISHED_PHASES:
+                live[f"{ref.namespace}/{ref.workload}"] += 1
+        return cls(pods_by_ip=dict(pods), workload_pods=dict(live))
 
     @classmethod
     def load(cls, path: Path | None) -> Inventory:
@@ -66,13 +83,3 @@ class Inventory:
     def pod_count(self, namespace: str, workload: str) -> int | None:
         return self.workload_pods.get(f"{namespace}/{workload}")
 
-
-def _workload(meta: Mapping[str, Any]) -> str:
-    """The owning Deployment/StatefulSet/DaemonSet name (a ReplicaSet loses its hash suffix)."""
-    for owner in meta.get("ownerReferences", []) or []:
-        name = str(owner.get("name", ""))
-        if owner.get("kind") == "ReplicaSet":
-            return _POD_TEMPLATE_HASH.sub("", name)
-        if name:
-            return name
-    return ""

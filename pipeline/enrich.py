@@ -34,6 +34,7 @@ from flowwarden.settings import Settings
 log = logging.getLogger(__name__)
 
 DELETION_GRACE_S = 30.0  # a terminating pod still sends packets for a little while
+DELETED_AT = "flowwarden.io/deleted-at"  # a pod's end of life when it has no deletionTimestamp
 _HASH_SUFFIX = re.compile(r"-[a-z0-9]{5,10}$")  # ReplicaSet pod-template-hash
 _CRONJOB_SUFFIX = re.compile(r"-\d{6,}$")  # Job created by a CronJob: <cronjob>-<minutes>
 
@@ -128,7 +129,7 @@ def _parse_pod(item: dict[str, Any], index: int) -> tuple[list[PodRecord], str, 
         ips = [str(status["podIP"])]
     annotations = meta.get("annotations") or {}
     start = _ts(meta.get("creationTimestamp")) or _ts(status.get("startTime")) or -np.inf
-    end_ts = _ts(meta.get("deletionTimestamp")) or _ts(annotations.get("flowwarden.io/deleted-at"))
+    end_ts = _ts(meta.get("deletionTimestamp")) or _ts(annotations.get(DELETED_AT))
     finished = _finished_at(status)
     if finished is not None and (end_ts is None or finished < end_ts):
         end_ts = finished

@@ -27,11 +27,10 @@ import urllib3
 
 from flowwarden.errors import ConfigError, ServiceUnavailable
 from flowwarden.settings import Settings
-from pipeline.enrich import FINISHED_PHASES, Inventory, finish_times
+from pipeline.enrich import DELETED_AT, FINISHED_PHASES, Inventory, finish_times
 
 log = logging.getLogger(__name__)
 
-DELETED_AT = "flowwarden.io/deleted-at"  # enrich.py's end of life for a pod without deletionTimestamp
 _GONE = 410  # the resourceVersion is older than the API server's history: list again
 _MAX_PAGES = 10_000  # of page_size pods each: a bound on one list, far above any cluster
 _REBUILD_SHARE = 0.1  # of the engine's time at most spent rebuilding (a 20k-pod rebuild is ~0.3 s)
@@ -246,6 +245,12 @@ class WatchedInventory:
             return self._version
 
     # ------------------------------------------------------------------ snapshots
+    def pods(self) -> list[dict[str, Any]]:
+        """The pods now (deleted ones within their retention), as slim pod JSON; never mutated."""
+        with self._lock:
+            self._forget_expired(self.clock())
+            return list(self._pods.values())
+
     def snapshot(self) -> LiveInventory:
         """An :class:`Inventory` of the pods now (deleted ones within their retention)."""
         started = time.monotonic()

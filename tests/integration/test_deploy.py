@@ -302,7 +302,11 @@ def test_configmap_settings_load_and_enforcer_rbac_matches_its_namespaces(
         for d in manifests
         if d["kind"] == "ClusterRoleBinding" and d["subjects"][0]["name"] == "flowwarden-enforcer"
     }
-    assert bound == {"flowwarden-enforcer-calico"}, "the enforcer must hold no other cluster-wide role"
+    assert bound == {"flowwarden-enforcer-calico", "flowwarden-enforcer-inventory"}, (
+        "the enforcer must hold no other cluster-wide role"
+    )
+    inventory = _one(manifests, "ClusterRole", "flowwarden-enforcer-inventory")["rules"]
+    assert inventory == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
 
 
 def test_metrics_services_select_their_pods(manifests: list[dict[str, Any]]) -> None:

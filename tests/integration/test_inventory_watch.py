@@ -397,3 +397,60 @@ def test_a_stage_counts_the_watch_and_stops_it(server: FakeKubeApi, core_api: An
         stage.stop()
         store.stop()
     assert not inventory.source.running  # stop() ended the watch
+
+
+def test_the_enforcer_s_guardrails_follow_the_watched_pods(
+    server: FakeKubeApi, make_watch: Any, tmp_path: Any
+) -> None:
+    """With ``inventory_source: kubernetes`` the enforcer knows workload sizes and target owners.
+
+    Without it (as before in a cluster) a block of a one-pod workload's only pod passed the
+    share cap, and a block toward a kube-system pod passed the namespace allowlist.
+    """
+    from enforcement.backends.networkpolicy import NetworkPolicyBackend
+    from enforcement.enforcer import Enforcer
+    from flowwarden.records import Entity
+    from flowwarden.store import Store
+    from tests.unit.enforcement_support import settings
+
+    server.add(pod("web-5d9c8f7b6-aaaaa", "10.244.1.2", uid="u-a"))
+    server.add(pod("coredns-6d4b75cb6d-k8s9x", "10.244.3.3", uid="u-dns", ns="kube-system"))
+    s = settings(
+        gitops_dir=str(tmp_path / "gitops"),
+        backends=["networkpolicy"],
+        mode="enforce",
+        max_workload_share=0.5,
+    ).model_copy(
+        update={"pipeline": settings().pipeline.model_copy(update={"inventory_source": "kubernetes"})}
+    )
+    source = Entity(ip="10.244.1.2", namespace="shop", pod="web-5d9c8f7b6-aaaaa", workload="web")
+    with Store("sqlite://") as store:
+        by_settings = Enforcer(s, store=store, backends=[])
+        assert isinstance(by_settings._pod_watch, WatchedInventory), "the setting makes a watch"
+        assert not by_settings._pod_watch.running, "no I/O before start()"
+        e = Enforcer(s, store=store, backends=[NetworkPolicyBackend(s)], pod_watch=make_watch())
+        e.start(consume=False)
+        try:
+            assert e.inventory.pod_count("shop", "web") == 1  # listed before any decision
+            assert e.manual(source=source, targets=["10.244.2.7"]).guardrail == "max_workload_share"
+            assert e.manual(source=source, targets=["10.244.3.3"]).guardrail == "allow_namespace"
+            server.add(pod("web-5d9c8f7b6-bbbbb", "10.244.1.3", uid="u-b"))
+            server.add(pod("web-5d9c8f7b6-ccccc", "10.244.1.4", uid="u-c"))
+
+            def three_replicas() -> bool:
+                e.housekeeping()
+                return e.inventory.pod_count("shop", "web") == 3
+
+            wait_for(three_replicas, timeout=15, what="the enforcer to see three web replicas")
+            assert e.manual(source=source, targets=["10.244.2.7"]).status == "applied"  # 1 of 3
+            server.delete("u-c", deletion_timestamp=iso(time.time()))
+
+            def two_replicas() -> bool:
+                e.housekeeping()
+                return e.inventory.pod_count("shop", "web") == 2
+
+            wait_for(two_replicas, timeout=15, what="a terminating replica to leave the workload's size")
+            assert "10.244.1.4" in e.inventory.pods_by_ip, "its address is still its own for a while"
+        finally:
+            e.stop()
+        assert e._pod_watch is not None and not e._pod_watch.running

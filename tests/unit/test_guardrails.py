@@ -228,3 +228,30 @@ def test_the_allowlist_and_blast_radius_still_judge_the_whole_automatic_decision
     r = g.review(decision(targets=SCAN), Context(new_last_minute=1), drop_protected_targets=True)
     assert r.refusal is not None and r.refusal.guardrail == "max_new_blocks_per_minute"
     assert r.decision.targets == ["10.244.2.7", "10.244.2.8"] and len(r.dropped) == 3
+
+
+def test_inventory_from_kubectl_json_names_workloads_as_the_pipeline_does() -> None:
+    from tests.unit.flowkit import pod
+
+    finished = pod("backup-29383920-abcde", "10.244.1.9", owner=("Job", "backup-29383920"))
+    finished["status"]["phase"] = "Succeeded"
+    items = [
+        pod("web-5d9c8f7b6-x2k4p", "10.244.1.5"),
+        pod("web-5d9c8f7b6-b7x9q", "10.244.1.6", deleted="2027-01-15T08:01:00Z"),  # terminating
+        pod("report-29383920-fghij", "10.244.1.7", owner=("Job", "report-29383920")),  # a CronJob's
+        pod("bare", "10.244.1.8", owner=None),
+        pod(
+            "kube-proxy-abc",
+            "10.0.0.11",
+            ns="kube-system",
+            owner=("DaemonSet", "kube-proxy"),
+            host_network=True,
+        ),
+        finished,
+    ]
+    inv = Inventory.from_kubectl_json({"items": items})
+    assert inv.workload_pods == {"shop/web": 1, "shop/report": 1}
+    assert inv.pods_by_ip["10.244.1.6"] == PodRef("shop", "web-5d9c8f7b6-b7x9q", "web")
+    assert inv.pods_by_ip["10.244.1.8"].workload == "", "a bare pod belongs to no workload"
+    assert inv.pods_by_ip["10.244.1.9"].workload == "backup"
+    assert "10.0.0.11" not in inv.pods_by_ip, "a host-network pod's address is its node's"

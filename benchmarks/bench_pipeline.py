@@ -231,13 +231,9 @@ def make_stage(settings: Settings, store: Store, worker: str, pods: Inventory) -
         # The shipped model, as `pipeline run` uses by default (the isolation forest scores).
         engine=DetectionEngine(settings, inventory=pods, model=load_default()),
         notifiers=NotifierHub([]),
-        # max_records: the stage's default (50 batches a poll; the poll is decoded and checked at once).
-        options=StageOptions(
-            poll_timeout_s=0.2,
-            idle_tick_s=1.0,
-            align_idle_s=2.0,
-            worker_id=worker,
-            max_records=settings.pipeline.max_poll_batches,
+        # The memory knobs from the settings, as `pipeline run` takes them.
+        options=StageOptions.from_settings(
+            settings, poll_timeout_s=0.2, idle_tick_s=1.0, align_idle_s=2.0, worker_id=worker
         ),
     )
 

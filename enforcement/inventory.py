@@ -82,4 +82,3 @@ class Inventory:
 
     def pod_count(self, namespace: str, workload: str) -> int | None:
         return self.workload_pods.get(f"{namespace}/{workload}")
-

@@ -188,6 +188,10 @@ class PipelineSettings(Section):
     # Flow batches (messages) taken and decoded per poll. Fewer hold fewer flows in flight:
     # 10 instead of 50 cut a worker's peak RSS by 9-20% in bench_pipeline (see the README).
     max_poll_batches: int = Field(50, ge=1, le=10_000)
+    # Flows held back to merge the partitions in event-time order; past it they go on unmerged.
+    max_buffered_flows: int = Field(2_000_000, ge=1_000)
+    # Enriched flows kept for the store's rollups before a write (else every 2 s).
+    store_flush_flows: int = Field(500_000, ge=1_000)
     # Per-detector overrides of thresholds: {"port_scan": {"min_ports": 30}}.
     detectors: dict[str, dict[str, float]] = {}
     disabled_detectors: list[str] = []

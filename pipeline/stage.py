@@ -259,6 +259,17 @@ class StageOptions:
     worker_id: str = "0"
     state_key: str = ""  # default: pipeline/<group>/<worker_id>
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> StageOptions:
+        """The loop's knobs that are settings (the memory a worker holds), then ``overrides``."""
+        p = settings.pipeline
+        base: dict[str, Any] = {
+            "max_records": p.max_poll_batches,
+            "align_max_flows": p.max_buffered_flows,
+            "store_flush_rows": p.store_flush_flows,
+        }
+        return cls(**(base | overrides))
+
 
 @dataclass
 class StageStats:
@@ -300,7 +311,7 @@ class PipelineStage:
         self.bus = bus
         self.engine = engine
         self.metrics = metrics or PipelineMetrics()
-        self.options = options or StageOptions(max_records=settings.pipeline.max_poll_batches)
+        self.options = options or StageOptions.from_settings(settings)
         self.notifiers = notifiers if notifiers is not None else build_hub(settings.notifiers)
         self.notifiers.on_result = self._on_notify
         self.model_watcher = model_watcher

@@ -126,7 +126,7 @@ def _register_run(app: typer.Typer) -> None:
         worker_id = worker_id or socket.gethostname()
         stats = run_pipeline(
             settings,
-            options=StageOptions(worker_id=worker_id, max_records=settings.pipeline.max_poll_batches),
+            options=StageOptions.from_settings(settings, worker_id=worker_id),
             metrics_port=metrics_port,
             max_seconds=max_seconds,
             flush_on_stop=flush_on_stop,

@@ -594,10 +594,15 @@ def test_real_engine_restarted_from_a_checkpoint_raises_no_new_alert_ids(tmp_pat
     assert stored == offline
 
 
-def test_poll_size_comes_from_the_settings(settings: Settings, store: Store) -> None:
+def test_memory_knobs_come_from_the_settings(settings: Settings, store: Store) -> None:
     """``pipeline.max_poll_batches`` bounds a poll (the flows in flight) unless options say otherwise."""
-    s = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={"max_poll_batches": 7})})
+    knobs = {"max_poll_batches": 7, "max_buffered_flows": 30_000, "store_flush_flows": 20_000}
+    s = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update=knobs)})
     stage = PipelineStage(s, bus=MemoryBus(), store=store, engine=StandInEngine(), notifiers=NotifierHub([]))
     assert stage.options.max_records == 7
+    assert stage.aligner.max_flows == 30_000 and stage.options.store_flush_rows == 20_000
+    assert StageOptions.from_settings(s, worker_id="w1", max_records=3).max_records == 3
     with pytest.raises(ConfigError, match="max_poll_batches"):
         load_settings(None, pipeline={"max_poll_batches": 0})
+    with pytest.raises(ConfigError, match="max_buffered_flows"):
+        load_settings(None, pipeline={"max_buffered_flows": 10})

@@ -122,6 +122,9 @@ def _core_api(*, in_cluster: bool) -> Any:
     except config.ConfigException as exc:
         where = "in-cluster service account" if in_cluster else "kubeconfig"
         raise ServiceUnavailable(f"kubernetes: no cluster credentials ({where}: {exc})") from exc
+    # One try per request: the watch backs off and counts failures itself; urllib3's own three
+    # retries only logged three warnings per attempt while the API was down.
+    cfg.retries = 0
     return client.CoreV1Api(client.ApiClient(cfg))
 
 

@@ -454,3 +454,39 @@ def test_the_enforcer_s_guardrails_follow_the_watched_pods(
         finally:
             e.stop()
         assert e._pod_watch is not None and not e._pod_watch.running
+
+
+def test_a_kubeconfig_watch_retries_on_its_own_schedule_without_urllib3_noise(
+    server: FakeKubeApi, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Credentials from a kubeconfig (``kubernetes_in_cluster: false``); while the API is down
+    each attempt is one request and one failure, not urllib3's three retries and warnings."""
+    import yaml
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "lab", "cluster": {"server": server.url}}],
+                "users": [{"name": "me", "user": {"token": "t0ken"}}],
+                "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "me"}}],
+                "current-context": "lab",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    server.add(pod("a-0", "10.244.6.1", uid="u-a", owner=None))
+    watched = WatchedInventory(in_cluster=False, backoff_initial_s=0.05, backoff_max_s=0.1, min_refresh_s=0.0)
+    try:
+        watched.start()
+        assert Engine(watched.snapshot()).who("10.244.6.1", NOW) == ("shop", "a-0", "a-0", "node-1")
+        wait_for(lambda: server.open_watches == 1, timeout=10, what="the watch to open")
+        caplog.clear()
+        server.stop()
+        wait_for(lambda: watched.stats.failures >= 3, timeout=10, what="three failed attempts")
+        retried = [r for r in caplog.records if r.name.startswith("urllib3") and "Retrying" in r.getMessage()]
+        assert retried == []
+    finally:
+        watched.stop()

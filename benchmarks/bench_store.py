@@ -27,7 +27,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from flowwarden.records import Alert, Entity, empty_flows
-from flowwarden.store import Store, rollup_flows
+from flowwarden.rollups import rollup_flows
+from flowwarden.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -56,7 +56,7 @@ class StoreSink:
         self, alerts: Sequence[Alert], enriched: pd.DataFrame | None, batches: Sequence[BatchId]
     ) -> None:
         """Alerts, the rollups of ``enriched`` and the batch marks, in one transaction."""
-        from flowwarden.store import rollup_flows
+        from flowwarden.rollups import rollup_flows
 
         rollups = rollup_flows(enriched) if enriched is not None and len(enriched) else None
         if not alerts and rollups is None and not batches:

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 
 from flowwarden.errors import ServiceUnavailable
 from flowwarden.records import Alert
-from flowwarden.store import Store, rollup_flows
+from flowwarden.rollups import rollup_flows
+from flowwarden.store import Store
 from flowwarden.store_schema import ROLLUP_DIMENSIONS
 from tests.support.netns import wait_for
 from tests.support.postgres import truncate_store

@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 from flowwarden.errors import ConfigError, RecordError, ServiceUnavailable
 from flowwarden.migrations import MIGRATIONS, Migration, SchemaTooNew, applied_versions
 from flowwarden.records import Alert, Decision, Entity, empty_flows
+from flowwarden.rollups import rollup_flows
 from flowwarden.store import (
     ROLLUP_COLUMNS,
     DuplicateBatch,
     Store,
     UnknownDecision,
     normalise_url,
-    rollup_flows,
 )
 from flowwarden.store_schema import metadata, schema_migrations
 

@@ -4,7 +4,7 @@ One loop, one thread (notifiers and ``/metrics`` have their own):
 
 1. ``poll`` the ``flows`` topic in a consumer group; decode the poll at once; garbage batches
    and bad rows go to ``flows.dlq`` with their reason (never a stop).
-2. Hold batches back in a :class:`PartitionAligner` so the partitions this worker owns
+2. Hold batches back in a :class:`~pipeline.batches.PartitionAligner` so the partitions this worker owns
    advance together in event time: otherwise a backlog read one partition at a time would
    push the engine's watermark past the others' data, and one worker would cut different
    windows than two. What is released goes through ONE ``engine.process`` call.
@@ -14,7 +14,7 @@ One loop, one thread (notifiers and ``/metrics`` have their own):
    (:class:`~pipeline.sinks.StoreSink`): a replayed batch adds no rollups twice.
 4. At each checkpoint (every ``checkpoint_interval_s`` and at stop): store the engine's
    state, then commit, per partition, up to the last batch whose windows have all closed
-   (:class:`CommitTracker`): at-least-once delivery, exactly-once effects (alert ids are
+   (:class:`~pipeline.batches.CommitTracker`): at-least-once delivery, exactly-once effects (alert ids are
    deterministic, batch marks stop rollups being added twice on replay).
 
 When no data arrives, the engine is driven with ``now`` = an event-time clock (the newest
@@ -34,9 +34,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,200 +45,13 @@ from flowwarden.bus import Bus, Consumer, Message, Producer, read_flow_batches, 
 from flowwarden.records import empty_flows
 from flowwarden.settings import Settings
 from flowwarden.store import DuplicateBatch
+from pipeline.batches import CommitTracker, PartitionAligner, PartitionKey, PendingBatch
 from pipeline.metrics import PipelineMetrics
+from pipeline.model_watch import ModelWatcher
 from pipeline.notify import NotifierHub, build_hub
 from pipeline.sinks import AlertPublisher, BatchId, StoreSink
 
 log = logging.getLogger(__name__)
-
-PartitionKey = tuple[str, int]
-
-
-@dataclass(slots=True)
-class PendingBatch:
-    """One consumed message on its way through the stage."""
-
-    message: Message
-    flows: pd.DataFrame | None  # valid rows; None when the whole batch went to the DLQ
-    max_ts_end: float  # -inf when there is no valid row
-    fed: bool = False
-    bound: float = math.inf  # every window this batch touched starts at or before this
-
-    @property
-    def key(self) -> PartitionKey:
-        return (self.message.topic, self.message.partition)
-
-    @property
-    def id(self) -> BatchId:
-        return (self.message.topic, self.message.partition, self.message.offset)
-
-    @property
-    def n_flows(self) -> int:
-        return 0 if self.flows is None else len(self.flows)
-
-
-class PartitionAligner:
-    """Release batches in event-time order across the partitions this worker owns.
-
-    A batch is released once its newest flow is no newer than the slowest *active*
-    partition's newest flow. A partition that delivered nothing for ``idle_s`` (wall clock)
-    stops holding the others back, and more than ``max_flows`` buffered releases everything:
-    the hold-back is bounded in time and memory.
-    """
-
-    def __init__(self, *, idle_s: float = 2.0, max_flows: int = 2_000_000) -> None:
-        self.idle_s = idle_s
-        self.max_flows = max_flows
-        self.buffered_flows = 0
-        self._pending: dict[PartitionKey, deque[PendingBatch]] = {}
-        self._frontier: dict[PartitionKey, float] = {}
-        self._last_seen: dict[PartitionKey, float] = {}
-
-    def __len__(self) -> int:
-        return sum(len(q) for q in self._pending.values())
-
-    def add(self, batch: PendingBatch, mono_now: float) -> None:
-        key = batch.key
-        self._pending.setdefault(key, deque()).append(batch)
-        self._last_seen[key] = mono_now
-        self._frontier[key] = max(self._frontier.get(key, -math.inf), batch.max_ts_end)
-        self.buffered_flows += batch.n_flows
-
-    def expect(self, keys: Iterable[PartitionKey], mono_now: float) -> None:
-        """Partitions just assigned: hold the others back (up to ``idle_s``) until they speak."""
-        for key in keys:
-            self._last_seen.setdefault(key, mono_now)
-
-    def forget(self, keys: Iterable[PartitionKey]) -> None:
-        for key in keys:
-            self._last_seen.pop(key, None)
-            self._frontier.pop(key, None)
-
-    def threshold(self, mono_now: float, lagging: frozenset[int] = frozenset()) -> float:
-        """Newest event time every active partition has reached.
-
-        A partition is active while it spoke within ``idle_s`` or is known to be behind
-        (``lagging``: the broker holds messages for it that were not fetched yet, e.g. a
-        slow fetch on a busy machine): a quiet partition with nothing to say holds no one.
-        """
-        active = [k for k, t in self._last_seen.items() if mono_now - t < self.idle_s or k[1] in lagging]
-        if not active or self.buffered_flows > self.max_flows:
-            return math.inf
-        return min(self._frontier.get(k, -math.inf) for k in active)
-
-    def release(
-        self, mono_now: float, *, everything: bool = False, lagging: frozenset[int] = frozenset()
-    ) -> list[PendingBatch]:
-        limit = math.inf if everything else self.threshold(mono_now, lagging)
-        out: list[PendingBatch] = []
-        for q in self._pending.values():
-            while q and q[0].max_ts_end <= limit:
-                b = q.popleft()
-                self.buffered_flows -= b.n_flows
-                out.append(b)
-        return out
-
-
-class CommitTracker:
-    """Per partition, the consumed batches not yet committed, in offset order."""
-
-    def __init__(self) -> None:
-        self._pending: dict[PartitionKey, deque[PendingBatch]] = {}
-
-    def __len__(self) -> int:
-        return sum(len(q) for q in self._pending.values())
-
-    def add(self, batch: PendingBatch) -> None:
-        self._pending.setdefault(batch.key, deque()).append(batch)
-
-    def ready(self, floor: float | None) -> list[PendingBatch]:
-        """Per partition, the last batch of the leading run that is fully accounted for.
-
-        Accounted: fed to the engine, and every window it touched has closed (the oldest
-        open window starts after the batch's bound).
-        """
-        out = []
-        for q in self._pending.values():
-            last = None
-            for b in q:
-                if not b.fed or (floor is not None and floor <= b.bound):
-                    break
-                last = b
-            if last is not None:
-                out.append(last)
-        return out
-
-    def drop_through(self, batches: Iterable[PendingBatch]) -> None:
-        """Forget everything up to and including these (committed) batches."""
-        for b in batches:
-            q = self._pending.get(b.key)
-            while q and q[0].message.offset <= b.message.offset:
-                q.popleft()
-
-    def forget(self, keys: Iterable[PartitionKey]) -> None:
-        for key in keys:
-            self._pending.pop(key, None)
-
-
-class ModelWatcher:
-    """Follow the model registry's active version and hand changes to the engine.
-
-    Calls ``models.registry.load_default()`` when no ``model_dir`` is set, else
-    ``models.registry.active_version(model_dir) -> str | None`` (cheap, polled) and
-    ``models.registry.load_version(model_dir, version) -> LoadedModel`` on a change. A
-    missing registry module or a model that fails to load is logged and the current model
-    kept: a bad promote must not stop detection.
-    """
-
-    def __init__(self, model_dir: Path | None) -> None:
-        self.model_dir = model_dir
-        self.version: str | None = None
-        self._warned = False
-
-    def _registry(self) -> Any:
-        try:
-            import models.registry as registry
-        except ImportError as exc:
-            if not self._warned:
-                log.warning("model registry unavailable, isolation_forest inactive: %s", exc)
-                self._warned = True
-            return None
-        return registry
-
-    def initial(self) -> Any:
-        registry = self._registry()
-        if registry is None:
-            return None
-        try:
-            if self.model_dir is None:
-                model = registry.load_default()
-            else:
-                version = registry.active_version(self.model_dir)
-                model = registry.load_version(self.model_dir, version) if version else None
-        except Exception as exc:  # a broken registry must not stop the stage
-            log.error("model load failed dir=%s error=%s", self.model_dir, exc)
-            return None
-        self.version = getattr(model, "version", None)
-        return model
-
-    def changed(self) -> tuple[bool, Any]:
-        """(True, new model) when the active version moved; (False, None) otherwise."""
-        if self.model_dir is None:
-            return False, None
-        registry = self._registry()
-        if registry is None:
-            return False, None
-        try:
-            version = registry.active_version(self.model_dir)
-            if version == self.version:
-                return False, None
-            model = registry.load_version(self.model_dir, version) if version else None
-        except Exception as exc:
-            log.error("model reload failed dir=%s error=%s (keeping %s)", self.model_dir, exc, self.version)
-            return False, None
-        log.info("model switched from=%s to=%s", self.version, version)
-        self.version = version
-        return True, model
 
 
 @dataclass

@@ -218,7 +218,8 @@ class _Run:
         from flowwarden.store import Store
         from pipeline.engine import DetectionEngine
         from pipeline.enrich import Inventory
-        from pipeline.stage import ModelWatcher, PipelineStage, StageOptions
+        from pipeline.model_watch import ModelWatcher
+        from pipeline.stage import PipelineStage, StageOptions
 
         s = self.settings
         topics = s.kafka.topics

@@ -28,8 +28,9 @@ from pipeline.engine import DetectionEngine
 from pipeline.enrich import Inventory
 from pipeline.features import FEATURES
 from pipeline.metrics import PipelineMetrics
+from pipeline.model_watch import ModelWatcher
 from pipeline.notify import NotifierHub
-from pipeline.stage import ModelWatcher, PipelineStage, StageOptions
+from pipeline.stage import PipelineStage, StageOptions
 from tests.support.broker import unique_group
 from tests.support.netns import wait_for
 

@@ -30,9 +30,10 @@ from flowwarden.settings import Settings, dump_settings
 from flowwarden.store import Store
 from pipeline.engine import DetectionEngine
 from pipeline.enrich import Inventory
+from pipeline.model_watch import ModelWatcher
 from pipeline.notify import NotifierHub
 from pipeline.offline import detect_flows
-from pipeline.stage import ModelWatcher, PipelineStage, StageOptions
+from pipeline.stage import PipelineStage, StageOptions
 from tests.support.broker import unique_group
 from tests.support.netns import wait_for
 

@@ -26,9 +26,10 @@ from flowwarden.records import Alert, Entity, conform_flows, empty_flows
 from flowwarden.settings import Settings, load_settings
 from flowwarden.store import Store
 from flowwarden.wire import encode_flows
+from pipeline.batches import CommitTracker, PartitionAligner, PendingBatch
 from pipeline.metrics import PipelineMetrics
 from pipeline.notify import NotifierHub
-from pipeline.stage import CommitTracker, PartitionAligner, PendingBatch, PipelineStage, StageOptions
+from pipeline.stage import PipelineStage, StageOptions
 
 W = 10.0
 T0 = 1_800_000_000.0  # aligned to the window size
@@ -442,7 +443,7 @@ def test_model_hot_swap_follows_the_registry(settings: Settings, store: Store, t
     """Promote, roll back, and a tampered promote that is refused while detection goes on."""
     from models import registry
     from models.estimators import BudgetThreshold, WindowAnomalyDetector
-    from pipeline.stage import ModelWatcher
+    from pipeline.model_watch import ModelWatcher
 
     rng = np.random.default_rng(0)
     features = pd.DataFrame(rng.normal(size=(200, 3)), columns=["flows", "bytes_out_ext", "ext_dsts"])

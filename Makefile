@@ -28,7 +28,7 @@ lint:
 	$(VENV)/bin/ruff format --check .
 
 types:
-	$(VENV)/bin/mypy flowwarden collectors pipeline models enforcement simulator dashboards
+	$(VENV)/bin/mypy flowwarden collectors pipeline models enforcement simulator dashboards tests
 
 bench:
 	$(PY) benchmarks/run_all.py

@@ -382,7 +382,9 @@ def test_a_stage_counts_the_watch_and_stops_it(server: FakeKubeApi, core_api: An
     try:
         stage.start()
         server.add(pod("db-0", "10.244.7.2", uid="u-2", ns="data", owner=("StatefulSet", "db")))
-        wait_for(lambda: inventory.source.stats.events >= 1, timeout=10, what="a watch event")
+        watch = inventory.source
+        assert watch is not None
+        wait_for(lambda: watch.stats.events >= 1, timeout=10, what="a watch event")
         batch = flows([{"ts_start": NOW, "src_ip": "10.244.7.1", "dst_ip": "10.244.7.2"}])
         publish_flows(bus.producer(), settings.kafka.topics.flows, batch, 1)
         stage.drain(idle_polls=2, max_seconds=30)

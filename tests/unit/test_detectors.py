@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,15 +11,18 @@ import pytest
 from flowwarden.errors import ConfigError
 from flowwarden.settings import Settings
 from pipeline.detectors import REGISTRY, Context, build_detectors
+from pipeline.detectors.isolation_forest import IsolationForestDetector
 from pipeline.engine import BASELINE_FEATURES
 from pipeline.features import FEATURES, KEY_COLUMNS
 from pipeline.state import Baselines
 
 
-def _ctx(rows: list[dict], settings: Settings | None = None, base: Baselines | None = None) -> Context:
+def _ctx(
+    rows: list[dict[str, Any]], settings: Settings | None = None, base: Baselines | None = None
+) -> Context:
     data = []
     for i, r in enumerate(rows):
-        row = {c: 0.0 for c in FEATURES}
+        row: dict[str, Any] = {c: 0.0 for c in FEATURES}
         row.update(
             ws=5000.0,
             we=5010.0,
@@ -39,7 +44,7 @@ def _ctx(rows: list[dict], settings: Settings | None = None, base: Baselines | N
     return Context(w, ent, wl, settings or Settings())
 
 
-def _score(name: str, rows: list[dict], **kw) -> np.ndarray:
+def _score(name: str, rows: list[dict[str, Any]], **kw: Any) -> np.ndarray:
     return REGISTRY[name]().score(_ctx(rows, **kw))
 
 
@@ -76,7 +81,7 @@ def test_fan_out_needs_history_and_new_edges() -> None:
 
 
 def test_control_plane_access_respects_allowed_namespaces_and_nodes() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"cp_etcd": 3},
         {"cp_api": 1},
         {"cp_kubelet": 5, "namespace": "monitoring"},
@@ -144,6 +149,7 @@ def test_dns_tunnel_needs_many_odd_subdomains() -> None:
 
 def test_isolation_forest_inactive_without_model_then_uses_it() -> None:
     det = REGISTRY["isolation_forest"]()
+    assert isinstance(det, IsolationForestDetector)
     ctx = _ctx([{"bytes_out_ext": 1.0}, {"bytes_out_ext": 9e9}])
     assert not det.active and det.score(ctx).tolist() == [0.0, 0.0] and det.inactive_windows == 2
 
@@ -193,7 +199,7 @@ def test_new_destination_volume_flags_a_first_upload_sooner() -> None:
 
 
 def test_fan_out_from_an_old_pod_of_a_serving_workload_but_not_from_nodes() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"recent_new_peers": 12},
         {"recent_new_peers": 12, "is_node": True, "pod": "", "entity": "10.0.0.11"},
     ]

@@ -180,8 +180,9 @@ def test_beacon_score_separates_regular_from_random() -> None:
     novelty_features(p, edge_table(p, vocab), seen)
     out = beacon_features(p, ConnectionLog(horizon_s=3600, max_pairs=1000), seen, vocab, 6)
     out.index = p.keys["entity"]
-    assert out.loc["shop/web-5d9c8f7b6-aaaaa", "beacon_score"] > 0.9
-    assert out.loc["shop/web-5d9c8f7b6-bbbbb", "beacon_score"] < 0.7
+    score = out["beacon_score"].to_dict()
+    assert score["shop/web-5d9c8f7b6-aaaaa"] > 0.9
+    assert score["shop/web-5d9c8f7b6-bbbbb"] < 0.7
     assert out.loc["shop/web-5d9c8f7b6-aaaaa", "beacon_conns"] == 20
 
 
@@ -256,5 +257,7 @@ def test_a_long_transfer_is_one_connection_not_a_beacon() -> None:
     w = engine.flush().windows
     last = w.sort_values("ws").groupby("entity").last()
     assert last.loc["shop/web-5d9c8f7b6-aaaaa", "beacon_conns"] == 0  # one connection: never scored
-    assert last.loc["shop/web-5d9c8f7b6-bbbbb", "beacon_conns"] >= 20  # 30 starts, some windows still open
-    assert last.loc["shop/web-5d9c8f7b6-bbbbb", "beacon_score"] > 0.9
+    assert (
+        last["beacon_conns"].to_dict()["shop/web-5d9c8f7b6-bbbbb"] >= 20
+    )  # 30 starts, some windows still open
+    assert last["beacon_score"].to_dict()["shop/web-5d9c8f7b6-bbbbb"] > 0.9

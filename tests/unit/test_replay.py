@@ -21,7 +21,7 @@ def flows() -> pd.DataFrame:
 
 def _consume(bus: MemoryBus, topic: str) -> pd.DataFrame:
     consumer = bus.consumer([topic], "test")
-    frames = []
+    frames: list[pd.DataFrame] = []
     for _ in range(1000):
         messages = consumer.poll(timeout_s=0.0, max_records=1000)
         if not messages:

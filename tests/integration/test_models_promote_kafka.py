@@ -74,6 +74,7 @@ def test_promote_then_rollback_in_a_running_pipeline(
     kafka_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="pipeline.stage")
+    caplog.set_level(logging.INFO, logger="pipeline.model_watch")
     registry = tmp_path / "registry"
     _model(registry, "quiet-v1", threshold=1.0)
     _model(registry, "loud-v2", threshold=0.0)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from enum import Enum
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -409,8 +410,11 @@ def _alert_upsert(conn: Connection) -> Any:
 # --------------------------------------------------------------------------- rollups
 
 
-def _rollup_upsert(dialect: Any, df: pd.DataFrame) -> tuple[str, list[tuple[Any, ...]]]:
-    """The rollup upsert as driver SQL and plain row tuples, for one ``executemany``.
+def _rollup_upsert(
+    dialect: Any, df: pd.DataFrame
+) -> tuple[str, list[tuple[Any, ...]], Callable[[tuple[Any, ...]], Any]]:
+    """The rollup upsert as driver SQL, plain row tuples for one ``executemany``, and the
+    function that gives a row tuple's primary key (to send rows in key order).
 
     SQLAlchemy's per-row parameter processing cost five times the database's own work on
     a batch of thousands of rollups, so the statement is compiled once and the values are
@@ -429,15 +433,14 @@ def _rollup_upsert(dialect: Any, df: pd.DataFrame) -> tuple[str, list[tuple[Any,
     else:
         columns["minute"] = minute.dt.to_pydatetime().tolist()
     order = list(compiled.positiontup) if compiled.positional else None
-    if order is not None:
-        return str(compiled), list(zip(*(columns[c] for c in order), strict=True))
-    # Named placeholders (psycopg): the same values, by name.
-    names = list(ROLLUP_COLUMNS)
     sql = str(compiled)
-    for c in names:
-        sql = sql.replace(f"%({c})s", "%s")
-    order = sorted(names, key=lambda c: str(compiled).index(f"%({c})s"))
-    return sql, list(zip(*(columns[c] for c in order), strict=True))
+    if order is None:  # named placeholders (psycopg): the same values, by position
+        names = list(ROLLUP_COLUMNS)
+        for c in names:
+            sql = sql.replace(f"%({c})s", "%s")
+        order = sorted(names, key=lambda c: str(compiled).index(f"%({c})s"))
+    key = itemgetter(*(order.index(c) for c in ROLLUP_DIMENSIONS))
+    return sql, list(zip(*(columns[c] for c in order), strict=True)), key
 
 
 # --------------------------------------------------------------------------- the store
@@ -720,11 +723,13 @@ class Store:
         frame = conform_rollups(df)
         if frame.empty:
             return 0
-        # In key order: two workers' transactions over shared keys (replicas of one workload)
-        # then take their row locks in the same order, so one waits instead of deadlocking.
-        frame = frame.sort_values(list(ROLLUP_DIMENSIONS), ignore_index=True, kind="stable")
         with self._write(conn) as c:
-            sql, rows = _rollup_upsert(c.dialect, frame)
+            sql, rows, key = _rollup_upsert(c.dialect, frame)
+            if c.dialect.name != "sqlite":  # SQLite locks the whole database up front: no row locks
+                # In key order: two workers' transactions over shared keys (replicas of one
+                # workload) take their row locks in the same order, so one waits instead of
+                # deadlocking. Sorting the row tuples costs far less than sorting the frame.
+                rows.sort(key=key)
             c.exec_driver_sql(sql, rows)
         return len(rows)
 

@@ -65,23 +65,29 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# SQLSTATEs of a transaction the database aborted only because of the moment it ran in.
-_RETRY_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 
+def transient_cause(exc: BaseException) -> str | None:
+    """Why running the same transaction again may succeed (it was rolled back whole), or None.
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether running the same transaction again may succeed (it was rolled back whole)."""
+    One of ``deadlock``, ``serialization``, ``connection`` (lost mid-transaction) or ``busy``
+    (SQLite still locked after its busy timeout): the ``cause`` label of the retry metric.
+    """
     if not isinstance(exc, sa.exc.DBAPIError):
-        return False
+        return None
     if exc.connection_invalidated:
-        return True
+        return "connection"
     orig = exc.orig
-    if getattr(orig, "sqlstate", None) in _RETRY_SQLSTATES:
-        return True
-    return isinstance(orig, sqlite3.OperationalError) and getattr(orig, "sqlite_errorcode", None) in (
-        sqlite3.SQLITE_BUSY,  # still locked after busy_timeout
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate == "40P01":
+        return "deadlock"
+    if sqlstate == "40001":
+        return "serialization"
+    if isinstance(orig, sqlite3.OperationalError) and getattr(orig, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_BUSY,
         sqlite3.SQLITE_LOCKED,
-    )
+    ):
+        return "busy"
+    return None
 
 
 __all__ = [
@@ -449,10 +455,17 @@ def _rollup_upsert(
 class Store:
     """Alerts, decisions, rollups, checkpoints and batch marks in SQLite or PostgreSQL."""
 
-    def __init__(self, url: str, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
         self.url = normalise_url(url)
         self._migrations = tuple(migrations)
         self._engine: Engine | None = None
+        self.on_retry = on_retry  # called with the cause each time in_transaction tries again
 
     # ---- lifecycle
 
@@ -529,8 +542,11 @@ class Store:
                 with self.engine.begin() as conn:
                     return work(conn)
             except sa.exc.DBAPIError as exc:
-                if attempt == attempts or not is_transient(exc):
+                why = transient_cause(exc)
+                if attempt == attempts or why is None:
                     raise
+                if self.on_retry is not None:
+                    self.on_retry(why)
                 delay = min(max_delay_s, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random())
                 cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
                 log.warning(

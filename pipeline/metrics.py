@@ -97,6 +97,13 @@ class PipelineMetrics:
             ["what"],
             registry=r,
         )
+        self.store_retries = Counter(
+            "flowwarden_pipeline_store_retries",
+            "Store transactions run again after the database aborted them, by cause "
+            "(deadlock, serialization, connection, busy).",
+            ["cause"],
+            registry=r,
+        )
         self._server: WSGIServer | None = None
         self._current_model: str | None = None
 

@@ -135,6 +135,8 @@ class PipelineStage:
         self.dlq_topic = topics.flows_dlq
         self.group_id = settings.pipeline.group_id
         self.sink = StoreSink(store, self.group_id)
+        if hasattr(store, "on_retry"):  # transactions the database aborted and the sink ran again
+            store.on_retry = lambda cause: self.metrics.store_retries.labels(cause=cause).inc()
         self.state_key = self.options.state_key or f"pipeline/{self.group_id}/{self.options.worker_id}"
         self.aligner = PartitionAligner(
             idle_s=self.options.align_idle_s, max_flows=self.options.align_max_flows

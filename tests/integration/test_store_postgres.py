@@ -131,7 +131,8 @@ def test_a_deadlock_victim_is_run_again_whole(fresh_pg_url: str) -> None:
     and waits for 1. The other one detects late (``deadlock_timeout`` 30 s), so this one is
     the victim; its first try's update of row 1 must be rolled back, not applied twice.
     """
-    with Store(fresh_pg_url) as store:
+    retried: list[str] = []
+    with Store(fresh_pg_url, on_retry=retried.append) as store:
         with store.transaction() as conn:
             conn.exec_driver_sql("CREATE TABLE probe (k int PRIMARY KEY, v int NOT NULL)")
             conn.exec_driver_sql("INSERT INTO probe VALUES (1, 0), (2, 0)")
@@ -164,6 +165,7 @@ def test_a_deadlock_victim_is_run_again_whole(fresh_pg_url: str) -> None:
             return len(tries)
 
         assert store.in_transaction(work) == 2
+        assert retried == ["deadlock"], "the retry metric's cause"
         thread.join(timeout=60)
         assert not thread.is_alive() and not errors, errors
         with store.engine.connect() as conn:

@@ -607,3 +607,16 @@ def test_memory_knobs_come_from_the_settings(settings: Settings, store: Store) -
         load_settings(None, pipeline={"max_poll_batches": 0})
     with pytest.raises(ConfigError, match="max_buffered_flows"):
         load_settings(None, pipeline={"max_buffered_flows": 10})
+
+
+def test_the_store_s_retries_are_counted_by_cause(settings: Settings, store: Store) -> None:
+    stage = PipelineStage(
+        settings, bus=MemoryBus(), store=store, engine=StandInEngine(), notifiers=NotifierHub([])
+    )
+    assert store.on_retry is not None
+    store.on_retry("deadlock")
+    store.on_retry("deadlock")
+    sample = stage.metrics.registry.get_sample_value(
+        "flowwarden_pipeline_store_retries_total", {"cause": "deadlock"}
+    )
+    assert sample == 2.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -118,7 +119,8 @@ def _core_api(*, in_cluster: bool) -> Any:
         if in_cluster:
             config.load_incluster_config(client_configuration=cfg)
         else:
-            config.load_kube_config(client_configuration=cfg)
+            # $KUBECONFIG as it is now (the client reads it once, at its first import).
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
     except config.ConfigException as exc:
         where = "in-cluster service account" if in_cluster else "kubeconfig"
         raise ServiceUnavailable(f"kubernetes: no cluster credentials ({where}: {exc})") from exc

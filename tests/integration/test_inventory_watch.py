@@ -478,10 +478,7 @@ def test_a_kubeconfig_watch_retries_on_its_own_schedule_without_urllib3_noise(
             }
         )
     )
-    # The client reads $KUBECONFIG once, when first imported (another test may have done so).
-    import kubernetes.config.kube_config as kube_config
-
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     server.add(pod("a-0", "10.244.6.1", uid="u-a", owner=None))
     watched = WatchedInventory(in_cluster=False, backoff_initial_s=0.05, backoff_max_s=0.1, min_refresh_s=0.0)
     try:

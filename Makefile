@@ -26,9 +26,10 @@ test-integration:
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 types:
-	$(VENV)/bin/mypy flowwarden collectors pipeline models enforcement simulator dashboards tests
+	$(VENV)/bin/mypy flowwarden tests
 
 bench:
 	$(PY) benchmarks/run_all.py

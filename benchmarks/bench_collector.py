@@ -35,7 +35,7 @@ PYSHARK_SLICE = 2000
 
 
 def run_meter(path: str, names: bool) -> tuple[int, int]:
-    from collectors.offline import meter_capture
+    from flowwarden.collectors.offline import meter_capture
     from flowwarden.settings import Settings
 
     df, report = meter_capture(path, Settings(collector={"node": "bench", "app_names": names}))
@@ -44,8 +44,8 @@ def run_meter(path: str, names: bool) -> tuple[int, int]:
 
 def run_meter_pipe(path: str) -> tuple[int, int]:
     """The live path's parsing: 64 KiB reads, as a capture pipe delivers them."""
-    from collectors.meter import Meter
-    from collectors.pcapfile import read_capture
+    from flowwarden.collectors.meter import Meter
+    from flowwarden.collectors.pcapfile import read_capture
     from flowwarden.settings import CollectorSettings
 
     meter = Meter(CollectorSettings(node="bench", app_names=False))
@@ -129,7 +129,7 @@ def real_capture(path: Path, target: int) -> None:
 def child(kind: str, path: str) -> None:
     """Runs in the child: one contender, prints "packets flows seconds" (imports not timed)."""
     if kind.startswith("meter"):
-        import collectors.offline  # noqa: F401
+        import flowwarden.collectors.offline  # noqa: F401
     elif kind == "nfstream":
         import nfstream  # noqa: F401
     elif kind == "pyshark":

@@ -37,10 +37,10 @@ ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 def fill(url: str, minutes: int, pods: int) -> tuple[datetime, datetime, dict[str, float]]:
     """Simulator -> memory bus -> pipeline stage -> PostgreSQL; returns the data's range and timings."""
     from flowwarden.bus import open_bus, publish_flows
+    from flowwarden.pipeline.runtime.stage import build_stage
     from flowwarden.settings import load_settings
+    from flowwarden.simulator import simulate
     from flowwarden.store import Store
-    from pipeline.stage import build_stage
-    from simulator import simulate
 
     end = datetime.now(UTC).replace(second=0, microsecond=0)
     start = end - timedelta(minutes=minutes)
@@ -84,9 +84,9 @@ def fill(url: str, minutes: int, pods: int) -> tuple[datetime, datetime, dict[st
 
 def time_panels(url: str, start: datetime, end: datetime, repeat: int) -> list[tuple[str, str, int, float]]:
     """(dashboard, panel, rows, median seconds) for every SQL query of every dashboard."""
-    from dashboards.catalog import load_committed
-    from dashboards.model import POSTGRES_UID
-    from dashboards.queries import QueryContext, interpolate_sql, panel_queries
+    from flowwarden.dashboards.catalog import load_committed
+    from flowwarden.dashboards.model import POSTGRES_UID
+    from flowwarden.dashboards.queries import QueryContext, interpolate_sql, panel_queries
 
     ctx = QueryContext(start, end + timedelta(minutes=1), {"namespace": None, "workload": None})
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)

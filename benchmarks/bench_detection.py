@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_detection.py --quick   # < 30 s
 
 Feeds a simulated cluster's flows (every attack and hard negative included) to one
-:class:`~pipeline.engine.DetectionEngine` in batches of ``--batch-flows`` in time order, as
+:class:`DetectionEngine` in batches of ``--batch-flows`` in time order, as
 the streaming runtime would, on one core, and prints: end-to-end engine flows/s (enrichment, windowing,
 features, detectors, alerts), the time split by stage, entity-windows scored per second,
 active entities, and peak memory. It prints figures; it asserts nothing.
@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
+    from flowwarden.pipeline.detection import engine as engine_mod
+    from flowwarden.pipeline.detection.engine import DetectionEngine
+    from flowwarden.pipeline.detection.enrich import Inventory
     from flowwarden.records import conform_flows
     from flowwarden.settings import Settings
-    from pipeline import engine as engine_mod
-    from pipeline.engine import DetectionEngine
-    from pipeline.enrich import Inventory
-    from simulator import simulate
+    from flowwarden.simulator import simulate
 
     settings = Settings()
     t = time.perf_counter()

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from results import emit  # noqa: E402
 
-from enforcement.backends.nftables import LibNftables, NftablesBackend  # noqa: E402
-from enforcement.enforcer import Enforcer  # noqa: E402
 from flowwarden.bus import Message, open_bus  # noqa: E402
+from flowwarden.enforcement.backends.nftables import LibNftables, NftablesBackend  # noqa: E402
+from flowwarden.enforcement.enforcer import Enforcer  # noqa: E402
 from flowwarden.records import Alert, Decision, Entity  # noqa: E402
 from flowwarden.settings import KafkaSettings, Settings  # noqa: E402
 from flowwarden.store import Store  # noqa: E402

@@ -26,8 +26,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results import emit, peak_rss_mib
-from models.estimators import WindowAnomalyDetector
-from models.registry import DEFAULT_DIR, load_model
+from flowwarden.models.estimators import WindowAnomalyDetector
+from flowwarden.models.registry import DEFAULT_DIR, load_model
 
 
 def windows(n: int, names: list[str], seed: int = 0) -> pd.DataFrame:

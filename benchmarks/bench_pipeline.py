@@ -49,13 +49,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flowwarden.bus import KafkaBus, publish_flows
+from flowwarden.pipeline.detection.engine import DetectionEngine
+from flowwarden.pipeline.detection.enrich import Inventory
+from flowwarden.pipeline.runtime.notify import NotifierHub
+from flowwarden.pipeline.runtime.stage import PipelineStage, StageOptions
 from flowwarden.records import conform_flows
 from flowwarden.settings import Settings
 from flowwarden.store import Store
-from pipeline.engine import DetectionEngine
-from pipeline.enrich import Inventory
-from pipeline.notify import NotifierHub
-from pipeline.stage import PipelineStage, StageOptions
 from tests.support.broker import TansuBroker, kafka_settings_for
 
 BATCH_FLOWS = 5_000  # a collector's batch_max_flows
@@ -222,7 +222,7 @@ def bench_settings(broker: TansuBroker) -> Settings:
 
 
 def make_stage(settings: Settings, store: Store, worker: str, pods: Inventory) -> PipelineStage:
-    from models.registry import load_default
+    from flowwarden.models.registry import load_default
 
     return PipelineStage(
         settings,

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results import compact, emit
 
-from simulator import simulate
+from flowwarden.simulator import simulate
 
 
 def _peak_mib() -> float:

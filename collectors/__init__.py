@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collectors.offline import meter_capture, meter_pcap
+    from flowwarden.collectors.offline import meter_capture, meter_pcap
 
 __all__ = ["meter_capture", "meter_pcap"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from collectors import offline
+        from flowwarden.collectors import offline
 
         return getattr(offline, name)
     raise AttributeError(name)

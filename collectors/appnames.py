@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from collectors.meter import Candidates
+from flowwarden.collectors.meter import Candidates
 from flowwarden.errors import ServiceUnavailable
 
 log = logging.getLogger("flowwarden.collector.appnames")

@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from collectors.pcapfile import PacketBatch, PcapStream
+from flowwarden.collectors.pcapfile import PacketBatch, PcapStream
 from flowwarden.errors import ConfigError, ServiceUnavailable
 
 log = logging.getLogger("flowwarden.collector.capture")

@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from collectors.appnames import NameDissector
-from collectors.capture import LiveCapture, build_bpf
-from collectors.meter import Meter
-from collectors.metrics import CollectorMetrics
-from collectors.publish import Publisher
-from collectors.spool import Spool
 from flowwarden.bus_base import Bus
+from flowwarden.collectors.appnames import NameDissector
+from flowwarden.collectors.capture import LiveCapture, build_bpf
+from flowwarden.collectors.meter import Meter
+from flowwarden.collectors.metrics import CollectorMetrics
+from flowwarden.collectors.publish import Publisher
+from flowwarden.collectors.spool import Spool
 from flowwarden.settings import Settings
 
 log = logging.getLogger("flowwarden.collector")

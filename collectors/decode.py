@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from collectors.pcapfile import PacketBatch
+from flowwarden.collectors.pcapfile import PacketBatch
 
 DLT_NULL = 0
 DLT_EN10MB = 1

@@ -38,7 +38,7 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
-from collectors.decode import ICMP, ICMPV6, TCP, UDP, Decoded
+from flowwarden.collectors.decode import ICMP, ICMPV6, TCP, UDP, Decoded
 from flowwarden.records import FLOW_COLUMNS, FlowState, conform_flows
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from collectors.decode import APP_DNS, APP_NONE, Decoded, cause_counts, decode
-from collectors.flowtable import FlowTable, FlowTableConfig
-from collectors.pcapfile import PacketBatch
+from flowwarden.collectors.decode import APP_DNS, APP_NONE, Decoded, cause_counts, decode
+from flowwarden.collectors.flowtable import FlowTable, FlowTableConfig
+from flowwarden.collectors.pcapfile import PacketBatch
 from flowwarden.settings import CollectorSettings
 
 

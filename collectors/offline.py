@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from collectors.meter import Meter
-from collectors.pcapfile import PcapStream, read_capture
+from flowwarden.collectors.meter import Meter
+from flowwarden.collectors.pcapfile import PcapStream, read_capture
 from flowwarden.errors import ConfigError
 from flowwarden.records import FLOW_COLUMNS, conform_flows
 from flowwarden.settings import Settings
@@ -36,8 +36,8 @@ class MeterReport:
 
 def meter_capture(path: str | Path, settings: Settings | None = None) -> tuple[pd.DataFrame, MeterReport]:
     """Flow records (FLOW_SCHEMA, app names joined) of a pcap/pcapng file, and a report."""
-    from collectors.appnames import NameDissector
-    from collectors.pcapfile import CaptureFormatError
+    from flowwarden.collectors.appnames import NameDissector
+    from flowwarden.collectors.pcapfile import CaptureFormatError
 
     settings = settings or Settings()
     p = Path(path)

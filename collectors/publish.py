@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from collectors.metrics import CollectorMetrics
-from collectors.spool import Spool
 from flowwarden.bus_base import Bus, FailedSend, Producer
+from flowwarden.collectors.metrics import CollectorMetrics
+from flowwarden.collectors.spool import Spool
 from flowwarden.errors import FlowwardenError, RecordError
 from flowwarden.records import FLOW_COLUMNS
 from flowwarden.wire import decode_flows

@@ -6,8 +6,14 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from dashboards.boards import enforcement, exfiltration, lateral_movement, overview, pipeline_health
-from dashboards.model import Json
+from flowwarden.dashboards.boards import (
+    enforcement,
+    exfiltration,
+    lateral_movement,
+    overview,
+    pipeline_health,
+)
+from flowwarden.dashboards.model import Json
 
 JSON_DIR = Path(__file__).parent / "json"
 PROVISIONING_DIR = Path(__file__).parent / "provisioning"

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from dashboards.catalog import PROVISIONING_DIR, load_committed
-from dashboards.model import Json
+from flowwarden.dashboards.catalog import PROVISIONING_DIR, load_committed
+from flowwarden.dashboards.model import Json
 from flowwarden.errors import ConfigError, ServiceUnavailable
 
 FOLDER_UID = "flowwarden"

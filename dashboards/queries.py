@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from dashboards.model import ALL_VALUE, POSTGRES_UID, PROMETHEUS_UID, Json
+from flowwarden.dashboards.model import ALL_VALUE, POSTGRES_UID, PROMETHEUS_UID, Json
 
 _DURATION = re.compile(r"^'?(\d+)([smhd])'?$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -11,7 +11,7 @@ import re
 import textwrap
 from pathlib import Path
 
-from dashboards.model import GRID_WIDTH, POSTGRES_UID, PROMETHEUS_UID, Json
+from flowwarden.dashboards.model import GRID_WIDTH, POSTGRES_UID, PROMETHEUS_UID, Json
 
 COLOURS = {POSTGRES_UID: "#dbe9f6", PROMETHEUS_UID: "#fde6d2", "mixed": "#e6e6e6"}
 EDGE = {POSTGRES_UID: "#336699", PROMETHEUS_UID: "#c0651b", "mixed": "#666666"}

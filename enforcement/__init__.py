@@ -20,7 +20,7 @@ __all__ = ["plan_offline"]
 
 def plan_offline(alerts: Any, settings: Settings, out_dir: Path, **kw: Any) -> list[Decision]:
     """Dry-run ``alerts``; write ``rules.nft``, ``networkpolicies.yaml``, ``calico.yaml`` into ``out_dir``."""
-    from enforcement.offline import plan_offline as _plan
+    from flowwarden.enforcement.offline import plan_offline as _plan
 
     alert_list: list[Alert] = list(alerts)
     return _plan(alert_list, settings, out_dir, **kw)

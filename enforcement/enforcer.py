@@ -28,19 +28,19 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from enforcement import policy
-from enforcement.backends import Backend, BackendError, make_backends
-from enforcement.guardrails import Context, DroppedTarget, Guardrails
-from enforcement.inventory import Inventory
-from enforcement.metrics import EnforcerMetrics
 from flowwarden.bus import Bus, Consumer, Message, Producer, send_dlq
+from flowwarden.enforcement import policy
+from flowwarden.enforcement.backends import Backend, BackendError, make_backends
+from flowwarden.enforcement.guardrails import Context, DroppedTarget, Guardrails
+from flowwarden.enforcement.inventory import Inventory
+from flowwarden.enforcement.metrics import EnforcerMetrics
 from flowwarden.errors import FlowwardenError, RecordError
 from flowwarden.records import Alert, Decision, Entity
 from flowwarden.settings import Settings
 from flowwarden.store import WAS_APPLIED, Store
 
 if TYPE_CHECKING:
-    from pipeline.inventory_watch import WatchedInventory
+    from flowwarden.pipeline.inventory_watch import WatchedInventory
 
 log = logging.getLogger("flowwarden.enforcement")
 
@@ -76,7 +76,7 @@ class Enforcer:
         # "kubernetes" a watch started in start() keeps it current (empty until then).
         self._pod_watch = pod_watch
         if inventory is None and pod_watch is None and settings.pipeline.inventory_source == "kubernetes":
-            from pipeline.inventory_watch import WatchedInventory
+            from flowwarden.pipeline.inventory_watch import WatchedInventory
 
             self._pod_watch = WatchedInventory(in_cluster=settings.pipeline.kubernetes_in_cluster)
         if inventory is not None or self._pod_watch is not None:

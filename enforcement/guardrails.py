@@ -19,8 +19,8 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from enforcement.inventory import Inventory
-from enforcement.targets import (
+from flowwarden.enforcement.inventory import Inventory
+from flowwarden.enforcement.targets import (
     Network,
     check_decision_id,
     check_name,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flowwarden.errors import ConfigError
-from pipeline.enrich import DELETED_AT, FINISHED_PHASES, workload_of
+from flowwarden.pipeline.detection.enrich import DELETED_AT, FINISHED_PHASES, workload_of
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from enforcement.backends.calico import CalicoBackend
-from enforcement.backends.kube import KubeClient
-from enforcement.backends.networkpolicy import NetworkPolicyBackend
-from enforcement.backends.nftables import NftablesBackend
-from enforcement.enforcer import Enforcer
-from enforcement.guardrails import Guardrails
-from enforcement.inventory import Inventory
+from flowwarden.enforcement.backends.calico import CalicoBackend
+from flowwarden.enforcement.backends.kube import KubeClient
+from flowwarden.enforcement.backends.networkpolicy import NetworkPolicyBackend
+from flowwarden.enforcement.backends.nftables import NftablesBackend
+from flowwarden.enforcement.enforcer import Enforcer
+from flowwarden.enforcement.guardrails import Guardrails
+from flowwarden.enforcement.inventory import Inventory
 from flowwarden.errors import RecordError
 from flowwarden.records import Alert, Decision
 from flowwarden.settings import Settings

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from enforcement.targets import parse_target
+from flowwarden.enforcement.targets import parse_target
 from flowwarden.errors import RecordError
 from flowwarden.records import SEVERITY_ORDER, Action, Alert, Decision, Entity, Mode, utcnow
 from flowwarden.settings import EnforcementSettings

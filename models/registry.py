@@ -35,7 +35,7 @@ import pandas as pd
 import skops.io as sio
 
 from flowwarden.errors import FlowwardenError
-from models.estimators import BudgetThreshold, WindowAnomalyDetector, finite_features
+from flowwarden.models.estimators import BudgetThreshold, WindowAnomalyDetector, finite_features
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # The only types skops may build besides its built-in safe set: our estimator and the
 # scikit-learn internals of its three inner detectors.
 TRUSTED_TYPES: tuple[str, ...] = (
-    "models.estimators.WindowAnomalyDetector",
+    "flowwarden.models.estimators.WindowAnomalyDetector",
     "sklearn.tree._tree.Tree",
     "sklearn.neighbors._kd_tree.KDTree",
     "sklearn.neighbors._ball_tree.BallTree",
@@ -260,11 +260,33 @@ def verify_model(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+# Modules renamed since a model could have been saved: flowwarden < 0.2 installed its stages
+# as top-level packages. The file's hash is verified before this rewrite, so a model still
+# loads only with the exact bytes its metadata names.
+LEGACY_MODULES = {'"models.estimators"': '"flowwarden.models.estimators"'}
+
+
+def _renamed_legacy_modules(data: bytes) -> bytes:
+    """The skops archive with its schema's legacy module names replaced (same bytes if none)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        schema = archive.read("schema.json").decode()
+        if not any(old in schema for old in LEGACY_MODULES):
+            return data
+        for old, new in LEGACY_MODULES.items():
+            schema = schema.replace(old, new)
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as renamed:
+            for info in archive.infolist():
+                body = schema.encode() if info.filename == "schema.json" else archive.read(info.filename)
+                renamed.writestr(info, body)
+    return out.getvalue()
+
+
 def load_model(directory: str | Path) -> LoadedModel:
     """Verify then load a model directory (skops with the explicit trusted types only)."""
     d = Path(directory)
     meta = verify_model(d)
-    data = (d / ESTIMATOR_FILE).read_bytes()
+    data = _renamed_legacy_modules((d / ESTIMATOR_FILE).read_bytes())
     untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
     if untrusted:
         raise ModelError(f"{d / ESTIMATOR_FILE}: refusing untrusted types {', '.join(untrusted)}")

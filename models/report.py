@@ -26,9 +26,9 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from flowwarden.errors import ConfigError
-from models.estimators import finite_features
-from models.evaluation import IGNORED, POSITIVE
-from models.registry import LoadedModel
+from flowwarden.models.estimators import finite_features
+from flowwarden.models.evaluation import IGNORED, POSITIVE
+from flowwarden.models.registry import LoadedModel
 
 IMPORTANCE_ROWS = 1500
 IMPORTANCE_TOP = 15

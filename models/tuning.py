@@ -27,12 +27,10 @@ import pandas as pd
 
 from flowwarden.errors import ConfigError
 from flowwarden.labels import Labels
-from flowwarden.records import Alert, Entity
-from flowwarden.settings import Settings
-from models.estimators import BudgetThreshold, WindowAnomalyDetector, finite_features
-from models.evaluation import evaluate
-from models.registry import LoadedModel, save_model, sha256_frame
-from models.workflow import (
+from flowwarden.models.estimators import BudgetThreshold, WindowAnomalyDetector, finite_features
+from flowwarden.models.evaluation import evaluate
+from flowwarden.models.registry import LoadedModel, save_model, sha256_frame
+from flowwarden.models.workflow import (
     DetectFn,
     Progress,
     _noop,
@@ -42,6 +40,8 @@ from models.workflow import (
     fit_on_windows,
     with_window,
 )
+from flowwarden.records import Alert, Entity
+from flowwarden.settings import Settings
 
 DEFAULT_PARAMS: dict[str, Any] = {}  # the estimator's own defaults
 FOREST_GRID: tuple[dict[str, Any], ...] = (

@@ -19,17 +19,17 @@ import pandas as pd
 
 from flowwarden.errors import ConfigError
 from flowwarden.labels import Labels
-from flowwarden.records import Alert
-from flowwarden.settings import Settings
-from models.estimators import BudgetThreshold, WindowAnomalyDetector, finite_features
-from models.evaluation import clean_json, evaluate, label_windows, write_metrics
-from models.registry import (
+from flowwarden.models.estimators import BudgetThreshold, WindowAnomalyDetector, finite_features
+from flowwarden.models.evaluation import clean_json, evaluate, label_windows, write_metrics
+from flowwarden.models.registry import (
     LoadedModel,
     active_version,
     record_evaluation,
     save_model,
     sha256_frame,
 )
+from flowwarden.records import Alert
+from flowwarden.settings import Settings
 
 CALIBRATION_SHARE = 0.3  # the latest share of training windows sets the threshold, not the fit
 EVAL_DIR = "evaluation"

@@ -4,7 +4,7 @@ A ``kubectl get pods -A -o json`` dump every N seconds misses pods that live les
 seconds and maps a reused IP to the wrong pod until the next dump. A list, then a watch from
 the list's resourceVersion (client-go's reflector pattern), sees every change as it happens.
 
-The engine still holds a plain :class:`~pipeline.enrich.Inventory`: :class:`LiveInventory`
+The engine still holds a plain :class:`Inventory`: :class:`LiveInventory`
 is one, and its ``reload_if_changed`` returns a fresh snapshot when the watch changed
 something: at most every ``min_refresh_s``, and less often when a rebuild is slow, since it
 costs O(pods) on the engine's thread. Pod IPs are reused, and flows arrive late: a deleted
@@ -27,8 +27,8 @@ from typing import Any, cast
 import urllib3
 
 from flowwarden.errors import ConfigError, ServiceUnavailable
+from flowwarden.pipeline.detection.enrich import DELETED_AT, FINISHED_PHASES, Inventory, finish_times
 from flowwarden.settings import Settings
-from pipeline.enrich import DELETED_AT, FINISHED_PHASES, Inventory, finish_times
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from flowwarden.labels import TECHNIQUES
+from flowwarden.models.evaluation import TechniqueTally, false_alert_rates, match_episodes
 from flowwarden.records import Alert
 from flowwarden.settings import Settings
-from models.evaluation import TechniqueTally, false_alert_rates, match_episodes
 
 FIGURE_SEEDS = (101, 102, 103)
 TUNING_SEEDS = (1, 2, 3)
@@ -47,9 +47,9 @@ def run_seed(
     model: Any = None,
 ) -> dict[str, Any]:
     """One seed's tallies, false alerts and timings: the matching is ``models/evaluation.py``'s."""
-    from pipeline.enrich import Inventory
-    from pipeline.offline import detect_flows
-    from simulator import simulate
+    from flowwarden.pipeline.detection.enrich import Inventory
+    from flowwarden.pipeline.runtime.offline import detect_flows
+    from flowwarden.simulator import simulate
 
     t = time.perf_counter()
     sim = simulate(
@@ -75,9 +75,9 @@ def run_seed(
 
 def benign_state(seed: int, minutes: float, pods: int, settings: Settings) -> bytes:
     """History from a benign-only run (what a shipped model's ``state`` carries)."""
-    from pipeline.enrich import Inventory
-    from pipeline.offline import detect_flows
-    from simulator import simulate
+    from flowwarden.pipeline.detection.enrich import Inventory
+    from flowwarden.pipeline.runtime.offline import detect_flows
+    from flowwarden.simulator import simulate
 
     sim = simulate(minutes=minutes, pods=pods, seed=seed, attacks="none", settings=settings)
     res = detect_flows(
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         state = benign_state(args.warm_seed, args.minutes, args.pods, settings)
     model = None
     if args.model == "default":
-        from pipeline.offline import default_model
+        from flowwarden.pipeline.runtime.offline import default_model
 
         model = default_model()
     window_s = settings.pipeline.window_s

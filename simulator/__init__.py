@@ -5,6 +5,12 @@ episodes (``Labels``) and the pods (``kubectl get pods -A -o json``); ``iter_bat
 yields the same flows as time-ordered batches for live replay.
 """
 
-from simulator.generate import DEFAULT_START, Simulation, iter_batches, resolve_techniques, simulate
+from flowwarden.simulator.generate import (
+    DEFAULT_START,
+    Simulation,
+    iter_batches,
+    resolve_techniques,
+    simulate,
+)
 
 __all__ = ["DEFAULT_START", "Simulation", "iter_batches", "resolve_techniques", "simulate"]

@@ -18,9 +18,9 @@ import numpy as np
 
 from flowwarden.labels import TECHNIQUE_KIND, TECHNIQUE_MITRE, TECHNIQUES, Episode
 from flowwarden.records import Entity, FlowState, Proto
-from simulator.benign import EDGES, POOLS, emit_calls, emit_long_lived
-from simulator.context import ATTACKER_NET, SimContext
-from simulator.flows import FLAGS_REJECTED, FLAGS_SYN_ONLY, ephemeral_ports, lognormal, packets
+from flowwarden.simulator.benign import EDGES, POOLS, emit_calls, emit_long_lived
+from flowwarden.simulator.context import ATTACKER_NET, SimContext
+from flowwarden.simulator.flows import FLAGS_REJECTED, FLAGS_SYN_ONLY, ephemeral_ports, lognormal, packets
 
 CYCLE_S = 600.0
 WARMUP_S = 90.0  # the first attack starts after some benign history

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowwarden.records import FlowState, Proto
-from simulator.context import EXTERNALS, SimContext
-from simulator.flows import ephemeral_ports, event_times, lognormal, long_lived, tcp_conversation
+from flowwarden.simulator.context import EXTERNALS, SimContext
+from flowwarden.simulator.flows import ephemeral_ports, event_times, lognormal, long_lived, tcp_conversation
 
 
 @dataclass(frozen=True)

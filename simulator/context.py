@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flowwarden.settings import Settings
-from simulator.cluster import Cluster
-from simulator.flows import FlowParts
+from flowwarden.simulator.cluster import Cluster
+from flowwarden.simulator.flows import FlowParts
 
 
 def stream(seed: int, name: str) -> np.random.Generator:

@@ -26,12 +26,12 @@ import pyarrow.parquet as pq
 from flowwarden.errors import ConfigError
 from flowwarden.labels import TECHNIQUES, Labels
 from flowwarden.settings import Settings
-from simulator.attacks import generate_attacks, plan_attacks
-from simulator.benign import generate_benign
-from simulator.cluster import CATALOGUE, Cluster
-from simulator.context import SimContext, stream
-from simulator.flows import epoch
-from simulator.hard_negatives import generate_hard_negatives, plan
+from flowwarden.simulator.attacks import generate_attacks, plan_attacks
+from flowwarden.simulator.benign import generate_benign
+from flowwarden.simulator.cluster import CATALOGUE, Cluster
+from flowwarden.simulator.context import SimContext, stream
+from flowwarden.simulator.flows import epoch
+from flowwarden.simulator.hard_negatives import generate_hard_negatives, plan
 
 DEFAULT_START = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 MIN_PODS = len(CATALOGUE)

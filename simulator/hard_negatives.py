@@ -16,10 +16,17 @@ from typing import Any
 import numpy as np
 
 from flowwarden.records import FlowState, Proto
-from simulator.benign import emit_calls, emit_long_lived, pod_spans
-from simulator.cluster import Cluster, iso
-from simulator.context import EXTERNALS, SimContext
-from simulator.flows import FLAGS_CLOSED, FLAGS_REJECTED, FLAGS_SYN_ONLY, ephemeral_ports, lognormal, packets
+from flowwarden.simulator.benign import emit_calls, emit_long_lived, pod_spans
+from flowwarden.simulator.cluster import Cluster, iso
+from flowwarden.simulator.context import EXTERNALS, SimContext
+from flowwarden.simulator.flows import (
+    FLAGS_CLOSED,
+    FLAGS_REJECTED,
+    FLAGS_SYN_ONLY,
+    ephemeral_ports,
+    lognormal,
+    packets,
+)
 
 SCRAPE_INTERVAL_S = 15.0
 ROLLED_WORKLOAD = "shop/catalog"

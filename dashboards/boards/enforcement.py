@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from dashboards.model import Json, Row, bargauge, dashboard, promql, scope, sql, stat, table, timeseries
+from flowwarden.dashboards.model import (
+    Json,
+    Row,
+    bargauge,
+    dashboard,
+    promql,
+    scope,
+    sql,
+    stat,
+    table,
+    timeseries,
+)
 
 UID = "flowwarden-enforcement"
 

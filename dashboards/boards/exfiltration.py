@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dashboards.model import Json, Row, dashboard, scope, sql, table, timeseries
+from flowwarden.dashboards.model import Json, Row, dashboard, scope, sql, table, timeseries
 from flowwarden.settings import PipelineSettings
 
 UID = "flowwarden-exfiltration"

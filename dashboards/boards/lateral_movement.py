@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dashboards.model import Json, Panel, Row, dashboard, scope, sql, table, timeseries
+from flowwarden.dashboards.model import Json, Panel, Row, dashboard, scope, sql, table, timeseries
 from flowwarden.settings import ClusterSettings, ControlPlaneSettings, PipelineSettings
 
 UID = "flowwarden-lateral-movement"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dashboards.model import Json, Row, dashboard, promql, stat, table, timeseries
+from flowwarden.dashboards.model import Json, Row, dashboard, promql, stat, table, timeseries
 
 UID = "flowwarden-pipeline-health"
 RATE = "[$__rate_interval]"

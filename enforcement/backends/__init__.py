@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from enforcement.backends.base import Backend, BackendError
+from flowwarden.enforcement.backends.base import Backend, BackendError
 from flowwarden.settings import Settings
 
 __all__ = ["Backend", "BackendError", "make_backends"]
@@ -15,23 +15,23 @@ def make_backends(settings: Settings, protected: Iterable[str] = ()) -> list[Bac
     out: list[Backend] = []
     for name in settings.enforcement.backends:
         if name == "nftables":
-            from enforcement.backends.nftables import NftablesBackend
+            from flowwarden.enforcement.backends.nftables import NftablesBackend
 
             out.append(NftablesBackend.from_settings(settings, protected))
         elif name == "networkpolicy":
-            from enforcement.backends.networkpolicy import NetworkPolicyBackend
+            from flowwarden.enforcement.backends.networkpolicy import NetworkPolicyBackend
 
             out.append(NetworkPolicyBackend(settings))
         elif name == "calico":
-            from enforcement.backends.calico import CalicoBackend
+            from flowwarden.enforcement.backends.calico import CalicoBackend
 
             out.append(CalicoBackend(settings))
         elif name == "exec":
-            from enforcement.backends.exec import ExecBackend
+            from flowwarden.enforcement.backends.exec import ExecBackend
 
             out.append(ExecBackend.from_settings(settings))
         elif name == "webhook":
-            from enforcement.backends.webhook import WebhookBackend
+            from flowwarden.enforcement.backends.webhook import WebhookBackend
 
             out.append(WebhookBackend.from_settings(settings))
     return out

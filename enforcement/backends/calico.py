@@ -19,9 +19,9 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-from enforcement.backends.base import Backend
-from enforcement.backends.kube import KubeCall, KubeClient, dump, write_manifest
-from enforcement.targets import check_decision_id, parse_target
+from flowwarden.enforcement.backends.base import Backend
+from flowwarden.enforcement.backends.kube import KubeCall, KubeClient, dump, write_manifest
+from flowwarden.enforcement.targets import check_decision_id, parse_target
 from flowwarden.records import Decision
 from flowwarden.settings import Settings
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from enforcement.backends.base import Backend, BackendError
+from flowwarden.enforcement.backends.base import Backend, BackendError
 from flowwarden.errors import ConfigError
 from flowwarden.records import Decision
 from flowwarden.settings import Settings

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from enforcement.backends.base import BackendError
+from flowwarden.enforcement.backends.base import BackendError
 
 log = logging.getLogger("flowwarden.enforcement.kube")
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from enforcement.backends.base import Backend, BackendError
-from enforcement.backends.kube import KubeCall, KubeClient, dump, write_manifest
-from enforcement.targets import check_decision_id, check_name, check_namespace, parse_target
+from flowwarden.enforcement.backends.base import Backend, BackendError
+from flowwarden.enforcement.backends.kube import KubeCall, KubeClient, dump, write_manifest
+from flowwarden.enforcement.targets import check_decision_id, check_name, check_namespace, parse_target
 from flowwarden.records import Decision
 from flowwarden.settings import Settings
 

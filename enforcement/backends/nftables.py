@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from enforcement.backends.base import Backend, BackendError
-from enforcement.targets import Network, parse_ip, parse_target
+from flowwarden.enforcement.backends.base import Backend, BackendError
+from flowwarden.enforcement.targets import Network, parse_ip, parse_target
 from flowwarden.records import Decision
 from flowwarden.settings import Settings
 

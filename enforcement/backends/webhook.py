@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from enforcement.backends.base import Backend, BackendError
+from flowwarden.enforcement.backends.base import Backend, BackendError
 from flowwarden.errors import ConfigError
 from flowwarden.records import Decision
 from flowwarden.settings import Settings

@@ -49,7 +49,7 @@ def collect_command(
 
 
 def _from_pcap(settings: object, pcap: Path, out: Path | None) -> None:
-    from collectors.offline import meter_capture
+    from flowwarden.collectors.offline import meter_capture
     from flowwarden.settings import Settings
 
     assert isinstance(settings, Settings)
@@ -78,7 +78,7 @@ def _from_pcap(settings: object, pcap: Path, out: Path | None) -> None:
 
 
 def _live(settings: object) -> None:
-    from collectors.collector import Collector
+    from flowwarden.collectors.collector import Collector
     from flowwarden.settings import Settings
 
     assert isinstance(settings, Settings)

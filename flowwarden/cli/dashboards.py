@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Write every dashboard's JSON from the code."""
-        from dashboards.catalog import JSON_DIR
-        from dashboards.catalog import generate as write
+        from flowwarden.dashboards.catalog import JSON_DIR
+        from flowwarden.dashboards.catalog import generate as write
 
         for path in write(out or JSON_DIR):
             typer.echo(str(path))
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="Directory of the committed JSON.")] = None,
     ) -> None:
         """Fail when the committed JSON differs from what the code generates."""
-        from dashboards.catalog import JSON_DIR, stale
+        from flowwarden.dashboards.catalog import JSON_DIR, stale
 
         problems = stale(out or JSON_DIR)
         if problems:
@@ -50,8 +50,8 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[str, typer.Option("--format", help="svg or png.")] = "svg",
     ) -> None:
         """Draw each dashboard's layout (panel titles in grid positions) for the docs."""
-        from dashboards.catalog import load_committed
-        from dashboards.render import render_all
+        from flowwarden.dashboards.catalog import load_committed
+        from flowwarden.dashboards.render import render_all
 
         if fmt not in ("svg", "png"):
             raise ConfigError(f"--format: {fmt!r} is not one of svg, png")
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         datasources: Annotated[bool, typer.Option(help="Also create/update the data sources.")] = True,
     ) -> None:
         """Upload the folder, data sources and dashboards to an existing Grafana."""
-        from dashboards.push import push as upload
+        from flowwarden.dashboards.push import push as upload
 
         for line in upload(url, token, with_datasources=datasources):
             typer.echo(line)

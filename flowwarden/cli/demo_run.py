@@ -142,7 +142,7 @@ def demo_settings(opts: DemoOptions, inventory_path: Path | None) -> Settings:
 def load_traffic(opts: DemoOptions, settings: Settings) -> Traffic:
     """Simulated cluster traffic with labels, or a capture metered by the collector."""
     if opts.pcap is not None:
-        from collectors.offline import meter_pcap
+        from flowwarden.collectors.offline import meter_pcap
 
         if not opts.pcap.is_file():
             raise ConfigError(f"--pcap: {opts.pcap} is not a file")
@@ -151,7 +151,7 @@ def load_traffic(opts: DemoOptions, settings: Settings) -> Traffic:
         if opts.inventory is not None:
             pods = len(json.loads(opts.inventory.read_text()).get("items", []))
         return Traffic(flows, None, opts.inventory, pods, f"capture {opts.pcap.name}")
-    from simulator import simulate
+    from flowwarden.simulator import simulate
 
     sim = simulate(minutes=opts.minutes, pods=opts.pods, seed=opts.seed, attacks="all", settings=settings)
     traffic_dir = opts.out / "traffic"
@@ -173,7 +173,7 @@ def run_demo(opts: DemoOptions) -> DemoSummary:
     traffic = load_traffic(opts, settings)
     settings = demo_settings(opts, traffic.inventory_path)
     # The view shows every decision, refusals included: keep the stages' logs to errors.
-    for name in ("flowwarden.enforcement", "enforcement", "pipeline", "models", "flowwarden.bus"):
+    for name in ("flowwarden.enforcement", "flowwarden.pipeline", "flowwarden.models", "flowwarden.bus"):
         logging.getLogger(name).setLevel(logging.ERROR)
     view = DemoView(live=opts.live)
     with view:
@@ -213,13 +213,13 @@ class _Run:
         self.sim_now = 0.0
 
     def execute(self) -> tuple[list[Alert], list[Decision], pd.DataFrame, Any]:
-        from enforcement.enforcer import Enforcer
         from flowwarden.bus import open_bus, publish_flows
+        from flowwarden.enforcement.enforcer import Enforcer
+        from flowwarden.pipeline.detection.engine import DetectionEngine
+        from flowwarden.pipeline.detection.enrich import Inventory
+        from flowwarden.pipeline.runtime.model_watch import ModelWatcher
+        from flowwarden.pipeline.runtime.stage import PipelineStage, StageOptions
         from flowwarden.store import Store
-        from pipeline.engine import DetectionEngine
-        from pipeline.enrich import Inventory
-        from pipeline.model_watch import ModelWatcher
-        from pipeline.stage import PipelineStage, StageOptions
 
         s = self.settings
         topics = s.kafka.topics
@@ -324,7 +324,7 @@ def _finish(
     windows: pd.DataFrame,
     model: Any,
 ) -> DemoSummary:
-    from enforcement.offline import plan_offline, write_decisions
+    from flowwarden.enforcement.offline import plan_offline, write_decisions
 
     out = opts.out
     files: list[Path] = []
@@ -342,9 +342,9 @@ def _finish(
     sim_minutes = float(ts.max() - ts.min()) / 60.0 if len(ts) else 0.0
     metrics: dict[str, Any] | None = None
     if traffic.labels is not None:
-        from models.evaluation import evaluate
-        from models.report import write_report
-        from models.workflow import write_evaluation
+        from flowwarden.models.evaluation import evaluate
+        from flowwarden.models.report import write_report
+        from flowwarden.models.workflow import write_evaluation
 
         window_s = settings.pipeline.window_s
         metrics = evaluate(

@@ -15,7 +15,7 @@ from flowwarden.cli.common import ConfigOption, settings_from
 from flowwarden.errors import ConfigError
 
 if TYPE_CHECKING:
-    from enforcement.enforcer import Enforcer
+    from flowwarden.enforcement.enforcer import Enforcer
     from flowwarden.settings import Settings
     from flowwarden.store import Store
 
@@ -51,7 +51,7 @@ def enforce(
     if alerts is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
-    from enforcement.offline import plan_offline, read_alerts, summarise, write_decisions
+    from flowwarden.enforcement.offline import plan_offline, read_alerts, summarise, write_decisions
 
     settings = settings_from(config)
     out = out or alerts.with_name("decisions.jsonl")
@@ -65,8 +65,8 @@ def enforce(
 @enforce_app.command("run")
 def run(config: ConfigOption = None) -> None:
     """Run the enforcer: consume alerts, decide, apply, publish and record until SIGTERM."""
-    from enforcement.enforcer import Enforcer
     from flowwarden.bus import open_bus
+    from flowwarden.enforcement.enforcer import Enforcer
     from flowwarden.store import Store
 
     settings = settings_from(config)
@@ -100,8 +100,8 @@ def run(config: ConfigOption = None) -> None:
 
 
 def _enforcer(settings: Settings, store: Store, *, start: bool) -> Enforcer:
-    from enforcement.enforcer import Enforcer
     from flowwarden.bus import open_bus
+    from flowwarden.enforcement.enforcer import Enforcer
 
     bus = open_bus(settings) if settings.bus.kind == "kafka" else None
     enforcer = Enforcer(settings, store=store, bus=bus)

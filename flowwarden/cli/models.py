@@ -19,8 +19,8 @@ from flowwarden.cli.common import ConfigOption, settings_from
 from flowwarden.errors import ConfigError
 
 if TYPE_CHECKING:
+    from flowwarden.models.workflow import DetectFn
     from flowwarden.settings import Settings
-    from models.workflow import DetectFn
 
 models_app = typer.Typer(help="Train, evaluate, tune, report, promote and roll back detection models.")
 
@@ -50,9 +50,9 @@ def register(app: typer.Typer) -> None:
 # ---------------------------------------------------------------------- wiring
 def pipeline_detector(inventory: dict[str, Any] | None) -> DetectFn:
     """The pipeline's own offline engine, adapted to what ``models`` needs."""
-    from models.workflow import Detection
-    from pipeline.enrich import Inventory
-    from pipeline.offline import detect_flows
+    from flowwarden.models.workflow import Detection
+    from flowwarden.pipeline.detection.enrich import Inventory
+    from flowwarden.pipeline.runtime.offline import detect_flows
 
     inv = Inventory.from_dict(inventory) if inventory is not None else None
 
@@ -65,7 +65,7 @@ def pipeline_detector(inventory: dict[str, Any] | None) -> DetectFn:
 
 
 def feature_names() -> list[str]:
-    from pipeline.features import FEATURES
+    from flowwarden.pipeline.detection.features import FEATURES
 
     return list(FEATURES)
 
@@ -160,8 +160,8 @@ def train_command(
     config: ConfigOption = None,
 ) -> None:
     """Learn baselines, seen edges and the anomaly model from benign flows (episodes excluded)."""
-    from models.estimators import METHODS
-    from models.workflow import count_pods, read_flows, read_inventory, train
+    from flowwarden.models.estimators import METHODS
+    from flowwarden.models.workflow import count_pods, read_flows, read_inventory, train
 
     if method not in METHODS:
         raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}")
@@ -203,8 +203,8 @@ def evaluate_command(
     config: ConfigOption = None,
 ) -> None:
     """Run the live pipeline's engine with the model over labelled flows; write metrics.json."""
-    from models.registry import load_model
-    from models.workflow import EVAL_DIR, count_pods, evaluate_model, read_flows, read_inventory
+    from flowwarden.models.registry import load_model
+    from flowwarden.models.workflow import EVAL_DIR, count_pods, evaluate_model, read_flows, read_inventory
 
     settings = settings_from(config)
     loaded = load_model(model)
@@ -242,9 +242,16 @@ def tune_command(
     config: ConfigOption = None,
 ) -> None:
     """Search window size, forest parameters and threshold for recall under the false-alert budget."""
-    from models.evaluation import evaluate, write_metrics
-    from models.tuning import tune
-    from models.workflow import EVAL_DIR, count_pods, data_hours, read_flows, read_inventory, write_evaluation
+    from flowwarden.models.evaluation import evaluate, write_metrics
+    from flowwarden.models.tuning import tune
+    from flowwarden.models.workflow import (
+        EVAL_DIR,
+        count_pods,
+        data_hours,
+        read_flows,
+        read_inventory,
+        write_evaluation,
+    )
 
     try:
         sizes = [float(x) for x in window_sizes.split(",") if x.strip()]
@@ -318,9 +325,9 @@ def report_command(
     ] = None,
 ) -> None:
     """One self-contained HTML report: curves, score distributions, per technique, features."""
-    from models.registry import load_model
-    from models.report import write_report
-    from models.workflow import EVAL_DIR
+    from flowwarden.models.registry import load_model
+    from flowwarden.models.report import write_report
+    from flowwarden.models.workflow import EVAL_DIR
 
     loaded = load_model(model)
     path = write_report(loaded, evaluation or model / EVAL_DIR, out)
@@ -330,7 +337,7 @@ def report_command(
 @models_app.command("list")
 def list_command(registry: RegistryOption = None, config: ConfigOption = None) -> None:
     """The registry's versions, the active one marked with *."""
-    from models.registry import list_models
+    from flowwarden.models.registry import list_models
 
     rows = list_models(_registry(registry, config))
     if not rows:
@@ -351,7 +358,7 @@ def promote_command(
     config: ConfigOption = None,
 ) -> None:
     """Make a verified version live; a running pipeline switches to it without a restart."""
-    from models.registry import promote
+    from flowwarden.models.registry import promote
 
     model = promote(_registry(registry, config), version)
     typer.echo(f"promoted {model.version}")
@@ -360,7 +367,7 @@ def promote_command(
 @models_app.command("rollback")
 def rollback_command(registry: RegistryOption = None, config: ConfigOption = None) -> None:
     """Go back to the version promoted before the active one."""
-    from models.registry import rollback
+    from flowwarden.models.registry import rollback
 
     previous = rollback(_registry(registry, config))
     typer.echo(f"rolled back to {previous}" if previous else "rolled back: no model active now")
@@ -369,6 +376,6 @@ def rollback_command(registry: RegistryOption = None, config: ConfigOption = Non
 @models_app.command("show")
 def show_command(model: Annotated[Path, typer.Option("--model", help="Model directory.")]) -> None:
     """Verify a model directory and print its metadata."""
-    from models.registry import load_model
+    from flowwarden.models.registry import load_model
 
     typer.echo(json.dumps(load_model(model).metadata, indent=1, sort_keys=True))

@@ -44,8 +44,8 @@ def register(app: typer.Typer) -> None:
         """Score flows offline (same engine as the live pipeline) and write alerts.jsonl."""
         import pandas as pd
 
-        from pipeline.enrich import Inventory
-        from pipeline.offline import default_model, detect_flows
+        from flowwarden.pipeline.detection.enrich import Inventory
+        from flowwarden.pipeline.runtime.offline import default_model, detect_flows
 
         settings = settings_from(config)
         if (flows is None) == (pcap is None):
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
             assert pcap is not None
             if not pcap.exists():
                 raise ConfigError(f"--pcap: {pcap}: no such file")
-            from collectors import meter_pcap  # type: ignore[attr-defined,unused-ignore]
+            from flowwarden.collectors import meter_pcap  # type: ignore[attr-defined,unused-ignore]
 
             frame = meter_pcap(pcap, settings)
         inv_path = inventory or settings.pipeline.inventory_path
@@ -120,7 +120,7 @@ def _register_run(app: typer.Typer) -> None:
         """Consume flows, detect, send alerts to the topic, the store and the notifiers."""
         import socket
 
-        from pipeline.stage import StageOptions, run_pipeline
+        from flowwarden.pipeline.runtime.stage import StageOptions, run_pipeline
 
         settings = settings_from(config)
         worker_id = worker_id or socket.gethostname()

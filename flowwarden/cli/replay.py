@@ -23,8 +23,8 @@ def replay(
 ) -> None:
     """Publish a flows file to the bus's `flows` topic, as a collector would."""
     from flowwarden.bus import open_bus
-    from simulator.replay import load_flows
-    from simulator.replay import replay as run_replay
+    from flowwarden.simulator.replay import load_flows
+    from flowwarden.simulator.replay import replay as run_replay
 
     if speed <= 0 or batch_s <= 0:
         raise typer.BadParameter("--speed and --batch-s must be positive")

@@ -66,8 +66,8 @@ def simulate_command(
     """Simulate a labelled cluster run: benign traffic, hard negatives and attack episodes."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from simulator import simulate
-    from simulator.generate import resolve_intensity, resolve_techniques
+    from flowwarden.simulator import simulate
+    from flowwarden.simulator.generate import resolve_intensity, resolve_techniques
 
     settings = settings_from(config)
     resolve_techniques(attacks)  # fail on a bad name before any work

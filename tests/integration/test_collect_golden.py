@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collectors import meter_capture
+from flowwarden.collectors import meter_capture
 from flowwarden.records import validate_flows
 from flowwarden.settings import Settings
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from collectors.collector import Collector
-from collectors.metrics import CollectorMetrics
-from collectors.publish import Publisher
-from collectors.spool import Spool
 from flowwarden.bus import open_bus
+from flowwarden.collectors.collector import Collector
+from flowwarden.collectors.metrics import CollectorMetrics
+from flowwarden.collectors.publish import Publisher
+from flowwarden.collectors.spool import Spool
 from flowwarden.errors import ConfigError
 from flowwarden.records import conform_flows
 from flowwarden.settings import Settings

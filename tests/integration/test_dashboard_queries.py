@@ -27,9 +27,15 @@ import pytest
 import yaml
 from prometheus_client import start_http_server
 
-from dashboards.catalog import load_committed
-from dashboards.model import POSTGRES_UID, PROMETHEUS_UID
-from dashboards.queries import PanelQuery, QueryContext, interpolate_promql, interpolate_sql, panel_queries
+from flowwarden.dashboards.catalog import load_committed
+from flowwarden.dashboards.model import POSTGRES_UID, PROMETHEUS_UID
+from flowwarden.dashboards.queries import (
+    PanelQuery,
+    QueryContext,
+    interpolate_promql,
+    interpolate_sql,
+    panel_queries,
+)
 from flowwarden.store import Store
 from tests.support.netns import Lab, netns_available, wait_for
 from tests.support.postgres import truncate_store
@@ -65,13 +71,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def seeded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     """Simulator -> memory bus -> pipeline stage -> PostgreSQL; alerts -> enforcer (dry-run)."""
-    from enforcement.enforcer import Enforcer
-    from enforcement.metrics import EnforcerMetrics
     from flowwarden.bus import open_bus, publish_flows
+    from flowwarden.enforcement.enforcer import Enforcer
+    from flowwarden.enforcement.metrics import EnforcerMetrics
+    from flowwarden.pipeline.runtime.metrics import PipelineMetrics
+    from flowwarden.pipeline.runtime.stage import build_stage
     from flowwarden.settings import load_settings
-    from pipeline.metrics import PipelineMetrics
-    from pipeline.stage import build_stage
-    from simulator import simulate
+    from flowwarden.simulator import simulate
 
     tmp = tmp_path_factory.mktemp("seed")
     now = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -148,7 +154,7 @@ def seeded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
 @pytest.fixture(scope="module")
 def collector_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A live collector capturing pings in a namespace pair, its Kafka down and no spool room."""
-    from collectors.collector import Collector
+    from flowwarden.collectors.collector import Collector
     from flowwarden.settings import load_settings
 
     assert netns_available(), "this test creates network namespaces: run it as root"

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from dashboards.catalog import load_committed
+from flowwarden.dashboards.catalog import load_committed
 from flowwarden.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -384,8 +384,8 @@ def _am_route(labels: dict[str, str]) -> str:
 def test_alertmanager_routes_detections_and_health_apart() -> None:
     from datetime import UTC, datetime
 
+    from flowwarden.pipeline.runtime.notify.alertmanager import AlertmanagerNotifier
     from flowwarden.records import Alert, Entity
-    from pipeline.notify.alertmanager import AlertmanagerNotifier
 
     t = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
     alert = Alert(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from enforcement.backends.base import BackendError
-from enforcement.backends.exec import ExecBackend
-from enforcement.backends.webhook import WebhookBackend
+from flowwarden.enforcement.backends.base import BackendError
+from flowwarden.enforcement.backends.exec import ExecBackend
+from flowwarden.enforcement.backends.webhook import WebhookBackend
 from flowwarden.records import Decision, Entity
 
 pytestmark = pytest.mark.integration
@@ -118,8 +118,8 @@ def test_webhook_unreachable() -> None:
 
 
 def test_a_failing_hook_fails_the_decision_and_rolls_back_the_other_backends(tmp_path: Path) -> None:
-    from enforcement.backends.networkpolicy import NetworkPolicyBackend
-    from enforcement.enforcer import Enforcer
+    from flowwarden.enforcement.backends.networkpolicy import NetworkPolicyBackend
+    from flowwarden.enforcement.enforcer import Enforcer
     from flowwarden.store import Store
     from tests.unit.enforcement_support import T0, alert, settings
 

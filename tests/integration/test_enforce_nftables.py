@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from enforcement.backends.nftables import NftablesBackend
-from enforcement.enforcer import Enforcer
 from flowwarden.bus_memory import MemoryBus
+from flowwarden.enforcement.backends.nftables import NftablesBackend
+from flowwarden.enforcement.enforcer import Enforcer
 from flowwarden.records import Alert, Decision, Entity
 from flowwarden.settings import Settings
 from flowwarden.store import Store

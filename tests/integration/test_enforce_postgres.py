@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from enforcement.backends.networkpolicy import NetworkPolicyBackend
-from enforcement.enforcer import Enforcer
+from flowwarden.enforcement.backends.networkpolicy import NetworkPolicyBackend
+from flowwarden.enforcement.enforcer import Enforcer
 from flowwarden.store import Store
 from tests.unit.enforcement_support import T0, alert, settings
 

@@ -13,9 +13,14 @@ import pandas as pd
 import pytest
 
 from flowwarden.errors import ServiceUnavailable
+from flowwarden.pipeline.detection.enrich import Inventory
+from flowwarden.pipeline.inventory_watch import (
+    LiveInventory,
+    WatchedInventory,
+    close_inventory,
+    inventory_from_settings,
+)
 from flowwarden.settings import Settings
-from pipeline.enrich import Inventory
-from pipeline.inventory_watch import LiveInventory, WatchedInventory, close_inventory, inventory_from_settings
 from tests.support.kube_api import FakeKubeApi
 from tests.support.netns import wait_for
 
@@ -324,7 +329,7 @@ def test_start_without_rbac_fails_naming_the_permission(server: FakeKubeApi, mak
 
 
 def test_inventory_from_settings_feeds_the_detection_engine(server: FakeKubeApi, core_api: Any) -> None:
-    from pipeline.engine import DetectionEngine
+    from flowwarden.pipeline.detection.engine import DetectionEngine
     from tests.unit.flowkit import flows
 
     server.add(pod("web-5d9c8f7b6-aaaaa", "10.244.7.1", uid="u-1"))
@@ -354,11 +359,11 @@ def test_inventory_from_settings_feeds_the_detection_engine(server: FakeKubeApi,
 def test_a_stage_counts_the_watch_and_stops_it(server: FakeKubeApi, core_api: Any, tmp_path: Any) -> None:
     """The watch's counters reach /metrics through the stage, and stopping the stage ends the watch."""
     from flowwarden.bus import MemoryBus, publish_flows
+    from flowwarden.pipeline.detection.engine import DetectionEngine
+    from flowwarden.pipeline.runtime.metrics import PipelineMetrics
+    from flowwarden.pipeline.runtime.notify import NotifierHub
+    from flowwarden.pipeline.runtime.stage import PipelineStage, StageOptions
     from flowwarden.store import Store
-    from pipeline.engine import DetectionEngine
-    from pipeline.metrics import PipelineMetrics
-    from pipeline.notify import NotifierHub
-    from pipeline.stage import PipelineStage, StageOptions
     from tests.unit.flowkit import flows
 
     server.add(pod("web-5d9c8f7b6-aaaaa", "10.244.7.1", uid="u-1"))
@@ -409,8 +414,8 @@ def test_the_enforcer_s_guardrails_follow_the_watched_pods(
     Without it (as before in a cluster) a block of a one-pod workload's only pod passed the
     share cap, and a block toward a kube-system pod passed the namespace allowlist.
     """
-    from enforcement.backends.networkpolicy import NetworkPolicyBackend
-    from enforcement.enforcer import Enforcer
+    from flowwarden.enforcement.backends.networkpolicy import NetworkPolicyBackend
+    from flowwarden.enforcement.enforcer import Enforcer
     from flowwarden.records import Entity
     from flowwarden.store import Store
     from tests.unit.enforcement_support import settings

@@ -17,20 +17,20 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import simulator
+from flowwarden import simulator
 from flowwarden.bus import KafkaBus, publish_flows
 from flowwarden.cli import app
+from flowwarden.models.estimators import BudgetThreshold, WindowAnomalyDetector
+from flowwarden.models.registry import promote, save_model
+from flowwarden.pipeline.detection.engine import DetectionEngine
+from flowwarden.pipeline.detection.enrich import Inventory
+from flowwarden.pipeline.detection.features import FEATURES
+from flowwarden.pipeline.runtime.metrics import PipelineMetrics
+from flowwarden.pipeline.runtime.model_watch import ModelWatcher
+from flowwarden.pipeline.runtime.notify import NotifierHub
+from flowwarden.pipeline.runtime.stage import PipelineStage, StageOptions
 from flowwarden.settings import Settings
 from flowwarden.store import Store
-from models.estimators import BudgetThreshold, WindowAnomalyDetector
-from models.registry import promote, save_model
-from pipeline.engine import DetectionEngine
-from pipeline.enrich import Inventory
-from pipeline.features import FEATURES
-from pipeline.metrics import PipelineMetrics
-from pipeline.model_watch import ModelWatcher
-from pipeline.notify import NotifierHub
-from pipeline.stage import PipelineStage, StageOptions
 from tests.support.broker import unique_group
 from tests.support.netns import wait_for
 
@@ -73,8 +73,8 @@ def _cli(*args: str) -> str:
 def test_promote_then_rollback_in_a_running_pipeline(
     kafka_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="pipeline.stage")
-    caplog.set_level(logging.INFO, logger="pipeline.model_watch")
+    caplog.set_level(logging.INFO, logger="flowwarden.pipeline.runtime.stage")
+    caplog.set_level(logging.INFO, logger="flowwarden.pipeline.runtime.model_watch")
     registry = tmp_path / "registry"
     _model(registry, "quiet-v1", threshold=1.0)
     _model(registry, "loud-v2", threshold=0.0)

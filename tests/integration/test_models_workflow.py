@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import simulator
+from flowwarden import simulator
 from flowwarden.cli import app
 from flowwarden.labels import TECHNIQUES, Labels
 

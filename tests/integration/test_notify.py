@@ -17,8 +17,14 @@ from typing import Any
 import pytest
 import requests
 
+from flowwarden.pipeline.runtime.notify import (
+    AlertmanagerNotifier,
+    NotifierHub,
+    SlackNotifier,
+    WebhookNotifier,
+    build_hub,
+)
 from flowwarden.records import Alert, Entity
-from pipeline.notify import AlertmanagerNotifier, NotifierHub, SlackNotifier, WebhookNotifier, build_hub
 from tests.support.netns import wait_for
 
 pytestmark = pytest.mark.integration

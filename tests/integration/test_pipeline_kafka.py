@@ -23,17 +23,17 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-import simulator
+from flowwarden import simulator
 from flowwarden.bus import KafkaBus, publish_flows
+from flowwarden.pipeline.detection.engine import DetectionEngine
+from flowwarden.pipeline.detection.enrich import Inventory
+from flowwarden.pipeline.runtime.model_watch import ModelWatcher
+from flowwarden.pipeline.runtime.notify import NotifierHub
+from flowwarden.pipeline.runtime.offline import detect_flows
+from flowwarden.pipeline.runtime.stage import PipelineStage, StageOptions
 from flowwarden.records import Alert
 from flowwarden.settings import Settings, dump_settings
 from flowwarden.store import Store
-from pipeline.engine import DetectionEngine
-from pipeline.enrich import Inventory
-from pipeline.model_watch import ModelWatcher
-from pipeline.notify import NotifierHub
-from pipeline.offline import detect_flows
-from pipeline.stage import PipelineStage, StageOptions
 from tests.support.broker import unique_group
 from tests.support.netns import wait_for
 

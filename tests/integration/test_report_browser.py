@@ -15,12 +15,12 @@ import pytest
 from matplotlib.image import imread
 
 from flowwarden.labels import Episode, Labels
+from flowwarden.models.estimators import BudgetThreshold, WindowAnomalyDetector
+from flowwarden.models.evaluation import evaluate
+from flowwarden.models.registry import save_model
+from flowwarden.models.report import write_report
+from flowwarden.models.workflow import write_evaluation
 from flowwarden.records import Alert, Entity
-from models.estimators import BudgetThreshold, WindowAnomalyDetector
-from models.evaluation import evaluate
-from models.registry import save_model
-from models.report import write_report
-from models.workflow import write_evaluation
 
 pytestmark = pytest.mark.integration
 

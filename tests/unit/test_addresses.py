@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from flowwarden.pipeline.detection.addresses import (
+    API_SERVER,
+    API_SERVICE,
+    INTERNAL,
+    METADATA,
+    NODE,
+    AddressFacts,
+)
+from flowwarden.pipeline.detection.state import Vocab
 from flowwarden.settings import Settings
-from pipeline.addresses import API_SERVER, API_SERVICE, INTERNAL, METADATA, NODE, AddressFacts
-from pipeline.state import Vocab
 
 SETTINGS = Settings.model_validate(
     {

@@ -7,9 +7,9 @@ from typing import Any, cast
 
 import pandas as pd
 
+from flowwarden.pipeline.detection.detectors.base import heavy_egress_mask
+from flowwarden.pipeline.detection.detectors.control_plane_access import ControlPlaneAccess
 from flowwarden.settings import Settings
-from pipeline.detectors.base import heavy_egress_mask
-from pipeline.detectors.control_plane_access import ControlPlaneAccess
 
 
 def _flows(rows: list[tuple[str, int, int, str]]) -> pd.DataFrame:

@@ -15,10 +15,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from enforcement.backends.base import BackendError
-from enforcement.backends.calico import CalicoBackend
-from enforcement.backends.kube import KubeCall, KubeClient
-from enforcement.backends.networkpolicy import NetworkPolicyBackend
+from flowwarden.enforcement.backends.base import BackendError
+from flowwarden.enforcement.backends.calico import CalicoBackend
+from flowwarden.enforcement.backends.kube import KubeCall, KubeClient
+from flowwarden.enforcement.backends.networkpolicy import NetworkPolicyBackend
 from flowwarden.settings import Settings
 from tests.unit.enforcement_support import decision, settings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collectors.capture import build_bpf, check_interfaces, parse_host_port
+from flowwarden.collectors.capture import build_bpf, check_interfaces, parse_host_port
 from flowwarden.errors import ConfigError
 
 

@@ -7,9 +7,9 @@ import struct
 import dpkt
 import numpy as np
 
-from collectors.decode import CAUSES, decode
-from collectors.flowtable import ip_strings
-from collectors.pcapfile import PcapStream
+from flowwarden.collectors.decode import CAUSES, decode
+from flowwarden.collectors.flowtable import ip_strings
+from flowwarden.collectors.pcapfile import PcapStream
 from tests.unit.test_collector_pcapfile import pcap
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collectors import meter_capture
-from collectors.decode import decode
-from collectors.flowtable import FlowTable, FlowTableConfig
-from collectors.pcapfile import read_capture
+from flowwarden.collectors import meter_capture
+from flowwarden.collectors.decode import decode
+from flowwarden.collectors.flowtable import FlowTable, FlowTableConfig
+from flowwarden.collectors.pcapfile import read_capture
 from flowwarden.records import COUNTER_COLUMNS, validate_flows
 from flowwarden.settings import Settings
 from tests.data.make_pcaps import reference_flows

@@ -9,9 +9,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collectors.decode import CAUSES, decode
-from collectors.meter import Meter
-from collectors.pcapfile import CaptureFormatError, PcapStream
+from flowwarden.collectors.decode import CAUSES, decode
+from flowwarden.collectors.meter import Meter
+from flowwarden.collectors.pcapfile import CaptureFormatError, PcapStream
 from flowwarden.records import validate_flows
 from flowwarden.settings import CollectorSettings
 

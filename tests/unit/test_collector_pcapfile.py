@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collectors.pcapfile import CaptureFormatError, PacketBatch, PcapStream, read_capture
+from flowwarden.collectors.pcapfile import CaptureFormatError, PacketBatch, PcapStream, read_capture
 
 FRAME = bytes(range(60))
 

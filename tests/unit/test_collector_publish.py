@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from collectors.metrics import CollectorMetrics
-from collectors.publish import Publisher
-from collectors.spool import Spool
 from flowwarden.bus import MemoryBus
+from flowwarden.collectors.metrics import CollectorMetrics
+from flowwarden.collectors.publish import Publisher
+from flowwarden.collectors.spool import Spool
 from flowwarden.records import conform_flows
 from flowwarden.wire import decode_flows
 from tests.support.netns import wait_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.connections import ConnectionLog
+from flowwarden.pipeline.detection.connections import ConnectionLog
 
 
 def conns(pair: int, ts: list[float], *, wld: int | None = None, size: float = 100.0) -> pd.DataFrame:

@@ -10,11 +10,18 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dashboards.catalog import JSON_DIR, PROVISIONING_DIR, build_all, generate, load_committed, stale
-from dashboards.model import ALL_VALUE, GRID_WIDTH, POSTGRES_UID, PROMETHEUS_UID
-from dashboards.push import datasources, plan
-from dashboards.queries import QueryContext, interpolate_promql, interpolate_sql, panel_queries
-from dashboards.render import render
+from flowwarden.dashboards.catalog import (
+    JSON_DIR,
+    PROVISIONING_DIR,
+    build_all,
+    generate,
+    load_committed,
+    stale,
+)
+from flowwarden.dashboards.model import ALL_VALUE, GRID_WIDTH, POSTGRES_UID, PROMETHEUS_UID
+from flowwarden.dashboards.push import datasources, plan
+from flowwarden.dashboards.queries import QueryContext, interpolate_promql, interpolate_sql, panel_queries
+from flowwarden.dashboards.render import render
 from flowwarden.errors import ConfigError
 
 EXPECTED = {

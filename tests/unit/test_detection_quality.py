@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from flowwarden.labels import TECHNIQUES
+from flowwarden.models.evaluation import match_episodes
+from flowwarden.pipeline.detection.enrich import Inventory
+from flowwarden.pipeline.runtime.offline import detect_flows
 from flowwarden.settings import Settings
-from models.evaluation import match_episodes
-from pipeline.enrich import Inventory
-from pipeline.offline import detect_flows
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "detection_quality.py"
 
@@ -33,7 +33,7 @@ def _quality_module():  # scripts/ is no package
 
 @pytest.fixture(scope="module")
 def outcome():
-    from simulator import simulate
+    from flowwarden.simulator import simulate
 
     settings = Settings()
     sim = simulate(minutes=15, pods=80, seed=211, attacks="all", settings=settings)

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from flowwarden.errors import ConfigError
+from flowwarden.pipeline.detection.detectors import REGISTRY, Context, build_detectors
+from flowwarden.pipeline.detection.detectors.isolation_forest import IsolationForestDetector
+from flowwarden.pipeline.detection.engine import BASELINE_FEATURES
+from flowwarden.pipeline.detection.features import FEATURES, KEY_COLUMNS
+from flowwarden.pipeline.detection.state import Baselines
 from flowwarden.settings import Settings
-from pipeline.detectors import REGISTRY, Context, build_detectors
-from pipeline.detectors.isolation_forest import IsolationForestDetector
-from pipeline.engine import BASELINE_FEATURES
-from pipeline.features import FEATURES, KEY_COLUMNS
-from pipeline.state import Baselines
 
 
 def _ctx(

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from enforcement import plan_offline, policy
-from enforcement.backends.networkpolicy import NetworkPolicyBackend
-from enforcement.enforcer import Enforcer
 from flowwarden.bus_memory import MemoryBus
+from flowwarden.enforcement import plan_offline, policy
+from flowwarden.enforcement.backends.networkpolicy import NetworkPolicyBackend
+from flowwarden.enforcement.enforcer import Enforcer
 from flowwarden.errors import FlowwardenError
 from flowwarden.records import Alert, Decision
 from flowwarden.settings import Settings

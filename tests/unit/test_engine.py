@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from flowwarden.pipeline.detection.engine import DetectionEngine
+from flowwarden.pipeline.detection.enrich import Inventory
+from flowwarden.pipeline.runtime.offline import detect_flows
 from flowwarden.settings import Settings
-from pipeline.engine import DetectionEngine
-from pipeline.enrich import Inventory
-from pipeline.offline import detect_flows
 from tests.unit.flowkit import T0, flows, pod
 
 SCANNER = "10.244.1.9"
@@ -204,7 +204,7 @@ def test_detect_command_on_a_capture(tmp_path) -> None:
 
 
 def test_vocabulary_is_bounded_without_losing_buffered_flows(monkeypatch) -> None:
-    import pipeline.engine as engine_mod
+    import flowwarden.pipeline.detection.engine as engine_mod
 
     monkeypatch.setattr(engine_mod, "VOCAB_MAX", 3)
     eng = DetectionEngine(Settings(), inventory=INV)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from flowwarden.errors import ConfigError
+from flowwarden.pipeline.detection.enrich import Inventory, enrich_flows, workload_of
 from flowwarden.records import conform_flows
 from flowwarden.settings import Settings
-from pipeline.enrich import Inventory, enrich_flows, workload_of
 from tests.unit.flowkit import T0, flows, pod
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
-from models.estimators import BudgetThreshold, Method, WindowAnomalyDetector
+from flowwarden.models.estimators import BudgetThreshold, Method, WindowAnomalyDetector
 
 ESTIMATORS = [
     WindowAnomalyDetector(n_estimators=20, random_state=0),

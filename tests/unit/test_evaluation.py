@@ -14,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowwarden.labels import TECHNIQUES, Episode, Labels
-from flowwarden.records import Alert, Entity
-from models.evaluation import (
+from flowwarden.models.evaluation import (
     IGNORED,
     NEGATIVE,
     POSITIVE,
@@ -25,6 +24,7 @@ from models.evaluation import (
     match_episodes,
     write_metrics,
 )
+from flowwarden.records import Alert, Entity
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 W = 10.0

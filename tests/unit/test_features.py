@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from flowwarden.settings import Settings
-from pipeline.connections import ConnectionLog
-from pipeline.enrich import Inventory, enrich_flows
-from pipeline.features import (
+from flowwarden.pipeline.detection.connections import ConnectionLog
+from flowwarden.pipeline.detection.enrich import Inventory, enrich_flows
+from flowwarden.pipeline.detection.features import (
     FEATURES,
     beacon_features,
     edge_table,
@@ -17,7 +16,8 @@ from pipeline.features import (
     to_lean,
     window_features,
 )
-from pipeline.state import SeenEdges, Vocab
+from flowwarden.pipeline.detection.state import SeenEdges, Vocab
+from flowwarden.settings import Settings
 from tests.unit.flowkit import T0, flows, pod
 
 INV = Inventory.from_dict(
@@ -187,7 +187,7 @@ def test_beacon_score_separates_regular_from_random() -> None:
 
 
 def test_state_is_bounded_by_ttl_and_size_and_counts_evictions() -> None:
-    from pipeline.state import Baselines
+    from flowwarden.pipeline.detection.state import Baselines
 
     seen = SeenEdges(ttl_s=100.0, max_edges=3)
     hashes = np.array([11, 12, 13, 14, 15], dtype="uint64")
@@ -211,7 +211,7 @@ def test_state_is_bounded_by_ttl_and_size_and_counts_evictions() -> None:
 
 
 def test_baseline_is_robust_to_one_outlier() -> None:
-    from pipeline.state import Baselines
+    from flowwarden.pipeline.detection.state import Baselines
 
     base = Baselines(["bytes_out_ext"], half_life_s=6 * 3600, ttl_s=1e9, max_keys=10)
     for i in range(100):
@@ -234,7 +234,7 @@ def test_vocabulary_ids_are_stable_and_decode() -> None:
 
 def test_a_long_transfer_is_one_connection_not_a_beacon() -> None:
     """A backup upload reports an interim record every 10 s with the same start: not periodic."""
-    from pipeline.engine import DetectionEngine
+    from flowwarden.pipeline.detection.engine import DetectionEngine
 
     upload = [
         {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from enforcement.guardrails import Context, Guardrails, kafka_addresses
-from enforcement.inventory import Inventory, PodRef
+from flowwarden.enforcement.guardrails import Context, Guardrails, kafka_addresses
+from flowwarden.enforcement.inventory import Inventory, PodRef
 from flowwarden.records import Decision, Entity
 from tests.unit.enforcement_support import decision, settings
 

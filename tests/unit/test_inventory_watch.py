@@ -13,9 +13,15 @@ import pandas as pd
 import pytest
 
 from flowwarden.errors import ConfigError, ServiceUnavailable
+from flowwarden.pipeline.detection.enrich import Inventory
+from flowwarden.pipeline.inventory_watch import (
+    DELETED_AT,
+    WatchedInventory,
+    _ended,
+    _slim,
+    inventory_from_settings,
+)
 from flowwarden.settings import Settings, load_settings
-from pipeline.enrich import Inventory
-from pipeline.inventory_watch import DELETED_AT, WatchedInventory, _ended, _slim, inventory_from_settings
 from tests.unit.flowkit import T0, pod
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enforcement import policy
+from flowwarden.enforcement import policy
 from tests.unit.enforcement_support import alert, settings
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.estimators import BudgetThreshold, Method, WindowAnomalyDetector
-from models.registry import (
+from flowwarden.models.estimators import BudgetThreshold, Method, WindowAnomalyDetector
+from flowwarden.models.registry import (
     ACTIVE_FILE,
     ESTIMATOR_FILE,
     METADATA_FILE,
@@ -162,7 +162,7 @@ def test_promote_refuses_unknown_and_tampered_versions(tmp_path: Path) -> None:
 
 
 def test_the_shipped_default_model_verifies_and_fits_the_pipeline() -> None:
-    from pipeline.features import FEATURES
+    from flowwarden.pipeline.detection.features import FEATURES
 
     model = load_default()
     assert model is not None
@@ -172,8 +172,8 @@ def test_the_shipped_default_model_verifies_and_fits_the_pipeline() -> None:
     scores = model.score(pd.DataFrame(np.zeros((3, len(FEATURES))), columns=list(FEATURES)))
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
     # Its warm-start state is one the engine of this checkout can import (else: retrain it).
+    from flowwarden.pipeline.detection.engine import DetectionEngine
     from flowwarden.settings import Settings
-    from pipeline.engine import DetectionEngine
 
     engine = DetectionEngine(Settings(), model=model)
     assert engine.model is model and len(engine.workload_base) > 0

@@ -10,8 +10,8 @@ import pytest
 
 from flowwarden.bus import MemoryBus, read_flow_batches
 from flowwarden.errors import ConfigError
-from simulator import simulate
-from simulator.replay import load_flows, replay, shift_to
+from flowwarden.simulator import simulate
+from flowwarden.simulator.replay import load_flows, replay, shift_to
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ from flowwarden.errors import ConfigError
 from flowwarden.labels import TECHNIQUES, Labels
 from flowwarden.records import FLOW_SCHEMA, validate_flows
 from flowwarden.settings import Settings, load_settings
-from simulator import Simulation, iter_batches, simulate
-from simulator.cluster import Cluster
-from simulator.context import EXTERNALS
+from flowwarden.simulator import Simulation, iter_batches, simulate
+from flowwarden.simulator.cluster import Cluster
+from flowwarden.simulator.context import EXTERNALS
 
 SETTINGS = Settings()
 POD_NET = ipaddress.ip_network(SETTINGS.cluster.pod_cidrs[0])

@@ -22,14 +22,14 @@ import pytest
 
 from flowwarden.bus import MemoryBus, dead_letter_of, publish_flows
 from flowwarden.errors import ConfigError
+from flowwarden.pipeline.runtime.batches import CommitTracker, PartitionAligner, PendingBatch
+from flowwarden.pipeline.runtime.metrics import PipelineMetrics
+from flowwarden.pipeline.runtime.notify import NotifierHub
+from flowwarden.pipeline.runtime.stage import PipelineStage, StageOptions
 from flowwarden.records import Alert, Entity, conform_flows, empty_flows
 from flowwarden.settings import Settings, load_settings
 from flowwarden.store import Store
 from flowwarden.wire import encode_flows
-from pipeline.batches import CommitTracker, PartitionAligner, PendingBatch
-from pipeline.metrics import PipelineMetrics
-from pipeline.notify import NotifierHub
-from pipeline.stage import PipelineStage, StageOptions
 
 W = 10.0
 T0 = 1_800_000_000.0  # aligned to the window size
@@ -441,9 +441,9 @@ def _read_all(bus: MemoryBus, topic: str) -> list:
 
 def test_model_hot_swap_follows_the_registry(settings: Settings, store: Store, tmp_path: Path) -> None:
     """Promote, roll back, and a tampered promote that is refused while detection goes on."""
-    from models import registry
-    from models.estimators import BudgetThreshold, WindowAnomalyDetector
-    from pipeline.model_watch import ModelWatcher
+    from flowwarden.models import registry
+    from flowwarden.models.estimators import BudgetThreshold, WindowAnomalyDetector
+    from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 
     rng = np.random.default_rng(0)
     features = pd.DataFrame(rng.normal(size=(200, 3)), columns=["flows", "bytes_out_ext", "ext_dsts"])
@@ -493,10 +493,10 @@ def test_embedded_stage_with_the_real_engine_matches_offline_detection(
     settings: Settings, store: Store
 ) -> None:
     """The embedded mode's stage and ``flowwarden detect`` raise the same alerts on simulator data."""
-    import simulator
-    from pipeline.engine import DetectionEngine
-    from pipeline.enrich import Inventory
-    from pipeline.offline import detect_flows
+    from flowwarden import simulator
+    from flowwarden.pipeline.detection.engine import DetectionEngine
+    from flowwarden.pipeline.detection.enrich import Inventory
+    from flowwarden.pipeline.runtime.offline import detect_flows
 
     sim = simulator.simulate(minutes=3, pods=30, seed=3, attacks="all")
     s = load_settings(None, store={"url": settings.store.url}, kafka={"partitions": 3})
@@ -545,10 +545,10 @@ def test_partitions_given_back_after_a_rebalance_are_not_fed_twice(settings: Set
 
 def test_real_engine_restarted_from_a_checkpoint_raises_no_new_alert_ids(tmp_path: Path) -> None:
     """Crash after a checkpoint, mid-behaviour: the restored engine continues the same alerts."""
-    import simulator
-    from pipeline.engine import DetectionEngine
-    from pipeline.enrich import Inventory
-    from pipeline.offline import detect_flows
+    from flowwarden import simulator
+    from flowwarden.pipeline.detection.engine import DetectionEngine
+    from flowwarden.pipeline.detection.enrich import Inventory
+    from flowwarden.pipeline.runtime.offline import detect_flows
 
     sim = simulator.simulate(minutes=4, pods=30, seed=23, attacks="all")
     s = load_settings(

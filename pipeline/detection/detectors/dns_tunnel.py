@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.detectors.base import Context, Detector, ratio_score, register
+from flowwarden.pipeline.detection.detectors.base import Context, Detector, ratio_score, register
 
 
 @register

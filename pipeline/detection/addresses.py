@@ -2,7 +2,7 @@
 
 Every flow batch repeats the same few thousand addresses. Asking each question of every
 address of every batch (factorise, look up, parse) cost more than scoring the windows, so
-the answers live in arrays indexed by the engine's :class:`~pipeline.state.Vocab` ids: a
+the answers live in arrays indexed by the engine's :class:`~flowwarden.pipeline.detection.state.Vocab` ids: a
 string is parsed once when it first gets an id, and a batch's masks are numpy takes.
 """
 
@@ -15,8 +15,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from flowwarden.pipeline.detection.state import Vocab
 from flowwarden.settings import Settings
-from pipeline.state import Vocab
 
 INTERNAL = np.uint8(1)  # in a pod, service or node CIDR, or a configured node address
 NODE = np.uint8(2)  # in a node CIDR, or a configured node address

@@ -6,11 +6,11 @@ nothing is configured, which is the embedded default).
 
 from __future__ import annotations
 
+from flowwarden.pipeline.runtime.notify.alertmanager import AlertmanagerNotifier
+from flowwarden.pipeline.runtime.notify.base import DeliveryError, Notifier, NotifierHub, OnResult
+from flowwarden.pipeline.runtime.notify.slack import SlackNotifier
+from flowwarden.pipeline.runtime.notify.webhook import WebhookNotifier
 from flowwarden.settings import NotifierSettings
-from pipeline.notify.alertmanager import AlertmanagerNotifier
-from pipeline.notify.base import DeliveryError, Notifier, NotifierHub, OnResult
-from pipeline.notify.slack import SlackNotifier
-from pipeline.notify.webhook import WebhookNotifier
 
 __all__ = [
     "AlertmanagerNotifier",

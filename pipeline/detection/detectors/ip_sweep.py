@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.detectors.base import Context, Detector, ratio_score, register
+from flowwarden.pipeline.detection.detectors.base import Context, Detector, ratio_score, register
 
 
 @register

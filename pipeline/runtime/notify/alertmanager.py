@@ -12,8 +12,8 @@ from typing import Any
 
 import requests
 
+from flowwarden.pipeline.runtime.notify.base import Notifier
 from flowwarden.records import Alert
-from pipeline.notify.base import Notifier
 
 
 def _label(value: str) -> str:

@@ -15,7 +15,7 @@ import ipaddress
 import numpy as np
 import pandas as pd
 
-from pipeline.detectors.base import Context, Detector, register
+from flowwarden.pipeline.detection.detectors.base import Context, Detector, register
 
 CP_FEATURES = ("cp_api", "cp_etcd", "cp_kubelet", "cp_scheduler", "cp_controller_manager")
 

@@ -4,17 +4,17 @@ One loop, one thread (notifiers and ``/metrics`` have their own):
 
 1. ``poll`` the ``flows`` topic in a consumer group; decode the poll at once; garbage batches
    and bad rows go to ``flows.dlq`` with their reason (never a stop).
-2. Hold batches back in a :class:`~pipeline.batches.PartitionAligner` so the partitions this worker owns
+2. Hold batches back in a :class:`PartitionAligner` so the partitions this worker owns
    advance together in event time: otherwise a backlog read one partition at a time would
    push the engine's watermark past the others' data, and one worker would cut different
    windows than two. What is released goes through ONE ``engine.process`` call.
 3. Deliver that call's alerts to the store (idempotent upsert), the ``alerts`` topic and
    the notifiers; every ``store_flush_s`` (and before each checkpoint) write the per-minute
    rollups of the batches fed since, with their batch marks, in ONE store transaction
-   (:class:`~pipeline.sinks.StoreSink`): a replayed batch adds no rollups twice.
+   (:class:`StoreSink`): a replayed batch adds no rollups twice.
 4. At each checkpoint (every ``checkpoint_interval_s`` and at stop): store the engine's
    state, then commit, per partition, up to the last batch whose windows have all closed
-   (:class:`~pipeline.batches.CommitTracker`): at-least-once delivery, exactly-once effects (alert ids are
+   (:class:`CommitTracker`): at-least-once delivery, exactly-once effects (alert ids are
    deterministic, batch marks stop rollups being added twice on replay).
 
 When no data arrives, the engine is driven with ``now`` = an event-time clock (the newest
@@ -42,14 +42,14 @@ import numpy as np
 import pandas as pd
 
 from flowwarden.bus import Bus, Consumer, Message, Producer, read_flow_batches, send_dlq
+from flowwarden.pipeline.runtime.batches import CommitTracker, PartitionAligner, PartitionKey, PendingBatch
+from flowwarden.pipeline.runtime.metrics import PipelineMetrics
+from flowwarden.pipeline.runtime.model_watch import ModelWatcher
+from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
+from flowwarden.pipeline.runtime.sinks import AlertPublisher, BatchId, StoreSink
 from flowwarden.records import empty_flows
 from flowwarden.settings import Settings
 from flowwarden.store import DuplicateBatch
-from pipeline.batches import CommitTracker, PartitionAligner, PartitionKey, PendingBatch
-from pipeline.metrics import PipelineMetrics
-from pipeline.model_watch import ModelWatcher
-from pipeline.notify import NotifierHub, build_hub
-from pipeline.sinks import AlertPublisher, BatchId, StoreSink
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class PipelineStage:
             if self.producer is not None:
                 self.producer.close()
             self.notifiers.close()
-            from pipeline.inventory_watch import close_inventory
+            from flowwarden.pipeline.inventory_watch import close_inventory
 
             close_inventory(getattr(self.engine, "inventory", None))
             self.consumer = None
@@ -628,9 +628,9 @@ def build_stage(
     The store is created but not started (the caller owns its lifecycle, as with the bus).
     """
     from flowwarden.bus import open_bus
+    from flowwarden.pipeline.detection.engine import DetectionEngine
+    from flowwarden.pipeline.inventory_watch import inventory_from_settings
     from flowwarden.store import Store
-    from pipeline.engine import DetectionEngine
-    from pipeline.inventory_watch import inventory_from_settings
 
     # The file (reloaded when it changes), or a watch on the Kubernetes API; stop() ends the watch.
     inventory = inventory_from_settings(settings)

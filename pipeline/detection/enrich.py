@@ -351,15 +351,15 @@ def enrich_flows(
     Values the collector already set are kept; missing ones are looked up, as categoricals
     over the inventory's strings (never a Python object per row). ``inside``: which
     sources and destinations are in the cluster (CIDRs and node addresses), when the caller
-    already knows (the engine's :class:`~pipeline.addresses.AddressFacts`).
+    already knows (the engine's :class:`~flowwarden.pipeline.detection.addresses.AddressFacts`).
     """
     df = flows.reset_index(drop=True)  # a copy; new columns align by position
     if not len(df):
         return df
     inv = inventory
     if inside is None:  # one definition of "inside the cluster": the engine's address facts
-        from pipeline.addresses import AddressFacts
-        from pipeline.state import Vocab
+        from flowwarden.pipeline.detection.addresses import AddressFacts
+        from flowwarden.pipeline.detection.state import Vocab
 
         nodes = inv.node_ips if inv is not None else {}
         a = AddressFacts(settings).batch(Vocab(), df["src_ip"], df["dst_ip"], nodes)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from flowwarden.pipeline.runtime.notify.base import Notifier
 from flowwarden.records import Alert
-from pipeline.notify.base import Notifier
 
 MAX_LINES = 20
 _ICON = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from flowwarden.bus import Message
-from pipeline.sinks import BatchId
+from flowwarden.pipeline.runtime.sinks import BatchId
 
 PartitionKey = tuple[str, int]
 

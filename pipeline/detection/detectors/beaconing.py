@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.detectors.base import Context, Detector, heavy_egress_mask, register
+from flowwarden.pipeline.detection.detectors.base import Context, Detector, heavy_egress_mask, register
 
 
 @register

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from flowwarden.pipeline.detection.engine import DetectionEngine
+from flowwarden.pipeline.detection.enrich import Inventory
 from flowwarden.records import Alert, conform_flows, split_invalid_flows
 from flowwarden.settings import Settings
-from pipeline.engine import DetectionEngine
-from pipeline.enrich import Inventory
 
 if TYPE_CHECKING:
-    from models.registry import LoadedModel
+    from flowwarden.models.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class DetectionResult:
 def default_model() -> Any:
     """The model shipped with the package, or None while the models stage has none."""
     try:
-        from models.registry import load_default
+        from flowwarden.models.registry import load_default
     except ImportError:
         log.info("no model registry yet; isolation_forest inactive")
         return None

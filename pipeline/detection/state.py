@@ -10,7 +10,7 @@
   last seen, and the bytes sent over it; plus one cluster-wide edge per external address
   ("has anyone here talked to it?"). Kept for days, so a rolling deployment's new replica
   inherits its workload's edges.
-* :class:`~pipeline.connections.ConnectionLog` (its own module): recent connection starts
+* :class:`~flowwarden.pipeline.detection.connections.ConnectionLog` (its own module): recent connection starts
   and sizes per (entity, external destination), the raw material of the beacon score.
 * :class:`RecentActivity`: new peers and failed targets per entity over the last minute.
 * :class:`Vocab`: strings to integer ids for the hot path (not exported: edge keys are

@@ -28,14 +28,12 @@ import numpy as np
 import pandas as pd
 
 from flowwarden.errors import RecordError
-from flowwarden.records import FLOW_SCHEMA, Alert, conform_flows
-from flowwarden.settings import Settings
-from pipeline.addresses import AddressFacts
-from pipeline.alerts import AlertBuilder
-from pipeline.connections import ConnectionLog
-from pipeline.detectors import Context, build_detectors
-from pipeline.enrich import Inventory, enrich_flows
-from pipeline.features import (
+from flowwarden.pipeline.detection.addresses import AddressFacts
+from flowwarden.pipeline.detection.alerts import AlertBuilder
+from flowwarden.pipeline.detection.connections import ConnectionLog
+from flowwarden.pipeline.detection.detectors import Context, build_detectors
+from flowwarden.pipeline.detection.enrich import Inventory, enrich_flows
+from flowwarden.pipeline.detection.features import (
     FEATURES,
     ID_COLUMNS,
     KEY_COLUMNS,
@@ -49,7 +47,7 @@ from pipeline.features import (
     to_lean,
     window_features,
 )
-from pipeline.state import (
+from flowwarden.pipeline.detection.state import (
     Baselines,
     RecentActivity,
     SeenEdges,
@@ -57,10 +55,12 @@ from pipeline.state import (
     pack_state,
     unpack_state,
 )
-from pipeline.windows import WindowBuffer
+from flowwarden.pipeline.detection.windows import WindowBuffer
+from flowwarden.records import FLOW_SCHEMA, Alert, conform_flows
+from flowwarden.settings import Settings
 
 if TYPE_CHECKING:
-    from models.registry import LoadedModel
+    from flowwarden.models.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 

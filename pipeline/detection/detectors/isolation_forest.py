@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.detectors.base import Context, Detector, register
+from flowwarden.pipeline.detection.detectors.base import Context, Detector, register
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flowwarden.pipeline.detection.detectors.base import Context, Detector
 from flowwarden.records import Alert, Entity
 from flowwarden.settings import Settings
-from pipeline.detectors.base import Context, Detector
 
 MAX_TARGETS = 20
 MAX_EXAMPLES = 5

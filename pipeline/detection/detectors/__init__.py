@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flowwarden.errors import ConfigError
-from flowwarden.settings import Settings
-from pipeline.detectors import (  # noqa: F401 - importing registers them
+from flowwarden.pipeline.detection.detectors import (  # noqa: F401 - importing registers them
     beaconing,
     bulk_egress,
     control_plane_access,
@@ -18,7 +17,8 @@ from pipeline.detectors import (  # noqa: F401 - importing registers them
     new_destination_volume,
     port_scan,
 )
-from pipeline.detectors.base import REGISTRY, Context, Detector
+from flowwarden.pipeline.detection.detectors.base import REGISTRY, Context, Detector
+from flowwarden.settings import Settings
 
 __all__ = ["REGISTRY", "Context", "Detector", "build_detectors"]
 

@@ -26,7 +26,7 @@ class ModelWatcher:
 
     def _registry(self) -> Any:
         try:
-            import models.registry as registry
+            import flowwarden.models.registry as registry
         except ImportError as exc:
             if not self._warned:
                 log.warning("model registry unavailable, isolation_forest inactive: %s", exc)

@@ -2,7 +2,7 @@
 
 :func:`to_lean` turns an enriched flow batch into a *lean* frame of numbers: only flows
 sourced inside the cluster (``internal`` and ``egress``) are kept, strings become
-:class:`~pipeline.state.Vocab` ids, the control-plane and DNS facts are computed once per
+:class:`Vocab` ids, the control-plane and DNS facts are computed once per
 distinct value. Every later step selects, groups and counts integers.
 
 The entity is the source pod (``namespace/pod``), or the source address when no pod owns
@@ -22,12 +22,12 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from flowwarden.pipeline.detection.addresses import AddressFacts, BatchAddresses
+from flowwarden.pipeline.detection.connections import COLUMNS as CONN_COLUMNS
+from flowwarden.pipeline.detection.connections import ConnectionLog
+from flowwarden.pipeline.detection.state import RecentActivity, SeenEdges, Vocab, mix
 from flowwarden.records import Direction, FlowState, Proto
 from flowwarden.settings import Settings
-from pipeline.addresses import AddressFacts, BatchAddresses
-from pipeline.connections import COLUMNS as CONN_COLUMNS
-from pipeline.connections import ConnectionLog
-from pipeline.state import RecentActivity, SeenEdges, Vocab, mix
 
 LONG_LIVED_S = 300.0
 YOUNG_EDGE_S = 3600.0  # an address first seen by the cluster within this long is "young"
@@ -569,7 +569,7 @@ def beacon_features(
     ``1 - MAD/median`` of the intervals between connection starts (weight 2), the same of
     the connection sizes (MAD against 32 bytes, weight 1); scaled by persistence (connections
     seen against ``2 * min_conns``). The history is the pair's newest connections within
-    the horizon (:class:`~pipeline.connections.ConnectionLog`). Each window reports its best
+    the horizon (:class:`ConnectionLog`). Each window reports its best
     destination, how many pods of the workload talk to it (``beacon_peers``: a SaaS API is
     called by every replica) and how long the cluster has known that address
     (``beacon_edge_age``).

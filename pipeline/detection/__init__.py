@@ -1,0 +1,1 @@
+"""Detection logic: enrichment, windows, features, state, detectors and alerts; no I/O."""

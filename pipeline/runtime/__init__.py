@@ -1,0 +1,1 @@
+"""The streaming runtime around the detection engine: consume, align, checkpoint, sink, notify."""

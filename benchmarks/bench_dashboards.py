@@ -54,7 +54,8 @@ def fill(url: str, minutes: int, pods: int) -> tuple[datetime, datetime, dict[st
             None,
             bus={"kind": "memory"},
             store={"url": url},
-            pipeline={"inventory_path": str(inventory), "metrics_port": 0},
+            kubernetes={"inventory_path": str(inventory)},
+            pipeline={"metrics_port": 0},
         )
         store = Store(url).start()
         bus = open_bus(settings)
@@ -85,7 +86,7 @@ def fill(url: str, minutes: int, pods: int) -> tuple[datetime, datetime, dict[st
 def time_panels(url: str, start: datetime, end: datetime, repeat: int) -> list[tuple[str, str, int, float]]:
     """(dashboard, panel, rows, median seconds) for every SQL query of every dashboard."""
     from flowwarden.dashboards.catalog import load_committed
-    from flowwarden.dashboards.model import POSTGRES_UID
+    from flowwarden.dashboards.model import POSTGRES_TYPE
     from flowwarden.dashboards.queries import QueryContext, interpolate_sql, panel_queries
 
     ctx = QueryContext(start, end + timedelta(minutes=1), {"namespace": None, "workload": None})
@@ -94,7 +95,7 @@ def time_panels(url: str, start: datetime, end: datetime, repeat: int) -> list[t
     with engine.connect() as conn:
         for name, board in load_committed().items():
             for q in panel_queries(name, board):
-                if q.datasource_uid != POSTGRES_UID:
+                if q.datasource_type != POSTGRES_TYPE:
                     continue
                 text = interpolate_sql(q.text, ctx)
                 times, rows = [], 0

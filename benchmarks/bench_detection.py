@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
+    from flowwarden.kube import PodInventory
     from flowwarden.pipeline.detection import engine as engine_mod
     from flowwarden.pipeline.detection.engine import DetectionEngine
-    from flowwarden.pipeline.detection.enrich import Inventory
     from flowwarden.records import conform_flows
     from flowwarden.settings import Settings
     from flowwarden.simulator import simulate
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         f"simulated {len(flows):,} flows ({args.pods} pods, {args.minutes:g} min) "
         f"in {time.perf_counter() - t:.1f}s"
     )
-    inv = Inventory.from_dict(sim.inventory)
+    inv = PodInventory.from_dict(sim.inventory)
     eng = DetectionEngine(settings, inventory=inv)
 
     # Time the stages by wrapping the engine's own functions (no change to the code measured).

@@ -205,7 +205,3 @@ class NameDissector:
             np.where(has, sn, records["server_name"].to_numpy()), index=idx, dtype="str"
         )
         return records
-
-    @property
-    def pending_names(self) -> int:
-        return len(self._names)

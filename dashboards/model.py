@@ -2,24 +2,54 @@
 
 Plain dicts rather than an SDK: the generated JSON is what Grafana stores, so reading the
 builders should tell exactly what lands in it. Every panel carries its data-source
-reference; the uids match the provisioning files under ``dashboards/provisioning``.
+reference, and that reference is a template variable, never a uid: ``${datasource}``
+(Prometheus) and ``${store}`` (flowwarden's PostgreSQL store), so the dashboards import into
+any Grafana whatever its data sources are called. The provisioning files under
+``dashboards/provisioning`` define data sources with the uids below for a Grafana of our own
+(docker-compose); the variables pick them there like any other.
+
+Variables: ``datasource``, ``store``, ``cluster`` (the ``cluster`` label Prometheus puts on
+flowwarden's series: every PromQL selector is narrowed by it), ``namespace`` and ``workload``
+(every SQL query is narrowed by them; the store holds one cluster, chosen with ``store``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 SCHEMA_VERSION = 39  # Grafana 11.x dashboard schema
 GRID_WIDTH = 24
 
+# The uids of the data sources the provisioning files create (a Grafana of our own).
 POSTGRES_UID = "flowwarden-postgres"
 PROMETHEUS_UID = "flowwarden-prometheus"
-POSTGRES: dict[str, str] = {"type": "grafana-postgresql-datasource", "uid": POSTGRES_UID}
-PROMETHEUS: dict[str, str] = {"type": "prometheus", "uid": PROMETHEUS_UID}
+POSTGRES_TYPE = "grafana-postgresql-datasource"
+PROMETHEUS_TYPE = "prometheus"
+# What panels name: the data-source template variables.
+PROMETHEUS_VAR = "datasource"
+POSTGRES_VAR = "store"
+POSTGRES: dict[str, str] = {"type": POSTGRES_TYPE, "uid": f"${{{POSTGRES_VAR}}}"}
+PROMETHEUS: dict[str, str] = {"type": PROMETHEUS_TYPE, "uid": f"${{{PROMETHEUS_VAR}}}"}
 
 # A custom "All" value: Grafana inserts it raw (unformatted), so SQL can test for it.
 ALL_VALUE = "'__all__'"
+# The cluster variable's "All": a regex matching any cluster label (and its absence).
+CLUSTER_ALL = ".*"
+CLUSTER_MATCHER = 'cluster=~"${cluster}"'
+_METRIC = re.compile(r"\b(flowwarden_[A-Za-z0-9_]+)(\{([^{}]*)\})?")
+
+
+def with_cluster(expr: str) -> str:
+    """Every flowwarden series selector in ``expr`` narrowed to the ``cluster`` variable."""
+
+    def add(m: re.Match[str]) -> str:
+        inner = m.group(3)
+        return f"{m.group(1)}{{{CLUSTER_MATCHER}{', ' + inner if inner else ''}}}"
+
+    return _METRIC.sub(add, expr)
+
 
 Json = dict[str, Any]
 SqlFormat = Literal["table", "time_series"]
@@ -43,7 +73,7 @@ def promql(expr: str, *, legend: str = "__auto", ref: str = "A", instant: bool =
         "refId": ref,
         "datasource": dict(PROMETHEUS),
         "editorMode": "code",
-        "expr": " ".join(expr.split()),
+        "expr": with_cluster(" ".join(expr.split())),
         "legendFormat": legend,
         "range": not instant,
         "instant": instant,
@@ -120,8 +150,46 @@ def _variable(name: str, label: str, query: str) -> Json:
     }
 
 
+def _datasource_variable(name: str, label: str, ds_type: str) -> Json:
+    """Pick a data source of a type; no default named, so Grafana offers its own default first."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "datasource",
+        "query": ds_type,
+        "regex": "",
+        "refresh": 1,
+        "multi": False,
+        "includeAll": False,
+        "current": {},
+        "options": [],
+        "hide": 0,
+    }
+
+
+def cluster_variable() -> Json:
+    """The clusters whose flowwarden series Prometheus holds (its ``cluster`` label)."""
+    query = 'label_values({__name__=~"flowwarden_.+"}, cluster)'
+    return {
+        "name": "cluster",
+        "label": "Cluster",
+        "type": "query",
+        "datasource": dict(PROMETHEUS),
+        "query": query,  # a classic label_values() query: every Grafana version reads it
+        "definition": query,
+        "refresh": 2,
+        "multi": True,
+        "includeAll": True,
+        "allValue": CLUSTER_ALL,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "sort": 1,
+        "hide": 0,
+    }
+
+
 def template_variables() -> list[Json]:
-    """namespace and workload (chained): the scope every dashboard can be narrowed to."""
+    """The data sources, the cluster, then namespace and workload (chained): the scope."""
     namespace = _variable(
         "namespace",
         "Namespace",
@@ -134,7 +202,13 @@ def template_variables() -> list[Json]:
         f" AND ({ALL_VALUE} IN (${{namespace:sqlstring}}) OR src_namespace IN (${{namespace:sqlstring}}))"
         f" ORDER BY 1",
     )
-    return [namespace, workload]
+    return [
+        _datasource_variable(PROMETHEUS_VAR, "Prometheus", PROMETHEUS_TYPE),
+        _datasource_variable(POSTGRES_VAR, "Store (PostgreSQL)", POSTGRES_TYPE),
+        cluster_variable(),
+        namespace,
+        workload,
+    ]
 
 
 def alert_annotation() -> Json:

@@ -2,6 +2,8 @@
 
 The data sources come from the same provisioning file Grafana reads at start, with
 ``${VAR}`` expanded from the environment as Grafana would, so one definition serves both.
+A push never changes which data source is the default: ``isDefault`` is never sent for a new
+data source, and an existing one keeps the value it has.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def datasources(path: Path = DATASOURCES_FILE, env: dict[str, str] | None = None
     doc = _expand_values(doc, dict(os.environ) if env is None else env)
     result = []
     for ds in doc.get("datasources", []):
-        body = {k: v for k, v in ds.items() if k not in ("editable", "orgId", "version")}
+        body = {k: v for k, v in ds.items() if k not in ("editable", "orgId", "version", "isDefault")}
         result.append(body)
     return result
 
@@ -112,11 +114,14 @@ def push(url: str, token: str, *, with_datasources: bool = True, timeout_s: floa
 
 def _upsert_datasource(api: Any, ds: Json, client_error: type[Exception]) -> str:
     try:
-        api.datasource.get_datasource_by_uid(ds["uid"])
+        existing: Any = api.datasource.get_datasource_by_uid(ds["uid"])
     except client_error as exc:
         if getattr(exc, "status_code", None) != 404:
             raise
         api.datasource.create_datasource(ds)
         return f"datasource {ds['uid']} created"
-    api.datasource.update_datasource_by_uid(ds["uid"], ds)
+    # An update is a replacement: say what the data source already is, so it stays (or stays
+    # not) the default.
+    body = {**ds, "isDefault": bool(existing.get("isDefault", False))}
+    api.datasource.update_datasource_by_uid(ds["uid"], body)
     return f"datasource {ds['uid']} updated"

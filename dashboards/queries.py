@@ -13,7 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from flowwarden.dashboards.model import ALL_VALUE, POSTGRES_UID, PROMETHEUS_UID, Json
+from flowwarden.dashboards.model import (
+    ALL_VALUE,
+    CLUSTER_ALL,
+    POSTGRES_TYPE,
+    PROMETHEUS_TYPE,
+    Json,
+)
 
 _DURATION = re.compile(r"^'?(\d+)([smhd])'?$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,9 +43,10 @@ class PanelQuery:
     panel: str
     panel_type: str
     ref: str
-    datasource_uid: str
+    datasource_type: str  # POSTGRES_TYPE or PROMETHEUS_TYPE
     text: str
     fmt: str = "table"
+    datasource_ref: str = ""  # what the panel names: a variable such as ${datasource}
 
 
 def _iso(t: datetime) -> str:
@@ -97,42 +104,82 @@ def interpolate_sql(raw: str, ctx: QueryContext) -> str:
     return _VAR.sub(lambda m: _variable(m.group(1) or m.group(3), m.group(2), ctx), text)
 
 
+_PROM_SPECIAL = re.compile(r"[\\^$.|?*+()\[\]{}]")
+_PROM_VARS = ("cluster",)  # the template variables PromQL may use (regex-formatted)
+
+
+def _prom_variable(name: str, ctx: QueryContext) -> str:
+    """A variable as Grafana formats it for Prometheus: a regex of the escaped values."""
+    values = ctx.variables.get(name)
+    if values is None:
+        return CLUSTER_ALL
+    # Regex metacharacters escaped, the backslash doubled inside PromQL's quoted string.
+    escaped = [_PROM_SPECIAL.sub(lambda m: "\\\\" + m.group(0), v) for v in values]
+    return "(" + "|".join(escaped) + ")" if len(escaped) > 1 else escaped[0]
+
+
 def interpolate_promql(expr: str, ctx: QueryContext) -> str:
-    """Expand the interval macros Grafana offers PromQL (``$__rate_interval`` and friends)."""
+    """Expand the interval macros Grafana offers PromQL (``$__rate_interval`` and friends) and
+    the ``cluster`` variable (no value or "All": any cluster)."""
     span = int((ctx.time_to - ctx.time_from).total_seconds())
     text = (
         expr.replace("$__rate_interval", ctx.rate_interval)
         .replace("$__interval", ctx.rate_interval)
         .replace("$__range", f"{max(span, 1)}s")
     )
+    for name in _PROM_VARS:
+        text = text.replace("${" + name + "}", _prom_variable(name, ctx))
     if "$" in text.replace("$labels", ""):
         raise ValueError(f"unexpanded variable or macro in PromQL: {text}")
     return text
+
+
+_LABEL_VALUES = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
+
+
+def label_values_query(text: str) -> tuple[str, str]:
+    """(series selector, label) of a Prometheus variable's ``label_values(selector, label)``."""
+    m = _LABEL_VALUES.match(text.strip())
+    if not m:
+        raise ValueError(
+            f"Prometheus variable query {text!r}: only label_values(selector, label) is supported"
+        )
+    return (m.group("selector") or "").strip(), m.group("label")
+
+
+def _source(datasource: Json, where: str) -> tuple[str, str]:
+    """(type, reference) of a panel's data source, which must name a variable, never a uid."""
+    ref = str(datasource.get("uid", ""))
+    if not (ref.startswith("${") and ref.endswith("}")):
+        raise ValueError(f"{where}: data source {ref!r} is not a template variable")
+    kind = datasource.get("type")
+    if kind not in (POSTGRES_TYPE, PROMETHEUS_TYPE):
+        raise ValueError(f"{where}: data source type {kind!r} is not PostgreSQL or Prometheus")
+    return str(kind), ref
 
 
 def panel_queries(name: str, board: Json) -> Iterator[PanelQuery]:
     """Every query of a dashboard: its panels, its annotations and its template variables."""
     for panel in board["panels"]:
         for t in panel.get("targets", []):
-            uid = t["datasource"]["uid"]
-            text = t.get("rawSql") if uid == POSTGRES_UID else t.get("expr")
-            if uid not in (POSTGRES_UID, PROMETHEUS_UID) or not text:
-                raise ValueError(f"{name}: panel {panel['title']!r} target {t['refId']}: no query for {uid}")
+            where = f"{name}: panel {panel['title']!r} target {t['refId']}"
+            kind, ref = _source(t["datasource"], where)
+            text = t.get("rawSql") if kind == POSTGRES_TYPE else t.get("expr")
+            if not text:
+                raise ValueError(f"{where}: no query for {kind}")
             yield PanelQuery(
-                name, panel["title"], panel["type"], t["refId"], uid, text, t.get("format", "table")
+                name, panel["title"], panel["type"], t["refId"], kind, text, t.get("format", "table"), ref
             )
     for ann in board["annotations"]["list"]:
         if "target" in ann:
             t = ann["target"]
+            kind, ref = _source(ann["datasource"], f"{name}: annotation {ann['name']!r}")
             yield PanelQuery(
-                name,
-                f"annotation: {ann['name']}",
-                "annotation",
-                t["refId"],
-                ann["datasource"]["uid"],
-                t["rawSql"],
+                name, f"annotation: {ann['name']}", "annotation", t["refId"], kind, t["rawSql"], "table", ref
             )
     for var in board["templating"]["list"]:
-        yield PanelQuery(
-            name, f"variable: {var['name']}", "variable", var["name"], var["datasource"]["uid"], var["query"]
-        )
+        if var["type"] == "datasource":
+            continue  # it picks a data source; it runs no query
+        kind, ref = _source(var["datasource"], f"{name}: variable {var['name']!r}")
+        query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+        yield PanelQuery(name, f"variable: {var['name']}", "variable", var["name"], kind, query, "table", ref)

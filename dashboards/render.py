@@ -11,10 +11,10 @@ import re
 import textwrap
 from pathlib import Path
 
-from flowwarden.dashboards.model import GRID_WIDTH, POSTGRES_UID, PROMETHEUS_UID, Json
+from flowwarden.dashboards.model import GRID_WIDTH, POSTGRES_TYPE, PROMETHEUS_TYPE, Json
 
-COLOURS = {POSTGRES_UID: "#dbe9f6", PROMETHEUS_UID: "#fde6d2", "mixed": "#e6e6e6"}
-EDGE = {POSTGRES_UID: "#336699", PROMETHEUS_UID: "#c0651b", "mixed": "#666666"}
+COLOURS = {POSTGRES_TYPE: "#dbe9f6", PROMETHEUS_TYPE: "#fde6d2", "mixed": "#e6e6e6"}
+EDGE = {POSTGRES_TYPE: "#336699", PROMETHEUS_TYPE: "#c0651b", "mixed": "#666666"}
 UNIT_PX = 30  # Grafana's grid row height, in pixels, against a 24-column width of 1200 px
 
 
@@ -31,8 +31,8 @@ def _reads(panel: Json) -> list[str]:
 
 
 def _source(panel: Json) -> str:
-    uids = {t.get("datasource", {}).get("uid") for t in panel.get("targets", [])}
-    return uids.pop() if len(uids) == 1 else "mixed"
+    types = {t.get("datasource", {}).get("type") for t in panel.get("targets", [])}
+    return types.pop() if len(types) == 1 else "mixed"
 
 
 def render(board: Json, out: Path) -> Path:
@@ -93,8 +93,10 @@ def render(board: Json, out: Path) -> Path:
     ax.set_title(board["title"], loc="left", fontsize=12)
     ax.legend(
         handles=[
-            Patch(facecolor=COLOURS[POSTGRES_UID], edgecolor=EDGE[POSTGRES_UID], label="PostgreSQL (store)"),
-            Patch(facecolor=COLOURS[PROMETHEUS_UID], edgecolor=EDGE[PROMETHEUS_UID], label="Prometheus"),
+            Patch(
+                facecolor=COLOURS[POSTGRES_TYPE], edgecolor=EDGE[POSTGRES_TYPE], label="PostgreSQL (store)"
+            ),
+            Patch(facecolor=COLOURS[PROMETHEUS_TYPE], edgecolor=EDGE[PROMETHEUS_TYPE], label="Prometheus"),
             Patch(facecolor=COLOURS["mixed"], edgecolor=EDGE["mixed"], label="both"),
         ],
         loc="upper right",

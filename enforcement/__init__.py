@@ -2,7 +2,8 @@
 
 ``policy`` (alert -> proposal), ``guardrails`` (named refusals; the allowlist always wins),
 ``targets`` (strict address and name validation), ``backends/`` (nftables, NetworkPolicy,
-Calico, exec, webhook), ``enforcer`` (the stage), ``offline`` (dry-run over a file).
+Calico, Cilium, AdminNetworkPolicy, exec, webhook), ``enforcer`` (the stage), ``offline``
+(dry-run over a file), ``audit`` (the pairs a rule file denies).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["plan_offline"]
 
 
 def plan_offline(alerts: Any, settings: Settings, out_dir: Path, **kw: Any) -> list[Decision]:
-    """Dry-run ``alerts``; write ``rules.nft``, ``networkpolicies.yaml``, ``calico.yaml`` into ``out_dir``."""
+    """Dry-run ``alerts``; write ``rules.nft`` and each Kubernetes backend's manifests into ``out_dir``."""
     from flowwarden.enforcement.offline import plan_offline as _plan
 
     alert_list: list[Alert] = list(alerts)

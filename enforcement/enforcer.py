@@ -21,32 +21,29 @@ unblocks, it never blocks without a record.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flowwarden.bus import Bus, Consumer, Message, Producer, send_dlq
 from flowwarden.enforcement import policy
 from flowwarden.enforcement.backends import Backend, BackendError, make_backends
 from flowwarden.enforcement.guardrails import Context, DroppedTarget, Guardrails
-from flowwarden.enforcement.inventory import Inventory
 from flowwarden.enforcement.metrics import EnforcerMetrics
 from flowwarden.errors import FlowwardenError, RecordError
+from flowwarden.kube import FixedSource, InventorySource, PodInventory, inventory_source_from_settings
 from flowwarden.records import Alert, Decision, Entity
 from flowwarden.settings import Settings
-from flowwarden.store import WAS_APPLIED, Store
-
-if TYPE_CHECKING:
-    from flowwarden.pipeline.inventory_watch import WatchedInventory
+from flowwarden.store import BLOCK_ACTIONS, WAS_APPLIED, Store
 
 log = logging.getLogger("flowwarden.enforcement")
 
 OFFENCE_STATUSES = ("applied", "expired", "revoked", "simulated", "pending")
-EXPIRE_INTERVAL_S = 1.0
-INVENTORY_REFRESH_S = 2.0  # a watched inventory is rebuilt at most this often
 
 
 class UnknownBlock(FlowwardenError):
@@ -63,8 +60,8 @@ class Enforcer:
         store: Store,
         bus: Bus | None = None,
         backends: Sequence[Backend] | None = None,
-        inventory: Inventory | None = None,
-        pod_watch: WatchedInventory | None = None,
+        inventory: PodInventory | None = None,
+        inventory_source: InventorySource | None = None,
         metrics: EnforcerMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -72,21 +69,14 @@ class Enforcer:
         self.cfg = settings.enforcement
         self.store = store
         self.bus = bus
-        # Who owns an address, from pipeline.inventory_source like the pipeline's: with
-        # "kubernetes" a watch started in start() keeps it current (empty until then).
-        self._pod_watch = pod_watch
-        if inventory is None and pod_watch is None and settings.pipeline.inventory_source == "kubernetes":
-            from flowwarden.pipeline.inventory_watch import WatchedInventory
-
-            self._pod_watch = WatchedInventory(in_cluster=settings.pipeline.kubernetes_in_cluster)
-        if inventory is not None or self._pod_watch is not None:
-            self.inventory = inventory if inventory is not None else Inventory()
-        elif settings.pipeline.inventory_source == "file":
-            self.inventory = Inventory.load(settings.pipeline.inventory_path)
-        else:
-            self.inventory = Inventory()
-        self._pod_watch_version = -1
-        self._next_inventory = -float("inf")
+        # Who owns an address: a given inventory (tests, offline), else the source
+        # kubernetes.inventory_source names, as the pipeline's; started in start() (no pods until then).
+        if inventory_source is None:
+            inventory_source = (
+                FixedSource(inventory) if inventory is not None else inventory_source_from_settings(settings)
+            )
+        self.inventory_source = inventory_source
+        self.inventory = inventory if inventory is not None else PodInventory.empty()
         self.guardrails = Guardrails(settings, self.inventory)
         self.backends = (
             list(backends) if backends is not None else make_backends(settings, self.protected_networks())
@@ -103,6 +93,11 @@ class Enforcer:
         self._offences: dict[str, list[tuple[datetime, str]]] | None = None
         self._active: dict[str, Decision] = {}  # applied blocks and quarantines
         self._simulated: dict[str, Decision] = {}  # dry-run blocks "in force"
+        # Per view ("applied", "simulated"): (expiry, id) as a heap, so that context() drops ended
+        # entries in O(log n), and the sorted start times of the blocks of the last minute (the
+        # rate guardrail), so that a decision costs neither a scan of the view nor a query.
+        self._expiry: dict[str, list[tuple[datetime, str]]] = {"applied": [], "simulated": []}
+        self._started: dict[str, list[datetime]] = {"applied": [], "simulated": []}
         self._started_backends = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -124,9 +119,8 @@ class Enforcer:
         """List the pods (when watched), start backends, reconcile them with the store, then join
         the consumer group."""
         result: dict[str, Any] = {}
-        if self._pod_watch is not None:
-            self._pod_watch.start()  # the first list is complete before any decision
-            self.refresh_inventory(force=True)
+        self.inventory_source.start()  # the first list or read is complete before any decision
+        self.refresh_inventory()
         if self.may_apply():
             for b in self.backends:
                 b.start()
@@ -136,13 +130,12 @@ class Enforcer:
             t = self.settings.kafka.topics
             self.producer = self.bus.producer()
             if consume:
-                self.bus.ensure_topics([t.alerts, t.decisions])
+                self.bus.ensure_topics([t.alerts, t.decisions, t.alerts_dlq])
                 self.consumer = self.bus.consumer([t.alerts], self.cfg.group_id)
         return result
 
     def stop(self) -> None:
-        if self._pod_watch is not None:
-            self._pod_watch.stop()
+        self.inventory_source.stop()
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -169,28 +162,22 @@ class Enforcer:
         self.housekeeping()
         return out
 
-    def refresh_inventory(self, *, force: bool = False) -> bool:
-        """Rebuild the guardrails' inventory from the pod watch when it changed; True if rebuilt.
+    def refresh_inventory(self) -> bool:
+        """Give the guardrails the source's newest pod snapshot; True if it was a new one.
 
-        At most every ``INVENTORY_REFRESH_S`` (a rebuild reads every pod), unless ``force``.
+        The source rebuilds at most every ``kubernetes.min_refresh_s`` (a rebuild reads every pod).
         """
-        watch = self._pod_watch
-        if watch is None:
+        inventory = self.inventory_source.current()
+        if inventory is self.inventory:
             return False
-        now = time.monotonic()
-        version = watch.version  # read before the pods: a change meanwhile is seen next time
-        if not force and (version == self._pod_watch_version or now < self._next_inventory):
-            return False
-        self.inventory = Inventory.from_kubectl_json({"items": watch.pods()})
-        self.guardrails.inventory = self.inventory
-        self._pod_watch_version = version
-        self._next_inventory = now + INVENTORY_REFRESH_S
+        self.inventory = inventory
+        self.guardrails.inventory = inventory
         return True
 
     def housekeeping(self) -> None:
         self.refresh_inventory()
         now = self.clock()
-        if now - self._last_expire >= EXPIRE_INTERVAL_S:
+        if now - self._last_expire >= self.cfg.expire_interval_s:
             self.expire()
         if now - self._last_reconcile >= self.cfg.reconcile_interval_s:
             if self._started_backends:
@@ -205,16 +192,20 @@ class Enforcer:
     # ------------------------------------------------------------------ alerts
 
     def handle_message(self, m: Message) -> Decision | None:
+        """One message of the alerts topic; one that is not a valid alert goes to the dead-letter
+        topic (``kafka.topics.alerts_dlq``) with its reason, and the enforcer goes on."""
         try:
             alert = Alert.from_json(m.value)
+            return self.handle_alert(alert)
         except RecordError as exc:
             log.error(
                 "bad alert topic=%s partition=%d offset=%d error=%s", m.topic, m.partition, m.offset, exc
             )
+            self.metrics.dead_letters.labels(exc.field or "record").inc()
             if self.producer is not None:
                 send_dlq(
                     self.producer,
-                    f"{m.topic}.dlq",
+                    self.settings.kafka.topics.alerts_dlq,
                     m.value,
                     str(exc),
                     m.topic,
@@ -223,7 +214,6 @@ class Enforcer:
                     source_offset=m.offset,
                 )
             return None
-        return self.handle_alert(alert)
 
     def handle_alert(self, alert: Alert) -> Decision | None:
         """The decision taken on ``alert`` (None when the policy ignores it or nothing in it is new).
@@ -245,8 +235,18 @@ class Enforcer:
                 return None  # a replay: the earlier decisions cover every target
             proposal = policy.propose(alert, self.cfg, prior_offences=prior, targets=new)
         assert proposal is not None
+        wide = proposal.backend_result.get(policy.WIDE_ALERT)
         if self.store.get_decision(proposal.id) is not None:
             return None  # never two decisions under one id (the store would keep only the first)
+        if isinstance(wide, dict):
+            over = int(wide["targets"]) - int(wide["limit"])
+            self.metrics.targets_over_limit.inc(over)
+            log.warning(
+                "alert too wide to block id=%s targets=%d limit=%d: quarantine proposed for approval",
+                alert.id,
+                wide["targets"],
+                wide["limit"],
+            )
         return self.decide(proposal, drop_protected_targets=True)
 
     def prior_offences(self, source: Entity, *, alert_id: str = "") -> int:
@@ -275,6 +275,17 @@ class Enforcer:
         self._simulated = {d.id: d for d in recent if d.status == "simulated"}
         self._active = {d.id: d for d in self.store.active_blocks(now)}
         self.metrics.active_blocks.set(len(self._active))
+        minute_ago = now - timedelta(seconds=60)
+        for kind, view, statuses in (
+            ("applied", self._active, WAS_APPLIED),
+            ("simulated", self._simulated, ("simulated",)),
+        ):
+            self._expiry[kind] = sorted((d.expires_at, d.id) for d in view.values() if d.expires_at)  # a heap
+            self._started[kind] = sorted(
+                d.created_at
+                for d in recent
+                if d.action in BLOCK_ACTIONS and d.status in statuses and d.created_at >= minute_ago
+            )
 
     def _remember(self, d: Decision, *, new: bool) -> None:
         if self._offences is None:
@@ -285,9 +296,15 @@ class Enforcer:
         for view, status in ((self._active, "applied"), (self._simulated, "simulated")):
             if d.status == status:
                 view[d.id] = d
+                if d.expires_at is not None:
+                    heapq.heappush(self._expiry[status], (d.expires_at, d.id))
             else:
                 view.pop(d.id, None)
         self.metrics.active_blocks.set(len(self._active))
+        # A block counts for the rate guardrail when it starts: decided, or approved later.
+        kind = "simulated" if d.status == "simulated" else "applied" if d.status == "applied" else ""
+        if kind and d.action in BLOCK_ACTIONS and (new or kind == "applied"):
+            bisect.insort(self._started[kind], d.created_at)
 
     # ------------------------------------------------------------------ deciding
 
@@ -360,14 +377,19 @@ class Enforcer:
         minute_ago = now - timedelta(seconds=60)
         if self._offences is None:
             self.load_views()
-        if mode == "dry_run":
-            view = self._simulated
-            recent = self.store.count_blocks_since(minute_ago, statuses=("simulated",))
-        else:
-            view = self._active
-            recent = self.store.count_blocks_since(minute_ago, statuses=WAS_APPLIED)
-        active = [d for d in view.values() if d.expires_at is None or d.expires_at > now]
-        return Context(active=active, new_last_minute=recent, force=force)
+        kind = "simulated" if mode == "dry_run" else "applied"
+        view = self._simulated if kind == "simulated" else self._active
+        heap = self._expiry[kind]
+        while heap and heap[0][0] <= now:  # ended blocks leave the view (the store keeps them)
+            _, ended = heapq.heappop(heap)
+            d = view.get(ended)
+            if d is not None and d.expires_at is not None and d.expires_at <= now:
+                del view[ended]
+        started = self._started[kind]
+        del started[: bisect.bisect_left(started, minute_ago)]
+        # The view itself, not a copy: the guardrails count it and look up ids in O(1). Blocks that
+        # another process started are in both views from the next reconciliation on.
+        return Context(active=view, new_last_minute=len(started), force=force)
 
     def preview(self, d: Decision) -> dict[str, Any]:
         """Per backend, what applying ``d`` would do (kept in the dry-run decision)."""

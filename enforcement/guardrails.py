@@ -16,19 +16,21 @@ still judges the whole decision, and only a decision with no target left is refu
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from flowwarden.enforcement.inventory import Inventory
+from flowwarden.enforcement.intervals import HostIndex, Ranges
 from flowwarden.enforcement.targets import (
     Network,
     check_decision_id,
     check_name,
     check_namespace,
+    check_token,
     parse_ip,
     parse_target,
 )
 from flowwarden.errors import RecordError
+from flowwarden.kube import PodInventory
 from flowwarden.records import Decision
 from flowwarden.settings import Settings
 
@@ -71,7 +73,8 @@ class Review:
 class Context:
     """What the blast-radius checks need from the enforcer's bookkeeping."""
 
-    active: Sequence[Decision] = ()  # blocks in force (or simulated in force, in dry-run)
+    # Blocks in force (or simulated in force, in dry-run); the enforcer passes its view by id.
+    active: Sequence[Decision] | Mapping[str, Decision] = ()
     new_last_minute: int = 0  # decisions of this mode started in the last 60 s
     force: bool = False
 
@@ -102,7 +105,7 @@ def kafka_addresses(bootstrap_servers: Sequence[str]) -> list[str]:
 @dataclass
 class Guardrails:
     settings: Settings
-    inventory: Inventory = field(default_factory=Inventory)
+    inventory: PodInventory = field(default_factory=PodInventory.empty)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -119,6 +122,12 @@ class Guardrails:
             ),
         )
         self.allow_cidrs = _nets(s.enforcement.allow_cidrs)
+        # One interval structure each: a target costs one binary search, however many ranges.
+        self.protected_ranges: Ranges[str] = Ranges(
+            (n, group.name) for group in self.protected for n in group.networks
+        )
+        self.allow_ranges: Ranges[None] = Ranges((n, None) for n in self.allow_cidrs)
+        self._pod_index: tuple[object, HostIndex] | None = None
         self.checks: tuple[Callable[[Decision, Context], Refusal | None], ...] = (
             self.malformed,
             self.allowlist,
@@ -126,6 +135,7 @@ class Guardrails:
             self.protected_addresses,
             self.reserved_address,
             self.no_targets,
+            self.max_targets_per_block,
             self.max_active_blocks,
             self.max_new_blocks_per_minute,
             self.max_workload_share,
@@ -166,6 +176,8 @@ class Guardrails:
     def malformed(self, d: Decision, ctx: Context) -> Refusal | None:
         try:
             check_decision_id(d.id)
+            check_token(d.detector, "detector")  # both reach the reason, which rule files carry
+            check_token(d.alert_id, "alert_id")
             parse_ip(d.source.ip)
             check_namespace(d.source.namespace)
             check_name(d.source.pod, "source.pod")
@@ -186,10 +198,12 @@ class Guardrails:
                 return Refusal("allow_namespace", f"{role} {ip} is in allowlisted namespace {ns}")
             if ns and wl and f"{ns}/{wl}" in cfg.allow_workloads:
                 return Refusal("allow_workload", f"{role} {ip} belongs to allowlisted workload {ns}/{wl}")
+        if not self.allow_ranges:
+            return None
         for role, net in self._networks(d):
-            hit = next((a for a in self.allow_cidrs if a.version == net.version and a.overlaps(net)), None)
+            hit = self.allow_ranges.first_overlap(net)
             if hit is not None:
-                return Refusal("allow_cidr", f"{role} {net} overlaps allowlisted {hit}")
+                return Refusal("allow_cidr", f"{role} {net} overlaps allowlisted {hit.net}")
         return None
 
     def target_too_wide(self, d: Decision, ctx: Context) -> Refusal | None:
@@ -209,11 +223,10 @@ class Guardrails:
         return None
 
     def _protected(self, role: str, net: Network) -> Refusal | None:
-        for group in self.protected:
-            hit = next((p for p in group.networks if p.version == net.version and p.overlaps(net)), None)
-            if hit is not None:
-                return Refusal(group.name, f"{role} {net} overlaps protected {hit} ({group.name})")
-        return None
+        hit = self.protected_ranges.first_overlap(net)
+        if hit is None:
+            return None
+        return Refusal(hit.tag, f"{role} {net} overlaps protected {hit.net} ({hit.tag})")
 
     def _drop_protected_targets(
         self, d: Decision
@@ -259,11 +272,23 @@ class Guardrails:
             return Refusal("no_targets", "a block needs at least one target (use quarantine to isolate)")
         return None
 
+    def max_targets_per_block(self, d: Decision, ctx: Context) -> Refusal | None:
+        limit = self.settings.enforcement.max_targets_per_block
+        if len(d.targets) > limit:
+            return Refusal(
+                "max_targets_per_block",
+                f"{len(d.targets)} targets (limit {limit}): quarantine the source instead",
+            )
+        return None
+
     def max_active_blocks(self, d: Decision, ctx: Context) -> Refusal | None:
         limit = self.settings.enforcement.max_active_blocks
-        others = [a for a in ctx.active if a.id != d.id]
-        if len(others) + 1 > limit:
-            return Refusal("max_active_blocks", f"{len(others)} blocks already active (limit {limit})")
+        if isinstance(ctx.active, Mapping):
+            others = len(ctx.active) - (d.id in ctx.active)
+        else:
+            others = sum(1 for a in ctx.active if a.id != d.id)
+        if others + 1 > limit:
+            return Refusal("max_active_blocks", f"{others} blocks already active (limit {limit})")
         return None
 
     def max_new_blocks_per_minute(self, d: Decision, ctx: Context) -> Refusal | None:
@@ -282,7 +307,8 @@ class Guardrails:
         total = self.inventory.pod_count(src.namespace, src.workload)
         if not total:
             return None  # size unknown: the other blast-radius limits still hold
-        pods = {(a.source.pod or a.source.ip) for a in ctx.active if a.id != d.id and _same_workload(a, d)}
+        active = ctx.active.values() if isinstance(ctx.active, Mapping) else ctx.active
+        pods = {(a.source.pod or a.source.ip) for a in active if a.id != d.id and _same_workload(a, d)}
         pods.add(src.pod or src.ip)
         share = len(pods) / total
         limit = self.settings.enforcement.max_workload_share
@@ -309,14 +335,16 @@ class Guardrails:
                 if ref is not None:
                     out.append(("target", ref.namespace, ref.workload, str(net.network_address)))
                 continue
-            for ip, ref in self.inventory.pods_by_ip.items():
-                try:
-                    inside = ipaddress.ip_address(ip) in net
-                except ValueError:
-                    continue
-                if inside:
-                    out.append(("target", ref.namespace, ref.workload, ip))
+            for ip in self._pods_inside(net):
+                ref = self.inventory.pods_by_ip[ip]
+                out.append(("target", ref.namespace, ref.workload, ip))
         return out
+
+    def _pods_inside(self, net: Network) -> list[str]:
+        """Pod addresses inside ``net``: the inventory's addresses sorted once per snapshot."""
+        if self._pod_index is None or self._pod_index[0] is not self.inventory:
+            self._pod_index = (self.inventory, HostIndex(self.inventory.pods_by_ip))
+        return self._pod_index[1].inside(net)
 
     def _networks(self, d: Decision) -> list[tuple[str, Network]]:
         return [("source", parse_target(d.source.ip)), *(("target", parse_target(t)) for t in d.targets)]

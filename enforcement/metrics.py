@@ -24,6 +24,18 @@ class EnforcerMetrics:
             ["guardrail"],
             registry=self.registry,
         )
+        self.targets_over_limit = Counter(
+            "flowwarden_enforcer_targets_over_limit_total",
+            "Targets of alerts beyond enforcement.max_targets_per_block (such alerts become a "
+            "quarantine proposal waiting for approval).",
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "flowwarden_enforcer_dead_letters_total",
+            "Alert messages sent to the alerts dead-letter topic, by the field at fault.",
+            ["field"],
+            registry=self.registry,
+        )
         self.active_blocks = Gauge(
             "flowwarden_enforcer_active_blocks", "Blocks and quarantines in force.", registry=self.registry
         )

@@ -8,23 +8,24 @@ per-minute guardrail sees the alerts' own pace). Nothing touches a kernel or a c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from flowwarden.enforcement.backends.adminnetworkpolicy import AdminNetworkPolicyBackend
 from flowwarden.enforcement.backends.calico import CalicoBackend
+from flowwarden.enforcement.backends.cilium import CiliumBackend
 from flowwarden.enforcement.backends.kube import KubeClient
 from flowwarden.enforcement.backends.networkpolicy import NetworkPolicyBackend
 from flowwarden.enforcement.backends.nftables import NftablesBackend
 from flowwarden.enforcement.enforcer import Enforcer
 from flowwarden.enforcement.guardrails import Guardrails
-from flowwarden.enforcement.inventory import Inventory
 from flowwarden.errors import RecordError
+from flowwarden.kube import PodInventory
 from flowwarden.records import Alert, Decision
 from flowwarden.settings import Settings
 from flowwarden.store import Store
 
-RULES_FILES = ("rules.nft", "networkpolicies.yaml", "calico.yaml")
+RULES_FILES = ("rules.nft", "networkpolicies.yaml", "calico.yaml", "cilium.yaml", "adminnetworkpolicies.yaml")
 
 
 def read_alerts(path: Path) -> list[Alert]:
@@ -41,9 +42,11 @@ def read_alerts(path: Path) -> list[Alert]:
 
 
 def plan_offline(
-    alerts: Iterable[Alert], settings: Settings, out_dir: Path, *, inventory: Inventory | None = None
+    alerts: Iterable[Alert], settings: Settings, out_dir: Path, *, inventory: PodInventory | None = None
 ) -> list[Decision]:
-    """Decide on ``alerts`` in dry-run; write ``rules.nft``, ``networkpolicies.yaml``, ``calico.yaml``."""
+    """Decide on ``alerts`` in dry-run; write ``rules.nft``, ``networkpolicies.yaml``, ``calico.yaml``,
+    ``cilium.yaml``, ``adminnetworkpolicies.yaml`` (each denies exactly the simulated decisions'
+    pairs: :mod:`enforcement.audit`)."""
     e = settings.enforcement
     dry = settings.model_copy(
         update={
@@ -52,11 +55,15 @@ def plan_offline(
             )
         }
     )
-    inventory = inventory if inventory is not None else Inventory.load(settings.pipeline.inventory_path)
+    if inventory is None:  # the file's pods as they are now, whatever the source (nothing live here)
+        path = settings.kubernetes.inventory_path
+        inventory = PodInventory.from_file(path) if path is not None else PodInventory.empty()
     protected = [str(n) for g in Guardrails(dry, inventory).protected for n in g.networks]
     nft = NftablesBackend(table=e.nft_table, protected=protected, verdict=e.nft_verdict)
     netpol = NetworkPolicyBackend(dry, KubeClient(enabled=False))
     calico = CalicoBackend(dry, KubeClient(enabled=False))
+    cilium = CiliumBackend(dry, KubeClient(enabled=False))
+    anp = AdminNetworkPolicyBackend(dry, KubeClient(enabled=False))
     clock = [0.0]
     nft.clock = lambda: clock[0]
     store = Store("sqlite://").start()
@@ -76,6 +83,8 @@ def plan_offline(
     (out_dir / "rules.nft").write_text(nft.render(would))
     (out_dir / "networkpolicies.yaml").write_text(netpol.render(would))
     (out_dir / "calico.yaml").write_text(calico.render(would))
+    (out_dir / "cilium.yaml").write_text(cilium.render(would))
+    (out_dir / "adminnetworkpolicies.yaml").write_text(anp.render(would))
     return decisions
 
 
@@ -91,7 +100,3 @@ def summarise(decisions: Iterable[Decision]) -> dict[str, int]:
         key = d.status if d.status != "refused" else f"refused:{d.guardrail}"
         out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))
-
-
-def dumps_summary(decisions: Iterable[Decision]) -> str:
-    return json.dumps(summarise(decisions), indent=2)

@@ -22,6 +22,12 @@ from flowwarden.settings import EnforcementSettings
 DROPPED_TARGETS = "dropped_targets"
 """Key of ``Decision.backend_result`` listing the targets a guardrail dropped from the decision."""
 
+WIDE_ALERT = "wide_alert"
+"""Key of ``Decision.backend_result`` on a quarantine proposed for an alert with too many targets:
+``{"targets": <how many>, "limit": <max_targets_per_block>, "first": [<at most the limit>]}``."""
+
+SHOWN_IN_REASON = 5  # targets of a wide alert named in the decision's reason
+
 
 def decision_id(alert_id: str, action: str, targets: Sequence[str] = ()) -> str:
     """Deterministic: replaying the same alert never creates a second decision.
@@ -121,6 +127,8 @@ def propose(
         chosen = list(dict.fromkeys(targets))
         did = decision_id(alert.id, action, chosen)
     more = f"; {len(chosen)} new target(s) of the open alert" if targets is not None else ""
+    if action == "block" and len(chosen) > cfg.max_targets_per_block:
+        return wide_alert_quarantine(alert, cfg, chosen, ttl=ttl, more=f"{repeat}{more}")
     return Decision(
         id=did,
         alert_id=alert.id,
@@ -135,6 +143,41 @@ def propose(
         reason=f"{alert.kind} alert {alert.id} by {alert.detector} score={alert.score:.2f} "
         f"severity={alert.severity}{repeat}{more}",
         decided_by="policy",
+    )
+
+
+def wide_alert_quarantine(
+    alert: Alert, cfg: EnforcementSettings, targets: Sequence[str], *, ttl: int, more: str = ""
+) -> Decision:
+    """An alert with more targets than ``max_targets_per_block``: never an automatic wide block.
+
+    A sweep of a /16 is not a list of targets to block one by one but a source to isolate, and
+    that is a person's call: the proposal is a quarantine of the source in ``approval`` mode
+    (``pending`` until ``flowwarden blocks approve``), whatever the configured mode. The decision
+    carries no target; the first ``max_targets_per_block`` are kept in ``backend_result``
+    (:data:`WIDE_ALERT`) and the reason names a few and counts the rest.
+    """
+    limit = cfg.max_targets_per_block
+    shown = ", ".join(targets[:SHOWN_IN_REASON])
+    return Decision(
+        id=decision_id(alert.id, "quarantine"),
+        alert_id=alert.id,
+        action="quarantine",
+        source=alert.entity,
+        targets=[],
+        target_ports=list(alert.target_ports),
+        ttl_s=ttl,
+        mode="approval",
+        status="pending",
+        detector=alert.detector,
+        reason=f"{alert.kind} alert {alert.id} by {alert.detector} score={alert.score:.2f} "
+        f"severity={alert.severity}{more}; {len(targets)} targets exceed max_targets_per_block={limit} "
+        f"({shown} and {len(targets) - min(len(targets), SHOWN_IN_REASON)} more): quarantine of the "
+        "source proposed, waiting for a person's approval",
+        decided_by="policy",
+        backend_result={
+            WIDE_ALERT: {"targets": len(targets), "limit": limit, "first": list(targets[:limit])}
+        },
     )
 
 

@@ -8,6 +8,7 @@ IPv4-mapped IPv6 tricks, zone ids and stray whitespace are refused, never escape
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -22,8 +23,18 @@ _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z
 
 
 def parse_target(value: str, field: str = "targets") -> Network:
-    """An IP address or CIDR as a network (a host is a /32 or /128); refuses anything ambiguous."""
-    if not isinstance(value, str) or not _ADDRESS_CHARS.fullmatch(value):
+    """An IP address or CIDR as a network (a host is a /32 or /128); refuses anything ambiguous.
+
+    Cached: a decision's targets are parsed by the guardrails and by every backend, and the
+    result is an immutable value (a refusal raises, which is never cached)."""
+    if not isinstance(value, str):
+        raise RecordError(field, f"{value!r} is not an IP address or CIDR")
+    return _parse_target(value, field)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_target(value: str, field: str) -> Network:
+    if not _ADDRESS_CHARS.fullmatch(value):
         raise RecordError(
             field, f"{value!r} is not an IP address or CIDR (allowed characters: hex digits . : /)"
         )
@@ -55,6 +66,13 @@ def check_name(value: str, field: str) -> str:
     """A Kubernetes object name: pod, workload or node ("" means unknown)."""
     if value and not _DNS_SUBDOMAIN.fullmatch(value):
         raise RecordError(field, f"{value!r} is not a valid Kubernetes object name")
+    return value
+
+
+def check_token(value: str, field: str) -> str:
+    """A word that reaches a rule file's text (detector, alert id): letters, digits, ``_ . -`` only."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", value or ""):
+        raise RecordError(field, f"{value!r} is not a valid {field} (letters, digits, '_', '.', '-')")
     return value
 
 

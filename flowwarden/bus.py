@@ -16,7 +16,11 @@ format, so the same tools read it) when only some rows were bad; the *headers* s
 * ``dlq.source_topic``, ``dlq.source_partition``, ``dlq.source_offset``: where it came
   from (partition and offset ``-1`` when it never reached the bus, e.g. a collector's
   own bad rows);
-* ``dlq.rows``: how many flow rows the value holds (``-1``: unreadable, unknown).
+* ``dlq.rows``: how many flow rows the value holds (``-1``: unknown, the bytes could not
+  even be parsed as Arrow).
+
+Nothing a producer can send makes :func:`read_flow_batches` raise: every decode or
+validation failure becomes a dead letter with its source coordinates.
 
 Headers rather than a JSON envelope keep the payload byte-identical, so a fixed consumer
 can replay the dead letters as they are.
@@ -45,10 +49,9 @@ from flowwarden.bus_base import (
     highest_offsets,
 )
 from flowwarden.bus_memory import MemoryBus
-from flowwarden.errors import RecordError
 from flowwarden.records import split_invalid_flows
 from flowwarden.settings import Settings
-from flowwarden.wire import decode_table, encode_flows, table_to_flows
+from flowwarden.wire import UnreadableBatch, decode_table, encode_flows, table_to_flows
 
 if TYPE_CHECKING:
     from flowwarden.bus_kafka import KafkaBus
@@ -60,6 +63,7 @@ __all__ = [
     "DLQ_SOURCE_OFFSET",
     "DLQ_SOURCE_PARTITION",
     "DLQ_SOURCE_TOPIC",
+    "FUTURE",
     "Bus",
     "CommitFailed",
     "Consumer",
@@ -73,6 +77,7 @@ __all__ = [
     "Producer",
     "dead_letter_of",
     "flow_partitions",
+    "future_flow_reasons",
     "highest_offsets",
     "open_bus",
     "publish_flows",
@@ -89,6 +94,9 @@ DLQ_SOURCE_OFFSET = "dlq.source_offset"
 DLQ_ROWS = "dlq.rows"
 
 DEFAULT_MAX_ROWS = 50_000
+
+FUTURE = "future"
+"""Cause of the rows dated after the event-time bound (the metric's label)."""
 
 
 def __getattr__(name: str) -> object:
@@ -164,6 +172,12 @@ class DeadLetter:
     source_offset: int = -1
     rows: int = -1
 
+    @property
+    def cause(self) -> str:
+        """The label a dead-letter counter uses: ``future`` for rows past the event-time
+        bound, else the field at fault."""
+        return FUTURE if self.reason.partition(": ")[2].startswith(FUTURE + ":") else self.field
+
     def headers(self) -> Headers:
         return (
             (DLQ_REASON, self.reason.encode()),
@@ -194,39 +208,88 @@ def dead_letter_of(message: Message) -> DeadLetter:
 
 
 def read_flow_batches(
-    messages: Iterable[Message],
+    messages: Iterable[Message], *, max_event_ts: float | None = None
 ) -> tuple[list[tuple[Message, pd.DataFrame]], list[DeadLetter]]:
     """Decode polled messages: (message, valid rows) for each readable one, and the dead letters.
 
     An unreadable message becomes one dead letter holding its original bytes; bad rows of
     a readable one become one dead letter per distinct reason, holding those rows. Every
     readable message appears in the first list, even when none of its rows was valid, so
-    the caller can commit everything it was handed.
+    the caller can commit everything it was handed. No message raises: whatever a producer
+    sends ends up in one of the two lists, with its source coordinates.
+
+    ``max_event_ts`` bounds event time (the caller's wall clock plus the clock skew it
+    tolerates): rows that start or end after it are bad rows, with field ``ts_end`` (or
+    ``ts_start``) and cause ``future``, so one broken clock cannot drag event time ahead.
     """
     decoded: list[tuple[Message, pa.Table]] = []
     dead: list[DeadLetter] = []
     for m in messages:
         try:
             decoded.append((m, decode_table(m.value)))
-        except RecordError as exc:
-            dead.append(DeadLetter(m.value, str(exc), exc.field, m.topic, m.partition, m.offset))
+        except UnreadableBatch as exc:
+            dead.append(DeadLetter(m.value, str(exc), exc.field, m.topic, m.partition, m.offset, exc.rows))
+        except Exception as exc:  # decode_table should not, but never stop the consumer
+            reason = f"batch: undecodable: {type(exc).__name__}: {exc}"
+            dead.append(DeadLetter(m.value, reason, "batch", m.topic, m.partition, m.offset))
     if not decoded:
         return [], dead
+    try:
+        good, bad = _split_rows(decoded, max_event_ts)
+    except Exception:  # one message spoilt the poll-wide conversion: find it
+        good, bad = [], []
+        for m, table in decoded:
+            try:
+                g, b = _split_rows([(m, table)], max_event_ts)
+            except Exception as exc:
+                reason = f"batch: rows cannot be converted: {type(exc).__name__}: {exc}"
+                dead.append(
+                    DeadLetter(m.value, reason, "batch", m.topic, m.partition, m.offset, table.num_rows)
+                )
+                continue
+            good += g
+            bad += b
+    return good, dead + bad
+
+
+def _split_rows(
+    decoded: list[tuple[Message, pa.Table]], max_event_ts: float | None
+) -> tuple[list[tuple[Message, pd.DataFrame]], list[DeadLetter]]:
+    """Convert and check the rows of decoded messages; (message, valid rows) and the bad rows."""
     # Convert and validate every row of the poll at once: both cost milliseconds per call
     # whatever the size, so one call over the (zero-copy) concatenation beats one per message.
     sizes = np.fromiter((t.num_rows for _, t in decoded), dtype=np.int64, count=len(decoded))
     rows = table_to_flows(pa.concat_tables([t for _, t in decoded]))
     valid, invalid = split_invalid_flows(rows.assign(_msg=np.repeat(np.arange(len(decoded)), sizes)))
+    if max_event_ts is not None and len(valid):
+        ahead = future_flow_reasons(valid, max_event_ts)
+        late = ahead.to_numpy() != ""
+        if late.any():
+            invalid = pd.concat([invalid, valid[late].assign(reason=ahead[late])], ignore_index=True)
+            valid = valid[~late].reset_index(drop=True)
     bounds = np.concatenate(([0], np.cumsum(np.bincount(valid["_msg"].to_numpy(), minlength=len(decoded)))))
     valid = valid.drop(columns="_msg")
     good = [
         (m, valid.iloc[bounds[i] : bounds[i + 1]].reset_index(drop=True)) for i, (m, _) in enumerate(decoded)
     ]
+    dead: list[DeadLetter] = []
     if len(invalid):
         for i, bad in invalid.groupby("_msg", sort=True):
             m = decoded[int(i)][0]  # type: ignore[arg-type]
             dead.extend(_row_dead_letters(bad.drop(columns="_msg"), m.topic, m.partition, m.offset))
     return good, dead
+
+
+def future_flow_reasons(flows: pd.DataFrame, max_event_ts: float) -> pd.Series:
+    """Per row, why it lies beyond ``max_event_ts`` ("" when it does not)."""
+    ts_end = flows["ts_end"].to_numpy()
+    ts_start = flows["ts_start"].to_numpy()
+    out = np.full(len(flows), "", dtype=object)
+    out[ts_end > max_event_ts] = f"ts_end: {FUTURE}: after the event-time bound {max_event_ts:.0f}"
+    out[(ts_start > max_event_ts) & (out == "")] = (
+        f"ts_start: {FUTURE}: after the event-time bound {max_event_ts:.0f}"
+    )
+    return pd.Series(out, index=flows.index, dtype=object)
 
 
 def _row_dead_letters(invalid: pd.DataFrame, topic: str, partition: int, offset: int) -> list[DeadLetter]:

@@ -148,6 +148,16 @@ class Consumer(ABC):
     def lag(self) -> dict[int, int]:
         """Messages not yet consumed per assigned partition (summed over topics)."""
 
+    def rewind_restarted(self) -> list[tuple[str, int]]:
+        """Assigned partitions whose log now ends before this member's position, rewound.
+
+        Their offsets started again (a topic deleted and recreated, a broker that lost its
+        data): the member would otherwise wait past the new log's end, or skip its start.
+        Each is moved to its log's beginning and returned; the caller treats what comes
+        next as new data. The default (a bus whose logs never restart) finds none.
+        """
+        return []
+
     @abstractmethod
     def close(self) -> None:
         """Leave the group (uncommitted messages will be delivered again to someone)."""

@@ -287,6 +287,7 @@ class KafkaBusConsumer(Consumer):
         )
         self.topics = topics
         self.group_id = group_id
+        self.auto_offset_reset = k.auto_offset_reset
         self._consumer = connect_with_backoff(
             lambda ms: KafkaConsumer(*topics, **cfg, bootstrap_timeout_ms=ms), k, f"consumer group {group_id}"
         )
@@ -337,6 +338,34 @@ class KafkaBusConsumer(Consumer):
         for tp in parts:
             pos = self._consumer.position(tp)
             out[tp.partition] = out.get(tp.partition, 0) + max(int(ends.get(tp, pos)) - int(pos), 0)
+        return out
+
+    def rewind_restarted(self) -> list[tuple[str, int]]:
+        """As :meth:`Consumer.rewind_restarted`; "the beginning" follows ``kafka.auto_offset_reset``
+        (what Kafka itself does with an offset out of range): earliest, or latest."""
+        parts = list(self._consumer.assignment())
+        if not parts:
+            return []
+        ends = self._consumer.end_offsets(parts)
+        out = []
+        for tp in parts:
+            end = ends.get(tp)
+            pos = self._consumer.position(tp)
+            if end is not None and pos is not None and int(pos) > int(end):
+                log.error(
+                    "kafka partition log ends before our position: its offsets started again, "
+                    "reading it from the %s topic=%s partition=%d position=%d end=%d",
+                    self.auto_offset_reset,
+                    tp.topic,
+                    tp.partition,
+                    pos,
+                    end,
+                )
+                if self.auto_offset_reset == "latest":
+                    self._consumer.seek_to_end(tp)
+                else:
+                    self._consumer.seek_to_beginning(tp)
+                out.append((tp.topic, tp.partition))
         return out
 
     def close(self) -> None:

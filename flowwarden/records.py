@@ -5,6 +5,11 @@
   frame; :func:`validate_flows` checks one (raising :class:`RecordError` naming the field);
   :func:`split_invalid_flows` separates the bad rows of a batch with their reason so that
   they can go to the dead-letter topic while the good rows go on.
+* Entity-window: one row per source entity (a pod, or an address no pod owns) and tumbling
+  time window, the pipeline's features of what it did then; a table of them has exactly the
+  columns and dtypes of :data:`WINDOW_SCHEMA` (the keys :data:`WINDOW_KEY_COLUMNS`, then the
+  anomaly model's :data:`WINDOW_FEATURES`). :func:`empty_windows` and
+  :func:`conform_windows` build one.
 * ``Alert`` and ``Decision``: pydantic models, validated on construction and serialised
   as JSON on the bus and in the store.
 
@@ -26,6 +31,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flowwarden.attack import tactic_name
 from flowwarden.errors import RecordError
 
 # --------------------------------------------------------------------------- flows
@@ -246,6 +252,128 @@ def validate_flows(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+# --------------------------------------------------------------------------- entity-windows
+
+WINDOW_KEY_SCHEMA: dict[str, str] = {
+    "window_start": "float64",  # seconds since the epoch, a multiple of the window length
+    "window_end": "float64",  # window_start + the window length (exclusive)
+    "entity": STR,  # "namespace/pod", or the source address when no pod owns it
+    "src_ip": STR,  # the entity's source address
+    "namespace": STR,  # "" when no pod owns the address
+    "pod": STR,
+    "workload": STR,  # the pod's owner (Deployment, StatefulSet, DaemonSet, CronJob, ...)
+    "workload_key": STR,  # "namespace/workload", else the entity: whose baseline it shares
+    "node": STR,  # the node whose collector saw the flows
+    "is_node": "bool",  # the source is a node's own address (host network), not a pod
+}
+"""Key columns of an entity-window: who, and when."""
+
+WINDOW_FEATURES: tuple[str, ...] = (
+    "flows",
+    "bytes_out",
+    "bytes_out_ext",
+    "bytes_out_int",
+    "pkts_out_ext",
+    "pkts_out_int",
+    "bytes_in_ext",
+    "ext_dsts",
+    "int_peers",
+    "dst_ports",
+    "max_ports_per_dst",
+    "icmp_dsts",
+    "failed_conns",
+    "failed_share",
+    "rejected_share",
+    "syn_only_share",
+    "failed_dsts",
+    "failed_ports",
+    "cp_api",
+    "cp_etcd",
+    "cp_kubelet",
+    "cp_scheduler",
+    "cp_controller_manager",
+    "metadata_api",
+    "dns_queries",
+    "dns_names",
+    "dns_max_subdomains",
+    "dns_mean_len",
+    "dns_mean_entropy",
+    "long_lived",
+    "new_edges",
+    "new_int_peers",
+    "new_int_edges",
+    "new_ext_dsts",
+    "new_ext_bytes",
+    "young_ext_bytes",
+    "young_ext_age",
+    "young_ext_upload_ratio",
+    "recent_new_peers",
+    "recent_failed_dsts",
+    "recent_ports_per_dst",
+    "beacon_score",
+    "beacon_conns",
+    "beacon_peers",
+    "beacon_edge_age",
+)
+"""Every numeric feature of an entity-window, in a fixed order (all ``float64``).
+
+These are the anomaly model's columns: a trained model stores them by name
+(``feature_names`` in its metadata), so a name here never changes: a new feature is appended,
+and an older model simply does not use it.
+"""
+
+WINDOW_SCHEMA: dict[str, str] = {**WINDOW_KEY_SCHEMA, **dict.fromkeys(WINDOW_FEATURES, "float64")}
+"""Column name to pandas dtype for an entity-window table: the keys, then the features."""
+
+WINDOW_KEY_COLUMNS: tuple[str, ...] = tuple(WINDOW_KEY_SCHEMA)
+WINDOW_COLUMNS: tuple[str, ...] = tuple(WINDOW_SCHEMA)
+
+# Key columns under their earlier short names (tables and engine state written by earlier
+# versions still read): old name -> name in WINDOW_KEY_SCHEMA.
+WINDOW_OLD_NAMES: dict[str, str] = {"ws": "window_start", "we": "window_end", "wl_key": "workload_key"}
+
+
+def empty_windows(n: int = 0) -> pd.DataFrame:
+    """An empty (or default-filled) entity-window table with the exact schema.
+
+    One row is one source entity (a pod, or an address no pod owns) over one tumbling
+    window ``[window_start, window_end)``: its key columns, then the features the pipeline
+    computed from the flows it sourced that ended in that window (and from its memory
+    of earlier windows).
+    """
+    data: dict[str, Any] = {}
+    for col, dtype in WINDOW_SCHEMA.items():
+        default = "" if dtype == STR else False if dtype == "bool" else 0.0
+        data[col] = pd.Series([default] * n, dtype=dtype)
+    return pd.DataFrame(data)
+
+
+def conform_windows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rename old key columns (:data:`WINDOW_OLD_NAMES`), order and cast to :data:`WINDOW_SCHEMA`.
+
+    Raises :class:`RecordError` naming the first column that is missing or cannot be cast.
+    Extra columns (detector scores, labels) are kept, after the schema's columns.
+    """
+    df = df.rename(columns={o: n for o, n in WINDOW_OLD_NAMES.items() if o in df.columns})
+    out: dict[str, pd.Series] = {}
+    for col, dtype in WINDOW_SCHEMA.items():
+        if col not in df.columns:
+            raise RecordError(col, "required column is missing")
+        series = df[col]
+        try:
+            if dtype == STR:
+                series = series.fillna("").astype(cast(Any, STR))
+            elif str(series.dtype) != dtype:
+                if series.isna().any() and dtype == "bool":
+                    raise ValueError("missing values")
+                series = series.astype(cast(Any, dtype))
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise RecordError(col, f"cannot be read as {dtype}: {exc}") from exc
+        out[col] = series
+    extra = [c for c in df.columns if c not in WINDOW_SCHEMA]
+    return pd.concat([pd.DataFrame(out), df[extra]], axis=1).reset_index(drop=True)
+
+
 # --------------------------------------------------------------------------- alerts
 
 AlertKind = Literal["exfiltration", "lateral_movement"]
@@ -300,6 +428,7 @@ class Alert(BaseModel):
     kind: AlertKind
     detector: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
     technique: str = ""  # MITRE ATT&CK id, e.g. T1046
+    tactic: str = ""  # its ATT&CK tactic (flowwarden.attack), derived from technique when empty
     score: float = Field(ge=0.0, le=1.0)
     severity: Severity
     entity: Entity
@@ -313,6 +442,7 @@ class Alert(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict)
     example_flows: list[dict[str, Any]] = Field(default_factory=list)
     model_version: str = ""
+    cluster: str = ""  # settings.cluster.name of the cluster that raised it
     created_at: datetime = Field(default_factory=utcnow)
 
     @field_validator("targets")
@@ -335,6 +465,8 @@ class Alert(BaseModel):
             self.first_seen = self.window_start
         if self.last_seen is None:
             self.last_seen = self.window_end
+        if not self.tactic and self.technique:
+            self.tactic = tactic_name(self.technique)
 
     def to_json(self) -> str:
         return self.model_dump_json()

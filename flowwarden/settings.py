@@ -95,6 +95,7 @@ class TopicSettings(Section):
     alerts: str = "alerts"
     decisions: str = "decisions"
     flows_dlq: str = "flows.dlq"
+    alerts_dlq: str = "alerts.dlq"  # alerts the enforcer could not read, with the reason in headers
 
 
 class KafkaSettings(Section):
@@ -144,6 +145,10 @@ class BusSettings(Section):
 
 class StoreSettings(Section):
     url: str = "sqlite:///flowwarden.db"  # postgresql+psycopg://user@host/db in production
+    # How long a transaction keeps being retried (with back-off) while the database refuses
+    # connections, drops them, shuts down or aborts for a deadlock or a serialization
+    # failure, before the process gives up (a restart or failover of the database).
+    retry_deadline_s: float = Field(60.0, ge=0)
 
 
 class CollectorSettings(Section):
@@ -170,14 +175,34 @@ class CollectorSettings(Section):
     spool_retry_s: float = Field(2.0, gt=0)  # how often a non-empty spool tries the bus again
 
 
+class KubernetesSettings(Section):
+    """The pod inventory: enrichment and the enforcer's guardrails read the same pods."""
+
+    # Where pods come from: "file" reads inventory_path (no pods when unset) and reloads it when
+    # it changes, "kubernetes" lists and watches pods through the API (needs list and watch on
+    # pods cluster-wide), "none" knows no pods.
+    inventory_source: Literal["file", "kubernetes", "none"] = "file"
+    inventory_path: Path | None = None  # the JSON of `kubectl get pods -A -o json`
+    in_cluster: bool = True  # true: the service account of the pod; false: the local kubeconfig ($KUBECONFIG)
+    # The watch: a deleted pod keeps its address this long, for flows that arrive late.
+    deleted_retention_s: float = Field(120.0, ge=0)
+    min_refresh_s: float = Field(2.0, ge=0)  # a new snapshot at most this often (a rebuild reads every pod)
+    watch_timeout_s: int = Field(300, ge=1)  # the server ends each watch request after this; it is reopened
+    request_timeout_s: float = Field(30.0, gt=0)  # connect and read timeout of one API request
+    page_size: int = Field(500, ge=1, le=10_000)  # pods per page of a list
+    backoff_initial_s: float = Field(0.5, gt=0)  # after a failed list or watch; doubles per failure
+    backoff_max_s: float = Field(30.0, gt=0)  # the cap of that back-off
+
+    @model_validator(mode="after")
+    def _backoff(self) -> KubernetesSettings:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        return self
+
+
 class PipelineSettings(Section):
     group_id: str = "flowwarden-pipeline"
     window_s: float = Field(10.0, gt=0)
-    inventory_path: Path | None = None
-    # Where pod metadata comes from: "file" reads inventory_path (none when unset), "kubernetes"
-    # lists and watches pods through the API (needs list and watch on pods), "none" skips it.
-    inventory_source: Literal["file", "kubernetes", "none"] = "file"
-    kubernetes_in_cluster: bool = True  # true: the service account of the pod; false: the local kubeconfig
     model_dir: Path | None = None  # model registry; None: the model shipped with the package
     allowlist_sources: list[str] = []  # CIDRs, "namespace/", or "namespace/workload"
     baseline_half_life_h: float = Field(6.0, gt=0)
@@ -190,9 +215,41 @@ class PipelineSettings(Section):
     max_poll_batches: int = Field(50, ge=1, le=10_000)
     # Flows held back to merge the partitions in event-time order; past it they go on unmerged.
     max_buffered_flows: int = Field(2_000_000, ge=1_000)
-    # Enriched flows kept for the store's rollups before a write (else every 2 s).
+    # Enriched flows kept for the store's rollups before a write (else every store_flush_s).
     store_flush_flows: int = Field(500_000, ge=1_000)
-    # Per-detector overrides of thresholds: {"port_scan": {"min_ports": 30}}.
+    # Rollups and batch marks are written at least this often.
+    store_flush_s: float = Field(2.0, gt=0)
+    # A partition that sent nothing for this long no longer holds the others back (event-time merge).
+    align_idle_s: float = Field(2.0, gt=0)
+    # No flow for this long: the event-time clock advances by the wall time, closing windows.
+    idle_tick_s: float = Field(2.0, gt=0)
+    # How often the model registry's active version is read (a promote takes effect within it).
+    model_poll_s: float = Field(10.0, gt=0)
+    # How long a checkpoint waits for the alerts topic to take every alert before it postpones.
+    producer_flush_timeout_s: float = Field(30.0, gt=0)
+    # Flows that start or end more than this ahead of the wall clock (a node with a broken
+    # clock) go to the dead-letter topic: they would otherwise drag event time into the future.
+    max_clock_skew_s: float = Field(300.0, gt=0)
+    # How late (event time) a flow may arrive after its window ends and still count in it.
+    allowed_lateness_s: float = Field(2.0, ge=0)
+    # A pod's or workload's baseline that nothing updated for this long is forgotten.
+    baseline_ttl_h: float = Field(24.0, gt=0)
+    # The edges of an alerted lateral movement stay new to every other pod this long.
+    alerted_edges_taint_h: float = Field(24.0, ge=0)
+    # Connections to one external address before its regularity is scored (the beacon score's
+    # persistence saturates at twice this); beaconing needs at least this many.
+    beacon_min_conns: int = Field(6, ge=2)
+    # Beacon history kept per (pod, address, port): a beacon slower than this divided by
+    # beacon_min_conns goes unseen.
+    beacon_horizon_s: float = Field(3600.0, gt=0)
+    beacon_max_pairs: int = Field(100_000, ge=1)  # pairs with a beacon history; the least active go first
+    # The sliding "last minute" of the slow-scan features (recent new peers, failed hosts, ports).
+    recent_horizon_s: float = Field(60.0, gt=0)
+    recent_max_rows: int = Field(1_000_000, ge=1)  # connections kept for those features; the oldest go first
+    # Strings (addresses, names) held as ids; past this the table is rebuilt from what is buffered.
+    max_vocabulary: int = Field(2_000_000, ge=1)
+    # Per-detector overrides of thresholds, each checked against the detector's range when the
+    # settings are loaded: {"port_scan": {"min_ports": 30}}. Every threshold is listed below.
     detectors: dict[str, dict[str, float]] = {}
     disabled_detectors: list[str] = []
     metrics_port: int = Field(9102, ge=0, le=65535)
@@ -211,10 +268,23 @@ class NotifierSettings(Section):
     )  # alert batches waiting per notifier; beyond it they are dropped (counted)
 
 
+class AlertSettings(Section):
+    """How alerts leave flowwarden for other tools (flowwarden.alert_formats)."""
+
+    # native: flowwarden's own Alert JSON; ecs: Elastic Common Schema; ocsf: OCSF Detection
+    # Finding (class 2004). Applies to the webhook notifier, `flowwarden detect --format` and,
+    # when not native, to export_topic (the alerts topic stays native: the enforcer reads it).
+    format: Literal["native", "ecs", "ocsf"] = "native"
+    # Kafka topic of the exported alerts when format is ecs or ocsf ("": no exported topic).
+    export_topic: str = "alerts.export"
+
+
 class EnforcementSettings(Section):
     mode: Literal["dry_run", "approval", "enforce"] = "dry_run"
     mode_by_detector: dict[str, Literal["dry_run", "approval", "enforce"]] = {}
-    backends: list[Literal["nftables", "networkpolicy", "calico", "exec", "webhook"]] = ["nftables"]
+    # Among nftables, networkpolicy, calico, cilium, adminnetworkpolicy, exec, webhook (the registered
+    # enforcement backends).
+    backends: list[str] = ["nftables"]
     kinds: list[Literal["exfiltration", "lateral_movement"]] = ["exfiltration", "lateral_movement"]
     detectors: list[str] = []  # empty: every detector
     min_severity: Literal["low", "medium", "high", "critical"] = "high"
@@ -234,13 +304,20 @@ class EnforcementSettings(Section):
     max_active_blocks: int = Field(200, ge=0)
     max_new_blocks_per_minute: int = Field(20, ge=0)
     max_workload_share: float = Field(0.5, ge=0, le=1)
+    # Most targets one automatic block may carry; an alert with more (a sweep) becomes a quarantine
+    # of its source that waits for a person's approval, never an automatic wide block.
+    max_targets_per_block: int = Field(256, ge=1)
     # Backends.
     nft_table: str = Field("flowwarden", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     nft_netns: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$")  # "": the enforcer's own
     nft_verdict: Literal["reject", "drop"] = "reject"
     reconcile_interval_s: float = Field(30.0, gt=0)
+    expire_interval_s: float = Field(1.0, gt=0)  # how often blocks past their TTL are looked for
     gitops_dir: Path = Path("flowwarden-rules")
     kube_namespaces: list[str] = []  # namespaces the enforcer may write NetworkPolicies in
+    # Priority of flowwarden's AdminNetworkPolicies (adminnetworkpolicy backend; lower wins): keep it
+    # below (a larger number than) any AdminNetworkPolicy that must win over a block.
+    anp_priority: int = Field(10, ge=0, le=1000)
     apply_to_cluster: bool = False
     exec_path: Path | None = None
     exec_timeout_s: float = Field(10.0, gt=0)
@@ -268,8 +345,10 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     store: StoreSettings = StoreSettings()
     collector: CollectorSettings = Field(default_factory=CollectorSettings)
+    kubernetes: KubernetesSettings = KubernetesSettings()
     pipeline: PipelineSettings = PipelineSettings()
     notifiers: NotifierSettings = NotifierSettings()
+    alerts: AlertSettings = AlertSettings()
     enforcement: EnforcementSettings = EnforcementSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -297,12 +376,35 @@ def _known_keys(model: type[BaseModel], path: list[str]) -> list[str]:
     return list(fields) if fields else []
 
 
+# Keys that moved to another section: rejected, naming where they live now.
+MOVED_KEYS = {
+    "pipeline.inventory_path": "kubernetes.inventory_path",
+    "pipeline.inventory_source": "kubernetes.inventory_source",
+    "pipeline.kubernetes_in_cluster": "kubernetes.in_cluster",
+}
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper().replace(".", "__")
+
+
+def _moved(key: str) -> str:
+    """The error for a moved key, naming the environment variable too when that set it."""
+    new = MOVED_KEYS[key]
+    line = f"{key} moved to {new}"
+    if any(name.upper() == _env_name(key) for name in os.environ):
+        line += f" (environment: set {_env_name(new)} instead of {_env_name(key)})"
+    return line
+
+
 def _explain(exc: ValidationError, source: str) -> ConfigError:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         key = ".".join(loc)
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and key in MOVED_KEYS:
+            lines.append(_moved(key))
+        elif err["type"] == "extra_forbidden":
             candidates = _known_keys(Settings, loc[:-1])
             close = difflib.get_close_matches(loc[-1], candidates, n=1)
             hint = f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else ""

@@ -6,12 +6,14 @@ Core, upserts with ``ON CONFLICT`` on both. The constructor does no I/O; :meth:`
 connects and migrates, :meth:`Store.stop` releases the connections.
 
 Exactly-once effects: every write method takes an optional ``conn``. The pipeline opens
-``with store.transaction() as conn:`` and passes it to :meth:`Store.add_rollups`,
-:meth:`Store.upsert_alerts` and :meth:`Store.mark_batches`, so a batch's rollups, its alerts
-and the mark that says "this batch is done" commit together or not at all. A batch replayed
-after a crash is then either already marked (skip it: :meth:`Store.seen_batches`) or was
-never written; and if two consumers race on it, the second mark raises
-:class:`DuplicateBatch` and its transaction rolls back.
+``with store.transaction() as conn:`` and passes it to :meth:`Store.add_rollups` and
+:meth:`Store.mark_batches`, so a batch's rollups and the mark that says "this batch is done"
+commit together or not at all. A batch replayed after a crash is then either already marked
+(skip it: :meth:`Store.seen_batches`) or was never written; and if two consumers race on it,
+the second mark raises :class:`DuplicateBatch` and its transaction rolls back. Alerts need
+no mark: :meth:`Store.upsert_alerts` is idempotent (an alert's id is derived from its
+evidence), so the pipeline writes them as soon as they are raised, in their own transaction,
+and a replay upserts the same rows again.
 
 Several workers write to one PostgreSQL: every write method sends its rows in key order, so
 two transactions that touch the same rollup or alert lock them in the same order and wait
@@ -69,7 +71,8 @@ T = TypeVar("T")
 def transient_cause(exc: BaseException) -> str | None:
     """Why running the same transaction again may succeed (it was rolled back whole), or None.
 
-    One of ``deadlock``, ``serialization``, ``connection`` (lost mid-transaction) or ``busy``
+    One of ``deadlock``, ``serialization``, ``connection`` (refused, reset, lost
+    mid-transaction), ``shutdown`` (the server is shutting down or starting up) or ``busy``
     (SQLite still locked after its busy timeout): the ``cause`` label of the retry metric.
     """
     if not isinstance(exc, sa.exc.DBAPIError):
@@ -82,6 +85,18 @@ def transient_cause(exc: BaseException) -> str | None:
         return "deadlock"
     if sqlstate == "40001":
         return "serialization"
+    if sqlstate in ("57P01", "57P02", "57P03"):  # admin or crash shutdown, cannot connect now
+        return "shutdown"
+    if isinstance(sqlstate, str) and sqlstate.startswith("08"):  # connection exception class
+        return "connection"
+    if (
+        sqlstate is None
+        and isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+        and type(orig).__module__.startswith("psycopg")
+    ):
+        # psycopg gives no SQLSTATE when there is no server to give one: connection refused
+        # or reset, server closed the connection unexpectedly.
+        return "connection"
     if isinstance(orig, sqlite3.OperationalError) and getattr(orig, "sqlite_errorcode", None) in (
         sqlite3.SQLITE_BUSY,
         sqlite3.SQLITE_LOCKED,
@@ -461,11 +476,13 @@ class Store:
         *,
         migrations: Sequence[Migration] = MIGRATIONS,
         on_retry: Callable[[str], None] | None = None,
+        retry_deadline_s: float = 60.0,
     ) -> None:
         self.url = normalise_url(url)
         self._migrations = tuple(migrations)
         self._engine: Engine | None = None
         self.on_retry = on_retry  # called with the cause each time in_transaction tries again
+        self.retry_deadline_s = retry_deadline_s  # settings.store.retry_deadline_s
 
     # ---- lifecycle
 
@@ -527,37 +544,58 @@ class Store:
             yield conn
 
     def in_transaction(
-        self, work: Callable[[Connection], T], *, attempts: int = 5, max_delay_s: float = 2.0
+        self,
+        work: Callable[[Connection], T],
+        *,
+        attempts: int | None = None,
+        max_delay_s: float = 2.0,
+        deadline_s: float | None = None,
     ) -> T:
-        """Run ``work(conn)`` in one transaction, again (up to ``attempts``) if it was transient.
+        """Run ``work(conn)`` in one transaction, again while the failure is transient.
 
         For units of work that are safe to repeat because a failed try left nothing behind:
-        the database rolled the whole transaction back. Back-off is jittered and doubles from
-        50 ms to ``max_delay_s``; a failure that is not transient, or the last one, is raised.
+        the database rolled the whole transaction back, or it never began (the server
+        refused the connection, was restarting, dropped it). Tries go on until
+        ``deadline_s`` (default :attr:`retry_deadline_s`) has passed since the first, and at
+        most ``attempts`` times when given; the back-off is jittered and doubles from 50 ms
+        to ``max_delay_s``. A failure that is not transient, or the last one, is raised.
         """
-        if attempts < 1:
+        if attempts is not None and attempts < 1:
             raise ValueError("attempts must be at least 1")
-        for attempt in range(1, attempts + 1):
+        budget = self.retry_deadline_s if deadline_s is None else deadline_s
+        deadline = time.monotonic() + budget
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 with self.engine.begin() as conn:
                     return work(conn)
             except sa.exc.DBAPIError as exc:
                 why = transient_cause(exc)
-                if attempt == attempts or why is None:
+                delay = min(max_delay_s, 0.05 * 2 ** min(attempt - 1, 20)) * (0.5 + random.random())
+                left = deadline - time.monotonic()
+                cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+                if why is None or (attempts is not None and attempt >= attempts) or left <= 0:
+                    if why is not None:
+                        log.error(
+                            "store transaction failed for good after %d tries over %.1fs (%s)",
+                            attempt,
+                            budget - left,
+                            cause,
+                        )
                     raise
                 if self.on_retry is not None:
                     self.on_retry(why)
-                delay = min(max_delay_s, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random())
-                cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+                delay = min(delay, left)
                 log.warning(
-                    "store transaction aborted (%s); try %d of %d in %.2fs",
+                    "store transaction aborted cause=%s (%s); try %d in %.2fs, giving up in %.1fs",
+                    why,
                     cause,
                     attempt + 1,
-                    attempts,
                     delay,
+                    left,
                 )
                 time.sleep(delay)
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     @contextmanager
     def _write(self, conn: Connection | None) -> Iterator[Connection]:
@@ -802,10 +840,17 @@ class Store:
     # ---- exactly-once bookkeeping
 
     def mark_batches(
-        self, group_id: str, batches: Iterable[BatchRef], *, conn: Connection | None = None
+        self,
+        group_id: str,
+        batches: Iterable[BatchRef],
+        *,
+        epoch: int = 0,
+        conn: Connection | None = None,
     ) -> None:
         """Record batches as done for ``group_id``; raises :class:`DuplicateBatch` if any already was.
 
+        ``epoch`` is the batches' partitions' epoch: the pipeline starts a new one when a
+        partition's offsets start again, so the same offset then marks another batch.
         Call it with the transaction's ``conn`` that also wrote the batches' effects: the
         exception then rolls those effects back, so they are in the store once.
         """
@@ -814,7 +859,8 @@ class Store:
             return
         now = datetime.now(UTC)
         rows = [
-            {"group_id": group_id, "topic": t, "partition": p, "offset": o, "marked_at": now}
+            {"group_id": group_id, "topic": t, "partition": p, "offset": o, "epoch": int(epoch)}
+            | {"marked_at": now}
             for t, p, o in refs
         ]
         with self._write(conn) as c:
@@ -829,13 +875,19 @@ class Store:
             if dupes:
                 t, p, o = dupes[0]
                 raise DuplicateBatch(
-                    f"group {group_id!r}: batch {t}[{p}]@{o} (and {len(dupes) - 1} more) already marked done"
+                    f"group {group_id!r}: batch {t}[{p}]@{o} epoch {epoch} (and {len(dupes) - 1} more) "
+                    "already marked done"
                 )
 
     def seen_batches(
-        self, group_id: str, batches: Iterable[BatchRef], *, conn: Connection | None = None
+        self,
+        group_id: str,
+        batches: Iterable[BatchRef],
+        *,
+        epoch: int = 0,
+        conn: Connection | None = None,
     ) -> set[BatchRef]:
-        """Which of ``batches`` are already marked done for ``group_id``."""
+        """Which of ``batches`` (of ``epoch``) are already marked done for ``group_id``."""
         by_part: dict[tuple[str, int], list[int]] = {}
         for t, p, o in batches:
             by_part.setdefault((str(t), int(p)), []).append(int(o))
@@ -848,6 +900,7 @@ class Store:
                         cols.group_id == group_id,
                         cols.topic == topic,
                         cols.partition == part,
+                        cols.epoch == int(epoch),
                         cols.offset.in_(offsets[i : i + _CHUNK]),
                     )
                     seen.update((topic, part, int(o)) for o in c.execute(q).scalars())
@@ -856,15 +909,16 @@ class Store:
     def committed_offsets(
         self, group_id: str, *, conn: Connection | None = None
     ) -> dict[tuple[str, int], int]:
-        """Highest offset marked per (topic, partition) for ``group_id``."""
+        """Highest offset marked per (topic, partition) for ``group_id``, in its newest epoch."""
         cols = consumed_batches.c
         q = (
-            sa.select(cols.topic, cols.partition, sa.func.max(cols.offset))
+            sa.select(cols.topic, cols.partition, cols.epoch, sa.func.max(cols.offset))
             .where(cols.group_id == group_id)
-            .group_by(cols.topic, cols.partition)
+            .group_by(cols.topic, cols.partition, cols.epoch)
+            .order_by(cols.epoch)
         )
         with self._read(conn) as c:
-            return {(t, int(p)): int(o) for t, p, o in c.execute(q)}
+            return {(t, int(p)): int(o) for t, p, _e, o in c.execute(q)}
 
     def prune_batches(self, before: datetime, *, conn: Connection | None = None) -> int:
         """Forget marks older than ``before`` (their offsets are long committed); returns how many."""

@@ -187,7 +187,10 @@ consumed_batches = sa.Table(
     sa.Column("partition", sa.Integer, nullable=False),
     sa.Column("offset", sa.BigInteger, nullable=False),
     sa.Column("marked_at", UTCDateTime, nullable=False),
-    sa.PrimaryKeyConstraint("group_id", "topic", "partition", "offset", name="pk_consumed_batches"),
+    # Bumped by the pipeline when a partition's offsets start again (a topic deleted and
+    # recreated, a broker that lost its data): the same offset then is another batch.
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.PrimaryKeyConstraint("group_id", "topic", "partition", "epoch", "offset", name="pk_consumed_batches"),
     sa.Index("ix_consumed_batches_marked_at", "marked_at"),
 )
 

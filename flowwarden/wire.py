@@ -63,26 +63,59 @@ def encode_flows(df: pd.DataFrame) -> bytes:
     return _HEADER + sink.getvalue().to_pybytes()
 
 
+class UnreadableBatch(RecordError):
+    """A message that is not a usable flow batch; ``rows`` is how many rows its Arrow stream
+    held when it could be parsed at all (-1: unknown)."""
+
+    def __init__(self, field: str, reason: str, rows: int = -1) -> None:
+        super().__init__(field, reason)
+        self.rows = rows
+
+
 def decode_table(data: bytes) -> pa.Table:
     """Parse one message into an Arrow table whose columns and types are the schema's.
 
-    Raises :class:`RecordError` (field ``batch``, or the column) for garbage, an unknown
-    version or a schema that does not match. Nulls are left for :func:`table_to_flows`.
+    Raises :class:`UnreadableBatch` (a :class:`RecordError`; field ``batch``, or the
+    column) for garbage, an unknown version or a schema that does not match, and for
+    anything else a producer could get wrong: no input makes it raise another exception.
+    Nulls are left for :func:`table_to_flows`.
     """
+    data = bytes(data)
     if len(data) < len(_HEADER) or data[:3] != MAGIC:
-        raise RecordError("batch", "not a flowwarden flow batch (bad magic)")
+        raise UnreadableBatch("batch", "not a flowwarden flow batch (bad magic)")
     if data[3] != WIRE_VERSION:
-        raise RecordError(
+        raise UnreadableBatch(
             "batch", f"wire version {data[3]} is not supported (this build reads {WIRE_VERSION})"
         )
     try:
         with pa.ipc.open_stream(pa.py_buffer(data)[4:]) as reader:
             table = reader.read_all()
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        raise RecordError("batch", f"corrupt Arrow stream: {exc}") from exc
+        # Arrow trusts a stream's offsets and UTF-8 until asked: a crafted one could make
+        # the conversion read out of bounds. Full validation costs well under a millisecond
+        # for a collector's batch.
+        table.validate(full=True)
+    except Exception as exc:  # Arrow raises many kinds on crafted input
+        raise UnreadableBatch("batch", f"corrupt Arrow stream: {type(exc).__name__}: {exc}") from exc
+    try:
+        return _conform_table(table)
+    except UnreadableBatch:
+        raise
+    except RecordError as exc:
+        raise UnreadableBatch(exc.field, exc.reason, table.num_rows) from exc
+    except Exception as exc:  # never let a message stop the consumer
+        raise UnreadableBatch(
+            "batch", f"unusable Arrow table: {type(exc).__name__}: {exc}", table.num_rows
+        ) from exc
+
+
+def _conform_table(table: pa.Table) -> pa.Table:
     if table.schema.equals(ARROW_SCHEMA):
         return table  # written by encode_flows (the usual case)
-    missing = [n for n in FLOW_SCHEMA if n not in table.column_names]
+    names = table.column_names
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:  # which one would be the flow's? neither: the writer is broken
+        raise RecordError("batch", f"column {dupes[0]!r} appears {names.count(dupes[0])} times")
+    missing = [n for n in FLOW_SCHEMA if n not in names]
     if missing:
         raise RecordError(missing[0], "required column is missing")
     for name, dtype in FLOW_SCHEMA.items():
@@ -91,7 +124,10 @@ def decode_table(data: bytes) -> pa.Table:
     # Other writers may differ in column order, nullability or metadata: one schema for all,
     # so the tables of a poll concatenate without copies (nulls are still seen and fixed
     # by table_to_flows; the schema's non-null flag is not enforced by Arrow).
-    return pa.Table.from_arrays([table.column(n) for n in _COLUMNS], schema=ARROW_SCHEMA)
+    try:
+        return pa.Table.from_arrays([table.column(n) for n in _COLUMNS], schema=ARROW_SCHEMA)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise RecordError("batch", f"columns do not fit the flow schema: {exc}") from exc
 
 
 def table_to_flows(table: pa.Table) -> pd.DataFrame:

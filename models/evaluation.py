@@ -134,8 +134,8 @@ def label_windows(windows: pd.DataFrame, labels: Labels, window_s: float) -> np.
     out = np.zeros(len(windows), dtype="int8")
     if not len(windows):
         return out
-    ws = windows["ws"].to_numpy(dtype="float64")
-    we = windows["we"].to_numpy(dtype="float64") if "we" in windows else ws + window_s
+    ws = windows["window_start"].to_numpy(dtype="float64")
+    we = windows["window_end"].to_numpy(dtype="float64") if "window_end" in windows else ws + window_s
     ip = windows["src_ip"].astype(str).to_numpy()
     pod = windows["pod"].astype(str).to_numpy() if "pod" in windows else np.full(len(windows), "")
     ns = windows["namespace"].astype(str).to_numpy() if "namespace" in windows else np.full(len(windows), "")

@@ -356,11 +356,6 @@ def load_version(registry: str | Path, version: str) -> LoadedModel:
     return load_model(_version_dir(Path(registry), version))
 
 
-def load_active(registry: str | Path) -> LoadedModel | None:
-    version = active_version(registry)
-    return load_version(registry, version) if version else None
-
-
 def history(registry: str | Path) -> list[str]:
     path = Path(registry) / HISTORY_FILE
     try:

@@ -123,15 +123,17 @@ def _forest_alerts(windows: pd.DataFrame, raw: np.ndarray, threshold: float, win
     hit = raw >= threshold
     if not hit.any():
         return []
-    w = windows.loc[hit, ["ws", "we", "entity", "src_ip", "namespace", "pod", "workload"]].copy()
+    keys = ["window_start", "window_end", "entity", "src_ip", "namespace", "pod", "workload"]
+    w = windows.loc[hit, keys].copy()
     exfil = (
         windows.loc[hit, "bytes_out_ext"].to_numpy()
         > np.maximum(windows.loc[hit, "bytes_out_int"].to_numpy(), 1e6)
     ) | (windows.loc[hit, "dns_max_subdomains"].to_numpy() >= 10)
     w["kind"] = np.where(exfil, "exfiltration", "lateral_movement")
     w["score"] = raw[hit]
-    w = w.sort_values(["entity", "ws"], kind="stable")
-    gap = w.groupby("entity")["ws"].diff().fillna(math.inf).to_numpy() > REOPEN_GAP_WINDOWS * window_s
+    w = w.sort_values(["entity", "window_start"], kind="stable")
+    step = w.groupby("entity")["window_start"].diff().fillna(math.inf).to_numpy()
+    gap = step > REOPEN_GAP_WINDOWS * window_s
     w["run"] = np.cumsum(gap)
     alerts = []
     for _, run in w.groupby("run", sort=False):
@@ -148,8 +150,8 @@ def _forest_alerts(windows: pd.DataFrame, raw: np.ndarray, threshold: float, win
                     pod=str(first["pod"]),
                     workload=str(first["workload"]),
                 ),
-                window_start=datetime.fromtimestamp(float(run["ws"].min()), UTC),
-                window_end=datetime.fromtimestamp(float(run["we"].max()), UTC),
+                window_start=datetime.fromtimestamp(float(run["window_start"].min()), UTC),
+                window_end=datetime.fromtimestamp(float(run["window_end"].max()), UTC),
             )
         )
     return alerts

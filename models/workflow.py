@@ -33,7 +33,7 @@ from flowwarden.settings import Settings
 
 CALIBRATION_SHARE = 0.3  # the latest share of training windows sets the threshold, not the fit
 EVAL_DIR = "evaluation"
-WINDOW_KEEP = ("ws", "we", "entity", "src_ip", "namespace", "pod", "workload")
+WINDOW_KEEP = ("window_start", "window_end", "entity", "src_ip", "namespace", "pod", "workload")
 Progress = Callable[[str, float], None]
 
 
@@ -145,10 +145,10 @@ def fit_on_windows(
     """Fit on the earlier windows, set the threshold on the later ones (time-ordered)."""
     if len(windows) < 20:
         raise ConfigError(f"flows: only {len(windows)} benign windows to learn from; give more traffic")
-    w = windows.sort_values(["ws", "entity"], kind="stable").reset_index(drop=True)
+    w = windows.sort_values(["window_start", "entity"], kind="stable").reset_index(drop=True)
     X = finite_features(w, feature_names)
-    cut_ws = float(np.quantile(w["ws"].to_numpy(), 1.0 - CALIBRATION_SHARE))
-    fit_rows = (w["ws"] < cut_ws).to_numpy()
+    cut_ws = float(np.quantile(w["window_start"].to_numpy(), 1.0 - CALIBRATION_SHARE))
+    fit_rows = (w["window_start"] < cut_ws).to_numpy()
     if fit_rows.sum() < 10 or (~fit_rows).sum() < 10:
         fit_rows = np.ones(len(w), dtype=bool)
     est = WindowAnomalyDetector(**params).fit(X[fit_rows])

@@ -235,13 +235,6 @@ class Cluster:
                         )
                     )
 
-    def unused_pod_ip(self, node: Node, rng: np.random.Generator) -> str:
-        """An address of the node's pod range that no pod ever had (a sweep's empty target)."""
-        net = ipaddress.ip_network(node.pod_cidr)
-        hi = min(net.num_addresses - 2, 250)
-        lo = min(node.next_host + 20, hi - 1)
-        return str(net.network_address + int(rng.integers(lo, hi)))
-
     def new_pod_ip(self, node: Node) -> str:
         """The next never-used address in the node's pod range."""
         net = ipaddress.ip_network(node.pod_cidr)

@@ -139,16 +139,29 @@ def build() -> Json:
             w=8,
             description="Alerts not raised: allowlists, duplicates, cool-down.",
         ),
+        timeseries(
+            "Notifications/s by notifier and status",
+            [
+                promql(
+                    f"sum by (notifier, status) (rate(flowwarden_pipeline_notifications_total{RATE}))",
+                    legend="{{notifier}} {{status}}",
+                )
+            ],
+            unit="ops",
+            w=8,
+            description="Deliveries to webhooks, Slack and Alertmanager: failed and dropped ones are "
+            "alerts a receiver never got (alert FlowwardenNotifierFailing).",
+        ),
         stat(
             "Entities in state",
             [promql("sum(flowwarden_pipeline_state_entities)")],
-            w=12,
+            w=8,
             description="Sources whose baselines the pipeline keeps in memory.",
         ),
         table(
             "Model in use",
             [promql("max by (version) (flowwarden_pipeline_model_info)", instant=True)],
-            w=12,
+            w=8,
             h=4,
         ),
     ]

@@ -4,15 +4,20 @@
 time) and return what the backend answered, which the enforcer stores in the decision's
 ``backend_result``. ``reconcile`` makes the backend's rules match the active decisions
 (the store is the truth). A backend that cannot list its rules (exec, webhook) says so.
+Each backend registers itself on :data:`BACKENDS` (``@BACKENDS.register("nftables")``) and is
+built from the settings by :meth:`Backend.from_settings`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any
 
 from flowwarden.errors import FlowwardenError
+from flowwarden.plugins import Registry
 from flowwarden.records import Decision
+from flowwarden.settings import Settings
 
 
 class BackendError(FlowwardenError):
@@ -23,6 +28,11 @@ class Backend(ABC):
     name: str = ""
     kernel_expiry: bool = False
     """True when the rules expire by themselves (nftables element timeouts)."""
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings, protected: Iterable[str] = ()) -> Backend:
+        """This backend as ``settings.enforcement`` describes it; ``protected``: networks never blocked."""
 
     def start(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Prepare (create the table, the directory); no-op by default."""
@@ -48,3 +58,6 @@ class Backend(ABC):
     def render(self, decisions: list[Decision]) -> str:
         """What this backend would write for ``decisions`` (dry-run output); "" when nothing."""
         return ""
+
+
+BACKENDS: Registry[type[Backend]] = Registry("backend", "enforcement.backends")

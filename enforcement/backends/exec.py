@@ -9,10 +9,11 @@ flowwarden may call ``apply`` again for a decision at reconciliation.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flowwarden.enforcement.backends.base import Backend, BackendError
+from flowwarden.enforcement.backends.base import BACKENDS, Backend, BackendError
 from flowwarden.errors import ConfigError
 from flowwarden.records import Decision
 from flowwarden.settings import Settings
@@ -20,6 +21,7 @@ from flowwarden.settings import Settings
 MAX_OUTPUT = 4000
 
 
+@BACKENDS.register("exec")
 class ExecBackend(Backend):
     name = "exec"
 
@@ -28,7 +30,7 @@ class ExecBackend(Backend):
         self.timeout_s = timeout_s
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ExecBackend:
+    def from_settings(cls, settings: Settings, protected: Iterable[str] = ()) -> ExecBackend:
         if settings.enforcement.exec_path is None:
             raise ConfigError("enforcement.exec_path: the exec backend needs an executable")
         return cls(settings.enforcement.exec_path, settings.enforcement.exec_timeout_s)

@@ -95,9 +95,14 @@ def write_manifest(path: Path, docs: list[dict[str, Any]]) -> None:
     """Write atomically so that a GitOps sync never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    tmp.write_text(dump(docs))
     tmp.replace(path)
 
 
 def dump(docs: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(docs, sort_keys=False) if docs else ""
+    return yaml.dump_all(docs, Dumper=_DUMPER, sort_keys=False) if docs else ""
+
+
+# libyaml's emitter when PyYAML has it (same YAML, ~10x faster: a block of thousands of targets is
+# one document), else the pure-Python one; both are the safe dumper (plain data only).
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from flowwarden.enforcement.backends.base import Backend, BackendError
+from flowwarden.enforcement.backends.base import BACKENDS, Backend, BackendError
 from flowwarden.enforcement.backends.kube import KubeCall, KubeClient, dump, write_manifest
 from flowwarden.enforcement.targets import check_decision_id, check_name, check_namespace, parse_target
 from flowwarden.records import Decision
@@ -41,6 +41,7 @@ def block_label(decision_id: str) -> str:
     return f"flowwarden.io/block-{decision_id}"  # name part <= 63 chars: ids are <= 22
 
 
+@BACKENDS.register("networkpolicy")
 class NetworkPolicyBackend(Backend):
     name = "networkpolicy"
 
@@ -51,6 +52,12 @@ class NetworkPolicyBackend(Backend):
         # Active decisions this backend knows (applied here, or given to reconcile): a block
         # policy excepts the targets of every active block on the same pod.
         self.known: dict[str, Decision] = {}
+        # The same, by source pod: a pod's other blocks are found without a scan of every block.
+        self._by_pod: dict[tuple[str, str], dict[str, Decision]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, protected: Iterable[str] = ()) -> NetworkPolicyBackend:
+        return cls(settings)
 
     # ------------------------------------------------------------------ manifests
 
@@ -63,7 +70,7 @@ class NetworkPolicyBackend(Backend):
         pod = (ns, d.source.pod)
         same = [
             o
-            for o in (self.known.values() if others is None else others)
+            for o in (self._by_pod.get(pod, {}).values() if others is None else others)
             if o.id != d.id and (o.source.namespace, o.source.pod) == pod
         ]
         nets = {parse_target(t) for o in [d, *same] if o.action == "block" for t in o.targets}
@@ -163,7 +170,7 @@ class NetworkPolicyBackend(Backend):
 
     def apply(self, decision: Decision) -> dict[str, Any]:
         path = self._path(decision)
-        self.known[decision.id] = decision
+        self._know(decision)
         write_manifest(path, self.manifests(decision))
         out: dict[str, Any] = {"manifest": str(path), "calls": self.client.run(self.calls(decision))}
         updated = self._rewrite_siblings(decision)
@@ -173,7 +180,7 @@ class NetworkPolicyBackend(Backend):
 
     def revoke(self, decision: Decision) -> dict[str, Any]:
         path = self._path(decision)
-        self.known.pop(decision.id, None)
+        self._forget(decision)
         if decision.action != "quarantine":
             path.unlink(missing_ok=True)
         out = {"removed": str(path), "calls": self.client.run(self.calls(decision, revoke=True))}
@@ -186,7 +193,7 @@ class NetworkPolicyBackend(Backend):
         """Rewrite the other block policies of ``d``'s pod (their excepts include ``d``'s targets)."""
         pod = (d.source.namespace, d.source.pod)
         out = []
-        for o in list(self.known.values()):
+        for o in list(self._by_pod.get(pod, {}).values()):
             if o.id != d.id and o.action == "block" and (o.source.namespace, o.source.pod) == pod:
                 body = self.manifests(o)
                 write_manifest(self._path(o), body)
@@ -214,12 +221,13 @@ class NetworkPolicyBackend(Backend):
         """Files and (with ``apply_to_cluster``) the cluster's flowwarden policies match ``active``."""
         wanted: dict[Path, Decision] = {}
         self.known = {}
+        self._by_pod = {}
         for d in active:
             try:
                 wanted[self._path(d)] = d
             except BackendError:
                 continue  # not expressible here (no namespace/pod): it was never applied on this backend
-            self.known[d.id] = d
+            self._know(d)
         restored = []
         for path, d in wanted.items():
             # Missing, or a block policy written before another block on its pod began or ended.
@@ -272,8 +280,11 @@ class NetworkPolicyBackend(Backend):
     def render(self, decisions: list[Decision]) -> str:
         docs: list[dict[str, Any]] = []
         seen = set()
+        by_pod: dict[tuple[str, str], list[Decision]] = {}
         for d in decisions:
-            for m in self._manifests_or_none(d, decisions):
+            by_pod.setdefault((d.source.namespace, d.source.pod), []).append(d)
+        for d in decisions:
+            for m in self._manifests_or_none(d, by_pod[(d.source.namespace, d.source.pod)]):
                 key = (m["metadata"]["namespace"], m["metadata"]["name"])
                 if key not in seen:
                     seen.add(key)
@@ -281,6 +292,17 @@ class NetworkPolicyBackend(Backend):
         return dump(docs)
 
     # ------------------------------------------------------------------ helpers
+
+    def _know(self, d: Decision) -> None:
+        self.known[d.id] = d
+        self._by_pod.setdefault((d.source.namespace, d.source.pod), {})[d.id] = d
+
+    def _forget(self, d: Decision) -> None:
+        self.known.pop(d.id, None)
+        mine = self._by_pod.get((d.source.namespace, d.source.pod), {})
+        mine.pop(d.id, None)
+        if not mine:
+            self._by_pod.pop((d.source.namespace, d.source.pod), None)
 
     def _manifests_or_none(self, d: Decision, others: list[Decision]) -> list[dict[str, Any]]:
         try:

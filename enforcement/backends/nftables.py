@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from flowwarden.enforcement.backends.base import Backend, BackendError
+from flowwarden.enforcement.backends.base import BACKENDS, Backend, BackendError
+from flowwarden.enforcement.intervals import Ranges, span
 from flowwarden.enforcement.targets import Network, parse_ip, parse_target
 from flowwarden.records import Decision
 from flowwarden.settings import Settings
@@ -135,38 +136,65 @@ def decision_elements(d: Decision, expires_at: float) -> tuple[list[Element], li
 
 
 def merge(elements: Iterable[Element]) -> dict[Key, float]:
-    """Overlapping targets of one source collapse into the widest, with the latest expiry."""
+    """Overlapping targets of one source collapse into the widest, with the latest expiry.
+
+    CIDR networks either nest or do not touch, so one sort by (start, widest first) and one
+    sweep per (set, source) find the outermost networks: O(n log n), not a scan per element.
+    """
     merged: dict[Key, float] = {}
-    for e in sorted(elements, key=lambda e: _width(e.key), reverse=True):
-        cover = next((k for k in merged if _covers(k, e.key)), None)
-        if cover is None:
-            merged[e.key] = e.expires_at
+    groups: dict[tuple[str, str], list[tuple[Network, Element]]] = {}
+    for e in elements:
+        net = _net(e.key)
+        if net is None:  # a quarantine: one element per source
+            merged[e.key] = max(merged.get(e.key, e.expires_at), e.expires_at)
         else:
-            merged[cover] = max(merged[cover], e.expires_at)
+            groups.setdefault((e.key[0], e.key[1]), []).append((net, e))
+    for rows in groups.values():
+        rows.sort(key=lambda r: (r[0].version, int(r[0].network_address), -r[0].num_addresses))
+        top: Key | None = None
+        top_span: tuple[int, int, int] | None = None
+        for net, e in rows:
+            s = span(net)
+            if top is not None and top_span is not None and s[0] == top_span[0] and s[2] <= top_span[2]:
+                merged[top] = max(merged[top], e.expires_at)
+                continue
+            top, top_span = e.key, s
+            merged[top] = max(merged.get(top, e.expires_at), e.expires_at)
     return merged
+
+
+def overlapping(keys: Iterable[Key], wanted: Iterable[Key]) -> list[Key]:
+    """The ``keys`` that overlap one of ``wanted`` (same set and source): one index, one lookup each."""
+    index: dict[tuple[str, str], list[Network]] = {}
+    exact: set[Key] = set()
+    for w in wanted:
+        net = _net(w)
+        if net is None:
+            exact.add(w)
+        else:
+            index.setdefault((w[0], w[1]), []).append(net)
+    ranges = {k: Ranges((n, None) for n in nets) for k, nets in index.items()}
+    out = []
+    for k in keys:
+        net = _net(k)
+        if net is None:
+            if k in exact:
+                out.append(k)
+            continue
+        r = ranges.get((k[0], k[1]))
+        if r is not None and r.overlaps(net):
+            out.append(k)
+    return out
 
 
 def _net(key: Key) -> Network | None:
     return parse_target(key[2]) if key[2] else None
 
 
-def _width(key: Key) -> int:
-    net = _net(key)
-    return net.num_addresses if net is not None else 0
-
-
-def _covers(wide: Key, narrow: Key) -> bool:
-    if wide[:2] != narrow[:2]:
-        return False
-    a, b = _net(wide), _net(narrow)
-    if a is None or b is None:
-        return a is None and b is None
-    return a.version == b.version and a.overlaps(b)
-
-
 # --------------------------------------------------------------------------- backend
 
 
+@BACKENDS.register("nftables")
 class NftablesBackend(Backend):
     name = "nftables"
     kernel_expiry = True
@@ -344,7 +372,7 @@ class NftablesBackend(Backend):
         adds = {k: v for k, v in merged.items() if k not in same_src or v > same_src[k] + 1}
         self._change(deletes, adds)
         return {
-            "elements": [_show(k) for k in merged if any(_covers(k, w.key) for w in wanted)],
+            "elements": [_show(k) for k in overlapping(merged, (w.key for w in wanted))],
             "timeout_s": _timeout(expires, self.clock()),
             "skipped_targets": skipped,
         }
@@ -352,7 +380,7 @@ class NftablesBackend(Backend):
     def revoke(self, decision: Decision) -> dict[str, Any]:
         wanted, _ = decision_elements(decision, 0.0)
         current = self.current()
-        gone = [k for k in current if any(_covers(k, w.key) or _covers(w.key, k) for w in wanted)]
+        gone = overlapping(current, (w.key for w in wanted))
         self._change(gone, {})
         return {"removed": [_show(k) for k in gone]}
 

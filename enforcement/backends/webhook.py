@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import requests
 
-from flowwarden.enforcement.backends.base import Backend, BackendError
+from flowwarden.enforcement.backends.base import BACKENDS, Backend, BackendError
 from flowwarden.errors import ConfigError
 from flowwarden.records import Decision
 from flowwarden.settings import Settings
@@ -21,6 +21,7 @@ from flowwarden.settings import Settings
 RETRYABLE = {408, 429}
 
 
+@BACKENDS.register("webhook")
 class WebhookBackend(Backend):
     name = "webhook"
 
@@ -42,7 +43,7 @@ class WebhookBackend(Backend):
         self.sleep = sleep
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WebhookBackend:
+    def from_settings(cls, settings: Settings, protected: Iterable[str] = ()) -> WebhookBackend:
         if not settings.enforcement.webhook_url:
             raise ConfigError("enforcement.webhook_url: the webhook backend needs a URL")
         return cls(

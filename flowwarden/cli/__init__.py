@@ -1,20 +1,39 @@
 """The ``flowwarden`` command: the one place that wires the stages together.
 
-Each command group lives in its own module here and registers itself on :data:`app`;
-stage modules are imported inside the commands so that ``--help`` stays fast.
+Each command group lives in its own module here and registers itself on
+:data:`~flowwarden.cli.common.COMMANDS` (the plugin mechanism every family shares,
+:mod:`flowwarden.plugins`); importing this package imports them, so a command module
+that fails to import stops the CLI with its error instead of silently missing a command.
+Stage modules are imported inside the commands so that ``--help`` stays fast.
 Errors that a user can fix (:class:`~flowwarden.errors.FlowwardenError`) are printed as
 one line and exit with status 2, never as a traceback.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 
 import typer
 
+from flowwarden.cli.common import COMMANDS
 from flowwarden.errors import FlowwardenError
+
+# isort: off
+# The built-in command groups, in the order ``--help`` lists them (the data path).
+from flowwarden.cli import (  # noqa: F401 - importing registers them
+    config,
+    simulate,
+    replay,
+    collect,
+    pipeline,
+    enforce,
+    models,
+    dashboards,
+    demo,
+)
+
+# isort: on
 
 app = typer.Typer(
     name="flowwarden",
@@ -24,29 +43,10 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# Command modules, each with ``register(app)``; listed here so wiring stays in one place.
-COMMAND_MODULES = (
-    "config",
-    "simulate",
-    "replay",
-    "collect",
-    "pipeline",
-    "enforce",
-    "models",
-    "dashboards",
-    "demo",
-)
-
 
 def _register_all() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"flowwarden.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"flowwarden.cli.{name}":
-                continue  # command group not built yet
-            raise
-        module.register(app)
+    for _name, add in COMMANDS.items():
+        add(app)
 
 
 _register_all()

@@ -11,11 +11,12 @@ from typing import Annotated
 
 import typer
 
-from flowwarden.cli.common import ConfigOption, settings_from
+from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
 from flowwarden.errors import ConfigError, ServiceUnavailable
 from flowwarden.settings import load_settings
 
 
+@COMMANDS.register("collect")
 def register(app: typer.Typer) -> None:
     app.command("collect")(collect_command)
 

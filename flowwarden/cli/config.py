@@ -14,12 +14,15 @@ from typing import Annotated, Any
 
 import typer
 
+from flowwarden.cli.common import COMMANDS
+
 config_app = typer.Typer(help="Check settings files; print a commented example.", no_args_is_help=True)
 
 _FIELD = re.compile(r"^\s+(?P<name>[a-z_][a-z0-9_]*)\s*:")
 _TRAILING = re.compile(r"\)?\s+#\s*(?P<text>[^\"']*)$")
 
 
+@COMMANDS.register("config")
 def register(app: typer.Typer) -> None:
     app.add_typer(config_app, name="config")
 
@@ -29,9 +32,11 @@ def check_command(
     file: Annotated[Path, typer.Argument(help="YAML settings file to validate.")],
 ) -> None:
     """Validate FILE (with FLOWWARDEN_* environment overrides) and print the effective settings."""
+    from flowwarden.cli.common import check_plugin_settings
     from flowwarden.settings import dump_settings, load_settings
 
     settings = load_settings(file)  # ConfigError names the key and the nearest valid name
+    check_plugin_settings(settings)  # detector, threshold and backend names; threshold ranges
     typer.echo(f"# {file}: valid; effective settings (environment overrides applied):")
     typer.echo(dump_settings(settings), nl=False)
 
@@ -78,6 +83,19 @@ def _yaml_value(name: str, value: Any, indent: str) -> str:
     return "".join(f"{indent}{line}\n" for line in text.rstrip("\n").splitlines())
 
 
+def _detector_thresholds() -> list[str]:
+    """Comment lines: every registered detector's thresholds, defaults and allowed ranges."""
+    from flowwarden.pipeline.detection.detectors import DETECTORS
+
+    out = []
+    for name, cls in DETECTORS.items():
+        out.append(f"  #   {name}:")
+        for key, default in cls.defaults.items():
+            value = int(default) if float(default).is_integer() else default
+            out.append(f"  #     {key}: {value}  # {cls.constraints[key]}")
+    return out
+
+
 def example_yaml() -> str:
     """The example file: every section and key with its default and its comment."""
     from pydantic import BaseModel
@@ -105,6 +123,8 @@ def example_yaml() -> str:
             for key, sub in value.items():
                 for note in comments.get(key, []):
                     out.append(f"  # {note}")
+                if (name, key) == ("pipeline", "detectors"):
+                    out.extend(_detector_thresholds())
                 out.append(_yaml_value(key, sub, "  ").rstrip("\n"))
         else:
             for note in top_comments.get(name, []):

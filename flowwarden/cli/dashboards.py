@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
+from flowwarden.cli.common import COMMANDS
 from flowwarden.errors import ConfigError
 
 DEFAULT_IMG_DIR = Path("docs/img")
 
 
+@COMMANDS.register("dashboards")
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
         help="Grafana dashboards as code: generate, check, render, push.", no_args_is_help=True

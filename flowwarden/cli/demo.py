@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from flowwarden.cli.common import ConfigOption
+from flowwarden.cli.common import COMMANDS, ConfigOption
 
 DEFAULT_OUT = Path("flowwarden-demo")
 
@@ -71,5 +71,6 @@ def demo(
         raise typer.Exit(1)
 
 
+@COMMANDS.register("demo")
 def register(app: typer.Typer) -> None:
     app.command("demo")(demo)

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -22,6 +22,12 @@ from flowwarden.errors import ConfigError
 from flowwarden.labels import Labels
 from flowwarden.records import Alert, Decision
 from flowwarden.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from flowwarden.kube import PodInventory
+    from flowwarden.models.registry import LoadedModel
+    from flowwarden.pipeline.detection.engine import DetectionEngine, EngineResult
+    from flowwarden.pipeline.detection.stats import EngineStats
 
 log = logging.getLogger("flowwarden.demo")
 
@@ -117,10 +123,12 @@ def demo_settings(opts: DemoOptions, inventory_path: Path | None) -> Settings:
     overrides: dict[str, Any] = {
         "bus": {"kind": opts.bus},
         "store": {"url": opts.store or f"sqlite:///{(opts.out / 'flowwarden.db').resolve()}"},
-        "pipeline": {
+        # The demo's own pods, for enrichment and the guardrails alike (never a live cluster's).
+        "kubernetes": {
+            "inventory_source": "file",
             "inventory_path": str(inventory_path) if inventory_path else None,
-            "group_id": f"flowwarden-demo-{int(time.time())}",
         },
+        "pipeline": {"group_id": f"flowwarden-demo-{int(time.time())}"},
         "enforcement": {
             "mode": "dry_run",
             "mode_by_detector": {},
@@ -183,25 +191,44 @@ def run_demo(opts: DemoOptions) -> DemoSummary:
 
 
 class _RecordingEngine:
-    """The pipeline's engine, keeping each closed window's scores for the report."""
+    """The pipeline's engine, keeping each closed window's scores for the report.
 
-    def __init__(self, engine: Any) -> None:
-        self._engine = engine
+    An :class:`~flowwarden.pipeline.runtime.ports.Engine` itself: every call goes to the
+    real engine; ``process`` and ``flush`` also keep the windows they scored.
+    """
+
+    def __init__(self, engine: DetectionEngine) -> None:
+        self.engine = engine
         self.windows: list[pd.DataFrame] = []
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def _keep(self, result: Any) -> Any:
+    def _keep(self, result: EngineResult) -> EngineResult:
         if len(result.windows):
             self.windows.append(result.windows)
         return result
 
-    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> Any:
-        return self._keep(self._engine.process(flows, now=now))
+    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> EngineResult:
+        return self._keep(self.engine.process(flows, now=now))
 
-    def flush(self) -> Any:
-        return self._keep(self._engine.flush())
+    def flush(self) -> EngineResult:
+        return self._keep(self.engine.flush())
+
+    def open_window_floor(self) -> float | None:
+        return self.engine.open_window_floor()
+
+    def set_model(self, model: LoadedModel | None) -> None:
+        self.engine.set_model(model)
+
+    def set_inventory(self, inventory: PodInventory | None) -> None:
+        self.engine.set_inventory(inventory)
+
+    def export_state(self) -> bytes:
+        return self.engine.export_state()
+
+    def import_state(self, data: bytes) -> None:
+        self.engine.import_state(data)
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
 
 
 class _Run:
@@ -215,8 +242,8 @@ class _Run:
     def execute(self) -> tuple[list[Alert], list[Decision], pd.DataFrame, Any]:
         from flowwarden.bus import open_bus, publish_flows
         from flowwarden.enforcement.enforcer import Enforcer
+        from flowwarden.kube import inventory_source_from_settings
         from flowwarden.pipeline.detection.engine import DetectionEngine
-        from flowwarden.pipeline.detection.enrich import Inventory
         from flowwarden.pipeline.runtime.model_watch import ModelWatcher
         from flowwarden.pipeline.runtime.stage import PipelineStage, StageOptions
         from flowwarden.store import Store
@@ -227,10 +254,7 @@ class _Run:
         store = Store(s.store.url).start()
         try:
             bus.ensure_topics([topics.flows, topics.alerts, topics.decisions, topics.flows_dlq])
-            inventory = (
-                Inventory.from_file(self.traffic.inventory_path) if self.traffic.inventory_path else None
-            )
-            engine = _RecordingEngine(DetectionEngine(s, inventory=inventory))
+            engine = _RecordingEngine(DetectionEngine(s))
             watcher = ModelWatcher(s.pipeline.model_dir)
             stage = PipelineStage(
                 s,
@@ -238,6 +262,7 @@ class _Run:
                 store=store,
                 engine=engine,
                 model_watcher=watcher,
+                inventory_source=inventory_source_from_settings(s),  # the traffic's pods
                 options=StageOptions(align_idle_s=ALIGN_IDLE_S, poll_timeout_s=0.0, max_records=500),
             )
             enforcer = Enforcer(s, store=store, bus=bus, clock=lambda: self.sim_now)
@@ -246,7 +271,7 @@ class _Run:
             enforcer.start()
             # The view reads alerts as a person's tool would: its own group on the alerts topic.
             viewer = bus.consumer([topics.alerts], f"{s.pipeline.group_id}-view")
-            model = engine.model
+            model = engine.engine.model
             self.view.model(watcher.version)
             try:
                 self._replay(producer, stage, enforcer, viewer, publish_flows)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flowwarden.cli.common import ConfigOption, settings_from
+from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
 from flowwarden.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ enforce_app = typer.Typer(
 blocks_app = typer.Typer(help="List, revoke, approve and add blocks (the people's side of enforcement).")
 
 
+@COMMANDS.register("enforce")
 def register(app: typer.Typer) -> None:
     app.add_typer(enforce_app, name="enforce")
     app.add_typer(blocks_app, name="blocks")
@@ -41,7 +42,10 @@ def enforce(
     ] = None,
     rules_dir: Annotated[
         Path | None,
-        typer.Option("--rules-dir", help="Where to write rules.nft, networkpolicies.yaml, calico.yaml."),
+        typer.Option(
+            "--rules-dir",
+            help="Where to write rules.nft and the Kubernetes manifests of every backend.",
+        ),
     ] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -63,10 +67,19 @@ def enforce(
 
 
 @enforce_app.command("run")
-def run(config: ConfigOption = None) -> None:
+def run(
+    config: ConfigOption = None,
+    ready_port: Annotated[
+        int,
+        typer.Option(
+            "--ready-port", help="Serve /ready (Kafka and the store reachable) and /healthz here (0: off)."
+        ),
+    ] = 0,
+) -> None:
     """Run the enforcer: consume alerts, decide, apply, publish and record until SIGTERM."""
     from flowwarden.bus import open_bus
     from flowwarden.enforcement.enforcer import Enforcer
+    from flowwarden.readiness import Readiness
     from flowwarden.store import Store
 
     settings = settings_from(config)
@@ -83,7 +96,10 @@ def run(config: ConfigOption = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    readiness = Readiness.from_settings(settings)
     try:
+        if ready_port:
+            readiness.serve(ready_port)
         result = enforcer.start()
         enforcer.metrics.serve(settings.enforcement.metrics_port)
         typer.echo(
@@ -91,6 +107,7 @@ def run(config: ConfigOption = None) -> None:
         )
         enforcer.run(stop)
     finally:
+        readiness.close()
         enforcer.stop()
         bus.close()
         store.stop()

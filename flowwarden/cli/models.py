@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flowwarden.cli.common import ConfigOption, settings_from
+from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
 from flowwarden.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ BudgetOption = Annotated[
 ]
 
 
+@COMMANDS.register("models")
 def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
 
@@ -50,11 +51,11 @@ def register(app: typer.Typer) -> None:
 # ---------------------------------------------------------------------- wiring
 def pipeline_detector(inventory: dict[str, Any] | None) -> DetectFn:
     """The pipeline's own offline engine, adapted to what ``models`` needs."""
+    from flowwarden.kube import PodInventory
     from flowwarden.models.workflow import Detection
-    from flowwarden.pipeline.detection.enrich import Inventory
     from flowwarden.pipeline.runtime.offline import detect_flows
 
-    inv = Inventory.from_dict(inventory) if inventory is not None else None
+    inv = PodInventory.from_dict(inventory) if inventory is not None else None
 
     def detect(flows: Any, settings: Settings, model: Any) -> Detection:
         res = detect_flows(flows, settings=settings, inventory=inv, model=model)
@@ -65,9 +66,9 @@ def pipeline_detector(inventory: dict[str, Any] | None) -> DetectFn:
 
 
 def feature_names() -> list[str]:
-    from flowwarden.pipeline.detection.features import FEATURES
+    from flowwarden.records import WINDOW_FEATURES
 
-    return list(FEATURES)
+    return list(WINDOW_FEATURES)
 
 
 @contextmanager

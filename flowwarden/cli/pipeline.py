@@ -1,23 +1,32 @@
 """``flowwarden detect`` (offline, no services) and ``flowwarden pipeline …`` (the streaming runtime).
 
 ``detect`` runs the very engine the streaming pipeline runs over a Parquet file of flows,
-or over a capture metered by the collector's code, and writes one alert per line.
+or over a capture metered by the collector's code, and writes one alert per line, in
+``alerts.format`` or ``--format`` (native, ecs, ocsf: :mod:`flowwarden.alert_formats`).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
-from flowwarden.cli.common import ConfigOption, settings_from
+from flowwarden.alert_formats import FORMATS, AlertExporter, AlertFormat
+from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
 from flowwarden.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
+def _alert_format(fmt: str) -> AlertFormat:
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    return cast(AlertFormat, fmt)
+
+
+@COMMANDS.register("pipeline")
 def register(app: typer.Typer) -> None:
     _register_run(app)  # ``flowwarden pipeline run``: the streaming runtime (below)
 
@@ -39,15 +48,27 @@ def register(app: typer.Typer) -> None:
         no_model: Annotated[
             bool, typer.Option("--no-model", help="Do not load the shipped anomaly model.")
         ] = False,
+        fmt: Annotated[
+            str | None,
+            typer.Option(
+                "--format",
+                help="Alert format: native, ecs (Elastic Common Schema) or ocsf (Detection Finding); "
+                "default alerts.format.",
+            ),
+        ] = None,
         config: ConfigOption = None,
     ) -> None:
         """Score flows offline (same engine as the live pipeline) and write alerts.jsonl."""
         import pandas as pd
 
-        from flowwarden.pipeline.detection.enrich import Inventory
+        from flowwarden.kube import PodInventory
         from flowwarden.pipeline.runtime.offline import default_model, detect_flows
 
         settings = settings_from(config)
+        if fmt is not None:
+            settings = settings.model_copy(
+                update={"alerts": settings.alerts.model_copy(update={"format": _alert_format(fmt)})}
+            )
         if (flows is None) == (pcap is None):
             raise ConfigError("detect: give exactly one of --flows FILE.parquet or --pcap FILE")
         if flows is not None:
@@ -64,16 +85,17 @@ def register(app: typer.Typer) -> None:
             from flowwarden.collectors import meter_pcap  # type: ignore[attr-defined,unused-ignore]
 
             frame = meter_pcap(pcap, settings)
-        inv_path = inventory or settings.pipeline.inventory_path
-        inv = Inventory.from_file(inv_path) if inv_path is not None else None
+        inv_path = inventory or settings.kubernetes.inventory_path
+        inv = PodInventory.from_file(inv_path) if inv_path is not None else None
         model = None if no_model else default_model()
         result = detect_flows(
             frame, settings=settings, inventory=inv, model=model, keep_windows=windows_out is not None
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w") as fh:
+        exporter = AlertExporter.from_settings(settings)
+        with out.open("wb") as fh:
             for alert in result.alerts:
-                fh.write(alert.to_json() + "\n")
+                fh.write(exporter.encode(alert) + b"\n")
         if windows_out is not None:
             result.windows.to_parquet(windows_out, index=False)
         invalid = 0 if result.invalid is None else len(result.invalid)
@@ -92,7 +114,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _register_run(app: typer.Typer) -> None:
-    """``flowwarden pipeline run``, owned by the pipeline runtime (``pipeline/stage.py``)."""
+    """``flowwarden pipeline run``, owned by the pipeline runtime (``pipeline/runtime/stage.py``)."""
     pipeline_app = typer.Typer(help="The streaming detection pipeline.", no_args_is_help=True)
     app.add_typer(pipeline_app, name="pipeline")
 
@@ -116,21 +138,35 @@ def _register_run(app: typer.Typer) -> None:
         flush_on_stop: Annotated[
             bool, typer.Option("--flush-on-stop", help="Close every open window at stop and commit all.")
         ] = False,
+        ready_port: Annotated[
+            int,
+            typer.Option(
+                "--ready-port",
+                help="Serve /ready (Kafka and the store reachable) and /healthz here (0: off).",
+            ),
+        ] = 0,
     ) -> None:
         """Consume flows, detect, send alerts to the topic, the store and the notifiers."""
         import socket
 
         from flowwarden.pipeline.runtime.stage import StageOptions, run_pipeline
+        from flowwarden.readiness import Readiness
 
         settings = settings_from(config)
         worker_id = worker_id or socket.gethostname()
-        stats = run_pipeline(
-            settings,
-            options=StageOptions.from_settings(settings, worker_id=worker_id),
-            metrics_port=metrics_port,
-            max_seconds=max_seconds,
-            flush_on_stop=flush_on_stop,
-        )
+        readiness = Readiness.from_settings(settings)
+        if ready_port:
+            readiness.serve(ready_port)
+        try:
+            stats = run_pipeline(
+                settings,
+                options=StageOptions.from_settings(settings, worker_id=worker_id),
+                metrics_port=metrics_port,
+                max_seconds=max_seconds,
+                flush_on_stop=flush_on_stop,
+            )
+        finally:
+            readiness.close()
         typer.echo(
             f"pipeline stopped: {stats.batches} batches, {stats.flows} flows, {stats.alerts} alerts, "
             f"{stats.dlq} dead letters"

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flowwarden.cli.common import ConfigOption, settings_from
+from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
 
 
 def replay(
@@ -61,5 +61,6 @@ def replay(
         raise typer.Exit(1)
 
 
+@COMMANDS.register("replay")
 def register(app: typer.Typer) -> None:
     app.command("replay")(replay)

@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
-from flowwarden.cli.common import ConfigOption, settings_from
+from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
 from flowwarden.errors import ConfigError
 
 
+@COMMANDS.register("simulate")
 def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate_command)
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from flowwarden.errors import FlowwardenError
-from flowwarden.store_schema import metadata, schema_migrations
+from flowwarden.store_schema import consumed_batches, metadata, schema_migrations
 
 # Any constant: serialises concurrent start-ups (pipeline and enforcer) on PostgreSQL.
 _PG_LOCK_KEY = 0x466C6F77  # "Flow"
@@ -43,7 +43,37 @@ def _initial(conn: Connection) -> None:
     metadata.create_all(conn, checkfirst=True)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial tables", _initial),)
+def _batch_epochs(conn: Connection) -> None:
+    """``consumed_batches`` gains ``epoch`` in its key: an offset is a batch only within one
+    epoch of its partition (the pipeline starts a new one when a topic's offsets restart)."""
+    if "epoch" in {c["name"] for c in sa.inspect(conn).get_columns(consumed_batches.name)}:
+        return  # made by a version-1 start of this code (the tables are always the latest)
+    if conn.dialect.name == "postgresql":
+        for sql in (
+            "ALTER TABLE consumed_batches ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE consumed_batches DROP CONSTRAINT pk_consumed_batches",
+            "ALTER TABLE consumed_batches ADD CONSTRAINT pk_consumed_batches PRIMARY KEY "
+            '(group_id, topic, "partition", epoch, "offset")',
+        ):
+            conn.execute(sa.text(sql))
+        return
+    # SQLite cannot change a primary key in place: build the table anew and copy the marks.
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_consumed_batches_marked_at"))
+    conn.execute(sa.text("ALTER TABLE consumed_batches RENAME TO consumed_batches_v1"))
+    consumed_batches.create(conn)
+    conn.execute(
+        sa.text(
+            'INSERT INTO consumed_batches (group_id, topic, "partition", "offset", marked_at, epoch) '
+            'SELECT group_id, topic, "partition", "offset", marked_at, 0 FROM consumed_batches_v1'
+        )
+    )
+    conn.execute(sa.text("DROP TABLE consumed_batches_v1"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial tables", _initial),
+    Migration(2, "epoch in batch marks", _batch_epochs),
+)
 """Every migration, in order; the last one's version is the code's schema version."""
 
 

@@ -26,7 +26,7 @@ from flowwarden.settings import Settings
 
 MAX_TARGETS = 20
 MAX_EXAMPLES = 5
-_ALERT_KEYS = ("src_ip", "namespace", "pod", "workload", "node", "ws", "we")
+_ALERT_KEYS = ("src_ip", "namespace", "pod", "workload", "node", "window_start", "window_end")
 EXAMPLE_COLUMNS = (
     "ts_start",
     "ts_end",
@@ -164,7 +164,7 @@ class AlertBuilder:
         ports = [int(p) for p in tflows["dst_port"].value_counts().index[:MAX_TARGETS]]
         evidence = {**self._evidence(ctx, row, det), **(det.describe(tflows) if mask.any() else {})}
         examples = _examples(tflows if len(tflows) else wflows)
-        ws, we = float(w["ws"]), float(w["we"])
+        ws, we = float(w["window_start"]), float(w["window_end"])
         key = (entity.key(), det.name)
         prev = self.open.get(key)
         if (
@@ -191,7 +191,7 @@ class AlertBuilder:
             alert = Alert(
                 kind=kind,
                 detector=det.name,
-                technique=det.technique,
+                technique=det.technique_for(kind),
                 score=round(score, 4),
                 severity=severity_of(score),
                 entity=entity,
@@ -202,7 +202,8 @@ class AlertBuilder:
                 summary=_summary(det, entity, targets, ports),
                 evidence={**evidence, "windows": 1},
                 example_flows=examples,
-                model_version=self.model_version if det.name == "isolation_forest" else "",
+                model_version=self.model_version if det.needs_model else "",
+                cluster=self.settings.cluster.name,
             )
         self.open[key] = alert
         return alert

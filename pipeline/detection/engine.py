@@ -28,15 +28,14 @@ import numpy as np
 import pandas as pd
 
 from flowwarden.errors import RecordError
+from flowwarden.kube import PodInventory
 from flowwarden.pipeline.detection.addresses import AddressFacts
 from flowwarden.pipeline.detection.alerts import AlertBuilder
 from flowwarden.pipeline.detection.connections import ConnectionLog
 from flowwarden.pipeline.detection.detectors import Context, build_detectors
-from flowwarden.pipeline.detection.enrich import Inventory, enrich_flows
+from flowwarden.pipeline.detection.enrich import enrich_flows
 from flowwarden.pipeline.detection.features import (
-    FEATURES,
     ID_COLUMNS,
-    KEY_COLUMNS,
     beacon_features,
     commit_edges,
     decode_lean,
@@ -55,8 +54,9 @@ from flowwarden.pipeline.detection.state import (
     pack_state,
     unpack_state,
 )
+from flowwarden.pipeline.detection.stats import EngineStats
 from flowwarden.pipeline.detection.windows import WindowBuffer
-from flowwarden.records import FLOW_SCHEMA, Alert, conform_flows
+from flowwarden.records import FLOW_SCHEMA, WINDOW_COLUMNS, Alert, conform_flows
 from flowwarden.settings import Settings
 
 if TYPE_CHECKING:
@@ -76,16 +76,10 @@ BASELINE_FEATURES: tuple[str, ...] = (
     "failed_dsts",
     "new_edges",
 )
-ALLOWED_LATENESS_S = 2.0
-BASELINE_TTL_S = 24 * 3600.0
-BEACON_HORIZON_S = 3600.0
-BEACON_MAX_PAIRS = 100_000  # (entity, external destination, port) pairs, 48 connections each
-BEACON_MIN_CONNS = 6
+# How often (event time) expired baselines, edges and open alerts are swept: a cost, not a
+# behaviour (each memory forgets by its own TTL, whatever the sweep's cadence). The tuning
+# knobs (lateness, TTLs, horizons, memory bounds) are settings in ``settings.pipeline``.
 EXPIRE_EVERY_S = 60.0
-RECENT_HORIZON_S = 60.0
-VOCAB_MAX = 2_000_000  # strings kept as ids; past this, rebuilt from what is still buffered
-TAINT_S = 24 * 3600.0  # edges of an alerted lateral movement stay new to other pods this long
-RECENT_MAX_ROWS = 1_000_000
 
 
 @dataclass
@@ -99,28 +93,29 @@ class DetectionEngine:
     """Windows, features, detectors and alerts over a stream of flow batches."""
 
     def __init__(
-        self, settings: Settings, *, inventory: Inventory | None = None, model: LoadedModel | None = None
+        self, settings: Settings, *, inventory: PodInventory | None = None, model: LoadedModel | None = None
     ) -> None:
         self.settings = settings
         p = settings.pipeline
         self.inventory = inventory
         self.window_s = p.window_s
-        self.buffer = WindowBuffer(p.window_s, ALLOWED_LATENESS_S)
+        self.buffer = WindowBuffer(p.window_s, p.allowed_lateness_s)
         half_life = p.baseline_half_life_h * 3600.0
+        ttl = p.baseline_ttl_h * 3600.0
         self.entity_base = Baselines(
-            list(BASELINE_FEATURES), half_life_s=half_life, ttl_s=BASELINE_TTL_S, max_keys=p.max_entities
+            list(BASELINE_FEATURES), half_life_s=half_life, ttl_s=ttl, max_keys=p.max_entities
         )
         self.workload_base = Baselines(
-            list(BASELINE_FEATURES), half_life_s=half_life, ttl_s=BASELINE_TTL_S, max_keys=p.max_entities
+            list(BASELINE_FEATURES), half_life_s=half_life, ttl_s=ttl, max_keys=p.max_entities
         )
         self.edges = SeenEdges(ttl_s=p.seen_edges_ttl_days * 86400.0, max_edges=p.max_edges)
-        self.connections = ConnectionLog(horizon_s=BEACON_HORIZON_S, max_pairs=BEACON_MAX_PAIRS)
-        self.recent = RecentActivity(horizon_s=RECENT_HORIZON_S, max_rows=RECENT_MAX_ROWS)
+        self.connections = ConnectionLog(horizon_s=p.beacon_horizon_s, max_pairs=p.beacon_max_pairs)
+        self.recent = RecentActivity(horizon_s=p.recent_horizon_s, max_rows=p.recent_max_rows)
+        self.taint_s = p.alerted_edges_taint_h * 3600.0
+        self.vocab_max = p.max_vocabulary
         self.first_ws = math.inf  # when this engine's memory starts (-inf: history was imported)
         self.vocab = Vocab()
         self.facts = AddressFacts(settings)
-        beacon = p.detectors.get("beaconing", {})
-        self.beacon_min_conns = int(beacon.get("min_conns", BEACON_MIN_CONNS))
         self.alerts = AlertBuilder(settings)
         self.detectors = build_detectors(settings, model)
         self.model: LoadedModel | None = None
@@ -133,12 +128,16 @@ class DetectionEngine:
         self.set_model(model)
 
     # ------------------------------------------------------------------ API
+    def set_inventory(self, inventory: PodInventory | None) -> None:
+        """Enrich from this pod inventory snapshot from now on (the runtime's source made it)."""
+        self.inventory = inventory
+
     def set_model(self, model: LoadedModel | None) -> None:
         """Swap the anomaly model (after a promote); warm-start from its shipped state if any."""
         self.model = model
         for det in self.detectors:
-            if det.name == "isolation_forest":
-                det.set_model(model)  # type: ignore[attr-defined]
+            if det.needs_model:
+                det.set_model(model)
         self.alerts.model_version = getattr(model, "version", "") if model is not None else ""
         state = getattr(model, "state", None) if model is not None else None
         if state and not len(self.workload_base):
@@ -157,8 +156,6 @@ class DetectionEngine:
             str(flows[c].dtype) != t for c, t in FLOW_SCHEMA.items() if t != "str"
         ):
             flows = conform_flows(flows)
-        if self.inventory is not None:
-            self.inventory = self.inventory.reload_if_changed()
         addresses = self.facts.batch(self.vocab, flows["src_ip"], flows["dst_ip"], self._node_ips())
         enriched = enrich_flows(
             flows, self.inventory, self.settings, inside=(addresses.src_in, addresses.dst_in)
@@ -171,7 +168,7 @@ class DetectionEngine:
             self.buffer.add(lean)
         closed = self.buffer.close(now)
         alerts, windows = self._score(closed)
-        if len(self.vocab) > VOCAB_MAX:
+        if len(self.vocab) > self.vocab_max:
             self._compact_vocab()
         return EngineResult(alerts, enriched, windows)
 
@@ -192,16 +189,29 @@ class DetectionEngine:
     def state_entities(self) -> int:
         return len(self.entity_base)
 
+    def stats(self) -> EngineStats:
+        """What the engine counted so far, in one snapshot (for metrics, logs and tests)."""
+        return EngineStats(
+            flows_in=self.flows_in,
+            flows_scored=self.flows_scored,
+            flows_unscored=self.flows_unscored,
+            late_flows=self.late_flows,
+            windows_scored=self.windows_scored,
+            state_entities=self.state_entities,
+            evicted=dict(self.evicted),
+            suppressed=dict(self.alerts.suppressed),
+        )
+
     # ------------------------------------------------------------------ scoring
     def _score(self, closed: pd.DataFrame) -> tuple[list[Alert], pd.DataFrame]:
         if not len(closed):
             return [], pd.DataFrame()
         alerts: dict[str, Alert] = {}
         frames: list[pd.DataFrame] = []
-        ws_all = closed["ws"].to_numpy()
+        ws_all = closed["window_start"].to_numpy()
         if len(ws_all) > 1 and not bool((ws_all[1:] >= ws_all[:-1]).all()):
             closed = closed.iloc[np.argsort(ws_all, kind="stable")]  # one take; then slices
-            ws_all = closed["ws"].to_numpy()
+            ws_all = closed["window_start"].to_numpy()
         starts = np.flatnonzero(np.r_[True, ws_all[1:] != ws_all[:-1]])
         for lo, hi in zip(starts, [*starts[1:], len(ws_all)], strict=True):
             ws = ws_all[lo]
@@ -221,7 +231,7 @@ class DetectionEngine:
             return np.zeros(len(keys))
         created = self.inventory.created_by_key()
         start = keys["entity"].map(created).to_numpy(dtype="float64")
-        return np.nan_to_num(keys["ws"].to_numpy() - start, nan=0.0, posinf=0.0, neginf=0.0)
+        return np.nan_to_num(keys["window_start"].to_numpy() - start, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _compact_vocab(self) -> None:
         """Start a fresh vocabulary holding only the strings of still-buffered flows (bounded memory)."""
@@ -244,15 +254,16 @@ class DetectionEngine:
         if p is None:
             return [], pd.DataFrame()
         feats = window_features(p)
-        self.first_ws = min(self.first_ws, float(p.keys["ws"].min()))
+        self.first_ws = min(self.first_ws, float(p.keys["window_start"].min()))
         edges = edge_table(p, self.vocab)
         novelty, local_edges, edges_all = novelty_features(p, edges, self.edges)
         recent = recent_features(p, local_edges, self.recent)
-        beacon = beacon_features(p, self.connections, self.edges, self.vocab, self.beacon_min_conns)
+        min_conns = self.settings.pipeline.beacon_min_conns
+        beacon = beacon_features(p, self.connections, self.edges, self.vocab, min_conns)
         windows = pd.concat([p.keys, feats, novelty, recent, beacon], axis=1)
-        windows = windows[[*KEY_COLUMNS, *FEATURES]]
+        windows = windows[list(WINDOW_COLUMNS)]
         ent = self.entity_base.lookup(windows["entity"])
-        wl = self.workload_base.lookup(windows["wl_key"])
+        wl = self.workload_base.lookup(windows["workload_key"])
         ctx = Context(
             windows,
             ent.reset_index(drop=True),
@@ -279,11 +290,11 @@ class DetectionEngine:
             flagged |= hit
             if det.kind == "lateral_movement":
                 lateral |= hit
-        commit_edges(edges_all, self.edges, np.flatnonzero(lateral), taint_s=TAINT_S)
+        commit_edges(edges_all, self.edges, np.flatnonzero(lateral), taint_s=self.taint_s)
         calm = windows[~flagged]
-        ws = calm["ws"].to_numpy()
+        ws = calm["window_start"].to_numpy()
         self.entity_base.update(calm["entity"], ws, self.window_s, calm)
-        self.workload_base.update(calm["wl_key"], ws, self.window_s, calm)
+        self.workload_base.update(calm["workload_key"], ws, self.window_s, calm)
         self.windows_scored += len(windows)
         self.flows_scored += len(p.flows)
         return alerts, windows
@@ -335,7 +346,7 @@ class DetectionEngine:
         if "recent" in tables and clocks:
             # Recent activity (new peers, failed connections over a sliding horizon) keeps an
             # ongoing slow scan on its open alert across a restart instead of starting afresh.
-            self.recent.table = tables["recent"].astype(self.recent.table.dtypes.to_dict())
+            self.recent.load(tables["recent"])
         if "connections" in tables and clocks:
             self.connections.load(tables["connections"])
         if clocks:

@@ -9,7 +9,9 @@ The entity is the source pod (``namespace/pod``), or the source address when no 
 it (a node, an unknown host). :func:`window_features` gives the stateless features; the ones
 that need memory (never-seen edges, volume to addresses new to the cluster, recent targets,
 the beacon score) come from :func:`novelty_features`, :func:`recent_features` and
-:func:`beacon_features` over :mod:`pipeline.state`.
+:func:`beacon_features` over :mod:`pipeline.state`. Together they make the entity-window
+record declared in :mod:`flowwarden.records` (:data:`~flowwarden.records.WINDOW_SCHEMA`):
+its key columns come from :func:`prepare`, its features from the functions above.
 """
 
 from __future__ import annotations
@@ -33,66 +35,6 @@ LONG_LIVED_S = 300.0
 YOUNG_EDGE_S = 3600.0  # an address first seen by the cluster within this long is "young"
 CLUSTER_DOMAINS = frozenset({"cluster.local"})  # never counted as tunnel subdomains
 
-# Every numeric feature, in a fixed order (the isolation forest's columns come from here).
-FEATURES: tuple[str, ...] = (
-    "flows",
-    "bytes_out",
-    "bytes_out_ext",
-    "bytes_out_int",
-    "pkts_out_ext",
-    "pkts_out_int",
-    "bytes_in_ext",
-    "ext_dsts",
-    "int_peers",
-    "dst_ports",
-    "max_ports_per_dst",
-    "icmp_dsts",
-    "failed_conns",
-    "failed_share",
-    "rejected_share",
-    "syn_only_share",
-    "failed_dsts",
-    "failed_ports",
-    "cp_api",
-    "cp_etcd",
-    "cp_kubelet",
-    "cp_scheduler",
-    "cp_controller_manager",
-    "metadata_api",
-    "dns_queries",
-    "dns_names",
-    "dns_max_subdomains",
-    "dns_mean_len",
-    "dns_mean_entropy",
-    "long_lived",
-    "new_edges",
-    "new_int_peers",
-    "new_int_edges",
-    "new_ext_dsts",
-    "new_ext_bytes",
-    "young_ext_bytes",
-    "young_ext_age",
-    "young_ext_upload_ratio",
-    "recent_new_peers",
-    "recent_failed_dsts",
-    "recent_ports_per_dst",
-    "beacon_score",
-    "beacon_conns",
-    "beacon_peers",
-    "beacon_edge_age",
-)
-KEY_COLUMNS: tuple[str, ...] = (
-    "ws",
-    "we",
-    "entity",
-    "src_ip",
-    "namespace",
-    "pod",
-    "workload",
-    "wl_key",
-    "node",
-    "is_node",
-)
 _NUMERIC = ("ts_start", "ts_end", "dst_port", "proto", "bytes_out", "bytes_in", "pkts_out", "final")
 ID_COLUMNS = _IDS = (
     "src_ip",
@@ -246,7 +188,7 @@ def prepare(lean: pd.DataFrame, vocab: Vocab, window_s: float) -> Prepared | Non
     has_pod = pod != 0
     has_wl = wl != 0
     ent_code = np.where(has_pod, (ns << 32) | pod, -(ip + 1))
-    ws = f["ws"].to_numpy(dtype="float64")
+    ws = f["window_start"].to_numpy(dtype="float64")
     e_codes, e_uniq = pd.factorize(ent_code)
     w_codes, _ = pd.factorize(ws)
     gid, _ = pd.factorize(w_codes.astype("int64") * len(e_uniq) + e_codes)
@@ -259,14 +201,14 @@ def prepare(lean: pd.DataFrame, vocab: Vocab, window_s: float) -> Prepared | Non
     entity = np.where(has_pod[r], ns_s + "/" + pod_s, ip_s)
     keys = pd.DataFrame(
         {
-            "ws": ws[r],
-            "we": ws[r] + window_s,
+            "window_start": ws[r],
+            "window_end": ws[r] + window_s,
             "entity": entity,
             "src_ip": ip_s,
             "namespace": ns_s,
             "pod": pod_s,
             "workload": wl_s,
-            "wl_key": np.where(has_wl[r], ns_s + "/" + wl_s, entity),
+            "workload_key": np.where(has_wl[r], ns_s + "/" + wl_s, entity),
             "node": vocab.decode(f["node"].to_numpy()[r]),
             "is_node": f["src_is_node"].to_numpy()[r] & ~has_pod[r],
         }
@@ -400,7 +342,7 @@ def edge_table(p: Prepared, vocab: Vocab) -> pd.DataFrame:
             "dst_ip": dst,
             "bytes": f["bytes_out"].to_numpy(dtype="float64"),
             "bytes_in": f["bytes_in"].to_numpy(dtype="float64"),
-            "ws": f["ws"].to_numpy(),
+            "window_start": f["window_start"].to_numpy(),
         }
     )
     g = local[ext]
@@ -419,7 +361,7 @@ def novelty_features(
     row, uniq = pd.factorize(edges["hash"].to_numpy())
     hashes = np.asarray(uniq, dtype="uint64")
     chunk_first = np.full(len(hashes), np.inf)
-    np.minimum.at(chunk_first, row, edges["ws"].to_numpy(dtype="float64"))
+    np.minimum.at(chunk_first, row, edges["window_start"].to_numpy(dtype="float64"))
     pos = seen.positions(hashes)
     prior_first = seen.first_at(pos)
     prior_bytes = seen.bytes_at(pos)
@@ -427,7 +369,7 @@ def novelty_features(
     taint_until, _ = seen.taint_at(pos)
     edges = edges.assign(first=first[row], prior=prior_bytes[row])
     # New: never seen before this window, or tainted by an alerted movement of another entity.
-    ws_all = edges["ws"].to_numpy()
+    ws_all = edges["window_start"].to_numpy()
     ent = edges["ent"].to_numpy()
     tainted = taint_until[row] > ws_all
     if tainted.any():  # ...unless this entity was itself alerted on for that edge, recently
@@ -454,7 +396,7 @@ def novelty_features(
     young_ratio = np.zeros(ng)
     gl = edges[glob]
     if len(gl):
-        ws_now = float(p.keys["ws"].max())
+        ws_now = float(p.keys["window_start"].max())
         gl = gl[(ws_now - gl["first"].to_numpy()) <= YOUNG_EDGE_S]
     if len(gl):
         ge = gl.groupby(["gid", "hash"], sort=False).agg(
@@ -464,7 +406,7 @@ def novelty_features(
         top = ge[~ge.index.get_level_values(0).duplicated(keep="last")]
         idx = top.index.get_level_values(0).to_numpy(dtype="int64")
         young[idx] = top["total"].to_numpy()
-        young_age[idx] = p.keys["ws"].to_numpy()[idx] - top["first"].to_numpy()
+        young_age[idx] = p.keys["window_start"].to_numpy()[idx] - top["first"].to_numpy()
         young_ratio[idx] = top["b"].to_numpy() / np.maximum(top["bi"].to_numpy(), 1.0)
     out["young_ext_bytes"] = young
     out["young_ext_age"] = young_age
@@ -490,7 +432,7 @@ def commit_edges(
         return
     row, uniq = pd.factorize(edges["hash"].to_numpy())
     hashes = np.asarray(uniq, dtype="uint64")
-    ws = edges["ws"].to_numpy(dtype="float64")
+    ws = edges["window_start"].to_numpy(dtype="float64")
     first = np.full(len(hashes), np.inf)
     last = np.full(len(hashes), -np.inf)
     np.minimum.at(first, row, ws)
@@ -520,7 +462,7 @@ def recent_features(p: Prepared, e: pd.DataFrame, recent: RecentActivity) -> pd.
                     "kind": RecentActivity.NEW_PEER,
                     "dst": newp["dst_ip"].to_numpy().astype("uint64"),
                     "port": 0,
-                    "ws": newp["ws"].to_numpy(),
+                    "window_start": newp["window_start"].to_numpy(),
                 }
             )
         )
@@ -533,12 +475,12 @@ def recent_features(p: Prepared, e: pd.DataFrame, recent: RecentActivity) -> pd.
                     "kind": RecentActivity.FAILED,
                     "dst": ff["dst_ip"].to_numpy().astype("uint64"),
                     "port": ff["dst_port"].to_numpy(dtype="int64"),
-                    "ws": ff["ws"].to_numpy(),
+                    "window_start": ff["window_start"].to_numpy(),
                 }
             )
         )
     events = pd.concat(ev, ignore_index=True) if ev else recent.table.iloc[0:0]
-    recent.add(events, float(p.keys["ws"].max()))
+    recent.add(events, float(p.keys["window_start"].max()))
     out = {k: np.zeros(ng) for k in ("recent_new_peers", "recent_failed_dsts", "recent_ports_per_dst")}
     t = recent.table
     if not len(t):
@@ -608,7 +550,7 @@ def beacon_features(
     score = ((ts_score * 2.0 + size_score) / 3.0) * (0.5 + 0.5 * persistence)
     first = seen.first_at(seen.positions(c["glob"].to_numpy(dtype="uint64")))
     gid = c["gid"].to_numpy(dtype="int64")
-    ws = p.keys["ws"].to_numpy()[gid]
+    ws = p.keys["window_start"].to_numpy()[gid]
     best = pd.DataFrame(
         {
             "gid": gid,

@@ -25,13 +25,14 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
+
+from flowwarden.records import WINDOW_OLD_NAMES
 
 STATE_VERSION = 2  # 2: edge keys from vocabulary hashes, nodes as one peer group
 
@@ -361,13 +362,6 @@ class SeenEdges:
         )
 
 
-# ------------------------------------------------------------------------- connections
-
-
-def finite_or(value: float, default: float) -> float:
-    return value if math.isfinite(value) else default
-
-
 # ------------------------------------------------------------------------- recent activity
 
 
@@ -391,12 +385,12 @@ class RecentActivity:
                 "kind": pd.Series(dtype="int8"),
                 "dst": pd.Series(dtype="uint64"),
                 "port": pd.Series(dtype="int64"),
-                "ws": pd.Series(dtype="float64"),
+                "window_start": pd.Series(dtype="float64"),
             }
         )
 
     def add(self, events: pd.DataFrame, now: float) -> None:
-        keep = self.table[self.table["ws"] > now - self.horizon_s]
+        keep = self.table[self.table["window_start"] > now - self.horizon_s]
         if len(events):
             new = events[list(self.table.columns)].astype(self.table.dtypes.to_dict())
             t = pd.concat([keep, new], ignore_index=True) if len(keep) else new
@@ -404,8 +398,13 @@ class RecentActivity:
             t = keep
         if len(t) > self.max_rows:
             self.evicted += len(t) - self.max_rows
-            t = t.nlargest(self.max_rows, "ws")
+            t = t.nlargest(self.max_rows, "window_start")
         self.table = t.reset_index(drop=True)
+
+    def load(self, df: pd.DataFrame) -> None:
+        """Restore the table exported in a state (earlier versions named ``window_start`` ``ws``)."""
+        df = df.rename(columns={o: n for o, n in WINDOW_OLD_NAMES.items() if o in df.columns})
+        self.table = df[list(self.table.columns)].astype(self.table.dtypes.to_dict()).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------- vocabulary

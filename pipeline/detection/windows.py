@@ -34,7 +34,7 @@ class WindowBuffer:
         self._floor: float | None = None
 
     def add(self, flows: pd.DataFrame) -> None:
-        """Assign each flow its window (column ``ws``) and keep it until that window closes."""
+        """Assign each flow its window (column ``window_start``) and keep it until that window closes."""
         if not len(flows):
             return
         ws = window_starts(flows["ts_end"].to_numpy(dtype="float64"), self.window_s)
@@ -44,7 +44,7 @@ class WindowBuffer:
             if n_late:
                 self.late_flows += n_late
                 ws = np.where(late, self.closed_until, ws)
-        flows = flows.assign(ws=ws)
+        flows = flows.assign(window_start=ws)
         self._parts.append(flows)
         lo = float(ws.min())
         self._floor = lo if self._floor is None else min(self._floor, lo)
@@ -55,7 +55,7 @@ class WindowBuffer:
         return self._floor
 
     def close(self, now: float | None = None, *, everything: bool = False) -> pd.DataFrame:
-        """Remove and return the flows of every window that has closed (with ``ws``)."""
+        """Remove and return the flows of every window that has closed (with ``window_start``)."""
         if not self._parts:
             return pd.DataFrame()
         if everything:
@@ -73,7 +73,7 @@ class WindowBuffer:
         done_parts: list[pd.DataFrame] = []
         rest_parts: list[pd.DataFrame] = []
         for part in self._parts:
-            done = part["ws"].to_numpy() < limit
+            done = part["window_start"].to_numpy() < limit
             if done.all():
                 done_parts.append(part)
             elif not done.any():
@@ -82,13 +82,13 @@ class WindowBuffer:
                 done_parts.append(part[done])
                 rest_parts.append(part[~done])
         self._parts = rest_parts
-        self._floor = min(float(p["ws"].min()) for p in rest_parts) if rest_parts else None
+        self._floor = min(float(p["window_start"].min()) for p in rest_parts) if rest_parts else None
         if not done_parts:
             closed = pd.DataFrame()
         else:
             closed = pd.concat(done_parts, ignore_index=True) if len(done_parts) > 1 else done_parts[0]
         if len(closed):
-            top = float(closed["ws"].max()) + self.window_s
+            top = float(closed["window_start"].max()) + self.window_s
             self.closed_until = max(self.closed_until, top if everything else limit)
         elif not everything:
             self.closed_until = max(self.closed_until, limit)

@@ -30,6 +30,7 @@ class PendingBatch:
     max_ts_end: float  # -inf when there is no valid row
     fed: bool = False
     bound: float = math.inf  # every window this batch touched starts at or before this
+    epoch: int = 0  # of its partition's offsets: bumped when they start again (a topic recreated)
 
     @property
     def key(self) -> PartitionKey:
@@ -37,7 +38,7 @@ class PendingBatch:
 
     @property
     def id(self) -> BatchId:
-        return (self.message.topic, self.message.partition, self.message.offset)
+        return (self.message.topic, self.message.partition, self.message.offset, self.epoch)
 
     @property
     def n_flows(self) -> int:
@@ -145,3 +146,18 @@ class CommitTracker:
     def forget(self, keys: Iterable[PartitionKey]) -> None:
         for key in keys:
             self._pending.pop(key, None)
+
+    def timestamp_at(self, key: PartitionKey, offset: int) -> int | None:
+        """The broker timestamp of the pending message at ``offset`` (None: not pending here)."""
+        for b in self._pending.get(key, ()):
+            if b.message.offset == offset:
+                return b.message.timestamp_ms
+        return None
+
+    def pending_timestamps(self) -> list[tuple[str, int, int, int]]:
+        """(topic, partition, offset, timestamp) of every message not yet committed."""
+        return [
+            (b.message.topic, b.message.partition, b.message.offset, b.message.timestamp_ms)
+            for q in self._pending.values()
+            for b in q
+        ]

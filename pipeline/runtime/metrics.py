@@ -104,6 +104,13 @@ class PipelineMetrics:
             ["cause"],
             registry=r,
         )
+        self.offset_resets = Counter(
+            "flowwarden_pipeline_offset_resets",
+            "Partitions whose offsets started again (topic recreated, broker data lost): "
+            "taken as new data under a new epoch.",
+            ["topic"],
+            registry=r,
+        )
         self._server: WSGIServer | None = None
         self._current_model: str | None = None
 

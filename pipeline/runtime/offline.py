@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from flowwarden.kube import PodInventory
+from flowwarden.models.registry import LoadedModel, load_default
 from flowwarden.pipeline.detection.engine import DetectionEngine
-from flowwarden.pipeline.detection.enrich import Inventory
 from flowwarden.records import Alert, conform_flows, split_invalid_flows
 from flowwarden.settings import Settings
-
-if TYPE_CHECKING:
-    from flowwarden.models.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +30,8 @@ class DetectionResult:
     engine: DetectionEngine | None = None
 
 
-def default_model() -> Any:
-    """The model shipped with the package, or None while the models stage has none."""
-    try:
-        from flowwarden.models.registry import load_default
-    except ImportError:
-        log.info("no model registry yet; isolation_forest inactive")
-        return None
+def default_model() -> LoadedModel | None:
+    """The model shipped with the package (None if the package ships none)."""
     return load_default()
 
 
@@ -47,7 +39,7 @@ def detect_flows(
     flows: pd.DataFrame,
     *,
     settings: Settings,
-    inventory: Inventory | None = None,
+    inventory: PodInventory | None = None,
     model: LoadedModel | None = None,
     state: bytes | None = None,
     keep_windows: bool = True,

@@ -3,7 +3,10 @@
 One loop, one thread (notifiers and ``/metrics`` have their own):
 
 1. ``poll`` the ``flows`` topic in a consumer group; decode the poll at once; garbage batches
-   and bad rows go to ``flows.dlq`` with their reason (never a stop).
+   and bad rows go to ``flows.dlq`` with their reason and source coordinates (never a stop),
+   and so do flows dated more than ``pipeline.max_clock_skew_s`` ahead of the wall clock
+   (they would drag the watermark into the future). A partition whose offsets start again
+   (topic recreated, broker data lost) is new data under a new epoch, part of every batch id.
 2. Hold batches back in a :class:`PartitionAligner` so the partitions this worker owns
    advance together in event time: otherwise a backlog read one partition at a time would
    push the engine's watermark past the others' data, and one worker would cut different
@@ -40,12 +43,24 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from prometheus_client import Counter
 
-from flowwarden.bus import Bus, Consumer, Message, Producer, read_flow_batches, send_dlq
+from flowwarden.alert_formats import AlertExporter
+from flowwarden.bus import (
+    Bus,
+    Consumer,
+    DeadLetter,
+    Message,
+    Producer,
+    read_flow_batches,
+    route_dead_letters,
+)
+from flowwarden.kube import InventorySource, PodInventory, inventory_source_from_settings
 from flowwarden.pipeline.runtime.batches import CommitTracker, PartitionAligner, PartitionKey, PendingBatch
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
+from flowwarden.pipeline.runtime.ports import Engine, EngineOutput, PipelineStore
 from flowwarden.pipeline.runtime.sinks import AlertPublisher, BatchId, StoreSink
 from flowwarden.records import empty_flows
 from flowwarden.settings import Settings
@@ -56,7 +71,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StageOptions:
-    """Knobs of the loop itself (the detection knobs live in ``settings.pipeline``)."""
+    """Knobs of the loop itself, made from ``settings.pipeline`` by :meth:`from_settings`.
+
+    The defaults here are the settings' defaults; the fields that are not settings
+    (``poll_timeout_s``, ``lag_poll_s``, ``worker_id``, ``state_key``) are how a process or a
+    test runs the loop, not something an operator tunes.
+    """
 
     poll_timeout_s: float = 0.5
     max_records: int = 50  # messages per poll: bounds one step (collectors send up to 5,000 flows each)
@@ -79,6 +99,11 @@ class StageOptions:
             "max_records": p.max_poll_batches,
             "align_max_flows": p.max_buffered_flows,
             "store_flush_rows": p.store_flush_flows,
+            "store_flush_s": p.store_flush_s,
+            "align_idle_s": p.align_idle_s,
+            "idle_tick_s": p.idle_tick_s,
+            "model_poll_s": p.model_poll_s,
+            "flush_timeout_s": p.producer_flush_timeout_s,
         }
         return cls(**(base | overrides))
 
@@ -110,11 +135,12 @@ class PipelineStage:
         settings: Settings,
         *,
         bus: Bus,
-        store: Any,
-        engine: Any,
+        store: PipelineStore,
+        engine: Engine,
         metrics: PipelineMetrics | None = None,
         notifiers: NotifierHub | None = None,
         model_watcher: ModelWatcher | None = None,
+        inventory_source: InventorySource | None = None,
         options: StageOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -124,9 +150,16 @@ class PipelineStage:
         self.engine = engine
         self.metrics = metrics or PipelineMetrics()
         self.options = options or StageOptions.from_settings(settings)
-        self.notifiers = notifiers if notifiers is not None else build_hub(settings.notifiers)
+        self.notifiers = (
+            notifiers
+            if notifiers is not None
+            else build_hub(settings.notifiers, exporter=AlertExporter.from_settings(settings))
+        )
         self.notifiers.on_result = self._on_notify
         self.model_watcher = model_watcher
+        # Pods for enrichment: started and stopped with the stage; its snapshots go to the engine.
+        self.inventory_source = inventory_source
+        self._inventory: PodInventory | None = None  # the snapshot the engine holds
         self.clock = clock
         self.wall = wall
         topics = settings.kafka.topics
@@ -135,8 +168,8 @@ class PipelineStage:
         self.dlq_topic = topics.flows_dlq
         self.group_id = settings.pipeline.group_id
         self.sink = StoreSink(store, self.group_id)
-        if hasattr(store, "on_retry"):  # transactions the database aborted and the sink ran again
-            store.on_retry = lambda cause: self.metrics.store_retries.labels(cause=cause).inc()
+        # Transactions the database aborted and the sink ran again.
+        store.on_retry = lambda cause: self.metrics.store_retries.labels(cause=cause).inc()
         self.state_key = self.options.state_key or f"pipeline/{self.group_id}/{self.options.worker_id}"
         self.aligner = PartitionAligner(
             idle_s=self.options.align_idle_s, max_flows=self.options.align_max_flows
@@ -154,10 +187,19 @@ class PipelineStage:
         self._clock_max = -math.inf  # newest event time the engine has been told (data or now)
         self._last_feed = 0.0
         self._last_tick_now = -math.inf
-        self._windows_scored_seen = 0
         self._engine_totals: dict[tuple[str, ...], float] = {}
         self._lag: dict[int, int] | None = {}  # None: the consumer cannot tell
         self._ingested: dict[PartitionKey, int] = {}  # highest offset taken in, per partition
+        # Offsets that start again (a topic deleted and recreated, a broker that lost its data)
+        # are new data, not redeliveries: batch ids carry the partition's epoch, which the group
+        # bumps (in the store, under epochs_key) each time a partition's offsets go back below
+        # what it committed.
+        self.epochs_key = f"pipeline/{self.group_id}/epochs"
+        self._epochs: dict[PartitionKey, int] = {}
+        self._committed: dict[PartitionKey, int] = {}  # next offset committed, as far as we know
+        # Broker timestamps of the uncommitted messages at the last checkpoint: what a restart
+        # is handed again, byte for byte (another timestamp at one of these offsets: a new log).
+        self._pending_ts: dict[PartitionKey, dict[int, int]] = {}
         self._lag_at = -math.inf
         # Fed but not yet stored: per engine call, its batches (id, rows) and enriched flows.
         self._effects: list[tuple[list[tuple[BatchId, int]], pd.DataFrame | None]] = []
@@ -172,11 +214,15 @@ class PipelineStage:
 
     def start(self) -> None:
         """Import the checkpoint, join the group, get the producer ready."""
+        if self.inventory_source is not None:  # the pods are read or listed before any flow
+            self.inventory_source.start()
+            self._sync_inventory()
         if self.model_watcher is not None:
             model = self.model_watcher.initial()
             if model is not None:
                 self.engine.set_model(model)
             self.metrics.set_model(self.model_watcher.version)
+        self._epochs = self.sink.load_epochs(self.epochs_key)
         state = self.sink.load_state(self.state_key)
         if state:
             self.engine.import_state(state)
@@ -184,7 +230,9 @@ class PipelineStage:
             log.info("state restored key=%s bytes=%d", self.state_key, len(state))
         self.bus.ensure_topics([self.flows_topic, self.alerts_topic, self.dlq_topic])
         self.producer = self.bus.producer()
-        self.publisher = AlertPublisher(self.producer, self.alerts_topic)
+        self.publisher = AlertPublisher.from_settings(self.producer, self.settings)  # alerts.format
+        if self.publisher.export_topic:
+            self.bus.ensure_topics([self.publisher.export_topic])
         self.consumer = self.bus.consumer([self.flows_topic], self.group_id)
         self.notifiers.start()
         log.info(
@@ -213,20 +261,19 @@ class PipelineStage:
             if self.producer is not None:
                 self.producer.close()
             self.notifiers.close()
-            from flowwarden.pipeline.inventory_watch import close_inventory
-
-            close_inventory(getattr(self.engine, "inventory", None))
+            if self.inventory_source is not None:
+                self.inventory_source.stop()
             self.consumer = None
             log.info(
                 "pipeline stopped batches=%d flows=%d alerts=%d replayed=%d redelivered=%d ticks=%d "
-                "late_flows=%s",
+                "late_flows=%d",
                 self.stats.batches,
                 self.stats.flows,
                 self.stats.alerts,
                 self.stats.replayed,
                 self.stats.redelivered,
                 self.stats.ticks,
-                getattr(self.engine, "late_flows", "?"),
+                self.engine.stats().late_flows,
             )
 
     def __enter__(self) -> PipelineStage:
@@ -320,6 +367,7 @@ class PipelineStage:
                 log.info("partitions revoked %s", sorted(p for _, p in gone))
             if new:
                 self.aligner.expect(new, now)
+                self._epochs |= self.sink.load_epochs(self.epochs_key)  # another member may have bumped one
                 self._lag_at = -math.inf  # ask for their lag at once
                 log.info("partitions assigned %s", sorted(p for _, p in new))
             self._assigned = assigned
@@ -334,6 +382,10 @@ class PipelineStage:
         fresh: list[Message] = []
         for m in messages:
             key = (m.topic, m.partition)
+            if m.offset < self._committed.get(key, -1) or self._another_message(m):
+                # Below what the group committed (the consumer never goes back there by itself),
+                # or not the message we had at that offset: the partition's log started again.
+                self._new_epoch(key, m.offset)
             if m.offset <= self._ingested.get(key, -1):
                 # Delivered again after a rebalance gave us back a partition we kept reading:
                 # the engine has this batch already.
@@ -345,16 +397,15 @@ class PipelineStage:
             return
         self.stats.batches += len(fresh)
         self.metrics.batches.inc(len(fresh))
-        good, dead = read_flow_batches(fresh)
+        # Event time is bounded by the wall clock: a node whose clock runs ahead must not
+        # drag the watermark (and every window after it) into the future.
+        bound = self.wall() + self.settings.pipeline.max_clock_skew_s
+        good, dead = read_flow_batches(fresh, max_event_ts=bound)
         # Dead letters in the order of their messages, as the poll delivered them.
         order = {(m.topic, m.partition, m.offset): i for i, m in enumerate(fresh)}
         dead.sort(key=lambda d: order.get((d.source_topic, d.source_partition, d.source_offset), -1))
         for d in dead:
-            where = f"(partition {d.source_partition} offset {d.source_offset})"
-            if d.rows < 0:  # the whole message was unreadable
-                self._dead_letter(d.payload, f"{d.reason} {where}", d.field, 1)
-            else:
-                self._dead_letter(d.payload, f"{d.reason} {where}", d.reason.partition(":")[0], d.rows)
+            self._dead_letter(d)
         decoded = {id(m): flows for m, flows in good}
         window_s = self.settings.pipeline.window_s
         for m in fresh:
@@ -365,25 +416,73 @@ class PipelineStage:
                 starts = np.floor(flows["ts_end"].to_numpy() / window_s)
                 flows = flows[starts * window_s >= self._replay_floor]
             max_ts = float(flows["ts_end"].max()) if flows is not None and len(flows) else -math.inf
-            batch = PendingBatch(m, flows if flows is not None and len(flows) else None, max_ts)
+            batch = PendingBatch(
+                m,
+                flows if flows is not None and len(flows) else None,
+                max_ts,
+                epoch=self._epochs.get((m.topic, m.partition), 0),
+            )
             self.tracker.add(batch)
             self.aligner.add(batch, now)
 
-    def _dead_letter(self, payload: bytes, reason: str, cause: str, count: int) -> None:
+    def _another_message(self, m: Message) -> bool:
+        """True when we held another message at ``m``'s offset (known by its broker timestamp)."""
+        key = (m.topic, m.partition)
+        ts = self._pending_ts.get(key, {}).get(m.offset)
+        if ts is None and m.offset <= self._ingested.get(key, -1):
+            ts = self.tracker.timestamp_at(key, m.offset)
+        return ts is not None and ts != m.timestamp_ms
+
+    def _new_epoch(self, key: PartitionKey, offset: int) -> None:
+        """The partition's offsets started again: what comes now is new data, under a new epoch."""
+        old = self._epochs.get(key, 0)
+        epoch = self.sink.bump_epoch(self.epochs_key, key, old)
+        self._epochs[key] = epoch
+        committed = self._committed.get(key, -1)
+        # What we knew of the old offsets means nothing for the new ones. Batches of the old
+        # epoch still held back are fed as usual but never committed (their offsets are gone).
+        for known in (self._ingested, self._fed_offsets, self._replay_offsets, self._committed):
+            known.pop(key, None)
+        self._pending_ts.pop(key, None)
+        self.tracker.forget([key])
+        self.metrics.offset_resets.labels(topic=key[0]).inc()
+        log.error(
+            "partition offsets started again (topic recreated or broker data lost): taking it as "
+            "new data topic=%s partition=%d offset=%d committed=%d epoch=%d->%d",
+            key[0],
+            key[1],
+            offset,
+            committed,
+            old,
+            epoch,
+        )
+
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        """To ``flows.dlq`` with its reason and source coordinates (topic, partition, offset, rows)."""
         assert self.producer is not None
-        send_dlq(self.producer, self.dlq_topic, payload, reason, self.flows_topic)
-        self.metrics.dlq.labels(cause=cause).inc(count)
+        route_dead_letters(self.producer, self.dlq_topic, [letter])
+        count = max(letter.rows, 1)  # an unreadable message counts once
+        self.metrics.dlq.labels(cause=letter.cause).inc(count)
         self.stats.dlq += count
-        log.warning("dead letter cause=%s records=%d reason=%s", cause, count, reason)
+        log.warning(
+            "dead letter cause=%s records=%d topic=%s partition=%d offset=%d reason=%s",
+            letter.cause,
+            count,
+            letter.source_topic,
+            letter.source_partition,
+            letter.source_offset,
+            letter.reason,
+        )
 
     def _feed(self, released: list[PendingBatch]) -> None:
         """One engine call over the released batches; alerts out now, rollups and marks soon."""
         if not released:
             return
         frames = [b.flows for b in released if b.flows is not None]
-        result: Any = None
+        result: EngineOutput | None = None
         if frames:
             flows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+            self._sync_inventory()
             result = self.engine.process(flows)
             self._fed_max_ts = max(self._fed_max_ts, float(flows["ts_end"].max()))
             self._clock_max = max(self._clock_max, self._fed_max_ts)
@@ -405,7 +504,8 @@ class PipelineStage:
         self._deliver(result)
         bound = self._window_start(self._clock_max)
         for b in released:
-            self._fed_offsets[b.key] = max(self._fed_offsets.get(b.key, -1), b.message.offset)
+            if b.epoch == self._epochs.get(b.key, 0):  # the replay guard knows the current offsets only
+                self._fed_offsets[b.key] = max(self._fed_offsets.get(b.key, -1), b.message.offset)
             b.fed = True
             b.bound = bound
             b.flows = None  # the engine has them now; keep only the bookkeeping
@@ -450,7 +550,7 @@ class PipelineStage:
         self._effects.clear()
         self._effect_rows = 0
 
-    def _deliver(self, result: Any) -> None:
+    def _deliver(self, result: EngineOutput | None) -> None:
         """An engine call's alerts: to the store (idempotent upsert), the topic, the notifiers."""
         alerts = list(result.alerts) if result is not None else []
         assert self.publisher is not None
@@ -471,34 +571,30 @@ class PipelineStage:
         self._engine_gauges()
 
     def _engine_gauges(self) -> None:
-        scored = int(getattr(self.engine, "windows_scored", 0))
-        if scored > self._windows_scored_seen:
-            self.metrics.windows_scored.inc(scored - self._windows_scored_seen)
-        self._windows_scored_seen = scored
-        entities = getattr(self.engine, "state_entities", None)
-        if callable(entities):
-            entities = entities()
-        if entities is not None:
-            self.metrics.state_entities.set(float(entities))
-        for kind, n in dict(getattr(self.engine, "evicted", {}) or {}).items():
-            self.metrics.evicted.labels(kind=str(kind)).set(float(n))
+        counted = self.engine.stats()
+        self.metrics.state_entities.set(float(counted.state_entities))
+        for kind, n in counted.evicted.items():
+            self.metrics.evicted.labels(kind=kind).set(float(n))
         # Counters the engine keeps as totals: export their growth.
-        builder = getattr(self.engine, "alerts", None)
-        for reason, n in dict(getattr(builder, "suppressed", {}) or {}).items():
-            self._count_growth(
-                self.metrics.suppressed.labels(reason=str(reason)), ("suppressed", str(reason)), n
-            )
-        late = getattr(self.engine, "late_flows", None)
-        if late is not None:
-            self._count_growth(self.metrics.late_flows, ("late",), late)
-        watch = getattr(getattr(self.engine, "inventory", None), "source", None)
-        stats = getattr(watch, "stats", None)
-        if stats is not None:  # the pod inventory follows a watch on the Kubernetes API
-            for what in ("lists", "watches", "events", "failures", "rebuilds"):
+        self._count_growth(self.metrics.windows_scored, ("windows",), counted.windows_scored)
+        for reason, n in counted.suppressed.items():
+            self._count_growth(self.metrics.suppressed.labels(reason=reason), ("suppressed", reason), n)
+        self._count_growth(self.metrics.late_flows, ("late",), counted.late_flows)
+        if self.inventory_source is not None:  # lists, watch events, rebuilds of the pod inventory
+            for what, total in self.inventory_source.stats.counts().items():
                 counter = self.metrics.inventory_watch.labels(what=what)
-                self._count_growth(counter, ("inventory", what), getattr(stats, what))
+                self._count_growth(counter, ("inventory", what), total)
 
-    def _count_growth(self, counter: Any, key: tuple[str, ...], total: float) -> None:
+    def _sync_inventory(self) -> None:
+        """Hand the engine the source's newest pod snapshot when it is a new one (the engine does no I/O)."""
+        if self.inventory_source is None:
+            return
+        inventory = self.inventory_source.current()
+        if inventory is not self._inventory:
+            self._inventory = inventory
+            self.engine.set_inventory(inventory)
+
+    def _count_growth(self, counter: Counter, key: tuple[str, ...], total: float) -> None:
         seen = self._engine_totals.get(key, 0.0)
         if total > seen:
             counter.inc(total - seen)
@@ -557,6 +653,9 @@ class PipelineStage:
             guard = {
                 "fed": [[t, p, o] for (t, p), o in sorted(self._fed_offsets.items())],
                 "open_floor": floor,
+                "committed": [[t, p, o] for (t, p), o in sorted(self._committed.items())],
+                "epochs": [[t, p, e] for (t, p), e in sorted(self._epochs.items())],
+                "pending": [list(x) for x in self.tracker.pending_timestamps()],
             }
             self.sink.save_state(self.state_key, data, json.dumps(guard).encode())
         except Exception as exc:  # the next checkpoint will try again; nothing is committed
@@ -573,6 +672,8 @@ class PipelineStage:
             self.metrics.commits.labels(status="failed").inc()
             return
         self.tracker.drop_through(ready)
+        for b in ready:
+            self._committed[b.key] = max(self._committed.get(b.key, -1), b.message.offset + 1)
         self.stats.commits += 1
         self.metrics.commits.labels(status="ok").inc()
 
@@ -584,6 +685,16 @@ class PipelineStage:
             self._replay_offsets = {(str(t), int(p)): int(o) for t, p, o in guard["fed"]}
             floor = guard.get("open_floor")
             self._replay_floor = math.inf if floor is None else float(floor)
+            self._committed = {(str(t), int(p)): int(o) for t, p, o in guard.get("committed", [])}
+            # Offsets of an epoch the group has left since mean nothing now.
+            then = {(str(t), int(p)): int(e) for t, p, e in guard.get("epochs", [])}
+            for t, p, o, ts in guard.get("pending", []):
+                self._pending_ts.setdefault((str(t), int(p)), {})[int(o)] = int(ts)
+            known = {*self._replay_offsets, *self._committed, *self._pending_ts}
+            for key in [k for k in known if then.get(k, 0) != self._epochs.get(k, 0)]:
+                self._replay_offsets.pop(key, None)
+                self._committed.pop(key, None)
+                self._pending_ts.pop(key, None)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("checkpoint offsets unreadable, replay may count twice: %s", exc)
 
@@ -608,6 +719,15 @@ class PipelineStage:
             self._lag = None
             return
         self._lag = {int(p): int(n) for p, n in lag.items()}
+        try:
+            # A log that now ends before our position started again: the consumer rewinds it
+            # (or it would wait for, then skip, the new log's first offsets).
+            restarted = self.consumer.rewind_restarted()
+        except Exception as exc:  # advisory like the lag: the offsets check in _ingest still applies
+            log.debug("restart check unavailable: %s", exc)
+            restarted = []
+        for t, p in restarted:
+            self._new_epoch((t, p), -1)
         for partition, n in lag.items():
             self.metrics.consumer_lag.labels(partition=str(partition)).set(n)
 
@@ -619,7 +739,7 @@ def build_stage(
     settings: Settings,
     *,
     bus: Bus | None = None,
-    store: Any = None,
+    store: PipelineStore | None = None,
     options: StageOptions | None = None,
     metrics: PipelineMetrics | None = None,
 ) -> PipelineStage:
@@ -629,12 +749,11 @@ def build_stage(
     """
     from flowwarden.bus import open_bus
     from flowwarden.pipeline.detection.engine import DetectionEngine
-    from flowwarden.pipeline.inventory_watch import inventory_from_settings
     from flowwarden.store import Store
 
-    # The file (reloaded when it changes), or a watch on the Kubernetes API; stop() ends the watch.
-    inventory = inventory_from_settings(settings)
-    engine = DetectionEngine(settings, inventory=inventory)
+    # The file (reloaded when it changes), a watch on the Kubernetes API, or none: the stage
+    # starts it, hands its snapshots to the engine, and stops it.
+    engine = DetectionEngine(settings)
     return PipelineStage(
         settings,
         bus=bus if bus is not None else open_bus(settings),
@@ -642,6 +761,7 @@ def build_stage(
         engine=engine,
         metrics=metrics,
         model_watcher=ModelWatcher(settings.pipeline.model_dir),
+        inventory_source=inventory_source_from_settings(settings),
         options=options,
     )
 
@@ -673,7 +793,7 @@ def run_pipeline(
             "bus.kind is memory: this process sees only flows published inside it "
             "(the embedded mode is `flowwarden demo`; a deployment sets bus.kind=kafka)"
         )
-    store = Store(settings.store.url).start()
+    store = Store(settings.store.url, retry_deadline_s=settings.store.retry_deadline_s).start()
     metrics = PipelineMetrics()
     port = settings.pipeline.metrics_port if metrics_port is None else metrics_port
     try:

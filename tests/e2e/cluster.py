@@ -330,9 +330,9 @@ def flowwarden_config(workdir: Path, *, inventory_path: Path) -> dict[str, Any]:
             "spool_dir": str(workdir / "spool"),
             "metrics_port": 9101,
         },
+        "kubernetes": {"inventory_path": str(inventory_path)},
         "pipeline": {
             "window_s": 2.0,
-            "inventory_path": str(inventory_path),
             "checkpoint_interval_s": 5.0,
             "metrics_port": 9102,
             # The two "new external destination" detectors only trust novelty after learn_s of

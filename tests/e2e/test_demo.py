@@ -55,7 +55,7 @@ def test_demo_detects_every_injected_attack_and_leaves_its_outputs(tmp_path: Pat
     assert all(d.status in ("simulated", "refused") for d in decisions)
     # The rules it would have applied: an nft script and Kubernetes manifests that parse.
     assert "table inet" in (out / "rules" / "rules.nft").read_text()
-    for name in ("networkpolicies.yaml", "calico.yaml"):
+    for name in ("networkpolicies.yaml", "calico.yaml", "cilium.yaml"):
         docs = [d for d in yaml.safe_load_all((out / "rules" / name).read_text()) if d]
         assert docs, name
     assert (out / "flowwarden.db").stat().st_size > 0

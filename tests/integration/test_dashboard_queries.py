@@ -28,12 +28,13 @@ import yaml
 from prometheus_client import start_http_server
 
 from flowwarden.dashboards.catalog import load_committed
-from flowwarden.dashboards.model import POSTGRES_UID, PROMETHEUS_UID
+from flowwarden.dashboards.model import POSTGRES_TYPE, PROMETHEUS_TYPE
 from flowwarden.dashboards.queries import (
     PanelQuery,
     QueryContext,
     interpolate_promql,
     interpolate_sql,
+    label_values_query,
     panel_queries,
 )
 from flowwarden.store import Store
@@ -45,6 +46,7 @@ pytestmark = pytest.mark.integration
 MINUTES = 20
 SCRAPE_S = 1
 RATE_INTERVAL = "15s"
+CLUSTER = "lab-1"  # the cluster label the scrape gives every series, as a deployment's does
 
 # Present exactly when the pipeline runs with a model (the models stage ships a default
 # model; a deployment may run without one): asserted both ways below.
@@ -90,13 +92,20 @@ def seeded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         None,
         bus={"kind": "memory"},
         store={"url": pg_url},
+        kubernetes={"inventory_path": str(inventory)},
         pipeline={
-            "inventory_path": str(inventory),
             "metrics_port": 0,
             "allowlist_sources": [f"{allowed.namespace}/{allowed.workload}"],
         },
         # Low bars and a tight rate limit: some alerts become blocks, some are refused.
         enforcement={"min_severity": "low", "min_score": 0.0, "max_new_blocks_per_minute": 3},
+        # A webhook nobody answers: the notifier panel (and its alert) has failures to show.
+        notifiers={
+            "webhook_urls": [f"http://127.0.0.1:{_free_port()}/nobody"],
+            "min_severity": "low",
+            "retries": 0,
+            "timeout_s": 1.0,
+        },
     )
     store = Store(pg_url).start()
     truncate_store(store)
@@ -211,7 +220,7 @@ def prometheus(
     config = {
         "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"},
         "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": [target]}]}
+            {"job_name": job, "static_configs": [{"targets": [target], "labels": {"cluster": CLUSTER}}]}
             for job, target in {**seeded.scrape_targets, "flowwarden-collector": collector_target}.items()
         ],
     }
@@ -250,9 +259,10 @@ def prometheus(
             proc.wait(timeout=5)
 
 
-def _queries(uid: str) -> list[PanelQuery]:
+def _queries(kind: str) -> list[PanelQuery]:
+    """Every query whose data source (a template variable) is of this type."""
     return [
-        q for name, b in load_committed().items() for q in panel_queries(name, b) if q.datasource_uid == uid
+        q for name, b in load_committed().items() for q in panel_queries(name, b) if q.datasource_type == kind
     ]
 
 
@@ -309,7 +319,7 @@ def test_every_sql_panel_returns_rows(seeded: Seeded) -> None:
         )
         report, empty = [], []
         edges_nodes: dict[str, set[str]] = {}
-        for q in _queries(POSTGRES_UID):
+        for q in _queries(POSTGRES_TYPE):
             cols, rows = _run_sql(store, interpolate_sql(q.text, everything))
             report.append(f"{q.dashboard:18} {q.panel[:55]:55} {q.ref:7} rows={len(rows)}")
             if not rows:
@@ -335,7 +345,7 @@ def test_every_sql_panel_returns_rows(seeded: Seeded) -> None:
 def _check_new_edges(store: Store, seeded: Seeded) -> None:
     """Edges are new when the lookback before the range lacks them: all of them when the store
     starts inside the range, only some when the range starts halfway through the data."""
-    (edges,) = [q for q in _queries(POSTGRES_UID) if q.panel_type == "nodeGraph" and q.ref == "edges"]
+    (edges,) = [q for q in _queries(POSTGRES_TYPE) if q.panel_type == "nodeGraph" and q.ref == "edges"]
     every: dict[str, list[str] | None] = {"namespace": None, "workload": None}
     cols, rows = _run_sql(
         store, interpolate_sql(edges.text, QueryContext(seeded.time_from, seeded.time_to, every))
@@ -356,9 +366,36 @@ def _prom(url: str, expr: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
+def _label_values(url: str, selector: str, label: str) -> list[str]:
+    query = urllib.parse.urlencode({"match[]": selector})
+    with urllib.request.urlopen(f"{url}/api/v1/label/{label}/values?{query}", timeout=5) as r:
+        body = json.load(r)
+    assert body["status"] == "success", body
+    return list(body["data"])
+
+
+def test_cluster_variable_lists_the_scraped_cluster(seeded: Seeded, prometheus: str) -> None:
+    variables = [q for q in _queries(PROMETHEUS_TYPE) if q.panel_type == "variable"]
+    assert {q.panel for q in variables} == {"variable: cluster"}
+    assert len({q.text for q in variables}) == 1, "every dashboard lists clusters alike"
+    selector, label = label_values_query(variables[0].text)
+
+    def listed() -> bool:
+        return _label_values(prometheus, selector, label) == [CLUSTER]
+
+    wait_for(listed, timeout=60, what="the cluster variable to list the scraped cluster", interval=0.5)
+
+
 def test_every_promql_panel_returns_series(seeded: Seeded, prometheus: str) -> None:
     ctx = QueryContext(seeded.time_from, seeded.time_to, {}, rate_interval=RATE_INTERVAL)
-    queries = [(q, interpolate_promql(q.text, ctx)) for q in _queries(PROMETHEUS_UID)]
+    panels = [q for q in _queries(PROMETHEUS_TYPE) if q.panel_type != "variable"]
+    queries = [(q, interpolate_promql(q.text, ctx)) for q in panels]
+    # The same panels narrowed to this cluster answer too; to another cluster, nothing.
+    mine = QueryContext(seeded.time_from, seeded.time_to, {"cluster": [CLUSTER]}, rate_interval=RATE_INTERVAL)
+    queries += [(q, interpolate_promql(q.text, mine)) for q in panels]
+    other = QueryContext(
+        seeded.time_from, seeded.time_to, {"cluster": ["other"]}, rate_interval=RATE_INTERVAL
+    )
     model_loaded = seeded.model_version is not None
     expected = [(q, e) for q, e in queries if model_loaded or MODEL_INFO not in e]
     counts: dict[str, int] = {}
@@ -380,6 +417,8 @@ def test_every_promql_panel_returns_series(seeded: Seeded, prometheus: str) -> N
             n = counts.get(e, len(_prom(prometheus, e)))
             lines.append(f"{q.dashboard:18} {q.panel[:50]:50} {q.ref:3} series={n}{note}")
         print("\nPromQL panels (dashboard, panel, query, series):\n" + "\n".join(lines))
+    for q in panels:
+        assert _prom(prometheus, interpolate_promql(q.text, other)) == [], (q.dashboard, q.panel)
     info = _prom(prometheus, MODEL_INFO)
     if model_loaded:
         assert [s["metric"]["version"] for s in info] == [seeded.model_version]

@@ -146,17 +146,38 @@ def test_grafana_is_provisioned_for_anonymous_viewers(compose: dict[str, Any]) -
         assert var in env, f"grafana's environment lacks {var}"
 
 
-def test_provisioning_matches_the_dashboards_datasource_uids() -> None:
+def test_provisioning_offers_what_the_dashboards_datasource_variables_pick() -> None:
+    """Panels name a data-source variable per type; the provisioning offers one of each type,
+    and none is made Grafana's default (a push must not replace someone's default)."""
     doc = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/flowwarden.yaml").read_text())
-    provisioned = {d["uid"]: d["type"] for d in doc["datasources"]}
+    provisioned = {d["type"] for d in doc["datasources"]}
+    assert not any("isDefault" in d for d in doc["datasources"])
     used: dict[str, set[str]] = {}
     for board in load_committed().values():
+        variables = {v["name"]: v for v in board["templating"]["list"] if v["type"] == "datasource"}
         for panel in board["panels"]:
             for t in panel.get("targets", []):
-                used.setdefault(t["datasource"]["uid"], set()).add(t["datasource"]["type"])
-    assert set(used) == set(provisioned)
-    for uid, types in used.items():
-        assert types == {provisioned[uid]}, f"{uid}: dashboards say {types}, provisioning {provisioned[uid]}"
+                used.setdefault(t["datasource"]["type"], set()).add(t["datasource"]["uid"])
+        for kind, refs in used.items():
+            for ref in refs:
+                assert variables[ref.strip("${}")]["query"] == kind, f"{ref} does not pick a {kind}"
+    assert set(used) == provisioned
+
+
+def test_dashboards_ship_as_configmaps_for_the_grafana_sidecar(manifests: list[dict[str, Any]]) -> None:
+    import json
+
+    maps = {
+        m["metadata"]["name"]: m
+        for m in manifests
+        if m["kind"] == "ConfigMap" and m["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    }
+    committed = load_committed()
+    assert set(maps) == {f"flowwarden-dashboard-{name}" for name in committed}
+    for name, board in committed.items():
+        assert json.loads(maps[f"flowwarden-dashboard-{name}"]["data"][f"{name}.json"]) == board
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert "grafana-dashboards.yaml" in kustomization["resources"]
 
 
 def test_prometheus_and_alertmanager_configs_are_valid() -> None:
@@ -168,7 +189,7 @@ def test_prometheus_and_alertmanager_configs_are_valid() -> None:
         timeout=60,
     )
     assert prom.returncode == 0, prom.stdout + prom.stderr
-    assert "SUCCESS: 6 rules found" in prom.stdout + prom.stderr
+    assert "SUCCESS: 8 rules found" in prom.stdout + prom.stderr
     am = subprocess.run(
         [_tool("amtool"), "check-config", "deploy/compose/alertmanager.yml"],
         cwd=ROOT,
@@ -235,14 +256,14 @@ def _configmap_settings(manifests: list[dict[str, Any]], tmp_path: Path) -> Sett
 def test_pipeline_watches_pods_with_list_and_watch_only(
     manifests: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    assert _configmap_settings(manifests, tmp_path).pipeline.inventory_source == "kubernetes"
+    assert _configmap_settings(manifests, tmp_path).kubernetes.inventory_source == "kubernetes"
     pod = _one(manifests, "Deployment", "flowwarden-pipeline")["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["pipeline"], "no kubectl sidecar: the pipeline watches"
     assert not pod.get("initContainers")
     assert pod["serviceAccountName"] == "flowwarden-pipeline"
     assert pod.get("automountServiceAccountToken", True), "the watch needs the service account token"
     env = {e["name"] for e in pod["containers"][0]["env"]}
-    assert "FLOWWARDEN_PIPELINE__INVENTORY_PATH" not in env
+    assert "FLOWWARDEN_KUBERNETES__INVENTORY_PATH" not in env
     rules = _one(manifests, "ClusterRole", "flowwarden-pipeline-inventory")["rules"]
     assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
     binding = _one(manifests, "ClusterRoleBinding", "flowwarden-pipeline-inventory")
@@ -296,15 +317,28 @@ def test_configmap_settings_load_and_enforcer_rbac_matches_its_namespaces(
         )
         assert binding["subjects"][0]["name"] == "flowwarden-enforcer"
     calico = _one(manifests, "ClusterRole", "flowwarden-enforcer-calico")
-    assert [r["resources"] for r in calico["rules"]] == [["globalnetworksets"]]
+    assert [r["resources"] for r in calico["rules"]] == [
+        ["tiers"],
+        ["globalnetworkpolicies", "tier.globalnetworkpolicies"],
+        ["globalnetworksets"],
+    ]
+    assert calico["rules"][1]["resourceNames"] == ["flowwarden.*"]
+    assert calico["rules"][2]["verbs"] == ["delete"]
+    cilium = _one(manifests, "ClusterRole", "flowwarden-enforcer-cilium")
+    assert [r["resources"] for r in cilium["rules"]] == [["ciliumclusterwidenetworkpolicies"]]
+    anp = _one(manifests, "ClusterRole", "flowwarden-enforcer-adminnetworkpolicy")
+    assert [r["resources"] for r in anp["rules"]] == [["adminnetworkpolicies"]]
     bound = {
         d["roleRef"]["name"]
         for d in manifests
         if d["kind"] == "ClusterRoleBinding" and d["subjects"][0]["name"] == "flowwarden-enforcer"
     }
-    assert bound == {"flowwarden-enforcer-calico", "flowwarden-enforcer-inventory"}, (
-        "the enforcer must hold no other cluster-wide role"
-    )
+    assert bound == {
+        "flowwarden-enforcer-adminnetworkpolicy",
+        "flowwarden-enforcer-calico",
+        "flowwarden-enforcer-cilium",
+        "flowwarden-enforcer-inventory",
+    }, "the enforcer must hold no other cluster-wide role"
     inventory = _one(manifests, "ClusterRole", "flowwarden-enforcer-inventory")["rules"]
     assert inventory == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
 
@@ -321,7 +355,7 @@ def test_metrics_services_select_their_pods(manifests: list[dict[str, Any]]) -> 
         labels = workload["spec"]["template"]["metadata"]["labels"]
         assert svc["spec"]["selector"].items() <= labels.items()
         ports = _flowwarden_container(workload)["ports"]
-        assert [p["containerPort"] for p in ports] == [port]
+        assert [p["containerPort"] for p in ports if p["name"] == "metrics"] == [port]
 
 
 def test_dockerfile_is_multi_stage_from_the_lock_and_non_root() -> None:

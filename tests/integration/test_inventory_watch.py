@@ -13,13 +13,8 @@ import pandas as pd
 import pytest
 
 from flowwarden.errors import ServiceUnavailable
-from flowwarden.pipeline.detection.enrich import Inventory
-from flowwarden.pipeline.inventory_watch import (
-    LiveInventory,
-    WatchedInventory,
-    close_inventory,
-    inventory_from_settings,
-)
+from flowwarden.kube import PodInventory, inventory_source_from_settings
+from flowwarden.kube.watch import WatchSource
 from flowwarden.settings import Settings
 from tests.support.kube_api import FakeKubeApi
 from tests.support.netns import wait_for
@@ -76,13 +71,14 @@ def pod(
 
 
 class Engine:
-    """The engine's side of the contract: hold an Inventory, ``reload_if_changed`` per batch, look up."""
+    """The runtime's side of the contract: ask the source for ``current()`` per batch, look up."""
 
-    def __init__(self, inventory: Inventory) -> None:
-        self.inventory = inventory
+    def __init__(self, source: WatchSource) -> None:
+        self.source = source
+        self.inventory: PodInventory = source.current()
 
     def who(self, ip: str, t: float) -> tuple[str, str, str, str]:
-        self.inventory = self.inventory.reload_if_changed()
+        self.inventory = self.source.current()
         row = self.inventory.lookup_rows(pd.Series([ip]), pd.Series([t]))
         ns, name, workload, node = (
             self.inventory.column(c, row)[0] for c in ("namespace", "pod", "workload", "node")
@@ -121,11 +117,11 @@ def core_api(server: FakeKubeApi) -> Iterator[Any]:
 
 @pytest.fixture
 def make_watch(core_api: Any) -> Iterator[Any]:
-    started: list[WatchedInventory] = []
+    started: list[WatchSource] = []
 
-    def make(**kw: Any) -> WatchedInventory:
+    def make(**kw: Any) -> WatchSource:
         opts: dict[str, Any] = {"min_refresh_s": 0.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.2}
-        watched = WatchedInventory(api=core_api, **(opts | kw))
+        watched = WatchSource(api=core_api, **(opts | kw))
         started.append(watched)
         return watched
 
@@ -142,7 +138,7 @@ def test_listed_and_added_pods_map_to_namespace_pod_workload_node(
     server.add(
         pod("backup-29383920-bbbbb", "10.244.1.7", uid="u-job", ns="ops", owner=("Job", "backup-29383920"))
     )
-    engine = Engine(make_watch(page_size=2).start().snapshot())
+    engine = Engine(make_watch(page_size=2).start())
     listed_rv = server.resource_version
     assert server.lists == 1 and server.pages == 2, "the list is paged (limit/continue)"
     assert engine.who("10.244.1.5", NOW) == ("shop", "web-5d9c8f7b6-aaaaa", "web", "node-1")
@@ -162,7 +158,7 @@ def test_ip_assigned_later_is_picked_up_and_irrelevant_changes_cost_nothing(
     server: FakeKubeApi, make_watch: Any
 ) -> None:
     watched = make_watch().start()
-    engine = Engine(watched.snapshot())
+    engine = Engine(watched)
     server.add(pod("api-7f8c9d6b5-ccccc", None, uid="u-api", owner=("ReplicaSet", "api-7f8c9d6b5")))
     wait_for(lambda: watched.stats.events >= 1, timeout=10, what="the ADDED event")
     assert engine.who("10.244.2.9", NOW) == WHO_NOBODY, "a pending pod has no address yet"
@@ -175,8 +171,7 @@ def test_ip_assigned_later_is_picked_up_and_irrelevant_changes_cost_nothing(
     server.modify(running)
     server.bookmark()
     wait_for(lambda: watched.stats.events >= 4, timeout=10, what="the MODIFIED and BOOKMARK events")
-    assert isinstance(current, LiveInventory) and watched.version == current.version
-    assert engine.inventory.reload_if_changed() is current
+    assert watched.current() is current, "the snapshot is up to date: the same object"
     assert watched.stats.rebuilds == rebuilds
 
 
@@ -192,7 +187,7 @@ def test_deleted_pod_maps_late_flows_until_retention_and_reused_ip_maps_to_the_n
     )
     clock = Clock(NOW)
     watched = make_watch(deleted_retention_s=120.0, clock=clock).start()
-    engine = Engine(watched.snapshot())
+    engine = Engine(watched)
     old = ("shop", "cart-6c5d4f8b7-ddddd", "cart", "node-1")
     assert engine.who(ip, t_deleted - 10) == old
     server.delete("u-old", deletion_timestamp=iso(t_deleted))
@@ -218,7 +213,7 @@ def test_deleted_without_deletion_timestamp_ends_when_the_watch_saw_it(
     server.add(pod("worker-0", ip, uid="u-w", owner=("StatefulSet", "worker")))
     clock = Clock(NOW - 100)
     watched = make_watch(clock=clock).start()
-    engine = Engine(watched.snapshot())
+    engine = Engine(watched)
     alive = ("shop", "worker-0", "worker", "node-1")
     assert engine.who(ip, NOW - 100 + 40) == alive
     server.delete("u-w")  # no deletionTimestamp (a forced deletion)
@@ -230,7 +225,7 @@ def test_410_gone_lists_again_and_keeps_pods_deleted_meanwhile(server: FakeKubeA
     ip_a, ip_b = "10.244.4.1", "10.244.4.2"
     server.add(pod("a-0", ip_a, uid="u-a", owner=None))
     watched = make_watch().start()
-    engine = Engine(watched.snapshot())
+    engine = Engine(watched)
     wait_for(lambda: server.open_watches == 1, timeout=10, what="the watch to open")
     # Changes the open watch never sees (compacted away), then 410 Gone on the stream.
     server.delete("u-a", announce=False)
@@ -249,7 +244,7 @@ def test_410_gone_lists_again_and_keeps_pods_deleted_meanwhile(server: FakeKubeA
 
 def test_410_on_resume_after_a_lost_connection_lists_again(server: FakeKubeApi, make_watch: Any) -> None:
     watched = make_watch().start()
-    engine = Engine(watched.snapshot())
+    engine = Engine(watched)
     wait_for(lambda: server.open_watches == 1, timeout=10, what="the watch to open")
     server.stop()
     server.add(pod("c-0", "10.244.4.3", uid="u-c", owner=None), announce=False)
@@ -266,7 +261,7 @@ def test_connection_loss_backs_off_then_resumes_from_its_resource_version(
     server: FakeKubeApi, make_watch: Any
 ) -> None:
     watched = make_watch(backoff_initial_s=0.05, backoff_max_s=0.2).start()
-    engine = Engine(watched.snapshot())
+    engine = Engine(watched)
     server.add(pod("d-0", "10.244.5.1", uid="u-d", owner=None))
     engine.until("10.244.5.1", NOW, ("shop", "d-0", "d-0", "node-1"))
     server.stop()  # the stream is cut, then every connection is refused
@@ -315,7 +310,7 @@ def test_stop_returns_promptly_from_an_open_watch_and_from_a_back_off(
 
 def test_snapshots_are_rebuilt_at_most_every_min_refresh_s(server: FakeKubeApi, make_watch: Any) -> None:
     watched = make_watch(min_refresh_s=3600.0).start()
-    engine = Engine(watched.snapshot())
+    engine = Engine(watched)
     server.add(pod("f-0", "10.244.6.1", uid="u-f", owner=None))
     wait_for(lambda: watched.stats.events >= 1, timeout=10, what="the ADDED event")
     assert engine.who("10.244.6.1", NOW) == WHO_NOBODY, "within min_refresh_s the snapshot is kept"
@@ -328,20 +323,25 @@ def test_start_without_rbac_fails_naming_the_permission(server: FakeKubeApi, mak
         make_watch().start()
 
 
-def test_inventory_from_settings_feeds_the_detection_engine(server: FakeKubeApi, core_api: Any) -> None:
+def test_inventory_source_from_settings_feeds_the_detection_engine(
+    server: FakeKubeApi, core_api: Any
+) -> None:
     from flowwarden.pipeline.detection.engine import DetectionEngine
     from tests.unit.flowkit import flows
 
     server.add(pod("web-5d9c8f7b6-aaaaa", "10.244.7.1", uid="u-1"))
-    settings = Settings.model_validate({"pipeline": {"inventory_source": "kubernetes"}})
-    inventory = inventory_from_settings(settings, api=core_api)
-    assert isinstance(inventory, LiveInventory)
+    settings = Settings.model_validate({"kubernetes": {"inventory_source": "kubernetes"}})
+    source = inventory_source_from_settings(settings, api=core_api)
+    assert isinstance(source, WatchSource) and not source.running, "no I/O before start()"
+    source.start()
     try:
-        engine = DetectionEngine(settings, inventory=inventory)
+        first = source.current()
+        engine = DetectionEngine(settings, inventory=first)
         server.add(pod("db-0", "10.244.7.2", uid="u-2", ns="data", owner=("StatefulSet", "db")))
         batch = flows([{"ts_start": NOW, "src_ip": "10.244.7.1", "dst_ip": "10.244.7.2"}])
 
         def enriched() -> bool:
+            engine.set_inventory(source.current())  # what the runtime does before each batch
             out = engine.process(batch, now=NOW).enriched
             return out[["src_pod", "dst_pod", "dst_workload"]].iloc[0].tolist() == [
                 "web-5d9c8f7b6-aaaaa",
@@ -350,10 +350,10 @@ def test_inventory_from_settings_feeds_the_detection_engine(server: FakeKubeApi,
             ]
 
         wait_for(enriched, timeout=10, what="the engine to enrich with the watched pods")
-        assert isinstance(engine.inventory, LiveInventory) and engine.inventory is not inventory
+        assert engine.inventory is not first
     finally:
-        close_inventory(inventory)  # any snapshot stops the one watch they share
-    assert inventory.source is not None and not inventory.source.running
+        source.stop()
+    assert not source.running
 
 
 def test_a_stage_counts_the_watch_and_stops_it(server: FakeKubeApi, core_api: Any, tmp_path: Any) -> None:
@@ -368,10 +368,11 @@ def test_a_stage_counts_the_watch_and_stops_it(server: FakeKubeApi, core_api: An
 
     server.add(pod("web-5d9c8f7b6-aaaaa", "10.244.7.1", uid="u-1"))
     settings = Settings.model_validate(
-        {"pipeline": {"inventory_source": "kubernetes"}, "kafka": {"partitions": 1}}
+        {"kubernetes": {"inventory_source": "kubernetes"}, "kafka": {"partitions": 1}}
     )
-    inventory = inventory_from_settings(settings, api=core_api)
-    assert isinstance(inventory, LiveInventory) and inventory.source is not None
+    source = inventory_source_from_settings(settings, api=core_api)
+    assert isinstance(source, WatchSource)
+    engine = DetectionEngine(settings)
     bus = MemoryBus(default_partitions=1)
     store = Store(f"sqlite:///{tmp_path / 'fw.db'}").start()
     metrics = PipelineMetrics()
@@ -379,17 +380,18 @@ def test_a_stage_counts_the_watch_and_stops_it(server: FakeKubeApi, core_api: An
         settings,
         bus=bus,
         store=store,
-        engine=DetectionEngine(settings, inventory=inventory),
+        engine=engine,
         notifiers=NotifierHub([]),
         metrics=metrics,
+        inventory_source=source,
         options=StageOptions(poll_timeout_s=0.0, align_idle_s=1.0, idle_tick_s=1.0),
     )
     try:
         stage.start()
+        assert source.running, "the stage starts its source"
+        assert engine.inventory is not None and len(engine.inventory) == 1, "listed before any flow"
         server.add(pod("db-0", "10.244.7.2", uid="u-2", ns="data", owner=("StatefulSet", "db")))
-        watch = inventory.source
-        assert watch is not None
-        wait_for(lambda: watch.stats.events >= 1, timeout=10, what="a watch event")
+        wait_for(lambda: source.stats.events >= 1, timeout=10, what="a watch event")
         batch = flows([{"ts_start": NOW, "src_ip": "10.244.7.1", "dst_ip": "10.244.7.2"}])
         publish_flows(bus.producer(), settings.kafka.topics.flows, batch, 1)
         stage.drain(idle_polls=2, max_seconds=30)
@@ -403,13 +405,13 @@ def test_a_stage_counts_the_watch_and_stops_it(server: FakeKubeApi, core_api: An
     finally:
         stage.stop()
         store.stop()
-    assert not inventory.source.running  # stop() ended the watch
+    assert not source.running  # stop() ended the watch
 
 
 def test_the_enforcer_s_guardrails_follow_the_watched_pods(
     server: FakeKubeApi, make_watch: Any, tmp_path: Any
 ) -> None:
-    """With ``inventory_source: kubernetes`` the enforcer knows workload sizes and target owners.
+    """With ``kubernetes.inventory_source: kubernetes`` the enforcer knows workload sizes and target owners.
 
     Without it (as before in a cluster) a block of a one-pod workload's only pod passed the
     share cap, and a block toward a kube-system pod passed the namespace allowlist.
@@ -428,14 +430,14 @@ def test_the_enforcer_s_guardrails_follow_the_watched_pods(
         mode="enforce",
         max_workload_share=0.5,
     ).model_copy(
-        update={"pipeline": settings().pipeline.model_copy(update={"inventory_source": "kubernetes"})}
+        update={"kubernetes": settings().kubernetes.model_copy(update={"inventory_source": "kubernetes"})}
     )
     source = Entity(ip="10.244.1.2", namespace="shop", pod="web-5d9c8f7b6-aaaaa", workload="web")
     with Store("sqlite://") as store:
         by_settings = Enforcer(s, store=store, backends=[])
-        assert isinstance(by_settings._pod_watch, WatchedInventory), "the setting makes a watch"
-        assert not by_settings._pod_watch.running, "no I/O before start()"
-        e = Enforcer(s, store=store, backends=[NetworkPolicyBackend(s)], pod_watch=make_watch())
+        assert isinstance(by_settings.inventory_source, WatchSource), "the setting makes a watch"
+        assert not by_settings.inventory_source.running, "no I/O before start()"
+        e = Enforcer(s, store=store, backends=[NetworkPolicyBackend(s)], inventory_source=make_watch())
         e.start(consume=False)
         try:
             assert e.inventory.pod_count("shop", "web") == 1  # listed before any decision
@@ -460,13 +462,13 @@ def test_the_enforcer_s_guardrails_follow_the_watched_pods(
             assert "10.244.1.4" in e.inventory.pods_by_ip, "its address is still its own for a while"
         finally:
             e.stop()
-        assert e._pod_watch is not None and not e._pod_watch.running
+        assert isinstance(e.inventory_source, WatchSource) and not e.inventory_source.running
 
 
 def test_a_kubeconfig_watch_retries_on_its_own_schedule_without_urllib3_noise(
     server: FakeKubeApi, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Credentials from a kubeconfig (``kubernetes_in_cluster: false``); while the API is down
+    """Credentials from a kubeconfig (``kubernetes.in_cluster: false``); while the API is down
     each attempt is one request and one failure, not urllib3's three retries and warnings."""
     import yaml
 
@@ -485,10 +487,10 @@ def test_a_kubeconfig_watch_retries_on_its_own_schedule_without_urllib3_noise(
     )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     server.add(pod("a-0", "10.244.6.1", uid="u-a", owner=None))
-    watched = WatchedInventory(in_cluster=False, backoff_initial_s=0.05, backoff_max_s=0.1, min_refresh_s=0.0)
+    watched = WatchSource(in_cluster=False, backoff_initial_s=0.05, backoff_max_s=0.1, min_refresh_s=0.0)
     try:
         watched.start()
-        assert Engine(watched.snapshot()).who("10.244.6.1", NOW) == ("shop", "a-0", "a-0", "node-1")
+        assert Engine(watched).who("10.244.6.1", NOW) == ("shop", "a-0", "a-0", "node-1")
         wait_for(lambda: server.open_watches == 1, timeout=10, what="the watch to open")
         caplog.clear()
         server.stop()

@@ -20,15 +20,15 @@ from typer.testing import CliRunner
 from flowwarden import simulator
 from flowwarden.bus import KafkaBus, publish_flows
 from flowwarden.cli import app
+from flowwarden.kube import PodInventory
 from flowwarden.models.estimators import BudgetThreshold, WindowAnomalyDetector
 from flowwarden.models.registry import promote, save_model
 from flowwarden.pipeline.detection.engine import DetectionEngine
-from flowwarden.pipeline.detection.enrich import Inventory
-from flowwarden.pipeline.detection.features import FEATURES
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub
 from flowwarden.pipeline.runtime.stage import PipelineStage, StageOptions
+from flowwarden.records import WINDOW_FEATURES
 from flowwarden.settings import Settings
 from flowwarden.store import Store
 from tests.support.broker import unique_group
@@ -43,7 +43,7 @@ LATER_S = 3600.0  # the second phase replays the traffic an hour later
 def _model(registry: Path, version: str, threshold: float) -> None:
     """A forest over the pipeline's features; ``threshold`` 0 flags every window, 1 none."""
     rng = np.random.default_rng(0)
-    X = pd.DataFrame(rng.lognormal(2, 1, (400, len(FEATURES))), columns=list(FEATURES))
+    X = pd.DataFrame(rng.lognormal(2, 1, (400, len(WINDOW_FEATURES))), columns=list(WINDOW_FEATURES))
     est = WindowAnomalyDetector(n_estimators=20, random_state=0).fit(X)
     thr = BudgetThreshold(value=threshold, margin=0.0)
     save_model(registry / version, estimator=est, threshold=thr, metadata={"window_s": 10.0})
@@ -86,11 +86,12 @@ def test_promote_then_rollback_in_a_running_pipeline(
     settings = Settings.model_validate(data)
     store = Store(f"sqlite:///{tmp_path / 'alerts.db'}").start()
     metrics = PipelineMetrics()
+    engine = DetectionEngine(settings, inventory=PodInventory.from_dict(sim.inventory))
     stage = PipelineStage(
         settings,
         bus=KafkaBus(settings.kafka),
         store=store,
-        engine=DetectionEngine(settings, inventory=Inventory.from_dict(sim.inventory)),
+        engine=engine,
         metrics=metrics,
         notifiers=NotifierHub([]),
         model_watcher=ModelWatcher(registry),
@@ -117,13 +118,11 @@ def test_promote_then_rollback_in_a_running_pipeline(
     thread = threading.Thread(target=loop, name="models-stage", daemon=True)
     thread.start()
     try:
-        assert stage.engine.model is not None and stage.engine.model.version == "quiet-v1"
+        assert engine.model is not None and engine.model.version == "quiet-v1"
         assert info("quiet-v1") == 1.0
 
         _cli("promote", "loud-v2", "--registry", str(registry))
-        wait_for(
-            lambda: getattr(stage.engine.model, "version", None) == "loud-v2", timeout=30, what="promote"
-        )
+        wait_for(lambda: getattr(engine.model, "version", None) == "loud-v2", timeout=30, what="promote")
         assert info("loud-v2") == 1.0 and info("quiet-v1") is None
         assert "model switched from=quiet-v1 to=loud-v2" in caplog.text
         _publish(settings, sim.flows)
@@ -132,9 +131,7 @@ def test_promote_then_rollback_in_a_running_pipeline(
         assert forest and {a.model_version for a in forest} == {"loud-v2"}
 
         assert "rolled back to quiet-v1" in _cli("rollback", "--registry", str(registry))
-        wait_for(
-            lambda: getattr(stage.engine.model, "version", None) == "quiet-v1", timeout=30, what="rollback"
-        )
+        wait_for(lambda: getattr(engine.model, "version", None) == "quiet-v1", timeout=30, what="rollback")
         assert info("quiet-v1") == 1.0 and info("loud-v2") is None
         assert "model switched from=loud-v2 to=quiet-v1" in caplog.text
         _publish(settings, later)
@@ -144,7 +141,7 @@ def test_promote_then_rollback_in_a_running_pipeline(
         # Detection went on (the rule detectors), and the quiet forest is the one in use again.
         assert second, "the second phase raised no alert at all"
         assert not [a for a in second if a.detector == "isolation_forest"]
-        assert stage.engine.alerts.model_version == "quiet-v1"
+        assert engine.alerts.model_version == "quiet-v1"
         assert errors == []
     finally:
         stop.set()

@@ -281,6 +281,45 @@ def test_build_hub_from_settings(receiver: Receiver, alertmanager: Alertmanager)
     assert sorted(n for n, s in outcomes.seen if s == "delivered") == ["alertmanager", "slack", "webhook"]
 
 
+@pytest.mark.parametrize("fmt", ["ecs", "ocsf"])
+def test_webhook_sends_the_configured_format_with_the_cluster(
+    fmt: str, receiver: Receiver, alertmanager: Alertmanager
+) -> None:
+    """alerts.format reaches the webhook; Alertmanager gets the cluster and a route's severity."""
+    from flowwarden.alert_formats import AlertExporter
+    from flowwarden.settings import load_settings
+
+    settings = load_settings(
+        None,
+        cluster={"name": "prod-eu-1"},
+        alerts={"format": fmt},
+        notifiers={
+            "webhook_urls": [receiver.url],
+            "alertmanager_url": alertmanager.url,
+            "min_severity": "low",
+        },
+    )
+    outcomes = Outcomes()
+    hub = build_hub(settings.notifiers, on_result=outcomes, exporter=AlertExporter.from_settings(settings))
+    alert = make_alert(0, severity="low")
+    hub.submit([alert])
+    hub.close(timeout_s=20)
+    assert outcomes.count("webhook", "delivered") == 1
+    body = receiver.bodies[0]
+    assert body["format"] == fmt and len(body["alerts"]) == 1
+    doc = body["alerts"][0]
+    if fmt == "ecs":
+        assert doc["orchestrator"]["cluster"]["name"] == "prod-eu-1"
+        assert doc["threat"]["tactic"]["name"] == ["Discovery"]
+    else:
+        assert doc["class_uid"] == 2004 and doc["unmapped"]["cluster"]["name"] == "prod-eu-1"
+        assert doc["finding_info"]["attacks"][0]["technique"]["uid"] == "T1046"
+    wait_for(lambda: len(alertmanager.alerts()) == 1, timeout=20, what="alertmanager to list the alert")
+    labels = alertmanager.alerts()[0]["labels"]
+    assert labels["cluster"] == "prod-eu-1" and labels["tactic"] == "Discovery"
+    assert labels["severity"] == "info" and labels["flowwarden_severity"] == "low"
+
+
 def test_chat_receivers_hear_an_alert_once_alertmanager_hears_every_update(
     receiver: Receiver, alertmanager: Alertmanager
 ) -> None:
@@ -311,4 +350,6 @@ def test_chat_receivers_hear_an_alert_once_alertmanager_hears_every_update(
     assert "*medium*" in texts[0] and "*critical*" in texts[1]
     # Severity is a routing label: the escalation is a new series, the medium one resolves by itself.
     wait_for(lambda: len(listed()) == 2, timeout=20, what="the escalated alert")
-    assert {a["labels"]["severity"] for a in listed()} == {"medium", "critical"}
+    assert {a["labels"]["flowwarden_severity"] for a in listed()} == {"medium", "critical"}
+    # Mapped for Alertmanager routes (alert_formats.ALERTMANAGER_SEVERITY): medium is a warning.
+    assert {a["labels"]["severity"] for a in listed()} == {"warning", "critical"}

@@ -25,8 +25,8 @@ import yaml
 
 from flowwarden import simulator
 from flowwarden.bus import KafkaBus, publish_flows
+from flowwarden.kube import PodInventory
 from flowwarden.pipeline.detection.engine import DetectionEngine
-from flowwarden.pipeline.detection.enrich import Inventory
 from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub
 from flowwarden.pipeline.runtime.offline import detect_flows
@@ -60,7 +60,7 @@ def warm_state() -> bytes:
     history = simulator.simulate(
         minutes=10, pods=30, seed=1023, benign_only=True, start=datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
     )
-    engine = DetectionEngine(Settings(), inventory=Inventory.from_dict(history.inventory))
+    engine = DetectionEngine(Settings(), inventory=PodInventory.from_dict(history.inventory))
     engine.process(history.flows)
     engine.flush()
     state: bytes = engine.export_state()
@@ -104,7 +104,7 @@ class Worker:
     def __init__(
         self, settings: Settings, store: Store, inventory: dict[str, Any], worker_id: str, warm: bytes
     ) -> None:
-        engine = DetectionEngine(settings, inventory=Inventory.from_dict(inventory))
+        engine = DetectionEngine(settings, inventory=PodInventory.from_dict(inventory))
         engine.import_state(warm, clocks=False)
         self.stage = PipelineStage(
             settings,
@@ -265,9 +265,9 @@ def test_sigkill_mid_stream_then_restart_skips_no_batch_and_duplicates_no_alert(
         pipeline={
             "group_id": unique_group("crash"),
             "checkpoint_interval_s": 1.0,
-            "inventory_path": str(inventory),
             "metrics_port": 0,
         },
+        kubernetes={"inventory_path": str(inventory)},
         store={"url": fresh_pg_url},
     )
     config = tmp_path / "pipeline.yaml"
@@ -303,7 +303,7 @@ def test_sigkill_mid_stream_then_restart_skips_no_batch_and_duplicates_no_alert(
         # The process runs with the model the package ships (and its warm-start history): the reference too.
         model = ModelWatcher(settings.pipeline.model_dir).initial()
         expected = detect_flows(
-            sim.flows, settings=settings, inventory=Inventory.from_dict(sim.inventory), model=model
+            sim.flows, settings=settings, inventory=PodInventory.from_dict(sim.inventory), model=model
         )
         expected_ids = {a.id for a in expected.alerts}
 

@@ -58,8 +58,8 @@ def _report(tmp: Path) -> Path:
         for ip in ips:
             attack = ip == ips[0] and 600 <= k * W < 900
             rows.append(
-                {"ws": ws, "we": ws + W, "entity": f"shop/{ip}", "src_ip": ip, "namespace": "shop",
-                 "pod": f"web-{ip}", "workload": "web",
+                {"window_start": ws, "window_end": ws + W, "entity": f"shop/{ip}", "src_ip": ip,
+                 "namespace": "shop", "pod": f"web-{ip}", "workload": "web",
                  "flows": rng.poisson(300 if attack else 20),
                  "bytes_out_ext": rng.lognormal(12 if attack else 7, 1),
                  "bytes_out_int": rng.lognormal(8, 1), "int_peers": rng.poisson(40 if attack else 3),

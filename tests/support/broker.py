@@ -226,6 +226,7 @@ def kafka_settings_for(bootstrap: str, *, partitions: int = 3) -> Settings:
                     "alerts": f"alerts-{suffix}",
                     "decisions": f"decisions-{suffix}",
                     "flows_dlq": f"flows.dlq-{suffix}",
+                    "alerts_dlq": f"alerts.dlq-{suffix}",
                 },
             },
         }

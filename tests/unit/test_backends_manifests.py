@@ -145,43 +145,62 @@ def test_networkpolicy_needs_namespace_and_pod_and_respects_kube_namespaces(tmp_
 
 def test_calico_objects_are_well_formed(tmp_path: Path) -> None:
     b = CalicoBackend(cfg(tmp_path))
-    docs = b.policy() + b.network_sets(decision(targets=["10.244.2.7", "fd00::/64"]))
-    docs += b.network_sets(decision(id="d-q", action="quarantine", targets=[]))
-    assert [d["kind"] for d in docs] == ["Tier", "GlobalNetworkPolicy", *["GlobalNetworkSet"] * 3]
+    block = b.decision_policy(decision(targets=["10.244.2.7", "fd00::/64", "10.244.3.0/24"]))
+    quarantine = b.decision_policy(decision(id="d-q", action="quarantine", targets=[]))
+    docs = [*b.policy(), block, quarantine]
+    assert [d["kind"] for d in docs] == ["Tier", *["GlobalNetworkPolicy"] * 3]
     for doc in docs:
         validate_calico(doc)
-    sets = {d["metadata"]["labels"]["flowwarden.io/set"]: d["spec"]["nets"] for d in docs[2:]}
-    assert sets == {
-        "blocked-sources": ["10.244.1.2/32"],
-        "blocked-destinations": ["10.244.2.7/32", "fd00::/64"],
-        "quarantined": ["10.244.1.2/32"],
-    }
-    quarantine_rule = docs[1]["spec"]["egress"][1]
-    assert quarantine_rule["destination"] == {"notNets": ["10.0.0.1/32", "10.96.0.10/32"]}
+    # One policy per decision, naming its own addresses: the source's family only.
+    assert block["metadata"]["name"] == "flowwarden.d-test1"
+    assert block["metadata"]["labels"]["flowwarden.io/decision"] == "d-test1"
+    assert block["spec"]["egress"] == [
+        {
+            "action": "Deny",
+            "source": {"nets": ["10.244.1.2/32"]},
+            "destination": {"nets": ["10.244.2.7/32", "10.244.3.0/24"]},
+        }
+    ]
+    assert "ingress" not in block["spec"]
+    keep = {"notNets": ["10.0.0.1/32", "10.96.0.10/32"]}
+    rule = {"action": "Deny", "source": {"nets": ["10.244.1.2/32"]}, "destination": keep}
+    assert quarantine["spec"]["egress"] == [rule] and quarantine["spec"]["ingress"] == [rule]
+    # The tier ends with one fixed policy passing everything on; decisions have Deny rules only.
+    assert docs[1]["metadata"]["name"] == "flowwarden.pass"
+    assert docs[1]["spec"]["order"] > block["spec"]["order"]
+    for doc in (block, quarantine):
+        assert {r["action"] for r in doc["spec"]["egress"] + doc["spec"].get("ingress", [])} == {"Deny"}
 
 
 def test_calico_structure_check_can_fail(tmp_path: Path) -> None:
-    doc = CalicoBackend(cfg(tmp_path)).policy()[1]
+    doc = CalicoBackend(cfg(tmp_path)).decision_policy(decision())
     doc["spec"]["egress"][0]["action"] = "Drop"
     with pytest.raises(AssertionError):
         validate_calico(doc)
 
 
-def test_calico_block_is_a_change_of_data_only(tmp_path: Path) -> None:
+def test_calico_block_adds_one_policy_and_leaves_the_fixed_ones(tmp_path: Path) -> None:
     b = CalicoBackend(cfg(tmp_path))
     b.start()
     policy_before = (b.dir / "policy.yaml").read_text()
     d = decision()
     result = b.apply(d)
     assert (b.dir / "policy.yaml").read_text() == policy_before
-    assert result["calls"] == [
-        f"CustomObjectsApi.create_cluster_custom_object(flowwarden-{d.id}-src)",
-        f"CustomObjectsApi.create_cluster_custom_object(flowwarden-{d.id}-dst)",
-    ]
+    assert result["calls"] == [f"CustomObjectsApi.create_cluster_custom_object(flowwarden.{d.id})"]
     for call in b.calls(d) + b.calls(d, revoke=True):
         check_call(call)
+    assert b.list_rules() == [{"decision": d.id, "file": str(b.dir / "policies" / f"{d.id}.yaml")}]
+    assert b.reconcile([d]) == {"removed": [], "restored": []}
     assert b.reconcile([]) == {"removed": [d.id], "restored": []}
     assert b.list_rules() == []
+
+
+def test_calico_reconcile_removes_the_former_network_sets(tmp_path: Path) -> None:
+    b = CalicoBackend(cfg(tmp_path))
+    (b.dir / "sets").mkdir(parents=True)
+    (b.dir / "sets" / "d-old.yaml").write_text("kind: GlobalNetworkSet\n")
+    assert b.reconcile([]) == {"removed": ["sets/d-old"], "restored": []}
+    assert not (b.dir / "sets" / "d-old.yaml").exists()
 
 
 def test_client_runs_nothing_when_not_applying_to_a_cluster(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flowwarden.kube import PodInventory
 from flowwarden.labels import TECHNIQUES
 from flowwarden.models.evaluation import match_episodes
-from flowwarden.pipeline.detection.enrich import Inventory
 from flowwarden.pipeline.runtime.offline import detect_flows
 from flowwarden.settings import Settings
 
@@ -37,7 +37,7 @@ def outcome():
 
     settings = Settings()
     sim = simulate(minutes=15, pods=80, seed=211, attacks="all", settings=settings)
-    res = detect_flows(sim.flows, settings=settings, inventory=Inventory.from_dict(sim.inventory))
+    res = detect_flows(sim.flows, settings=settings, inventory=PodInventory.from_dict(sim.inventory))
     return match_episodes(res.alerts, sim.labels.episodes, settings.pipeline.window_s), res
 
 

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from flowwarden.errors import ConfigError
-from flowwarden.pipeline.detection.detectors import REGISTRY, Context, build_detectors
+from flowwarden.pipeline.detection.detectors import DETECTORS, Context, build_detectors
 from flowwarden.pipeline.detection.detectors.isolation_forest import IsolationForestDetector
 from flowwarden.pipeline.detection.engine import BASELINE_FEATURES
-from flowwarden.pipeline.detection.features import FEATURES, KEY_COLUMNS
 from flowwarden.pipeline.detection.state import Baselines
+from flowwarden.records import WINDOW_COLUMNS, WINDOW_FEATURES
 from flowwarden.settings import Settings
 
 
@@ -22,30 +22,30 @@ def _ctx(
 ) -> Context:
     data = []
     for i, r in enumerate(rows):
-        row: dict[str, Any] = {c: 0.0 for c in FEATURES}
+        row: dict[str, Any] = {c: 0.0 for c in WINDOW_FEATURES}
         row.update(
-            ws=5000.0,
-            we=5010.0,
+            window_start=5000.0,
+            window_end=5010.0,
             entity=f"shop/p{i}",
             src_ip=f"10.244.1.{i + 1}",
             namespace="shop",
             pod=f"p{i}",
             workload="web",
-            wl_key="shop/web",
+            workload_key="shop/web",
             node="n1",
             is_node=False,
         )
         row.update(r)
         data.append(row)
-    w = pd.DataFrame(data)[[*KEY_COLUMNS, *FEATURES]]
+    w = pd.DataFrame(data)[list(WINDOW_COLUMNS)]
     base = base or Baselines(list(BASELINE_FEATURES), half_life_s=3600, ttl_s=1e9, max_keys=100)
     ent = base.lookup(w["entity"]).reset_index(drop=True)
-    wl = base.lookup(w["wl_key"]).reset_index(drop=True)
+    wl = base.lookup(w["workload_key"]).reset_index(drop=True)
     return Context(w, ent, wl, settings or Settings())
 
 
 def _score(name: str, rows: list[dict[str, Any]], **kw: Any) -> np.ndarray:
-    return REGISTRY[name]().score(_ctx(rows, **kw))
+    return DETECTORS[name]().score(_ctx(rows, **kw))
 
 
 def _learned(values: dict[str, float], n: int = 50, start: float = 0.0) -> Baselines:
@@ -113,7 +113,7 @@ def test_bulk_egress_new_address_or_far_above_an_old_baseline() -> None:
     ]
     ctx = _ctx(rows, base=young)
     ctx.memory_since = 0.0
-    s = REGISTRY["bulk_egress"]().score(ctx)
+    s = DETECTORS["bulk_egress"]().score(ctx)
     assert s[0] > 0.7 and s[1] == 0  # the second address was known since the engine started
 
 
@@ -148,7 +148,7 @@ def test_dns_tunnel_needs_many_odd_subdomains() -> None:
 
 
 def test_isolation_forest_inactive_without_model_then_uses_it() -> None:
-    det = REGISTRY["isolation_forest"]()
+    det = DETECTORS["isolation_forest"]()
     assert isinstance(det, IsolationForestDetector)
     ctx = _ctx([{"bytes_out_ext": 1.0}, {"bytes_out_ext": 9e9}])
     assert not det.active and det.score(ctx).tolist() == [0.0, 0.0] and det.inactive_windows == 2
@@ -170,7 +170,7 @@ def test_thresholds_overridable_and_unknown_names_rejected() -> None:
     settings.pipeline.detectors = {"port_scan": {"min_ports": 200}}
     dets = {d.name: d for d in build_detectors(settings)}
     assert dets["port_scan"].score(_ctx([{"max_ports_per_dst": 100}])).tolist() == [0.0]
-    assert set(dets) == set(REGISTRY)
+    assert set(dets) == set(DETECTORS)
     settings.pipeline.detectors = {"port_scan": {"min_prots": 2}}
     with pytest.raises(ConfigError, match="min_prots"):
         build_detectors(settings)
@@ -181,7 +181,7 @@ def test_thresholds_overridable_and_unknown_names_rejected() -> None:
 
 
 def test_every_detector_documents_what_it_catches_and_must_not_flag() -> None:
-    for name, cls in REGISTRY.items():
+    for name, cls in DETECTORS.items():
         doc = __import__(cls.__module__, fromlist=["x"]).__doc__ or ""
         assert "Catches" in doc and "Must not flag" in doc, name
         assert cls.kind in ("exfiltration", "lateral_movement")
@@ -194,7 +194,7 @@ def test_new_destination_volume_flags_a_first_upload_sooner() -> None:
     ]
     ctx = _ctx(rows)
     ctx.memory_since = 0.0
-    s = REGISTRY["new_destination_volume"]().score(ctx)
+    s = DETECTORS["new_destination_volume"]().score(ctx)
     assert s[0] >= 0.5 and s[1] == 0
 
 
@@ -206,7 +206,7 @@ def test_fan_out_from_an_old_pod_of_a_serving_workload_but_not_from_nodes() -> N
     ctx = _ctx(rows)  # no workload history as a source: it only ever served
     ctx.memory_since = 0.0
     ctx.extra["pod_age"] = np.array([4000.0, 4000.0])
-    s = REGISTRY["fan_out"]().score(ctx)
+    s = DETECTORS["fan_out"]().score(ctx)
     assert s[0] > 0.5 and s[1] == 0
     ctx.extra["pod_age"] = np.array([10.0, 10.0])  # a brand-new pod of a brand-new workload: learning
-    assert REGISTRY["fan_out"]().score(ctx)[0] == 0
+    assert DETECTORS["fan_out"]().score(ctx)[0] == 0

@@ -169,7 +169,8 @@ def test_plan_offline_writes_the_three_rule_files(tmp_path: Path) -> None:
     nft = (tmp_path / "rules.nft").read_text()
     assert "10.244.1.2 . 10.244.2.7/32 timeout 14400s" in nft and "10.244.1.4" not in nft
     assert (tmp_path / "networkpolicies.yaml").read_text().count("kind: NetworkPolicy") == 2
-    assert "GlobalNetworkSet" in (tmp_path / "calico.yaml").read_text()
+    assert (tmp_path / "calico.yaml").read_text().count("name: flowwarden.d-") == 2  # one per decision
+    assert (tmp_path / "cilium.yaml").read_text().count("kind: CiliumClusterwideNetworkPolicy") == 2
 
 
 def test_offences_older_than_ttl_max_no_longer_escalate(store: Store, tmp_path: Path) -> None:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from flowwarden.kube import PodInventory
 from flowwarden.pipeline.detection.engine import DetectionEngine
-from flowwarden.pipeline.detection.enrich import Inventory
 from flowwarden.pipeline.runtime.offline import detect_flows
 from flowwarden.settings import Settings
 from tests.unit.flowkit import T0, flows, pod
 
 SCANNER = "10.244.1.9"
 VICTIM = "10.244.2.3"
-INV = Inventory.from_dict(
+INV = PodInventory.from_dict(
     {"items": [pod("web-5d9c8f7b6-aaaaa", SCANNER), pod("db-0", VICTIM, owner=("StatefulSet", "db"))]}
 )
 
@@ -203,11 +203,10 @@ def test_detect_command_on_a_capture(tmp_path) -> None:
     assert [(a.detector, a.entity.ip, a.targets) for a in alerts] == [("port_scan", "10.9.0.1", ["10.9.0.2"])]
 
 
-def test_vocabulary_is_bounded_without_losing_buffered_flows(monkeypatch) -> None:
-    import flowwarden.pipeline.detection.engine as engine_mod
-
-    monkeypatch.setattr(engine_mod, "VOCAB_MAX", 3)
-    eng = DetectionEngine(Settings(), inventory=INV)
+def test_vocabulary_is_bounded_without_losing_buffered_flows() -> None:
+    settings = Settings()
+    settings.pipeline.max_vocabulary = 3
+    eng = DetectionEngine(settings, inventory=INV)
     eng.process(_scan(T0 + 1))  # buffered, window still open; the vocabulary is rebuilt
     assert "vocabulary" in eng.evicted  # it was rebuilt from the buffered flows
     alerts = eng.flush().alerts
@@ -217,7 +216,7 @@ def test_vocabulary_is_bounded_without_losing_buffered_flows(monkeypatch) -> Non
 
 def test_an_alerted_fan_out_is_not_learned_so_the_next_pod_still_stands_out() -> None:
     second = "10.244.1.10"
-    inv = Inventory.from_dict(
+    inv = PodInventory.from_dict(
         {
             "items": [
                 pod("web-5d9c8f7b6-aaaaa", SCANNER),

@@ -1,4 +1,4 @@
-"""Enrichment: IP to pod honouring lifetimes, workloads from owners, nodes, direction."""
+"""Enrichment: IP to pod honouring lifetimes, workloads from owners, nodes, direction (flowwarden.kube)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from flowwarden.errors import ConfigError
-from flowwarden.pipeline.detection.enrich import Inventory, enrich_flows, workload_of
+from flowwarden.kube import FileSource, PodInventory, workload_of
+from flowwarden.pipeline.detection.enrich import enrich_flows
 from flowwarden.records import conform_flows
 from flowwarden.settings import Settings
 from tests.unit.flowkit import T0, flows, pod
@@ -24,7 +25,7 @@ def test_workload_from_owner_references() -> None:
 
 
 def test_reused_ip_maps_to_the_pod_alive_at_the_time() -> None:
-    inv = Inventory.from_dict(
+    inv = PodInventory.from_dict(
         {
             "items": [
                 pod(
@@ -69,7 +70,7 @@ def test_a_finished_job_pod_lets_go_of_its_ip_when_its_containers_finish() -> No
     }
     failed = pod("probe-1", "10.244.1.10", owner=None, created="2027-01-15T08:00:00Z")
     failed["status"] |= {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {}}}]}
-    inv = Inventory.from_dict({"items": [job, failed]})
+    inv = PodInventory.from_dict({"items": [job, failed]})
     at = [pd.Timestamp(f"2027-01-15T08:{m}Z").timestamp() for m in ("01:00", "02:20", "02:40", "30:00")]
     got = inv.lookup(pd.Series(["10.244.1.9"] * 4 + ["10.244.1.10"]), pd.Series([*at, at[-1]]))
     # Running, then the deletion grace after its last container, then free.
@@ -77,7 +78,7 @@ def test_a_finished_job_pod_lets_go_of_its_ip_when_its_containers_finish() -> No
 
 
 def test_host_network_pods_make_node_addresses() -> None:
-    inv = Inventory.from_dict(
+    inv = PodInventory.from_dict(
         {
             "items": [
                 pod(
@@ -97,7 +98,7 @@ def test_host_network_pods_make_node_addresses() -> None:
 
 
 def test_enrich_fills_metadata_and_direction() -> None:
-    inv = Inventory.from_dict(
+    inv = PodInventory.from_dict(
         {
             "items": [
                 pod("web-5d9c8f7b6-aaaaa", "10.244.1.9"),
@@ -128,21 +129,22 @@ def test_enrich_fills_metadata_and_direction() -> None:
 def test_inventory_file_reload_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "pods.json"
     path.write_text(json.dumps({"items": [pod("a-5d9c8f7b6-aaaaa", "10.244.1.1")]}))
-    inv = Inventory.from_file(path)
-    assert inv.reload_if_changed() is inv
+    source = FileSource(path).start()
+    inv = source.current()
+    assert source.current() is inv
     path.write_text(json.dumps({"items": [pod("b-5d9c8f7b6-bbbbb", "10.244.1.2")]}))
     import os
 
     os.utime(path, ns=(1, 1))
-    fresh = inv.reload_if_changed()
+    fresh = source.current()
     assert fresh is not inv and fresh.pods["pod"].tolist() == ["b-5d9c8f7b6-bbbbb"]
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
-        Inventory.from_file(path)
+        PodInventory.from_file(path)
     with pytest.raises(ConfigError, match=r"items\[0\].metadata.name"):
-        Inventory.from_dict({"items": [{"metadata": {}}]})
+        PodInventory.from_dict({"items": [{"metadata": {}}]})
     with pytest.raises(ConfigError, match="podIP"):
-        Inventory.from_dict({"items": [pod("x", "not-an-ip")]})
+        PodInventory.from_dict({"items": [pod("x", "not-an-ip")]})
 
 
 def test_inventory_from_the_kubernetes_api_objects() -> None:
@@ -160,7 +162,7 @@ def test_inventory_from_the_kubernetes_api_objects() -> None:
             status=k.V1PodStatus(pod_ip=ip, host_ip="10.0.0.11"),
         )
 
-    inv = Inventory.from_pod_list(
+    inv = PodInventory.from_pod_list(
         k.V1PodList(
             items=[
                 v1pod("web-5d9c8f7b6-aaaaa", "10.244.1.9", "web-5d9c8f7b6"),

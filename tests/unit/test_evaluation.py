@@ -126,8 +126,8 @@ def _windows() -> pd.DataFrame:
         for ip, pod in (("10.0.0.1", "web-1"), ("10.0.0.8", "web-8")):
             rows.append(
                 {
-                    "ws": ws,
-                    "we": ws + W,
+                    "window_start": ws,
+                    "window_end": ws + W,
                     "entity": f"shop/{pod}",
                     "src_ip": ip,
                     "namespace": "shop",
@@ -141,7 +141,7 @@ def test_window_labels_and_curves() -> None:
     w = _windows()
     y = label_windows(w, LABELS, W)
     scan = (w["src_ip"] == "10.0.0.1").to_numpy()
-    ws = w["ws"].to_numpy() - T0.timestamp()
+    ws = w["window_start"].to_numpy() - T0.timestamp()
     assert set(np.unique(y[scan & (ws >= 100) & (ws < 170)])) == {POSITIVE}
     assert set(np.unique(y[scan & (ws >= 170) & (ws < 190)])) == {IGNORED}
     assert set(np.unique(y[~scan])) == {NEGATIVE}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from flowwarden.kube import PodInventory
 from flowwarden.pipeline.detection.connections import ConnectionLog
-from flowwarden.pipeline.detection.enrich import Inventory, enrich_flows
+from flowwarden.pipeline.detection.enrich import enrich_flows
 from flowwarden.pipeline.detection.features import (
-    FEATURES,
     beacon_features,
     edge_table,
     novelty_features,
@@ -17,10 +17,11 @@ from flowwarden.pipeline.detection.features import (
     window_features,
 )
 from flowwarden.pipeline.detection.state import SeenEdges, Vocab
+from flowwarden.records import WINDOW_FEATURES
 from flowwarden.settings import Settings
 from tests.unit.flowkit import T0, flows, pod
 
-INV = Inventory.from_dict(
+INV = PodInventory.from_dict(
     {
         "items": [
             pod("web-5d9c8f7b6-aaaaa", "10.244.1.9"),
@@ -41,7 +42,7 @@ INV = Inventory.from_dict(
 def _prepared(df: pd.DataFrame, settings: Settings, vocab: Vocab, ws: float | None = None):
     e = enrich_flows(df, INV, settings)
     lean = to_lean(e, vocab, settings, INV.node_ips)
-    lean["ws"] = np.floor(lean["ts_end"] / 10) * 10 if ws is None else ws
+    lean["window_start"] = np.floor(lean["ts_end"] / 10) * 10 if ws is None else ws
     p = prepare(lean, vocab, 10.0)
     assert p is not None
     return p
@@ -79,7 +80,7 @@ def test_volume_destinations_ports_and_failures() -> None:
     assert r["workload"] == "web" and not r["is_node"]
     # the second replica's edge to db:5432 was new in this window for the workload too
     assert w.loc["shop/web-5d9c8f7b6-bbbbb", "new_edges"] == 1
-    assert {f for f in FEATURES if not f.startswith(("beacon_", "recent_"))} <= set(w.columns)
+    assert {f for f in WINDOW_FEATURES if not f.startswith(("beacon_", "recent_"))} <= set(w.columns)
 
 
 def test_control_plane_metadata_and_node_sources() -> None:
@@ -255,7 +256,7 @@ def test_a_long_transfer_is_one_connection_not_a_beacon() -> None:
     engine = DetectionEngine(Settings(), inventory=INV)
     engine.process(flows(upload + regular).sort_values("ts_end", ignore_index=True))
     w = engine.flush().windows
-    last = w.sort_values("ws").groupby("entity").last()
+    last = w.sort_values("window_start").groupby("entity").last()
     assert last.loc["shop/web-5d9c8f7b6-aaaaa", "beacon_conns"] == 0  # one connection: never scored
     assert (
         last["beacon_conns"].to_dict()["shop/web-5d9c8f7b6-bbbbb"] >= 20

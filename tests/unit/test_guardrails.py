@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from flowwarden.enforcement.guardrails import Context, Guardrails, kafka_addresses
-from flowwarden.enforcement.inventory import Inventory, PodRef
+from flowwarden.kube import PodInventory, PodRef
 from flowwarden.records import Decision, Entity
 from tests.unit.enforcement_support import decision, settings
+from tests.unit.flowkit import pod
 
 
 def refused(d: Decision, g: Guardrails | None = None, ctx: Context | None = None) -> str:
@@ -95,7 +96,10 @@ def test_allowlisted_namespace_workload_and_cidr_win() -> None:
 
 
 def test_an_allowlisted_target_namespace_is_refused_via_the_inventory() -> None:
-    inv = Inventory.from_pods([("10.244.2.7", PodRef("kube-system", "coredns-1", "coredns"))])
+    inv = PodInventory.from_dict(
+        {"items": [pod("coredns-1", "10.244.2.7", ns="kube-system", owner=("Deployment", "coredns"))]}
+    )
+    assert inv.pods_by_ip["10.244.2.7"] == PodRef("kube-system", "coredns-1", "coredns")
     assert refused(decision(), Guardrails(settings(), inv)) == "allow_namespace"
 
 
@@ -126,7 +130,8 @@ def test_blast_radius_limits() -> None:
 
 
 def test_workload_share() -> None:
-    inv = Inventory.from_pods([], workload_pods={"shop/web": 4})
+    inv = PodInventory.from_dict({"items": [pod(f"web-5d9c8f7b6-{i}", f"10.244.9.{i}") for i in range(4)]})
+    assert inv.pod_count("shop", "web") == 4
     g = Guardrails(settings(max_workload_share=0.5), inv)
     one = [decision(id="d-a1", pod="web-2")]
     two = [*one, decision(id="d-a2", pod="web-3")]
@@ -143,7 +148,7 @@ def test_kafka_addresses() -> None:
 
 
 def test_inventory_from_kubectl_json() -> None:
-    inv = Inventory.from_kubectl_json(
+    inv = PodInventory.from_dict(
         {
             "items": [
                 {
@@ -220,7 +225,9 @@ def test_the_allowlist_and_blast_radius_still_judge_the_whole_automatic_decision
     g = Guardrails(settings(allow_cidrs=["10.0.0.0/28"]))
     r = g.review(decision(targets=["10.244.2.7", "10.0.0.7"]), drop_protected_targets=True)
     assert r.refusal is not None and r.refusal.guardrail == "allow_cidr"
-    inv = Inventory.from_pods([("10.244.2.8", PodRef("kube-system", "coredns-1", "coredns"))])
+    inv = PodInventory.from_dict(
+        {"items": [pod("coredns-1", "10.244.2.8", ns="kube-system", owner=("Deployment", "coredns"))]}
+    )
     r = Guardrails(settings(), inv).review(decision(targets=SCAN), drop_protected_targets=True)
     assert r.refusal is not None and r.refusal.guardrail == "allow_namespace"
     # The blast radius judges what is left; the dropped targets stay on record.
@@ -231,8 +238,6 @@ def test_the_allowlist_and_blast_radius_still_judge_the_whole_automatic_decision
 
 
 def test_inventory_from_kubectl_json_names_workloads_as_the_pipeline_does() -> None:
-    from tests.unit.flowkit import pod
-
     finished = pod("backup-29383920-abcde", "10.244.1.9", owner=("Job", "backup-29383920"))
     finished["status"]["phase"] = "Succeeded"
     items = [
@@ -249,7 +254,7 @@ def test_inventory_from_kubectl_json_names_workloads_as_the_pipeline_does() -> N
         ),
         finished,
     ]
-    inv = Inventory.from_kubectl_json({"items": items})
+    inv = PodInventory.from_dict({"items": items})
     assert inv.workload_pods == {"shop/web": 1, "shop/report": 1}
     assert inv.pods_by_ip["10.244.1.6"] == PodRef("shop", "web-5d9c8f7b6-b7x9q", "web")
     assert inv.pods_by_ip["10.244.1.8"].workload == "", "a bare pod belongs to no workload"

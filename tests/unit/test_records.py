@@ -1,9 +1,12 @@
-"""The record contracts: flow batches (schema, validation naming the field), alerts, decisions."""
+"""The record contracts: flow batches (schema, validation naming the field), entity-windows,
+alerts, decisions."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,19 +16,30 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from flowwarden.errors import RecordError
+from flowwarden.models.registry import load_default
+from flowwarden.pipeline.detection.engine import DetectionEngine
+from flowwarden.pipeline.detection.state import pack_state, unpack_state
 from flowwarden.records import (
     FLOW_SCHEMA,
     REQUIRED_COLUMNS,
+    WINDOW_COLUMNS,
+    WINDOW_FEATURES,
+    WINDOW_KEY_COLUMNS,
+    WINDOW_OLD_NAMES,
+    WINDOW_SCHEMA,
     Alert,
     Decision,
     Entity,
     FlowState,
     alert_id,
     conform_flows,
+    conform_windows,
     empty_flows,
+    empty_windows,
     split_invalid_flows,
     validate_flows,
 )
+from flowwarden.settings import Settings
 
 
 def base(n: int = 3) -> dict:
@@ -204,6 +218,124 @@ def test_property_one_corrupted_row_is_caught_and_only_it(rows: list[dict], data
     good, bad = split_invalid_flows(conform_flows(pd.DataFrame(rows)))
     assert len(bad) == 1 and len(good) == len(rows) - 1
     assert bad["reason"].iloc[0].startswith(f"{field}: ")
+
+
+# --------------------------------------------------------------------------- entity-windows
+
+
+def _engine_flows() -> pd.DataFrame:
+    """Two windows of a pod-network source: calls, a failed probe, an upload, a DNS query."""
+    t0 = 1_800_000_000.0
+    rows: list[dict[str, Any]] = []
+    for k in range(2):
+        t = t0 + 10 * k
+        rows += [
+            {"ts_start": t + 1, "src_ip": "10.244.1.9", "dst_ip": "10.244.2.3", "dst_port": 5432},
+            {"ts_start": t + 2, "src_ip": "10.244.1.9", "dst_ip": "10.244.7.7", "dst_port": 22,
+             "state": "rejected"},
+            {"ts_start": t + 3, "src_ip": "10.244.1.9", "dst_ip": "93.184.216.34", "dst_port": 443,
+             "bytes_out": 50_000},
+            {"ts_start": t + 4, "src_ip": "10.244.1.10", "dst_ip": "10.96.0.10", "dst_port": 53, "proto": 17,
+             "state": "udp", "dns_qname": "api.example.com"},
+        ]  # fmt: skip
+    for r in rows:
+        r["ts_end"] = r["ts_start"] + 0.1
+        r.setdefault("proto", 6)
+        r.setdefault("state", "closed")
+        r.setdefault("bytes_out", 1000)
+        r.setdefault("pkts_out", 5)
+    return conform_flows(pd.DataFrame(rows))
+
+
+def _scored_windows(engine: DetectionEngine, flows: pd.DataFrame) -> pd.DataFrame:
+    frames = [engine.process(flows).windows, engine.flush().windows]
+    return pd.concat([f for f in frames if len(f)], ignore_index=True)
+
+
+def test_entity_window_schema_is_the_keys_then_the_shipped_models_features():
+    assert (*WINDOW_KEY_COLUMNS, *WINDOW_FEATURES) == WINDOW_COLUMNS
+    assert list(WINDOW_SCHEMA) == list(WINDOW_COLUMNS)
+    assert {WINDOW_SCHEMA[f] for f in WINDOW_FEATURES} == {"float64"}
+    assert {"window_start", "window_end", "workload_key"} <= set(WINDOW_KEY_COLUMNS)
+    assert not {"ws", "we", "wl_key"} & set(WINDOW_COLUMNS)
+    # A trained model names its columns: the shipped one must keep loading and scoring.
+    model = load_default()
+    assert model is not None and list(WINDOW_FEATURES) == model.feature_names
+    assert list(empty_windows().columns) == list(WINDOW_COLUMNS)
+    assert dtypes(empty_windows(3)) == WINDOW_SCHEMA
+
+
+def test_pipeline_computes_exactly_the_declared_entity_windows():
+    windows = _scored_windows(DetectionEngine(Settings()), _engine_flows())
+    scores = [c for c in windows.columns if c.startswith("score_")]
+    assert scores and list(windows.columns) == [*WINDOW_COLUMNS, *scores]
+    assert dtypes(windows[list(WINDOW_COLUMNS)]) == WINDOW_SCHEMA
+    assert sorted(windows["entity"]) == ["10.244.1.10", "10.244.1.10", "10.244.1.9", "10.244.1.9"]
+    assert (windows["window_end"] - windows["window_start"] == 10.0).all()
+    assert windows.loc[windows["entity"] == "10.244.1.9", "failed_conns"].tolist() == [1.0, 1.0]
+    conformed = conform_windows(windows)
+    pd.testing.assert_frame_equal(conformed, windows)
+
+
+def test_conform_windows_reads_the_old_key_names_and_names_what_is_missing():
+    old = empty_windows(2).rename(columns={v: k for k, v in WINDOW_OLD_NAMES.items()})
+    old = old.assign(score_port_scan=[0.0, 0.5])
+    assert {"ws", "we", "wl_key"} <= set(old.columns)
+    out = conform_windows(old)
+    assert list(out.columns) == [*WINDOW_COLUMNS, "score_port_scan"]
+    assert dtypes(out[list(WINDOW_COLUMNS)]) == WINDOW_SCHEMA
+    with pytest.raises(RecordError) as err:
+        conform_windows(empty_windows(1).drop(columns=["beacon_score"]))
+    assert err.value.field == "beacon_score"
+    with pytest.raises(RecordError) as err:
+        conform_windows(empty_windows(1).assign(flows=["many"]))
+    assert err.value.field == "flows"
+
+
+def _with_old_names(state: bytes) -> bytes:
+    """The same checkpoint as the version before the record named its columns wrote it."""
+    doc = json.loads(state)
+    tables, meta = unpack_state(state)
+    old = {k: t.rename(columns={v: o for o, v in WINDOW_OLD_NAMES.items()}) for k, t in tables.items()}
+    old_doc = json.loads(pack_state(old, meta))
+    assert old_doc["version"] == doc["version"]
+    return json.dumps(old_doc).encode()
+
+
+def test_a_checkpoint_with_the_old_column_names_restores():
+    flows = _engine_flows()
+    first, later = flows[flows["ts_start"] < 1_800_000_010.0], flows[flows["ts_start"] >= 1_800_000_010.0]
+    engine = DetectionEngine(Settings())
+    engine.process(first)
+    engine.process(later.iloc[:0], now=1_800_000_013.0)  # the first window closes
+    state = engine.export_state()
+    assert len(engine.recent.table) and "window_start" in engine.recent.table.columns
+    old_state = _with_old_names(state)
+    tables, _ = unpack_state(old_state)
+    assert "ws" in tables["recent"].columns and "window_start" not in tables["recent"].columns
+
+    restored = {}
+    for name, data in (("new", state), ("old", old_state)):
+        e = DetectionEngine(Settings())
+        e.import_state(data)
+        pd.testing.assert_frame_equal(e.recent.table, engine.recent.table)
+        restored[name] = _scored_windows(e, later)
+    pd.testing.assert_frame_equal(restored["old"], restored["new"])
+
+
+def test_the_shipped_state_written_with_the_old_names_restores_whole():
+    model = load_default()
+    state = model.state if model is not None else None
+    assert state is not None
+    tables, _ = unpack_state(state)
+    engine = DetectionEngine(Settings())
+    engine.import_state(state)  # with the clocks: every table, as a checkpoint restores
+    assert list(engine.recent.table.columns) == ["entity", "kind", "dst", "port", "window_start"]
+    assert len(engine.recent.table) == len(tables["recent"])
+    recent_start = "ws" if "ws" in tables["recent"].columns else "window_start"
+    np.testing.assert_array_equal(
+        engine.recent.table["window_start"].to_numpy(), tables["recent"][recent_start].to_numpy()
+    )
 
 
 # --------------------------------------------------------------------------- alerts, decisions

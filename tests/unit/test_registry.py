@@ -162,14 +162,14 @@ def test_promote_refuses_unknown_and_tampered_versions(tmp_path: Path) -> None:
 
 
 def test_the_shipped_default_model_verifies_and_fits_the_pipeline() -> None:
-    from flowwarden.pipeline.detection.features import FEATURES
+    from flowwarden.records import WINDOW_FEATURES
 
     model = load_default()
     assert model is not None
     # Retrain it (docs/models.md) when the pipeline renames or drops a feature.
-    assert model.feature_names and set(model.feature_names) <= set(FEATURES)
+    assert model.feature_names and set(model.feature_names) <= set(WINDOW_FEATURES)
     assert model.state is not None and 0 < model.threshold <= 1
-    scores = model.score(pd.DataFrame(np.zeros((3, len(FEATURES))), columns=list(FEATURES)))
+    scores = model.score(pd.DataFrame(np.zeros((3, len(WINDOW_FEATURES))), columns=list(WINDOW_FEATURES)))
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
     # Its warm-start state is one the engine of this checkout can import (else: retrain it).
     from flowwarden.pipeline.detection.engine import DetectionEngine

@@ -95,6 +95,41 @@ def test_unknown_section_is_rejected_with_a_suggestion(tmp_path: Path):
         load_settings(path)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [
+        ("pipeline.inventory_path", "kubernetes.inventory_path", "/var/lib/pods.json"),
+        ("pipeline.inventory_source", "kubernetes.inventory_source", "kubernetes"),
+        ("pipeline.kubernetes_in_cluster", "kubernetes.in_cluster", "false"),
+    ],
+)
+def test_a_moved_key_is_rejected_naming_its_new_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: str, new: str, value: str
+):
+    section, key = old.split(".")
+    path = write(tmp_path, f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"{old} moved to {new}"):
+        load_settings(path)
+    env_old = "FLOWWARDEN_" + old.upper().replace(".", "__")
+    env_new = "FLOWWARDEN_" + new.upper().replace(".", "__")
+    monkeypatch.setenv(env_old, value)
+    with pytest.raises(ConfigError, match=rf"{old} moved to {new} \(environment: set {env_new} instead"):
+        load_settings()
+    monkeypatch.delenv(env_old)
+    monkeypatch.setenv(env_new, value)
+    moved = load_settings()
+    got = getattr(moved.kubernetes, new.split(".")[1])
+    assert str(got).lower() == value
+
+
+def test_the_kubernetes_section_checks_the_watch_s_knobs(tmp_path: Path):
+    path = write(tmp_path, "kubernetes:\n  backoff_initial_s: 5\n  backoff_max_s: 1\n")
+    with pytest.raises(ConfigError, match="backoff_max_s must be at least backoff_initial_s"):
+        load_settings(path)
+    with pytest.raises(ConfigError, match=r"'kubernetes\.page_size'"):
+        load_settings(write(tmp_path, "kubernetes:\n  page_size: 0\n"))
+
+
 def test_bad_value_names_the_key(tmp_path: Path):
     path = write(tmp_path, "kafka:\n  partitions: 0\n")
     with pytest.raises(ConfigError, match=r"'kafka\.partitions': .*greater than or equal to 1"):

@@ -2,7 +2,7 @@
 
 The runtime's guarantees are tested against a tiny stand-in engine defined here (windows
 per source IP, one rule), so that a failure points at the runtime, not at detection: the
-stand-in follows the engine contract of ``pipeline/engine.py``. The real engine runs
+stand-in follows the engine contract of ``pipeline/runtime/ports.py``. The real engine runs
 through the same stage in ``tests/integration/test_pipeline_kafka.py``.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,6 +23,9 @@ import pytest
 
 from flowwarden.bus import MemoryBus, dead_letter_of, publish_flows
 from flowwarden.errors import ConfigError
+from flowwarden.kube import PodInventory
+from flowwarden.models.registry import LoadedModel
+from flowwarden.pipeline.detection.stats import EngineStats
 from flowwarden.pipeline.runtime.batches import CommitTracker, PartitionAligner, PendingBatch
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.pipeline.runtime.notify import NotifierHub
@@ -48,7 +52,7 @@ class StandInEngine:
         self.evicted: dict[str, int] = {}
         self.state_entities = 0
         self.totals: dict[str, int] = {}  # "baseline": bytes per source of closed windows (checkpointed)
-        self.model: object | None = None
+        self.model: LoadedModel | None = None
 
     def _close(self, clock: float, everything: bool = False) -> list[Alert]:
         limit = (
@@ -75,7 +79,7 @@ class StandInEngine:
                 )
         return alerts
 
-    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> object:
+    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> _Result:
         if len(flows):
             ws = np.floor(flows["ts_end"].to_numpy() / self.window_s) * self.window_s
             sums = flows.assign(ws=ws).groupby(["src_ip", "ws"])["bytes_out"].sum()
@@ -88,7 +92,7 @@ class StandInEngine:
         self.state_entities = len(self.totals)
         return _Result(self._close(clock), flows, pd.DataFrame())
 
-    def flush(self) -> object:
+    def flush(self) -> _Result:
         return _Result(self._close(math.inf, everything=True), empty_flows(), pd.DataFrame())
 
     def open_window_floor(self) -> float | None:
@@ -100,8 +104,16 @@ class StandInEngine:
     def import_state(self, data: bytes) -> None:
         self.totals = json.loads(data)
 
-    def set_model(self, model: object | None) -> None:
+    def set_model(self, model: LoadedModel | None) -> None:
         self.model = model
+
+    def set_inventory(self, inventory: PodInventory | None) -> None:
+        self.inventory = inventory
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            windows_scored=self.windows_scored, state_entities=self.state_entities, evicted=dict(self.evicted)
+        )
 
 
 class _Result:
@@ -143,8 +155,8 @@ def make_flows(
 
 def expected_alert_ids(flows: pd.DataFrame) -> set[str]:
     eng = StandInEngine()
-    ids = {a.id for a in eng.process(flows).alerts}  # type: ignore[attr-defined]
-    ids |= {a.id for a in eng.flush().alerts}  # type: ignore[attr-defined]
+    ids = {a.id for a in eng.process(flows).alerts}
+    ids |= {a.id for a in eng.flush().alerts}
     return ids
 
 
@@ -165,7 +177,13 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings(
         None,
         # A checkpoint (and commit) at every step: the guarantees are easiest to see.
-        pipeline={"window_s": W, "group_id": "pipe-test", "checkpoint_interval_s": 0.001},
+        # flowkit's flows are dated from T0 (January 2027): a wall-clock bound allows that.
+        pipeline={
+            "window_s": W,
+            "group_id": "pipe-test",
+            "checkpoint_interval_s": 0.001,
+            "max_clock_skew_s": T0 + 86400 - time.time(),
+        },
         store={"url": f"sqlite:///{tmp_path / 'fw.db'}"},
         kafka={"partitions": 4},
     )
@@ -186,6 +204,12 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
+
+
+def stand_in(stage: PipelineStage) -> StandInEngine:
+    """The stage's engine, where the test gave it a :class:`StandInEngine`."""
+    assert isinstance(stage.engine, StandInEngine)
+    return stage.engine
 
 
 def make_stage(settings: Settings, bus: MemoryBus, store: Store, **kw: object) -> PipelineStage:
@@ -311,12 +335,12 @@ def test_crash_then_restart_replays_without_double_counting(settings: Settings, 
 
     second = make_stage(settings, bus, store)
     second.start()
-    assert second.engine.totals  # the checkpoint came back
+    assert stand_in(second).totals  # the checkpoint came back
     second.drain(idle_polls=2, max_seconds=60)
     second.stop()
     assert second.stats.replayed > 0
     # The restored state plus the replay counts every byte once (the replay guard at work).
-    assert second.engine.totals == flows.groupby("src_ip")["bytes_out"].sum().astype(int).to_dict()
+    assert stand_in(second).totals == flows.groupby("src_ip")["bytes_out"].sum().astype(int).to_dict()
     assert rollup_total(store) == (int(flows["bytes_out"].sum()), len(flows))
     ids = [a.id for a in store.list_alerts()]
     assert len(ids) == len(set(ids))
@@ -464,28 +488,34 @@ def test_model_hot_swap_follows_the_registry(settings: Settings, store: Store, t
     def info(version: str) -> float | None:
         return metrics.registry.get_sample_value("flowwarden_pipeline_model_info", {"version": version})
 
-    engine = stage.engine
-    assert engine.model.version == "v1" and info("v1") == 1
+    engine = stand_in(stage)
+    assert engine.model is not None and engine.model.version == "v1" and info("v1") == 1
 
     registry.promote(reg, "v2")
     clock.t += 1
     stage.step()
-    assert engine.model.version == "v1"  # not polled yet
+    assert engine.model is not None and engine.model.version == "v1"  # not polled yet
     clock.t += 5
     stage.step()
-    assert engine.model.version == "v2" and info("v2") == 1 and info("v1") is None
+    assert (
+        engine.model is not None and engine.model.version == "v2" and info("v2") == 1 and info("v1") is None
+    )
 
     registry.promote(reg, "v3")
     (reg / "v3" / "estimator.skops").write_bytes(b"tampered")
     clock.t += 6
     stage.step()
-    assert engine.model.version == "v2" and info("v2") == 1  # refused, the old model stays
+    assert (
+        engine.model is not None and engine.model.version == "v2" and info("v2") == 1
+    )  # refused, the old model stays
 
     registry.rollback(reg)  # from v3 back to v2: nothing changes
     registry.rollback(reg)  # to v1
     clock.t += 6
     stage.step()
-    assert engine.model.version == "v1" and info("v1") == 1 and info("v2") is None
+    assert (
+        engine.model is not None and engine.model.version == "v1" and info("v1") == 1 and info("v2") is None
+    )
     stage.stop()
 
 
@@ -495,20 +525,20 @@ def test_embedded_stage_with_the_real_engine_matches_offline_detection(
     """The embedded mode's stage and ``flowwarden detect`` raise the same alerts on simulator data."""
     from flowwarden import simulator
     from flowwarden.pipeline.detection.engine import DetectionEngine
-    from flowwarden.pipeline.detection.enrich import Inventory
     from flowwarden.pipeline.runtime.offline import detect_flows
 
     sim = simulator.simulate(minutes=3, pods=30, seed=3, attacks="all")
     s = load_settings(None, store={"url": settings.store.url}, kafka={"partitions": 3})
     offline = {
-        a.id for a in detect_flows(sim.flows, settings=s, inventory=Inventory.from_dict(sim.inventory)).alerts
+        a.id
+        for a in detect_flows(sim.flows, settings=s, inventory=PodInventory.from_dict(sim.inventory)).alerts
     }
     bus = MemoryBus(default_partitions=3)
     stage = PipelineStage(
         s,
         bus=bus,
         store=store,
-        engine=DetectionEngine(s, inventory=Inventory.from_dict(sim.inventory)),
+        engine=DetectionEngine(s, inventory=PodInventory.from_dict(sim.inventory)),
         notifiers=NotifierHub([]),
         options=StageOptions(poll_timeout_s=0.0, max_records=10),
     )
@@ -547,7 +577,6 @@ def test_real_engine_restarted_from_a_checkpoint_raises_no_new_alert_ids(tmp_pat
     """Crash after a checkpoint, mid-behaviour: the restored engine continues the same alerts."""
     from flowwarden import simulator
     from flowwarden.pipeline.detection.engine import DetectionEngine
-    from flowwarden.pipeline.detection.enrich import Inventory
     from flowwarden.pipeline.runtime.offline import detect_flows
 
     sim = simulator.simulate(minutes=4, pods=30, seed=23, attacks="all")
@@ -558,7 +587,8 @@ def test_real_engine_restarted_from_a_checkpoint_raises_no_new_alert_ids(tmp_pat
         pipeline={"checkpoint_interval_s": 3600},
     )
     offline = {
-        a.id for a in detect_flows(sim.flows, settings=s, inventory=Inventory.from_dict(sim.inventory)).alerts
+        a.id
+        for a in detect_flows(sim.flows, settings=s, inventory=PodInventory.from_dict(sim.inventory)).alerts
     }
     bus = MemoryBus(default_partitions=3)
     store = Store(s.store.url).start()
@@ -568,7 +598,7 @@ def test_real_engine_restarted_from_a_checkpoint_raises_no_new_alert_ids(tmp_pat
             s,
             bus=bus,
             store=store,
-            engine=DetectionEngine(s, inventory=Inventory.from_dict(sim.inventory)),
+            engine=DetectionEngine(s, inventory=PodInventory.from_dict(sim.inventory)),
             notifiers=NotifierHub([]),
             options=StageOptions(poll_timeout_s=0.0, max_records=10),
         )

@@ -1,4 +1,8 @@
-"""Detectors: one module each, one interface (:mod:`pipeline.detectors.base`), one registry."""
+"""Detectors: one module each, one interface (:mod:`pipeline.detectors.base`), one registry.
+
+Importing this package registers the built-in detectors on :data:`DETECTORS` (the plugin
+mechanism every family shares, :mod:`flowwarden.plugins`), in the order they run.
+"""
 
 from __future__ import annotations
 
@@ -17,27 +21,55 @@ from flowwarden.pipeline.detection.detectors import (  # noqa: F401 - importing 
     new_destination_volume,
     port_scan,
 )
-from flowwarden.pipeline.detection.detectors.base import REGISTRY, Context, Detector
+from flowwarden.pipeline.detection.detectors.base import (
+    DETECTORS,
+    Context,
+    Detector,
+    resolve_params,
+)
+from flowwarden.plugins import Registry
 from flowwarden.settings import Settings
 
-__all__ = ["REGISTRY", "Context", "Detector", "build_detectors"]
+__all__ = ["DETECTORS", "Context", "Detector", "build_detectors", "check_detector_settings"]
+
+MOVED = {"beaconing.min_conns": "pipeline.beacon_min_conns"}  # detector thresholds that became settings
 
 
-def build_detectors(settings: Settings, model: Any = None) -> list[Detector]:
-    """Every enabled detector, with its thresholds from the settings."""
+def check_detector_settings(settings: Settings, registry: Registry[type[Detector]] = DETECTORS) -> None:
+    """Every detector name and threshold in the settings against the registry.
+
+    Checked: ``pipeline.detectors`` (names, parameter names and ranges),
+    ``pipeline.disabled_detectors``, ``enforcement.detectors`` and
+    ``enforcement.mode_by_detector``. The base settings cannot import the pipeline, so the
+    engine runs this when it is built and the CLI right after loading the settings.
+    Raises :class:`ConfigError` with the key path, the nearest valid name or the range.
+    """
+    p, e = settings.pipeline, settings.enforcement
+    for name, overrides in p.detectors.items():
+        cls = registry.get(name, where="pipeline.detectors")
+        for key in overrides:
+            moved = MOVED.get(f"{name}.{key}")
+            if moved:
+                raise ConfigError(f"'pipeline.detectors.{name}.{key}' is now the setting '{moved}'")
+        resolve_params(cls, overrides)
+    registry.check(p.disabled_detectors, "pipeline.disabled_detectors")
+    registry.check(e.detectors, "enforcement.detectors")
+    registry.check(e.mode_by_detector, "enforcement.mode_by_detector")
+
+
+def build_detectors(
+    settings: Settings, model: Any = None, *, registry: Registry[type[Detector]] = DETECTORS
+) -> list[Detector]:
+    """Every enabled detector, with its thresholds from the settings; ``model`` goes to
+    the detectors that declare ``needs_model``."""
+    check_detector_settings(settings, registry)
     p = settings.pipeline
-    unknown = sorted((set(p.detectors) | set(p.disabled_detectors)) - set(REGISTRY))
-    if unknown:
-        raise ConfigError(
-            f"pipeline.detectors: unknown detector(s) {', '.join(unknown)} "
-            f"(valid: {', '.join(sorted(REGISTRY))})"
-        )
     out: list[Detector] = []
-    for name, cls in REGISTRY.items():
+    for name, cls in registry.items():
         if name in p.disabled_detectors:
             continue
         det = cls(p.detectors.get(name))
-        if name == "isolation_forest":
-            det.set_model(model)  # type: ignore[attr-defined]
+        if cls.needs_model:
+            det.set_model(model)
         out.append(det)
     return out

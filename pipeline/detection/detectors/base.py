@@ -2,12 +2,17 @@
 
 A detector looks at a table of closed entity-windows (keys, features, and the entity's and
 its workload's baselines) and returns a score in [0, 1] per window: 0 means no finding.
-Thresholds are class-level ``defaults``, documented in each detector's docstring and
-overridable per detector via ``settings.pipeline.detectors`` (``{"port_scan": {"min_ports": 30}}``).
+Thresholds are class-level ``defaults``, each with its allowed range in ``constraints``
+(scikit-learn's ``_parameter_constraints``), documented in each detector's docstring and
+overridable per detector via ``settings.pipeline.detectors`` (``{"port_scan": {"min_ports": 30}}``):
+:func:`resolve_params` checks an override's name and range and names the key path on error.
+A detector registers itself with ``@DETECTORS.register("name")``; one that needs the anomaly
+model sets ``needs_model`` and receives it through :meth:`Detector.set_model`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from flowwarden.errors import ConfigError
+from flowwarden.plugins import Interval, Registry, nearest
 from flowwarden.records import AlertKind
 from flowwarden.settings import Settings
 
@@ -34,14 +40,14 @@ class Context:
     def appeared_after_learning(self, age: np.ndarray, learn_s: float) -> np.ndarray:
         """Whether something first seen ``age`` seconds before each window appeared once the
         engine had ``learn_s`` seconds of memory (so "new" means new, not merely early)."""
-        first = self.windows["ws"].to_numpy(dtype="float64") - age
+        first = self.windows["window_start"].to_numpy(dtype="float64") - age
         return first >= self.memory_since + learn_s
 
     @property
     def workload_age(self) -> np.ndarray:
         """Seconds since the entity's workload was first seen (0 when new)."""
         first = self.workload_base["first"].to_numpy(dtype="float64")
-        age = self.windows["ws"].to_numpy(dtype="float64") - first
+        age = self.windows["window_start"].to_numpy(dtype="float64") - first
         return np.nan_to_num(age, nan=0.0)
 
     def zscore(self, feature: str, base: pd.DataFrame, min_dev: float = 0.5) -> np.ndarray:
@@ -68,17 +74,26 @@ class Detector:
     kind: ClassVar[AlertKind] = "lateral_movement"
     technique: ClassVar[str] = ""
     defaults: ClassVar[dict[str, float]] = {}
+    constraints: ClassVar[dict[str, Interval]] = {}  # the allowed range of every threshold
     evidence: ClassVar[tuple[str, ...]] = ()  # features shown against their baselines
+    # True: the engine hands this detector the anomaly model (set_model, also on a promote)
+    # and its alerts carry the model's version.
+    needs_model: ClassVar[bool] = False
 
-    def __init__(self, params: dict[str, float] | None = None) -> None:
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise ConfigError(
-                f"pipeline.detectors.{self.name}: unknown threshold(s) {', '.join(unknown)} "
-                f"(valid: {', '.join(sorted(self.defaults))})"
-            )
-        self.params = {**self.defaults, **params}
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if set(cls.constraints) != set(cls.defaults):
+            raise TypeError(f"{cls.__name__}: constraints must cover exactly the thresholds in defaults")
+        for key, value in cls.defaults.items():
+            if value not in cls.constraints[key]:
+                raise TypeError(f"{cls.__name__}: default {key}={value} is not {cls.constraints[key]}")
+
+    def __init__(self, params: Mapping[str, float] | None = None) -> None:
+        self.params = resolve_params(type(self), params)
+
+    def set_model(self, model: Any) -> None:
+        """Receive the anomaly model (None: no model); called only when ``needs_model``."""
+        raise TypeError(f"detector {self.name} does not take a model (needs_model is False)")
 
     @property
     def active(self) -> bool:
@@ -86,6 +101,10 @@ class Detector:
 
     def score(self, ctx: Context) -> np.ndarray:
         raise NotImplementedError
+
+    def technique_for(self, kind: str) -> str:
+        """The ATT&CK technique of an alert of this kind (one fixed technique for most detectors)."""
+        return self.technique
 
     def kinds(self, ctx: Context, hit: np.ndarray) -> np.ndarray:
         """The alert kind of each hit (one fixed kind for most detectors)."""
@@ -119,9 +138,28 @@ def heavy_egress_mask(flows: pd.DataFrame, share: float = HEAVY_SHARE) -> np.nda
     return egress & (per_dst >= share * total) if total > 0 else egress
 
 
-REGISTRY: dict[str, type[Detector]] = {}
+DETECTORS: Registry[type[Detector]] = Registry("detector", "pipeline.detectors")
 
 
-def register(cls: type[Detector]) -> type[Detector]:
-    REGISTRY[cls.name] = cls
-    return cls
+def resolve_params(cls: type[Detector], overrides: Mapping[str, float] | None) -> dict[str, float]:
+    """The detector's thresholds: its defaults with ``overrides`` checked by name and range.
+
+    Raises :class:`ConfigError` naming the key path (``pipeline.detectors.port_scan.min_ports``),
+    the nearest valid name or the allowed range, and the fix.
+    """
+    params = dict(cls.defaults)
+    for key, value in (overrides or {}).items():
+        path = f"pipeline.detectors.{cls.name}.{key}"
+        if key not in cls.defaults:
+            close = nearest(key, cls.defaults)
+            hint = f"; did you mean 'pipeline.detectors.{cls.name}.{close}'?" if close else ""
+            raise ConfigError(f"unknown key '{path}'{hint} (valid here: {', '.join(cls.defaults)})")
+        allowed, default = cls.constraints[key], cls.defaults[key]
+        if value not in allowed:
+            shown = int(default) if float(default).is_integer() else default
+            raise ConfigError(
+                f"'{path}': must be {allowed} (got {value!r}); set it within that range, "
+                f"or remove it for the default {shown}"
+            )
+        params[key] = float(value)
+    return params

@@ -12,19 +12,22 @@ services, node image pulls (bytes in, not out).
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 import pandas as pd
 
 from flowwarden.pipeline.detection.detectors.base import (
+    DETECTORS,
     Context,
     Detector,
     heavy_egress_mask,
     ratio_score,
-    register,
 )
+from flowwarden.plugins import Interval
 
 
-@register
+@DETECTORS.register("bulk_egress")
 class BulkEgress(Detector):
     name = "bulk_egress"
     kind = "exfiltration"
@@ -35,6 +38,13 @@ class BulkEgress(Detector):
         "min_z": 4.0,
         "baseline_age_s": 3600.0,
         "min_bytes_baseline": 50e6,
+    }
+    constraints = {
+        "min_bytes": Interval(Real, 0, None, closed="neither"),
+        "learn_s": Interval(Real, 0, None, closed="left"),
+        "min_z": Interval(Real, 0, None, closed="left"),
+        "baseline_age_s": Interval(Real, 0, None, closed="left"),
+        "min_bytes_baseline": Interval(Real, 0, None, closed="neither"),
     }
     evidence = ("bytes_out_ext", "young_ext_bytes", "ext_dsts", "new_ext_bytes")
 

@@ -11,21 +11,24 @@ Must not flag: kube-system components, node processes (kubelet to API server), m
 from __future__ import annotations
 
 import ipaddress
+from numbers import Integral
 
 import numpy as np
 import pandas as pd
 
-from flowwarden.pipeline.detection.detectors.base import Context, Detector, register
+from flowwarden.pipeline.detection.detectors.base import DETECTORS, Context, Detector
+from flowwarden.plugins import Interval
 
 CP_FEATURES = ("cp_api", "cp_etcd", "cp_kubelet", "cp_scheduler", "cp_controller_manager")
 
 
-@register
+@DETECTORS.register("control_plane_access")
 class ControlPlaneAccess(Detector):
     name = "control_plane_access"
     kind = "lateral_movement"
     technique = "T1613"
     defaults = {"min_connections": 1.0}
+    constraints = {"min_connections": Interval(Integral, 1, None, closed="left")}
     evidence = CP_FEATURES
 
     def score(self, ctx: Context) -> np.ndarray:

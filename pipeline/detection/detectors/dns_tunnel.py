@@ -9,20 +9,27 @@ names (few distinct subdomains per window), ordinary lookups.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from flowwarden.pipeline.detection.detectors.base import Context, Detector, ratio_score, register
+from flowwarden.pipeline.detection.detectors.base import DETECTORS, Context, Detector, ratio_score
+from flowwarden.plugins import Interval
 
 
-@register
+@DETECTORS.register("dns_tunnel")
 class DnsTunnel(Detector):
     name = "dns_tunnel"
     kind = "exfiltration"
     technique = "T1071.004"
     defaults = {"min_subdomains": 15.0, "min_len": 40.0, "min_entropy": 3.2}
+    constraints = {
+        "min_subdomains": Interval(Integral, 1, None, closed="left"),
+        "min_len": Interval(Real, 0, 253),  # characters of the leftmost label
+        "min_entropy": Interval(Real, 0, 8),  # bits per character
+    }
     evidence = ("dns_max_subdomains", "dns_mean_len", "dns_mean_entropy", "dns_queries")
 
     def score(self, ctx: Context) -> np.ndarray:

@@ -15,18 +15,26 @@ the workload is still learning.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 import pandas as pd
 
-from flowwarden.pipeline.detection.detectors.base import Context, Detector, ratio_score, register
+from flowwarden.pipeline.detection.detectors.base import DETECTORS, Context, Detector, ratio_score
+from flowwarden.plugins import Interval
 
 
-@register
+@DETECTORS.register("fan_out")
 class FanOut(Detector):
     name = "fan_out"
     kind = "lateral_movement"
     technique = "T1021"
     defaults = {"min_new_peers": 5.0, "learn_s": 60.0, "include_nodes": 0.0}
+    constraints = {
+        "min_new_peers": Interval(Integral, 1, None, closed="left"),
+        "learn_s": Interval(Real, 0, None, closed="left"),
+        "include_nodes": Interval(Integral, 0, 1),
+    }
     evidence = ("new_int_peers", "recent_new_peers", "new_int_edges", "int_peers")
 
     def score(self, ctx: Context) -> np.ndarray:

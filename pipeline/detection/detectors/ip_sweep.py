@@ -9,18 +9,25 @@ a few deleted pods' addresses during a rolling deployment (a handful, below the 
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import pandas as pd
 
-from flowwarden.pipeline.detection.detectors.base import Context, Detector, ratio_score, register
+from flowwarden.pipeline.detection.detectors.base import DETECTORS, Context, Detector, ratio_score
+from flowwarden.plugins import Interval
 
 
-@register
+@DETECTORS.register("ip_sweep")
 class IpSweep(Detector):
     name = "ip_sweep"
     kind = "lateral_movement"
     technique = "T1018"
     defaults = {"min_failed_hosts": 8.0, "min_icmp_hosts": 10.0}
+    constraints = {
+        "min_failed_hosts": Interval(Integral, 1, None, closed="left"),
+        "min_icmp_hosts": Interval(Integral, 1, None, closed="left"),
+    }
     evidence = ("failed_dsts", "recent_failed_dsts", "icmp_dsts", "int_peers", "failed_share")
 
     def score(self, ctx: Context) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 Catches: combinations of features no single rule covers, judged against benign history the
 model was trained on. Inactive (logged once, counted) until a model is loaded; the alert
-kind follows the features that stand out (egress volume or DNS: exfiltration; otherwise
-lateral movement).
+kind follows the features that stand out (egress volume or DNS: exfiltration, ATT&CK T1041;
+otherwise lateral movement, T1046 Network Service Discovery).
 Must not flag: anything the benign training history held (hard negatives included);
 the model's own ``threshold`` sets the operating point, ``min_score`` can only raise it.
 """
@@ -11,23 +11,31 @@ the model's own ``threshold`` sets the operating point, ``min_score`` can only r
 from __future__ import annotations
 
 import logging
-from typing import Any
+from numbers import Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from flowwarden.pipeline.detection.detectors.base import Context, Detector, register
+from flowwarden.pipeline.detection.detectors.base import DETECTORS, Context, Detector
+from flowwarden.plugins import Interval
 
 log = logging.getLogger(__name__)
 
 
-@register
+@DETECTORS.register("isolation_forest")
 class IsolationForestDetector(Detector):
     name = "isolation_forest"
     kind = "lateral_movement"
-    technique = ""
+    technique = "T1046"  # its lateral-movement alerts; see ``techniques``
+    # What the model covers, by the kind an alert is given (:meth:`kinds`): unusual internal
+    # peers and ports are network service discovery, unusual egress volume or DNS names
+    # exfiltration over the channel the workload already uses.
+    techniques: ClassVar[dict[str, str]] = {"lateral_movement": "T1046", "exfiltration": "T1041"}
     defaults = {"min_score": 0.0}
+    constraints = {"min_score": Interval(Real, 0, 1)}
     evidence = ("bytes_out_ext", "int_peers", "dst_ports", "dns_names")
+    needs_model = True
 
     model: Any = None
     inactive_windows = 0
@@ -58,6 +66,9 @@ class IsolationForestDetector(Detector):
         scores = np.asarray(self.model.score(ctx.windows[list(self.model.feature_names)]), dtype="float64")
         thr = max(float(self.model.threshold), self.params["min_score"])
         return np.where(scores >= thr, np.clip(scores, 0.0, 1.0), 0.0)
+
+    def technique_for(self, kind: str) -> str:
+        return self.techniques.get(kind, self.technique)
 
     def kinds(self, ctx: Context, hit: np.ndarray) -> np.ndarray:
         w = ctx.windows[hit]

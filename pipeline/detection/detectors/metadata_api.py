@@ -8,18 +8,22 @@ their source address is a node's, so they are not pods (``is_node``).
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import pandas as pd
 
-from flowwarden.pipeline.detection.detectors.base import Context, Detector, register
+from flowwarden.pipeline.detection.detectors.base import DETECTORS, Context, Detector
+from flowwarden.plugins import Interval
 
 
-@register
+@DETECTORS.register("metadata_api")
 class MetadataApi(Detector):
     name = "metadata_api"
     kind = "lateral_movement"
     technique = "T1552.005"
     defaults = {"min_connections": 1.0}
+    constraints = {"min_connections": Interval(Integral, 1, None, closed="left")}
     evidence = ("metadata_api",)
 
     def score(self, ctx: Context) -> np.ndarray:

@@ -11,19 +11,23 @@ to the node's own policy unless ``include_nodes`` is 1).
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 import pandas as pd
 
 from flowwarden.pipeline.detection.detectors.base import (
+    DETECTORS,
     Context,
     Detector,
     heavy_egress_mask,
     ratio_score,
-    register,
 )
+from flowwarden.pipeline.detection.features import YOUNG_EDGE_S
+from flowwarden.plugins import Interval
 
 
-@register
+@DETECTORS.register("new_destination_volume")
 class NewDestinationVolume(Detector):
     name = "new_destination_volume"
     kind = "exfiltration"
@@ -35,6 +39,15 @@ class NewDestinationVolume(Detector):
         "learn_s": 60.0,
         "young_s": 3600.0,
         "include_nodes": 0.0,
+    }
+    constraints = {
+        "min_bytes": Interval(Real, 0, None, closed="neither"),
+        "min_upload_bytes": Interval(Real, 0, None, closed="neither"),
+        "min_upload_ratio": Interval(Real, 0, None, closed="neither"),
+        "learn_s": Interval(Real, 0, None, closed="left"),
+        # The young-address features only hold addresses younger than YOUNG_EDGE_S.
+        "young_s": Interval(Real, 0, YOUNG_EDGE_S),
+        "include_nodes": Interval(Integral, 0, 1),
     }
     evidence = ("young_ext_bytes", "new_ext_dsts", "bytes_out_ext")
 

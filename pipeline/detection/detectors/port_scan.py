@@ -10,18 +10,26 @@ scraper (many hosts, one port each, successful), clients retrying a deleted pod'
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 import pandas as pd
 
-from flowwarden.pipeline.detection.detectors.base import Context, Detector, ratio_score, register
+from flowwarden.pipeline.detection.detectors.base import DETECTORS, Context, Detector, ratio_score
+from flowwarden.plugins import Interval
 
 
-@register
+@DETECTORS.register("port_scan")
 class PortScan(Detector):
     name = "port_scan"
     kind = "lateral_movement"
     technique = "T1046"
     defaults = {"min_ports": 8.0, "min_total_ports": 30.0, "min_failed_share": 0.5}
+    constraints = {
+        "min_ports": Interval(Integral, 1, None, closed="left"),
+        "min_total_ports": Interval(Integral, 1, None, closed="left"),
+        "min_failed_share": Interval(Real, 0, 1),
+    }
     evidence = ("max_ports_per_dst", "recent_ports_per_dst", "dst_ports", "failed_share")
 
     def score(self, ctx: Context) -> np.ndarray:

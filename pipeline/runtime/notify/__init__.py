@@ -1,18 +1,28 @@
 """Notifiers: a generic JSON webhook, a Slack-compatible webhook and Alertmanager's v2 API.
 
-:func:`build_hub` turns ``settings.notifiers`` into a :class:`NotifierHub` (empty when
-nothing is configured, which is the embedded default).
+Importing this package registers them on :data:`NOTIFIERS` (the plugin mechanism every
+family shares, :mod:`flowwarden.plugins`); :func:`build_hub` asks each registered notifier
+which receivers ``settings.notifiers`` configures and turns them into a :class:`NotifierHub`
+(empty when nothing is configured, which is the embedded default).
 """
 
 from __future__ import annotations
 
+from flowwarden.alert_formats import AlertExporter
 from flowwarden.pipeline.runtime.notify.alertmanager import AlertmanagerNotifier
-from flowwarden.pipeline.runtime.notify.base import DeliveryError, Notifier, NotifierHub, OnResult
+from flowwarden.pipeline.runtime.notify.base import (
+    NOTIFIERS,
+    DeliveryError,
+    Notifier,
+    NotifierHub,
+    OnResult,
+)
 from flowwarden.pipeline.runtime.notify.slack import SlackNotifier
 from flowwarden.pipeline.runtime.notify.webhook import WebhookNotifier
 from flowwarden.settings import NotifierSettings
 
 __all__ = [
+    "NOTIFIERS",
     "AlertmanagerNotifier",
     "DeliveryError",
     "Notifier",
@@ -23,13 +33,17 @@ __all__ = [
 ]
 
 
-def build_hub(cfg: NotifierSettings, *, on_result: OnResult | None = None) -> NotifierHub:
-    """One notifier per configured receiver."""
-    notifiers: list[Notifier] = [WebhookNotifier(u, timeout_s=cfg.timeout_s) for u in cfg.webhook_urls]
-    if cfg.slack_webhook_url:
-        notifiers.append(SlackNotifier(cfg.slack_webhook_url, timeout_s=cfg.timeout_s))
-    if cfg.alertmanager_url:
-        notifiers.append(AlertmanagerNotifier(cfg.alertmanager_url, timeout_s=cfg.timeout_s))
+def build_hub(
+    cfg: NotifierSettings, *, on_result: OnResult | None = None, exporter: AlertExporter | None = None
+) -> NotifierHub:
+    """One notifier per configured receiver, from every registered notifier.
+
+    ``exporter`` (:meth:`AlertExporter.from_settings`): the format (``alerts.format``) and
+    cluster name of what the notifiers send; None: native alerts.
+    """
+    notifiers = [n for _, cls in NOTIFIERS.items() for n in cls.from_settings(cfg)]
+    for n in notifiers:
+        n.exporter = exporter
     return NotifierHub(
         notifiers,
         min_severity=cfg.min_severity,

@@ -1,8 +1,11 @@
 """Alertmanager v2 API: ``POST {url}/api/v2/alerts``.
 
 Labels identify an alert to Alertmanager (it deduplicates and groups on them), so they carry
-the flowwarden alert id plus the fields a route would match on; ``endsAt`` is left out so
-that Alertmanager resolves the alert itself after its ``resolve_timeout`` unless we resend.
+the flowwarden alert id plus the fields a route would match on: ``severity`` as routes
+expect it (high and critical: ``critical``, medium: ``warning``, low: ``info``; the alert's
+own in ``flowwarden_severity``), the ``cluster``, the ATT&CK ``technique`` and ``tactic``;
+``endsAt`` is left out so that Alertmanager resolves the alert itself after its
+``resolve_timeout`` unless we resend.
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ from typing import Any
 
 import requests
 
-from flowwarden.pipeline.runtime.notify.base import Notifier
+from flowwarden.alert_formats import ALERTMANAGER_SEVERITY
+from flowwarden.pipeline.runtime.notify.base import NOTIFIERS, Notifier
 from flowwarden.records import Alert
+from flowwarden.settings import NotifierSettings
 
 
 def _label(value: str) -> str:
     return value if value else "-"
 
 
+@NOTIFIERS.register("alertmanager")
 class AlertmanagerNotifier(Notifier):
     name = "alertmanager"
     wants_updates = True  # resending keeps the alert active; silence it there, not here
@@ -35,6 +41,10 @@ class AlertmanagerNotifier(Notifier):
         super().__init__(base_url.rstrip("/") + "/api/v2/alerts", timeout_s=timeout_s, session=session)
         self.generator_url = generator_url
 
+    @classmethod
+    def from_settings(cls, cfg: NotifierSettings) -> list[Notifier]:
+        return [cls(cfg.alertmanager_url, timeout_s=cfg.timeout_s)] if cfg.alertmanager_url else []
+
     def payload(self, alerts: Sequence[Alert]) -> list[dict[str, Any]]:
         out = []
         for a in alerts:
@@ -44,7 +54,11 @@ class AlertmanagerNotifier(Notifier):
                     "flowwarden_id": a.id,
                     "kind": a.kind,
                     "detector": a.detector,
-                    "severity": a.severity,
+                    # Alertmanager routes match critical / warning / info (alert_formats).
+                    "severity": ALERTMANAGER_SEVERITY[a.severity],
+                    "flowwarden_severity": a.severity,
+                    "cluster": _label(a.cluster or (self.exporter.cluster if self.exporter else "")),
+                    "tactic": _label(a.tactic),
                     "technique": _label(a.technique),
                     "src_ip": a.entity.ip,
                     "namespace": _label(a.entity.namespace),

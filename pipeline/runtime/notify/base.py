@@ -4,6 +4,8 @@ A notifier turns a list of :class:`~flowwarden.records.Alert` into one HTTP requ
 :class:`NotifierHub` gives every notifier its own bounded queue and thread: a receiver that
 is down is retried with exponential back-off, and when its queue is full new batches are
 dropped and counted, so the consume loop never waits on a person's chat tool.
+Each notifier registers itself on :data:`NOTIFIERS` (``@NOTIFIERS.register("slack")``) and
+says from :meth:`Notifier.from_settings` which receivers the settings configure for it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from typing import Any
 
 import requests
 
+from flowwarden.alert_formats import AlertExporter
+from flowwarden.plugins import Registry
 from flowwarden.records import SEVERITY_ORDER, Alert
+from flowwarden.settings import NotifierSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +46,19 @@ class Notifier(ABC):
     # False: only an alert's first sighting and severity escalations reach this receiver (a
     # chat channel); True: every update too (Alertmanager resolves alerts not resent).
     wants_updates: bool = False
+    # The format and cluster of exported alerts (alerts.format), given by build_hub; a
+    # notifier with a format of its own (Slack, Alertmanager) reads only the cluster from it.
+    exporter: AlertExporter | None = None
 
     def __init__(self, url: str, *, timeout_s: float = 5.0, session: requests.Session | None = None) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self._session = session or requests.Session()
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, cfg: NotifierSettings) -> list[Notifier]:
+        """One notifier per receiver of this kind that ``cfg`` configures (none: an empty list)."""
 
     @abstractmethod
     def payload(self, alerts: Sequence[Alert]) -> Any:
@@ -62,6 +75,9 @@ class Notifier(ABC):
 
     def close(self) -> None:
         self._session.close()
+
+
+NOTIFIERS: Registry[type[Notifier]] = Registry("notifier", "notifiers")
 
 
 class _Worker:

@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from flowwarden.pipeline.runtime.notify.base import Notifier
+from flowwarden.pipeline.runtime.notify.base import NOTIFIERS, Notifier
 from flowwarden.records import Alert
+from flowwarden.settings import NotifierSettings
 
 MAX_LINES = 20
 _ICON = {
@@ -27,8 +28,13 @@ def alert_line(a: Alert) -> str:
     return f"{_ICON[a.severity]} *{a.severity}* {a.kind}/{a.detector}{technique}: {who}: {what}"
 
 
+@NOTIFIERS.register("slack")
 class SlackNotifier(Notifier):
     name = "slack"
+
+    @classmethod
+    def from_settings(cls, cfg: NotifierSettings) -> list[Notifier]:
+        return [cls(cfg.slack_webhook_url, timeout_s=cfg.timeout_s)] if cfg.slack_webhook_url else []
 
     def payload(self, alerts: Sequence[Alert]) -> dict[str, Any]:
         lines = [alert_line(a) for a in alerts[:MAX_LINES]]

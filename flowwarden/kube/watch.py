@@ -1,15 +1,14 @@
-"""Keep the enrichment's pod inventory current from a watch on the Kubernetes API.
+"""The pod inventory kept current by a list, then a watch, on the Kubernetes API.
 
 A ``kubectl get pods -A -o json`` dump every N seconds misses pods that live less than N
 seconds and maps a reused IP to the wrong pod until the next dump. A list, then a watch from
 the list's resourceVersion (client-go's reflector pattern), sees every change as it happens.
 
-The engine still holds a plain :class:`Inventory`: :class:`LiveInventory`
-is one, and its ``reload_if_changed`` returns a fresh snapshot when the watch changed
-something: at most every ``min_refresh_s``, and less often when a rebuild is slow, since it
-costs O(pods) on the engine's thread. Pod IPs are reused, and flows arrive late: a deleted
-pod stays ``deleted_retention_s`` with its end time, so a late flow still maps to it while a
-new pod with the same IP takes the flows after.
+:meth:`WatchSource.current` returns a fresh snapshot when the watch changed something: at
+most every ``min_refresh_s``, and less often when a rebuild is slow, since it costs O(pods)
+on the caller's thread (the pipeline's loop, the enforcer's). Pod IPs are reused, and flows
+arrive late: a deleted pod stays ``deleted_retention_s`` with its end time, so a late flow
+still maps to it while a new pod with the same IP takes the flows after.
 """
 
 from __future__ import annotations
@@ -20,71 +19,30 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import urllib3
 
 from flowwarden.errors import ConfigError, ServiceUnavailable
-from flowwarden.pipeline.detection.enrich import DELETED_AT, FINISHED_PHASES, Inventory, finish_times
-from flowwarden.settings import Settings
+from flowwarden.kube.inventory import PodInventory
+from flowwarden.kube.pods import DELETED_AT, slim_pod
+from flowwarden.kube.source import SourceStats
 
 log = logging.getLogger(__name__)
 
 _GONE = 410  # the resourceVersion is older than the API server's history: list again
 _MAX_PAGES = 10_000  # of page_size pods each: a bound on one list, far above any cluster
-_REBUILD_SHARE = 0.1  # of the engine's time at most spent rebuilding (a 20k-pod rebuild is ~0.3 s)
+_REBUILD_SHARE = 0.1  # of the caller's time at most spent rebuilding (a 20k-pod rebuild is ~0.3 s)
 _HEALTHY_STREAM_S = 1.0  # a watch that ends sooner with no event counts as a failure (no spinning)
-_RBAC_HINT = "the service account needs list and watch on pods cluster-wide (deploy/kubernetes/pipeline.yaml)"
-
-
-@dataclass
-class WatchStats:
-    """What the watch did; counters for logs, metrics and tests."""
-
-    lists: int = 0  # complete lists (start, after 410 Gone)
-    watches: int = 0  # watch requests opened
-    events: int = 0  # watch events applied (bookmarks included)
-    failures: int = 0  # list or watch attempts that failed (connection, API error, 410)
-    rebuilds: int = 0  # inventory snapshots built
+_RBAC_HINT = (
+    "the service account needs list and watch on pods cluster-wide "
+    "(deploy/kubernetes/pipeline.yaml, enforcer.yaml)"
+)
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _slim(pod: dict[str, Any]) -> dict[str, Any] | None:
-    """The fields enrich.py's ``_parse_pod`` reads, in the API's camelCase JSON.
-
-    Real pod objects carry specs, managed fields and container statuses (kilobytes each);
-    keeping only what enrichment uses bounds memory, and makes a MODIFIED event that changed
-    nothing enrichment sees compare equal, so it costs no rebuild. None: not a usable pod.
-    """
-    meta = pod.get("metadata")
-    if not isinstance(meta, dict) or not meta.get("name"):
-        return None
-    spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
-    keep = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "labels")
-    slim_meta: dict[str, Any] = {k: meta[k] for k in keep if meta.get(k) is not None}
-    owners = [{"kind": o.get("kind"), "name": o.get("name")} for o in meta.get("ownerReferences") or []]
-    if owners:
-        slim_meta["ownerReferences"] = owners
-    deleted_at = (meta.get("annotations") or {}).get(DELETED_AT)
-    if deleted_at:
-        slim_meta["annotations"] = {DELETED_AT: deleted_at}
-    slim_status = {k: status[k] for k in ("hostIP", "podIP", "podIPs", "startTime") if status.get(k)}
-    if status.get("phase") in FINISHED_PHASES:  # its end of life: when its containers finished
-        slim_status["phase"] = status["phase"]
-        slim_status["containerStatuses"] = [
-            {"state": {"terminated": {"finishedAt": t}}} for t in finish_times(status)
-        ]
-    return {
-        "metadata": slim_meta,
-        "spec": {k: spec[k] for k in ("nodeName", "hostNetwork") if spec.get(k) is not None},
-        "status": slim_status,
-    }
 
 
 def _key(pod: dict[str, Any]) -> str:
@@ -130,32 +88,14 @@ def _core_api(*, in_cluster: bool) -> Any:
     return client.CoreV1Api(client.ApiClient(cfg))
 
 
-class LiveInventory(Inventory):
-    """An :class:`Inventory` snapshot that knows its watch: ``reload_if_changed`` swaps in a newer one.
-
-    The engine only calls ``reload_if_changed`` on what it holds, so the file inventory and
-    this one are interchangeable. Every snapshot shares one :class:`WatchedInventory`;
-    ``stop()`` on any of them stops the watch.
-    """
-
-    source: WatchedInventory | None = None
-    version: int = -1
-
-    def reload_if_changed(self) -> Inventory:
-        return self if self.source is None else self.source.refresh(self)
-
-    def stop(self) -> None:
-        if self.source is not None:
-            self.source.stop()
-
-
-class WatchedInventory:
+class WatchSource:
     """Every pod of the cluster, kept current by a list-then-watch in a daemon thread.
 
-    ``api``: a ``kubernetes.client.CoreV1Api`` (tests, out-of-cluster use); by default one is
-    made in :meth:`start` from the pod's service account (``in_cluster``) or the kubeconfig.
-    The constructor does no I/O. Thread-safe: the watch thread writes the pod table under a
-    lock; :meth:`snapshot` and :meth:`refresh` (the engine's thread) copy it under the lock.
+    An :class:`~flowwarden.kube.source.InventorySource`. ``api``: a
+    ``kubernetes.client.CoreV1Api`` (tests, out-of-cluster use); by default one is made in
+    :meth:`start` from the pod's service account (``in_cluster``) or the kubeconfig. The
+    constructor does no I/O. The watch thread writes the pod table under a lock;
+    :meth:`current` and :meth:`snapshot` (the owner's one thread) copy it under the lock.
     """
 
     def __init__(
@@ -184,20 +124,22 @@ class WatchedInventory:
         self.backoff_max_s = backoff_max_s
         self.stop_timeout_s = stop_timeout_s
         self.clock = clock  # wall clock: deletion times and retention
-        self.stats = WatchStats()
+        self.stats = SourceStats()
         self._lock = threading.Lock()
         self._pods: dict[str, dict[str, Any]] = {}  # uid -> slim pod JSON (never mutated in place)
         self._forget_at: dict[str, float] = {}  # uid of a deleted pod -> when to drop it
-        self._version = 0  # bumped on every change enrichment can see
+        self._version = 0  # bumped on every change the inventory can see
         self._resource_version: str | None = None  # None: list before watching
-        self._next_build = -float("inf")  # time.monotonic() before which refresh() keeps its snapshot
+        self._next_build = -float("inf")  # time.monotonic() before which current() keeps its snapshot
+        self._snapshot: PodInventory | None = None  # the last one built, of pods at _snapshot_version
+        self._snapshot_version = -1
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._watch: Any = None
         self._owns_api = False  # made here from credentials: closed at stop()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> WatchedInventory:
+    def start(self) -> WatchSource:
         """List every pod (so the first snapshot is complete), then watch in a daemon thread.
 
         Raises :class:`ServiceUnavailable` when the API cannot be reached or refuses the list:
@@ -245,48 +187,48 @@ class WatchedInventory:
 
     @property
     def version(self) -> int:
-        """Bumped on every change enrichment can see; a snapshot of an older one is stale."""
+        """Bumped on every change the inventory can see; a snapshot of an older one is stale."""
         with self._lock:
             return self._version
 
     # ------------------------------------------------------------------ snapshots
-    def pods(self) -> list[dict[str, Any]]:
-        """The pods now (deleted ones within their retention), as slim pod JSON; never mutated."""
-        with self._lock:
-            self._forget_expired(self.clock())
-            return list(self._pods.values())
-
-    def snapshot(self) -> LiveInventory:
-        """An :class:`Inventory` of the pods now (deleted ones within their retention)."""
+    def snapshot(self) -> PodInventory:
+        """A new inventory of the pods now (deleted ones within their retention); it becomes current."""
         started = time.monotonic()
         with self._lock:
             self._forget_expired(self.clock())
             items = list(self._pods.values())
             version = self._version
-        inv = cast(LiveInventory, LiveInventory.from_dict({"items": items}))
-        inv.source = self
-        inv.version = version
+        inv = PodInventory.from_dict({"items": items})
         self._throttle(started)
+        self._snapshot, self._snapshot_version = inv, version
         self.stats.rebuilds += 1
         return inv
 
-    def refresh(self, current: LiveInventory) -> Inventory:
-        """``current`` while nothing changed or it is too recent; else a new snapshot."""
+    def current(self) -> PodInventory:
+        """The last snapshot while nothing changed or it is too recent; else a new one.
+
+        A rebuild that fails (one odd object) keeps the last good snapshot: it must not stop
+        enrichment or the guardrails.
+        """
         with self._lock:
             self._forget_expired(self.clock())
-            unchanged = current.version == self._version
-        if unchanged or time.monotonic() < self._next_build:
-            return current
+            version = self._version
+        last = self._snapshot
+        if last is None:
+            return self.snapshot()
+        if version == self._snapshot_version or time.monotonic() < self._next_build:
+            return last
         started = time.monotonic()
         try:
             return self.snapshot()
-        except ConfigError as exc:  # one odd object must not stop enrichment: keep the last good one
+        except ConfigError as exc:
             log.error("pod inventory rebuild failed, keeping the previous one error=%s", exc)
             self._throttle(started)
-            return current
+            return last
 
     def _throttle(self, started: float) -> None:
-        """No rebuild before ``min_refresh_s``, nor before the engine had 1/share of its time back."""
+        """No rebuild before ``min_refresh_s``, nor before the caller had 1/share of its time back."""
         now = time.monotonic()
         self._next_build = now + max(self.min_refresh_s, (now - started) * (1 / _REBUILD_SHARE - 1))
 
@@ -327,7 +269,7 @@ class WatchedInventory:
             raise ValueError(f"pod list did not end after {_MAX_PAGES} pages")
         fresh: dict[str, dict[str, Any]] = {}
         for item in items:
-            pod = _slim(item)
+            pod = slim_pod(item)
             if pod is not None:
                 fresh[_key(pod)] = pod
         now = self.clock()
@@ -371,7 +313,7 @@ class WatchedInventory:
         """One watch event on the pod table; the resourceVersion moves on with it."""
         meta = obj.get("metadata") or {}
         now = self.clock()
-        pod = _slim(obj) if kind in ("ADDED", "MODIFIED", "DELETED") else None
+        pod = slim_pod(obj) if kind in ("ADDED", "MODIFIED", "DELETED") else None
         with self._lock:
             if pod is not None:
                 uid = _key(pod)
@@ -437,23 +379,3 @@ class WatchedInventory:
             log.debug("pod watch retrying in_s=%.2f failures=%d", delay, failures)
             self._stopping.wait(delay)
         log.info("pod watch stopped")
-
-
-def inventory_from_settings(settings: Settings, *, api: Any = None) -> Inventory | None:
-    """The inventory ``pipeline.inventory_source`` names: the file, a started watch, or None.
-
-    A watch-backed inventory is a :class:`LiveInventory`: call :func:`close_inventory` on the
-    engine's current inventory (or ``stop()`` on any snapshot) at shutdown.
-    """
-    p = settings.pipeline
-    if p.inventory_source == "none":
-        return None
-    if p.inventory_source == "file":
-        return Inventory.from_file(p.inventory_path) if p.inventory_path is not None else None
-    return WatchedInventory(api=api, in_cluster=p.kubernetes_in_cluster).start().snapshot()
-
-
-def close_inventory(inventory: Inventory | None) -> None:
-    """Stop the watch behind ``inventory`` if it has one (a file inventory has nothing to stop)."""
-    if isinstance(inventory, LiveInventory):
-        inventory.stop()

@@ -1,0 +1,67 @@
+"""What the runtime needs of the detection engine and of the store, as typed protocols.
+
+The stage drives any engine and any store that has these methods (the real
+:class:`~flowwarden.pipeline.detection.engine.DetectionEngine` and
+:class:`~flowwarden.store.Store`, a test's stand-in, the demo's recording engine): no
+``Any``, no attribute probing, and mypy checks each implementation where it is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import pandas as pd
+
+from flowwarden.kube import PodInventory
+from flowwarden.models.registry import LoadedModel
+from flowwarden.pipeline.detection.stats import EngineStats
+from flowwarden.records import Alert
+from flowwarden.store import BatchRef
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+T = TypeVar("T")
+
+
+class EngineOutput(Protocol):
+    """One engine call's results."""
+
+    @property
+    def alerts(self) -> Sequence[Alert]: ...  # of every window that closed
+    @property
+    def enriched(self) -> pd.DataFrame: ...  # the call's flows, enriched, row for row
+    @property
+    def windows(self) -> pd.DataFrame: ...  # the entity-windows scored
+
+
+class Engine(Protocol):
+    """Windows, features, detectors and alerts over a stream of flow batches."""
+
+    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> EngineOutput: ...
+    def flush(self) -> EngineOutput: ...
+    def open_window_floor(self) -> float | None: ...
+    def set_model(self, model: LoadedModel | None) -> None: ...
+    def set_inventory(self, inventory: PodInventory | None) -> None: ...
+    def export_state(self) -> bytes: ...
+    def import_state(self, data: bytes) -> None: ...
+    def stats(self) -> EngineStats: ...
+
+
+class PipelineStore(Protocol):
+    """The store's side of exactly-once effects: alerts, rollups, batch marks, engine state."""
+
+    on_retry: Callable[[str], None] | None
+
+    def in_transaction(self, work: Callable[[Connection], T]) -> T: ...
+    def upsert_alerts(self, items: Iterable[Alert], *, conn: Connection | None = None) -> int: ...
+    def add_rollups(self, df: pd.DataFrame, *, conn: Connection | None = None) -> int: ...
+    def mark_batches(
+        self, group_id: str, batches: Iterable[BatchRef], *, epoch: int = 0, conn: Connection | None = None
+    ) -> None: ...
+    def seen_batches(
+        self, group_id: str, batches: Iterable[BatchRef], *, epoch: int = 0, conn: Connection | None = None
+    ) -> set[BatchRef]: ...
+    def put_state(self, key: str, value: bytes, *, conn: Connection | None = None) -> None: ...
+    def get_state(self, key: str, *, conn: Connection | None = None) -> bytes | None: ...

@@ -120,6 +120,16 @@ class Run:
         self.stop_event.set()
         self.thread.join(timeout=30)
 
+    def __enter__(self) -> Run:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """A clean exit stops the stage with a flush and checks it ended well; a failure only stops it."""
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()
+
     def metric(self, name: str, **labels: str) -> float:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
@@ -134,14 +144,9 @@ def settings_for(broker: TansuBroker, db: str, prefix: str) -> Settings:
 
 
 def run_to_end(settings: Settings, store: Store, sim: Any, warm: bytes, parts: list[pd.DataFrame]) -> Run:
-    run = Run(settings, store, sim, warm).start()
-    try:
+    with Run(settings, store, sim, warm) as run:
         publish(settings, parts)
         wait_for(lambda: run.consumed(len(sim.flows)), timeout=180, what="every flow consumed")
-    except BaseException:
-        run.abort()
-        raise
-    run.finish()
     return run
 
 
@@ -195,8 +200,7 @@ def test_a_poison_message_between_valid_batches_is_dead_lettered_and_the_rest_pr
     garbage = MAGIC + bytes([WIRE_VERSION]) + b"\xff\xff\xff\xff" + b"\x00" * 40
 
     with Store(settings.store.url) as store:
-        run = Run(settings, store, sim, warm_state).start()
-        try:
+        with Run(settings, store, sim, warm_state) as run:
             sent = publish(settings, parts[:half])
             producer = KafkaBus(settings.kafka).producer()
             producer.send(settings.kafka.topics.flows, poison, partition=0)
@@ -205,10 +209,6 @@ def test_a_poison_message_between_valid_batches_is_dead_lettered_and_the_rest_pr
             producer.close()
             sent += 2 + publish(settings, parts[half:])
             wait_for(lambda: run.consumed(len(sim.flows)), timeout=180, what="every valid flow consumed")
-        except BaseException:
-            run.abort()
-            raise
-        run.finish()
         assert {a.id for a in store.list_alerts()} == reference[0]
         # Every batch was taken in and accounted for, the two bad ones included.
         assert run.stage.stats.batches == sent
@@ -249,18 +249,13 @@ def test_flows_from_the_future_are_dead_lettered_and_never_move_the_watermark(
     before = sum(len(p) for p in parts[: i + 1]) - len(future)
 
     with Store(settings.store.url) as store:
-        run = Run(settings, store, sim, warm_state).start()
-        try:
+        with Run(settings, store, sim, warm_state) as run:
             # The batch with the 2096 flows is in the engine before the rest arrives: had it
             # moved the watermark, the rest would be late.
             publish(settings, parts[: i + 1])
             wait_for(lambda: run.consumed(before), timeout=180, what="the flows up to the 2096 batch")
             publish(settings, parts[i + 1 :])
             wait_for(lambda: run.consumed(len(sim.flows)), timeout=180, what="every flow consumed")
-        except BaseException:
-            run.abort()
-            raise
-        run.finish()
         assert {a.id for a in store.list_alerts()} == reference[0]
         # Nothing dropped as late after them: as many late flows as the undisturbed run.
         assert run.stage.engine.stats().late_flows == reference[1]
@@ -299,8 +294,7 @@ def test_a_topic_recreated_mid_run_is_new_data_not_a_redelivery(
     caplog.set_level(logging.ERROR, logger="flowwarden")
 
     with Store(settings.store.url) as store:
-        run = Run(settings, store, sim, warm_state).start()
-        try:
+        with Run(settings, store, sim, warm_state) as run:
             sent = publish(settings, parts[:half])
             wait_for(lambda: run.consumed(first), timeout=180, what="the first half consumed")
             admin = KafkaAdminClient(**client_config(settings.kafka))
@@ -319,10 +313,6 @@ def test_a_topic_recreated_mid_run_is_new_data_not_a_redelivery(
             )
             sent += publish(settings, parts[half:])
             wait_for(lambda: run.consumed(len(sim.flows)), timeout=180, what="every flow consumed")
-        except BaseException:
-            run.abort()
-            raise
-        run.finish()
         assert {a.id for a in store.list_alerts()} == reference[0]
         assert run.stage.stats.flows == len(sim.flows) and run.stage.stats.redelivered == 0
         # Every batch of both epochs is marked once, and its rollups are in the store once.
@@ -371,8 +361,7 @@ def test_the_stage_rides_out_a_database_outage(
     third = len(parts) // 3
     caplog.set_level(logging.INFO)
     with Store(url, retry_deadline_s=settings.store.retry_deadline_s) as store:
-        run = Run(settings, store, sim, warm_state).start()
-        try:
+        with Run(settings, store, sim, warm_state) as run:
             publish(settings, parts[:third])
             wait_for(lambda: store_batches(store, settings) > 0, timeout=120, what="some batches stored")
             proxy.stop()  # refused from now on; the open connections are cut
@@ -391,10 +380,6 @@ def test_the_stage_rides_out_a_database_outage(
             proxy.start()  # the same port again
             publish(settings, parts[2 * third :])
             wait_for(lambda: run.consumed(len(sim.flows)), timeout=180, what="every flow consumed")
-        except BaseException:
-            run.abort()
-            raise
-        run.finish()
         assert {a.id for a in store.list_alerts()} == reference[0]
         assert rollup_sums(store) == (
             int(sim.flows["bytes_out"].sum()),

@@ -1,15 +1,16 @@
-"""Application-layer names (DNS query and rcode, TLS SNI, HTTP Host) joined to flows.
+"""Application-layer server names (TLS SNI, HTTP Host) joined to flows.
 
-A hand parser gets these wrong (DNS compression, TLS extensions, HTTP quirks), so tshark
-dissects them, but only the packets that carry them: the metering path selects candidates
-by port and first payload bytes (:mod:`collectors.decode`) and this module streams just
-those packets, as raw IP, into one long-running ``tshark -r -`` (one process for the
-whole run, no start-up cost per batch). Its text output comes back on a reader thread,
-keyed by frame number, and is folded per flow uid:
+A hand parser gets these wrong (TLS extensions, fragmented ClientHellos, HTTP quirks), so
+tshark dissects them, but only the packets that carry them: the metering path selects the
+first ClientHello and the first HTTP request of each flow by their first payload bytes
+(:mod:`collectors.decode`) and this module streams just those packets, as raw IP, into one
+long-running ``tshark -r -`` (one process for the whole run, no start-up cost per batch).
+Its text output comes back on a reader thread, keyed by frame number, and is folded per
+flow uid into ``server_name``: the TLS SNI, else the HTTP Host header.
 
-* ``dns_qname``: the first query's name (a response's name if the query was not seen);
-* ``dns_rcode``: the first response's code (-1 when no response was seen);
-* ``server_name``: the TLS SNI, else the HTTP Host header.
+DNS is not here: every DNS message of a flow is parsed in the metering path itself
+(:mod:`collectors.dnsparse`), because tshark on every DNS packet cost more than the
+metering (figures in ``benchmarks/bench_collector.py``).
 """
 
 from __future__ import annotations
@@ -30,14 +31,7 @@ from flowwarden.errors import ServiceUnavailable
 
 log = logging.getLogger("flowwarden.collector.appnames")
 
-FIELDS = (
-    "frame.number",
-    "dns.flags.response",
-    "dns.qry.name",
-    "dns.flags.rcode",
-    "tls.handshake.extensions_server_name",
-    "http.host",
-)
+FIELDS = ("frame.number", "tls.handshake.extensions_server_name", "http.host")
 DLT_RAW = 101
 _PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, DLT_RAW)
 _REC = struct.Struct("<IIII")
@@ -54,9 +48,6 @@ def tshark_path() -> str:
 
 @dataclass
 class _Names:
-    query: str = ""
-    answer_name: str = ""
-    rcode: int = -1
     sni: str = ""
     host: str = ""
 
@@ -137,15 +128,7 @@ class NameDissector:
 
     @staticmethod
     def _fold(n: _Names, p: list[str]) -> None:
-        _, resp, qname, rcode, sni, host = p
-        is_resp = resp in ("1", "True")
-        if qname:
-            if not is_resp and not n.query:
-                n.query = qname
-            elif is_resp and not n.answer_name:
-                n.answer_name = qname
-        if is_resp and rcode.isdigit() and n.rcode < 0:
-            n.rcode = int(rcode)
+        _, sni, host = p
         if sni and not n.sni:
             n.sni = sni
         if host and not n.host:
@@ -179,28 +162,27 @@ class NameDissector:
             self._proc.kill()
             self._proc.wait(timeout=timeout_s)
 
-    def join(self, records: pd.DataFrame, *, forget_final: bool = False) -> pd.DataFrame:
-        """Fill ``dns_qname``/``dns_rcode``/``server_name`` of records by their ``uid``."""
+    def forget(self, uids: np.ndarray) -> None:
+        """Drop the names of flows that ended (with or without a final record): the flow
+        table reports them, so a long-running collector keeps names of open flows only."""
+        with self._lock:
+            pop = self._names.pop
+            for u in uids.tolist():
+                pop(u, None)
+
+    def join(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Fill ``server_name`` of records by their ``uid`` (DNS columns are the meter's)."""
         if len(records) == 0 or "uid" not in records.columns:
             return records
         uids = records["uid"].to_numpy()
         with self._lock:
             found = [self._names.get(u) for u in uids.tolist()]
-            if forget_final:
-                for u in uids[records["final"].to_numpy()].tolist():
-                    self._names.pop(u, None)
         if not any(found):
             return records
         records = records.copy()
         has = np.array([f is not None for f in found])
-        q = np.array([(f.query or f.answer_name) if f else "" for f in found], dtype=object)
-        rc = np.array([f.rcode if f else -1 for f in found], dtype=np.int16)
         sn = np.array([(f.sni or f.host) if f else "" for f in found], dtype=object)
         idx = records.index
-        records["dns_qname"] = pd.Series(
-            np.where(has, q, records["dns_qname"].to_numpy()), index=idx, dtype="str"
-        )
-        records["dns_rcode"] = np.where(has, rc, records["dns_rcode"].to_numpy()).astype(np.int16)
         records["server_name"] = pd.Series(
             np.where(has, sn, records["server_name"].to_numpy()), index=idx, dtype="str"
         )

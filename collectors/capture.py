@@ -1,4 +1,12 @@
-"""Live capture: one capture child per interface writing a pcap stream to a pipe.
+"""Live capture: one capture child on the ``any`` device writing a pcap stream to a pipe.
+
+Why one child on ``any`` (not one per interface): pods' veths come and go; the ``any``
+device sees them all from their first packet without restarting anything, and its
+``LINUX_SLL2`` link header tells, per packet, the interface and whether the host sent or
+received it. :class:`~collectors.interfaces.SightingFilter` keeps the interfaces the
+``collector.interfaces`` patterns select and counts each packet once (see
+``collectors/interfaces.py``); the measured cost with 100 interfaces is in
+``benchmarks/bench_interfaces.py`` and the README.
 
 Why a capture tool rather than an AF_PACKET socket in Python: the kernel-side work (the
 ring, the BPF filter, the snap length) stays in C and our process only parses big chunks
@@ -19,9 +27,9 @@ Which tool (``collector.capture_tool``), measured on this machine:
   dropping privileges to a user (``setuid``/``setgroups``), which fails without
   ``CAP_SETUID``/``CAP_SETGID``: use it where those are granted.
 
-The child is started with an argument list (never a shell string); the BPF expression is
-one argument, and the clause that leaves out the collector's own Kafka traffic is built
-only from validated ``host:port`` pairs.
+The child is started with an argument list (never a shell string); no interface name
+reaches it (the device is ``any``); the BPF expression is one argument, and the clause that
+leaves out the collector's own Kafka traffic is built only from validated ``host:port`` pairs.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from flowwarden.collectors.interfaces import InterfaceTable, InterfaceWatcher, SightingFilter
 from flowwarden.collectors.pcapfile import PacketBatch, PcapStream
 from flowwarden.errors import ConfigError, ServiceUnavailable
 
@@ -56,6 +65,9 @@ READ_BYTES = 1 << 20
 DRAIN_QUIET_S = 0.4
 DRAIN_MAX_S = 1.0
 PIPE_BYTES = 1 << 20  # the default /proc/sys/fs/pipe-max-size
+# The kernel ring of the one capture on ``any``: it absorbs bursts of every interface of the
+# node (the default 2 MiB dropped 13% of a 400k-packet burst over 100 veths; see the README).
+ANY_BUFFER_MIB = 64
 
 
 def parse_host_port(server: str) -> tuple[str, int]:
@@ -125,8 +137,11 @@ class InterfaceCapture:
         netns: str,
         out: queue.Queue[PacketBatch],
         tool: str = "dumpcap",
+        sighting: SightingFilter | None = None,
     ) -> None:
         self.iface = iface
+        self.label = ""  # what the operator asked for (the interface patterns), for messages
+        self.sighting = sighting
         self.tool = tool
         self.bpf = bpf
         self.snaplen = snaplen
@@ -144,7 +159,7 @@ class InterfaceCapture:
     def args(self) -> list[str]:
         path = tool_path(self.tool)
         if self.tool == "dumpcap":
-            args = [path, "-i", self.iface, "-s", str(self.snaplen), "-P", "-w", "-", "-q"]
+            args = [path, "-i", self.iface, *self._link(), "-s", str(self.snaplen), "-P", "-w", "-", "-q"]
             if self.bpf:
                 args += ["-f", self.bpf]
         else:
@@ -153,6 +168,7 @@ class InterfaceCapture:
                 path,
                 "-i",
                 self.iface,
+                *self._link(),
                 "-s",
                 str(self.snaplen),
                 "-w",
@@ -165,6 +181,14 @@ class InterfaceCapture:
             if self.bpf:
                 args.append(self.bpf)
         return ["ip", "netns", "exec", self.netns, *args] if self.netns else args
+
+    def _link(self) -> list[str]:
+        """``any`` in SLL2 (the header carries each packet's interface and direction), with a
+        ring sized for every interface of the node at once (``ANY_BUFFER_MIB``)."""
+        if self.iface != "any":
+            return []
+        size = str(ANY_BUFFER_MIB if self.tool == "dumpcap" else ANY_BUFFER_MIB * 1024)  # tcpdump: KiB
+        return ["-y", "LINUX_SLL2", "-B", size]
 
     def start(self, timeout_s: float = 10.0) -> None:
         self._proc = subprocess.Popen(self.args(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -182,7 +206,9 @@ class InterfaceCapture:
             ok = self._header.wait(max(0.0, deadline - time.monotonic()))
         if not ok or self._proc.poll() is not None:
             self.stop()
-            raise ServiceUnavailable(f"{self.tool} did not start on {self.iface}: {self.stderr_tail}")
+            raise ServiceUnavailable(
+                f"{self.tool} did not start on {self.label or self.iface}: {self.stderr_tail}"
+            )
 
     stderr_tail = ""
 
@@ -199,6 +225,8 @@ class InterfaceCapture:
             batch = self.stream.feed(data)
             if self.stream.started:
                 self._header.set()
+            if len(batch) and self.sighting is not None:
+                batch = self.sighting.apply(batch)
             if len(batch):
                 # Blocking on purpose: when metering falls behind, the pipe fills, tcpdump
                 # stops reading its socket and the kernel drops, counted as kernel drops.
@@ -257,7 +285,7 @@ class InterfaceCapture:
 
 
 class LiveCapture:
-    """Every interface of the collector, feeding one queue of packet batches."""
+    """The node's capture: one child on ``any``, interfaces chosen by pattern, one sighting per packet."""
 
     def __init__(
         self,
@@ -268,32 +296,45 @@ class LiveCapture:
         netns: str = "",
         queue_max: int = 64,
         tool: str = "dumpcap",
+        poll_s: float = 2.0,
     ) -> None:
         self.queue: queue.Queue[PacketBatch] = queue.Queue(maxsize=queue_max)
+        self.table = InterfaceTable(interfaces, netns=netns)
+        self.sighting = SightingFilter(self.table)
+        self.watcher = InterfaceWatcher(self.table, poll_s=poll_s)
         self.captures = [
-            InterfaceCapture(i, bpf=bpf, snaplen=snaplen, netns=netns, out=self.queue, tool=tool)
-            for i in interfaces
+            InterfaceCapture(
+                "any",
+                bpf=bpf,
+                snaplen=snaplen,
+                netns=netns,
+                out=self.queue,
+                tool=tool,
+                sighting=self.sighting,
+            )
         ]
         self.tool = tool
-        self.interfaces = list(interfaces)
+        self.interfaces = list(interfaces)  # the patterns; resolved by start()
         self.netns = netns
 
     def start(self) -> None:
         tool_path(self.tool)
-        check_interfaces(self.interfaces, self.netns)
-        started: list[InterfaceCapture] = []
+        self.table.resolve()
+        self.interfaces = list(self.table.patterns)
+        for c in self.captures:
+            c.label = ",".join(self.interfaces)
+        self.watcher.start()
         try:
             for c in self.captures:
                 c.start()
-                started.append(c)
         except Exception:
-            for c in started:
-                c.stop()
+            self.watcher.stop()
             raise
 
     def stop(self) -> None:
         for c in self.captures:
             c.stop()
+        self.watcher.stop()
 
     def request_stats(self) -> None:
         for c in self.captures:
@@ -302,3 +343,8 @@ class LiveCapture:
     @property
     def kernel_drops(self) -> int:
         return sum(c.kernel_drops for c in self.captures)
+
+    @property
+    def duplicates(self) -> int:
+        """Packets left out by the one-sighting rule so far."""
+        return self.sighting.duplicates

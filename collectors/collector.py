@@ -1,6 +1,6 @@
 """The collector stage: live capture -> metering -> names -> publishing, with a lifecycle.
 
-Threads, each with one job: a reader per interface (pcap stream to packet batches), the
+Threads, each with one job: the capture reader (pcap stream to packet batches), the
 metering thread (flow table, names, metrics), the publisher thread (batches, spool). The
 constructor does no I/O; :meth:`Collector.start` starts everything; :meth:`Collector.stop`
 (SIGTERM in the CLI) stops the capture, meters what was captured, ends every open flow,
@@ -54,7 +54,12 @@ class Collector:
         )
         self.bpf = build_bpf(cs.bpf, exclude)
         self.capture = LiveCapture(
-            cs.interfaces, bpf=self.bpf, snaplen=cs.snaplen, netns=cs.netns, tool=cs.capture_tool
+            cs.interfaces,
+            bpf=self.bpf,
+            snaplen=cs.snaplen,
+            netns=cs.netns,
+            tool=cs.capture_tool,
+            poll_s=cs.interface_poll_s,
         )
         self.meter = Meter(cs)
         self.names = NameDissector() if self.meter.app_names else None
@@ -74,6 +79,7 @@ class Collector:
         self._thread: threading.Thread | None = None
         self._server: object | None = None
         self._drops_seen = 0
+        self._dups_seen = 0
         self._evicted_seen = 0
         self._undecoded_seen: dict[str, int] = {}
         self.failure = ""  # why the collector stopped on its own (empty: it was asked to)
@@ -137,7 +143,7 @@ class Collector:
             except queue.Empty:
                 if stopping:
                     break
-                self._emit(self.meter.table.advance(time.time()))
+                self._emit(self.meter.advance(time.time()))
             else:
                 self._count_batch(self.meter.feed(batch), len(batch), int(batch.wirelen.sum()))
             if time.monotonic() >= next_stats:
@@ -150,7 +156,7 @@ class Collector:
                 log.error("%s; stopping", self.failure)
                 self._stop.set()
         self._count_drops()
-        self._emit([self.meter.table.flush()])
+        self._emit([self.meter.flush()])
 
     def _count_batch(self, records: list[pd.DataFrame], packets: int, nbytes: int) -> None:
         m = self.metrics
@@ -171,6 +177,17 @@ class Collector:
         if drops > self._drops_seen:
             self.metrics.kernel_drops.labels(node=self.metrics.node).inc(drops - self._drops_seen)
             self._drops_seen = drops
+        self._count_sightings()
+
+    def _count_sightings(self) -> None:
+        """Second sightings left out, and the interfaces metered now (collectors/interfaces.py)."""
+        m = self.metrics
+        dups = self.capture.duplicates
+        if dups > self._dups_seen:
+            m.duplicates.labels(node=m.node).inc(dups - self._dups_seen)
+            self._dups_seen = dups
+        for role, names in self.capture.table.metered().items():
+            m.interfaces.labels(node=m.node, role=role).set(len(names))
 
     def _emit(self, records: list[pd.DataFrame]) -> None:
         records = [r for r in records if len(r)]
@@ -181,10 +198,13 @@ class Collector:
             self.metrics.evicted.labels(node=self.metrics.node).inc(ev - self._evicted_seen)
             self._evicted_seen = ev
         if not records:
+            if self.names is not None:  # flows that ended without a record of their own
+                self.names.forget(self.meter.take_ended())
             return
         df = pd.concat(records, ignore_index=True)
         if self.names is not None:
             self.names.wait(NAME_WAIT_S)
-            df = self.names.join(df, forget_final=True)
+            df = self.names.join(df)
+            self.names.forget(self.meter.take_ended())  # after the join: final records keep theirs
         self.metrics.flows.labels(node=self.metrics.node).inc(len(df))
         self.publisher.put(df)

@@ -11,8 +11,17 @@ fail). Causes are counted by the collector, never fatal:
 * ``bad_header``: an IP header that contradicts itself (version, header length);
 * ``unknown_link``: a link type this decoder does not read.
 
-Packets of other IP protocols (GRE, ESP, SCTP, ...) are metered as port-less flows and
-counted under ``unknown_proto`` as well, so operators see them.
+Packets of other IP protocols (ESP, SCTP, GRE that is not decapsulated, ...) are metered
+as port-less flows and counted under ``unknown_proto`` as well, so operators see them.
+
+Overlays are decapsulated (one level): VXLAN (UDP 4789, Flannel's 8472), Geneve (6081),
+IP-in-IP (protocol 4; IPv6-in-IPv4, 41) and GRE (47; IP or Ethernet payload). The inner
+5-tuple is what is metered; ``tunnel`` and ``outer_*`` keep the encapsulation and the outer
+(node) addresses; ``l3`` points at the inner IP header; ``length`` is the inner frame as a
+pod's interface carries it (inner IP length + 14), so a pod's flow counts the same bytes on
+its veth and on the uplink. An untunnelled batch pays a few comparisons, nothing more.
+WireGuard (UDP 51820/51821, Cilium's 51871) cannot be read: such packets are metered as
+the UDP flow they are and counted under ``wireguard``.
 
 Addresses are two big-endian uint64 halves of the 16-byte IPv6 form (IPv4 as
 ``::ffff:a.b.c.d``), so one code path keys both families.
@@ -40,8 +49,18 @@ ETH_VLAN = (0x8100, 0x88A8, 0x9100)
 
 V4_MAPPED = np.uint64(0x0000FFFF00000000)
 
-CAUSES = ("ok", "non_ip", "fragment", "truncated", "bad_header", "unknown_link", "unknown_proto")
-OK, NON_IP, FRAGMENT, TRUNCATED, BAD_HEADER, UNKNOWN_LINK, UNKNOWN_PROTO = range(len(CAUSES))
+# Overlay encapsulations, indexed by ``Decoded.tunnel`` (0: not tunnelled).
+TUNNELS = ("", "vxlan", "geneve", "ipip", "gre")
+NO_TUNNEL, VXLAN, GENEVE, IPIP, GRE = range(len(TUNNELS))
+IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_GRE = 4, 41, 47
+ETH_BRIDGE = 0x6558  # transparent Ethernet bridging: GRE (gretap) and Geneve carry Ethernet frames
+VXLAN_PORTS = (4789, 8472)  # IANA; Linux's and Flannel's historical default
+GENEVE_PORT = 6081
+# WireGuard: its default port, Calico's IPv4/IPv6 ports (51820/51821), Cilium's (51871).
+WIREGUARD_PORTS = (51820, 51821, 51871)
+
+CAUSES = ("ok", "non_ip", "fragment", "truncated", "bad_header", "unknown_link", "unknown_proto", "wireguard")
+OK, NON_IP, FRAGMENT, TRUNCATED, BAD_HEADER, UNKNOWN_LINK, UNKNOWN_PROTO, WIREGUARD = range(len(CAUSES))
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 IPV6_EXT = (0, 43, 60, 51)  # hop-by-hop, routing, destination options, AH
@@ -56,7 +75,7 @@ _HTTP_METHODS = [m.encode() for m in ("GET ", "POST", "PUT ", "HEAD", "DELE", "O
 class Decoded:
     """Header fields of every packet of a batch (arrays of equal length)."""
 
-    cause: np.ndarray  # int8, index into CAUSES; metered when OK or UNKNOWN_PROTO
+    cause: np.ndarray  # int8, index into CAUSES; metered when OK, UNKNOWN_PROTO or WIREGUARD
     src_hi: np.ndarray  # uint64
     src_lo: np.ndarray
     dst_hi: np.ndarray
@@ -65,17 +84,22 @@ class Decoded:
     dport: np.ndarray
     proto: np.ndarray  # int64
     flags: np.ndarray  # int64 TCP flags (0 for other protocols)
-    length: np.ndarray  # int64 frame bytes on the wire
+    length: np.ndarray  # int64 frame bytes on the wire; of the inner frame when tunnelled
     ts: np.ndarray  # float64
     l3: np.ndarray  # int64 offset of the IP header in the batch buffer
     app: np.ndarray  # int8 APP_* candidate kind
+    tunnel: np.ndarray  # int8, index into TUNNELS; 0 when not tunnelled
+    outer_src_hi: np.ndarray  # uint64 outer (node) addresses, 0 when not tunnelled
+    outer_src_lo: np.ndarray
+    outer_dst_hi: np.ndarray
+    outer_dst_lo: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ts)
 
     @property
     def metered(self) -> np.ndarray:
-        return (self.cause == OK) | (self.cause == UNKNOWN_PROTO)
+        return (self.cause == OK) | (self.cause == UNKNOWN_PROTO) | (self.cause == WIREGUARD)
 
 
 class _Reader:
@@ -99,11 +123,26 @@ class _Reader:
         return np.ascontiguousarray(self.buf[idx]).view(">u8").ravel().astype(np.uint64)
 
 
-def decode(batch: PacketBatch) -> Decoded:
-    """Decode every packet's headers; see the module docstring for the causes."""
-    n = len(batch)
-    rd = _Reader(batch.buf)
-    off, end, lt = batch.off, batch.off + batch.caplen, batch.linktype
+@dataclass
+class _Layers:
+    """Network and transport fields of a set of packets (full batch, or the tunnelled subset)."""
+
+    src_hi: np.ndarray
+    src_lo: np.ndarray
+    dst_hi: np.ndarray
+    dst_lo: np.ndarray
+    proto: np.ndarray
+    l4: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+    flags: np.ndarray
+    tcp: np.ndarray  # bool: a TCP header was read
+    udp: np.ndarray
+
+
+def _link(rd: _Reader, off: np.ndarray, end: np.ndarray, lt: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Cause, ethertype and IP header offset of every packet from its link header."""
+    n = len(off)
     cause = np.zeros(n, dtype=np.int8)
     et = np.zeros(n, dtype=np.int64)
     l3 = off.copy()
@@ -137,9 +176,16 @@ def decode(batch: PacketBatch) -> Decoded:
         et[raw] = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0))
     known_link = eth | sll | sll2 | null | raw
     cause[~known_link] = UNKNOWN_LINK
-    cause[known_link & (l3 + 1 > end)] = TRUNCATED  # not even one byte after the link header
-    cause[(cause == OK) & (et != ETH_IPV4) & (et != ETH_IPV6)] = NON_IP
+    return cause, et, l3, known_link
 
+
+def _layers(rd: _Reader, l3: np.ndarray, et: np.ndarray, end: np.ndarray, cause: np.ndarray) -> _Layers:
+    """IPv4/IPv6 (with a bounded walk over IPv6 extension headers), then TCP/UDP ports.
+
+    ``cause`` is updated in place; only packets still ``OK`` are read further.
+    """
+    n = len(l3)
+    cause[(cause == OK) & (et != ETH_IPV4) & (et != ETH_IPV6)] = NON_IP
     ver = rd.u8(l3) >> 4
     v4 = (cause == OK) & (et == ETH_IPV4)
     v6 = (cause == OK) & (et == ETH_IPV6)
@@ -200,7 +246,6 @@ def decode(batch: PacketBatch) -> Decoded:
     sport = np.zeros(n, dtype=np.int64)
     dport = np.zeros(n, dtype=np.int64)
     flags = np.zeros(n, dtype=np.int64)
-    app = np.zeros(n, dtype=np.int8)
     ip_ok = cause == OK
     tcp = ip_ok & (proto == TCP)
     udp = ip_ok & (proto == UDP)
@@ -214,11 +259,143 @@ def decode(batch: PacketBatch) -> Decoded:
         dport[ports] = rd.u16(l4[ports] + 2)
     if tcp.any():
         flags[tcp] = rd.u8(l4[tcp] + 13)
-    cause[ip_ok & ~np.isin(proto, (TCP, UDP, ICMP, ICMPV6))] = UNKNOWN_PROTO
+    return _Layers(src_hi, src_lo, dst_hi, dst_lo, proto, l4, sport, dport, flags, tcp, udp)
+
+
+def _inner(rd: _Reader, f: _Layers, end: np.ndarray, cause: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Encapsulation kind, inner ethertype and inner IP offset of every packet (kind 0: none).
+
+    Only a few comparisons over the whole batch; the headers of the candidates are read
+    only when there are any, so an untunnelled batch pays almost nothing.
+    """
+    n = len(end)
+    kind = np.zeros(n, dtype=np.int8)
+    et = np.zeros(n, dtype=np.int64)
+    l3 = np.zeros(n, dtype=np.int64)
+    ok = cause == OK
+    ipip = ok & ((f.proto == IPPROTO_IPIP) | (f.proto == IPPROTO_IPV6))
+    gre = ok & (f.proto == IPPROTO_GRE)
+    d = f.dport
+    vx = f.udp & ((d == VXLAN_PORTS[0]) | (d == VXLAN_PORTS[1]))
+    gen = f.udp & (d == GENEVE_PORT)
+    if not (ipip.any() or gre.any() or vx.any() or gen.any()):
+        return kind, et, l3
+    kind[ipip] = IPIP
+    et[ipip] = np.where(f.proto[ipip] == IPPROTO_IPIP, ETH_IPV4, ETH_IPV6)
+    l3[ipip] = f.l4[ipip]
+    eth_at = np.full(n, -1, dtype=np.int64)  # inner Ethernet header, when the payload is one
+    if gre.any():
+        # RFC 2784/2890: C, K, S flags each add 4 bytes; routing (R) and versions > 0 (PPTP) are not read.
+        p = f.l4[gre]
+        fl = rd.u16(p)
+        pt = rd.u16(p + 2)
+        hdr = 4 + 4 * (((fl >> 15) & 1) + ((fl >> 13) & 1) + ((fl >> 12) & 1))
+        good = (p + 4 <= end[gre]) & ((fl & 0x4007) == 0) & np.isin(pt, (ETH_IPV4, ETH_IPV6, ETH_BRIDGE))
+        idx = np.flatnonzero(gre)[good]
+        kind[idx] = GRE
+        et[idx] = pt[good]
+        l3[idx] = (p + hdr)[good]
+        eth_at[idx[pt[good] == ETH_BRIDGE]] = (p + hdr)[good][pt[good] == ETH_BRIDGE]
+    if vx.any():
+        # RFC 7348: 8 bytes with the I flag, then the inner Ethernet frame.
+        p = f.l4[vx] + 8
+        good = (p + 8 <= end[vx]) & ((rd.u8(p) & 0x08) != 0)
+        idx = np.flatnonzero(vx)[good]
+        kind[idx] = VXLAN
+        eth_at[idx] = p[good] + 8
+    if gen.any():
+        # RFC 8926: version 0, options of 4 * optlen bytes, then Ethernet (0x6558) or IP.
+        p = f.l4[gen] + 8
+        b0 = rd.u8(p)
+        pt = rd.u16(p + 2)
+        inner = p + 8 + (b0 & 0x3F) * 4
+        good = (p + 8 <= end[gen]) & ((b0 >> 6) == 0) & np.isin(pt, (ETH_IPV4, ETH_IPV6, ETH_BRIDGE))
+        idx = np.flatnonzero(gen)[good]
+        kind[idx] = GENEVE
+        et[idx] = pt[good]
+        l3[idx] = inner[good]
+        eth_at[idx[pt[good] == ETH_BRIDGE]] = inner[good][pt[good] == ETH_BRIDGE]
+    e = eth_at >= 0
+    if e.any():
+        q = eth_at[e]
+        t = rd.u16(q + 12)
+        tagged = np.isin(t, ETH_VLAN)
+        et[e] = np.where(tagged, rd.u16(q + 16), t)
+        l3[e] = q + np.where(tagged, 18, 14)
+    return kind, et, l3
+
+
+def _wireguard(rd: _Reader, f: _Layers, end: np.ndarray) -> np.ndarray:
+    """WireGuard on its usual ports: message type 1-4 followed by three zero bytes."""
+    d, s = f.dport, f.sport
+    lo, hi = min(WIREGUARD_PORTS), max(WIREGUARD_PORTS)
+    wg = f.udp & (((d >= lo) & (d <= hi)) | ((s >= lo) & (s <= hi)))  # a cheap range first
+    if not wg.any():
+        return wg
+    wg &= np.isin(d, WIREGUARD_PORTS) | np.isin(s, WIREGUARD_PORTS)
+    if not wg.any():
+        return wg
+    p = f.l4[wg] + 8
+    head = rd.u32(p)
+    wg[wg] = (p + 4 <= end[wg]) & ((head >> 24) >= 1) & ((head >> 24) <= 4) & ((head & 0xFFFFFF) == 0)
+    return wg
+
+
+def decode(batch: PacketBatch) -> Decoded:
+    """Decode every packet's headers; see the module docstring for the causes and tunnels."""
+    n = len(batch)
+    rd = _Reader(batch.buf)
+    off, end, lt = batch.off, batch.off + batch.caplen, batch.linktype
+    cause, et, l3, known_link = _link(rd, off, end, lt)
+    cause[known_link & (l3 + 1 > end)] = TRUNCATED  # not even one byte after the link header
+    f = _layers(rd, l3, et, end, cause)
+
+    tunnel = np.zeros(n, dtype=np.int8)
+    outer = [np.zeros(n, dtype=np.uint64) for _ in range(4)]
+    length = batch.wirelen
+    kind, in_et, in_l3 = _inner(rd, f, end, cause)
+    tun = np.flatnonzero(kind)
+    if len(tun):
+        # Meter the inner packet; keep the outer (node) addresses beside it.
+        tunnel[tun] = kind[tun]
+        for arr, src in zip(outer, (f.src_hi, f.src_lo, f.dst_hi, f.dst_lo), strict=True):
+            arr[tun] = src[tun]
+        c = np.where(in_l3[tun] + 1 > end[tun], TRUNCATED, OK).astype(np.int8)
+        g = _layers(rd, in_l3[tun], in_et[tun], end[tun], c)
+        cause[tun] = c
+        for name in (
+            "src_hi",
+            "src_lo",
+            "dst_hi",
+            "dst_lo",
+            "proto",
+            "l4",
+            "sport",
+            "dport",
+            "flags",
+            "tcp",
+            "udp",
+        ):
+            getattr(f, name)[tun] = getattr(g, name)
+        l3 = l3.copy()
+        l3[tun] = in_l3[tun]
+        # Bytes of the inner frame as a pod's interface carries it: the inner IP packet's own
+        # length (whatever the capture's link header) + 14 Ethernet bytes.
+        q = in_l3[tun]
+        ip_len = np.where(in_et[tun] == ETH_IPV6, rd.u16(q + 4) + 40, rd.u16(q + 2))
+        length = batch.wirelen.copy()
+        length[tun] = np.where(c == OK, ip_len + 14, np.maximum(batch.wirelen[tun] - (q - off[tun]) + 14, 0))
+
+    wg = _wireguard(rd, f, end)
+    cause[(cause == OK) & ~np.isin(f.proto, (TCP, UDP, ICMP, ICMPV6))] = UNKNOWN_PROTO
+    cause[wg & (cause == OK)] = WIREGUARD
 
     # Candidates for application-layer names: DNS by port, TLS ClientHello and HTTP
     # requests by their first payload bytes.
-    dns = ports & ((sport == 53) | (dport == 53))
+    app = np.zeros(n, dtype=np.int8)
+    tcp, l4 = f.tcp, f.l4
+    ports = f.tcp | f.udp
+    dns = ports & ((f.sport == 53) | (f.dport == 53))
     app[dns] = APP_DNS
     if tcp.any():
         idx = np.flatnonzero(tcp & ~dns)
@@ -233,18 +410,23 @@ def decode(batch: PacketBatch) -> Decoded:
 
     return Decoded(
         cause=cause,
-        src_hi=src_hi,
-        src_lo=src_lo,
-        dst_hi=dst_hi,
-        dst_lo=dst_lo,
-        sport=sport,
-        dport=dport,
-        proto=proto,
-        flags=flags,
-        length=batch.wirelen,
+        src_hi=f.src_hi,
+        src_lo=f.src_lo,
+        dst_hi=f.dst_hi,
+        dst_lo=f.dst_lo,
+        sport=f.sport,
+        dport=f.dport,
+        proto=f.proto,
+        flags=f.flags,
+        length=length,
         ts=batch.ts,
         l3=l3,
         app=app,
+        tunnel=tunnel,
+        outer_src_hi=outer[0],
+        outer_src_lo=outer[1],
+        outer_dst_hi=outer[2],
+        outer_dst_lo=outer[3],
     )
 
 

@@ -8,38 +8,56 @@ Semantics (the golden tests check them against a per-packet reference in
   SYN was missed) is the initiator. Counters are per direction: ``*_out`` initiator to
   responder, ``*_in`` back. Bytes are frame bytes on the wire (what ``tshark -z conv``
   and nfstream's default accounting report).
+* Flows end as IPFIX (``flowEndReason``, RFC 5102) and nfstream define it, and every
+  record says why it was emitted (``end_reason``, :class:`~flowwarden.records.FlowEnd`):
+  a TCP flow ends on a reset (``rst``) or once both sides sent FIN and ``fin_grace_s`` has
+  passed for the last ACK (``fin``); any flow ends after ``idle_timeout_s`` of silence
+  (``idle``); more than ``max_flows`` open flows end the least recently seen (``evicted``);
+  :meth:`FlowTable.flush` ends the rest (``end_of_capture``).
 * Time moves in ticks (``tick_s``, 1 s of packet time). When the first packet of a new tick
   arrives (or :meth:`FlowTable.advance` is called with the wall clock), the table is swept
-  at the tick's start ``now``: a flow silent for more than ``idle_timeout`` ends (a final
-  record); a flow whose current record began ``active_timeout`` or more ago emits an
-  interim record (``final=False``) whose counters are deltas since its previous record.
-  So a flow ends after between ``idle_timeout`` and ``idle_timeout + tick_s`` of silence.
-* More than ``max_flows`` open flows: the least recently seen are ended early (final
-  records) and counted in :attr:`FlowTable.evicted`. :meth:`flush` ends every open flow.
+  at the tick's start ``now``. Besides ending flows, the sweep emits interim records
+  (``final=False``, ``end_reason="active"``, counters are deltas since the previous record):
+
+  - *first sight*: a flow that has not been reported yet is reported at the end of the
+    tick in which it started, so a scan or a probe reaches the pipeline within about a
+    second. A TCP handshake still in flight (a SYN with no answer yet) waits up to
+    ``handshake_wait_s`` so that a slow answer does not read as ``syn_only``, and a flow
+    already closing waits for its final record instead (one record for a short connection);
+  - *active timeout*: a long flow reports every ``active_timeout_s``, only when it carried
+    packets since its last record.
+
+  A record never has zero packets unless it is its flow's only record: a flow that ends
+  with nothing new since its last (interim) record ends without a record of its own. So
+  count connections by ``first`` (the flow's first record), not by ``final``;
+  :meth:`FlowTable.take_ended` lists every flow that ended, with or without a record.
 * ``tcp_flags`` is the OR of every flag seen so far in both directions; ``state`` follows
   from the flags per direction (see :func:`tcp_state`).
 
 The work per tick is vectorised: packets of a tick are grouped by key with a 64-bit hash
 (checked against the full key, exact), aggregated with ``bincount``/``ufunc.at``, then merged
 into columnar slot arrays; the only per-flow Python work is one dict lookup per distinct
-key per tick. Each record carries an internal ``uid`` (the flow's identity in this table)
+key per tick, by that hash (an int: cheaper to hash than the 40-byte key), checked against
+the slot's full key; the rare flow whose hash another open flow already holds is indexed
+by its full key instead. Each record carries an internal ``uid`` (the flow's identity in this table)
 so that application-layer names can be joined afterwards.
 """
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import itertools
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from flowwarden.collectors.decode import ICMP, ICMPV6, TCP, UDP, Decoded
-from flowwarden.records import FLOW_COLUMNS, FlowState, conform_flows
+from flowwarden.collectors.decode import ICMP, ICMPV6, TCP, TUNNELS, UDP, Decoded
+from flowwarden.records import FLOW_COLUMNS, FLOW_DEFAULTS, FLOW_SCHEMA, FlowEnd, FlowState, conform_flows
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -52,37 +70,110 @@ class FlowTableConfig:
     active_timeout_s: float = 10.0
     max_flows: int = 1_000_000
     tick_s: float = 1.0
+    fin_grace_s: float = 0.5  # after both FINs: the last ACK still belongs to the flow
+    handshake_wait_s: float = 1.0  # first sight of an unanswered SYN waits this long
     node: str = ""
 
 
-def tcp_state(fwd: np.ndarray, rev: np.ndarray, pkts_in: np.ndarray) -> np.ndarray:
-    """TCP state from the OR of flags sent by the initiator (``fwd``) and responder (``rev``)."""
+# end_reason codes of raw blocks (index into _END_NAMES)
+_ACTIVE, _IDLE, _FIN, _RST, _EVICTED, _EOC = range(6)
+_END_TEXT = pa.array(
+    [
+        r.value
+        for r in (
+            FlowEnd.ACTIVE,
+            FlowEnd.IDLE,
+            FlowEnd.FIN,
+            FlowEnd.RST,
+            FlowEnd.EVICTED,
+            FlowEnd.END_OF_CAPTURE,
+        )
+    ],
+    type=pa.string(),
+)
+
+
+_STATES = list(FlowState)  # state codes index this list
+_STATE_TEXT = pa.array([st.value for st in _STATES], type=pa.string())
+_CODE = {st: np.int8(i) for i, st in enumerate(_STATES)}
+
+
+def tcp_state_codes(fwd: np.ndarray, rev: np.ndarray, pkts_in: np.ndarray) -> np.ndarray:
+    """TCP state (index into ``FlowState``) from the OR of flags sent by the initiator
+    (``fwd``) and responder (``rev``)."""
     syn = (fwd & SYN) != 0
     synack = ((rev & SYN) != 0) & ((rev & ACK) != 0)
     ended = ((fwd | rev) & (FIN | RST)) != 0
-    out = np.full(len(fwd), FlowState.TCP_OTHER.value, dtype=object)
-    out[syn & synack] = FlowState.ESTABLISHED.value
-    out[syn & synack & ended] = FlowState.CLOSED.value
-    out[syn & ~synack & ((rev & RST) != 0)] = FlowState.REJECTED.value
-    out[syn & ~synack & ((rev & RST) == 0) & (pkts_in == 0)] = FlowState.SYN_ONLY.value
+    out = np.full(len(fwd), _CODE[FlowState.TCP_OTHER], dtype=np.int8)
+    out[syn & synack] = _CODE[FlowState.ESTABLISHED]
+    out[syn & synack & ended] = _CODE[FlowState.CLOSED]
+    out[syn & ~synack & ((rev & RST) != 0)] = _CODE[FlowState.REJECTED]
+    out[syn & ~synack & ((rev & RST) == 0) & (pkts_in == 0)] = _CODE[FlowState.SYN_ONLY]
     return out
+
+
+def tcp_state(fwd: np.ndarray, rev: np.ndarray, pkts_in: np.ndarray) -> np.ndarray:
+    """TCP state (text) from the OR of flags sent by the initiator and the responder."""
+    return np.asarray([st.value for st in _STATES], dtype=object)[tcp_state_codes(fwd, rev, pkts_in)]
+
+
+def _ipv4_bytes(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dotted-quad text of 32-bit addresses as a (n, 16) byte matrix and each row's length,
+    built in numpy (no Python per address)."""
+    n = len(v)
+    v = v.astype(np.int64)
+    buf = np.zeros((n, 16), dtype=np.uint8)
+    rows = np.arange(n)
+    pos = np.zeros(n, dtype=np.int64)
+    for shift in (24, 16, 8, 0):
+        octet = (v >> shift) & 255
+        for digit, shown in ((octet // 100, octet >= 100), ((octet // 10) % 10, octet >= 10)):
+            buf[rows[shown], pos[shown]] = 48 + digit[shown]
+            pos += shown
+        buf[rows, pos] = 48 + octet % 10
+        pos += 1
+        if shift:
+            buf[rows, pos] = 46  # "."
+            pos += 1
+    return buf, pos
+
+
+def ipv4_text(v: np.ndarray) -> pa.StringArray:
+    """Dotted-quad text of 32-bit addresses as an Arrow string array (its buffers built in numpy)."""
+    buf, length = _ipv4_bytes(v)
+    data = buf[np.arange(16) < length[:, None]]  # row-major: each row's text, in order
+    offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int32)
+    return pa.StringArray.from_buffers(len(v), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _take_text(codes: np.ndarray, text: pa.Array) -> pa.Array:
+    """``text[codes]`` as a plain string array (one C-level cast of a dictionary array)."""
+    codes = np.asarray(codes, dtype=np.int32)
+    return pa.DictionaryArray.from_arrays(pa.array(codes), text).cast(pa.string())
+
+
+def arrow_ip_strings(hi: np.ndarray, lo: np.ndarray) -> pa.Array:
+    """Text addresses from the (hi, lo) halves as an Arrow string array; each distinct
+    address converted once (IPv4 without any Python per address)."""
+    v4 = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
+    if v4.all():
+        codes, uniq = pd.factorize(lo & np.uint64(0xFFFFFFFF))
+        return _take_text(codes, ipv4_text(np.asarray(uniq)))
+    out = np.empty(len(hi), dtype=object)
+    if v4.any():
+        codes, uniq = pd.factorize(lo[v4] & np.uint64(0xFFFFFFFF))
+        out[v4] = np.asarray(ipv4_text(np.asarray(uniq)).to_pylist(), dtype=object)[codes]
+    idx = np.flatnonzero(~v4)
+    pairs = pd.MultiIndex.from_arrays([hi[idx], lo[idx]])
+    codes6, uniq6 = pd.factorize(pairs)
+    text6 = [str(ipaddress.IPv6Address((int(h) << 64) | int(low))) for h, low in uniq6]
+    out[idx] = np.asarray(text6, dtype=object)[codes6]
+    return pa.array(out, type=pa.string())
 
 
 def ip_strings(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Text addresses from the (hi, lo) halves; each distinct address converted once."""
-    out = np.empty(len(hi), dtype=object)
-    v4 = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
-    if v4.any():
-        codes, uniq = pd.factorize(lo[v4] & np.uint64(0xFFFFFFFF))
-        text = np.array([socket.inet_ntoa(int(u).to_bytes(4, "big")) for u in uniq.tolist()], dtype=object)
-        out[v4] = text[codes]
-    if not v4.all():
-        idx = np.flatnonzero(~v4)
-        pairs = pd.MultiIndex.from_arrays([hi[idx], lo[idx]])
-        codes6, uniq6 = pd.factorize(pairs)
-        text6 = [str(ipaddress.IPv6Address((int(h) << 64) | int(low))) for h, low in uniq6]
-        out[idx] = np.asarray(text6, dtype=object)[codes6]
-    return out
+    """Text addresses from the (hi, lo) halves, as an object array."""
+    return np.asarray(arrow_ip_strings(hi, lo).to_pylist(), dtype=object)
 
 
 def _key_bytes(keys: np.ndarray) -> list[bytes]:
@@ -119,6 +210,13 @@ _SLOT_FIELDS: dict[str, type] = {
     "pkts_in_total": np.int64,
     "fl_fwd": np.int64,
     "fl_rev": np.int64,
+    "close_ts": np.float64,  # when the second FIN was seen; NaN until then
+    "emitted": np.int64,  # records emitted so far
+    "tunnel": np.int64,  # overlay the flow's first packet came in (index into decode.TUNNELS)
+    "o_src_hi": np.uint64,  # that packet's outer addresses (0 when not tunnelled)
+    "o_src_lo": np.uint64,
+    "o_dst_hi": np.uint64,
+    "o_dst_lo": np.uint64,
     "uid": np.int64,
 }
 
@@ -132,18 +230,22 @@ class FlowTable:
         self._s: dict[str, np.ndarray] = {k: np.zeros(0, dtype=t) for k, t in _SLOT_FIELDS.items()}
         self._used = np.zeros(0, dtype=bool)
         self._free: list[int] = []
-        self._index: dict[bytes, int] = {}
+        self._index: dict[int, int] = {}  # key hash -> slot
+        self._exact: dict[bytes, int] = {}  # full key -> slot, for flows whose hash was taken
         self._key = np.zeros((0, 5), dtype=np.uint64)  # canonical key per slot
+        self._hash = np.zeros(0, dtype=np.uint64)  # its hash
         self._next_uid = 1
         self._tick: int | None = None
         self.evicted = 0
         self.records_emitted = 0
+        self.ended_silently = 0  # flows that ended with nothing new since their last record
+        self._ended: list[np.ndarray] = []
         self.last_uids = np.zeros(0, dtype=np.int64)  # per packet of the last batch (-1: not metered)
 
     # ------------------------------------------------------------------ public
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._index) + len(self._exact)
 
     def process(self, dec: Decoded) -> list[pd.DataFrame]:
         """Meter one decoded batch; returns the records it caused (one frame, or none)."""
@@ -174,6 +276,13 @@ class FlowTable:
         """Uids of the flows still open."""
         return self._s["uid"][self._used]
 
+    def take_ended(self) -> np.ndarray:
+        """Uids of the flows that ended since the last call, with or without a final record
+        (so that per-flow state kept beside the table, such as names, can be let go)."""
+        out = np.concatenate(self._ended) if self._ended else np.zeros(0, dtype=np.int64)
+        self._ended = []
+        return out
+
     def advance(self, now: float) -> list[pd.DataFrame]:
         """Let time pass without packets (live capture): sweep at the tick containing ``now``."""
         t = int(np.floor(now / self.cfg.tick_s))
@@ -185,7 +294,7 @@ class FlowTable:
     def flush(self) -> pd.DataFrame:
         """End every open flow (end of file, SIGTERM)."""
         slots = np.flatnonzero(self._used)
-        frames = _frames([self._emit(slots, final=True)], self.cfg.node)
+        frames = _frames([self._end(slots, _EOC)], self.cfg.node)
         return frames[0] if frames else _EMPTY.copy()
 
     # ------------------------------------------------------------------ internals
@@ -202,8 +311,10 @@ class FlowTable:
         used[: self._cap] = self._used
         key = np.zeros((cap, 5), dtype=np.uint64)
         key[: self._cap] = self._key
+        khash = np.zeros(cap, dtype=np.uint64)
+        khash[: self._cap] = self._hash
         self._free.extend(range(cap - 1, self._cap - 1, -1))
-        self._used, self._key, self._cap = used, key, cap
+        self._used, self._key, self._hash, self._cap = used, key, khash, cap
 
     def _alloc(self, n: int) -> np.ndarray:
         if len(self._free) < n:
@@ -215,8 +326,16 @@ class FlowTable:
     def _release(self, slots: np.ndarray) -> None:
         if len(slots) == 0:
             return
-        for k in _key_bytes(self._key[slots]):
-            del self._index[k]
+        self._ended.append(self._s["uid"][slots].copy())
+        index = self._index
+        if not self._exact:  # every open flow is indexed by its hash: drop them in C
+            collections.deque(map(index.pop, self._hash[slots].tolist()), maxlen=0)
+        else:
+            for h, slot in zip(self._hash[slots].tolist(), slots.tolist(), strict=True):
+                if index.get(h) == slot:
+                    del index[h]
+                else:
+                    del self._exact[_key_bytes(self._key[slot : slot + 1])[0]]
         self._used[slots] = False
         self._free.extend(slots.tolist())
 
@@ -239,14 +358,30 @@ class FlowTable:
         codes = codes.astype(np.int64)
         prev_max = np.maximum.accumulate(np.concatenate([[-1], codes[:-1]]))
         first = np.flatnonzero(codes > prev_max)  # first packet of each group, by code
-        if not (key == key[first][codes]).all():  # a 64-bit hash collision: group exactly
+        collided = not (key == key[first][codes]).all()
+        if collided:  # a 64-bit hash collision in this tick: group exactly
             _, first, codes = np.unique(key, axis=0, return_index=True, return_inverse=True)
             codes = codes.ravel().astype(np.int64)
         g = len(first)
         gkey = np.ascontiguousarray(key[first])
-        kbytes = _key_bytes(gkey)
-        get = self._index.get
-        slot = np.fromiter((get(k, -1) for k in kbytes), dtype=np.int64, count=g)
+        ghash = h[first]
+        hashes = ghash.tolist()
+        slot = np.fromiter(map(self._index.get, hashes, itertools.repeat(-1)), dtype=np.int64, count=g)
+        found = slot >= 0
+        # The hash's slot must hold this very key; otherwise (or when the hash is not unique
+        # in this tick, or flows were indexed by their full key) look the full key up.
+        slow = np.zeros(g, dtype=bool)
+        slow[found] = ~(self._key[slot[found]] == gkey[found]).all(axis=1)
+        if collided:
+            slow |= pd.Series(ghash).duplicated(keep=False).to_numpy()
+        if self._exact:
+            slow |= ~found
+        if slow.any():
+            for i in np.flatnonzero(slow).tolist():
+                slot[i] = self._exact.get(_key_bytes(gkey[i : i + 1])[0], -1)
+                hs = self._index.get(hashes[i], -1)
+                if slot[i] < 0 and hs >= 0 and (self._key[hs] == gkey[i]).all():
+                    slot[i] = hs
         new = slot < 0
         # Initiator of new flows: the first packet's sender, or its receiver for a SYN+ACK.
         fflags = d.flags[idx][first]
@@ -269,13 +404,27 @@ class FlowTable:
             s["first_ts"][ns] = np.inf
             s["last_ts"][ns] = -np.inf
             s["period_ts"][ns] = np.nan
+            s["close_ts"][ns] = np.nan
             for k in ("bytes_out", "bytes_in", "pkts_out", "pkts_in", "pkts_in_total", "fl_fwd", "fl_rev"):
                 s[k][ns] = 0
+            s["emitted"][ns] = 0
+            fp = idx[first[new]]  # the flow's first packet: its overlay, if any
+            s["tunnel"][ns] = d.tunnel[fp]
+            s["o_src_hi"][ns], s["o_src_lo"][ns] = d.outer_src_hi[fp], d.outer_src_lo[fp]
+            s["o_dst_hi"][ns], s["o_dst_lo"][ns] = d.outer_dst_hi[fp], d.outer_dst_lo[fp]
             s["uid"][ns] = np.arange(self._next_uid, self._next_uid + len(ns))
             self._next_uid += len(ns)
             self._used[ns] = True
             self._key[ns] = fk
-            self._index.update(zip(np.asarray(kbytes, dtype=object)[new].tolist(), ns.tolist(), strict=True))
+            self._hash[ns] = ghash[new]
+            by_hash = ~slow[new]
+            self._index.update(zip(ghash[new][by_hash].tolist(), ns[by_hash].tolist(), strict=True))
+            for i, slot_i in zip(np.flatnonzero(~by_hash).tolist(), ns[~by_hash].tolist(), strict=True):
+                h_i = int(ghash[new][i])
+                if h_i not in self._index:
+                    self._index[h_i] = slot_i
+                else:
+                    self._exact[_key_bytes(fk[i : i + 1])[0]] = slot_i
         # Existing flows: is canonical endpoint "a" their initiator?
         old = ~new
         if old.any():
@@ -306,44 +455,87 @@ class FlowTable:
         s["pkts_out"][slot] += pkts_out
         s["pkts_in"][slot] += pkts_all - pkts_out
         s["pkts_in_total"][slot] += pkts_all - pkts_out
+        prior_fwd, prior_rev = s["fl_fwd"][slot], s["fl_rev"][slot]  # copies (fancy indexing)
         s["fl_fwd"][slot] |= fl_f
         s["fl_rev"][slot] |= fl_r
         s["first_ts"][slot] = np.minimum(s["first_ts"][slot], tmin)
         s["last_ts"][slot] = np.maximum(s["last_ts"][slot], tmax)
         s["period_ts"][slot] = np.fmin(s["period_ts"][slot], tmin)
+        # When the flow closed: the time of the packet that completed both FINs.
+        fin_f = np.full(g, np.inf)
+        fin_r = np.full(g, np.inf)
+        has_fin = (flags & FIN) != 0
+        np.minimum.at(fin_f, codes[has_fin & fwd], ts[has_fin & fwd])
+        np.minimum.at(fin_r, codes[has_fin & ~fwd], ts[has_fin & ~fwd])
+        fin_f = np.where((prior_fwd & FIN) != 0, -np.inf, fin_f)
+        fin_r = np.where((prior_rev & FIN) != 0, -np.inf, fin_r)
+        closed_at = np.maximum(fin_f, fin_r)
+        closing = np.isfinite(closed_at) & np.isnan(s["close_ts"][slot])
+        s["close_ts"][slot[closing]] = closed_at[closing]
         return s["uid"][slot][codes]
 
     def _sweep(self, now: float) -> Iterator[dict[str, np.ndarray]]:
         used = np.flatnonzero(self._used)
         if len(used) == 0:
             return
-        s = self._s
-        idle = now - s["last_ts"][used] > self.cfg.idle_timeout_s
-        yield self._emit(used[idle], final=True)
-        rest = used[~idle]
-        active = now - s["period_ts"][rest] >= self.cfg.active_timeout_s  # NaN compares False
-        yield self._emit(rest[active], final=False)
+        s, cfg = self._s, self.cfg
+        fwd, rev = s["fl_fwd"][used], s["fl_rev"][used]
+        tcp = s["proto"][used] == TCP
+        rst = tcp & (((fwd | rev) & RST) != 0)
+        closing = tcp & ~np.isnan(s["close_ts"][used])
+        fin = closing & ~rst & (now - s["close_ts"][used] >= cfg.fin_grace_s)
+        idle = now - s["last_ts"][used] > cfg.idle_timeout_s
+        end = rst | fin | idle
+        reason = np.where(rst, _RST, np.where(fin, _FIN, _IDLE))
+        for code in (_RST, _FIN, _IDLE):
+            yield self._end(used[end & (reason == code)], code)
+        keep = ~end
+        rest, fwd, rev, tcp, closing = used[keep], fwd[keep], rev[keep], tcp[keep], closing[keep]
+        emitted = s["emitted"][rest]
+        syn_waiting = (
+            tcp
+            & ((fwd & SYN) != 0)
+            & ((rev & (SYN | ACK)) != (SYN | ACK))
+            & (now - s["first_ts"][rest] < cfg.handshake_wait_s)
+        )
+        first_sight = (emitted == 0) & ~closing & ~syn_waiting
+        active = (emitted > 0) & (now - s["period_ts"][rest] >= cfg.active_timeout_s)  # NaN: False
+        yield self._emit(rest[first_sight | active], final=False, reason=_ACTIVE)
 
     def _evict(self) -> Iterator[dict[str, np.ndarray]]:
-        excess = len(self._index) - self.cfg.max_flows
+        excess = len(self) - self.cfg.max_flows
         if excess <= 0:
             return
         used = np.flatnonzero(self._used)
         last = self._s["last_ts"][used]
         oldest = used[np.argsort(last, kind="stable")[:excess]]
         self.evicted += len(oldest)
-        yield self._emit(oldest, final=True)
+        yield self._end(oldest, _EVICTED)
 
-    def _emit(self, slots: np.ndarray, *, final: bool) -> dict[str, np.ndarray]:
-        """Raw record columns for ``slots``; a final record frees the slot, an interim one resets deltas."""
+    def _end(self, slots: np.ndarray, reason: int) -> dict[str, np.ndarray]:
+        """End the flows in ``slots``: a final record for each that carried packets since its
+        last record (or never had one), then free their slots."""
+        if len(slots) == 0:
+            return {}
+        s = self._s
+        news = (s["pkts_out"][slots] + s["pkts_in"][slots] > 0) | (s["emitted"][slots] == 0)
+        self.ended_silently += int((~news).sum())
+        block = self._emit(slots[news], final=True, reason=reason)
+        self._release(slots)
+        return block
+
+    def _emit(self, slots: np.ndarray, *, final: bool, reason: int) -> dict[str, np.ndarray]:
+        """Raw record columns for ``slots``; an interim record resets the deltas (the caller
+        of a final one frees the slots)."""
         if len(slots) == 0:
             return {}
         block = {k: v[slots] for k, v in self._s.items()}
         block["final"] = np.full(len(slots), final)
+        block["first"] = block["emitted"] == 0
+        block["end_reason"] = np.full(len(slots), reason, dtype=np.int64)
         self.records_emitted += len(slots)
-        if final:
-            self._release(slots)
-        else:
+        self._s["emitted"][slots] += 1
+        if not final:
             for k in ("bytes_out", "bytes_in", "pkts_out", "pkts_in"):
                 self._s[k][slots] = 0
             self._s["period_ts"][slots] = np.nan
@@ -358,21 +550,24 @@ def _frames(blocks: list[dict[str, np.ndarray]], node: str) -> list[pd.DataFrame
     s = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
     n = len(s["uid"])
     proto = s["proto"]
-    state = np.full(n, FlowState.OTHER.value, dtype=object)
+    state = np.full(n, _CODE[FlowState.OTHER], dtype=np.int8)
     tcp = proto == TCP
-    state[tcp] = tcp_state(s["fl_fwd"][tcp], s["fl_rev"][tcp], s["pkts_in_total"][tcp])
-    state[proto == UDP] = FlowState.UDP.value
-    state[(proto == ICMP) | (proto == ICMPV6)] = FlowState.ICMP.value
+    state[tcp] = tcp_state_codes(s["fl_fwd"][tcp], s["fl_rev"][tcp], s["pkts_in_total"][tcp])
+    state[proto == UDP] = _CODE[FlowState.UDP]
+    state[(proto == ICMP) | (proto == ICMPV6)] = _CODE[FlowState.ICMP]
     ts_end = s["last_ts"]
     ts_start = np.where(np.isnan(s["period_ts"]), ts_end, s["period_ts"])
-    empty = pd.array(np.full(n, "", dtype=object), dtype="str")
+    # Text columns as Arrow arrays built from codes (pandas' str dtype is Arrow-backed): no
+    # Python string per record.
+    zeros = np.zeros(n, dtype=np.int32)
+    empty = _text(_take_text(zeros, pa.array([""])))
     cols: dict[str, object] = {
         "ts_start": ts_start,
         "ts_end": ts_end,
-        "node": pd.array(np.full(n, node, dtype=object), dtype="str"),
-        "src_ip": pd.array(ip_strings(s["i_hi"], s["i_lo"]), dtype="str"),
+        "node": _text(_take_text(zeros, pa.array([node]))),
+        "src_ip": _text(arrow_ip_strings(s["i_hi"], s["i_lo"])),
         "src_port": s["i_port"].astype(np.int32),
-        "dst_ip": pd.array(ip_strings(s["r_hi"], s["r_lo"]), dtype="str"),
+        "dst_ip": _text(arrow_ip_strings(s["r_hi"], s["r_lo"])),
         "dst_port": s["r_port"].astype(np.int32),
         "proto": proto.astype(np.int16),
         "bytes_out": s["bytes_out"],
@@ -380,18 +575,38 @@ def _frames(blocks: list[dict[str, np.ndarray]], node: str) -> list[pd.DataFrame
         "pkts_out": s["pkts_out"],
         "pkts_in": s["pkts_in"],
         "tcp_flags": (s["fl_fwd"] | s["fl_rev"]).astype(np.int16),
-        "state": pd.array(state, dtype="str"),
+        "state": _text(_take_text(state, _STATE_TEXT)),
         "dns_qname": empty,
         "dns_rcode": np.full(n, -1, dtype=np.int16),
         "server_name": empty,
         "final": s["final"],
+        "first": s["first"],
+        "end_reason": _text(_take_text(s["end_reason"], _END_TEXT)),
+        "tunnel": _text(_take_text(s["tunnel"], pa.array(list(TUNNELS), type=pa.string()))),
+        "outer_src_ip": _outer_ips(s["tunnel"], s["o_src_hi"], s["o_src_lo"]),
+        "outer_dst_ip": _outer_ips(s["tunnel"], s["o_dst_hi"], s["o_dst_lo"]),
     }
     for c in FLOW_COLUMNS:
         if c not in cols:
-            cols[c] = empty
+            dtype = FLOW_SCHEMA[c]
+            cols[c] = empty if dtype == "str" else np.full(n, FLOW_DEFAULTS[c], dtype=dtype)
     df = pd.DataFrame({c: cols[c] for c in FLOW_COLUMNS})
     df["uid"] = s["uid"]
     return [df]
+
+
+def _text(values: pa.Array) -> pd.api.extensions.ExtensionArray:
+    return pd.array(values, dtype="str")
+
+
+def _outer_ips(tunnel: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """Outer addresses of tunnelled flows as text ("" for the others)."""
+    t = tunnel != 0
+    if not t.any():
+        return _text(_take_text(np.zeros(len(tunnel), dtype=np.int32), pa.array([""])))
+    out = np.full(len(tunnel), "", dtype=object)
+    out[t] = ip_strings(hi[t], lo[t])
+    return pd.array(out, dtype="str")
 
 
 _EMPTY = conform_flows(pd.DataFrame({c: [] for c in FLOW_COLUMNS})).assign(uid=np.zeros(0, dtype=np.int64))

@@ -6,7 +6,14 @@ several stages in one process without clashing names.
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from flowwarden.build_info import register_build_info
+from flowwarden.retry import register_retry_metrics
+
+log = logging.getLogger("flowwarden.collector")
 
 
 class CollectorMetrics:
@@ -49,13 +56,46 @@ class CollectorMetrics:
             ["node", "cause"],
             registry=r,
         )
-        for m in (self.packets, self.bytes, self.kernel_drops, self.flows, self.evicted, self.publish_errors):
+        self.encrypted = Counter(
+            "flowwarden_collector_encrypted_overlay_packets",
+            "WireGuard packets seen (an encrypted overlay: only workload interfaces show the pods).",
+            ["node"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "flowwarden_collector_duplicate_sightings",
+            "Packets left out because another captured interface already counts them.",
+            ["node"],
+            registry=r,
+        )
+        self.interfaces = Gauge(
+            "flowwarden_collector_interfaces",
+            "Interfaces captured now, by role (workload, uplink).",
+            ["node", "role"],
+            registry=r,
+        )
+        self._warned_encrypted = False
+        moving = (self.packets, self.bytes, self.kernel_drops, self.flows, self.evicted)
+        for m in (*moving, self.publish_errors, self.encrypted, self.duplicates):
             m.labels(node=node)
         self.spool_bytes.labels(node=node).set(0)
+        register_build_info(r)
+        register_retry_metrics(r)
 
     def count_undecoded(self, causes: dict[str, int]) -> None:
         for cause, n in causes.items():
             self.undecoded.labels(node=self.node, cause=cause).inc(n)
+        wg = causes.get("wireguard", 0)
+        if wg:
+            self.encrypted.labels(node=self.node).inc(wg)
+            if not self._warned_encrypted:
+                self._warned_encrypted = True
+                log.warning(
+                    "wireguard-encrypted overlay on a captured interface: pod addresses inside are "
+                    "unreadable; capture on workload interfaces (collector.interfaces: cali*, lxc*, "
+                    "veth*) to see pod traffic node=%s",
+                    self.node,
+                )
 
     def drop(self, cause: str, flows: int) -> None:
         self.dropped_flows.labels(node=self.node, cause=cause).inc(flows)

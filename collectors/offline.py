@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pandas as pd
 
 from flowwarden.collectors.meter import Meter
 from flowwarden.collectors.pcapfile import PcapStream, read_capture
-from flowwarden.errors import ConfigError
+from flowwarden.errors import InputError
 from flowwarden.records import FLOW_COLUMNS, conform_flows
 from flowwarden.settings import Settings
 
@@ -34,32 +35,46 @@ class MeterReport:
     unread_bytes: int = 0
 
 
-def meter_capture(path: str | Path, settings: Settings | None = None) -> tuple[pd.DataFrame, MeterReport]:
-    """Flow records (FLOW_SCHEMA, app names joined) of a pcap/pcapng file, and a report."""
+# Progress of a capture being metered: (packets read, frame bytes read, file size in bytes).
+# Frame bytes leave out the capture's own record headers, so they end a little short of the size.
+MeterProgress = Callable[[int, int, int], None]
+
+
+def meter_capture(
+    path: str | Path, settings: Settings | None = None, *, progress: MeterProgress | None = None
+) -> tuple[pd.DataFrame, MeterReport]:
+    """Flow records (FLOW_SCHEMA, app names joined) of a pcap/pcapng file, and a report.
+
+    ``progress`` is called after each chunk of packets: metering a multi-million-packet
+    capture takes minutes, and the caller (the CLI) decides whether and how to show it.
+    """
     from flowwarden.collectors.appnames import NameDissector
     from flowwarden.collectors.pcapfile import CaptureFormatError
 
     settings = settings or Settings()
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--pcap: {p} is not a file")
+        raise InputError(f"--pcap: {p} is not a file")
     meter = Meter(settings.collector)
     names = NameDissector() if meter.app_names else None
     if names is not None:
         names.start()
     stream = PcapStream()
     parts: list[pd.DataFrame] = []
+    size = p.stat().st_size
     try:
         for batch in read_capture(p, stream):
             parts.extend(meter.feed(batch))
             if names is not None:
                 names.submit(meter.candidates.take())
+            if progress is not None:
+                progress(meter.packets, meter.bytes, size)
     except CaptureFormatError as exc:
-        raise ConfigError(f"{p}: {exc}") from exc
+        raise InputError(f"{p}: {exc}") from exc
     finally:
         if names is not None:
             names.close()
-    parts.append(meter.table.flush())
+    parts.append(meter.flush())
     df = pd.concat([x for x in parts if len(x)] or parts[-1:], ignore_index=True)
     if names is not None:
         df = names.join(df)

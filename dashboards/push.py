@@ -19,6 +19,7 @@ import yaml
 from flowwarden.dashboards.catalog import PROVISIONING_DIR, load_committed
 from flowwarden.dashboards.model import Json
 from flowwarden.errors import ConfigError, ServiceUnavailable
+from flowwarden.retry import RetryPolicy
 
 FOLDER_UID = "flowwarden"
 FOLDER_TITLE = "flowwarden"
@@ -84,31 +85,49 @@ def plan(env: dict[str, str] | None = None, with_datasources: bool = True) -> Pu
     )
 
 
-def push(url: str, token: str, *, with_datasources: bool = True, timeout_s: float = 10.0) -> list[str]:
-    """Create or update the folder, the data sources and every dashboard; returns what was done."""
+def push(
+    url: str,
+    token: str,
+    *,
+    with_datasources: bool = True,
+    timeout_s: float = 10.0,
+    retry: RetryPolicy | None = None,
+) -> list[str]:
+    """Create or update the folder, the data sources and every dashboard; returns what was done.
+
+    Every step is an upsert, so a Grafana that is down or answers 5xx gets the whole push
+    again from the one retry policy (target ``grafana``); a 4xx is final.
+    """
     from grafana_client import GrafanaApi
-    from grafana_client.client import GrafanaClientError, GrafanaException
+    from grafana_client.client import GrafanaClientError, GrafanaException, GrafanaServerError
 
     todo = plan(with_datasources=with_datasources)
     api = GrafanaApi.from_url(url, credential=token, timeout=timeout_s)
-    done: list[str] = []
+    policy = retry or RetryPolicy(target="grafana", attempts=5)
     try:
-        try:
-            api.folder.get_folder(FOLDER_UID)
-        except GrafanaClientError as exc:
-            if exc.status_code != 404:
-                raise
-            api.folder.create_folder(todo.folder["title"], uid=FOLDER_UID)
-            done.append(f"folder {FOLDER_UID} created")
-        for ds in todo.datasources:
-            done.append(_upsert_datasource(api, ds, GrafanaClientError))
-        for body in todo.dashboards:
-            result: Any = api.dashboard.update_dashboard(body)
-            done.append(f"dashboard {body['dashboard']['uid']} -> {result.get('status', 'ok')}")
+        return policy.call(lambda: _push_once(api, todo), (GrafanaServerError, OSError))
     except GrafanaClientError as exc:
         raise ServiceUnavailable(f"grafana at {url} refused the push: {exc}") from exc
     except (GrafanaException, OSError) as exc:
         raise ServiceUnavailable(f"grafana at {url} is unreachable: {exc}") from exc
+
+
+def _push_once(api: Any, todo: PushPlan) -> list[str]:
+    from grafana_client.client import GrafanaClientError
+
+    done: list[str] = []
+    try:
+        api.folder.get_folder(FOLDER_UID)
+    except GrafanaClientError as exc:
+        if exc.status_code != 404:
+            raise
+        api.folder.create_folder(todo.folder["title"], uid=FOLDER_UID)
+        done.append(f"folder {FOLDER_UID} created")
+    for ds in todo.datasources:
+        done.append(_upsert_datasource(api, ds, GrafanaClientError))
+    for body in todo.dashboards:
+        result: Any = api.dashboard.update_dashboard(body)
+        done.append(f"dashboard {body['dashboard']['uid']} -> {result.get('status', 'ok')}")
     return done
 
 

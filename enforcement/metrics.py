@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from flowwarden.build_info import register_build_info
+from flowwarden.retry import register_retry_metrics
+
 
 class EnforcerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -45,6 +48,8 @@ class EnforcerMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
             registry=self.registry,
         )
+        register_build_info(self.registry)
+        register_retry_metrics(self.registry)
 
     def serve(self, port: int) -> None:
         if port:

@@ -59,6 +59,7 @@ TECHNIQUES: dict[str, Technique] = {
         Technique("T1048", "Exfiltration Over Alternative Protocol", ("TA0010",)),
         Technique("T1071", "Application Layer Protocol", ("TA0011",)),
         Technique("T1071.004", "DNS", ("TA0011",)),
+        Technique("T1110", "Brute Force", ("TA0006",)),
         Technique("T1552", "Unsecured Credentials", ("TA0006",)),
         Technique("T1552.005", "Cloud Instance Metadata API", ("TA0006",)),
         Technique("T1613", "Container and Resource Discovery", ("TA0007",)),

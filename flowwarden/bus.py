@@ -112,8 +112,9 @@ def open_bus(settings: Settings) -> Bus:
     """The bus ``settings.bus.kind`` names; no I/O until a client is asked for."""
     if settings.bus.kind == "kafka":
         from flowwarden.bus_kafka import KafkaBus
+        from flowwarden.retry import RetryPolicy
 
-        return KafkaBus(settings.kafka)
+        return KafkaBus(settings.kafka, RetryPolicy.from_settings(settings.retry, "kafka"))
     return MemoryBus(default_partitions=settings.kafka.partitions)
 
 

@@ -5,7 +5,8 @@
   :attr:`Producer.failed` / ``on_error``, never dropped silently.
 * Consumers join a group with manual commits only: offsets move when the caller says a
   batch is done (:meth:`Consumer.commit`).
-* Connecting retries with exponential back-off, bounded by ``kafka.connect_timeout_s``,
+* Connecting retries with the one retry policy (:mod:`flowwarden.retry`), bounded by
+  ``kafka.connect_timeout_s``,
   then raises :class:`~flowwarden.errors.ServiceUnavailable` naming the bootstrap servers.
 * kafka-python checksums every record batch (CRC-32C); without the optional ``crc32c`` C
   package it does so in pure Python, several times slower: :func:`crc32c_accelerated`
@@ -37,15 +38,14 @@ from flowwarden.bus_base import (
     highest_offsets,
 )
 from flowwarden.errors import ServiceUnavailable
+from flowwarden.retry import RetryPolicy, attempts_of
 from flowwarden.settings import KafkaSettings
 
 log = logging.getLogger("flowwarden.bus")
 
 T = TypeVar("T")
 
-MAX_CONNECT_ATTEMPTS = 12
-FIRST_BACKOFF_S = 0.25
-MAX_BACKOFF_S = 5.0
+MAX_TRY_S = 5.0  # the longest one connection try waits for the broker
 
 
 def crc32c_accelerated() -> bool:
@@ -75,72 +75,62 @@ def client_config(k: KafkaSettings) -> dict[str, Any]:
 
 
 def connect_with_backoff(
-    make: Callable[[int], T], k: KafkaSettings, what: str, *, sleep: Callable[[float], None] = time.sleep
+    make: Callable[[int], T], k: KafkaSettings, what: str, *, policy: RetryPolicy | None = None
 ) -> T:
-    """Call ``make(bootstrap_timeout_ms)`` until it connects; bounded in attempts and time.
+    """Call ``make(bootstrap_timeout_ms)`` until it connects, within ``kafka.connect_timeout_s``.
 
-    Raises :class:`ServiceUnavailable` naming the servers, the attempts and the last error.
+    The one retry policy (:mod:`flowwarden.retry`, target ``kafka``) spaces the tries; each
+    try waits longer for the broker (1 s, 2 s, 4 s ... at most 5 s). Raises
+    :class:`ServiceUnavailable` naming the servers, the attempts and the last error.
     """
     servers = ",".join(k.bootstrap_servers)
+    policy = (policy or RetryPolicy(target="kafka")).with_limits(deadline_s=k.connect_timeout_s)
     started = time.monotonic()
-    deadline = started + k.connect_timeout_s
-    delay = FIRST_BACKOFF_S
-    last: Exception | None = None
     attempts = 0
-    while attempts < MAX_CONNECT_ATTEMPTS:
-        attempts += 1
-        remaining = deadline - time.monotonic()
-        # Each attempt waits longer for the broker (1 s, 2 s, 4 s ... at most 5 s).
-        attempt_ms = int(max(0.5, min(remaining, float(2 ** (attempts - 1)), MAX_BACKOFF_S)) * 1000)
-        try:
-            return make(attempt_ms)
-        except (KafkaError, OSError) as exc:
-            last = exc
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        wait = min(delay, remaining, MAX_BACKOFF_S)
-        log.warning(
-            "kafka not reachable what=%s servers=%s attempt=%d retry_in_s=%.2f error=%s",
-            what,
-            servers,
-            attempts,
-            wait,
-            last,
-        )
-        sleep(wait)
-        delay *= 2
-    elapsed = time.monotonic() - started
-    raise ServiceUnavailable(
-        f"kafka broker not reachable at {servers} ({what}): gave up after {attempts} attempts "
-        f"over {elapsed:.1f}s: {type(last).__name__}: {last}"
-    )
+    try:
+        for attempts, attempt in attempts_of(policy.retrying((KafkaError, OSError))):
+            with attempt:
+                remaining = k.connect_timeout_s - (time.monotonic() - started)
+                try_s = max(0.5, min(remaining, float(2 ** (attempts - 1)), MAX_TRY_S))
+                return make(int(try_s * 1000))
+    except (KafkaError, OSError) as last:
+        elapsed = time.monotonic() - started
+        raise ServiceUnavailable(
+            f"kafka broker not reachable at {servers} ({what}): gave up after {attempts} attempts "
+            f"over {elapsed:.1f}s: {type(last).__name__}: {last}"
+        ) from last
+    raise AssertionError("unreachable: tenacity either returns or raises")
 
 
 class KafkaBus(Bus):
     """Producers, consumers and topic administration on a Kafka cluster."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, retry: RetryPolicy | None = None) -> None:
         super().__init__(settings.partitions)
         self.settings = settings
+        # open_bus passes RetryPolicy.from_settings(settings.retry, "kafka").
+        self.retry = retry or RetryPolicy(target="kafka")
         if not crc32c_accelerated():
             log.warning("crc32c C package missing: kafka-python checksums in pure Python (slow)")
 
     def producer(self, on_error: ErrorCallback | None = None) -> KafkaBusProducer:
-        return KafkaBusProducer(self.settings, on_error)
+        return KafkaBusProducer(self.settings, on_error, self.retry)
 
     def consumer(self, topics: Sequence[str], group_id: str) -> KafkaBusConsumer:
         if not topics:
             raise ValueError("a consumer needs at least one topic")
         if not group_id:
             raise ValueError("a consumer needs a group_id")
-        return KafkaBusConsumer(self.settings, tuple(topics), group_id)
+        return KafkaBusConsumer(self.settings, tuple(topics), group_id, self.retry)
 
     def ensure_topics(self, names: Sequence[str], partitions: int | None = None) -> None:
         k = self.settings
         n = partitions or self.default_partitions
         admin = connect_with_backoff(
-            lambda ms: KafkaAdminClient(**client_config(k), bootstrap_timeout_ms=ms), k, "admin"
+            lambda ms: KafkaAdminClient(**client_config(k), bootstrap_timeout_ms=ms),
+            k,
+            "admin",
+            policy=self.retry,
         )
         try:
             existing = set(admin.list_topics())
@@ -180,7 +170,10 @@ class KafkaBus(Bus):
         """How many partitions ``topic`` has (0 when it does not exist)."""
         k = self.settings
         admin = connect_with_backoff(
-            lambda ms: KafkaAdminClient(**client_config(k), bootstrap_timeout_ms=ms), k, "admin"
+            lambda ms: KafkaAdminClient(**client_config(k), bootstrap_timeout_ms=ms),
+            k,
+            "admin",
+            policy=self.retry,
         )
         try:
             desc = admin.describe_topics([topic])
@@ -195,7 +188,9 @@ class KafkaBus(Bus):
 class KafkaBusProducer(Producer):
     """kafka-python's batching producer; outcomes counted via its futures."""
 
-    def __init__(self, k: KafkaSettings, on_error: ErrorCallback | None) -> None:
+    def __init__(
+        self, k: KafkaSettings, on_error: ErrorCallback | None, retry: RetryPolicy | None = None
+    ) -> None:
         super().__init__(on_error)
         cfg = client_config(k)
         acks: int | str = "all" if k.acks == "all" else int(k.acks)
@@ -214,7 +209,7 @@ class KafkaBusProducer(Producer):
             max_block_ms=k.request_timeout_ms,
         )
         self._producer = connect_with_backoff(
-            lambda ms: KafkaProducer(**cfg, bootstrap_timeout_ms=ms), k, "producer"
+            lambda ms: KafkaProducer(**cfg, bootstrap_timeout_ms=ms), k, "producer", policy=retry
         )
 
     def send(
@@ -270,7 +265,9 @@ class KafkaBusProducer(Producer):
 class KafkaBusConsumer(Consumer):
     """A group member with manual commits (``enable_auto_commit=False``)."""
 
-    def __init__(self, k: KafkaSettings, topics: tuple[str, ...], group_id: str) -> None:
+    def __init__(
+        self, k: KafkaSettings, topics: tuple[str, ...], group_id: str, retry: RetryPolicy | None = None
+    ) -> None:
         cfg = client_config(k)
         cfg.update(
             group_id=group_id,
@@ -289,7 +286,10 @@ class KafkaBusConsumer(Consumer):
         self.group_id = group_id
         self.auto_offset_reset = k.auto_offset_reset
         self._consumer = connect_with_backoff(
-            lambda ms: KafkaConsumer(*topics, **cfg, bootstrap_timeout_ms=ms), k, f"consumer group {group_id}"
+            lambda ms: KafkaConsumer(*topics, **cfg, bootstrap_timeout_ms=ms),
+            k,
+            f"consumer group {group_id}",
+            policy=retry,
         )
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Message]:

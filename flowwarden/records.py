@@ -57,6 +57,29 @@ FLOW_SCHEMA: dict[str, str] = {
     "dns_rcode": "int16",
     "server_name": STR,
     "final": "bool",
+    # The flow's first record: count these to count connections (a flow may have interim
+    # records and, when it ends with nothing new since its last one, no final record).
+    "first": "bool",
+    # Why this record was emitted (IPFIX flowEndReason, RFC 5102 / 7011): see FlowEnd.
+    "end_reason": STR,
+    # DNS seen query by query, aggregated over the record's period (see DNS_AGGREGATES).
+    "dns_queries": "int32",
+    "dns_names": "int32",
+    "dns_name_max_len": "int16",
+    "dns_name_mean_len": "float64",
+    "dns_label_entropy": "float64",
+    "dns_top_domain": STR,
+    "dns_top_domain_names": "int32",
+    "dns_qtypes": STR,
+    "dns_nxdomain": "int32",
+    # The addresses the record's DNS answers gave (A/AAAA, distinct, comma-separated, at
+    # most 16) and their smallest TTL (-1: no answer): what a pod resolved, for domain policy.
+    "dns_answers": STR,
+    "dns_answer_ttl": "int32",
+    # An overlay's outer header, when the collector decapsulated the packet (#20).
+    "tunnel": STR,
+    "outer_src_ip": STR,
+    "outer_dst_ip": STR,
     "direction": STR,
     "src_namespace": STR,
     "src_pod": STR,
@@ -84,6 +107,22 @@ FLOW_DEFAULTS: dict[str, Any] = {
     "dns_rcode": -1,
     "server_name": "",
     "final": True,
+    "first": True,
+    "end_reason": "",
+    "dns_queries": 0,
+    "dns_names": 0,
+    "dns_name_max_len": 0,
+    "dns_name_mean_len": 0.0,
+    "dns_label_entropy": 0.0,
+    "dns_top_domain": "",
+    "dns_top_domain_names": 0,
+    "dns_qtypes": "",
+    "dns_nxdomain": 0,
+    "dns_answers": "",
+    "dns_answer_ttl": -1,
+    "tunnel": "",
+    "outer_src_ip": "",
+    "outer_dst_ip": "",
     "direction": "",
     "src_namespace": "",
     "src_pod": "",
@@ -116,6 +155,39 @@ class FlowState(StrEnum):
     ICMP = "icmp"
     OTHER = "other"
 
+
+class FlowEnd(StrEnum):
+    """Why a flow record was emitted: IPFIX ``flowEndReason`` (RFC 5102), as nfstream reports it.
+
+    Only ``active`` records are interim (``final=False``); every other reason ends the flow.
+    """
+
+    IDLE = "idle"  # no packet for idle_timeout_s (UDP, ICMP, or a TCP flow that never closed)
+    ACTIVE = "active"  # interim: the flow is still open (first sight, or every active_timeout_s)
+    FIN = "fin"  # TCP: both sides sent FIN (after a short grace for the last ACK)
+    RST = "rst"  # TCP: a reset
+    EVICTED = "evicted"  # the table was full; the least recently seen flow was ended early
+    END_OF_CAPTURE = "end_of_capture"  # the file ended or the collector stopped
+
+
+FLOW_END_REASONS: frozenset[str] = frozenset(r.value for r in FlowEnd) | {""}
+
+# DNS aggregates of a record (all over the record's period, like the counters): queries
+# seen, distinct query names, the longest and mean name length, mean Shannon entropy of
+# the leftmost labels (bits per character), the registered domain (Public Suffix List)
+# with the most distinct names and how many, query types seen (comma-separated, sorted),
+# responses with NXDOMAIN. ``dns_qname`` stays the record's first name.
+DNS_AGGREGATES: tuple[str, ...] = (
+    "dns_queries",
+    "dns_names",
+    "dns_name_max_len",
+    "dns_name_mean_len",
+    "dns_label_entropy",
+    "dns_top_domain",
+    "dns_top_domain_names",
+    "dns_qtypes",
+    "dns_nxdomain",
+)
 
 FLOW_STATES: frozenset[str] = frozenset(s.value for s in FlowState) | {""}
 
@@ -229,6 +301,12 @@ def _row_problems(df: pd.DataFrame) -> pd.Series:
     flag(ts1 < ts0, "ts_end: earlier than ts_start")
     flag(~df["state"].isin(FLOW_STATES).to_numpy(), "state: unknown value")
     flag(~df["direction"].isin(FLOW_DIRECTIONS).to_numpy(), "direction: unknown value")
+    flag(~df["end_reason"].isin(FLOW_END_REASONS).to_numpy(), "end_reason: unknown value")
+    for col in ("dns_queries", "dns_names", "dns_name_max_len", "dns_top_domain_names", "dns_nxdomain"):
+        flag(df[col].to_numpy() < 0, f"{col}: negative")
+    for col in ("outer_src_ip", "outer_dst_ip"):
+        outer = df[col]
+        flag((outer != "").to_numpy() & ~valid_ip_mask(outer), f"{col}: not an IP address")
     return pd.Series(np.array(reasons, dtype=object)[code], index=df.index, dtype=object)
 
 

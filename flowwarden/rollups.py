@@ -30,7 +30,9 @@ _ROLLUP_INPUT = (
     "pkts_out",
     "pkts_in",
     "state",
-    "final",
+    "first",
+    "dns_queries",
+    "dns_nxdomain",
     "direction",
     "src_namespace",
     "src_pod",
@@ -99,9 +101,11 @@ def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.Dat
     its IP goes to ``src_external``/``dst_external`` (else ""). A source talking to one peer
     on more than ``max_ports_per_peer`` ports in a minute (a port scan) is rolled up with
     ``dst_port`` 0, so that one scanner cannot add thousands of rows. ``flows`` counts final
-    records (interim records are deltas of a flow that is still open) and ``rejected`` those
-    of them whose connection failed (``rejected`` or ``syn_only``). Returns one row per key,
-    in the order the keys first appear.
+    first records (each flow has exactly one; its later records are deltas, and a flow may end
+    without a final record) and ``rejected`` those of them whose connection failed
+    (``rejected`` or ``syn_only``: the collector reports a first record once the handshake
+    is answered or has waited a second). ``dns_queries`` and ``dns_nxdomain`` add up the
+    records' DNS aggregates. Returns one row per key, in the order the keys first appear.
     """
     # Vectorised over integer codes: each text column is factorised once (its distinct
     # values are few), the keys are combined as integers and the sums are taken over a
@@ -140,16 +144,19 @@ def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.Dat
         _codes(flows["direction"]),
     ]
     dst_port = flows["dst_port"].to_numpy(dtype="int64")
-    final = flows["final"].to_numpy(dtype=bool)
+    opens = flows["first"].to_numpy(dtype=bool)  # a flow's first record
+    dns_queries = flows["dns_queries"].to_numpy(dtype="int64")
+    dns_nxdomain = flows["dns_nxdomain"].to_numpy(dtype="int64")
     bytes_out = flows["bytes_out"].to_numpy(dtype="int64")
     bytes_in = flows["bytes_in"].to_numpy(dtype="int64")
     packets = flows["pkts_out"].to_numpy(dtype="int64") + flows["pkts_in"].to_numpy(dtype="int64")
-    rejected = final & flows["state"].isin(_REJECTED_STATES).to_numpy(dtype=bool)
+    rejected = opens & flows["state"].isin(_REJECTED_STATES).to_numpy(dtype=bool)
     keep = np.logical_and.reduce([codes >= 0 for codes, _ in dims])
     if not keep.all():
         dims = [(codes[keep], uniques) for codes, uniques in dims]
-        dst_port, final, bytes_out, bytes_in, packets, rejected = (
-            a[keep] for a in (dst_port, final, bytes_out, bytes_in, packets, rejected)
+        dst_port, opens, bytes_out, bytes_in, packets, rejected, dns_queries, dns_nxdomain = (
+            a[keep]
+            for a in (dst_port, opens, bytes_out, bytes_in, packets, rejected, dns_queries, dns_nxdomain)
         )
         if not keep.any():
             return empty_rollups()
@@ -171,8 +178,10 @@ def rollup_flows(flows: pd.DataFrame, *, max_ports_per_peer: int = 20) -> pd.Dat
         "bytes_out": bytes_out,
         "bytes_in": bytes_in,
         "packets": packets,
-        "flows": final.astype("int64"),
+        "flows": opens.astype("int64"),
         "rejected": rejected.astype("int64"),
+        "dns_queries": dns_queries,
+        "dns_nxdomain": dns_nxdomain,
     }
     for name in ROLLUP_MEASURES:
         total = np.zeros(n_groups, dtype=np.int64)

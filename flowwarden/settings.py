@@ -153,11 +153,21 @@ class StoreSettings(Section):
 
 class CollectorSettings(Section):
     node: str = Field(default_factory=lambda: os.uname().nodename)
+    # Interface names or globs ("cali*", "lxc*", "veth*", "eth0"); empty or ["auto"]: the
+    # node's CNI's pod interfaces plus the default-route uplink (collectors/interfaces.py).
     interfaces: list[str] = []
+    # How often interfaces are re-read when no netlink event arrives (pods come and go).
+    interface_poll_s: float = Field(2.0, gt=0, le=60)
     bpf: str = ""
-    snaplen: int = Field(256, ge=64, le=262144)
+    # Bytes kept per packet: enough for the longest DNS name (253) behind Ethernet, VLAN, an
+    # IPv6 header and an overlay's outer headers, so a tunnel's names are read whole.
+    snaplen: int = Field(512, ge=64, le=262144)
     idle_timeout_s: float = Field(15.0, gt=0)
     active_timeout_s: float = Field(10.0, gt=0)
+    # After both FINs a TCP flow waits this long for its last ACK, then ends (reason "fin").
+    fin_grace_s: float = Field(0.5, ge=0, le=5)
+    # A SYN with no answer yet waits this long before its first record says "syn_only".
+    handshake_wait_s: float = Field(1.0, ge=0, le=10)
     max_flows: int = Field(1_000_000, ge=1)
     batch_max_flows: int = Field(5_000, ge=1)
     batch_interval_ms: int = Field(1_000, ge=1)
@@ -173,6 +183,16 @@ class CollectorSettings(Section):
     netns: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$")
     publish_flush_timeout_s: float = Field(10.0, gt=0)  # wait for delivery of each batch
     spool_retry_s: float = Field(2.0, gt=0)  # how often a non-empty spool tries the bus again
+
+    @field_validator("interfaces")
+    @classmethod
+    def _interface_patterns(cls, v: list[str]) -> list[str]:
+        """Names or globs of at most 15 safe characters: nothing else may reach a capture."""
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:@-*?")
+        bad = [p for p in v if not 1 <= len(p) <= 15 or not set(p) <= allowed]
+        if bad:
+            raise ValueError(f"not interface names or patterns (A-Z a-z 0-9 _.:@- * ?, 15 at most): {bad}")
+        return v
 
 
 class KubernetesSettings(Section):
@@ -190,14 +210,6 @@ class KubernetesSettings(Section):
     watch_timeout_s: int = Field(300, ge=1)  # the server ends each watch request after this; it is reopened
     request_timeout_s: float = Field(30.0, gt=0)  # connect and read timeout of one API request
     page_size: int = Field(500, ge=1, le=10_000)  # pods per page of a list
-    backoff_initial_s: float = Field(0.5, gt=0)  # after a failed list or watch; doubles per failure
-    backoff_max_s: float = Field(30.0, gt=0)  # the cap of that back-off
-
-    @model_validator(mode="after")
-    def _backoff(self) -> KubernetesSettings:
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError("backoff_max_s must be at least backoff_initial_s")
-        return self
 
 
 class PipelineSettings(Section):
@@ -232,8 +244,18 @@ class PipelineSettings(Section):
     max_clock_skew_s: float = Field(300.0, gt=0)
     # How late (event time) a flow may arrive after its window ends and still count in it.
     allowed_lateness_s: float = Field(2.0, ge=0)
+    # Rule detectors with conclusive evidence (scans, control-plane and metadata-API access,
+    # a large upload to a new address) alert from the open window, before it closes.
+    early_alerts: bool = True
+    # After an entity's first early scoring in a window, score it again at most this often
+    # (event time) to add the targets found since; the window's close has the final word.
+    early_interval_s: float = Field(1.0, gt=0)
     # A pod's or workload's baseline that nothing updated for this long is forgotten.
     baseline_ttl_h: float = Field(24.0, gt=0)
+    # A window is "learning" while the engine's memory or the entity's workload is younger
+    # than this: its exfiltration findings do not pin their edges as new (a CronJob whose
+    # first run alerted during learning is not alerted again on its next runs).
+    learning_s: float = Field(300.0, ge=0)
     # The edges of an alerted lateral movement stay new to every other pod this long.
     alerted_edges_taint_h: float = Field(24.0, ge=0)
     # Connections to one external address before its regularity is scored (the beacon score's
@@ -243,6 +265,11 @@ class PipelineSettings(Section):
     # beacon_min_conns goes unseen.
     beacon_horizon_s: float = Field(3600.0, gt=0)
     beacon_max_pairs: int = Field(100_000, ge=1)  # pairs with a beacon history; the least active go first
+    # Spread of the intervals between connections (IQR / median) still scored as perfectly
+    # regular: C2 frameworks jitter their sleep by 0-50 %.
+    beacon_max_jitter: float = Field(0.5, ge=0, le=2)
+    # Authentication ports: many short sessions to one of them is brute force (T1110).
+    auth_ports: list[int] = [22, 3389, 5432, 3306, 6379, 6443]
     # The sliding "last minute" of the slow-scan features (recent new peers, failed hosts, ports).
     recent_horizon_s: float = Field(60.0, gt=0)
     recent_max_rows: int = Field(1_000_000, ge=1)  # connections kept for those features; the oldest go first
@@ -255,14 +282,30 @@ class PipelineSettings(Section):
     metrics_port: int = Field(9102, ge=0, le=65535)
 
 
+class RetrySettings(Section):
+    """The back-off of every outbound call: Kafka, store, notifiers, webhooks, Kubernetes API, Grafana."""
+
+    # How long each target keeps trying stays in its own section (kafka.connect_timeout_s,
+    # store.retry_deadline_s, notifiers.retries, enforcement.webhook_retries; the pod watch
+    # never gives up); every retry is counted in flowwarden_retries_total{target}.
+    initial_s: float = Field(0.5, gt=0)  # the first wait; doubles per failed try
+    max_s: float = Field(30.0, gt=0)  # the longest wait between two tries
+    jitter: bool = True  # add up to initial_s at random, so clients that failed together spread out
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RetrySettings:
+        if self.max_s < self.initial_s:
+            raise ValueError("max_s must be at least initial_s")
+        return self
+
+
 class NotifierSettings(Section):
     webhook_urls: list[str] = []
     slack_webhook_url: str | None = None
     alertmanager_url: str | None = None  # e.g. http://alertmanager:9093
     min_severity: Literal["low", "medium", "high", "critical"] = "medium"
     timeout_s: float = Field(5.0, gt=0)
-    retries: int = Field(3, ge=0)  # after the first attempt, with exponential back-off
-    backoff_s: float = Field(0.5, gt=0)  # first back-off; doubles per retry, capped at 30 s
+    retries: int = Field(3, ge=0)  # after the first attempt, with the back-off of the retry section
     queue_max: int = Field(
         1000, ge=1
     )  # alert batches waiting per notifier; beyond it they are dropped (counted)
@@ -329,6 +372,39 @@ class EnforcementSettings(Section):
     _v_ips = field_validator("protected_ips")(_ips)
 
 
+class FeedSource(Section):
+    """One threat feed: a file or an http(s) URL of addresses/CIDRs or domain names."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")  # names the feed in alerts and exports
+    url: str = Field(min_length=1)  # http(s)://..., or a local file path
+    # auto, lines (one entry per line, # comments), spamhaus_drop, feodo_csv, urlhaus_csv, hosts.
+    format: Literal["auto", "lines", "spamhaus_drop", "feodo_csv", "urlhaus_csv", "hosts"] = "auto"
+    refresh_s: float = Field(3600.0, ge=60)  # how often a URL is asked again (ETag / If-Modified-Since)
+    enabled: bool = True
+
+
+class RulesSettings(Section):
+    """Declared policy and threat feeds (issue 17): detected by policy_violation and threat_feed."""
+
+    policy_file: Path | None = None  # the policy YAML kept in git; None: no policy declared
+    feeds: list[FeedSource] = []
+    feed_cache_dir: Path = Path("flowwarden-feeds")  # last good copy of every URL feed
+    feed_timeout_s: float = Field(30.0, gt=0)  # one download's connect and read timeout
+    feed_max_bytes: int = Field(200_000_000, ge=1024)  # a larger download is refused (kept: last good copy)
+    # A flow to an address the pod itself resolved stays allowed this long past the answer's TTL.
+    dns_grace_s: float = Field(300.0, ge=0)
+    dns_cache_max: int = Field(500_000, ge=1)  # (pod, address) answers kept; the oldest go first
+
+    @field_validator("feeds")
+    @classmethod
+    def _unique(cls, v: list[FeedSource]) -> list[FeedSource]:
+        names = [f.name for f in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"feed names must be unique: {', '.join(dup)}")
+        return v
+
+
 class Settings(BaseSettings):
     """Everything flowwarden can be told. Every field has a working default."""
 
@@ -350,7 +426,11 @@ class Settings(BaseSettings):
     notifiers: NotifierSettings = NotifierSettings()
     alerts: AlertSettings = AlertSettings()
     enforcement: EnforcementSettings = EnforcementSettings()
+    rules: RulesSettings = RulesSettings()
+    retry: RetrySettings = RetrySettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # text: one line per record for people; json: one JSON object per line (stderr) for log shippers.
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def settings_customise_sources(
@@ -381,6 +461,9 @@ MOVED_KEYS = {
     "pipeline.inventory_path": "kubernetes.inventory_path",
     "pipeline.inventory_source": "kubernetes.inventory_source",
     "pipeline.kubernetes_in_cluster": "kubernetes.in_cluster",
+    "notifiers.backoff_s": "retry.initial_s",
+    "kubernetes.backoff_initial_s": "retry.initial_s",
+    "kubernetes.backoff_max_s": "retry.max_s",
 }
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -49,6 +48,7 @@ from sqlalchemy.pool import StaticPool
 from flowwarden.errors import ConfigError, FlowwardenError, RecordError, ServiceUnavailable
 from flowwarden.migrations import MIGRATIONS, Migration, SchemaTooNew, applied_versions, migrate
 from flowwarden.records import SEVERITY_ORDER, Alert, Decision, Entity
+from flowwarden.retry import RetryPolicy
 from flowwarden.rollups import conform_rollups, empty_rollups, rollup_dtypes
 from flowwarden.store_schema import (
     DATA_TABLES,
@@ -477,12 +477,15 @@ class Store:
         migrations: Sequence[Migration] = MIGRATIONS,
         on_retry: Callable[[str], None] | None = None,
         retry_deadline_s: float = 60.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.url = normalise_url(url)
         self._migrations = tuple(migrations)
         self._engine: Engine | None = None
         self.on_retry = on_retry  # called with the cause each time in_transaction tries again
         self.retry_deadline_s = retry_deadline_s  # settings.store.retry_deadline_s
+        # RetryPolicy.from_settings(settings.retry, "store"); alone, short waits for a deadlock victim.
+        self.retry = retry or RetryPolicy(target="store", initial_s=0.05, max_s=2.0)
 
     # ---- lifecycle
 
@@ -548,54 +551,44 @@ class Store:
         work: Callable[[Connection], T],
         *,
         attempts: int | None = None,
-        max_delay_s: float = 2.0,
         deadline_s: float | None = None,
     ) -> T:
         """Run ``work(conn)`` in one transaction, again while the failure is transient.
 
         For units of work that are safe to repeat because a failed try left nothing behind:
         the database rolled the whole transaction back, or it never began (the server
-        refused the connection, was restarting, dropped it). Tries go on until
-        ``deadline_s`` (default :attr:`retry_deadline_s`) has passed since the first, and at
-        most ``attempts`` times when given; the back-off is jittered and doubles from 50 ms
-        to ``max_delay_s``. A failure that is not transient, or the last one, is raised.
+        refused the connection, was restarting, dropped it). The one retry policy
+        (:attr:`retry`, target ``store``) spaces the tries; no new try starts once
+        ``deadline_s`` (default :attr:`retry_deadline_s`) has passed since the first, nor
+        after ``attempts`` tries when given. A failure that is not transient, or the last
+        one, is raised.
         """
         if attempts is not None and attempts < 1:
             raise ValueError("attempts must be at least 1")
         budget = self.retry_deadline_s if deadline_s is None else deadline_s
-        deadline = time.monotonic() + budget
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                with self.engine.begin() as conn:
-                    return work(conn)
-            except sa.exc.DBAPIError as exc:
-                why = transient_cause(exc)
-                delay = min(max_delay_s, 0.05 * 2 ** min(attempt - 1, 20)) * (0.5 + random.random())
-                left = deadline - time.monotonic()
+        policy = self.retry.with_limits(attempts=attempts, deadline_s=budget)
+
+        def transient(exc: BaseException) -> bool:
+            return isinstance(exc, sa.exc.DBAPIError) and transient_cause(exc) is not None
+
+        def counted(exc: BaseException) -> None:
+            why = transient_cause(exc)
+            if self.on_retry is not None and why is not None:
+                self.on_retry(why)
+
+        def once() -> T:
+            with self.engine.begin() as conn:
+                return work(conn)
+
+        started = time.monotonic()
+        try:
+            return policy.call(once, transient, on_retry=counted)
+        except sa.exc.DBAPIError as exc:
+            if transient_cause(exc) is not None:
                 cause = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
-                if why is None or (attempts is not None and attempt >= attempts) or left <= 0:
-                    if why is not None:
-                        log.error(
-                            "store transaction failed for good after %d tries over %.1fs (%s)",
-                            attempt,
-                            budget - left,
-                            cause,
-                        )
-                    raise
-                if self.on_retry is not None:
-                    self.on_retry(why)
-                delay = min(delay, left)
-                log.warning(
-                    "store transaction aborted cause=%s (%s); try %d in %.2fs, giving up in %.1fs",
-                    why,
-                    cause,
-                    attempt + 1,
-                    delay,
-                    left,
-                )
-                time.sleep(delay)
+                elapsed = time.monotonic() - started
+                log.error("store transaction failed for good after %.1fs (%s)", elapsed, cause)
+            raise
 
     @contextmanager
     def _write(self, conn: Connection | None) -> Iterator[Connection]:

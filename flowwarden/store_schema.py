@@ -146,7 +146,16 @@ ROLLUP_DIMENSIONS: tuple[str, ...] = (
     "direction",
     "dst_port",
 )
-ROLLUP_MEASURES: tuple[str, ...] = ("bytes", "bytes_out", "bytes_in", "packets", "flows", "rejected")
+ROLLUP_MEASURES: tuple[str, ...] = (
+    "bytes",
+    "bytes_out",
+    "bytes_in",
+    "packets",
+    "flows",
+    "rejected",
+    "dns_queries",
+    "dns_nxdomain",
+)
 ROLLUP_COLUMNS: tuple[str, ...] = ROLLUP_DIMENSIONS + ROLLUP_MEASURES
 
 flow_rollups = sa.Table(
@@ -168,6 +177,8 @@ flow_rollups = sa.Table(
     sa.Column("packets", sa.BigInteger, nullable=False),
     sa.Column("flows", sa.BigInteger, nullable=False),
     sa.Column("rejected", sa.BigInteger, nullable=False),
+    sa.Column("dns_queries", sa.BigInteger, nullable=False, server_default="0"),  # migration 3
+    sa.Column("dns_nxdomain", sa.BigInteger, nullable=False, server_default="0"),
     sa.PrimaryKeyConstraint(*ROLLUP_DIMENSIONS, name="pk_flow_rollups"),
 )
 

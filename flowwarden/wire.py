@@ -3,7 +3,10 @@
 Layout: ``b"FWF"`` magic, one version byte, then an Arrow IPC stream whose record batches
 are zstd-compressed. Arrow keeps the dtypes exactly, costs no per-row Python work and
 compresses columns well; JSON per flow was ~10x slower to produce (figures in the README).
-A breaking change of :data:`~flowwarden.records.FLOW_SCHEMA` bumps :data:`WIRE_VERSION`.
+A change of :data:`~flowwarden.records.FLOW_SCHEMA` bumps :data:`WIRE_VERSION`; readers
+keep decoding the versions before it (recorded files, and messages in flight while the
+producers and consumers of a cluster are upgraded one by one), filling the columns that
+version lacked with their defaults (:data:`ADDED_IN`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,24 @@ import pandas as pd
 import pyarrow as pa
 
 from flowwarden.errors import RecordError
-from flowwarden.records import FLOW_SCHEMA, conform_flows
+from flowwarden.records import DNS_AGGREGATES, FLOW_DEFAULTS, FLOW_SCHEMA, conform_flows
 
 MAGIC = b"FWF"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
+# The columns each version added; a message of an older version gets them as defaults.
+ADDED_IN: dict[int, tuple[str, ...]] = {
+    2: (
+        "first",
+        "end_reason",
+        *DNS_AGGREGATES,
+        "dns_answers",
+        "dns_answer_ttl",
+        "tunnel",
+        "outer_src_ip",
+        "outer_dst_ip",
+    ),
+}
+READABLE_VERSIONS: frozenset[int] = frozenset({1, *ADDED_IN})
 _HEADER = MAGIC + bytes([WIRE_VERSION])
 _OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
@@ -83,9 +100,12 @@ def decode_table(data: bytes) -> pa.Table:
     data = bytes(data)
     if len(data) < len(_HEADER) or data[:3] != MAGIC:
         raise UnreadableBatch("batch", "not a flowwarden flow batch (bad magic)")
-    if data[3] != WIRE_VERSION:
+    version = data[3]
+    if version not in READABLE_VERSIONS:
         raise UnreadableBatch(
-            "batch", f"wire version {data[3]} is not supported (this build reads {WIRE_VERSION})"
+            "batch",
+            f"wire version {version} is not supported (this build reads "
+            f"{', '.join(map(str, sorted(READABLE_VERSIONS)))})",
         )
     try:
         with pa.ipc.open_stream(pa.py_buffer(data)[4:]) as reader:
@@ -97,7 +117,7 @@ def decode_table(data: bytes) -> pa.Table:
     except Exception as exc:  # Arrow raises many kinds on crafted input
         raise UnreadableBatch("batch", f"corrupt Arrow stream: {type(exc).__name__}: {exc}") from exc
     try:
-        return _conform_table(table)
+        return _conform_table(_upgrade(table, version))
     except UnreadableBatch:
         raise
     except RecordError as exc:
@@ -106,6 +126,23 @@ def decode_table(data: bytes) -> pa.Table:
         raise UnreadableBatch(
             "batch", f"unusable Arrow table: {type(exc).__name__}: {exc}", table.num_rows
         ) from exc
+
+
+def _upgrade(table: pa.Table, version: int) -> pa.Table:
+    """Add, as defaults, the columns that versions after ``version`` introduced."""
+    for v in sorted(ADDED_IN):
+        if v <= version:
+            continue
+        for name in ADDED_IN[v]:
+            if name in table.column_names:
+                continue
+            arrow_type = _arrow_type(FLOW_SCHEMA[name])
+            value = pa.scalar(FLOW_DEFAULTS[name], type=arrow_type)
+            table = table.append_column(
+                pa.field(name, arrow_type, nullable=False),
+                pa.array([value.as_py()] * table.num_rows, type=arrow_type),
+            )
+    return table
 
 
 def _conform_table(table: pa.Table) -> pa.Table:

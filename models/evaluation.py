@@ -54,11 +54,18 @@ def concerns(alert: Alert, ep: Episode, window_s: float) -> bool:
 
 
 def detection_time(alert: Alert, ep: Episode, window_s: float) -> float | None:
-    """When ``alert`` detects ``ep`` (the close of its first window in the episode's span), else None."""
+    """When ``alert`` detects ``ep``, else None: the close of its first window in the episode's
+    span, or sooner when the alert opened in that span and says when it was raised
+    (``evidence.detected_at``, event time: early firing from the open window)."""
     if alert.kind != TECHNIQUE_KIND[ep.technique] or not concerns(alert, ep, window_s):
         return None
-    first_window = max(_ts(alert.window_start), math.floor(_ts(ep.start) / window_s) * window_s)
-    return first_window + window_s
+    episode_window = math.floor(_ts(ep.start) / window_s) * window_s
+    first_window = max(_ts(alert.window_start), episode_window)
+    t = first_window + window_s
+    raised = alert.evidence.get("detected_at")
+    if isinstance(raised, int | float) and _ts(alert.window_start) >= episode_window:
+        t = min(t, max(float(raised), _ts(ep.start)))
+    return t
 
 
 @dataclass

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from flowwarden.dnsnames import label_stats
 from flowwarden.labels import TECHNIQUE_KIND, TECHNIQUE_MITRE, TECHNIQUES, Episode
 from flowwarden.records import Entity, FlowState, Proto
 from flowwarden.simulator.benign import EDGES, POOLS, emit_calls, emit_long_lived
@@ -329,12 +330,14 @@ def bulk_exfiltration(ctx: SimContext, rng: np.random.Generator, a: Attack) -> l
 
 
 def slow_exfiltration(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
-    """Small uploads at a fixed period with low jitter, for many minutes."""
+    """Small uploads at a period with the jitter of C2 frameworks (0-50 % of the sleep), for
+    many minutes (the lab's beacon: every ~10 s ± 20-40 %)."""
     me = ctx.cluster.pods[a.source]
     period = float(rng.uniform(15, 30))
-    ticks = a.start + period * np.arange(int((a.end - a.start) / period) + 1)
-    ticks = ticks[ticks < a.end] + rng.normal(0, 0.02 * period, 1)[0]
-    ticks = np.clip(ticks + rng.normal(0, 0.015 * period, len(ticks)), a.start, a.end - 1.0)
+    jitter = float(rng.uniform(0.0, 0.5))
+    sleeps = period * (1.0 + rng.uniform(-jitter, jitter, int((a.end - a.start) / (period * 0.5)) + 1))
+    ticks = a.start + np.r_[0.0, np.cumsum(sleeps)]
+    ticks = np.clip(ticks[ticks < a.end - 1.0], a.start, a.end - 1.0)
     n = len(ticks)
     size = 40_000 * a.intensity * rng.normal(1, 0.04, n)
     out = size.astype(np.int64) + 1500
@@ -369,8 +372,12 @@ def _sni(rng: np.random.Generator, prefix: str) -> str:
     return f"{prefix}.{rng.choice(_WORDS)}-{''.join(rng.choice(_B32, 6))}.example"
 
 
+TUNNEL_RECORD_S = 10.0  # the collector's interim records of a long UDP flow
+
+
 def dns_tunnel(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
-    """Many long, high-entropy names under one registered domain, through the cluster DNS."""
+    """Many long, high-entropy names under one registered domain, through the cluster DNS,
+    from one socket (its records carry the queries as aggregates, as the collector's do)."""
     me = ctx.cluster.pods[a.source]
     domain = f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}{int(rng.integers(10, 99))}.example"
     n = max(20, int(4.0 * a.intensity * (a.end - a.start)))
@@ -386,25 +393,49 @@ def dns_tunnel(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str
         ],
         dtype=object,
     )
-    qlen = np.array([len(q) for q in qnames])
     times = _times(rng, a, n)
+    # One socket for the whole tunnel (iodine, dnscat2): the collector's records of it carry
+    # the queries as aggregates, a first record within a second, then one every 10 s.
+    first = times[0]
+    chunk = np.where(times < first + 1.0, 0, 1 + ((times - first - 1.0) // TUNNEL_RECORD_S).astype(int))
+    starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
+    ends = np.r_[starts[1:], n]
+    stats = [label_stats(str(q)) for q in qnames]
+    qlen = np.array([st[0] for st in stats], dtype="float64")
+    ent = np.array([st[1] for st in stats], dtype="float64")
+    k = (ends - starts).astype(np.int64)
+    sums = np.add.reduceat
+    nrec = len(starts)
     ctx.parts.add(
-        ts_start=times,
-        ts_end=times + rng.uniform(0.01, 0.08, n),
+        ts_start=np.full(nrec, first),
+        ts_end=times[ends - 1] + rng.uniform(0.01, 0.08, nrec),
         node=me.node,
         src_ip=me.ip,
-        src_port=ephemeral_ports(rng, n),
+        src_port=ephemeral_ports(rng, 1)[0],
         dst_ip=ctx.cluster.dns_ip,
         dst_port=ctx.settings.control_plane.dns_port,
         proto=Proto.UDP,
-        bytes_out=qlen + 46,
-        bytes_in=qlen + 46 + rng.integers(60, 220, n),
-        pkts_out=1,
-        pkts_in=1,
+        bytes_out=sums(qlen + 46, starts),
+        bytes_in=sums(qlen + 46 + rng.integers(60, 220, n), starts),
+        pkts_out=k,
+        pkts_in=k,
         tcp_flags=0,
         state=FlowState.UDP.value,
-        dns_qname=qnames,
+        dns_qname=qnames[starts],
         dns_rcode=0,
+        final=np.arange(nrec) == nrec - 1,
+        first=np.arange(nrec) == 0,
+        dns={
+            "dns_queries": k,
+            "dns_names": k,
+            "dns_name_max_len": np.maximum.reduceat(qlen, starts),
+            "dns_name_mean_len": sums(qlen, starts) / k,
+            "dns_label_entropy": sums(ent, starts) / k,
+            "dns_top_domain": domain,
+            "dns_top_domain_names": k,
+            "dns_qtypes": "TXT",
+            "dns_nxdomain": 0,
+        },
         episode=a.index,
     )
     return [domain]

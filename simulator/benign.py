@@ -14,7 +14,14 @@ import numpy as np
 
 from flowwarden.records import FlowState, Proto
 from flowwarden.simulator.context import EXTERNALS, SimContext
-from flowwarden.simulator.flows import ephemeral_ports, event_times, lognormal, long_lived, tcp_conversation
+from flowwarden.simulator.flows import (
+    dns_aggregates,
+    ephemeral_ports,
+    event_times,
+    lognormal,
+    long_lived,
+    tcp_conversation,
+)
 
 
 @dataclass(frozen=True)
@@ -447,6 +454,7 @@ def dns_lookups(ctx: SimContext) -> None:
         state=FlowState.UDP.value,
         dns_qname=qname,
         dns_rcode=rcode,
+        dns=dns_aggregates(qname, rcode),
     )
 
 

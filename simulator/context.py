@@ -41,6 +41,7 @@ EXTERNALS: dict[str, External] = {
     "registry": External("registry.example.com", "203.0.113.60"),
     "license": External("license.vendor.example.org", "203.0.113.70"),
     "geo": External("geo.maps.example.com", "203.0.113.80"),
+    "exports": External("exports.partner.example.com", "203.0.113.90"),
 }
 ATTACKER_NET = "192.0.2."
 

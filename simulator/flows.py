@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flowwarden.dnsnames import label_stats
 from flowwarden.records import FLOW_COLUMNS, FlowState, Proto, conform_flows, empty_flows
 
 # TCP flag bits, OR-ed over the conversation as a flow table records them.
@@ -73,6 +74,38 @@ def ephemeral_ports(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(*EPHEMERAL, size=n)
 
 
+DNS_DTYPES: dict[str, Any] = {
+    "dns_queries": np.int32,
+    "dns_names": np.int32,
+    "dns_name_max_len": np.int16,
+    "dns_name_mean_len": np.float64,
+    "dns_label_entropy": np.float64,
+    "dns_top_domain": object,
+    "dns_top_domain_names": np.int32,
+    "dns_qtypes": object,
+    "dns_nxdomain": np.int32,
+}
+DNS_DEFAULTS: dict[str, Any] = {k: "" if v is object else 0 for k, v in DNS_DTYPES.items()}
+
+
+def dns_aggregates(names: np.ndarray, rcode: Any = 0, qtype: str = "A") -> dict[str, Any]:
+    """The DNS aggregates of records that each carry one query (``names``, one per record)."""
+    codes, uniq = pd.factorize(np.asarray(names, dtype=object))
+    stats = [label_stats(str(q)) for q in uniq]  # once per distinct name
+    length = np.array([st[0] for st in stats], dtype="float64")[codes]
+    return {
+        "dns_queries": 1,
+        "dns_names": 1,
+        "dns_name_max_len": length,
+        "dns_name_mean_len": length,
+        "dns_label_entropy": np.array([st[1] for st in stats], dtype="float64")[codes],
+        "dns_top_domain": np.array([st[2] for st in stats], dtype=object)[codes],
+        "dns_top_domain_names": 1,
+        "dns_qtypes": qtype,
+        "dns_nxdomain": (np.asarray(rcode) == 3).astype(np.int32),
+    }
+
+
 class FlowParts:
     """Column arrays of flows from many generators, concatenated once at the end."""
 
@@ -103,12 +136,19 @@ class FlowParts:
         dns_rcode: Any = -1,
         server_name: Any = "",
         final: Any = True,
+        first: Any = True,
+        dns: dict[str, Any] | None = None,
         episode: int = -1,
     ) -> None:
-        """Append ``n = len(ts_start)`` flows; scalars are broadcast."""
+        """Append ``n = len(ts_start)`` flows; scalars are broadcast.
+
+        ``dns``: the records' DNS aggregates (:data:`~flowwarden.records.DNS_AGGREGATES`), as
+        the collector fills them; :func:`dns_aggregates` gives them for one query per record.
+        """
         n = len(ts_start)
         if n == 0:
             return
+        agg = {**DNS_DEFAULTS, **(dns or {})}
         cols = {
             "ts_start": (ts_start, np.float64),
             "ts_end": (ts_end, np.float64),
@@ -128,6 +168,8 @@ class FlowParts:
             "dns_rcode": (dns_rcode, np.int16),
             "server_name": (server_name, object),
             "final": (final, np.bool_),
+            "first": (first, np.bool_),
+            **{name: (agg[name], dtype) for name, dtype in DNS_DTYPES.items()},
             "episode": (episode, np.int32),
         }
         part: dict[str, np.ndarray] = {}

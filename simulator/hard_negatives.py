@@ -23,6 +23,7 @@ from flowwarden.simulator.flows import (
     FLAGS_CLOSED,
     FLAGS_REJECTED,
     FLAGS_SYN_ONLY,
+    dns_aggregates,
     ephemeral_ports,
     lognormal,
     packets,
@@ -33,6 +34,9 @@ ROLLED_WORKLOAD = "shop/catalog"
 ROLL_NEW_DEPENDENCY = "shop/redis"  # the new version adds a cache: a new edge
 BACKUP_CRONJOB = ("data", "backup")
 BACKUP_HOUR_UTC = 2
+EXPORT_CRONJOB = ("data", "report-export")  # every few minutes, like the lab's backup job
+EXPORT_EVERY_S = 240.0
+CHURN_CLIENT = ("payments/ledger", "payments/payments-db", 5432)  # no pool: a connection per query
 
 
 @dataclass
@@ -51,6 +55,7 @@ class HardNegativePlan:
     roll_at: float
     new_pods: list[int]
     backups: list[Backup] = field(default_factory=list)
+    exports: list[Backup] = field(default_factory=list)
 
 
 def plan(cluster: Cluster, rng: np.random.Generator, t0: float, t1: float) -> HardNegativePlan:
@@ -76,7 +81,17 @@ def plan(cluster: Cluster, rng: np.random.Generator, t0: float, t1: float) -> Ha
         )
         gb = float(rng.uniform(2.0, 4.0))
         backups.append(Backup(pod, s, duration, int(gb * 1.6e9), int(gb * 1e9)))
-    return HardNegativePlan(roll_at, new_pods, backups)
+    # A CronJob every few minutes, a new pod each run, uploading where its previous run did;
+    # its first run falls in the engine's first minute (a cold start learning).
+    exports = []
+    t = t0 + float(rng.uniform(15, 45))
+    while t + 60 <= t1:
+        pod = cluster.add_job_pod(
+            namespace=EXPORT_CRONJOB[0], cronjob=EXPORT_CRONJOB[1], created=t - 5.0, finished=t + 40.0
+        )
+        exports.append(Backup(pod, t, float(rng.uniform(8, 20)), 0, int(rng.uniform(3e6, 9e6))))
+        t += EXPORT_EVERY_S + float(rng.uniform(-20, 20))
+    return HardNegativePlan(roll_at, new_pods, backups, exports)
 
 
 def prometheus_scrapes(ctx: SimContext) -> None:
@@ -190,6 +205,7 @@ def _lookup(ctx: SimContext, rng: np.random.Generator, pod: int, names: list[str
         state=FlowState.UDP.value,
         dns_qname=np.array(names, dtype=object),
         dns_rcode=0,
+        dns=dns_aggregates(np.array(names, dtype=object)),
     )
 
 
@@ -341,10 +357,72 @@ def node_metadata_reads(ctx: SimContext) -> None:
         )
 
 
+def report_exports(ctx: SimContext, runs: list[Backup]) -> None:
+    """The export CronJob: each run's new pod resolves the partner's bucket and uploads a report."""
+    rng = ctx.rng("exports")
+    ext = EXTERNALS["exports"]
+    for run in runs:
+        pod = ctx.cluster.pods[run.pod]
+        _lookup(ctx, rng, run.pod, [ext.name], run.start - 0.5)
+        ctx.parts.add(
+            ts_start=np.array([run.start]),
+            ts_end=np.array([run.start + run.duration]),
+            node=pod.node,
+            src_ip=pod.ip,
+            src_port=ephemeral_ports(rng, 1),
+            dst_ip=ext.ip,
+            dst_port=ext.port,
+            proto=Proto.TCP,
+            bytes_out=run.upload_bytes,
+            bytes_in=6_000,
+            pkts_out=packets(np.array([run.upload_bytes]), 4),
+            pkts_in=12,
+            tcp_flags=FLAGS_CLOSED,
+            state=FlowState.CLOSED.value,
+            server_name=ext.name,
+        )
+
+
+def db_session_churn(ctx: SimContext) -> None:
+    """A client without a connection pool: a short session to its database per query, all day
+    (many short sessions to an authentication port over a known edge: no brute force)."""
+    client, server, port = CHURN_CLIENT
+    cl = ctx.cluster
+    if client not in cl.workloads or server not in cl.workloads:
+        return
+    rng = ctx.rng("churn")
+    db = cl.pods[cl.all_pod_indices(server)[0]]
+    for pod in cl.all_pod_indices(client):
+        (a,), (b,) = pod_spans(ctx, np.array([pod]))
+        ts = np.sort(rng.uniform(a, b, int((b - a) * 1.5)))
+        n = len(ts)
+        p = cl.pods[pod]
+        out = rng.integers(400, 900, n)
+        inn = rng.integers(600, 4000, n)
+        ctx.parts.add(
+            ts_start=ts,
+            ts_end=ts + lognormal(rng, 0.02, 0.4, n),
+            node=p.node,
+            src_ip=p.ip,
+            src_port=ephemeral_ports(rng, n),
+            dst_ip=db.ip,
+            dst_port=port,
+            proto=Proto.TCP,
+            bytes_out=out,
+            bytes_in=inn,
+            pkts_out=packets(out, 4),
+            pkts_in=packets(inn, 4),
+            tcp_flags=FLAGS_CLOSED,
+            state=FlowState.CLOSED.value,
+        )
+
+
 def generate_hard_negatives(ctx: SimContext, hn: HardNegativePlan) -> list[dict[str, Any]]:
     """Emit every hard negative's flows; return what they are (for false-alert reports)."""
     prometheus_scrapes(ctx)
     backups(ctx, hn.backups)
+    report_exports(ctx, hn.exports)
+    db_session_churn(ctx)
     saas_beacons(ctx)
     rolling_deployment(ctx, hn)
     node_metadata_reads(ctx)
@@ -389,6 +467,27 @@ def describe(ctx: SimContext, hn: HardNegativePlan) -> list[dict[str, Any]]:
             bk.start + bk.duration,
             note,
         )
+    for run in hn.exports:
+        add(
+            "cronjob_repeat",
+            _entity(ctx, run.pod),
+            [EXTERNALS["exports"].ip],
+            run.start,
+            run.start + run.duration,
+            f"{'/'.join(EXPORT_CRONJOB)}: {run.upload_bytes / 1e6:.1f} MB where its previous run sent",
+        )
+    client, server, port = CHURN_CLIENT
+    if client in cl.workloads and server in cl.workloads:
+        db_ip = cl.pods[cl.all_pod_indices(server)[0]].ip
+        for pod in cl.all_pod_indices(client):
+            add(
+                "db_session_churn",
+                _entity(ctx, pod),
+                [db_ip],
+                t0,
+                t1,
+                f"a short session to :{port} per query",
+            )
     for key, ext_name, period, _, _ in BEACONS:
         for pod in cl.all_pod_indices(key):
             add("saas_beacon", _entity(ctx, pod), [EXTERNALS[ext_name].ip], t0, t1, f"every {period:g} s")

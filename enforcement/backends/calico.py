@@ -36,6 +36,7 @@ from flowwarden.enforcement.backends.base import BACKENDS, Backend, BackendError
 from flowwarden.enforcement.backends.kube import KubeCall, KubeClient, dump, write_manifest
 from flowwarden.enforcement.targets import check_decision_id, parse_ip, parse_target
 from flowwarden.records import Decision
+from flowwarden.retry import RetryPolicy
 from flowwarden.settings import Settings
 
 TIER = "flowwarden"
@@ -59,7 +60,10 @@ class CalicoBackend(Backend):
     def __init__(self, settings: Settings, client: KubeClient | None = None) -> None:
         self.settings = settings
         self.dir = Path(settings.enforcement.gitops_dir) / "calico"
-        self.client = client or KubeClient(settings.enforcement.apply_to_cluster)
+        self.client = client or KubeClient(
+            settings.enforcement.apply_to_cluster,
+            retry=RetryPolicy.from_settings(settings.retry, "kubernetes", attempts=4),
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, protected: Iterable[str] = ()) -> CalicoBackend:

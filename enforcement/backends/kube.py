@@ -8,6 +8,7 @@ so a revoke is a file deletion a GitOps tool can sync). The API calls are built 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from flowwarden.enforcement.backends.base import BackendError
+from flowwarden.retry import RetryPolicy
 
 log = logging.getLogger("flowwarden.enforcement.kube")
 
@@ -37,10 +39,15 @@ class KubeCall:
 class KubeClient:
     """Executes :class:`KubeCall` values; create falls back to replace when the object exists."""
 
-    def __init__(self, enabled: bool, loader: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, enabled: bool, loader: Callable[[], Any] | None = None, retry: RetryPolicy | None = None
+    ) -> None:
         self.enabled = enabled
         self._loader = loader
         self._client: Any = None
+        # The one retry policy (target kubernetes): an API server that is restarting or
+        # overloaded (5xx, 429, no connection) is tried again; any other answer is final.
+        self.retry = retry or RetryPolicy(target="kubernetes", attempts=4)
 
     def _api(self, name: str) -> Any:
         if self._client is None:
@@ -66,7 +73,7 @@ class KubeClient:
         for call in calls:
             api = self._api(call.api)
             try:
-                getattr(api, call.method)(**call.kwargs)
+                self.retry.call(functools.partial(getattr(api, call.method), **call.kwargs), _transient)
             except ApiException as exc:
                 if exc.status == 409 and call.method.startswith("create_"):
                     replace = call.method.replace("create_", "replace_", 1)
@@ -84,11 +91,22 @@ class KubeClient:
             return []
         from kubernetes.client.exceptions import ApiException
 
+        api = self._api(call.api)
         try:
-            result = getattr(self._api(call.api), call.method)(**call.kwargs)
+            result = self.retry.call(functools.partial(getattr(api, call.method), **call.kwargs), _transient)
         except ApiException as exc:
             raise BackendError(f"kubernetes: {call.describe()}: {exc.status} {exc.reason}") from exc
         return [(i.metadata.namespace or "", i.metadata.name) for i in result.items]
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another try: the API server is restarting, overloaded or not reachable."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        return exc.status in (429, 500, 502, 503, 504)
+    return isinstance(exc, urllib3.exceptions.HTTPError | OSError)
 
 
 def write_manifest(path: Path, docs: list[dict[str, Any]]) -> None:

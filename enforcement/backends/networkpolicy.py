@@ -31,6 +31,7 @@ from flowwarden.enforcement.backends.base import BACKENDS, Backend, BackendError
 from flowwarden.enforcement.backends.kube import KubeCall, KubeClient, dump, write_manifest
 from flowwarden.enforcement.targets import check_decision_id, check_name, check_namespace, parse_target
 from flowwarden.records import Decision
+from flowwarden.retry import RetryPolicy
 from flowwarden.settings import Settings
 
 QUARANTINE_LABEL = "flowwarden.io/quarantine"
@@ -48,7 +49,10 @@ class NetworkPolicyBackend(Backend):
     def __init__(self, settings: Settings, client: KubeClient | None = None) -> None:
         self.settings = settings
         self.dir = Path(settings.enforcement.gitops_dir) / "networkpolicies"
-        self.client = client or KubeClient(settings.enforcement.apply_to_cluster)
+        self.client = client or KubeClient(
+            settings.enforcement.apply_to_cluster,
+            retry=RetryPolicy.from_settings(settings.retry, "kubernetes", attempts=4),
+        )
         # Active decisions this backend knows (applied here, or given to reconcile): a block
         # policy excepts the targets of every active block on the same pod.
         self.known: dict[str, Decision] = {}

@@ -15,14 +15,21 @@ are rebuilt to their canonical form at start, which also removes anything added 
 Nothing outside the table is ever touched. Overlapping elements of one source are merged
 into the widest network with the latest expiry (the kernel refuses overlaps in these sets).
 
-Commands are libnftables JSON, sent in-process through the ``nftables`` binding, or with
-``ip netns exec NAME nft -j -f -`` (argument list) when ``nft_netns`` names a namespace.
+One path, libnftables JSON, for applying and for rendering: the table is described once as
+JSON commands (:meth:`NftablesBackend.ruleset_commands`); applying sends them to
+libnftables in-process through the ``nftables`` binding (the PyPI package ``pip-nftables``,
+the same ``nftables.py`` Debian ships as python3-nftables, over the system's libnftables1),
+or through ``ip netns exec NAME nft -j -f -`` (argument list) when ``nft_netns`` names a
+namespace, since the binding acts in its own process's namespace. The dry-run's
+``rules.nft`` is the same JSON written in ``nft -f`` syntax by :func:`nft_text`, and
+:meth:`NftablesBackend.render_json` gives the JSON itself (``nft -j -f FILE`` loads it).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import math
 import subprocess
 import time
@@ -35,6 +42,8 @@ from flowwarden.enforcement.intervals import Ranges, span
 from flowwarden.enforcement.targets import Network, parse_ip, parse_target
 from flowwarden.records import Decision
 from flowwarden.settings import Settings
+
+log = logging.getLogger(__name__)
 
 FAMILY = "inet"
 HOOKS = ("forward", "output")
@@ -103,7 +112,18 @@ class NftCommand(Transport):
 
 
 def make_transport(netns: str) -> Transport:
-    return NftCommand(netns) if netns else LibNftables()
+    """The binding in-process; ``nft -j -f -`` inside a namespace, or where the binding cannot load.
+
+    Both take the same libnftables JSON, so the fallback changes the cost of a call (a fork),
+    never what is applied.
+    """
+    if netns:
+        return NftCommand(netns)
+    try:
+        return LibNftables()
+    except (ImportError, OSError) as exc:  # no pip-nftables, or no libnftables.so.1 on the host
+        log.warning("nftables binding unavailable, using nft -j instead error=%s", exc)
+        return NftCommand()
 
 
 # --------------------------------------------------------------------------- elements
@@ -241,7 +261,7 @@ class NftablesBackend(Backend):
     def ensure_table(self) -> dict[str, Any]:
         """Create the table or bring its sets, chains and rules back to canonical form (atomic)."""
         present = self._table_objects()
-        cmds: list[dict[str, Any]] = [{"add": {"table": {"family": FAMILY, "name": self.table}}}]
+        cmds: list[dict[str, Any]] = []  # the clean-up of what is there; the table comes after
         removed: list[str] = []
         for chain in present["chains"]:
             cmds.append({"flush": {"chain": self._obj(name=chain)}})
@@ -253,42 +273,42 @@ class NftablesBackend(Backend):
             if want is None or _norm(want[0]) != _norm(stype) or sorted(want[1]) != sorted(flags):
                 cmds.append({"delete": {"set": self._obj(name=name)}})
                 removed.append(f"set {name}")
+        self.transport.run(cmds + self.ruleset_commands({}, reset_protected=True))
+        return {"removed": removed}
+
+    def ruleset_commands(
+        self, elements: dict[Key, float], *, reset_protected: bool = False
+    ) -> list[dict[str, Any]]:
+        """The table as libnftables JSON commands: sets, protected addresses, chains, rules,
+        and ``elements`` (block elements with their expiry). The one description of the
+        table: :meth:`ensure_table` applies it, :meth:`render` and :meth:`render_json` write it.
+        """
+        now = self.clock()
+        cmds: list[dict[str, Any]] = [{"add": {"table": {"family": FAMILY, "name": self.table}}}]
         for name, (stype, flags) in SET_TYPES.items():
             cmds.append({"add": {"set": {**self._obj(name=name), "type": stype, "flags": flags}}})
         for fam in ("v4", "v6"):
-            cmds.append({"flush": {"set": self._obj(name=f"protected_{fam}")}})
+            if reset_protected:
+                cmds.append({"flush": {"set": self._obj(name=f"protected_{fam}")}})
             nets = [p for p in self.protected if (":" in p) == (fam == "v6")]
             if nets:
-                cmds.append(
-                    {
-                        "add": {
-                            "element": {
-                                **self._obj(name=f"protected_{fam}"),
-                                "elem": [_prefix(n) for n in nets],
-                            }
-                        }
-                    }
-                )
+                elem = [_prefix(n) for n in nets]
+                cmds.append({"add": {"element": {**self._obj(name=f"protected_{fam}"), "elem": elem}}})
         for hook in HOOKS:
-            cmds.append(
-                {
-                    "add": {
-                        "chain": {
-                            **self._obj(name=hook),
-                            "type": "filter",
-                            "hook": hook,
-                            "prio": PRIORITY,
-                            "policy": "accept",
-                        }
-                    }
-                }
-            )
-            cmds.append({"flush": {"chain": self._obj(name=hook)}})
+            chain = {**self._obj(name=hook), "type": "filter", "hook": hook, "prio": PRIORITY}
+            cmds.append({"add": {"chain": {**chain, "policy": "accept"}}})
             cmds.extend(
                 {"add": {"rule": {**self._obj(chain=hook), "expr": expr}}} for expr in self._rule_exprs()
             )
-        self.transport.run(cmds)
-        return {"removed": removed}
+        for name in SET_TYPES:
+            elem = [
+                {"elem": {"val": _val(k), "timeout": _timeout(exp, now)}}
+                for k, exp in elements.items()
+                if k[0] == name
+            ]
+            if elem:
+                cmds.append({"add": {"element": {**self._obj(name=name), "elem": elem}}})
+        return cmds
 
     def _rule_exprs(self) -> list[list[dict[str, Any]]]:
         rules: list[list[dict[str, Any]]] = []
@@ -430,40 +450,15 @@ class NftablesBackend(Backend):
         ]
         return out + [f"skipped (address family): {t}" for t in skipped]
 
-    def render(self, decisions: list[Decision]) -> str:
-        """The nft script this backend would load for ``decisions`` (``nft -f`` syntax)."""
+    def render_json(self, decisions: list[Decision]) -> dict[str, Any]:
+        """The libnftables JSON document this backend would load for ``decisions`` (``nft -j -f``)."""
         now = self.clock()
         elements = merge(e for d in decisions for e in decision_elements(d, _expiry(d, now))[0])
-        lines = [f"table {FAMILY} {self.table} {{"]
-        for name, (stype, flags) in SET_TYPES.items():
-            ty = " . ".join(stype) if isinstance(stype, list) else stype
-            lines += [f"\tset {name} {{", f"\t\ttype {ty}", f"\t\tflags {','.join(flags)}"]
-            elems = [f"{_show(k)} timeout {_timeout(v, now)}s" for k, v in elements.items() if k[0] == name]
-            if name.startswith("protected"):
-                elems = [p for p in self.protected if (":" in p) == name.endswith("v6")]
-            if elems:
-                lines.append("\t\telements = { " + ", ".join(elems) + " }")
-            lines.append("\t}")
-        for hook in HOOKS:
-            lines.append(f"\tchain {hook} {{")
-            lines.append(f"\t\ttype filter hook {hook} priority {PRIORITY}; policy accept;")
-            verdict = "reject with icmpx admin-prohibited" if self.verdict == "reject" else "drop"
-            for ip, fam in (("ip", "v4"), ("ip6", "v6")):
-                lines.append(f"\t\t{ip} daddr @protected_{fam} accept")
-                lines.append(f"\t\t{ip} saddr @protected_{fam} accept")
-            for ip, fam in (("ip", "v4"), ("ip6", "v6")):
-                pair = f"{ip} saddr . {ip} daddr @blocked_{fam}"
-                if self.verdict == "reject":
-                    lines.append(f"\t\tmeta l4proto tcp {pair} counter reject with tcp reset")
-                lines.append(f"\t\t{pair} counter {verdict}")
-                for side in ("saddr", "daddr"):
-                    one = f"{ip} {side} @quarantine_{fam}"
-                    if self.verdict == "reject":
-                        lines.append(f"\t\tmeta l4proto tcp {one} counter reject with tcp reset")
-                    lines.append(f"\t\t{one} counter {verdict}")
-            lines.append("\t}")
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+        return {"nftables": self.ruleset_commands(elements)}
+
+    def render(self, decisions: list[Decision]) -> str:
+        """The same ruleset as :meth:`render_json`, in ``nft -f`` syntax (``rules.nft``)."""
+        return nft_text(self.render_json(decisions)["nftables"])
 
 
 # --------------------------------------------------------------------------- JSON helpers
@@ -526,3 +521,84 @@ def _expiry(d: Decision, now: float) -> float:
 
 def _timeout(expires_at: float, now: float) -> int:
     return max(1, math.ceil(expires_at - now))
+
+
+# --------------------------------------------------------------------------- JSON -> nft -f text
+# The subset of the libnftables JSON schema that ruleset_commands emits, written the way
+# ``nft list`` prints it. Anything else is refused: the text must say what the JSON says.
+
+
+def nft_text(commands: list[dict[str, Any]]) -> str:
+    """``add`` commands of one table (libnftables JSON) as an ``nft -f`` script."""
+    table = ""
+    sets: dict[str, dict[str, Any]] = {}
+    elems: dict[str, list[str]] = {}
+    chains: dict[str, dict[str, Any]] = {}
+    rules: dict[str, list[str]] = {}
+    for cmd in commands:
+        (verb, body), *rest = cmd.items()
+        (kind, obj), *more = body.items()
+        if verb != "add" or rest or more:
+            raise ValueError(f"nft_text: only single add commands, not {cmd}")
+        if kind == "table":
+            table = f"{obj['family']} {obj['name']}"
+        elif kind == "set":
+            sets[obj["name"]] = obj
+        elif kind == "element":
+            elems.setdefault(obj["name"], []).extend(_text_elem(e) for e in obj["elem"])
+        elif kind == "chain":
+            chains[obj["name"]] = obj
+        elif kind == "rule":
+            rules.setdefault(obj["chain"], []).append(" ".join(_text_expr(e) for e in obj["expr"]))
+        else:
+            raise ValueError(f"nft_text: no text form for {kind}")
+    lines = [f"table {table} {{"]
+    for name, obj in sets.items():
+        ty = " . ".join(obj["type"]) if isinstance(obj["type"], list) else obj["type"]
+        lines += [f"\tset {name} {{", f"\t\ttype {ty}", f"\t\tflags {','.join(obj['flags'])}"]
+        if elems.get(name):
+            lines.append("\t\telements = { " + ", ".join(elems[name]) + " }")
+        lines.append("\t}")
+    for name, obj in chains.items():
+        lines.append(f"\tchain {name} {{")
+        lines.append(
+            f"\t\ttype {obj['type']} hook {obj['hook']} priority {obj['prio']}; policy {obj['policy']};"
+        )
+        lines.extend(f"\t\t{r}" for r in rules.get(name, []))
+        lines.append("\t}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _text_value(v: Any) -> str:
+    if isinstance(v, str | int):
+        return str(v)
+    if "prefix" in v:
+        return f"{v['prefix']['addr']}/{v['prefix']['len']}"
+    if "concat" in v:
+        return " . ".join(_text_value(x) for x in v["concat"])
+    if "payload" in v:
+        return f"{v['payload']['protocol']} {v['payload']['field']}"
+    if "meta" in v:
+        return f"meta {v['meta']['key']}"
+    raise ValueError(f"nft_text: no text form for {v}")
+
+
+def _text_elem(e: Any) -> str:
+    if isinstance(e, dict) and "elem" in e:
+        inner = e["elem"]
+        return f"{_text_value(inner['val'])} timeout {inner['timeout']}s"
+    return _text_value(e)
+
+
+def _text_expr(e: dict[str, Any]) -> str:
+    (kind, arg), *rest = e.items()
+    if rest:
+        raise ValueError(f"nft_text: one statement per object, not {e}")
+    if kind == "match" and arg["op"] == "==":
+        return f"{_text_value(arg['left'])} {_text_value(arg['right'])}"
+    if kind in ("counter", "accept", "drop") and arg is None:
+        return kind
+    if kind == "reject":
+        return f"reject with {arg['type']}" + (f" {arg['expr']}" if "expr" in arg else "")
+    raise ValueError(f"nft_text: no text form for {e}")

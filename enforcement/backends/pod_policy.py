@@ -22,6 +22,7 @@ from flowwarden.enforcement.backends.base import Backend, BackendError
 from flowwarden.enforcement.backends.kube import KubeCall, KubeClient, dump, write_manifest
 from flowwarden.enforcement.targets import check_decision_id, check_name, check_namespace
 from flowwarden.records import Decision
+from flowwarden.retry import RetryPolicy
 from flowwarden.settings import Settings
 
 DECISION_LABEL = "flowwarden.io/decision"
@@ -45,7 +46,10 @@ class PodPolicyBackend(Backend):
     def __init__(self, settings: Settings, client: KubeClient | None = None) -> None:
         self.settings = settings
         self.dir = Path(settings.enforcement.gitops_dir) / self.subdir
-        self.client = client or KubeClient(settings.enforcement.apply_to_cluster)
+        self.client = client or KubeClient(
+            settings.enforcement.apply_to_cluster,
+            retry=RetryPolicy.from_settings(settings.retry, "kubernetes", attempts=4),
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, protected: Iterable[str] = ()) -> Self:

@@ -11,9 +11,18 @@ from typing import Annotated
 
 import typer
 
-from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
-from flowwarden.errors import ConfigError, ServiceUnavailable
-from flowwarden.settings import load_settings
+from flowwarden.cli.common import (
+    COMMANDS,
+    ConfigOption,
+    Output,
+    OutputOption,
+    emit,
+    progress,
+    require_kafka,
+    settings_from,
+)
+from flowwarden.errors import InputError, ServiceUnavailable
+from flowwarden.settings import Settings
 
 
 @COMMANDS.register("collect")
@@ -36,25 +45,31 @@ def collect_command(
     netns: Annotated[str | None, typer.Option(help="Capture inside this network namespace.")] = None,
     node: Annotated[str | None, typer.Option(help="Node name written into every flow.")] = None,
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """Turn packets into bidirectional flow records (live, or from a capture file)."""
     updates = {"interfaces": interface, "bpf": bpf, "netns": netns, "node": node}
     overrides = {k: v for k, v in updates.items() if v}
-    settings = load_settings(config, collector=overrides) if overrides else settings_from(config)
+    settings = settings_from(config, **({"collector": overrides} if overrides else {}))
     if pcap is not None:
-        _from_pcap(settings, pcap, out)
+        _from_pcap(settings, pcap, out, output)
         return
     if out is not None:
-        raise ConfigError("--out: only with --pcap (live flows go to the bus)")
-    _live(settings)
+        raise InputError("--out: only with --pcap (live flows go to the bus)")
+    _live(settings, output)
 
 
-def _from_pcap(settings: object, pcap: Path, out: Path | None) -> None:
+def _from_pcap(settings: Settings, pcap: Path, out: Path | None, output: Output) -> None:
     from flowwarden.collectors.offline import meter_capture
-    from flowwarden.settings import Settings
 
-    assert isinstance(settings, Settings)
-    df, report = meter_capture(pcap, settings)
+    if not pcap.is_file():
+        raise InputError(f"--pcap: {pcap}: no such file")
+    if out is None:
+        require_kafka(settings, "collect --pcap without --out")
+    with progress("collect", total=pcap.stat().st_size) as step:
+        df, report = meter_capture(
+            pcap, settings, progress=lambda packets, done, size: step(f"{packets:,} packets", done, size)
+        )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(out, index=False)
@@ -68,21 +83,30 @@ def _from_pcap(settings: object, pcap: Path, out: Path | None) -> None:
             publish_flows(producer, topic, df, settings.kafka.partitions)
             producer.close()
             if producer.failed_count:
-                raise ConfigError(f"bus: {producer.failed_count} flow batches could not be delivered")
+                raise ServiceUnavailable(f"bus: {producer.failed_count} flow batches could not be delivered")
     undecoded = ", ".join(f"{k}={v}" for k, v in sorted(report.undecoded.items())) or "none"
-    typer.echo(
+    emit(
+        output,
+        {
+            "packets": report.packets,
+            "bytes": report.bytes,
+            "flows": len(df),
+            "evicted": report.evicted,
+            "undecoded": dict(sorted(report.undecoded.items())),
+            "read_error": report.read_error or None,
+            "out": str(out) if out else None,
+            "topic": None if out else settings.kafka.topics.flows,
+        },
         f"{report.packets} packets -> {len(df)} flow records"
         + (f" -> {out}" if out else f" -> topic {settings.kafka.topics.flows}")
         + f"; undecoded: {undecoded}"
-        + (f"; read stopped early: {report.read_error}" if report.read_error else "")
+        + (f"; read stopped early: {report.read_error}" if report.read_error else ""),
     )
 
 
-def _live(settings: object) -> None:
+def _live(settings: Settings, output: Output) -> None:
     from flowwarden.collectors.collector import Collector
-    from flowwarden.settings import Settings
 
-    assert isinstance(settings, Settings)
     if settings.bus.kind == "memory":
         logging.getLogger("flowwarden.collector").warning(
             "bus.kind is memory: flows stay inside this process; set bus.kind: kafka to publish them"
@@ -104,3 +128,13 @@ def _live(settings: object) -> None:
         collector.stop()
     if collector.failure:
         raise ServiceUnavailable(collector.failure)
+    if output is Output.json:
+        m = collector.metrics
+        emit(
+            output,
+            {
+                "node": settings.collector.node,
+                "packets": m.value("flowwarden_collector_packets_total"),
+                "flows": m.value("flowwarden_collector_flows_total"),
+            },
+        )

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flowwarden.cli.common import COMMANDS
+from flowwarden.cli.common import COMMANDS, Output, OutputOption, emit
 
 config_app = typer.Typer(help="Check settings files; print a commented example.", no_args_is_help=True)
 
@@ -30,15 +30,23 @@ def register(app: typer.Typer) -> None:
 @config_app.command("check")
 def check_command(
     file: Annotated[Path, typer.Argument(help="YAML settings file to validate.")],
+    output: OutputOption = Output.text,
 ) -> None:
     """Validate FILE (with FLOWWARDEN_* environment overrides) and print the effective settings."""
-    from flowwarden.cli.common import check_plugin_settings
-    from flowwarden.settings import dump_settings, load_settings
+    from flowwarden.cli.common import settings_from
+    from flowwarden.settings import dump_settings
 
-    settings = load_settings(file)  # ConfigError names the key and the nearest valid name
-    check_plugin_settings(settings)  # detector, threshold and backend names; threshold ranges
-    typer.echo(f"# {file}: valid; effective settings (environment overrides applied):")
-    typer.echo(dump_settings(settings), nl=False)
+    # ConfigError names the key and the nearest valid name; then detector, threshold and
+    # backend names and threshold ranges.
+    settings = settings_from(file)
+    emit(
+        output,
+        {"file": str(file), "valid": True, "settings": settings.model_dump(mode="json")},
+        lambda: (
+            f"# {file}: valid; effective settings (environment overrides applied):\n"
+            + dump_settings(settings).rstrip("\n")
+        ),
+    )
 
 
 @config_app.command("example")

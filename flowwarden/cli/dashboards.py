@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flowwarden.cli.common import COMMANDS
+from flowwarden.cli.common import COMMANDS, ConfigOption, Output, OutputOption, emit, settings_from
 from flowwarden.errors import ConfigError
 
 DEFAULT_IMG_DIR = Path("docs/img")
@@ -24,17 +24,19 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             Path | None, typer.Option(help="Directory for the JSON (default: dashboards/json).")
         ] = None,
+        output: OutputOption = Output.text,
     ) -> None:
         """Write every dashboard's JSON from the code."""
         from flowwarden.dashboards.catalog import JSON_DIR
         from flowwarden.dashboards.catalog import generate as write
 
-        for path in write(out or JSON_DIR):
-            typer.echo(str(path))
+        paths = [str(p) for p in write(out or JSON_DIR)]
+        emit(output, {"written": paths}, "\n".join(paths))
 
     @group.command("check")
     def check(
         out: Annotated[Path | None, typer.Option(help="Directory of the committed JSON.")] = None,
+        output: OutputOption = Output.text,
     ) -> None:
         """Fail when the committed JSON differs from what the code generates."""
         from flowwarden.dashboards.catalog import JSON_DIR, stale
@@ -44,7 +46,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(
                 "dashboards JSON is stale (run 'flowwarden dashboards generate'): " + "; ".join(problems)
             )
-        typer.echo("dashboards JSON is up to date")
+        emit(output, {"up_to_date": True}, "dashboards JSON is up to date")
 
     @group.command("render")
     def render(
@@ -67,11 +69,16 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(envvar="GRAFANA_TOKEN", help="Service-account token (or GRAFANA_TOKEN).")
         ],
         datasources: Annotated[bool, typer.Option(help="Also create/update the data sources.")] = True,
+        config: ConfigOption = None,
+        output: OutputOption = Output.text,
     ) -> None:
-        """Upload the folder, data sources and dashboards to an existing Grafana."""
+        """Upload the folder, data sources and dashboards to an existing Grafana (retried: settings.retry)."""
         from flowwarden.dashboards.push import push as upload
+        from flowwarden.retry import RetryPolicy
 
-        for line in upload(url, token, with_datasources=datasources):
-            typer.echo(line)
+        settings = settings_from(config)
+        policy = RetryPolicy.from_settings(settings.retry, "grafana", attempts=5)
+        done = upload(url, token, with_datasources=datasources, retry=policy)
+        emit(output, {"done": done}, "\n".join(done))
 
     app.add_typer(group, name="dashboards")

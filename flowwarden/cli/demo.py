@@ -15,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from flowwarden.cli.common import COMMANDS, ConfigOption
+from flowwarden.cli.common import COMMANDS, ConfigOption, Output, OutputOption, emit
+from flowwarden.errors import ExitCode
 
 DEFAULT_OUT = Path("flowwarden-demo")
 
@@ -46,6 +47,7 @@ def demo(
         bool | None, typer.Option("--live/--no-live", help="Live terminal view (default: when a terminal).")
     ] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when an injected attack was missed.")] = False,
+    output: OutputOption = Output.text,
 ) -> None:
     """Simulate a cluster with attacks, detect them, decide in dry-run, and report (within 60 s)."""
     from flowwarden.cli.demo_run import DemoOptions, run_demo
@@ -62,13 +64,15 @@ def demo(
         bus=bus,
         bootstrap=bootstrap,
         store=store,
-        live=live,
+        live=False if output is Output.json else live,
+        json_output=output is Output.json,
     )
     started = time.monotonic()
     summary = run_demo(options)
-    typer.echo(summary.render(time.monotonic() - started))
+    wall_s = time.monotonic() - started
+    emit(output, summary.to_dict(wall_s), lambda: summary.render(wall_s))
     if strict and summary.missed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @COMMANDS.register("demo")

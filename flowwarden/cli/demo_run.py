@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from flowwarden.errors import ConfigError
+from flowwarden.cli.common import settings_from
+from flowwarden.errors import InputError
 from flowwarden.labels import Labels
 from flowwarden.records import Alert, Decision
-from flowwarden.settings import Settings, load_settings
+from flowwarden.settings import Settings
 
 if TYPE_CHECKING:
     from flowwarden.kube import PodInventory
@@ -49,6 +50,7 @@ class DemoOptions:
     bootstrap: str | None = None
     store: str | None = None
     live: bool | None = None
+    json_output: bool = False  # --output json: the view writes to stderr, stdout is the summary
 
 
 @dataclass
@@ -78,6 +80,25 @@ class DemoSummary:
         if not self.metrics:
             return []
         return [e["technique"] for e in self.metrics["episodes"] if not e["detected"]]
+
+    def to_dict(self, wall_s: float) -> dict[str, Any]:
+        """The summary for ``--output json``: what ``render`` says, as data."""
+        by_status: dict[str, int] = {}
+        for d in self.decisions:
+            key = d.status if d.status != "refused" else f"refused:{d.guardrail}"
+            by_status[key] = by_status.get(key, 0) + 1
+        return {
+            "source": self.source,
+            "flows": self.flows,
+            "sim_minutes": self.sim_minutes,
+            "wall_s": round(wall_s, 3),
+            "alerts": len(self.alerts),
+            "missed": self.missed,
+            "metrics": self.metrics,
+            "decisions": dict(sorted(by_status.items())),
+            "out": str(self.out),
+            "files": [str(p.relative_to(self.out)) for p in self.files],
+        }
 
     def render(self, wall_s: float) -> str:
         lines = [
@@ -119,7 +140,7 @@ class DemoSummary:
 def demo_settings(opts: DemoOptions, inventory_path: Path | None) -> Settings:
     """The user's settings (if any) with what makes this run the demo: dry-run, its own store."""
     if opts.bus not in ("memory", "kafka"):
-        raise ConfigError(f"--bus: {opts.bus!r} is not one of memory, kafka")
+        raise InputError(f"--bus: {opts.bus!r} is not one of memory, kafka")
     overrides: dict[str, Any] = {
         "bus": {"kind": opts.bus},
         "store": {"url": opts.store or f"sqlite:///{(opts.out / 'flowwarden.db').resolve()}"},
@@ -144,7 +165,7 @@ def demo_settings(opts: DemoOptions, inventory_path: Path | None) -> Settings:
         overrides["kafka"] = {
             "bootstrap_servers": [s.strip() for s in opts.bootstrap.split(",") if s.strip()]
         }
-    return load_settings(opts.config, **overrides)
+    return settings_from(opts.config, **overrides)  # and its log_level, log_format
 
 
 def load_traffic(opts: DemoOptions, settings: Settings) -> Traffic:
@@ -153,7 +174,7 @@ def load_traffic(opts: DemoOptions, settings: Settings) -> Traffic:
         from flowwarden.collectors.offline import meter_pcap
 
         if not opts.pcap.is_file():
-            raise ConfigError(f"--pcap: {opts.pcap} is not a file")
+            raise InputError(f"--pcap: {opts.pcap} is not a file")
         flows = meter_pcap(opts.pcap, settings)
         pods = 0
         if opts.inventory is not None:
@@ -180,10 +201,12 @@ def run_demo(opts: DemoOptions) -> DemoSummary:
     settings = demo_settings(opts, None)
     traffic = load_traffic(opts, settings)
     settings = demo_settings(opts, traffic.inventory_path)
-    # The view shows every decision, refusals included: keep the stages' logs to errors.
-    for name in ("flowwarden.enforcement", "flowwarden.pipeline", "flowwarden.models", "flowwarden.bus"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    view = DemoView(live=opts.live)
+    view = DemoView(live=opts.live, to_stderr=opts.json_output)
+    if view.live_enabled and settings.log_level != "debug":
+        # The live view shows every decision, refusals included: keep the stages' logs to
+        # errors so they do not tear the panel (log_level: debug shows them all the same).
+        for name in ("flowwarden.enforcement", "flowwarden.pipeline", "flowwarden.models", "flowwarden.bus"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     with view:
         run = _Run(settings, traffic, view, opts)
         alerts, decisions, windows, model = run.execute()
@@ -220,6 +243,9 @@ class _RecordingEngine:
 
     def set_inventory(self, inventory: PodInventory | None) -> None:
         self.engine.set_inventory(inventory)
+
+    def set_rules(self, policy: Any, policy_version: str, feeds: Any, feeds_version: str) -> None:
+        self.engine.set_rules(policy, policy_version, feeds, feeds_version)
 
     def export_state(self) -> bytes:
         return self.engine.export_state()

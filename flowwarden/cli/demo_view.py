@@ -23,8 +23,10 @@ LOG_EVERY_S = 5.0
 class DemoView:
     """Shows flows/s, windows scored, alerts as they fire (with evidence) and decisions."""
 
-    def __init__(self, *, live: bool | None) -> None:
-        self.console = Console(stderr=False)
+    def __init__(self, *, live: bool | None, to_stderr: bool = False) -> None:
+        # to_stderr: stdout carries a JSON document (--output json); the view keeps out of it.
+        self.stream = sys.stderr if to_stderr else sys.stdout
+        self.console = Console(stderr=to_stderr)
         self.live_enabled = self.console.is_terminal if live is None else live
         self.alerts: deque[str] = deque(maxlen=8)
         self.decisions: deque[str] = deque(maxlen=6)
@@ -93,7 +95,7 @@ class DemoView:
             self._log(line)
 
     def _log(self, text: str) -> None:
-        print(f"[demo] {text}", file=sys.stdout, flush=True)
+        print(f"[demo] {text}", file=self.stream, flush=True)
 
     def _render(self) -> Panel:
         head = Table.grid(padding=(0, 2))

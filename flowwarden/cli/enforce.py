@@ -11,8 +11,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
-from flowwarden.errors import ConfigError
+from flowwarden.cli.common import (
+    COMMANDS,
+    ConfigOption,
+    Output,
+    OutputOption,
+    StrictOption,
+    emit,
+    settings_from,
+)
+from flowwarden.errors import ExitCode, InputError
 
 if TYPE_CHECKING:
     from flowwarden.enforcement.enforcer import Enforcer
@@ -48,8 +56,13 @@ def enforce(
         ),
     ] = None,
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
+    strict: StrictOption = False,
 ) -> None:
-    """Offline dry-run over a file of alerts (``--alerts``), or a subcommand (``run``)."""
+    """Offline dry-run over a file of alerts (``--alerts``), or a subcommand (``run``).
+
+    With ``--strict`` the exit status says whether any block would be applied.
+    """
     if ctx.invoked_subcommand is not None:
         return
     if alerts is None:
@@ -58,12 +71,20 @@ def enforce(
     from flowwarden.enforcement.offline import plan_offline, read_alerts, summarise, write_decisions
 
     settings = settings_from(config)
+    if not alerts.is_file():
+        raise InputError(f"--alerts: {alerts}: no such file")
     out = out or alerts.with_name("decisions.jsonl")
     rules_dir = rules_dir or out.parent / "rules"
     decisions = plan_offline(read_alerts(alerts), settings, rules_dir)
     n = write_decisions(decisions, out)
-    typer.echo(f"{n} decisions -> {out}; rules it would apply -> {rules_dir}")
-    typer.echo(json.dumps(summarise(decisions), indent=2))
+    by_status = summarise(decisions)
+    emit(
+        output,
+        {"decisions": n, "by_status": by_status, "out": str(out), "rules_dir": str(rules_dir)},
+        f"{n} decisions -> {out}; rules it would apply -> {rules_dir}\n" + json.dumps(by_status, indent=2),
+    )
+    if strict and any(d.status in ("simulated", "applied", "pending") for d in decisions):
+        raise typer.Exit(ExitCode.FOUND)
 
 
 @enforce_app.command("run")
@@ -129,6 +150,11 @@ def _enforcer(settings: Settings, store: Store, *, start: bool) -> Enforcer:
     return enforcer
 
 
+def _doc(d: Any) -> Any:
+    """A decision as the JSON object its ``to_json`` writes (the store's and the topic's form)."""
+    return json.loads(d.to_json())
+
+
 def _show(d: Any) -> str:
     exp = d.expires_at.isoformat(timespec="seconds") if d.expires_at else "-"
     what = ",".join(d.targets) if d.targets else "(all traffic)"
@@ -148,8 +174,11 @@ def blocks_list(
     all_: Annotated[
         bool, typer.Option("--all", help="Every decision, not only active and pending ones.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON decision per line.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON decision per line (JSON Lines; see also --output json).")
+    ] = False,
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """Blocks in force, pending approval, or simulated (dry-run)."""
     _, store = _with_store(config)
@@ -158,10 +187,15 @@ def blocks_list(
         decisions = store.list_decisions(status=statuses)
     finally:
         store.stop()
-    for d in decisions:
-        typer.echo(d.to_json() if as_json else _show(d))
-    if not as_json:
-        typer.echo(f"{len(decisions)} decisions")
+    if as_json:
+        for d in decisions:
+            typer.echo(d.to_json())
+        return
+    emit(
+        output,
+        {"decisions": [_doc(d) for d in decisions], "count": len(decisions)},
+        lambda: "\n".join([*(_show(d) for d in decisions), f"{len(decisions)} decisions"]),
+    )
 
 
 @blocks_app.command("revoke")
@@ -169,6 +203,7 @@ def blocks_revoke(
     decision_id: Annotated[str, typer.Argument(help="The decision to lift.")],
     by: Annotated[str, typer.Option("--by", help="Who revokes (audit trail).")] = "",
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """Lift a block now (its rules are removed from every backend)."""
     settings, store = _with_store(config)
@@ -178,7 +213,7 @@ def blocks_revoke(
         enforcer.stop()
     finally:
         store.stop()
-    typer.echo(_show(d))
+    emit(output, {"decision": _doc(d)}, _show(d))
 
 
 @blocks_app.command("approve")
@@ -189,6 +224,7 @@ def blocks_approve(
         bool, typer.Option("--force", help="Override the allowlist (never the other guardrails).")
     ] = False,
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """Apply a decision waiting for approval; the guardrails are checked again now."""
     settings, store = _with_store(config)
@@ -198,9 +234,9 @@ def blocks_approve(
         enforcer.stop()
     finally:
         store.stop()
-    typer.echo(_show(d))
+    emit(output, {"decision": _doc(d)}, _show(d))
     if d.status == "refused":
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @blocks_app.command("add")
@@ -219,6 +255,7 @@ def blocks_add(
         bool, typer.Option("--force", help="Override the allowlist (never the other guardrails).")
     ] = False,
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """A manual block, applied now in enforce mode; the same guardrails as for alerts."""
     from pydantic import ValidationError
@@ -228,7 +265,7 @@ def blocks_add(
     try:
         entity = Entity(ip=source, namespace=namespace, pod=pod)
     except ValidationError as exc:
-        raise ConfigError(f"--source: {source!r} is not an IP address") from exc
+        raise InputError(f"--source: {source!r} is not an IP address") from exc
     settings, store = _with_store(config)
     try:
         enforcer = _enforcer(settings, store, start=True)
@@ -244,6 +281,6 @@ def blocks_add(
         enforcer.stop()
     finally:
         store.stop()
-    typer.echo(_show(d))
+    emit(output, {"decision": _doc(d)}, _show(d))
     if d.status in ("refused", "failed"):
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)

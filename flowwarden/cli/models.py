@@ -15,8 +15,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
-from flowwarden.errors import ConfigError
+from flowwarden.cli.common import (
+    COMMANDS,
+    ConfigOption,
+    Output,
+    OutputOption,
+    emit,
+    fraction_progress,
+    progress,
+    settings_from,
+)
+from flowwarden.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from flowwarden.models.workflow import DetectFn
@@ -73,21 +82,9 @@ def feature_names() -> list[str]:
 
 @contextmanager
 def progress_bar(title: str) -> Iterator[Callable[[str, float], None]]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn(f"[bold]{title}[/] {{task.description:<22}}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        transient=False,
-    ) as bar:
-        task = bar.add_task("start", total=1.0)
-
-        def step(what: str, done: float) -> None:
-            bar.update(task, description=what, completed=done)
-
-        yield step
+    """The shared progress bar (stderr, only on a terminal) for the workflow's fraction-done reports."""
+    with progress(title, total=1.0) as step:
+        yield fraction_progress(step)
 
 
 def _labels(path: Path | None, *, required: bool) -> Any:
@@ -95,7 +92,7 @@ def _labels(path: Path | None, *, required: bool) -> Any:
 
     if path is None:
         if required:
-            raise ConfigError("labels: --labels is required (attack episodes to measure against)")
+            raise InputError("labels: --labels is required (attack episodes to measure against)")
         return None
     return Labels.load(path)
 
@@ -109,10 +106,13 @@ def _registry(registry: Path | None, config: Path | None) -> Path:
     return settings.pipeline.model_dir
 
 
-def _print_overall(metrics: dict[str, Any]) -> None:
+def _print_overall(metrics: dict[str, Any], output: Output = Output.text, **extra: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if output is Output.json:
+        emit(output, {**extra, "overall": metrics["overall"], "per_technique": metrics["per_technique"]})
+        return
     console = Console()
     o = metrics["overall"]
     console.print(
@@ -159,13 +159,14 @@ def train_command(
         str | None, typer.Option(help="Parent version (default: the registry's active one).")
     ] = None,
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """Learn baselines, seen edges and the anomaly model from benign flows (episodes excluded)."""
     from flowwarden.models.estimators import METHODS
     from flowwarden.models.workflow import count_pods, read_flows, read_inventory, train
 
     if method not in METHODS:
-        raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}")
+        raise InputError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
     settings = settings_from(config)
     inv = read_inventory(inventory)
     data = read_flows(flows)
@@ -186,9 +187,11 @@ def train_command(
             progress=step,
         )
     tr = model.metadata["training"]
-    typer.echo(
+    emit(
+        output,
+        {"version": model.version, "out": str(out), "threshold": model.threshold, "training": tr},
         f"model {model.version} written to {out}: {tr['windows']} benign windows, {tr['flows']} flows "
-        f"({tr['excluded_attack_flows']} attack flows excluded), threshold {model.threshold:.4f}"
+        f"({tr['excluded_attack_flows']} attack flows excluded), threshold {model.threshold:.4f}",
     )
 
 
@@ -202,6 +205,7 @@ def evaluate_command(
         Path | None, typer.Option("--out", help="Directory for metrics.json (default: MODEL/evaluation).")
     ] = None,
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """Run the live pipeline's engine with the model over labelled flows; write metrics.json."""
     from flowwarden.models.registry import load_model
@@ -223,8 +227,9 @@ def evaluate_command(
             out_dir=out_dir,
             progress=step,
         )
-    _print_overall(metrics)
-    typer.echo(f"metrics written to {out_dir / 'metrics.json'}")
+    _print_overall(metrics, output, metrics_file=str(out_dir / "metrics.json"))
+    if output is Output.text:
+        typer.echo(f"metrics written to {out_dir / 'metrics.json'}")
 
 
 @models_app.command("tune")
@@ -241,6 +246,7 @@ def tune_command(
         str, typer.Option(help="Window sizes to try, seconds, comma-separated.")
     ] = "10,20",
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """Search window size, forest parameters and threshold for recall under the false-alert budget."""
     from flowwarden.models.evaluation import evaluate, write_metrics
@@ -257,7 +263,9 @@ def tune_command(
     try:
         sizes = [float(x) for x in window_sizes.split(",") if x.strip()]
     except ValueError as exc:
-        raise ConfigError(f"window_sizes: {window_sizes!r} is not a comma-separated list of seconds") from exc
+        raise InputError(
+            f"--window-sizes: {window_sizes!r} is not a comma-separated list of seconds"
+        ) from exc
     settings = settings_from(config)
     inv = read_inventory(inventory)
     data = read_flows(flows)
@@ -295,6 +303,10 @@ def tune_command(
             out / EVAL_DIR, metrics, windows, det.alerts, later, result.best.window_s, result.model
         )
     b, d = result.best, result.default
+    summary = result.summary()
+    if output is Output.json:
+        emit(output, {**summary, "out": str(out), "search": str(out / "tuning.json")})
+        return
     typer.echo(
         f"tuned: window {b.window_s:g}s params {b.params or 'defaults'} threshold {b.threshold:.4f}: "
         f"recall {_fmt((b.confirmed or {}).get('recall'))}, false alerts/h/100 pods "
@@ -302,7 +314,7 @@ def tune_command(
         f"defaults: recall {_fmt((d.confirmed or {}).get('recall'))}, false alerts/h/100 pods "
         f"{_fmt((d.confirmed or {}).get('false_alerts_per_hour_per_100_pods'))}"
     )
-    if not result.summary()["budget_met"]:
+    if not summary["budget_met"]:
         noisy = {
             name: row["false_alerts"]
             for name, row in result.best_metrics.get("per_detector", {}).items()
@@ -324,6 +336,7 @@ def report_command(
     evaluation: Annotated[
         Path | None, typer.Option("--evaluation", help="Evaluation directory (default: MODEL/evaluation).")
     ] = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """One self-contained HTML report: curves, score distributions, per technique, features."""
     from flowwarden.models.registry import load_model
@@ -332,15 +345,20 @@ def report_command(
 
     loaded = load_model(model)
     path = write_report(loaded, evaluation or model / EVAL_DIR, out)
-    typer.echo(f"report written to {path}")
+    emit(output, {"report": str(path)}, f"report written to {path}")
 
 
 @models_app.command("list")
-def list_command(registry: RegistryOption = None, config: ConfigOption = None) -> None:
+def list_command(
+    registry: RegistryOption = None, config: ConfigOption = None, output: OutputOption = Output.text
+) -> None:
     """The registry's versions, the active one marked with *."""
     from flowwarden.models.registry import list_models
 
     rows = list_models(_registry(registry, config))
+    if output is Output.json:
+        emit(output, {"models": rows})
+        return
     if not rows:
         typer.echo("no models")
     for r in rows:
@@ -357,26 +375,37 @@ def promote_command(
     version: Annotated[str, typer.Argument(help="Version to make live.")],
     registry: RegistryOption = None,
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """Make a verified version live; a running pipeline switches to it without a restart."""
     from flowwarden.models.registry import promote
 
     model = promote(_registry(registry, config), version)
-    typer.echo(f"promoted {model.version}")
+    emit(output, {"active": model.version}, f"promoted {model.version}")
 
 
 @models_app.command("rollback")
-def rollback_command(registry: RegistryOption = None, config: ConfigOption = None) -> None:
+def rollback_command(
+    registry: RegistryOption = None, config: ConfigOption = None, output: OutputOption = Output.text
+) -> None:
     """Go back to the version promoted before the active one."""
     from flowwarden.models.registry import rollback
 
     previous = rollback(_registry(registry, config))
-    typer.echo(f"rolled back to {previous}" if previous else "rolled back: no model active now")
+    emit(
+        output,
+        {"active": previous},
+        f"rolled back to {previous}" if previous else "rolled back: no model active now",
+    )
 
 
 @models_app.command("show")
-def show_command(model: Annotated[Path, typer.Option("--model", help="Model directory.")]) -> None:
-    """Verify a model directory and print its metadata."""
+def show_command(
+    model: Annotated[Path, typer.Option("--model", help="Model directory.")],
+    output: OutputOption = Output.text,
+) -> None:
+    """Verify a model directory and print its metadata (JSON either way; text is indented)."""
     from flowwarden.models.registry import load_model
 
-    typer.echo(json.dumps(load_model(model).metadata, indent=1, sort_keys=True))
+    metadata = load_model(model).metadata
+    emit(output, metadata, lambda: json.dumps(metadata, indent=1, sort_keys=True))

@@ -14,15 +14,24 @@ from typing import Annotated, cast
 import typer
 
 from flowwarden.alert_formats import FORMATS, AlertExporter, AlertFormat
-from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
-from flowwarden.errors import ConfigError
+from flowwarden.cli.common import (
+    COMMANDS,
+    ConfigOption,
+    Output,
+    OutputOption,
+    StrictOption,
+    emit,
+    progress,
+    settings_from,
+)
+from flowwarden.errors import ExitCode, InputError
 
 log = logging.getLogger(__name__)
 
 
 def _alert_format(fmt: str) -> AlertFormat:
     if fmt not in FORMATS:
-        raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+        raise InputError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     return cast(AlertFormat, fmt)
 
 
@@ -57,6 +66,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         config: ConfigOption = None,
+        output: OutputOption = Output.text,
+        strict: StrictOption = False,
     ) -> None:
         """Score flows offline (same engine as the live pipeline) and write alerts.jsonl."""
         import pandas as pd
@@ -70,27 +81,36 @@ def register(app: typer.Typer) -> None:
                 update={"alerts": settings.alerts.model_copy(update={"format": _alert_format(fmt)})}
             )
         if (flows is None) == (pcap is None):
-            raise ConfigError("detect: give exactly one of --flows FILE.parquet or --pcap FILE")
+            raise InputError("detect: give exactly one of --flows FILE.parquet or --pcap FILE")
         if flows is not None:
             if not flows.exists():
-                raise ConfigError(f"--flows: {flows}: no such file")
+                raise InputError(f"--flows: {flows}: no such file")
             try:
                 frame = pd.read_parquet(flows)
             except (OSError, ValueError) as exc:
-                raise ConfigError(f"--flows: {flows}: not a readable Parquet file: {exc}") from exc
+                raise InputError(f"--flows: {flows}: not a readable Parquet file: {exc}") from exc
         else:
             assert pcap is not None
             if not pcap.exists():
-                raise ConfigError(f"--pcap: {pcap}: no such file")
-            from flowwarden.collectors import meter_pcap  # type: ignore[attr-defined,unused-ignore]
+                raise InputError(f"--pcap: {pcap}: no such file")
+            from flowwarden.collectors.offline import meter_capture
 
-            frame = meter_pcap(pcap, settings)
+            with progress("meter", total=pcap.stat().st_size) as step:
+                frame, _report = meter_capture(
+                    pcap, settings, progress=lambda n, done, size: step(f"{n:,} packets", done, size)
+                )
         inv_path = inventory or settings.kubernetes.inventory_path
         inv = PodInventory.from_file(inv_path) if inv_path is not None else None
         model = None if no_model else default_model()
-        result = detect_flows(
-            frame, settings=settings, inventory=inv, model=model, keep_windows=windows_out is not None
-        )
+        with progress("detect", total=max(len(frame), 1)) as step:
+            result = detect_flows(
+                frame,
+                settings=settings,
+                inventory=inv,
+                model=model,
+                keep_windows=windows_out is not None,
+                progress=lambda done, total: step(f"{done:,} flows", done, max(total, 1)),
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         exporter = AlertExporter.from_settings(settings)
         with out.open("wb") as fh:
@@ -110,7 +130,21 @@ def register(app: typer.Typer) -> None:
         for a in result.alerts:
             by_detector[a.detector] = by_detector.get(a.detector, 0) + 1
         summary = ", ".join(f"{k}={v}" for k, v in sorted(by_detector.items())) or "none"
-        typer.echo(f"{len(frame)} flows, {len(result.alerts)} alerts ({summary}) -> {out}")
+        emit(
+            output,
+            {
+                "flows": len(frame),
+                "invalid_flows": invalid,
+                "alerts": len(result.alerts),
+                "by_detector": dict(sorted(by_detector.items())),
+                "format": settings.alerts.format,
+                "out": str(out),
+                "windows": str(windows_out) if windows_out is not None else None,
+            },
+            f"{len(frame)} flows, {len(result.alerts)} alerts ({summary}) -> {out}",
+        )
+        if strict and result.alerts:
+            raise typer.Exit(ExitCode.FOUND)
 
 
 def _register_run(app: typer.Typer) -> None:
@@ -145,6 +179,7 @@ def _register_run(app: typer.Typer) -> None:
                 help="Serve /ready (Kafka and the store reachable) and /healthz here (0: off).",
             ),
         ] = 0,
+        output: OutputOption = Output.text,
     ) -> None:
         """Consume flows, detect, send alerts to the topic, the store and the notifiers."""
         import socket
@@ -167,7 +202,14 @@ def _register_run(app: typer.Typer) -> None:
             )
         finally:
             readiness.close()
-        typer.echo(
+        emit(
+            output,
+            {
+                "batches": stats.batches,
+                "flows": stats.flows,
+                "alerts": stats.alerts,
+                "dead_letters": stats.dlq,
+            },
             f"pipeline stopped: {stats.batches} batches, {stats.flows} flows, {stats.alerts} alerts, "
-            f"{stats.dlq} dead letters"
+            f"{stats.dlq} dead letters",
         )

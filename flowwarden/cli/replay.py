@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
+from flowwarden.cli.common import (
+    COMMANDS,
+    ConfigOption,
+    Output,
+    OutputOption,
+    emit,
+    require_kafka,
+    settings_from,
+)
+from flowwarden.errors import ExitCode, InputError
 
 
 def replay(
@@ -20,15 +29,19 @@ def replay(
     ] = False,
     speed: Annotated[float, typer.Option(help="Pace multiplier with --realtime (2: twice as fast).")] = 1.0,
     batch_s: Annotated[float, typer.Option(help="Seconds of traffic per published batch.")] = 1.0,
+    output: OutputOption = Output.text,
 ) -> None:
-    """Publish a flows file to the bus's `flows` topic, as a collector would."""
+    """Publish a flows file to the bus's `flows` topic, as a collector would (needs bus.kind: kafka)."""
     from flowwarden.bus import open_bus
     from flowwarden.simulator.replay import load_flows
     from flowwarden.simulator.replay import replay as run_replay
 
     if speed <= 0 or batch_s <= 0:
-        raise typer.BadParameter("--speed and --batch-s must be positive")
+        raise InputError("--speed and --batch-s must be positive")
     settings = settings_from(config)
+    require_kafka(settings, "replay")
+    if not flows.is_file():
+        raise InputError(f"{flows}: no such file")
     frame = load_flows(flows)
     bus = open_bus(settings)
     stop = threading.Event()
@@ -53,12 +66,20 @@ def replay(
         failed = producer.failed_count
     finally:
         bus.close()
-    typer.echo(
+    emit(
+        output,
+        {
+            "flows": stats.flows,
+            "messages": stats.messages,
+            "seconds": round(stats.seconds, 3),
+            "failed_messages": failed,
+            "topic": settings.kafka.topics.flows,
+        },
         f"replayed {stats.flows:,} flows in {stats.messages:,} messages over {stats.seconds:.1f} s"
-        + (f"; {failed} messages failed" if failed else "")
+        + (f"; {failed} messages failed" if failed else ""),
     )
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @COMMANDS.register("replay")

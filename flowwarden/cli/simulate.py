@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from flowwarden.cli.common import COMMANDS, ConfigOption, settings_from
-from flowwarden.errors import ConfigError
+from flowwarden.cli.common import COMMANDS, ConfigOption, Output, OutputOption, emit, progress, settings_from
+from flowwarden.errors import InputError
 
 
 @COMMANDS.register("simulate")
@@ -23,7 +23,7 @@ def _parse_start(value: str | None) -> datetime | None:
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise ConfigError(f"start: {value!r} is not an ISO 8601 time (e.g. 2026-11-27T02:00:00Z)") from exc
+        raise InputError(f"--start: {value!r} is not an ISO 8601 time (e.g. 2026-11-27T02:00:00Z)") from exc
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
@@ -34,7 +34,7 @@ def _parse_intensity(value: str) -> float | dict[str, float]:
         pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
         return {k.strip(): float(v) for k, v in pairs}
     except ValueError as exc:
-        raise ConfigError(f"intensity: {value!r} is not a number or technique=number list") from exc
+        raise InputError(f"--intensity: {value!r} is not a number or technique=number list") from exc
 
 
 def simulate_command(
@@ -63,10 +63,9 @@ def simulate_command(
     ] = None,
     benign_only: Annotated[bool, typer.Option("--benign-only", help="No attacks at all.")] = False,
     config: ConfigOption = None,
+    output: OutputOption = Output.text,
 ) -> None:
     """Simulate a labelled cluster run: benign traffic, hard negatives and attack episodes."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from flowwarden.simulator import simulate
     from flowwarden.simulator.generate import resolve_intensity, resolve_techniques
 
@@ -74,18 +73,7 @@ def simulate_command(
     resolve_techniques(attacks)  # fail on a bad name before any work
     level = _parse_intensity(intensity)
     resolve_intensity(level)
-    with Progress(
-        TextColumn("[bold]simulate[/] {task.description:<18}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        transient=False,
-    ) as bar:
-        task = bar.add_task("cluster", total=1.0)
-
-        def step(what: str, done: float) -> None:
-            bar.update(task, description=what, completed=done)
-
+    with progress("simulate", total=1.0) as bar:
         sim = simulate(
             minutes=minutes,
             pods=pods,
@@ -95,13 +83,20 @@ def simulate_command(
             start=_parse_start(start),
             settings=settings,
             benign_only=benign_only,
-            progress=step,
+            progress=lambda what, done: bar(what, done, 1.0),
         )
-        bar.update(task, description="writing files", completed=0.9)
+        bar("writing files", 0.9, 1.0)
         sim.save(out)
-        bar.update(task, description="done", completed=1.0)
     techniques = sorted({e.technique for e in sim.labels.episodes})
-    typer.echo(
+    emit(
+        output,
+        {
+            "flows": len(sim.flows),
+            "episodes": len(sim.labels.episodes),
+            "techniques": techniques,
+            "pods": len(sim.inventory["items"]),
+            "out": str(out),
+        },
         f"{len(sim.flows)} flows, {len(sim.labels.episodes)} episodes "
-        f"({', '.join(techniques) or 'none'}), {len(sim.inventory['items'])} pods -> {out}"
+        f"({', '.join(techniques) or 'none'}), {len(sim.inventory['items'])} pods -> {out}",
     )

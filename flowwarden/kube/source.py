@@ -133,8 +133,9 @@ def inventory_source_from_settings(settings: Settings, *, api: Any = None) -> In
             watch_timeout_s=k.watch_timeout_s,
             request_timeout_s=k.request_timeout_s,
             page_size=k.page_size,
-            backoff_initial_s=k.backoff_initial_s,
-            backoff_max_s=k.backoff_max_s,
+            backoff_initial_s=settings.retry.initial_s,
+            backoff_max_s=settings.retry.max_s,
+            jitter=settings.retry.jitter,
         )
     if k.inventory_source == "file" and k.inventory_path is not None:
         return FileSource(k.inventory_path)

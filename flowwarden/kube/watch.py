@@ -28,6 +28,7 @@ from flowwarden.errors import ConfigError, ServiceUnavailable
 from flowwarden.kube.inventory import PodInventory
 from flowwarden.kube.pods import DELETED_AT, slim_pod
 from flowwarden.kube.source import SourceStats
+from flowwarden.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ _RBAC_HINT = (
     "the service account needs list and watch on pods cluster-wide "
     "(deploy/kubernetes/pipeline.yaml, enforcer.yaml)"
 )
+
+
+class _QuickEnd(Exception):
+    """A watch stream that ended at once without an event: backed off like a failure."""
 
 
 def _iso(ts: float) -> str:
@@ -110,6 +115,7 @@ class WatchSource:
         page_size: int = 500,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        jitter: bool = True,
         stop_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -122,6 +128,7 @@ class WatchSource:
         self.page_size = page_size
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.jitter = jitter
         self.stop_timeout_s = stop_timeout_s
         self.clock = clock  # wall clock: deletion times and retention
         self.stats = SourceStats()
@@ -334,48 +341,59 @@ class WatchSource:
 
     def _run(self) -> None:
         """Watch until stopped: resume from the last resourceVersion, list again on 410 Gone,
-        back off (bounded, exponential, stop-aware) on anything else."""
+        and back off with the one retry policy (target ``kubernetes``, stop-aware) on anything
+        else; a healthy stream that the server ended starts the back-off afresh."""
+        policy = RetryPolicy(
+            target="kubernetes",
+            initial_s=self.backoff_initial_s,
+            max_s=self.backoff_max_s,
+            jitter=self.jitter,
+        )
+        while not self._stopping.is_set():
+            try:
+                policy.call(self._session, Exception, stop_event=self._stopping)
+            except Exception:  # only when stopping: the policy never gives up otherwise
+                if not self._stopping.is_set():
+                    raise
+        log.info("pod watch stopped")
+
+    def _session(self) -> None:
+        """One list (when needed) and one watch stream; raises to be tried again after a back-off."""
         from kubernetes.client.exceptions import ApiException
 
-        failures = 0
-        while not self._stopping.is_set():
-            started = time.monotonic()
+        started = time.monotonic()
+        try:
             try:
                 if self._resource_version is None:
                     self._relist()
                 applied = self._watch_once()
             except ApiException as exc:
-                if self._stopping.is_set():
-                    break
-                failures += 1
+                if exc.status != _GONE or self._stopping.is_set():
+                    raise
+                # The normal expiry of a resourceVersion: list again at once; a second 410 backs off.
                 self.stats.failures += 1
-                if exc.status == _GONE:
-                    log.info("pod watch expired, listing again resource_version=%s", self._resource_version)
-                    self._resource_version = None
-                    if failures == 1:
-                        continue  # the normal case: list at once; a 410 again backs off
-                else:
-                    log.warning("pod watch refused error=%s failures=%d", _describe(exc), failures)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                if self._stopping.is_set():
-                    break
-                failures += 1
-                self.stats.failures += 1
-                log.warning("pod watch connection failed error=%s failures=%d", _describe(exc), failures)
-            except Exception:  # keep watching: a dead thread would freeze the inventory silently
-                if self._stopping.is_set():
-                    break
-                failures += 1
-                self.stats.failures += 1
-                # An event that cannot be read would fail again from the same resourceVersion.
+                log.info("pod watch expired, listing again resource_version=%s", self._resource_version)
                 self._resource_version = None
-                log.exception("pod watch failed unexpectedly, listing again failures=%d", failures)
-            else:
-                if applied or time.monotonic() - started >= _HEALTHY_STREAM_S:
-                    failures = 0
-                    continue  # the server ended the stream (timeout_seconds): watch again
-                failures += 1  # an empty stream that ended at once: do not spin
-            delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(failures - 1, 16))
-            log.debug("pod watch retrying in_s=%.2f failures=%d", delay, failures)
-            self._stopping.wait(delay)
-        log.info("pod watch stopped")
+                self._relist()
+                applied = self._watch_once()
+        except ApiException as exc:
+            self._failed(exc, "pod watch refused")
+            if exc.status == _GONE:
+                self._resource_version = None
+            raise
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            self._failed(exc, "pod watch connection failed")
+            raise
+        except Exception as exc:  # keep watching: a dead thread would freeze the inventory silently
+            # An event that cannot be read would fail again from the same resourceVersion.
+            self._resource_version = None
+            self._failed(exc, "pod watch failed unexpectedly, listing again")
+            raise
+        if not applied and time.monotonic() - started < _HEALTHY_STREAM_S:
+            self.stats.failures += 1
+            raise _QuickEnd("an empty watch stream ended at once")  # do not spin
+
+    def _failed(self, exc: BaseException, what: str) -> None:
+        if not self._stopping.is_set():
+            self.stats.failures += 1
+            log.warning("%s error=%s", what, _describe(exc))

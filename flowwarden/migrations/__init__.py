@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from flowwarden.errors import FlowwardenError
-from flowwarden.store_schema import consumed_batches, metadata, schema_migrations
+from flowwarden.store_schema import consumed_batches, flow_rollups, metadata, schema_migrations
 
 # Any constant: serialises concurrent start-ups (pipeline and enforcer) on PostgreSQL.
 _PG_LOCK_KEY = 0x466C6F77  # "Flow"
@@ -70,9 +70,18 @@ def _batch_epochs(conn: Connection) -> None:
     conn.execute(sa.text("DROP TABLE consumed_batches_v1"))
 
 
+def _rollup_dns(conn: Connection) -> None:
+    """``flow_rollups`` gains the DNS measures that flow records carry from wire version 2."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns(flow_rollups.name)}
+    for col in ("dns_queries", "dns_nxdomain"):
+        if col not in have:  # a table made by this version already has them
+            conn.execute(sa.text(f"ALTER TABLE flow_rollups ADD COLUMN {col} BIGINT NOT NULL DEFAULT 0"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _initial),
     Migration(2, "epoch in batch marks", _batch_epochs),
+    Migration(3, "DNS measures in flow rollups", _rollup_dns),
 )
 """Every migration, in order; the last one's version is the code's schema version."""
 

@@ -99,6 +99,10 @@ class AlertBuilder:
         self.open: dict[tuple[str, str], Alert] = {}
         self.suppressed: Counter[str] = Counter()
         self.model_version = ""
+        # The engine's event-time clock when it builds alerts: an alert's evidence keeps when
+        # it was first raised (``detected_at``, epoch seconds), which early firing makes sooner
+        # than its window's close; the evaluation measures time to detect with it.
+        self.clock = -math.inf
 
     def build(
         self,
@@ -108,8 +112,13 @@ class AlertBuilder:
         scores: dict[str, np.ndarray],
         detectors: dict[str, Detector],
         decode: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+        *,
+        provisional: bool = False,
     ) -> list[Alert]:
-        """Alerts (new or updated) for every window a detector scored above zero."""
+        """Alerts (new or updated) for every window a detector scored above zero.
+
+        ``provisional``: the windows are still open (early firing); what they suppress is
+        counted when they close, not twice."""
         w = ctx.windows
         allowed = self.allowlist.mask(w) if len(w) else np.zeros(0, dtype=bool)
         hits: list[tuple[str, int, float, str]] = []
@@ -118,7 +127,7 @@ class AlertBuilder:
             if not hit.any():
                 continue
             n_allowed = int((hit & allowed).sum())
-            if n_allowed:
+            if n_allowed and not provisional:
                 self.suppressed["allowlist"] += n_allowed
             hit &= ~allowed
             kinds = detectors[name].kinds(ctx, hit)
@@ -183,7 +192,13 @@ class AlertBuilder:
                     "severity": severity_of(new_score),
                     "targets": merged_targets,
                     "target_ports": merged_ports,
-                    "evidence": {**evidence, "windows": int(prev.evidence.get("windows", 1)) + 1},
+                    # An early alert updated when its own window closes stays one window.
+                    "evidence": {
+                        **evidence,
+                        "detected_at": prev.evidence.get("detected_at", self._detected_at()),
+                        "windows": int(prev.evidence.get("windows", 1))
+                        + int(ws >= prev.last_seen.timestamp()),
+                    },
                     "example_flows": (prev.example_flows + examples)[:MAX_EXAMPLES],
                 }
             )
@@ -200,13 +215,16 @@ class AlertBuilder:
                 targets=targets,
                 target_ports=ports,
                 summary=_summary(det, entity, targets, ports),
-                evidence={**evidence, "windows": 1},
+                evidence={**evidence, "windows": 1, "detected_at": self._detected_at()},
                 example_flows=examples,
                 model_version=self.model_version if det.needs_model else "",
                 cluster=self.settings.cluster.name,
             )
         self.open[key] = alert
         return alert
+
+    def _detected_at(self) -> float | None:
+        return round(self.clock, 3) if math.isfinite(self.clock) else None
 
     def _evidence(self, ctx: Context, row: int, det: Detector) -> dict[str, Any]:
         ev: dict[str, Any] = {"detector_score": None}

@@ -14,6 +14,13 @@ drive this one class, so what is tuned offline is what runs live.
 State (baselines, seen edges, recent connections, open alerts, clocks) exports as JSON with
 Arrow tables (never pickle). Flows still buffered in open windows are *not* part of the
 state: a runtime must not commit past :meth:`DetectionEngine.open_window_floor`.
+
+Early firing: detectors whose evidence is conclusive before the window ends
+(:attr:`~flowwarden.pipeline.detection.detectors.base.Detector.early`) also score the open
+window, for the entities whose new rows could complete that evidence, as each batch
+arrives. Their alert has the id the window's close will give it (one open alert per
+entity and detector), so the close updates it instead of raising another; the open window
+teaches the memory nothing until it closes.
 """
 
 from __future__ import annotations
@@ -32,13 +39,15 @@ from flowwarden.kube import PodInventory
 from flowwarden.pipeline.detection.addresses import AddressFacts
 from flowwarden.pipeline.detection.alerts import AlertBuilder
 from flowwarden.pipeline.detection.connections import ConnectionLog
-from flowwarden.pipeline.detection.detectors import Context, build_detectors
+from flowwarden.pipeline.detection.detectors import Context, Detector, build_detectors
+from flowwarden.pipeline.detection.detectors.flow_rules import observe_enriched, set_rules
 from flowwarden.pipeline.detection.enrich import enrich_flows
 from flowwarden.pipeline.detection.features import (
     ID_COLUMNS,
     beacon_features,
     commit_edges,
     decode_lean,
+    detail_features,
     edge_table,
     novelty_features,
     prepare,
@@ -51,6 +60,7 @@ from flowwarden.pipeline.detection.state import (
     RecentActivity,
     SeenEdges,
     Vocab,
+    mix,
     pack_state,
     unpack_state,
 )
@@ -120,6 +130,9 @@ class DetectionEngine:
         self.detectors = build_detectors(settings, model)
         self.model: LoadedModel | None = None
         self.windows_scored = 0
+        self.early_alerts = 0  # alerts (new or updated) raised from open windows
+        self._early_rows: dict[tuple[float, int], np.ndarray] = {}  # (window, entity) -> rows per detector
+        self._early_scored: dict[tuple[float, int], float] = {}  # (window, entity) -> when last scored
         self.flows_in = 0
         self.flows_scored = 0
         self.flows_unscored = 0
@@ -131,6 +144,20 @@ class DetectionEngine:
     def set_inventory(self, inventory: PodInventory | None) -> None:
         """Enrich from this pod inventory snapshot from now on (the runtime's source made it)."""
         self.inventory = inventory
+
+    def resolve(self, alert: Alert, *, benign: bool) -> int:
+        """A person's verdict on an alert (:mod:`~flowwarden.pipeline.detection.feedback`):
+        benign, its edges become the workload's normal; malicious, they stay new to the
+        workload's other pods. Returns how many edges it touched."""
+        from flowwarden.pipeline.detection.feedback import apply_verdict
+
+        now = max(self.buffer.watermark, alert.window_end.timestamp())
+        nodes = set(self._node_ips()) | set(self.settings.cluster.node_ips)
+        return apply_verdict(self.edges, alert, benign=benign, now=now, taint_s=self.taint_s, node_ips=nodes)
+
+    def set_rules(self, policy: Any, policy_version: str, feeds: Any, feeds_version: str) -> None:
+        """Judge flows with this declared policy and feed set from now on (the runtime loads them)."""
+        set_rules(self.detectors, policy, policy_version, feeds, feeds_version)
 
     def set_model(self, model: LoadedModel | None) -> None:
         """Swap the anomaly model (after a promote); warm-start from its shipped state if any."""
@@ -161,13 +188,20 @@ class DetectionEngine:
             flows, self.inventory, self.settings, inside=(addresses.src_in, addresses.dst_in)
         )
         self.flows_in += len(enriched)
+        # Rule detectors (declared policy, threat feeds) judge each flow, not window features.
+        observe_enriched(self.detectors, enriched, self.inventory, self.settings)
+        lean = pd.DataFrame()
         if len(enriched):
             lean = to_lean(enriched, self.vocab, self.settings, self._node_ips(), addresses=addresses)
             # Ingress and transit flows have no in-cluster source to score (still enriched, still counted).
             self.flows_unscored += len(enriched) - len(lean)
             self.buffer.add(lean)
         closed = self.buffer.close(now)
+        self.alerts.clock = max(self.buffer.watermark, now if now is not None else -math.inf)
         alerts, windows = self._score(closed)
+        if len(enriched) and len(lean):
+            seen = {a.id for a in alerts}
+            alerts += [a for a in self._score_early(lean) if a.id not in seen]
         if len(self.vocab) > self.vocab_max:
             self._compact_vocab()
         return EngineResult(alerts, enriched, windows)
@@ -175,6 +209,7 @@ class DetectionEngine:
     def flush(self) -> EngineResult:
         """Close every open window (end of a file, shutdown)."""
         closed = self.buffer.close(everything=True)
+        self.alerts.clock = self.buffer.watermark
         alerts, windows = self._score(closed)
         return EngineResult(alerts, pd.DataFrame(columns=list(FLOW_SCHEMA)), windows)
 
@@ -197,6 +232,7 @@ class DetectionEngine:
             flows_unscored=self.flows_unscored,
             late_flows=self.late_flows,
             windows_scored=self.windows_scored,
+            early_alerts=self.early_alerts,
             state_entities=self.state_entities,
             evicted=dict(self.evicted),
             suppressed=dict(self.alerts.suppressed),
@@ -259,13 +295,16 @@ class DetectionEngine:
         novelty, local_edges, edges_all = novelty_features(p, edges, self.edges)
         recent = recent_features(p, local_edges, self.recent)
         min_conns = self.settings.pipeline.beacon_min_conns
-        beacon = beacon_features(p, self.connections, self.edges, self.vocab, min_conns)
+        jitter = self.settings.pipeline.beacon_max_jitter
+        beacon = beacon_features(p, self.connections, self.edges, self.vocab, min_conns, jitter)
         windows = pd.concat([p.keys, feats, novelty, recent, beacon], axis=1)
         windows = windows[list(WINDOW_COLUMNS)]
+        # Detectors also read detail columns that are not part of the window record.
+        detail = detail_features(p, local_edges, novelty, beacon, self.settings)
         ent = self.entity_base.lookup(windows["entity"])
         wl = self.workload_base.lookup(windows["workload_key"])
         ctx = Context(
-            windows,
+            pd.concat([windows, detail], axis=1),
             ent.reset_index(drop=True),
             wl.reset_index(drop=True),
             self.settings,
@@ -285,12 +324,18 @@ class DetectionEngine:
         # Learn only from windows nobody flagged: an attack must not become the baseline.
         flagged = np.zeros(len(windows), dtype=bool)
         lateral = np.zeros(len(windows), dtype=bool)
+        exfil = np.zeros(len(windows), dtype=bool)
         for det in self.detectors:
             hit = scores[det.name] > 0
             flagged |= hit
             if det.kind == "lateral_movement":
                 lateral |= hit
-        commit_edges(edges_all, self.edges, np.flatnonzero(lateral), taint_s=self.taint_s)
+            else:
+                exfil |= hit
+        # An exfiltration alert pins its edges as new too (the next pod of the workload sending
+        # there still stands out), unless it was raised while learning.
+        exfil &= ~ctx.learning(self.settings.pipeline.learning_s)
+        commit_edges(edges_all, self.edges, np.flatnonzero(lateral | exfil), taint_s=self.taint_s)
         calm = windows[~flagged]
         ws = calm["window_start"].to_numpy()
         self.entity_base.update(calm["entity"], ws, self.window_s, calm)
@@ -298,6 +343,127 @@ class DetectionEngine:
         self.windows_scored += len(windows)
         self.flows_scored += len(p.flows)
         return alerts, windows
+
+    def _to_young_address(self, batch: pd.DataFrame, rows: np.ndarray, young_s: float) -> np.ndarray:
+        """The ``rows`` whose destination the cluster-wide edge memory has not known for
+        ``young_s`` (or at all): the only ones a new-destination finding can be about."""
+        idx = np.flatnonzero(rows)
+        dst = batch["dst_ip"].to_numpy()[idx]
+        hashes = mix(self.vocab.hash_of(dst), 0, 6)  # the cluster-wide edge of an address (edge_table)
+        first = self.edges.first_at(self.edges.positions(hashes))
+        clock = max(self.alerts.clock, float(batch["ts_end"].max()))
+        out = np.zeros(len(rows), dtype=bool)
+        out[idx] = ~(first <= clock - young_s)  # unknown (NaN) counts as young
+        return out
+
+    def _early_candidates(
+        self, batch: pd.DataFrame, dets: list[Detector], rows: dict[str, np.ndarray], wanted: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The entities worth scoring early now: for the detectors that read no novelty, and
+        for those that do (their evidence is about external destinations).
+
+        Each open (window, entity) counts its early rows per detector across batches; it is
+        scored once some detector's count reaches :meth:`Detector.early_min_rows` (five
+        refused connections cannot be a scan of eight ports yet), then again at most every
+        ``pipeline.early_interval_s`` of event time to add the targets found since (the
+        window's close has the final word). This keeps early firing's cost to the entities
+        that may fire, not every pod with a failed connection."""
+        sel = np.flatnonzero(wanted)
+        ws = np.floor(batch["ts_end"].to_numpy(dtype="float64")[sel] / self.window_s) * self.window_s
+        ws = np.maximum(ws, self.buffer.closed_until)  # late rows count in the oldest open window
+        ent = _entity_codes(batch)[sel]
+        counts = np.stack([rows[d.name][sel] for d in dets], axis=1).astype(np.int64)
+        keys = pd.MultiIndex.from_arrays([ws, ent])
+        codes, uniq = pd.factorize(keys)
+        per = np.zeros((len(uniq), len(dets)), dtype=np.int64)
+        np.add.at(per, codes, counts)
+        need = np.array([d.early_min_rows() for d in dets], dtype=np.int64)
+        clock, every = self.alerts.clock, self.settings.pipeline.early_interval_s
+        novelty_reader = np.array([d.reads_novelty for d in dets], dtype=bool)
+        picked: list[int] = []
+        picked_novel: list[int] = []
+        for (w, e), add in zip(uniq.tolist(), per, strict=True):
+            acc = self._early_rows.get((w, e))
+            acc = add if acc is None else acc + add
+            self._early_rows[(w, e)] = acc
+            ready = acc >= need
+            if ready.any() and clock - self._early_scored.get((w, e), -math.inf) >= every:
+                self._early_scored[(w, e)] = clock
+                if (ready & ~novelty_reader).any():
+                    picked.append(int(e))
+                if (ready & novelty_reader).any():
+                    picked_novel.append(int(e))
+        floor = self.buffer.closed_until
+        if len(self._early_rows) > 4 * len(uniq) + 10_000:  # forget closed windows
+            self._early_rows = {k: v for k, v in self._early_rows.items() if k[0] >= floor}
+            self._early_scored = {k: v for k, v in self._early_scored.items() if k[0] >= floor}
+        return (
+            np.unique(np.asarray(picked, dtype=np.int64)),
+            np.unique(np.asarray(picked_novel, dtype=np.int64)),
+        )
+
+    def _score_early(self, batch: pd.DataFrame) -> list[Alert]:
+        """Alerts of early detectors from the open windows of the entities ``batch`` concerns."""
+        dets = [d for d in self.detectors if d.early and d.active]
+        if not dets or not self.settings.pipeline.early_alerts:
+            return []
+        rows = {d.name: d.early_rows(batch) for d in dets}
+        for d in dets:  # novelty readers: only rows to an address young to the whole cluster
+            if d.reads_novelty and rows[d.name].any():
+                rows[d.name] = self._to_young_address(
+                    batch, rows[d.name], float(d.params.get("young_s", math.inf))
+                )
+        wanted = np.logical_or.reduce(list(rows.values()))
+        parts = self.buffer.open_parts()
+        if not wanted.any() or not parts:
+            return []
+        entities, novel = self._early_candidates(batch, dets, rows, wanted)
+        flows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        codes = _entity_codes(flows)
+        alerts: list[Alert] = []
+        if len(entities):
+            plain = [d for d in dets if not d.reads_novelty]
+            alerts += self._early_pass(flows[np.isin(codes, entities)], plain, novelty=False)
+        if len(novel):
+            # A lookup of every edge in the seen-edges memory: only for the entities a novelty
+            # reader may fire on, and over their external flows only (what those detectors read).
+            readers = [d for d in dets if d.reads_novelty]
+            ext = flows["ext"].to_numpy(dtype=bool)
+            alerts += self._early_pass(flows[np.isin(codes, novel) & ext], readers, novelty=True)
+        self.early_alerts += len(alerts)
+        return alerts
+
+    def _early_pass(self, flows: pd.DataFrame, dets: list[Detector], *, novelty: bool) -> list[Alert]:
+        """Score ``dets`` on these open-window flows (one pass of :meth:`_score_early`)."""
+        p = prepare(flows, self.vocab, self.window_s) if len(flows) and dets else None
+        if p is None:
+            return []
+        feats = window_features(p)
+        novel = novelty_features(p, edge_table(p, self.vocab), self.edges)[0] if novelty else None
+        windows = pd.concat([p.keys, feats] if novel is None else [p.keys, feats, novel], axis=1)
+        # Recent-horizon and beaconing features need the closed window's bookkeeping: zero here.
+        windows = windows.reindex(columns=list(WINDOW_COLUMNS), fill_value=0.0)
+        # The detail columns too: a CronJob's next run, the cluster DNS (see features).
+        detail = detail_features(p, None, novel, None, self.settings)
+        ctx = Context(
+            pd.concat([windows, detail], axis=1),
+            self.entity_base.lookup(windows["entity"]).reset_index(drop=True),
+            self.workload_base.lookup(windows["workload_key"]).reset_index(drop=True),
+            self.settings,
+            self.model,
+            memory_since=min(self.first_ws, float(p.keys["window_start"].min())),
+            extra={"pod_age": self._pod_age(p.keys)},
+        )
+        scores = {d.name: np.clip(np.asarray(d.score(ctx), dtype="float64"), 0.0, 1.0) for d in dets}
+        return self.alerts.build(
+            ctx,
+            p.flows,
+            p.gid,
+            scores,
+            {d.name: d for d in dets},
+            decode=lambda rows: decode_lean(rows, self.vocab),
+            provisional=True,
+        )
 
     def _maybe_expire(self, ws: float) -> None:
         if ws - self._last_expire < EXPIRE_EVERY_S:
@@ -380,6 +546,13 @@ def _as_history(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     if "edges" in out:
         out["edges"] = out["edges"].assign(bytes=0.0, taint_until=-math.inf, taint_ent=np.uint64(0))
     return out
+
+
+def _entity_codes(lean: pd.DataFrame) -> np.ndarray:
+    """The entity of each lean flow as one integer: its pod, else its source address."""
+    ns = lean["src_namespace"].to_numpy(dtype="int64")
+    pod = lean["src_pod"].to_numpy(dtype="int64")
+    return np.where(pod != 0, (ns << 32) | pod, -(lean["src_ip"].to_numpy(dtype="int64") + 1))
 
 
 def _finite(x: float) -> float | None:

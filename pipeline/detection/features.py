@@ -16,14 +16,12 @@ its key columns come from :func:`prepare`, its features from the functions above
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
+from flowwarden.dnsnames import CLUSTER_DOMAIN, REVERSE_ZONES, label_stats
 from flowwarden.pipeline.detection.addresses import AddressFacts, BatchAddresses
 from flowwarden.pipeline.detection.connections import COLUMNS as CONN_COLUMNS
 from flowwarden.pipeline.detection.connections import ConnectionLog
@@ -33,9 +31,25 @@ from flowwarden.settings import Settings
 
 LONG_LIVED_S = 300.0
 YOUNG_EDGE_S = 3600.0  # an address first seen by the cluster within this long is "young"
-CLUSTER_DOMAINS = frozenset({"cluster.local"})  # never counted as tunnel subdomains
+# Never counted as tunnel subdomains: the cluster's own names, and reverse lookups (their
+# labels are address digits, and an IPv6 PTR name is 72 characters long).
+CLUSTER_DOMAINS = frozenset({CLUSTER_DOMAIN, *REVERSE_ZONES})
+# The cluster DNS's own pods (they forward every pod's queries upstream): never the entity
+# of a DNS or exfiltration finding. Besides these, any source in ``cluster.cluster_dns``.
+RESOLVER_WORKLOADS = frozenset({"kube-system/coredns", "kube-system/kube-dns"})
 
-_NUMERIC = ("ts_start", "ts_end", "dst_port", "proto", "bytes_out", "bytes_in", "pkts_out", "final")
+_NUMERIC = (
+    "ts_start",
+    "ts_end",
+    "src_port",
+    "dst_port",
+    "proto",
+    "bytes_out",
+    "bytes_in",
+    "pkts_out",
+    "final",
+    "first",
+)
 ID_COLUMNS = _IDS = (
     "src_ip",
     "dst_ip",
@@ -55,21 +69,6 @@ _CP = ("cp_api", "cp_etcd", "cp_kubelet", "cp_scheduler", "cp_controller_manager
 # ----------------------------------------------------------------------- lean frames
 
 
-@lru_cache(maxsize=262144)
-def _label_stats(name: str) -> tuple[float, float, str]:
-    """(length, Shannon entropy of the labels left of the registered domain, registered domain)."""
-    name = name.rstrip(".").lower()
-    labels = name.split(".")
-    reg = ".".join(labels[-2:]) if len(labels) >= 2 else name
-    sub = ".".join(labels[:-2]) if len(labels) > 2 else labels[0]
-    if not sub:
-        return float(len(name)), 0.0, reg
-    counts = Counter(sub)
-    total = len(sub)
-    ent = -sum(c / total * math.log2(c / total) for c in counts.values())
-    return float(len(name)), ent, reg
-
-
 def decode_lean(lean: pd.DataFrame, vocab: Vocab) -> pd.DataFrame:
     """A few lean rows back as readable flows (alert evidence, example flows)."""
     out = {c: lean[c].to_numpy() for c in _NUMERIC}
@@ -77,6 +76,7 @@ def decode_lean(lean: pd.DataFrame, vocab: Vocab) -> pd.DataFrame:
         out[c] = vocab.decode(lean[c].to_numpy())
     out["dns_qname"] = lean["dns_name"].to_numpy(dtype=object)
     out["dns_domain"] = vocab.decode(lean["dns_reg"].to_numpy())
+    out["dns_domain_names"] = lean["dns_reg_names"].to_numpy()
     out["direction"] = np.where(lean["ext"].to_numpy(), Direction.EGRESS.value, Direction.INTERNAL.value)
     return pd.DataFrame(out)
 
@@ -112,8 +112,33 @@ def to_lean(
     out["src_is_node"] = a.src_node[keep]
     out["dst_is_node"] = a.dst_node[keep]
     out.update({k: v[keep] for k, v in _control_plane(flows, settings, a).items()})
+    out["src_resolver"] = _resolver(flows, settings)[keep]
     out.update(_dns_columns(flows, keep, vocab))
     return pd.DataFrame(out)
+
+
+def _resolver(flows: pd.DataFrame, settings: Settings) -> np.ndarray:
+    """Sources that are the cluster DNS: its service addresses, or its own pods.
+
+    The resolver forwards every pod's queries upstream; a tunnel through it is the querying
+    pod's, whose own flow to the resolver carries the queries.
+    """
+    out = flows["src_ip"].isin(settings.cluster.cluster_dns).to_numpy().copy()
+    # Workload names first, namespaces only for the few candidates.
+    names = [k.split("/")[1] for k in RESOLVER_WORKLOADS]
+    col = flows["src_workload"]
+    if isinstance(col.dtype, pd.CategoricalDtype):  # enrichment's: test the categories only
+        codes = col.cat.codes.to_numpy()
+        hit = np.isin(np.asarray(col.cat.categories, dtype=object), names)
+        cand = np.flatnonzero((codes >= 0) & hit[codes])
+    else:
+        cand = np.flatnonzero(col.isin(names).to_numpy())
+    if len(cand):
+        ns = flows["src_namespace"].iloc[cand].to_numpy(dtype=object)
+        wl = col.iloc[cand].to_numpy(dtype=object)
+        keys = np.array([f"{a}/{b}" for a, b in zip(ns, wl, strict=True)], dtype=object)
+        out[cand] |= np.isin(keys, list(RESOLVER_WORKLOADS))
+    return out
 
 
 def _control_plane(flows: pd.DataFrame, settings: Settings, a: BatchAddresses) -> dict[str, np.ndarray]:
@@ -133,32 +158,63 @@ def _control_plane(flows: pd.DataFrame, settings: Settings, a: BatchAddresses) -
 
 
 def _dns_columns(flows: pd.DataFrame, keep: np.ndarray, vocab: Vocab) -> dict[str, np.ndarray]:
-    """Per flow: query-name hash (0: none), length, entropy, registered-domain id, the name itself."""
+    """Per flow: the DNS it carried, from the record's aggregates when it has them.
+
+    A record with ``dns_queries > 0`` stands for that many queries (a pod's one socket to the
+    resolver can carry hundreds: iodine's tunnel); one with only ``dns_qname`` (producers that
+    do not aggregate, the simulator before it did) is one query. Columns: queries, names,
+    mean name length and label entropy (per query), the registered domain with the most names
+    and how many (``dns_reg``, ``dns_reg_names``; 0 for cluster-internal and reverse names),
+    the first name and its hash (0: no DNS; the hash is 0 too for aggregated records, whose
+    names are counted by the collector, not here).
+    """
     n = int(keep.sum())
     out = {
+        "dns_n": np.zeros(n),
+        "dns_names_n": np.zeros(n),
         "dns_hash": np.zeros(n, dtype="uint64"),
         "dns_len": np.zeros(n),
         "dns_ent": np.zeros(n),
         "dns_reg": np.zeros(n, dtype="int32"),
+        "dns_reg_names": np.zeros(n),
         "dns_name": np.full(n, "", dtype=object),
     }
     q = flows["dns_qname"]
-    has_all = (q != "").to_numpy() & keep
+    agg_all = (flows["dns_queries"].to_numpy() > 0) & keep
+    has_all = ((q != "").to_numpy() & keep) | agg_all
     if not has_all.any():
         return out
-    names = q[has_all]
-    codes, uniq = pd.factorize(names)
-    stats = [_label_stats(str(u)) for u in uniq]  # once per distinct name, not per flow
-    regs = [s[2] for s in stats]
-    reg_ids = vocab.encode(np.array(regs, dtype=object))
-    internal = np.array([r in CLUSTER_DOMAINS for r in regs], dtype=bool)
-    reg_ids = np.where(internal, 0, reg_ids)
     has = has_all[keep]
-    out["dns_hash"][has] = pd.util.hash_array(np.asarray(uniq, dtype=object))[codes]
-    out["dns_len"][has] = np.array([s[0] for s in stats])[codes]
-    out["dns_ent"][has] = np.array([s[1] for s in stats])[codes]
-    out["dns_reg"][has] = reg_ids[codes]
-    out["dns_name"][has] = np.asarray(uniq, dtype=object)[codes]
+    agg = agg_all[has_all]
+    # The registered domain: the collector's top domain when it aggregated, else the name's.
+    top = flows["dns_top_domain"].to_numpy(dtype=object)[has_all]
+    names = q.to_numpy(dtype=object)[has_all]
+    codes, uniq = pd.factorize(names)
+    stats = [label_stats(str(u)) for u in uniq]  # once per distinct name, not per flow
+    name_reg = np.array([st[2] for st in stats], dtype=object)[codes] if len(uniq) else top
+    reg = np.where(agg & (top != ""), top, name_reg)
+    reg_ids = vocab.encode(pd.Series(reg, dtype=object))
+    internal = pd.Series(reg, dtype=object).isin(CLUSTER_DOMAINS).to_numpy() | (reg == "")
+    reg_ids = np.where(internal, 0, reg_ids)
+    one = ~agg
+    n_len = np.array([st[0] for st in stats], dtype="float64")[codes] if len(uniq) else np.zeros(len(names))
+    n_ent = np.array([st[1] for st in stats], dtype="float64")[codes] if len(uniq) else np.zeros(len(names))
+    name_hash = pd.util.hash_array(np.asarray(uniq, dtype=object))[codes] if len(uniq) else np.zeros(0)
+    out["dns_n"][has] = np.where(one, 1.0, flows["dns_queries"].to_numpy(dtype="float64")[has_all])
+    # Names: every record's first name is counted as a distinct value (by its hash), so that a
+    # client resolving one name through many sockets counts one name, not one per socket;
+    # an aggregated record adds only the names beyond its first (``dns_names_n``).
+    named = names != ""
+    extra = np.maximum(flows["dns_names"].to_numpy(dtype="float64")[has_all] - named, 0.0)
+    out["dns_names_n"][has] = np.where(one, 0.0, extra)
+    out["dns_hash"][has] = np.where(named, name_hash, np.uint64(0)).astype("uint64")
+    out["dns_len"][has] = np.where(one, n_len, flows["dns_name_mean_len"].to_numpy()[has_all])
+    out["dns_ent"][has] = np.where(one, n_ent, flows["dns_label_entropy"].to_numpy()[has_all])
+    out["dns_reg"][has] = reg_ids
+    top_names = flows["dns_top_domain_names"].to_numpy(dtype="float64")[has_all]
+    top_extra = np.maximum(top_names - (named & (name_reg == top)), 0.0)
+    out["dns_reg_names"][has] = np.where(one | (top == ""), 0.0, top_extra)
+    out["dns_name"][has] = names
     return out
 
 
@@ -261,8 +317,12 @@ def window_features(p: Prepared) -> pd.DataFrame:
     dst = f["dst_ip"].to_numpy()
     port = f["dst_port"].to_numpy(dtype="int64")
     proto = f["proto"].to_numpy()
+    # Connections are counted by their first record: since the collector reports a flow
+    # within a second of its start, a connection that spans a tick has two records (first
+    # sight, then its end), and counting records would double it.
+    opens = f["first"].to_numpy(dtype=bool)
     out: dict[str, np.ndarray] = {}
-    out["flows"] = _sum(gid, ng)
+    out["flows"] = _sum(gid, ng, opens.astype("float64"))
     out["bytes_out"] = _sum(gid, ng, bo)
     out["bytes_out_ext"] = _sum(gid, ng, np.where(ext, bo, 0.0))
     out["bytes_out_int"] = _sum(gid, ng, np.where(internal, bo, 0.0))
@@ -275,8 +335,8 @@ def window_features(p: Prepared) -> pd.DataFrame:
     out["dst_ports"] = _nunique(gid, ng, port.astype("int32"), ~icmp)
     out["max_ports_per_dst"] = _max_nunique(gid, ng, dst, port)
     out["icmp_dsts"] = _nunique(gid, ng, dst, icmp)
-    rejected = f["rejected"].to_numpy()
-    syn_only = f["syn_only"].to_numpy()
+    rejected = f["rejected"].to_numpy() & opens
+    syn_only = f["syn_only"].to_numpy() & opens
     failed = rejected | syn_only
     n = np.maximum(out["flows"], 1.0)
     out["failed_conns"] = _sum(gid, ng, failed.astype("float64"))
@@ -289,14 +349,21 @@ def window_features(p: Prepared) -> pd.DataFrame:
         out[c] = _sum(gid, ng, f[c].to_numpy().astype("float64"))
     out.update(_dns(f, gid, ng))
     dur = f["ts_end"].to_numpy() - f["ts_start"].to_numpy()
-    long_lived = (dur >= LONG_LIVED_S) | ~f["final"].to_numpy(dtype=bool)
+    # Long-lived: a record that spans LONG_LIVED_S, or an interim record past the first sight
+    # (the flow outlived the collector's active timeout).
+    long_lived = (dur >= LONG_LIVED_S) | (~f["final"].to_numpy(dtype=bool) & ~opens)
     out["long_lived"] = _sum(gid, ng, long_lived.astype("float64"))
     return pd.DataFrame(out)
 
 
 def _dns(f: pd.DataFrame, gid: np.ndarray, ng: int) -> dict[str, np.ndarray]:
-    h = f["dns_hash"].to_numpy()
-    has = h != 0
+    """DNS per entity-window, weighted by queries (a record of 300 queries counts 300).
+
+    Names: distinct first names of non-aggregated records plus the aggregated records' own
+    distinct counts. The cluster DNS's own forwarding is left out (see :func:`_resolver`).
+    """
+    q = f["dns_n"].to_numpy()
+    has = (q > 0) & ~f["src_resolver"].to_numpy(dtype=bool)
     out = {
         k: np.zeros(ng)
         for k in ("dns_queries", "dns_names", "dns_max_subdomains", "dns_mean_len", "dns_mean_entropy")
@@ -304,15 +371,30 @@ def _dns(f: pd.DataFrame, gid: np.ndarray, ng: int) -> dict[str, np.ndarray]:
     if not has.any():
         return out
     g = gid[has]
-    cnt = _sum(g, ng)
+    q = q[has]
+    h = f["dns_hash"].to_numpy()[has]
+    one = h != 0  # the record has a first name (counted once per window, by its hash)
+    cnt = _sum(g, ng, q)
     safe = np.maximum(cnt, 1.0)
     out["dns_queries"] = cnt
-    out["dns_names"] = _nunique(g, ng, h[has])
-    out["dns_mean_len"] = _sum(g, ng, f["dns_len"].to_numpy()[has]) / safe
-    out["dns_mean_entropy"] = _sum(g, ng, f["dns_ent"].to_numpy()[has]) / safe
+    out["dns_names"] = _nunique(g, ng, h, one) + _sum(g, ng, f["dns_names_n"].to_numpy()[has])
+    out["dns_mean_len"] = _sum(g, ng, f["dns_len"].to_numpy()[has] * q) / safe
+    out["dns_mean_entropy"] = _sum(g, ng, f["dns_ent"].to_numpy()[has] * q) / safe
     reg = f["dns_reg"].to_numpy()[has]
-    ext = reg != 0  # cluster-internal names have registered domain 0
-    out["dns_max_subdomains"] = _max_nunique(g[ext], ng, reg[ext], h[has][ext])
+    ext = reg != 0  # cluster-internal and reverse names have registered domain 0
+    if ext.any():
+        # Per (window, domain): distinct first names of plain records + aggregated names.
+        g_e, h_e, one_e = g[ext], h[ext], one[ext]
+        pair, _ = pd.factorize(g_e.astype("int64") * (int(reg.max()) + 1) + reg[ext])
+        npair = int(pair.max()) + 1
+        total = np.bincount(pair, weights=f["dns_reg_names"].to_numpy()[has][ext], minlength=npair)
+        if one_e.any():
+            plain_pair = pair[one_e]
+            _, idx = np.unique(mix(h_e[one_e], plain_pair.astype("uint64"), 14), return_index=True)
+            total += np.bincount(plain_pair[idx], minlength=npair)
+        pair_g = np.zeros(npair, dtype="int64")
+        pair_g[pair] = g_e
+        np.maximum.at(out["dns_max_subdomains"], pair_g, total)
     return out
 
 
@@ -339,6 +421,7 @@ def edge_table(p: Prepared, vocab: Vocab) -> pd.DataFrame:
             "ent": p.entity_hash,
             "ext": ext,
             "glob": False,
+            "own": False,
             "dst_ip": dst,
             "bytes": f["bytes_out"].to_numpy(dtype="float64"),
             "bytes_in": f["bytes_in"].to_numpy(dtype="float64"),
@@ -346,8 +429,12 @@ def edge_table(p: Prepared, vocab: Vocab) -> pd.DataFrame:
         }
     )
     g = local[ext]
-    glob = g.assign(hash=mix(vocab.hash_of(g["dst_ip"].to_numpy()), 0, 6), glob=True)
-    return pd.concat([local, glob], ignore_index=True)
+    hd = vocab.hash_of(g["dst_ip"].to_numpy())
+    glob = g.assign(hash=mix(hd, 0, 6), glob=True)
+    # The entity's own edge to each external address: whether its workload knew the address
+    # from another pod (a CronJob's previous run) before this one used it.
+    own = g.assign(hash=mix(mix(p.entity_hash[ext], hd, 12), 0, 13), own=True)
+    return pd.concat([local, glob, own], ignore_index=True)
 
 
 def novelty_features(
@@ -377,7 +464,14 @@ def novelty_features(
         tainted[idx] = ~seen.alerted_before(edges["hash"].to_numpy()[idx], ent[idx], ws_all[idx])
     edges = edges.assign(new=(edges["first"].to_numpy() >= ws_all) | tainted)
     glob = edges["glob"].to_numpy()
-    e = edges[~glob]
+    own = edges["own"].to_numpy()
+    e = edges[~glob & ~own]
+    # Repeat: the workload used this external address (edge not new, not tainted) before
+    # this entity first did. Glob and own rows are in the order of the local external rows.
+    e_ext = e["ext"].to_numpy()
+    repeat = ~e["new"].to_numpy()[e_ext] & (e["first"].to_numpy()[e_ext] < edges["first"].to_numpy()[own])
+    edges = edges.assign(repeat=False)
+    edges.loc[glob, "repeat"] = repeat
     gid = e["gid"].to_numpy()
     new = e["new"].to_numpy()
     ext = e["ext"].to_numpy()
@@ -394,13 +488,19 @@ def novelty_features(
     young = np.zeros(ng)
     young_age = np.zeros(ng)
     young_ratio = np.zeros(ng)
+    young_repeat = np.zeros(ng)
+    young_prior = np.zeros(ng)
     gl = edges[glob]
     if len(gl):
         ws_now = float(p.keys["window_start"].max())
         gl = gl[(ws_now - gl["first"].to_numpy()) <= YOUNG_EDGE_S]
     if len(gl):
         ge = gl.groupby(["gid", "hash"], sort=False).agg(
-            b=("bytes", "sum"), bi=("bytes_in", "sum"), prior=("prior", "first"), first=("first", "first")
+            b=("bytes", "sum"),
+            bi=("bytes_in", "sum"),
+            prior=("prior", "first"),
+            first=("first", "first"),
+            repeat=("repeat", "min"),
         )
         ge = ge.assign(total=ge["b"] + ge["prior"]).sort_values("total")
         top = ge[~ge.index.get_level_values(0).duplicated(keep="last")]
@@ -408,9 +508,15 @@ def novelty_features(
         young[idx] = top["total"].to_numpy()
         young_age[idx] = p.keys["window_start"].to_numpy()[idx] - top["first"].to_numpy()
         young_ratio[idx] = top["b"].to_numpy() / np.maximum(top["bi"].to_numpy(), 1.0)
+        young_repeat[idx] = top["repeat"].to_numpy(dtype="float64")
+        young_prior[idx] = top["prior"].to_numpy()
     out["young_ext_bytes"] = young
     out["young_ext_age"] = young_age
     out["young_ext_upload_ratio"] = young_ratio
+    # Detail columns (see DETAIL_COLUMNS): whether the top young address is a repeat of the
+    # workload's, and the bytes the cluster had sent it before this window.
+    out["young_ext_repeat"] = young_repeat
+    out["young_ext_prior"] = young_prior
     return pd.DataFrame(out), e, edges
 
 
@@ -503,24 +609,35 @@ def recent_features(p: Prepared, e: pd.DataFrame, recent: RecentActivity) -> pd.
 
 
 def beacon_features(
-    p: Prepared, log: ConnectionLog, seen: SeenEdges, vocab: Vocab, min_conns: int
+    p: Prepared,
+    log: ConnectionLog,
+    seen: SeenEdges,
+    vocab: Vocab,
+    min_conns: int,
+    max_jitter: float = 0.5,
 ) -> pd.DataFrame:
-    """RITA-style periodicity of each entity's connections to each external destination.
+    """Periodicity of each entity's connections to each external destination, jitter-tolerant.
 
-    Score ingredients (each in [0, 1], 1 = machine-like): ``1 - |Bowley skew|`` and
-    ``1 - MAD/median`` of the intervals between connection starts (weight 2), the same of
-    the connection sizes (MAD against 32 bytes, weight 1); scaled by persistence (connections
-    seen against ``2 * min_conns``). The history is the pair's newest connections within
-    the horizon (:class:`ConnectionLog`). Each window reports its best
-    destination, how many pods of the workload talk to it (``beacon_peers``: a SaaS API is
-    called by every replica) and how long the cluster has known that address
-    (``beacon_edge_age``).
+    C2 frameworks jitter their sleep by 0-50 %, which RITA's skew and MAD-of-intervals (tuned
+    for day-long series) read as noise. Here the intervals' dispersion is the mean of
+    ``IQR / median`` and ``2 * MAD / median`` (both equal ``j`` for a sleep jittered
+    uniformly by ±``j``, and about 1.5 for random, Poisson-like traffic); up to
+    ``max_jitter`` counts as fully regular, falling to 0 at ``max_jitter + 0.7``. The sizes
+    score the same way on ``MAD / median`` (0.1 free, 0 at 0.5). Score: ``(2 * intervals +
+    sizes) / 3``, scaled by persistence (connections against ``2 * min_conns``). Only a
+    flow's first record is a connection (``first``; an interim record repeats its start).
+    The history is the pair's newest connections within the horizon
+    (:class:`ConnectionLog`). Each window reports its best destination, how many pods of
+    the workload talk to it (``beacon_peers``: a SaaS API is called by every replica), how
+    long the cluster has known that address (``beacon_edge_age``) and the median interval
+    (``beacon_interval``, a detail column: not part of the window record).
     """
     ng = len(p.keys)
-    out = {k: np.zeros(ng) for k in ("beacon_score", "beacon_conns", "beacon_peers", "beacon_edge_age")}
+    cols = ("beacon_score", "beacon_conns", "beacon_peers", "beacon_edge_age", "beacon_interval")
+    out = {k: np.zeros(ng) for k in cols}
     f = p.flows
     now = float(f["ts_end"].max())
-    ext = f["ext"].to_numpy()
+    ext = f["ext"].to_numpy() & f["first"].to_numpy(dtype=bool)
     if not ext.any():
         log.add(_NO_CONNS, now)
         return pd.DataFrame(out)
@@ -544,8 +661,10 @@ def beacon_features(
         return pd.DataFrame(out)
     c, ts, size, n = c[ok], ts[ok], size[ok], n[ok].astype("float64")
     intervals = np.diff(ts, axis=1)  # NaN past each row's count
-    ts_score = _rita_rows(intervals, n - 1, mad_scale=None)
-    size_score = _rita_rows(np.where(np.isnan(ts), np.nan, size), n, mad_scale=32.0)
+    disp, median = _dispersion_rows(intervals, n - 1)
+    ts_score = np.clip(1.0 - (disp - max_jitter) / 0.7, 0.0, 1.0)
+    sdisp, _ = _dispersion_rows(np.where(np.isnan(ts), np.nan, size), n, floor=64.0, iqr=False)
+    size_score = np.clip(1.0 - (sdisp - 0.1) / 0.4, 0.0, 1.0)
     persistence = np.minimum(1.0, n / (2.0 * min_conns))
     score = ((ts_score * 2.0 + size_score) / 3.0) * (0.5 + 0.5 * persistence)
     first = seen.first_at(seen.positions(c["glob"].to_numpy(dtype="uint64")))
@@ -558,6 +677,7 @@ def beacon_features(
             "n": n,
             "peers": log.peers(c["wld"].to_numpy(dtype="uint64"), now),
             "edge_age": np.where(np.isnan(first), 0.0, ws - first),
+            "interval": median,
         }
     )
     best = best.sort_values("score", kind="stable").drop_duplicates("gid", keep="last")
@@ -566,7 +686,147 @@ def beacon_features(
     out["beacon_conns"][idx] = best["n"].to_numpy()
     out["beacon_peers"][idx] = best["peers"].to_numpy()
     out["beacon_edge_age"][idx] = best["edge_age"].to_numpy()
+    out["beacon_interval"][idx] = best["interval"].to_numpy()
     return pd.DataFrame(out)
+
+
+AUTH_COLUMNS = ("auth_sessions", "auth_hosts", "auth_port", "auth_edge_age", "auth_session_bytes")
+SHORT_SESSION_S = 30.0  # an authentication attempt: a session that ended within this long
+
+
+def auth_features(p: Prepared, e: pd.DataFrame, ports: list[int]) -> pd.DataFrame:
+    """Short sessions to authentication ports per entity-window, on its busiest edge.
+
+    A session is a TCP connection to one of ``ports`` that exchanged data and ended within
+    :data:`SHORT_SESSION_S` (its final record; distinct (destination, source port), so a
+    flow's interim records do not count twice). Grouped by edge (the workload to a peer
+    workload, node group or address, and port: see :func:`edge_table`); the edge with the
+    most sessions gives ``auth_sessions``, its distinct hosts ``auth_hosts``, the port,
+    how long ago the edge was first seen (``auth_edge_age``) and the bytes sent per
+    session. ``e``: the local edges of :func:`novelty_features` (one row per flow).
+    Detail columns (not part of the window record): what :mod:`.detectors.brute_force` reads.
+    """
+    ng = len(p.keys)
+    out = {k: np.zeros(ng) for k in AUTH_COLUMNS}
+    f = p.flows
+    port = f["dst_port"].to_numpy(dtype="int64")
+    auth = np.isin(port, np.asarray(ports, dtype="int64")) & (f["proto"].to_numpy() == Proto.TCP)
+    auth &= ~(f["rejected"].to_numpy() | f["syn_only"].to_numpy())
+    dur = f["ts_end"].to_numpy() - f["ts_start"].to_numpy()
+    ended_all = auth & f["final"].to_numpy(dtype=bool) & (dur <= SHORT_SESSION_S)
+    if not ended_all.any():
+        return pd.DataFrame(out)
+    rows = np.flatnonzero(auth)
+    ended = ended_all[rows]
+    gid = p.gid[rows]
+    # One key per (entity-window, edge); numpy only (this runs on every window).
+    key, _ = pd.factorize(mix(e["hash"].to_numpy()[rows], gid.astype("uint64"), 15))
+    nk = int(key.max()) + 1
+    dst = f["dst_ip"].to_numpy(dtype="int64")[rows]
+    session = (dst << 16) | f["src_port"].to_numpy(dtype="int64")[rows]
+
+    def distinct(values: np.ndarray) -> np.ndarray:
+        k = key[ended]
+        _, idx = np.unique(mix(values[ended].astype("uint64"), k.astype("uint64"), 16), return_index=True)
+        return np.bincount(k[idx], minlength=nk).astype("float64")
+
+    sessions = distinct(session)
+    hosts = distinct(dst)
+    first_seen = np.full(nk, np.inf)
+    np.minimum.at(first_seen, key, e["first"].to_numpy()[rows])
+    nbytes = np.bincount(key, weights=f["bytes_out"].to_numpy(dtype="float64")[rows], minlength=nk)
+    key_gid = np.zeros(nk, dtype="int64")
+    key_gid[key] = gid
+    key_port = np.zeros(nk)
+    key_port[key] = port[rows]
+    # The busiest edge of each entity-window: sort by sessions, keep each gid's last.
+    order = np.lexsort((sessions, key_gid))
+    g_sorted = key_gid[order]
+    best = order[np.r_[g_sorted[1:] != g_sorted[:-1], True]]
+    best = best[sessions[best] > 0]
+    idx = key_gid[best]
+    ws = p.keys["window_start"].to_numpy()[idx]
+    out["auth_sessions"][idx] = sessions[best]
+    out["auth_hosts"][idx] = hosts[best]
+    out["auth_port"][idx] = key_port[best]
+    out["auth_edge_age"][idx] = ws - first_seen[best]
+    out["auth_session_bytes"][idx] = nbytes[best] / sessions[best]
+    return pd.DataFrame(out)
+    dur = f["ts_end"].to_numpy() - f["ts_start"].to_numpy()
+    rows = np.flatnonzero(auth)
+    dst = f["dst_ip"].to_numpy(dtype="int64")[rows]
+    d = pd.DataFrame(
+        {
+            "gid": p.gid[rows],
+            "edge": e["hash"].to_numpy()[rows],
+            "first_seen": e["first"].to_numpy()[rows],
+            "dst": dst,
+            "session": (dst << 16) | f["src_port"].to_numpy(dtype="int64")[rows],
+            "ended": f["final"].to_numpy(dtype=bool)[rows] & (dur[rows] <= SHORT_SESSION_S),
+            "bytes": f["bytes_out"].to_numpy(dtype="float64")[rows],
+            "port": port[rows].astype("float64"),
+        }
+    )
+    keys = ["gid", "edge"]
+    ended = d[d["ended"].to_numpy()].drop_duplicates(["gid", "edge", "session"])
+    if not len(ended):
+        return pd.DataFrame(out)
+    per = ended.groupby(keys).agg(
+        sessions=("session", "size"), hosts=("dst", "nunique"), port=("port", "first")
+    )
+    per = per.join(d.groupby(keys).agg(first_seen=("first_seen", "min"), nbytes=("bytes", "sum")))
+    per = per.sort_values("sessions", kind="stable")
+    per = per[~per.index.get_level_values(0).duplicated(keep="last")]
+    idx = per.index.get_level_values(0).to_numpy(dtype="int64")
+    ws = p.keys["window_start"].to_numpy()[idx]
+    out["auth_sessions"][idx] = per["sessions"].to_numpy(dtype="float64")
+    out["auth_hosts"][idx] = per["hosts"].to_numpy(dtype="float64")
+    out["auth_port"][idx] = per["port"].to_numpy()
+    out["auth_edge_age"][idx] = ws - per["first_seen"].to_numpy()
+    out["auth_session_bytes"][idx] = per["nbytes"].to_numpy() / per["sessions"].to_numpy()
+    return pd.DataFrame(out)
+
+
+def detail_features(
+    p: Prepared,
+    e: pd.DataFrame | None,
+    novelty: pd.DataFrame | None,
+    beacon: pd.DataFrame | None,
+    settings: Settings,
+) -> pd.DataFrame:
+    """What detectors read beyond the window record (:data:`DETAIL_COLUMNS`), index = gid.
+
+    Kept out of :data:`~flowwarden.records.WINDOW_FEATURES` (the anomaly model's columns and
+    the stored window record): these are rule detectors' evidence. An open window scored
+    early has no local edges or beacon history yet (``e``, ``beacon`` None), and no novelty
+    when no early detector that reads it had rows (``novelty`` None): those read 0.
+    """
+    ng = len(p.keys)
+    auth = auth_features(p, e, list(settings.pipeline.auth_ports)) if e is not None else None
+    resolver = np.zeros(ng, dtype=bool)
+    np.logical_or.at(resolver, p.gid, p.flows["src_resolver"].to_numpy(dtype=bool))
+    return pd.concat(
+        [
+            auth if auth is not None else pd.DataFrame({c: np.zeros(ng) for c in AUTH_COLUMNS}),
+            novelty[["young_ext_repeat", "young_ext_prior"]]
+            if novelty is not None
+            else pd.DataFrame({"young_ext_repeat": np.zeros(ng), "young_ext_prior": np.zeros(ng)}),
+            beacon[["beacon_interval"]]
+            if beacon is not None
+            else pd.DataFrame({"beacon_interval": np.zeros(ng)}),
+            pd.DataFrame({"is_resolver": resolver}),
+        ],
+        axis=1,
+    )
+
+
+DETAIL_COLUMNS: tuple[str, ...] = (
+    *AUTH_COLUMNS,
+    "young_ext_repeat",
+    "young_ext_prior",
+    "beacon_interval",
+    "is_resolver",
+)
 
 
 _NO_CONNS = pd.DataFrame(
@@ -588,17 +848,20 @@ def _row_quantiles(v: np.ndarray, n: np.ndarray, qs: tuple[float, ...]) -> list[
     return res
 
 
-def _rita_rows(values: np.ndarray, n: np.ndarray, mad_scale: float | None) -> np.ndarray:
-    """Per row: mean of (1 - |Bowley skew|) and (1 - MAD / scale) of its values, in [0, 1].
+def _dispersion_rows(
+    values: np.ndarray, n: np.ndarray, *, floor: float = 1e-3, iqr: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: robust relative dispersion of its first ``n`` values, and their median.
 
-    ``values`` holds each row's ``n`` values first, NaN after (any order within the row).
+    ``2 * MAD / median``, averaged with ``IQR / median`` when ``iqr`` (the median is held
+    at least ``floor``). ``values`` holds each row's ``n`` values first, NaN after (any order).
     """
     v = np.sort(values, axis=1)  # NaN last
     q1, q2, q3 = _row_quantiles(v, n, (0.25, 0.5, 0.75))
-    spread = q3 - q1
-    skew = np.where(spread > 0, (q3 + q1 - 2 * q2) / np.where(spread > 0, spread, 1.0), 0.0)
     dev = np.sort(np.abs(v - q2[:, None]), axis=1)
     (mad,) = _row_quantiles(dev, n, (0.5,))
-    scale = np.maximum(q2, 1.0) if mad_scale is None else mad_scale
-    mad_score = np.clip(1.0 - mad / scale, 0.0, 1.0)
-    return (1.0 - np.abs(skew)) * 0.5 + mad_score * 0.5
+    scale = np.maximum(q2, floor)
+    disp = 2.0 * mad / scale
+    if iqr:
+        disp = (disp + (q3 - q1) / scale) / 2.0
+    return disp, q2

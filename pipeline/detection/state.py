@@ -289,6 +289,11 @@ class SeenEdges:
         pairs = mix(hashes, entity, 11)
         self._alerted.update(zip(pairs.tolist(), own_until.tolist(), strict=True))
 
+    def vouch(self, rows: np.ndarray) -> None:
+        """A person said these edges are fine (an alert resolved as benign): no longer tainted."""
+        self._taint_until[rows] = -np.inf
+        self._taint_ent[rows] = 0
+
     def alerted_before(self, hashes: np.ndarray, entity: np.ndarray, now: np.ndarray) -> np.ndarray:
         """Whether each entity was alerted on for using each edge, recently enough to not be news."""
         if not self._alerted:

@@ -17,6 +17,7 @@ class EngineStats:
     flows_unscored: int = 0  # ingress and transit flows: enriched and counted, no source to score
     late_flows: int = 0  # arrived after their window closed: dropped
     windows_scored: int = 0  # entity-windows that went through the detectors
+    early_alerts: int = 0  # alerts raised or updated from still-open windows (early firing)
     state_entities: int = 0  # sources with a baseline now
     evicted: dict[str, int] = field(default_factory=dict)  # memory bounds hit, by kind (totals)
     suppressed: dict[str, int] = field(default_factory=dict)  # alerts not raised, by reason (totals)

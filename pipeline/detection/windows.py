@@ -94,6 +94,10 @@ class WindowBuffer:
             self.closed_until = max(self.closed_until, limit)
         return closed.reset_index(drop=True)
 
+    def open_parts(self) -> list[pd.DataFrame]:
+        """The buffered frames of the open windows, read-only (early firing reads them)."""
+        return list(self._parts)
+
     def take_parts(self) -> list[pd.DataFrame]:
         """Remove and return the buffered frames (to rewrite them), keeping the clocks."""
         parts, self._parts = self._parts, []

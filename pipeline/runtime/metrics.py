@@ -12,6 +12,9 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from flowwarden.build_info import register_build_info
+from flowwarden.retry import register_retry_metrics
+
 log = logging.getLogger(__name__)
 
 # From a flow's end to its alert: live streams sit in the seconds, a backlog in the minutes.
@@ -69,7 +72,7 @@ class PipelineMetrics:
             "Batches seen again after a restart (their rollups were already stored).",
             registry=r,
         )
-        self.evicted = Gauge(
+        self.evicted = Counter(
             "flowwarden_pipeline_state_evicted",
             "Entries evicted from the engine's state.",
             ["kind"],
@@ -79,6 +82,11 @@ class PipelineMetrics:
             "flowwarden_pipeline_notifications",
             "Notifier deliveries by outcome.",
             ["notifier", "status"],
+            registry=r,
+        )
+        self.early_alerts = Counter(
+            "flowwarden_pipeline_early_alerts",
+            "Alerts raised or updated from a still-open window (conclusive rule evidence).",
             registry=r,
         )
         self.late_flows = Counter(
@@ -111,6 +119,8 @@ class PipelineMetrics:
             ["topic"],
             registry=r,
         )
+        register_build_info(r)
+        register_retry_metrics(r)
         self._server: WSGIServer | None = None
         self._current_model: str | None = None
 

@@ -57,12 +57,14 @@ from flowwarden.bus import (
 )
 from flowwarden.kube import InventorySource, PodInventory, inventory_source_from_settings
 from flowwarden.pipeline.runtime.batches import CommitTracker, PartitionAligner, PartitionKey, PendingBatch
+from flowwarden.pipeline.runtime.feeds import RulesSnapshot, RulesSource
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
 from flowwarden.pipeline.runtime.ports import Engine, EngineOutput, PipelineStore
 from flowwarden.pipeline.runtime.sinks import AlertPublisher, BatchId, StoreSink
 from flowwarden.records import empty_flows
+from flowwarden.retry import RetryPolicy
 from flowwarden.settings import Settings
 from flowwarden.store import DuplicateBatch
 
@@ -141,6 +143,7 @@ class PipelineStage:
         notifiers: NotifierHub | None = None,
         model_watcher: ModelWatcher | None = None,
         inventory_source: InventorySource | None = None,
+        rules_source: RulesSource | None = None,
         options: StageOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -153,13 +156,18 @@ class PipelineStage:
         self.notifiers = (
             notifiers
             if notifiers is not None
-            else build_hub(settings.notifiers, exporter=AlertExporter.from_settings(settings))
+            else build_hub(
+                settings.notifiers, exporter=AlertExporter.from_settings(settings), retry=settings.retry
+            )
         )
         self.notifiers.on_result = self._on_notify
         self.model_watcher = model_watcher
         # Pods for enrichment: started and stopped with the stage; its snapshots go to the engine.
         self.inventory_source = inventory_source
         self._inventory: PodInventory | None = None  # the snapshot the engine holds
+        # Declared policy and threat feeds (issue 17): the same pattern, for the rule detectors.
+        self.rules_source = rules_source
+        self._rules: RulesSnapshot | None = None
         self.clock = clock
         self.wall = wall
         topics = settings.kafka.topics
@@ -217,6 +225,9 @@ class PipelineStage:
         if self.inventory_source is not None:  # the pods are read or listed before any flow
             self.inventory_source.start()
             self._sync_inventory()
+        if self.rules_source is not None:  # a bad policy file stops the start here
+            self.rules_source.start()
+            self._sync_rules()
         if self.model_watcher is not None:
             model = self.model_watcher.initial()
             if model is not None:
@@ -263,6 +274,8 @@ class PipelineStage:
             self.notifiers.close()
             if self.inventory_source is not None:
                 self.inventory_source.stop()
+            if self.rules_source is not None:
+                self.rules_source.stop()
             self.consumer = None
             log.info(
                 "pipeline stopped batches=%d flows=%d alerts=%d replayed=%d redelivered=%d ticks=%d "
@@ -483,6 +496,7 @@ class PipelineStage:
         if frames:
             flows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
             self._sync_inventory()
+            self._sync_rules()
             result = self.engine.process(flows)
             self._fed_max_ts = max(self._fed_max_ts, float(flows["ts_end"].max()))
             self._clock_max = max(self._clock_max, self._fed_max_ts)
@@ -573,13 +587,14 @@ class PipelineStage:
     def _engine_gauges(self) -> None:
         counted = self.engine.stats()
         self.metrics.state_entities.set(float(counted.state_entities))
-        for kind, n in counted.evicted.items():
-            self.metrics.evicted.labels(kind=kind).set(float(n))
+        for kind, n in counted.evicted.items():  # the engine keeps a running total: count its growth
+            self._count_growth(self.metrics.evicted.labels(kind=kind), ("evicted", kind), n)
         # Counters the engine keeps as totals: export their growth.
         self._count_growth(self.metrics.windows_scored, ("windows",), counted.windows_scored)
         for reason, n in counted.suppressed.items():
             self._count_growth(self.metrics.suppressed.labels(reason=reason), ("suppressed", reason), n)
         self._count_growth(self.metrics.late_flows, ("late",), counted.late_flows)
+        self._count_growth(self.metrics.early_alerts, ("early",), counted.early_alerts)
         if self.inventory_source is not None:  # lists, watch events, rebuilds of the pod inventory
             for what, total in self.inventory_source.stats.counts().items():
                 counter = self.metrics.inventory_watch.labels(what=what)
@@ -593,6 +608,17 @@ class PipelineStage:
         if inventory is not self._inventory:
             self._inventory = inventory
             self.engine.set_inventory(inventory)
+
+    def _sync_rules(self) -> None:
+        """Hand the rule detectors the newest policy and feeds snapshot (they do no I/O)."""
+        if self.rules_source is None:
+            return
+        snapshot = self.rules_source.current()
+        if snapshot is not self._rules:
+            self._rules = snapshot
+            self.engine.set_rules(
+                snapshot.policy, snapshot.policy_version, snapshot.feeds, snapshot.feeds_version
+            )
 
     def _count_growth(self, counter: Counter, key: tuple[str, ...], total: float) -> None:
         seen = self._engine_totals.get(key, 0.0)
@@ -762,6 +788,7 @@ def build_stage(
         metrics=metrics,
         model_watcher=ModelWatcher(settings.pipeline.model_dir),
         inventory_source=inventory_source_from_settings(settings),
+        rules_source=RulesSource(settings) if settings.rules.policy_file or settings.rules.feeds else None,
         options=options,
     )
 
@@ -793,7 +820,11 @@ def run_pipeline(
             "bus.kind is memory: this process sees only flows published inside it "
             "(the embedded mode is `flowwarden demo`; a deployment sets bus.kind=kafka)"
         )
-    store = Store(settings.store.url, retry_deadline_s=settings.store.retry_deadline_s).start()
+    store = Store(
+        settings.store.url,
+        retry_deadline_s=settings.store.retry_deadline_s,
+        retry=RetryPolicy.from_settings(settings.retry, "store"),
+    ).start()
     metrics = PipelineMetrics()
     port = settings.pipeline.metrics_port if metrics_port is None else metrics_port
     try:

@@ -38,10 +38,12 @@ from tests.support.netns import Host, Lab, wait_for  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "pcaps"
 IDLE, ACTIVE, TICK = 15.0, 10.0, 1.0
+FIN_GRACE, HANDSHAKE_WAIT = 0.5, 1.0
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 COLUMNS = [
     "ts_start", "ts_end", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "bytes_out", "bytes_in",
     "pkts_out", "pkts_in", "tcp_flags", "state", "dns_qname", "dns_rcode", "server_name", "final",
+    "first", "end_reason",
 ]  # fmt: skip
 
 
@@ -125,7 +127,7 @@ def reference_flows(path: Path) -> tuple[list[dict], dict[int, int]]:
     serial = 0
     tick: int | None = None
 
-    def emit(key: tuple, final: bool) -> None:
+    def emit(key: tuple, final: bool, reason: str) -> None:
         f = flows[key]
         start = f["period_ts"] if f["period_ts"] is not None else f["last_ts"]
         records.append(
@@ -134,21 +136,42 @@ def reference_flows(path: Path) -> tuple[list[dict], dict[int, int]]:
                 "dst_ip": f["resp"][0], "dst_port": f["resp"][1], "proto": f["proto"],
                 "bytes_out": f["bytes_out"], "bytes_in": f["bytes_in"], "pkts_out": f["pkts_out"],
                 "pkts_in": f["pkts_in"], "tcp_flags": f["fl_fwd"] | f["fl_rev"], "state": _state(f),
-                "final": final, "serial": f["serial"],
+                "final": final, "first": f["emitted"] == 0, "end_reason": reason, "serial": f["serial"],
             }
         )  # fmt: skip
-        if final:
-            del flows[key]
-        else:
-            f.update(bytes_out=0, bytes_in=0, pkts_out=0, pkts_in=0, period_ts=None)
+        f["emitted"] += 1
+        f.update(bytes_out=0, bytes_in=0, pkts_out=0, pkts_in=0, period_ts=None)
+
+    def end(key: tuple, reason: str) -> None:
+        """A final record unless the flow carried nothing since its last record."""
+        f = flows[key]
+        if f["pkts_out"] + f["pkts_in"] > 0 or f["emitted"] == 0:
+            emit(key, True, reason)
+        del flows[key]
 
     def sweep(now: float) -> None:
         for key in list(flows):
             f = flows[key]
-            if now - f["last_ts"] > IDLE:
-                emit(key, True)
+            tcp = f["proto"] == 6
+            rst = tcp and bool((f["fl_fwd"] | f["fl_rev"]) & RST)
+            closing = tcp and f["close_ts"] is not None
+            if rst:
+                end(key, "rst")
+            elif closing and now - f["close_ts"] >= FIN_GRACE:
+                end(key, "fin")
+            elif now - f["last_ts"] > IDLE:
+                end(key, "idle")
+            elif f["emitted"] == 0:
+                syn_waiting = (
+                    tcp
+                    and bool(f["fl_fwd"] & SYN)
+                    and (f["fl_rev"] & (SYN | ACK)) != (SYN | ACK)
+                    and now - f["first_ts"] < HANDSHAKE_WAIT
+                )
+                if not closing and not syn_waiting:
+                    emit(key, False, "active")  # first sight
             elif f["period_ts"] is not None and now - f["period_ts"] >= ACTIVE:
-                emit(key, False)
+                emit(key, False, "active")
 
     for n, ts, wirelen, src, dst, sport, dport, proto, flags in _packets(path):
         t = math.floor(ts / TICK)
@@ -167,7 +190,7 @@ def reference_flows(path: Path) -> tuple[list[dict], dict[int, int]]:
             f = flows[key] = {
                 "init": init, "resp": resp, "proto": proto, "last_ts": ts, "period_ts": None, "bytes_out": 0,
                 "bytes_in": 0, "pkts_out": 0, "pkts_in": 0, "pkts_in_total": 0, "fl_fwd": 0, "fl_rev": 0,
-                "serial": serial,
+                "serial": serial, "first_ts": ts, "close_ts": None, "emitted": 0,
             }  # fmt: skip
         frame_flow[n] = f["serial"]
         fwd = a == f["init"]
@@ -177,10 +200,13 @@ def reference_flows(path: Path) -> tuple[list[dict], dict[int, int]]:
         if not fwd:
             f["pkts_in_total"] += 1
         f["fl_fwd" if fwd else "fl_rev"] |= flags
+        if f["close_ts"] is None and f["fl_fwd"] & FIN and f["fl_rev"] & FIN:
+            f["close_ts"] = ts  # the packet that completed both FINs
+        f["first_ts"] = min(f["first_ts"], ts)
         f["last_ts"] = max(f["last_ts"], ts)
         f["period_ts"] = ts if f["period_ts"] is None else min(f["period_ts"], ts)
     for key in list(flows):
-        emit(key, True)
+        end(key, "end_of_capture")
     return records, frame_flow
 
 

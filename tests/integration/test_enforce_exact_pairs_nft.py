@@ -64,3 +64,42 @@ def test_the_backend_applying_each_decision_denies_exactly_the_decided_pairs(
             backend.apply(d)
     listing = json.loads(host.run("nft", "-j", "list", "ruleset").stdout)
     assert nftables_pairs(listing) == decided_pairs(decisions)
+
+
+def test_the_rendered_json_and_text_are_one_ruleset_in_the_kernel(
+    plan: tuple[list[Decision], Path, list[str]], tmp_path: Path
+) -> None:
+    """render_json loaded through the backend's own path (libnftables JSON, ``nft -j -f -``)
+    and rules.nft loaded with ``nft -f`` list back as the same ruleset, denying the decided pairs."""
+    decisions, _, protected = plan
+    would = [d for d in decisions if d.status == "simulated"]
+    # The traffic's own time, an hour before the first expiry: every element outlives the test.
+    first = min(d.expires_at.timestamp() for d in would if d.expires_at is not None)
+    backend = NftablesBackend(table="flowwarden", protected=protected, clock=lambda: first - 3600)
+    listings = []
+    with Lab() as lab_:
+        by_json, by_text = lab_.host("json"), lab_.host("text")
+        NftCommand(by_json.name).run(backend.render_json(would)["nftables"])
+        (tmp_path / "rules.nft").write_text(backend.render(would))
+        by_text.run("nft", "-f", str(tmp_path / "rules.nft"))
+        for host in (by_json, by_text):
+            listing = json.loads(host.run("nft", "-j", "list", "ruleset").stdout)
+            listings.append(listing)
+            assert nftables_pairs(listing) == decided_pairs(decisions)
+    strip = [
+        [_without_handles(i) for i in listing["nftables"] if "metainfo" not in i] for listing in listings
+    ]
+    assert strip[0] == strip[1]
+
+
+def _without_handles(item: dict[str, object]) -> object:
+    """A listed object without its kernel handle and the element expiry (the loads were not simultaneous)."""
+    text = json.dumps(item, sort_keys=True)
+    doc = json.loads(text)
+    for obj in doc.values():
+        if isinstance(obj, dict):
+            obj.pop("handle", None)
+            for e in obj.get("elem", []):
+                if isinstance(e, dict) and "elem" in e:
+                    e["elem"].pop("expires", None)
+    return doc

@@ -70,6 +70,11 @@ def test_reporting_capture_meters_and_evaluates(tmp_path: Path) -> None:
     # nmap against the control plane is unmistakable: the plumbing (metering, inventory,
     # matching on the attacking pod) works when this is found.
     assert rows["port_scan"]["detected"] >= 1
+    # Issue 15's bar: every technique by a detector that names it, on the attacking pod
+    # (brute force, the jittered beacon and the tunnel through the cluster DNS included),
+    # and no false alert once learning is over (every backup run after the first included).
+    assert {t: r["detected"] for t, r in rows.items()} == {t: r["episodes"] for t, r in rows.items()}
+    assert result["false_after_learning"] == []
 
 
 def test_attack_traffic_is_in_the_capture() -> None:

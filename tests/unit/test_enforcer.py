@@ -167,7 +167,8 @@ def test_plan_offline_writes_the_three_rule_files(tmp_path: Path) -> None:
         ("refused", "reserved_address"),
     ]
     nft = (tmp_path / "rules.nft").read_text()
-    assert "10.244.1.2 . 10.244.2.7/32 timeout 14400s" in nft and "10.244.1.4" not in nft
+    # rules.nft is the backend's libnftables JSON as nft lists it: a single address without /32.
+    assert "10.244.1.2 . 10.244.2.7 timeout 14400s" in nft and "10.244.1.4" not in nft
     assert (tmp_path / "networkpolicies.yaml").read_text().count("kind: NetworkPolicy") == 2
     assert (tmp_path / "calico.yaml").read_text().count("name: flowwarden.d-") == 2  # one per decision
     assert (tmp_path / "cilium.yaml").read_text().count("kind: CiliumClusterwideNetworkPolicy") == 2
@@ -334,7 +335,7 @@ def test_new_targets_in_dry_run_are_simulated_and_rendered(tmp_path: Path) -> No
         ("simulated", ["10.244.2.8"]),
     ]
     nft = (tmp_path / "rules.nft").read_text()
-    assert "10.244.1.2 . 10.244.2.7/32" in nft and "10.244.1.2 . 10.244.2.8/32" in nft
+    assert "10.244.1.2 . 10.244.2.7 timeout" in nft and "10.244.1.2 . 10.244.2.8 timeout" in nft
 
 
 def clock_dt(clock: Clock) -> datetime:

@@ -40,7 +40,7 @@ def _quiet(t: float) -> pd.DataFrame:
 
 
 def test_window_closes_on_watermark_or_clock() -> None:
-    eng = DetectionEngine(Settings(), inventory=INV)
+    eng = DetectionEngine(Settings(pipeline={"early_alerts": False}), inventory=INV)
     r = eng.process(_scan(T0 + 1))
     assert r.alerts == [] and eng.open_window_floor() == T0
     assert len(r.enriched) == 40 and set(r.enriched["src_workload"]) == {"web"}
@@ -54,6 +54,30 @@ def test_window_closes_on_watermark_or_clock() -> None:
     assert eng.windows_scored == 2
 
 
+def test_a_conclusive_scan_fires_from_the_open_window_and_its_close_updates_the_same_alert() -> None:
+    eng = DetectionEngine(Settings(), inventory=INV)
+    assert eng.process(_scan(T0 + 1, n=5)).alerts == [], "five refused ports are not a scan yet"
+    early = eng.process(_scan(T0 + 2, n=40)).alerts
+    assert [a.detector for a in early] == ["port_scan"] and eng.open_window_floor() == T0
+    assert early[0].targets == [VICTIM] and early[0].evidence["windows"] == 1
+    assert eng.windows_scored == 0 and eng.early_alerts == 1, "nothing learned from the open window"
+    closed = eng.process(_quiet(T0 + 13)).alerts
+    assert [a.id for a in closed] == [early[0].id], "the window's close updates the early alert"
+    assert closed[0].evidence["windows"] == 1 and closed[0].window_end == early[0].window_end
+    quiet = DetectionEngine(Settings(), inventory=INV)
+    assert quiet.process(_quiet(T0 + 1)).alerts == [], "rows no early detector looks at: no early scoring"
+
+
+def test_offline_detection_fed_by_the_second_fires_early_as_live_would() -> None:
+    flows = pd.concat([_scan(T0 + 1), _quiet(T0 + 25)], ignore_index=True)
+    chunked = detect_flows(flows, settings=Settings(), inventory=INV).alerts
+    fed = detect_flows(flows, settings=Settings(), inventory=INV, feed_s=1.0).alerts
+    assert [a.id for a in chunked] == [a.id for a in fed] and len(fed) == 1
+    # One call over everything: raised when the window closed; fed by the second: at the scan.
+    assert chunked[0].evidence["detected_at"] >= T0 + 10
+    assert T0 + 1 < fed[0].evidence["detected_at"] < T0 + 3
+
+
 def test_ongoing_behaviour_updates_one_alert_and_late_flows_are_counted() -> None:
     eng = DetectionEngine(Settings(), inventory=INV)
     first = eng.process(pd.concat([_scan(T0 + 1), _scan(T0 + 11), _quiet(T0 + 25)], ignore_index=True))
@@ -64,9 +88,11 @@ def test_ongoing_behaviour_updates_one_alert_and_late_flows_are_counted() -> Non
     eng.process(_scan(T0 + 2, n=3))  # its window already closed: folded into the open one
     assert eng.late_flows == 3
     later = eng.process(_scan(T0 + 301)).alerts + eng.flush().alerts
-    # The late probes extend the open alert; after a quiet spell the scan is a new alert.
-    assert [x.id == a.id for x in later] == [True, False]
+    # The late probes extend the open alert; after a quiet spell the scan is a new alert,
+    # raised early from its open window and updated when that window closes.
+    assert [x.id == a.id for x in later] == [True, False, False]
     assert later[0].evidence["windows"] == 3 and later[1].window_start.timestamp() == T0 + 300
+    assert later[1].id == later[2].id and later[2].evidence["windows"] == 1
 
 
 def test_allowlist_suppresses_and_counts() -> None:

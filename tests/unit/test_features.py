@@ -138,17 +138,34 @@ def test_dns_features_and_cluster_names_excluded() -> None:
 def test_long_lived_connections() -> None:
     df = flows(
         [
-            {"ts_start": T0 - 600, "ts_end": T0 + 1, "src_ip": "10.244.1.9", "dst_ip": "10.244.2.3"},
             {
+                "ts_start": T0 - 600,
+                "ts_end": T0 + 1,
+                "src_ip": "10.244.1.9",
+                "dst_ip": "10.244.2.3",
+                "first": True,
+            },
+            {  # an active-timeout record of a flow that started long before
                 "ts_start": T0 + 2,
                 "ts_end": T0 + 3,
                 "src_ip": "10.244.1.9",
                 "dst_ip": "10.244.2.3",
                 "final": False,
+                "first": False,
+            },
+            {  # a first sight (interim, reported a second after its start): not long-lived yet
+                "ts_start": T0 + 4,
+                "ts_end": T0 + 4.5,
+                "src_ip": "10.244.1.9",
+                "dst_ip": "10.244.2.3",
+                "final": False,
+                "first": True,
             },
         ]
     )
-    assert _windows(df).loc["shop/web-5d9c8f7b6-aaaaa", "long_lived"] == 2
+    w = _windows(df).loc["shop/web-5d9c8f7b6-aaaaa"]
+    assert w["long_lived"] == 2
+    assert w["flows"] == 2, "connections are counted by their first record"
 
 
 def test_beacon_score_separates_regular_from_random() -> None:

@@ -30,8 +30,8 @@ def _no_ambient_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def settings(**kubernetes: Any) -> Settings:
-    return Settings.model_validate({"kubernetes": kubernetes})
+def settings(retry: dict[str, Any] | None = None, **kubernetes: Any) -> Settings:
+    return Settings.model_validate({"kubernetes": kubernetes, "retry": retry or {}})
 
 
 def test_default_source_keeps_todays_behaviour(tmp_path: Path) -> None:
@@ -59,8 +59,7 @@ def test_the_watch_takes_its_knobs_from_the_kubernetes_section() -> None:
             min_refresh_s=5,
             watch_timeout_s=120,
             page_size=100,
-            backoff_initial_s=1,
-            backoff_max_s=10,
+            retry={"initial_s": 1, "max_s": 10},  # the one retry policy's back-off (settings.retry)
         )
     )
     assert isinstance(source, WatchSource) and not source.running

@@ -65,6 +65,7 @@ def test_a_plugin_registered_under_another_name_than_its_own_is_refused() -> Non
 def test_each_family_resolves_its_built_ins_through_its_registry() -> None:
     assert DETECTORS.names() == [
         "beaconing",
+        "brute_force",
         "bulk_egress",
         "control_plane_access",
         "dns_tunnel",
@@ -73,7 +74,9 @@ def test_each_family_resolves_its_built_ins_through_its_registry() -> None:
         "isolation_forest",
         "metadata_api",
         "new_destination_volume",
+        "policy_violation",
         "port_scan",
+        "threat_feed",
     ]
     assert BACKENDS.names() == [
         "adminnetworkpolicy",
@@ -91,6 +94,9 @@ def test_each_family_resolves_its_built_ins_through_its_registry() -> None:
         "replay",
         "collect",
         "pipeline",
+        "alerts",
+        "policy",
+        "feeds",
         "enforce",
         "models",
         "dashboards",

@@ -101,6 +101,7 @@ def test_unknown_section_is_rejected_with_a_suggestion(tmp_path: Path):
         ("pipeline.inventory_path", "kubernetes.inventory_path", "/var/lib/pods.json"),
         ("pipeline.inventory_source", "kubernetes.inventory_source", "kubernetes"),
         ("pipeline.kubernetes_in_cluster", "kubernetes.in_cluster", "false"),
+        ("kubernetes.backoff_max_s", "retry.max_s", "10.0"),
     ],
 )
 def test_a_moved_key_is_rejected_naming_its_new_place(
@@ -118,13 +119,14 @@ def test_a_moved_key_is_rejected_naming_its_new_place(
     monkeypatch.delenv(env_old)
     monkeypatch.setenv(env_new, value)
     moved = load_settings()
-    got = getattr(moved.kubernetes, new.split(".")[1])
+    new_section, new_key = new.split(".")
+    got = getattr(getattr(moved, new_section), new_key)
     assert str(got).lower() == value
 
 
 def test_the_kubernetes_section_checks_the_watch_s_knobs(tmp_path: Path):
-    path = write(tmp_path, "kubernetes:\n  backoff_initial_s: 5\n  backoff_max_s: 1\n")
-    with pytest.raises(ConfigError, match="backoff_max_s must be at least backoff_initial_s"):
+    path = write(tmp_path, "retry:\n  initial_s: 5\n  max_s: 1\n")  # the watch's back-off: settings.retry
+    with pytest.raises(ConfigError, match="max_s must be at least initial_s"):
         load_settings(path)
     with pytest.raises(ConfigError, match=r"'kubernetes\.page_size'"):
         load_settings(write(tmp_path, "kubernetes:\n  page_size: 0\n"))

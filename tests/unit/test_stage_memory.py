@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,6 +110,9 @@ class StandInEngine:
 
     def set_inventory(self, inventory: PodInventory | None) -> None:
         self.inventory = inventory
+
+    def set_rules(self, policy: Any, policy_version: str, feeds: Any, feeds_version: str) -> None:
+        self.rules = (policy_version, feeds_version)
 
     def stats(self) -> EngineStats:
         return EngineStats(

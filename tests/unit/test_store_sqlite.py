@@ -96,6 +96,9 @@ def make_flows() -> pd.DataFrame:
     df["pkts_in"] = [2, 3, 5, 1, 1, 1]
     df["state"] = ["closed", "closed", "closed", "rejected", "closed", "established"]
     df["final"] = [True, True, True, True, True, False]
+    df["first"] = [True, True, True, True, True, False]  # the interim one is a later record
+    df["dns_queries"] = [0, 0, 0, 0, 4, 0]  # as if a DNS-over-TCP flow
+    df["dns_nxdomain"] = [0, 0, 0, 0, 1, 0]
     df["direction"] = ["internal", "internal", "egress", "internal", "internal", "egress"]
     df["src_namespace"] = "shop"
     df["src_pod"] = ["cart-1"] * 4 + ["cart-2", "cart-1"]
@@ -150,6 +153,20 @@ class StoreContract:
             assert s.schema_version() == 2
             assert not sa.inspect(s.engine).has_table("probe_v3")  # the DDL was rolled back too
             assert sa.inspect(s.engine).has_table("probe_v2")
+
+    def test_rollups_of_a_version_2_database_gain_the_dns_measures(self, fresh_url: str) -> None:
+        with Store(fresh_url, migrations=MIGRATIONS[:2]) as old:
+            old.add_rollups(rollup_flows(make_flows()))
+            rows = len(old.list_rollups())
+            with old.transaction() as conn:  # the table as version 2 made it
+                for col in ("dns_queries", "dns_nxdomain"):
+                    conn.execute(sa.text(f"ALTER TABLE flow_rollups DROP COLUMN {col}"))
+        with Store(fresh_url) as s:
+            assert s.schema_version() == 3
+            got = s.list_rollups()
+            assert len(got) == rows and (got["dns_queries"] == 0).all() and (got["dns_nxdomain"] == 0).all()
+            s.add_rollups(rollup_flows(make_flows()))  # and the new measures add up from now on
+            assert int(s.list_rollups()["dns_queries"].sum()) == 4
 
     def test_concurrent_first_starts_migrate_once(self, fresh_url: str) -> None:
         errors: list[BaseException] = []
@@ -473,11 +490,12 @@ def test_rollup_flows_aggregates_by_minute_and_peer() -> None:
     assert (row["bytes"], row["packets"], row["flows"], row["rejected"]) == (3300, 10, 2, 0)
     egress = out[out["dst_external"] == "203.0.113.7"]
     assert set(egress["direction"]) == {"egress"} and set(egress["dst_namespace"]) == {""}
-    # The interim record at 120 s adds bytes in minute 2 but no flow.
+    # The interim record at 120 s (not its flow's first) adds bytes in minute 2 but no flow.
     late = egress[egress["minute"] == pd.Timestamp(120, unit="s", tz="UTC")].iloc[0]
     assert (late["bytes"], late["flows"]) == (10, 0)
     assert int(by_key["rejected"].sum()) == 1
     assert int(out["bytes"].sum()) == int((make_flows()["bytes_out"] + make_flows()["bytes_in"]).sum())
+    assert (int(out["dns_queries"].sum()), int(out["dns_nxdomain"].sum())) == (4, 1)
 
 
 def test_rollup_flows_folds_port_scans_into_port_zero() -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from flowwarden.errors import RecordError
 from flowwarden.records import FLOW_SCHEMA, conform_flows, empty_flows
-from flowwarden.wire import ARROW_SCHEMA, MAGIC, WIRE_VERSION, decode_flows, encode_flows
+from flowwarden.wire import ADDED_IN, ARROW_SCHEMA, MAGIC, WIRE_VERSION, decode_flows, encode_flows
 from tests.unit.test_records import flow_rows
 
 
@@ -47,6 +47,23 @@ def test_round_trip_is_exact():
     out = decode_flows(encode_flows(df))
     pd.testing.assert_frame_equal(out, df)
     assert {c: str(t) for c, t in out.dtypes.items()} == FLOW_SCHEMA
+
+
+def test_a_version_1_message_still_decodes_with_the_new_columns_as_defaults():
+    """Recorded files and messages in flight while a cluster upgrades are version 1."""
+    df = sample()
+    v1_columns = [c for c in FLOW_SCHEMA if c not in ADDED_IN[2]]
+    v1_schema = pa.schema([ARROW_SCHEMA.field(c) for c in v1_columns])
+    table = pa.Table.from_pandas(df[v1_columns], schema=v1_schema, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    out = decode_flows(MAGIC + bytes([1]) + sink.getvalue().to_pybytes())
+    pd.testing.assert_frame_equal(out[v1_columns], df[v1_columns])
+    assert out["first"].all() and (out["end_reason"] == "").all() and (out["dns_queries"] == 0).all()
+    assert (out["dns_answer_ttl"] == -1).all() and {c: str(t) for c, t in out.dtypes.items()} == FLOW_SCHEMA
+    with pytest.raises(RecordError, match="wire version 9 is not supported"):
+        decode_flows(MAGIC + bytes([9]) + sink.getvalue().to_pybytes())
 
 
 def test_empty_batch_round_trips():

@@ -11,6 +11,7 @@ from typing import Any
 from flowwarden.errors import ConfigError
 from flowwarden.pipeline.detection.detectors import (  # noqa: F401 - importing registers them
     beaconing,
+    brute_force,
     bulk_egress,
     control_plane_access,
     dns_tunnel,
@@ -19,7 +20,9 @@ from flowwarden.pipeline.detection.detectors import (  # noqa: F401 - importing 
     isolation_forest,
     metadata_api,
     new_destination_volume,
+    policy_violation,
     port_scan,
+    threat_feed,
 )
 from flowwarden.pipeline.detection.detectors.base import (
     DETECTORS,

@@ -50,6 +50,12 @@ class Context:
         age = self.windows["window_start"].to_numpy(dtype="float64") - first
         return np.nan_to_num(age, nan=0.0)
 
+    def learning(self, learn_s: float) -> np.ndarray:
+        """Whether each window falls while the engine's memory or its workload is younger than
+        ``learn_s``: a finding then may be the cluster's normal, not yet learned."""
+        ws = self.windows["window_start"].to_numpy(dtype="float64")
+        return (ws < self.memory_since + learn_s) | (self.workload_age < learn_s)
+
     def zscore(self, feature: str, base: pd.DataFrame, min_dev: float = 0.5) -> np.ndarray:
         """Robust deviation of ``log1p(feature)`` from a baseline (0 when there is none)."""
         x = np.log1p(self.windows[feature].to_numpy(dtype="float64").clip(min=0))
@@ -79,6 +85,13 @@ class Detector:
     # True: the engine hands this detector the anomaly model (set_model, also on a promote)
     # and its alerts carry the model's version.
     needs_model: ClassVar[bool] = False
+    # True: the evidence is conclusive before the window ends (a scan past its threshold, a
+    # control-plane or metadata-API connection, a large upload to a new address), so the
+    # engine also scores the still-open window when a batch brings rows of the kind in
+    # :meth:`early_rows`, and the alert goes out seconds sooner. Window statistics
+    # (baselines, the model, beaconing) need the whole window and stay False.
+    early: ClassVar[bool] = False
+    reads_novelty: ClassVar[bool] = False  # its score reads the seen-edges features (new_*, young_*)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -113,6 +126,16 @@ class Detector:
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
         """Which of an entity-window's flows are the evidence (their destinations are the targets)."""
         return np.ones(len(flows), dtype=bool)
+
+    def early_min_rows(self) -> int:
+        """How many :meth:`early_rows` an entity needs in a window before this detector could
+        fire on it (a lower bound from the thresholds)."""
+        return 1
+
+    def early_rows(self, lean: pd.DataFrame) -> np.ndarray:
+        """Rows of a new batch (lean flows) that could complete this detector's evidence in an
+        open window; only their entities are scored early (it keeps early firing cheap)."""
+        return np.zeros(len(lean), dtype=bool)
 
     def describe(self, flows: pd.DataFrame) -> dict[str, Any]:
         """Extra evidence from the window's evidence flows (e.g. the tunnel's domain)."""

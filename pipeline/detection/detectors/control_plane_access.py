@@ -31,6 +31,14 @@ class ControlPlaneAccess(Detector):
     constraints = {"min_connections": Interval(Integral, 1, None, closed="left")}
     evidence = CP_FEATURES
 
+    early = True
+
+    def early_min_rows(self) -> int:
+        return int(self.params["min_connections"])
+
+    def early_rows(self, lean: pd.DataFrame) -> np.ndarray:
+        return np.logical_or.reduce([lean[c].to_numpy() for c in CP_FEATURES])
+
     def score(self, ctx: Context) -> np.ndarray:
         w = ctx.windows
         allowed = w["namespace"].isin(ctx.settings.control_plane.api_clients_namespaces).to_numpy()

@@ -2,9 +2,13 @@
 
 Catches: an entity querying at least ``min_subdomains`` distinct names under one registered
 domain in a window, with long (``dns_mean_len >= min_len``) or high-entropy
-(``dns_mean_entropy >= min_entropy`` bits per character) leftmost labels.
-Must not flag: cluster-internal names (``*.cluster.local`` is excluded from the count), CDN
-names (few distinct subdomains per window), ordinary lookups.
+(``dns_mean_entropy >= min_entropy`` bits per character) leftmost labels. The counts come
+from the records' DNS aggregates (a pod's one socket to the resolver carrying 300 queries
+counts 300, as iodine's does), so the entity is the pod that asked.
+Must not flag: the cluster DNS itself (``cluster.cluster_dns`` and the CoreDNS/kube-dns
+pods: it forwards its clients' queries upstream, and blocking it would cut the cluster's
+DNS), cluster-internal and reverse names (``*.cluster.local``, ``*.in-addr.arpa`` are
+excluded from the count), CDN names (few distinct subdomains per window), ordinary lookups.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from flowwarden.pipeline.detection.detectors.base import DETECTORS, Context, Detector, ratio_score
+from flowwarden.pipeline.detection.detectors.common import not_resolver
 from flowwarden.plugins import Interval
 
 
@@ -37,17 +42,22 @@ class DnsTunnel(Detector):
         odd = (w["dns_mean_len"].to_numpy() >= p["min_len"]) | (
             w["dns_mean_entropy"].to_numpy() >= p["min_entropy"]
         )
+        odd &= not_resolver(ctx)
         return np.where(
             odd, ratio_score(w["dns_max_subdomains"].to_numpy(), p["min_subdomains"], floor=0.6), 0.0
         )
 
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
-        """The queries under the registered domain with the most distinct names."""
-        has = (flows["dns_qname"] != "").to_numpy() & (flows["dns_domain"] != "").to_numpy()
+        """The queries under the registered domain with the most distinct names (a record's
+        aggregated names count, besides distinct first names)."""
+        has = (flows["dns_domain"] != "").to_numpy()
         if not has.any():
             return has
-        per = flows[has].groupby("dns_domain")["dns_qname"].nunique()
-        return has & (flows["dns_domain"] == per.idxmax()).to_numpy()
+        sub = flows[has]
+        names = sub.groupby("dns_domain")["dns_qname"].nunique()
+        if "dns_domain_names" in sub.columns:
+            names = names.add(sub.groupby("dns_domain")["dns_domain_names"].sum(), fill_value=0)
+        return has & (flows["dns_domain"] == names.idxmax()).to_numpy()
 
     def describe(self, flows: pd.DataFrame) -> dict[str, Any]:
         names = flows["dns_qname"].drop_duplicates()

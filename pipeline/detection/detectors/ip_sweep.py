@@ -30,6 +30,14 @@ class IpSweep(Detector):
     }
     evidence = ("failed_dsts", "recent_failed_dsts", "icmp_dsts", "int_peers", "failed_share")
 
+    early = True
+
+    def early_min_rows(self) -> int:
+        return int(self.params["min_failed_hosts"])
+
+    def early_rows(self, lean: pd.DataFrame) -> np.ndarray:
+        return lean["rejected"].to_numpy() | lean["syn_only"].to_numpy()
+
     def score(self, ctx: Context) -> np.ndarray:
         w, p = ctx.windows, self.params
         hosts = np.maximum(w["failed_dsts"].to_numpy(), w["recent_failed_dsts"].to_numpy())

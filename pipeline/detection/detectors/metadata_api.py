@@ -26,6 +26,14 @@ class MetadataApi(Detector):
     constraints = {"min_connections": Interval(Integral, 1, None, closed="left")}
     evidence = ("metadata_api",)
 
+    early = True
+
+    def early_min_rows(self) -> int:
+        return int(self.params["min_connections"])
+
+    def early_rows(self, lean: pd.DataFrame) -> np.ndarray:
+        return lean["metadata_api"].to_numpy()
+
     def score(self, ctx: Context) -> np.ndarray:
         w = ctx.windows
         n = w["metadata_api"].to_numpy()

@@ -5,7 +5,9 @@ Catches: an entity whose bytes to one external address that no pod had talked to
 low exfiltration that no single window shows; or, sooner, ``min_upload_bytes`` sent in an
 upload-shaped exchange (bytes out at least ``min_upload_ratio`` times bytes in, this window).
 Must not flag: SaaS APIs, object stores and registries the cluster already uses (known
-addresses, or in the history a model ships), nodes pulling images (node sources are left
+addresses, or in the history a model ships), the next run of a CronJob (a new pod sending
+where its workload's previous pod did, unalerted: ``young_ext_repeat``), the cluster DNS
+forwarding its clients' queries, nodes pulling images (node sources are left
 to the node's own policy unless ``include_nodes`` is 1).
 """
 
@@ -23,6 +25,7 @@ from flowwarden.pipeline.detection.detectors.base import (
     heavy_egress_mask,
     ratio_score,
 )
+from flowwarden.pipeline.detection.detectors.common import column, not_resolver
 from flowwarden.pipeline.detection.features import YOUNG_EDGE_S
 from flowwarden.plugins import Interval
 
@@ -51,10 +54,18 @@ class NewDestinationVolume(Detector):
     }
     evidence = ("young_ext_bytes", "new_ext_dsts", "bytes_out_ext")
 
+    early = True
+    reads_novelty = True
+
+    def early_rows(self, lean: pd.DataFrame) -> np.ndarray:
+        big = lean["bytes_out"].to_numpy() >= min(self.params["min_upload_bytes"], self.params["min_bytes"])
+        return lean["ext"].to_numpy() & big
+
     def score(self, ctx: Context) -> np.ndarray:
         w, p = ctx.windows, self.params
         age = w["young_ext_age"].to_numpy()
         ok = ctx.appeared_after_learning(age, p["learn_s"]) & (age <= p["young_s"])
+        ok &= (column(ctx, "young_ext_repeat") == 0) & not_resolver(ctx)
         if not p["include_nodes"]:
             ok &= ~w["is_node"].to_numpy(dtype=bool)
         sent = w["young_ext_bytes"].to_numpy()

@@ -32,6 +32,14 @@ class PortScan(Detector):
     }
     evidence = ("max_ports_per_dst", "recent_ports_per_dst", "dst_ports", "failed_share")
 
+    early = True
+
+    def early_min_rows(self) -> int:
+        return int(min(self.params["min_ports"], self.params["min_total_ports"]))
+
+    def early_rows(self, lean: pd.DataFrame) -> np.ndarray:
+        return lean["rejected"].to_numpy() | lean["syn_only"].to_numpy()
+
     def score(self, ctx: Context) -> np.ndarray:
         w, p = ctx.windows, self.params
         ports = np.maximum(w["max_ports_per_dst"].to_numpy(), w["recent_ports_per_dst"].to_numpy())

@@ -19,7 +19,7 @@ from flowwarden.pipeline.runtime.notify.base import (
 )
 from flowwarden.pipeline.runtime.notify.slack import SlackNotifier
 from flowwarden.pipeline.runtime.notify.webhook import WebhookNotifier
-from flowwarden.settings import NotifierSettings
+from flowwarden.settings import NotifierSettings, RetrySettings
 
 __all__ = [
     "NOTIFIERS",
@@ -34,13 +34,19 @@ __all__ = [
 
 
 def build_hub(
-    cfg: NotifierSettings, *, on_result: OnResult | None = None, exporter: AlertExporter | None = None
+    cfg: NotifierSettings,
+    *,
+    on_result: OnResult | None = None,
+    exporter: AlertExporter | None = None,
+    retry: RetrySettings | None = None,
 ) -> NotifierHub:
     """One notifier per configured receiver, from every registered notifier.
 
     ``exporter`` (:meth:`AlertExporter.from_settings`): the format (``alerts.format``) and
-    cluster name of what the notifiers send; None: native alerts.
+    cluster name of what the notifiers send; None: native alerts. ``retry``: the back-off
+    of every delivery (``settings.retry``; None: its defaults).
     """
+    retry = retry or RetrySettings()
     notifiers = [n for _, cls in NOTIFIERS.items() for n in cls.from_settings(cfg)]
     for n in notifiers:
         n.exporter = exporter
@@ -48,7 +54,9 @@ def build_hub(
         notifiers,
         min_severity=cfg.min_severity,
         retries=cfg.retries,
-        backoff_s=cfg.backoff_s,
+        backoff_s=retry.initial_s,
+        max_backoff_s=retry.max_s,
+        jitter=retry.jitter,
         queue_max=cfg.queue_max,
         on_result=on_result,
     )

@@ -2,7 +2,8 @@
 
 A notifier turns a list of :class:`~flowwarden.records.Alert` into one HTTP request. The
 :class:`NotifierHub` gives every notifier its own bounded queue and thread: a receiver that
-is down is retried with exponential back-off, and when its queue is full new batches are
+is down is retried with the one retry policy (:mod:`flowwarden.retry`, target
+``notifier:<name>``), and when its queue is full new batches are
 dropped and counted, so the consume loop never waits on a person's chat tool.
 Each notifier registers itself on :data:`NOTIFIERS` (``@NOTIFIERS.register("slack")``) and
 says from :meth:`Notifier.from_settings` which receivers the settings configure for it.
@@ -24,11 +25,11 @@ import requests
 from flowwarden.alert_formats import AlertExporter
 from flowwarden.plugins import Registry
 from flowwarden.records import SEVERITY_ORDER, Alert
+from flowwarden.retry import RetryPolicy
 from flowwarden.settings import NotifierSettings
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
 MAX_KNOWN_ALERTS = 100_000  # alert ids remembered to tell an update from a new alert
 
 # Outcome callback: (notifier name, status) with status in delivered | failed | retried | dropped.
@@ -81,14 +82,13 @@ NOTIFIERS: Registry[type[Notifier]] = Registry("notifier", "notifiers")
 
 
 class _Worker:
-    """A notifier's queue and thread: deliver in order, retry with back-off."""
+    """A notifier's queue and thread: deliver in order, retried by the one retry policy."""
 
     def __init__(
-        self, notifier: Notifier, *, retries: int, backoff_s: float, queue_max: int, on_result: OnResult
+        self, notifier: Notifier, *, policy: RetryPolicy, queue_max: int, on_result: OnResult
     ) -> None:
         self.notifier = notifier
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.policy = policy
         self.on_result = on_result
         self.queue: queue.Queue[list[Alert] | None] = queue.Queue(maxsize=queue_max)
         self.abort = threading.Event()
@@ -103,30 +103,21 @@ class _Worker:
 
     def _deliver(self, batch: list[Alert]) -> None:
         name = self.notifier.name
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                self.notifier.send(batch)
-            except DeliveryError as exc:
-                last = attempt == self.retries
-                log.warning(
-                    "notify failed notifier=%s attempt=%d alerts=%d error=%s",
-                    name,
-                    attempt + 1,
-                    len(batch),
-                    exc,
-                )
-                self.on_result(name, "failed" if last else "retried")
-                if last or self.abort.wait(min(delay, MAX_BACKOFF_S)):
-                    return
-                delay *= 2
-            except Exception:  # a notifier bug must not kill the thread
-                log.exception("notify crashed notifier=%s", name)
-                self.on_result(name, "failed")
-                return
-            else:
-                self.on_result(name, "delivered")
-                return
+        try:
+            self.policy.call(
+                lambda: self.notifier.send(batch),
+                DeliveryError,
+                stop_event=self.abort,
+                on_retry=lambda _exc: self.on_result(name, "retried"),
+            )
+        except DeliveryError as exc:
+            log.warning("notify failed for good notifier=%s alerts=%d error=%s", name, len(batch), exc)
+            self.on_result(name, "failed")
+        except Exception:  # a notifier bug must not kill the thread
+            log.exception("notify crashed notifier=%s", name)
+            self.on_result(name, "failed")
+        else:
+            self.on_result(name, "delivered")
 
 
 class NotifierHub:
@@ -139,13 +130,27 @@ class NotifierHub:
         min_severity: str = "medium",
         retries: int = 3,
         backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        jitter: bool = True,
         queue_max: int = 1000,
         on_result: OnResult | None = None,
     ) -> None:
         self.min_rank = SEVERITY_ORDER[min_severity]
         self.on_result: OnResult = on_result or (lambda _n, _s: None)
+        # retries after the first try; the back-off is settings.retry's (build_hub passes it).
         self._workers = [
-            _Worker(n, retries=retries, backoff_s=backoff_s, queue_max=queue_max, on_result=self._result)
+            _Worker(
+                n,
+                policy=RetryPolicy(
+                    target=f"notifier:{n.name}",
+                    initial_s=backoff_s,
+                    max_s=max(max_backoff_s, backoff_s),
+                    jitter=jitter,
+                    attempts=retries + 1,
+                ),
+                queue_max=queue_max,
+                on_result=self._result,
+            )
             for n in notifiers
         ]
         self._started = False

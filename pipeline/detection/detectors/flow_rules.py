@@ -1,0 +1,375 @@
+"""What the rule detectors (``policy_violation``, ``threat_feed``) share: they judge flows, not windows.
+
+Declared rules and feeds are about single flows (this pod, that address, that port), while
+the detector interface scores entity-windows. A :class:`FlowRuleDetector` therefore
+*observes* every enriched flow batch (the engine hands it over in
+:meth:`~flowwarden.pipeline.detection.engine.DetectionEngine.process`, so the live pipeline,
+``flowwarden detect`` and the evaluation judge alike), keeps the findings as pending rows
+keyed by (entity, window), and scores the windows that have them when the engine closes
+them. Judging waits until then because a pod's DNS answer can reach the pipeline after
+the first record of the connection it allowed; the per-pod :class:`DnsCache` has until
+the window closes to learn it.
+
+Pure: no I/O. Snapshots (policy, feeds) are handed in by the runtime.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from flowwarden.kube import PodInventory
+from flowwarden.pipeline.detection.detectors.base import Context, Detector
+from flowwarden.pipeline.detection.enrich import enrich_flows
+from flowwarden.pipeline.detection.windows import window_starts
+from flowwarden.records import Direction
+from flowwarden.settings import Settings
+
+SCORED = (Direction.EGRESS.value, Direction.INTERNAL.value)  # flows whose source has entity-windows
+MAX_PENDING = 200_000  # pending finding rows; past it the oldest go first (counted)
+
+
+def entity_keys(flows: pd.DataFrame) -> np.ndarray:
+    """The engine's entity of each flow: ``namespace/pod``, else the source address."""
+    pod = flows["src_pod"].astype(object)
+    has = (pod != "").to_numpy()
+    if not has.any():
+        return flows["src_ip"].to_numpy(dtype=object)
+    full = (flows["src_namespace"].astype(object) + "/" + pod).to_numpy(dtype=object)
+    return np.where(has, full, flows["src_ip"].to_numpy(dtype=object))
+
+
+class DnsCache:
+    """Per pod: the addresses its own DNS answers gave, the name asked, and until when they hold.
+
+    A connection from pod P to address A at time t is "to name N" when P resolved N to A no
+    later than t and t is within the answer's TTL plus ``grace_s`` (an established
+    connection outlives the TTL; a client may reuse an answer a little longer). Using the
+    pod's own answers, not a cluster-wide table, is what stops one pod's lookup of an
+    allowed name from whitelisting the same CDN address for every other pod.
+    """
+
+    COLUMNS = ("pod", "ip", "name", "seen", "expires")
+
+    def __init__(self, *, grace_s: float = 300.0, max_rows: int = 500_000) -> None:
+        self.grace_s = grace_s
+        self.max_rows = max_rows
+        self.table = pd.DataFrame(
+            {c: pd.Series(dtype=object if c in ("pod", "ip", "name") else "float64") for c in self.COLUMNS}
+        )
+        self.evicted = 0
+        self.generation = 0  # bumped by every learn that added answers (judgements older than it may change)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def learn(self, flows: pd.DataFrame) -> int:
+        """Add the answers of the batch's DNS records; returns how many (pod, address) pairs came in."""
+        ans = flows["dns_answers"]
+        has = ((ans != "") & (flows["dns_qname"] != "")).to_numpy()
+        if not has.any():
+            return 0
+        sub = pd.DataFrame(
+            {
+                "pod": entity_keys(flows[has]),
+                "ip": ans[has].astype(object).str.split(","),
+                "name": flows["dns_qname"][has].astype(object).str.rstrip(".").str.lower(),
+                "seen": flows["ts_start"][has].to_numpy(dtype="float64"),
+                "expires": (
+                    flows["ts_start"][has].to_numpy(dtype="float64")
+                    + np.maximum(flows["dns_answer_ttl"][has].to_numpy(dtype="float64"), 0.0)
+                ),
+            }
+        ).explode("ip")
+        sub = sub[sub["ip"].astype(bool)]
+        table = pd.concat([self.table, sub], ignore_index=True) if len(self.table) else sub
+        # One row per (pod, address, name): the latest answer wins.
+        table = table.sort_values("expires", kind="stable").drop_duplicates(
+            ["pod", "ip", "name"], keep="last"
+        )
+        if len(table) > self.max_rows:
+            self.evicted += len(table) - self.max_rows
+            table = table.iloc[len(table) - self.max_rows :]
+        self.table = table.reset_index(drop=True)
+        self.generation += 1
+        return len(sub)
+
+    def resolve(self, flows: pd.DataFrame, pods: np.ndarray | None = None) -> pd.Series:
+        """Per flow: a name its source pod resolved to its destination, valid then ("" if none).
+
+        ``pods``: the flows' entities when the caller has them; else they are worked out
+        only for the flows to an address some pod resolved (most flows are not).
+        """
+        out = pd.Series(np.full(len(flows), "", dtype=object))
+        if not len(self.table) or not len(flows):
+            return out
+        rows = np.flatnonzero(flows["dst_ip"].isin(self.table["ip"].unique()).to_numpy())
+        if not len(rows):
+            return out
+        sub = flows.iloc[rows]
+        q = pd.DataFrame(
+            {
+                "row": rows,
+                "pod": pods[rows] if pods is not None else entity_keys(sub),
+                "ip": sub["dst_ip"].to_numpy(dtype=object),
+                "t0": sub["ts_start"].to_numpy(dtype="float64"),
+                "t1": sub["ts_end"].to_numpy(dtype="float64"),
+            }
+        )
+        m = q.merge(self.table, on=["pod", "ip"], how="inner")
+        ok = (m["seen"] <= m["t1"] + 1.0) & (m["t0"] <= m["expires"] + self.grace_s)
+        m = m[ok]
+        if len(m):
+            first = m.drop_duplicates("row")
+            out.iloc[first["row"].to_numpy()] = first["name"].to_numpy(dtype=object)
+        return out
+
+    def names_for(self, pods: np.ndarray, ips: np.ndarray) -> np.ndarray:
+        """A name each (pod, address) pair was resolved from while still held ("" if none)."""
+        out = np.full(len(pods), "", dtype=object)
+        if not len(self.table) or not len(pods):
+            return out
+        q = pd.DataFrame({"row": np.arange(len(pods)), "pod": pods, "ip": ips})
+        m = q.merge(self.table[["pod", "ip", "name"]], on=["pod", "ip"], how="inner").drop_duplicates("row")
+        out[m["row"].to_numpy()] = m["name"].to_numpy(dtype=object)
+        return out
+
+    def expire(self, now: float) -> int:
+        """Forget answers past their TTL and grace at event time ``now``."""
+        if not len(self.table):
+            return 0
+        keep = (self.table["expires"] + self.grace_s >= now).to_numpy()
+        n = int((~keep).sum())
+        if n:
+            self.table = self.table[keep].reset_index(drop=True)
+        return n
+
+
+class FlowRuleDetector(Detector):
+    """A detector that judges flows as they arrive and scores the windows holding its findings.
+
+    Subclasses implement :meth:`find` (the finding rows of one observed batch, with the
+    columns they need for evidence) and may override :meth:`confirm` (a last look at the
+    findings of closing windows, e.g. with DNS answers that arrived since).
+    """
+
+    base_score: ClassVar[float] = 0.9
+    # Columns every finding row carries (besides the subclass's own).
+    FINDING_COLUMNS: ClassVar[tuple[str, ...]] = ("entity", "ws", "dst_ip", "dst_port", "proto", "egress")
+    # What makes two findings the same piece of evidence.
+    evidence_key: ClassVar[tuple[str, ...]] = ("dst_ip", "dst_port", "proto")
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self.window_s = 10.0
+        self.pending = pd.DataFrame()
+        self.closed_until = -math.inf  # windows starting before this were scored already
+        self.dropped = 0
+        self._round: pd.DataFrame = pd.DataFrame()  # the confirmed findings of the windows being scored
+        self._pairs: dict[bool, set[tuple[str, str, int]]] = {}
+        self._by_entity: dict[str, pd.DataFrame] = {}
+
+    # ------------------------------------------------------------------ runtime side
+    @property
+    def wants_flows(self) -> bool:
+        """Whether :func:`observe_flows` should enrich and hand batches to this detector."""
+        return True
+
+    def observe(self, enriched: pd.DataFrame, inventory: PodInventory | None, settings: Settings) -> None:
+        """Judge an enriched batch; keep the findings until their windows close."""
+        self.window_s = settings.pipeline.window_s
+        if not len(enriched):
+            return
+        found = self.find(enriched, inventory, settings)
+        if found is None or not len(found):
+            return
+        # Only flows sourced in the cluster have an entity-window to alert on.
+        found = found[found["direction"].isin(SCORED).to_numpy()]
+        if not len(found):
+            return
+        ws = window_starts(found["ts_end"].to_numpy(dtype="float64"), self.window_s)
+        if math.isfinite(self.closed_until):
+            ws = np.maximum(ws, self.closed_until)  # the engine folds late flows the same way
+        found = found.assign(ws=ws)
+        # One row per (entity, window, destination, port, protocol) with its flow count: a
+        # scan's thousands of records are judged and shown as what they are, few findings.
+        key = ["entity", "ws", "dst_ip", "dst_port", "proto"]
+        found = found.assign(n=found.groupby(key, sort=False)["ws"].transform("size").to_numpy())
+        found = found[~found.duplicated(key).to_numpy()]
+        pending = pd.concat([self.pending, found], ignore_index=True) if len(self.pending) else found
+        if len(pending) > MAX_PENDING:
+            self.dropped += len(pending) - MAX_PENDING
+            pending = pending.iloc[len(pending) - MAX_PENDING :]
+        self.pending = pending.reset_index(drop=True)
+
+    def find(
+        self, flows: pd.DataFrame, inventory: PodInventory | None, settings: Settings
+    ) -> pd.DataFrame | None:
+        """One enriched batch's findings: :attr:`FINDING_COLUMNS` but ``ws``, plus ``direction``."""
+        raise NotImplementedError
+
+    def confirm(self, findings: pd.DataFrame) -> pd.DataFrame:
+        return findings
+
+    # ------------------------------------------------------------------ engine side
+    def score(self, ctx: Context) -> np.ndarray:
+        w = ctx.windows
+        out = np.zeros(len(w), dtype="float64")
+        self._set_round(pd.DataFrame())
+        if not len(w) or not len(self.pending):
+            return out
+        ws = w["window_start"].to_numpy(dtype="float64")
+        top = float(ws.max())
+        # Windows close in time order: findings of windows before this round's latest are done.
+        self.closed_until = max(self.closed_until, top + self.window_s)
+        # Pending findings are few (one row per entity, window, destination, port): plain
+        # Python sets and dicts cost less here than pandas' per-call overhead.
+        key_w = [f"{e}|{s!r}" for e, s in zip(w["entity"].tolist(), ws.tolist(), strict=True)]
+        p = self.pending
+        p_ws = p["ws"].to_numpy(dtype="float64")
+        key_p = [f"{e}|{s!r}" for e, s in zip(p["entity"].tolist(), p_ws.tolist(), strict=True)]
+        scored = set(key_w)
+        here = np.fromiter((k in scored for k in key_p), dtype=bool, count=len(key_p))
+        if here.any():
+            found = self.confirm(p[here].reset_index(drop=True))
+            if len(found):
+                self._set_round(found)
+                counts: dict[str, float] = {}
+                for e, s, n in zip(
+                    found["entity"].tolist(), found["ws"].tolist(), found["n"].tolist(), strict=True
+                ):
+                    k = f"{e}|{float(s)!r}"
+                    counts[k] = counts.get(k, 0.0) + float(n)
+                n_w = np.fromiter((counts.get(k, 0.0) for k in key_w), dtype="float64", count=len(key_w))
+                hit = n_w >= self.params.get("min_flows", 1.0)
+                out = np.where(hit, self.base_score + 0.09 * np.minimum(n_w / 10.0, 1.0), 0.0)
+        self.pending = p[p_ws >= top].reset_index(drop=True)
+        return out
+
+    def kinds(self, ctx: Context, hit: np.ndarray) -> np.ndarray:
+        """Exfiltration when a finding of the window left the cluster, else lateral movement."""
+        w = ctx.windows
+        rows = np.flatnonzero(hit)
+        if not len(self._round):
+            return np.full(len(rows), self.kind, dtype=object)
+        f = self._round
+        egress_keys = set(
+            (f["entity"].to_numpy(dtype=object) + "|" + f["ws"].to_numpy(dtype="float64").astype(str))[
+                f["egress"].to_numpy(dtype=bool)
+            ]
+        )
+        keys = (
+            w["entity"].astype(object).to_numpy()[rows]
+            + "|"
+            + w["window_start"].to_numpy(dtype="float64")[rows].astype(str)
+        )
+        return np.array(
+            ["exfiltration" if k in egress_keys else "lateral_movement" for k in keys], dtype=object
+        )
+
+    def technique_for(self, kind: str) -> str:
+        return self.technique
+
+    def _set_round(self, found: pd.DataFrame) -> None:
+        """The findings of the windows being scored; per-entity evidence is cut out when asked."""
+        self._round = found
+        self._pairs = {}
+        self._by_entity = {}
+
+    def round_for(self, flows: pd.DataFrame) -> pd.DataFrame:
+        """This round's findings of the entity whose window's flows these are (an alert's evidence),
+        one row per distinct finding (a scan repeats thousands)."""
+        f = self._round
+        if not len(flows) or not len(f):
+            return f.iloc[0:0]
+        entity = str(entity_keys(flows.iloc[:1])[0])
+        if entity not in self._by_entity:
+            mine = f[f["entity"].to_numpy(dtype=object) == entity]
+            self._by_entity[entity] = mine.drop_duplicates(list(self.evidence_key))
+        return self._by_entity[entity]
+
+    def _round_pairs(self, *, targets_only: bool) -> set[tuple[str, str, int]]:
+        if targets_only in self._pairs:
+            return self._pairs[targets_only]
+        f = self._round
+        if targets_only and "target" in f.columns:  # findings that name no blockable destination
+            f = f[f["target"].to_numpy(dtype=bool)]
+        pairs = (
+            set(
+                zip(
+                    f["entity"].to_numpy(dtype=object).tolist(),
+                    f["dst_ip"].to_numpy(dtype=object).tolist(),
+                    f["dst_port"].to_numpy(dtype="int64").tolist(),
+                    strict=True,
+                )
+            )
+            if len(f)
+            else set()
+        )
+        self._pairs[targets_only] = pairs
+        return pairs
+
+    def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
+        """The window's flows that are findings (by entity, destination and port).
+
+        Findings that name a destination to block come first; a window with only the
+        others (a DNS query for a listed name: its destination is the resolver) shows
+        those, so the alert still carries its evidence (the guardrails never block the
+        cluster DNS).
+        """
+        if not len(self._round) or not len(flows):
+            return np.zeros(len(flows), dtype=bool)
+        ent = entity_keys(flows)
+        dst = flows["dst_ip"].to_numpy(dtype=object)
+        port = flows["dst_port"].to_numpy(dtype="int64")
+        keys = list(zip(ent.tolist(), dst.tolist(), port.tolist(), strict=True))
+        mask = np.zeros(len(flows), dtype=bool)
+        for targets_only in (True, False):
+            pairs = self._round_pairs(targets_only=targets_only)
+            mask = np.array([k in pairs for k in keys], dtype=bool)
+            if mask.any():
+                break
+        return mask
+
+
+def observe_flows(
+    detectors: list[Detector], flows: pd.DataFrame, inventory: PodInventory | None, settings: Settings
+) -> int:
+    """Hand a raw flow batch, enriched, to every rule detector that wants it; returns how many took it.
+
+    Call before ``engine.process`` on the same batch (the stage does; so may any driver).
+    Enrichment is done once here only when a rule detector has something declared.
+    """
+    takers = [d for d in detectors if isinstance(d, FlowRuleDetector) and d.wants_flows]
+    if not takers or not len(flows):
+        return 0
+    return observe_enriched(takers, enrich_flows(flows, inventory, settings), inventory, settings)
+
+
+def observe_enriched(
+    detectors: Sequence[Detector], enriched: pd.DataFrame, inventory: PodInventory | None, settings: Settings
+) -> int:
+    """The same with a batch the caller already enriched (the engine: no second enrichment)."""
+    takers = [d for d in detectors if isinstance(d, FlowRuleDetector) and d.wants_flows]
+    if not len(enriched):
+        return 0
+    for d in takers:
+        d.observe(enriched, inventory, settings)
+    return len(takers)
+
+
+def set_rules(
+    detectors: Sequence[Detector], policy: Any, policy_version: str, feeds: Any, feeds_version: str
+) -> None:
+    """Give the rule detectors a declared policy and feed set (snapshots; they do no I/O)."""
+    for det in detectors:
+        set_policy = getattr(det, "set_policy", None)
+        if callable(set_policy):
+            set_policy(policy, policy_version)
+        set_feeds = getattr(det, "set_feeds", None)
+        if callable(set_feeds):
+            set_feeds(feeds, feeds_version)

@@ -1,0 +1,167 @@
+"""A flow the declared policy does not allow (:mod:`flowwarden.policy`).
+
+Catches: egress from a declared namespace or workload to a destination or port no rule
+allows (a pod reaching an undeclared SaaS, a mail relay, another namespace's database), a
+source no ``ingress`` rule of the destination allows, and sources reaching a declared
+cluster endpoint (etcd, the API server, the kubelet, the metadata API) they are not listed for.
+Must not flag: anything when nothing is declared (an empty policy is "not declared"), a
+connection to an address the pod itself resolved from an allowed name within the answer's
+TTL (plus ``rules.dns_grace_s``), the cluster DNS while ``allow_cluster_dns`` holds.
+
+Alerts are ``exfiltration`` when a finding left the cluster, else ``lateral_movement``; the
+evidence names each broken rule by its key path (``namespaces.shop.egress``) and why
+(``destination_not_allowed``, ``port_not_allowed``, ``source_not_allowed``).
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flowwarden.kube import PodInventory
+from flowwarden.pipeline.detection.detectors.base import DETECTORS
+from flowwarden.pipeline.detection.detectors.flow_rules import DnsCache, FlowRuleDetector, entity_keys
+from flowwarden.plugins import Interval
+from flowwarden.policy import Policy
+from flowwarden.policy_match import COLUMNS, CompiledPolicy, Environment, Verdicts
+from flowwarden.records import Direction
+from flowwarden.settings import Settings
+
+MAX_EVIDENCE = 10
+_KEEP = ("entity", "ts_start", "ts_end", "direction", *COLUMNS)
+
+
+@DETECTORS.register("policy_violation")
+class PolicyViolation(FlowRuleDetector):
+    name = "policy_violation"
+    kind = "exfiltration"
+    technique = "T1048"
+    defaults = {"min_flows": 1.0}
+    constraints = {"min_flows": Interval(Integral, 1, None, closed="left")}
+    base_score = 0.9
+    evidence_key = ("rule", "reason", "dst_ip", "dst_port", "proto")
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self.policy = Policy()
+        self.policy_version = ""
+        self.dns = DnsCache()
+        self._compiled: CompiledPolicy | None = None
+        self._nodes: frozenset[str] | None = None
+
+    def set_policy(self, policy: Policy, version: str = "") -> None:
+        """Judge with this policy from now on (the runtime hands it over; no file is read here)."""
+        self.policy = policy
+        self.policy_version = version
+        self._compiled = None
+
+    @property
+    def wants_flows(self) -> bool:
+        return self.policy.declared
+
+    def technique_for(self, kind: str) -> str:
+        return "T1048" if kind == "exfiltration" else "T1021"
+
+    def _compiled_for(self, settings: Settings, inventory: PodInventory | None) -> CompiledPolicy:
+        nodes = frozenset(inventory.node_ips) if inventory is not None else frozenset()
+        if self._compiled is None or nodes != self._nodes:
+            self._compiled = CompiledPolicy(self.policy, Environment.from_settings(settings, nodes))
+            self._nodes = nodes
+        return self._compiled
+
+    def find(
+        self, flows: pd.DataFrame, inventory: PodInventory | None, settings: Settings
+    ) -> pd.DataFrame | None:
+        r = settings.rules
+        self.dns.grace_s, self.dns.max_rows = r.dns_grace_s, r.dns_cache_max
+        self.dns.learn(flows)
+        self.dns.expire(float(flows["ts_start"].min()))
+        policy = self._compiled_for(settings, inventory)
+        first = policy.evaluate(flows)  # names on the flow itself; most flows end here
+        if not first.violation.any():
+            return None
+        sub = flows[first.violation].reset_index(drop=True)
+        bad = first.violation
+        before = Verdicts(np.ones(int(bad.sum()), dtype=bool), first.rule[bad], first.reason[bad])
+        return self._judge(policy, sub.assign(entity=entity_keys(sub)), before)
+
+    def _judge(
+        self, policy: CompiledPolicy, rows: pd.DataFrame, before: Verdicts | None = None
+    ) -> pd.DataFrame:
+        """Findings among candidate rows, with the pod's DNS answers known so far.
+
+        ``before``: the rows' verdicts without those answers; they stand unless an answer
+        names a row's destination (then it is judged again with that name).
+        """
+        pods = rows["entity"].to_numpy(dtype=object)
+        resolved = self.dns.resolve(rows, pods)
+        named = bool((resolved != "").any())
+        v = before if before is not None and not named else policy.evaluate(rows, resolved)
+        bad = v.violation
+        cols = [c for c in (*_KEEP, "ws", "n") if c in rows.columns]
+        out = rows.loc[bad, cols].reset_index(drop=True)
+        names = (
+            out["server_name"].astype(object).where(out["server_name"] != "", out["dns_qname"].astype(object))
+        )
+        if (names == "").any():
+            asked = self.dns.names_for(
+                out["entity"].to_numpy(dtype=object), out["dst_ip"].to_numpy(dtype=object)
+            )
+            names = names.where(names != "", pd.Series(asked, dtype=object))
+        return out.assign(
+            gen=self.dns.generation,
+            rule=v.rule[bad],
+            reason=v.reason[bad],
+            name=names.to_numpy(dtype=object),
+            egress=(out["direction"] == Direction.EGRESS.value).to_numpy(),
+        )
+
+    def confirm(self, findings: pd.DataFrame) -> pd.DataFrame:
+        """Judge again with the DNS answers that arrived since (the answer may trail the connection)."""
+        if self._compiled is None:
+            return findings
+        stale = (findings["gen"] < self.dns.generation).to_numpy()
+        if not stale.any():  # no answer came in since they were judged: nothing can change
+            return findings
+        rows = np.flatnonzero(stale)
+        named = self.dns.resolve(findings.iloc[rows], findings["entity"].to_numpy(dtype=object)[rows])
+        rows = rows[(named != "").to_numpy()]  # only a finding whose pod now has an answer may change
+        if not len(rows):
+            return findings
+        keep = np.ones(len(findings), dtype=bool)
+        keep[rows] = False
+        again = self._judge(self._compiled, findings.iloc[rows].reset_index(drop=True))
+        return pd.concat([findings[keep], again], ignore_index=True)
+
+    def describe(self, flows: pd.DataFrame) -> dict[str, Any]:
+        """Each broken rule, why, and where to (the evidence a person reviews before a block)."""
+        f = self.round_for(flows)  # one row per distinct finding of this entity
+        if not len(f):
+            return {}
+        pairs = set(zip(flows["dst_ip"].tolist(), flows["dst_port"].astype(int).tolist(), strict=True))
+        cols = {c: f[c].tolist() for c in ("rule", "reason", "dst_ip", "dst_port", "proto", "name", "egress")}
+        items: list[dict[str, Any]] = []
+        for i in range(len(f)):
+            if (cols["dst_ip"][i], int(cols["dst_port"][i])) not in pairs:
+                continue
+            items.append(
+                {
+                    "rule": str(cols["rule"][i]),
+                    "reason": str(cols["reason"][i]),
+                    "destination": str(cols["dst_ip"][i]),
+                    "port": int(cols["dst_port"][i]),
+                    "proto": int(cols["proto"][i]),
+                    "name": str(cols["name"][i]),
+                    "direction": Direction.EGRESS.value if cols["egress"][i] else Direction.INTERNAL.value,
+                }
+            )
+            if len(items) >= MAX_EVIDENCE:
+                break
+        return {
+            "policy_rules": sorted({i["rule"] for i in items}),
+            "violations": items,
+            "policy_version": self.policy_version,
+        }

@@ -54,3 +54,27 @@ def flows(rows: list[dict[str, Any]]) -> pd.DataFrame:
         row.setdefault("ts_end", row["ts_start"] + 0.1)
         full.append(row)
     return conform_flows(pd.DataFrame(full))
+
+
+def windows_frame(rows: list[dict[str, Any]], columns: list[str], **defaults: Any) -> pd.DataFrame:
+    """Entity-windows at t=5000, one pod of shop/web each (``p0``, ``p1``, ...): every column
+    in ``columns`` 0 unless ``defaults`` or the row sets it (detector tests build contexts)."""
+    data = []
+    for i, r in enumerate(rows):
+        row: dict[str, Any] = dict.fromkeys(columns, 0.0)
+        row.update(
+            window_start=5000.0,
+            window_end=5010.0,
+            entity=f"shop/p{i}",
+            src_ip=f"10.244.1.{i + 1}",
+            namespace="shop",
+            pod=f"p{i}",
+            workload="web",
+            workload_key="shop/web",
+            node="n1",
+            is_node=False,
+        )
+        row.update(defaults)
+        row.update(r)
+        data.append(row)
+    return pd.DataFrame(data)[columns]

@@ -13,31 +13,15 @@ from flowwarden.pipeline.detection.detectors import DETECTORS, Context, build_de
 from flowwarden.pipeline.detection.detectors.isolation_forest import IsolationForestDetector
 from flowwarden.pipeline.detection.engine import BASELINE_FEATURES
 from flowwarden.pipeline.detection.state import Baselines
-from flowwarden.records import WINDOW_COLUMNS, WINDOW_FEATURES
+from flowwarden.records import WINDOW_COLUMNS
 from flowwarden.settings import Settings
+from tests.unit.flowkit import windows_frame
 
 
 def _ctx(
     rows: list[dict[str, Any]], settings: Settings | None = None, base: Baselines | None = None
 ) -> Context:
-    data = []
-    for i, r in enumerate(rows):
-        row: dict[str, Any] = {c: 0.0 for c in WINDOW_FEATURES}
-        row.update(
-            window_start=5000.0,
-            window_end=5010.0,
-            entity=f"shop/p{i}",
-            src_ip=f"10.244.1.{i + 1}",
-            namespace="shop",
-            pod=f"p{i}",
-            workload="web",
-            workload_key="shop/web",
-            node="n1",
-            is_node=False,
-        )
-        row.update(r)
-        data.append(row)
-    w = pd.DataFrame(data)[list(WINDOW_COLUMNS)]
+    w = windows_frame(rows, list(WINDOW_COLUMNS))
     base = base or Baselines(list(BASELINE_FEATURES), half_life_s=3600, ttl_s=1e9, max_keys=100)
     ent = base.lookup(w["entity"]).reset_index(drop=True)
     wl = base.lookup(w["workload_key"]).reset_index(drop=True)

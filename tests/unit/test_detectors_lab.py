@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from flowwarden import attack
 from flowwarden.kube import PodInventory
@@ -15,32 +14,14 @@ from flowwarden.pipeline.detection.engine import BASELINE_FEATURES, DetectionEng
 from flowwarden.pipeline.detection.features import DETAIL_COLUMNS
 from flowwarden.pipeline.detection.state import Baselines
 from flowwarden.pipeline.runtime.offline import detect_flows
-from flowwarden.records import DNS_AGGREGATES, FLOW_DEFAULTS, WINDOW_COLUMNS, WINDOW_FEATURES
+from flowwarden.records import DNS_AGGREGATES, FLOW_DEFAULTS, WINDOW_COLUMNS
 from flowwarden.settings import Settings
-from tests.unit.flowkit import T0, flows, pod
+from tests.unit.flowkit import T0, flows, pod, windows_frame
 
 
 def _ctx(rows: list[dict[str, Any]], memory_since: float = 0.0) -> Context:
     """Windows at t=5000 with the detail columns; the engine's memory starts at ``memory_since``."""
-    data = []
-    for i, r in enumerate(rows):
-        row: dict[str, Any] = {c: 0.0 for c in (*WINDOW_FEATURES, *DETAIL_COLUMNS)}
-        row.update(
-            window_start=5000.0,
-            window_end=5010.0,
-            entity=f"shop/p{i}",
-            src_ip=f"10.244.1.{i + 1}",
-            namespace="shop",
-            pod=f"p{i}",
-            workload="web",
-            workload_key="shop/web",
-            node="n1",
-            is_node=False,
-            beacon_interval=10.0,
-        )
-        row.update(r)
-        data.append(row)
-    w = pd.DataFrame(data)[[*WINDOW_COLUMNS, *DETAIL_COLUMNS]]
+    w = windows_frame(rows, [*WINDOW_COLUMNS, *DETAIL_COLUMNS], beacon_interval=10.0)
     base = Baselines(list(BASELINE_FEATURES), half_life_s=3600, ttl_s=1e9, max_keys=100)
     ent = base.lookup(w["entity"]).reset_index(drop=True)
     ctx = Context(w, ent, ent.copy(), Settings())
@@ -321,9 +302,9 @@ def test_engine_cronjob_next_runs_are_silent_when_the_first_ran_while_learning()
     assert {a.entity.pod for a in alerts} == {runs[0]}, [(a.detector, a.entity.pod) for a in alerts]
 
 
-def test_engine_an_alerted_upload_keeps_its_address_new_for_the_workloads_other_pods() -> None:
-    """Out of learning, an exfiltration alert is no precedent: the next replica sending to the
-    same address is alerted too (only a person's --benign makes it the workload's normal)."""
+def _two_replicas_upload_to_one_address() -> tuple[PodInventory, list[dict[str, Any]]]:
+    """Two frontend replicas with background traffic; each uploads 8 MB to 198.51.100.77,
+    the second four minutes after the first."""
     replicas = [
         pod(f"frontend-6b9f8d7c5-r{i}", f"10.244.1.{30 + i}", owner=("ReplicaSet", "frontend-6b9f8d7c5"))
         for i in range(2)
@@ -347,6 +328,13 @@ def test_engine_an_alerted_upload_keeps_its_address_new_for_the_workloads_other_
                 "bytes_out": 8_000_000,
             }
         )
+    return inv, rows
+
+
+def test_engine_an_alerted_upload_keeps_its_address_new_for_the_workloads_other_pods() -> None:
+    """Out of learning, an exfiltration alert is no precedent: the next replica sending to the
+    same address is alerted too (only a person's --benign makes it the workload's normal)."""
+    inv, rows = _two_replicas_upload_to_one_address()
     alerts = detect_flows(flows(rows), settings=Settings(), inventory=inv, keep_windows=False).alerts
     assert {a.entity.pod for a in alerts} == {"frontend-6b9f8d7c5-r0", "frontend-6b9f8d7c5-r1"}, [
         (a.detector, a.entity.pod) for a in alerts
@@ -354,29 +342,7 @@ def test_engine_an_alerted_upload_keeps_its_address_new_for_the_workloads_other_
 
 
 def test_engine_resolve_benign_makes_the_upload_the_workloads_normal_malicious_keeps_it_new() -> None:
-    replicas = [
-        pod(f"frontend-6b9f8d7c5-r{i}", f"10.244.1.{30 + i}", owner=("ReplicaSet", "frontend-6b9f8d7c5"))
-        for i in range(2)
-    ]
-    inv = PodInventory.from_dict({"items": [*PODS, *replicas]})
-    rows = _background(T0, T0 + 900)
-    for i in range(2):
-        src = f"10.244.1.{30 + i}"
-        rows += [
-            {"ts_start": t, "src_ip": src, "dst_ip": "10.244.1.11", "dst_port": 8080}
-            for t in np.arange(T0, T0 + 900, 7.0)
-        ]
-        t = T0 + 500 + 240 * i
-        rows.append(
-            {
-                "ts_start": t,
-                "ts_end": t + 2,
-                "src_ip": src,
-                "dst_ip": "198.51.100.77",
-                "dst_port": 443,
-                "bytes_out": 8_000_000,
-            }
-        )
+    inv, rows = _two_replicas_upload_to_one_address()
     df = flows(rows).sort_values("ts_end", kind="stable")
     cut = T0 + 600  # after the first replica's upload, before the second's
 

@@ -52,7 +52,10 @@ from tests.support.netns import wait_for
 
 ATTACKER = PODS["attacker"]
 UPLOAD_BYTES = 120_000_000
-QUIET_S = 30.0  # > the alert re-open gap (6 windows of 2 s) after the attack's trailing packets: new alerts
+# Between rounds: longer than the recent-activity horizon (a scan stays in port_scan's evidence for
+# that long) plus the alert re-open gap (6 windows), so that every round opens new alerts.
+RECENT_HORIZON_S = 12.0  # 6 windows of 2 s: the default's ratio (60 s over 10 s windows)
+QUIET_S = 40.0
 PROCS = ("tansu", "collector", "pipeline", "enforcer")
 
 
@@ -153,7 +156,9 @@ def run(rounds: int, workdir: Path) -> dict[str, Any]:
         inv = workdir / "inventory.json"
         inv.write_text(json.dumps(inventory()))
         config = workdir / "flowwarden.yaml"
-        config.write_text(yaml.safe_dump(flowwarden_config(workdir, inventory_path=inv)))
+        settings = flowwarden_config(workdir, inventory_path=inv)
+        settings["pipeline"]["recent_horizon_s"] = RECENT_HORIZON_S
+        config.write_text(yaml.safe_dump(settings))
         c.program(
             "benign-client", "client", "benign", "--role", "client", "--log", str(workdir / "client.jsonl")
         )

@@ -76,6 +76,67 @@ class _Interface:
     ts_scale: float  # seconds per timestamp unit
 
 
+class _RecordChain:
+    """The pcap record walk, vectorised: which byte offsets of a chunk start a record.
+
+    A record's offset depends on the previous record's length, so the walk is sequential;
+    doing it in Python costs about a third of metering. Instead: take as candidates every
+    offset whose two high timestamp bytes match the first record's (a capture's seconds
+    change those bytes every 18 hours), keep the candidates that another candidate's record
+    ends at and whose own record ends at a candidate, and accept a run only where each
+    record ends exactly where the next one starts. Such a run *is* the sequential walk (by
+    induction from a known record start), so the result never depends on the guess; an
+    offset the run cannot vouch for (a stray candidate inside a packet, a timestamp that
+    crossed the byte, a corrupt length) is walked record by record by the caller.
+    """
+
+    def __init__(self, raw: np.ndarray, pos: int, big: bool) -> None:
+        self.starts = np.zeros(0, dtype=np.int64)
+        self.ends = np.zeros(0, dtype=np.int64)
+        self.breaks = np.zeros(0, dtype=np.int64)
+        n = len(raw)
+        if n - pos < 16 * 64:  # a few records: the plain walk is cheaper
+            return
+        hi, lo = (0, 1) if big else (3, 2)  # the timestamp's seconds: most, next significant byte
+        top, second = int(raw[pos + hi]), int(raw[pos + lo])
+        cand = np.flatnonzero(raw[hi : hi + n - 15] == top).astype(np.int64)
+        near = raw[cand + lo].astype(np.int16) - second
+        cand = cand[(near == 0) | (near == 1)]
+        cand = cand[cand >= pos]
+        if not len(cand):
+            return
+        b = raw[cand[:, None] + (8 + np.arange(4))].astype(np.int64)
+        caplen = (
+            (b[:, 0] << 24 | b[:, 1] << 16 | b[:, 2] << 8 | b[:, 3])
+            if big
+            else (b[:, 3] << 24 | b[:, 2] << 16 | b[:, 1] << 8 | b[:, 0])
+        )
+        keep = caplen <= MAX_RECORD
+        cand, ends = cand[keep], cand[keep] + 16 + caplen[keep]
+        # A record start is where another record ends (or where the walk starts).
+        pointed = np.zeros(n + 1, dtype=bool)
+        inside = ends <= n
+        pointed[ends[inside]] = True
+        pointed[pos] = True
+        keep = pointed[cand]
+        self.starts, self.ends = cand[keep], ends[keep]
+        # Where a run stops: a record that does not end where the next kept candidate starts.
+        self.breaks = np.flatnonzero(self.ends[:-1] != self.starts[1:])
+        self.breaks = np.append(self.breaks, len(self.starts) - 1).astype(np.int64)
+
+    def run_from(self, pos: int, n: int) -> tuple[np.ndarray, int]:
+        """Record starts of the verified run beginning at ``pos`` and the offset after it."""
+        i = int(np.searchsorted(self.starts, pos))
+        if i >= len(self.starts) or self.starts[i] != pos:
+            return self.starts[:0], pos
+        j = int(self.breaks[np.searchsorted(self.breaks, i)])
+        if self.ends[j] > n:  # the run's last record is cut by the chunk's end
+            j -= 1
+        if j < i:
+            return self.starts[:0], pos
+        return self.starts[i : j + 1], int(self.ends[j])
+
+
 @dataclass
 class PcapStream:
     """Incremental parser: :meth:`feed` bytes as they arrive, get :class:`PacketBatch` es.
@@ -162,10 +223,21 @@ class PcapStream:
 
     def _walk_pcap(self, buf: bytes, pos: int) -> tuple[PacketBatch, int]:
         n = len(buf)
-        starts: list[int] = []
-        append = starts.append
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        chain = _RecordChain(raw, pos, self._big)
+        parts: list[np.ndarray] = []
+        singles: list[int] = []
         unpack = (_U32BE if self._big else _U32LE).unpack_from
         while pos + 16 <= n:
+            run, after = chain.run_from(pos, n)
+            if len(run):
+                if singles:
+                    parts.append(np.asarray(singles, dtype=np.int64))
+                    singles = []
+                parts.append(run)
+                pos = after
+                continue
+            # One record the vectorised chain could not vouch for: walk it here.
             caplen = unpack(buf, pos + 8)[0]
             if caplen > MAX_RECORD:
                 self.error = f"corrupt record header at byte {self._offset + pos} (caplen {caplen})"
@@ -173,19 +245,20 @@ class PcapStream:
             end = pos + 16 + caplen
             if end > n:
                 break
-            append(pos)
+            singles.append(pos)
             pos = end
-        if not starts:
+        if singles:
+            parts.append(np.asarray(singles, dtype=np.int64))
+        if not parts:
             return PacketBatch.empty(), pos
-        arr = np.frombuffer(buf, dtype=np.uint8, count=pos)
-        arr = np.concatenate([arr, np.zeros(PAD, np.uint8)])
-        rec = np.asarray(starts, dtype=np.int64)
+        arr = np.concatenate([raw[:pos], np.zeros(PAD, np.uint8)])
+        rec = parts[0] if len(parts) == 1 else np.concatenate(parts)
         hdr = _u32(_gather(arr, rec, 16), self._big).reshape(-1, 4)
-        caplen = hdr[:, 2]
-        wirelen = np.maximum(hdr[:, 3], caplen)
+        caplen_a = hdr[:, 2]
+        wirelen = np.maximum(hdr[:, 3], caplen_a)
         ts = hdr[:, 0].astype(np.float64) + hdr[:, 1].astype(np.float64) * self._ts_scale
         lt = np.full(len(rec), self._linktype, dtype=np.int64)
-        return PacketBatch(arr, rec + 16, caplen, wirelen, ts, lt), pos
+        return PacketBatch(arr, rec + 16, caplen_a, wirelen, ts, lt), pos
 
     # ------------------------------------------------------------------ pcapng
 

@@ -15,11 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flowwarden.dashboards.boards import (
+    dns,
     enforcement,
     exfiltration,
     lateral_movement,
     overview,
     pipeline_health,
+    service_graph,
 )
 from flowwarden.dashboards.model import Json
 
@@ -37,6 +39,8 @@ BUILDERS: dict[str, Callable[[], Json]] = {
     "lateral-movement": lateral_movement.build,
     "enforcement": enforcement.build,
     "pipeline-health": pipeline_health.build,
+    "service-graph": service_graph.build,
+    "dns": dns.build,
 }
 
 

@@ -183,3 +183,33 @@ def panel_queries(name: str, board: Json) -> Iterator[PanelQuery]:
         kind, ref = _source(var["datasource"], f"{name}: variable {var['name']!r}")
         query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
         yield PanelQuery(name, f"variable: {var['name']}", "variable", var["name"], kind, query, "table", ref)
+
+
+# --- Declared policy and threat feeds (issue 17): both boards show their alerts per workload.
+RULE_DETECTORS = "('threat_feed', 'policy_violation')"
+
+
+def rule_alerts_per_workload(alert_scope: str) -> str:
+    """Feed-hit and policy-violation alerts per namespace/workload (alerts carry the detector)."""
+    return (
+        "SELECT namespace || '/' || workload AS workload,"
+        " count(*) FILTER (WHERE detector = 'threat_feed') AS feed_hit_alerts,"
+        " count(*) FILTER (WHERE detector = 'policy_violation') AS policy_violation_alerts,"
+        " max(last_seen) AS last_seen"
+        f" FROM alerts WHERE detector IN {RULE_DETECTORS} AND $__timeFilter(window_start) AND {alert_scope}"
+        " GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 20"
+    )
+
+
+def rule_evidence_per_workload(alert_scope: str) -> str:
+    """Per namespace/workload and detector: the feeds hit or the policy rules broken (from the
+    alerts' evidence, ``feeds`` / ``policy_rules``): no schema change needed."""
+    return (
+        "SELECT namespace || '/' || workload AS workload, detector, count(DISTINCT id) AS alerts,"
+        " coalesce(string_agg(DISTINCT item, ', '), '') AS feeds_or_rules, max(last_seen) AS last_seen"
+        " FROM alerts LEFT JOIN LATERAL jsonb_array_elements_text(coalesce(evidence::jsonb ->"
+        " CASE WHEN detector = 'threat_feed' THEN 'feeds' ELSE 'policy_rules' END, '[]'::jsonb))"
+        " AS listed(item) ON true"
+        f" WHERE detector IN {RULE_DETECTORS} AND $__timeFilter(window_start) AND {alert_scope}"
+        " GROUP BY 1, 2 ORDER BY alerts DESC, 1, 2 LIMIT 50"
+    )

@@ -24,7 +24,7 @@ def _reads(panel: Json) -> list[str]:
     for t in panel.get("targets", []):
         text = t.get("expr") or t.get("rawSql") or ""
         names = re.findall(r"flowwarden_\w+", text) or re.findall(
-            r"\bFROM (alerts|decisions|flow_rollups)\b", text
+            r"\bFROM (alerts|decisions|flow_rollups|service_edges)\b", text
         )
         found += [n.removesuffix("_bucket") for n in names]
     return list(dict.fromkeys(found))

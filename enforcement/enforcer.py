@@ -222,6 +222,11 @@ class Enforcer:
         that no earlier decision on this alert covers (an open alert that gained targets), so a
         replay never decides twice.
         """
+        if alert.learning:
+            # Its severity is capped (medium) while learning: judge it on its score alone; the
+            # ``learning`` guardrail then refuses it with the reason (recorded, not silently
+            # ignored) unless ``enforcement.act_on_learning``.
+            alert = alert.model_copy(update={"severity": "critical"})
         if policy.ineligible_reason(alert, self.cfg):
             return None
         action = self.cfg.action
@@ -247,7 +252,7 @@ class Enforcer:
                 wide["targets"],
                 wide["limit"],
             )
-        return self.decide(proposal, drop_protected_targets=True)
+        return self.decide(proposal, drop_protected_targets=True, learning=alert.learning)
 
     def prior_offences(self, source: Entity, *, alert_id: str = "") -> int:
         """Earlier decisions on this source within ``ttl_max_s`` (for TTL escalation).
@@ -309,7 +314,12 @@ class Enforcer:
     # ------------------------------------------------------------------ deciding
 
     def decide(
-        self, proposal: Decision, *, force: bool = False, drop_protected_targets: bool = False
+        self,
+        proposal: Decision,
+        *,
+        force: bool = False,
+        drop_protected_targets: bool = False,
+        learning: bool = False,
     ) -> Decision:
         """Guardrails, then record / wait / apply according to the proposal's mode.
 
@@ -320,7 +330,9 @@ class Enforcer:
         now = self._now_dt()
         d = proposal.model_copy(update={"created_at": now, "backend": self.backend_name})
         review = self.guardrails.review(
-            d, self.context(d.mode, force=force), drop_protected_targets=drop_protected_targets
+            d,
+            self.context(d.mode, force=force, learning=learning),
+            drop_protected_targets=drop_protected_targets,
         )
         d, refusal = review.decision, review.refusal
         if review.dropped:
@@ -371,7 +383,7 @@ class Enforcer:
             }
         )
 
-    def context(self, mode: str, *, force: bool = False) -> Context:
+    def context(self, mode: str, *, force: bool = False, learning: bool = False) -> Context:
         """Blast-radius bookkeeping: real blocks for enforce/approval, simulated ones in dry-run."""
         now = self._now_dt()
         minute_ago = now - timedelta(seconds=60)
@@ -389,7 +401,7 @@ class Enforcer:
         del started[: bisect.bisect_left(started, minute_ago)]
         # The view itself, not a copy: the guardrails count it and look up ids in O(1). Blocks that
         # another process started are in both views from the next reconciliation on.
-        return Context(active=view, new_last_minute=len(started), force=force)
+        return Context(active=view, new_last_minute=len(started), force=force, learning=learning)
 
     def preview(self, d: Decision) -> dict[str, Any]:
         """Per backend, what applying ``d`` would do (kept in the dry-run decision)."""

@@ -1,9 +1,11 @@
 """Guardrails: small named checks that every decision passes before any backend sees it.
 
 They read only the settings and the enforcer's own bookkeeping, never the alert's content,
-so an alert cannot talk its way past them. The allowlist always wins: it is checked first
-and only a person's ``--force`` on a manual decision overrides it; nothing overrides the
-control-plane, node, DNS and protected-address checks, the prefix limit or the blast radius.
+so an alert cannot talk its way past them; the one exception can only refuse: whether the
+alert was raised while its entity was still learning (``learning``). The allowlist always
+wins: it is checked first and only a person's ``--force`` on a manual decision overrides
+it; nothing overrides the control-plane, node, DNS and protected-address checks, the prefix
+limit or the blast radius.
 A refusal is a :class:`Refusal` that the enforcer records as a ``refused`` decision.
 
 Automatic (policy) decisions may instead *drop* the targets that the protected-address checks
@@ -77,6 +79,7 @@ class Context:
     active: Sequence[Decision] | Mapping[str, Decision] = ()
     new_last_minute: int = 0  # decisions of this mode started in the last 60 s
     force: bool = False
+    learning: bool = False  # the decision's alert was raised while its entity was still learning
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class Guardrails:
         self.checks: tuple[Callable[[Decision, Context], Refusal | None], ...] = (
             self.malformed,
             self.allowlist,
+            self.still_learning,
             self.target_too_wide,
             self.protected_addresses,
             self.reserved_address,
@@ -188,6 +192,18 @@ class Guardrails:
         except RecordError as exc:
             return Refusal("malformed", str(exc))
         return None
+
+    def still_learning(self, d: Decision, ctx: Context) -> Refusal | None:
+        """An alert raised while learning may be the cluster's normal, not yet learned: no
+        automatic action on it unless ``enforcement.act_on_learning`` (a person's ``--force``
+        on a manual decision is not about an alert)."""
+        if not ctx.learning or ctx.force or self.settings.enforcement.act_on_learning:
+            return None
+        return Refusal(
+            "learning",
+            f"alert {d.alert_id} was raised while {d.source.ip} was still learning; "
+            "set enforcement.act_on_learning: true to act on such alerts",
+        )
 
     def allowlist(self, d: Decision, ctx: Context) -> Refusal | None:
         if ctx.force:

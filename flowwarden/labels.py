@@ -37,6 +37,7 @@ Technique = Literal[
     "bulk_exfiltration",
     "slow_exfiltration",
     "dns_tunnel",
+    "brute_force",
 ]
 TECHNIQUES: tuple[str, ...] = Technique.__args__  # type: ignore[attr-defined]
 
@@ -49,6 +50,7 @@ TECHNIQUE_KIND: dict[str, AlertKind] = {
     "bulk_exfiltration": "exfiltration",
     "slow_exfiltration": "exfiltration",
     "dns_tunnel": "exfiltration",
+    "brute_force": "lateral_movement",
 }
 
 TECHNIQUE_MITRE: dict[str, str] = {
@@ -60,6 +62,7 @@ TECHNIQUE_MITRE: dict[str, str] = {
     "bulk_exfiltration": "T1048",
     "slow_exfiltration": "T1030",
     "dns_tunnel": "T1071.004",
+    "brute_force": "T1110",
 }
 
 

@@ -521,6 +521,10 @@ class Alert(BaseModel):
     example_flows: list[dict[str, Any]] = Field(default_factory=list)
     model_version: str = ""
     cluster: str = ""  # settings.cluster.name of the cluster that raised it
+    # Raised while its entity's or workload's memory was still learning (the engine's first
+    # ``pipeline.learning_s``, or a workload younger than that): maybe the cluster's normal,
+    # not yet learned; severity at most ``medium``, and enforcement leaves it alone by default.
+    learning: bool = False
     created_at: datetime = Field(default_factory=utcnow)
 
     @field_validator("targets")

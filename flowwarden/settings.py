@@ -56,8 +56,39 @@ class ClusterSettings(Section):
     cluster_dns: list[str] = ["10.96.0.10"]
     metadata_api: list[str] = ["169.254.169.254", "fd00:ec2::254"]
 
+    # Namespaces as trust boundaries (README, "How detection works"): levels lowest first,
+    # a level per namespace (unlabelled ones take ``namespace_trust_default``; "": no part),
+    # and how much more a never-seen edge across namespaces weighs than one inside.
+    trust_levels: list[str] = ["dmz", "internal", "restricted"]
+    namespace_trust: dict[str, str] = {}
+    namespace_trust_default: str = ""
+    cross_namespace_weight: float = Field(1.25, ge=1.0, le=10.0)
+    namespace_pair_weights: dict[str, float] = {}  # "src-ns->dst-ns": weight
+
     _v_cidrs = field_validator("pod_cidrs", "service_cidrs", "node_cidrs")(_cidrs)
     _v_ips = field_validator("node_ips", "cluster_dns", "metadata_api")(_ips)
+
+    @model_validator(mode="after")
+    def _trust(self) -> ClusterSettings:
+        levels = self.trust_levels
+        if len(set(levels)) != len(levels) or not all(levels):
+            raise ValueError(f"trust_levels must be distinct non-empty names, lowest first (got {levels})")
+        bad = {ns: lv for ns, lv in self.namespace_trust.items() if lv not in levels}
+        if self.namespace_trust_default and self.namespace_trust_default not in levels:
+            bad["namespace_trust_default"] = self.namespace_trust_default
+        if bad:
+            raise ValueError(
+                f"unknown trust level in namespace_trust: {bad}; use one of trust_levels {levels} "
+                "or add the level there"
+            )
+        for pair, weight in self.namespace_pair_weights.items():
+            src, sep, dst = pair.partition("->")
+            if not sep or not src or not dst or not 1.0 <= weight <= 10.0:
+                raise ValueError(
+                    f"namespace_pair_weights: '{pair}: {weight}' must read 'src-namespace->dst-namespace' "
+                    "with a weight from 1 to 10"
+                )
+        return self
 
     def internal_cidrs(self) -> list[str]:
         return [*self.pod_cidrs, *self.service_cidrs, *self.node_cidrs]
@@ -332,6 +363,9 @@ class EnforcementSettings(Section):
     detectors: list[str] = []  # empty: every detector
     min_severity: Literal["low", "medium", "high", "critical"] = "high"
     min_score: float = Field(0.8, ge=0, le=1)
+    # Act on alerts raised while their entity or workload was still learning (``learning: true``:
+    # maybe the cluster's normal, not yet learned)? By default they are refused (guardrail "learning").
+    act_on_learning: bool = False
     action: Literal["block", "quarantine"] = "block"
     ttl_s: int = Field(4 * 3600, ge=1)
     ttl_max_s: int = Field(7 * 24 * 3600, ge=1)

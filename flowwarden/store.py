@@ -280,6 +280,7 @@ def alert_to_row(alert: Alert, now: datetime | None = None) -> dict[str, Any]:
         "evidence": _jsonable(alert.evidence, "evidence"),
         "example_flows": _jsonable(alert.example_flows, "example_flows"),
         "model_version": alert.model_version,
+        "learning": bool(alert.learning),
         "created_at": alert.created_at,
         "updated_at": now or datetime.now(UTC),
     }
@@ -317,6 +318,7 @@ def alert_from_row(row: Mapping[Any, Any]) -> Alert:
         evidence=row["evidence"],
         example_flows=row["example_flows"],
         model_version=row["model_version"],
+        learning=bool(row["learning"]),
         created_at=row["created_at"],
     )
 
@@ -387,6 +389,7 @@ _ALERT_LATEST = (
     "evidence",
     "example_flows",
     "model_version",
+    "learning",
 )
 
 

@@ -97,6 +97,7 @@ alerts = sa.Table(
     sa.Column("evidence", JSONType, nullable=False),
     sa.Column("example_flows", JSONType, nullable=False),
     _text("model_version"),
+    sa.Column("learning", sa.Boolean, nullable=False, server_default=sa.false()),  # migration 4
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_alerts_window_start", "window_start"),
@@ -214,6 +215,35 @@ model_events = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
     _text("detail"),
     sa.Index("ix_model_events_at", "at"),
+)
+
+# The service graph's edges (migration 5): one row per rollup with each side named as a node
+# of the graph, a workload ("namespace/workload") or an address of no known pod.
+SERVICE_EDGES_VIEW = "service_edges"
+SERVICE_EDGES_SQL = (
+    "SELECT minute, src_namespace, dst_namespace, direction, dst_port,"
+    " CASE WHEN src_namespace <> '' THEN src_namespace || '/' || src_workload ELSE src_external END"
+    " AS source,"
+    " CASE WHEN dst_namespace <> '' THEN dst_namespace || '/' || dst_workload ELSE dst_external END"
+    " AS target,"
+    " CASE WHEN dst_namespace <> '' THEN 'workload' ELSE 'address' END AS target_kind,"
+    " flows, bytes, bytes_out, bytes_in, rejected FROM flow_rollups"
+)
+
+
+def create_views(conn: Any) -> None:
+    """The views over the tables (created with them, and by migration 5 on an older store)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {SERVICE_EDGES_VIEW} AS {SERVICE_EDGES_SQL}")
+    else:
+        conn.exec_driver_sql(f"CREATE VIEW IF NOT EXISTS {SERVICE_EDGES_VIEW} AS {SERVICE_EDGES_SQL}")
+
+
+sa.event.listen(metadata, "after_create", lambda target, conn, **kw: create_views(conn))
+sa.event.listen(
+    metadata,
+    "before_drop",
+    lambda target, conn, **kw: conn.exec_driver_sql(f"DROP VIEW IF EXISTS {SERVICE_EDGES_VIEW}"),
 )
 
 DATA_TABLES: tuple[sa.Table, ...] = (

@@ -34,6 +34,7 @@ DURATION_S: dict[str, tuple[float, float]] = {
     "bulk_exfiltration": (30, 60),
     "slow_exfiltration": (300, 420),
     "dns_tunnel": (60, 150),
+    "brute_force": (40, 120),
 }
 # What a scanner tries first, before random ports.
 # fmt: off
@@ -441,6 +442,58 @@ def dns_tunnel(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str
     return [domain]
 
 
+AUTH_SERVICE_PORTS = (5432, 6379, 3306)  # databases and caches a guesser tries logins on
+
+
+def brute_force(ctx: SimContext, rng: np.random.Generator, a: Attack) -> list[str]:
+    """Password guessing (hydra, sshpass in a loop): many short, small, accepted-then-closed
+    sessions to one authentication port on one or two hosts its workload never talks to:
+    another workload's database or cache, else SSH on the nodes (the lab's episode)."""
+    cl = ctx.cluster
+    me = cl.pods[a.source]
+    key = f"{me.namespace}/{me.workload}"
+    usual = {e.server for e in EDGES if e.client == key} | {p.server for p in POOLS if p.client == key}
+    others = [p for p in _other_pods(ctx, a) if f"{cl.pods[p].namespace}/{cl.pods[p].workload}" not in usual]
+    services = [
+        p for p, port in zip(others, _open_port(ctx, others), strict=True) if port in AUTH_SERVICE_PORTS
+    ]
+    if services and rng.random() < 0.7:
+        hosts = [
+            int(h)
+            for h in rng.choice(services, size=min(len(services), int(rng.integers(1, 3))), replace=False)
+        ]
+        dst_ips = [cl.pods[h].ip for h in hosts]
+        port = int(_open_port(ctx, hosts[:1])[0])
+    else:
+        nodes = rng.permutation(np.array([n.ip for n in cl.nodes], dtype=object))
+        dst_ips = [str(ip) for ip in nodes[: int(rng.integers(1, 3))]]
+        port = 22
+    n = max(12, int(60 * a.intensity * (a.end - a.start) / 60.0))
+    times = _times(rng, a, n)
+    dst = np.array(dst_ips, dtype=object)[rng.integers(0, len(dst_ips), n)]
+    # A login exchange and a refusal: a few KB each way, closed within a second or two.
+    out = rng.integers(1500, 3500, n)
+    inn = rng.integers(1800, 4000, n)
+    ctx.parts.add(
+        ts_start=times,
+        ts_end=times + rng.uniform(0.3, 2.0, n),
+        node=me.node,
+        src_ip=me.ip,
+        src_port=ephemeral_ports(rng, n),
+        dst_ip=dst,
+        dst_port=port,
+        proto=Proto.TCP,
+        bytes_out=out,
+        bytes_in=inn,
+        pkts_out=packets(out, 8),
+        pkts_in=packets(inn, 8),
+        tcp_flags=0x1B,
+        state=FlowState.CLOSED.value,
+        episode=a.index,
+    )
+    return sorted(set(dst_ips))
+
+
 TECHNIQUE_FUNCS: dict[str, Callable[[SimContext, np.random.Generator, Attack], list[str]]] = {
     "port_scan": port_scan,
     "ip_sweep": ip_sweep,
@@ -450,6 +503,7 @@ TECHNIQUE_FUNCS: dict[str, Callable[[SimContext, np.random.Generator, Attack], l
     "bulk_exfiltration": bulk_exfiltration,
     "slow_exfiltration": slow_exfiltration,
     "dns_tunnel": dns_tunnel,
+    "brute_force": brute_force,
 }
 assert set(TECHNIQUE_FUNCS) == set(TECHNIQUES)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flowwarden.dashboards.model import Json, Row, dashboard, scope, sql, table, timeseries
+from flowwarden.dashboards.queries import rule_evidence_per_workload
 from flowwarden.settings import PipelineSettings
 
 UID = "flowwarden-exfiltration"
@@ -122,6 +123,14 @@ def build() -> Json:
             w=24,
             h=10,
             description="Evidence: the features that stood out against the entity's baseline.",
+        ),
+        table(
+            "Feed hits and policy violations per workload",
+            [sql(rule_evidence_per_workload(ALERT_SCOPE))],
+            w=24,
+            h=8,
+            description="Per workload: threat_feed alerts with the feeds they hit, policy_violation "
+            "alerts with the rules they broke (from the alerts' evidence).",
         ),
     ]
     return dashboard(

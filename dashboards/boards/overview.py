@@ -14,6 +14,7 @@ from flowwarden.dashboards.model import (
     table,
     timeseries,
 )
+from flowwarden.dashboards.queries import rule_alerts_per_workload
 
 UID = "flowwarden-overview"
 
@@ -130,6 +131,14 @@ def build() -> Json:
             ],
             w=24,
             h=9,
+        ),
+        table(
+            "Feed hits and policy violations per workload",
+            [sql(rule_alerts_per_workload(ALERT_SCOPE))],
+            w=24,
+            h=8,
+            description="Alerts of the threat_feed detector (a flow to a feed-listed address or name) "
+            "and of policy_violation (a flow the declared policy does not allow), per workload.",
         ),
     ]
     return dashboard(

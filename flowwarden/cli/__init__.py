@@ -33,6 +33,7 @@ from flowwarden.cli import (  # noqa: F401 - importing registers them
     enforce,
     models,
     dashboards,
+    report,
     demo,
 )
 

@@ -5,7 +5,9 @@ memory (the alert's edges become its workload's normal, so the next run of a Cro
 not alert again); ``--malicious`` keeps them new to the workload's other pods. Each verdict
 is kept with who gave it, when and why, under the store's state key
 :data:`~flowwarden.pipeline.detection.feedback.RESOLUTIONS_KEY` (the latest verdict on an
-alert wins); :meth:`~flowwarden.pipeline.detection.engine.DetectionEngine.resolve` applies one.
+alert wins). A running pipeline picks it up within seconds
+(:class:`~flowwarden.pipeline.runtime.verdicts.VerdictFollower`), closes the open alert and
+counts it in ``flowwarden_alert_resolutions_total{verdict}``.
 """
 
 from __future__ import annotations

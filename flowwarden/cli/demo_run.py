@@ -256,6 +256,9 @@ class _RecordingEngine:
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
+    def resolve(self, alert: Alert, *, benign: bool) -> int:
+        return self.engine.resolve(alert, benign=benign)
+
 
 class _Run:
     def __init__(self, settings: Settings, traffic: Traffic, view: Any, opts: DemoOptions) -> None:

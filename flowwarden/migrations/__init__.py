@@ -20,7 +20,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from flowwarden.errors import FlowwardenError
-from flowwarden.store_schema import consumed_batches, flow_rollups, metadata, schema_migrations
+from flowwarden.store_schema import (
+    alerts,
+    consumed_batches,
+    create_views,
+    flow_rollups,
+    metadata,
+    schema_migrations,
+)
 
 # Any constant: serialises concurrent start-ups (pipeline and enforcer) on PostgreSQL.
 _PG_LOCK_KEY = 0x466C6F77  # "Flow"
@@ -78,10 +85,20 @@ def _rollup_dns(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE flow_rollups ADD COLUMN {col} BIGINT NOT NULL DEFAULT 0"))
 
 
+def _alert_learning(conn: Connection) -> None:
+    """``alerts`` gains ``learning``: raised while its entity or workload was still learning."""
+    if "learning" in {c["name"] for c in sa.inspect(conn).get_columns(alerts.name)}:
+        return  # a table made by this version already has it
+    false = "FALSE" if conn.dialect.name == "postgresql" else "0"
+    conn.execute(sa.text(f"ALTER TABLE alerts ADD COLUMN learning BOOLEAN NOT NULL DEFAULT {false}"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _initial),
     Migration(2, "epoch in batch marks", _batch_epochs),
     Migration(3, "DNS measures in flow rollups", _rollup_dns),
+    Migration(4, "learning flag on alerts", _alert_learning),
+    Migration(5, "service graph edges view", create_views),
 )
 """Every migration, in order; the last one's version is the code's schema version."""
 

@@ -6,6 +6,13 @@ window end, last seen, score, targets and evidence move forward, so a long attac
 alert, not a flood. A finding after a longer quiet spell opens a new alert. Sources on the
 allowlist (``settings.pipeline.allowlist_sources``: CIDRs, ``namespace/`` or
 ``namespace/workload``) are suppressed and counted, never silently.
+
+Learning: a finding in a window while the engine's memory or the entity's workload is younger
+than ``pipeline.learning_s`` (:meth:`Context.learning`: the engine's first minutes without
+imported history, a workload first seen moments ago) may be the cluster's normal not yet
+learned. Its alert says so (``learning: true``) and its severity is capped at
+:data:`LEARNING_MAX_SEVERITY`; an alert stays ``learning`` only while every window it covers
+is, so a behaviour that goes on past the learning period gets its full severity.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from flowwarden.records import Alert, Entity
 from flowwarden.settings import Settings
 
 MAX_TARGETS = 20
+LEARNING_MAX_SEVERITY = "medium"
 MAX_EXAMPLES = 5
 _ALERT_KEYS = ("src_ip", "namespace", "pod", "workload", "node", "window_start", "window_end")
 EXAMPLE_COLUMNS = (
@@ -53,6 +61,13 @@ def severity_of(score: float) -> str:
     if score >= 0.5:
         return "medium"
     return "low"
+
+
+def capped_severity(score: float, learning: bool) -> str:
+    """The severity of ``score``, at most :data:`LEARNING_MAX_SEVERITY` while learning."""
+    if learning and score >= 0.75:
+        return LEARNING_MAX_SEVERITY
+    return severity_of(score)
 
 
 def _dt(ts: float) -> datetime:
@@ -144,17 +159,25 @@ class AlertBuilder:
             int(k): v  # type: ignore[call-overload]
             for k, v in sub.groupby(gid[in_hit], sort=False).indices.items()
         }
+        learning = ctx.learning(self.settings.pipeline.learning_s)
         out: dict[str, Alert] = {}
         for name, row, score, kind in hits:
             det = detectors[name]
             idx = groups.get(row, np.empty(0, dtype="int64"))
             wflows = sub.iloc[idx]
-            alert = self._alert(ctx, row, det, kind, score, wflows)
+            alert = self._alert(ctx, row, det, kind, score, wflows, det.learns and bool(learning[row]))
             out[alert.id] = alert
         return list(out.values())
 
     def _alert(
-        self, ctx: Context, row: int, det: Detector, kind: str, score: float, wflows: pd.DataFrame
+        self,
+        ctx: Context,
+        row: int,
+        det: Detector,
+        kind: str,
+        score: float,
+        wflows: pd.DataFrame,
+        learning: bool,
     ) -> Alert:
         # Only the columns needed: a whole row of the wide window frame is a costly object.
         w: dict[str, Any] = {c: ctx.windows[c].iat[row] for c in _ALERT_KEYS}
@@ -184,12 +207,14 @@ class AlertBuilder:
             merged_targets = list(dict.fromkeys([*prev.targets, *targets]))[:MAX_TARGETS]
             merged_ports = list(dict.fromkeys([*prev.target_ports, *ports]))[:MAX_TARGETS]
             new_score = max(prev.score, score)
+            still_learning = prev.learning and learning
             alert = prev.model_copy(
                 update={
                     "window_end": _dt(max(we, prev.window_end.timestamp())),
                     "last_seen": _dt(max(we, prev.last_seen.timestamp())),
                     "score": new_score,
-                    "severity": severity_of(new_score),
+                    "severity": capped_severity(new_score, still_learning),
+                    "learning": still_learning,
                     "targets": merged_targets,
                     "target_ports": merged_ports,
                     # An early alert updated when its own window closes stays one window.
@@ -208,7 +233,8 @@ class AlertBuilder:
                 detector=det.name,
                 technique=det.technique_for(kind),
                 score=round(score, 4),
-                severity=severity_of(score),
+                severity=capped_severity(score, learning),
+                learning=learning,
                 entity=entity,
                 window_start=_dt(ws),
                 window_end=_dt(we),
@@ -253,6 +279,15 @@ class AlertBuilder:
         for k in stale:
             del self.open[k]
         return len(stale)
+
+    def close(self, alert_id: str) -> bool:
+        """Close the open alert ``alert_id`` (a person resolved it): the next finding about its
+        entity and detector opens a new alert instead of extending this one."""
+        for k, a in self.open.items():
+            if a.id == alert_id:
+                del self.open[k]
+                return True
+        return False
 
     def export(self) -> list[str]:
         return [a.to_json() for a in self.open.values()]

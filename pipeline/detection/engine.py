@@ -148,9 +148,11 @@ class DetectionEngine:
     def resolve(self, alert: Alert, *, benign: bool) -> int:
         """A person's verdict on an alert (:mod:`~flowwarden.pipeline.detection.feedback`):
         benign, its edges become the workload's normal; malicious, they stay new to the
-        workload's other pods. Returns how many edges it touched."""
+        workload's other pods. Either way the open alert closes: what follows is a new alert
+        (or none). Returns how many edges it touched."""
         from flowwarden.pipeline.detection.feedback import apply_verdict
 
+        self.alerts.close(alert.id)
         now = max(self.buffer.watermark, alert.window_end.timestamp())
         nodes = set(self._node_ips()) | set(self.settings.cluster.node_ips)
         return apply_verdict(self.edges, alert, benign=benign, now=now, taint_s=self.taint_s, node_ips=nodes)
@@ -300,7 +302,7 @@ class DetectionEngine:
         windows = pd.concat([p.keys, feats, novelty, recent, beacon], axis=1)
         windows = windows[list(WINDOW_COLUMNS)]
         # Detectors also read detail columns that are not part of the window record.
-        detail = detail_features(p, local_edges, novelty, beacon, self.settings)
+        detail = detail_features(p, local_edges, novelty, beacon, self.settings, self.vocab)
         ent = self.entity_base.lookup(windows["entity"])
         wl = self.workload_base.lookup(windows["workload_key"])
         ctx = Context(

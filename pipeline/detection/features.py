@@ -26,6 +26,7 @@ from flowwarden.pipeline.detection.addresses import AddressFacts, BatchAddresses
 from flowwarden.pipeline.detection.connections import COLUMNS as CONN_COLUMNS
 from flowwarden.pipeline.detection.connections import ConnectionLog
 from flowwarden.pipeline.detection.state import RecentActivity, SeenEdges, Vocab, mix
+from flowwarden.pipeline.detection.trust import BOUNDARY_COLUMNS, boundary_features
 from flowwarden.records import Direction, FlowState, Proto
 from flowwarden.settings import Settings
 
@@ -793,6 +794,7 @@ def detail_features(
     novelty: pd.DataFrame | None,
     beacon: pd.DataFrame | None,
     settings: Settings,
+    vocab: Vocab | None = None,
 ) -> pd.DataFrame:
     """What detectors read beyond the window record (:data:`DETAIL_COLUMNS`), index = gid.
 
@@ -805,6 +807,12 @@ def detail_features(
     auth = auth_features(p, e, list(settings.pipeline.auth_ports)) if e is not None else None
     resolver = np.zeros(ng, dtype=bool)
     np.logical_or.at(resolver, p.gid, p.flows["src_resolver"].to_numpy(dtype=bool))
+    # Namespaces as trust boundaries (needs the closed window's local edges and the vocabulary).
+    boundary = (
+        boundary_features(p, e, vocab, settings.cluster)
+        if e is not None and vocab is not None
+        else pd.DataFrame({c: np.zeros(ng) for c in BOUNDARY_COLUMNS})
+    )
     return pd.concat(
         [
             auth if auth is not None else pd.DataFrame({c: np.zeros(ng) for c in AUTH_COLUMNS}),
@@ -815,6 +823,7 @@ def detail_features(
             if beacon is not None
             else pd.DataFrame({"beacon_interval": np.zeros(ng)}),
             pd.DataFrame({"is_resolver": resolver}),
+            boundary,
         ],
         axis=1,
     )
@@ -826,6 +835,7 @@ DETAIL_COLUMNS: tuple[str, ...] = (
     "young_ext_prior",
     "beacon_interval",
     "is_resolver",
+    *BOUNDARY_COLUMNS,
 )
 
 

@@ -4,8 +4,9 @@
 upload to its bucket): the alert's edges, from its workload to its targets on its ports,
 join what the workload is known to do, so the next pod doing the same (the next run) is no
 news. ``--malicious`` pins them as new to every other pod of the workload for the taint
-period, as an alerted lateral movement's are. Pure: the caller reads the verdicts from the
-store and hands them to :meth:`~flowwarden.pipeline.detection.engine.DetectionEngine.resolve`.
+period, as an alerted lateral movement's are. Either way the open alert closes. Pure: the
+runtime's :class:`~flowwarden.pipeline.runtime.verdicts.VerdictFollower` reads the verdicts
+from the store and hands them to :meth:`~flowwarden.pipeline.detection.engine.DetectionEngine.resolve`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,16 @@ class RulesSnapshot:
     feeds_version: str
 
 
+@dataclass(frozen=True)
+class FeedStats:
+    """One feed's health: what the metrics export (entries, last good refresh, failures)."""
+
+    name: str
+    entries: int
+    last_success: float | None  # epoch seconds; None: never refreshed since the start
+    failures: int
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
@@ -54,6 +66,8 @@ class RulesSource:
         self._thread: threading.Thread | None = None
         self.refreshes = 0
         self.failures = 0
+        self.failures_by_feed: Counter[str] = Counter()
+        self.last_success: dict[str, float] = {}  # feed -> epoch seconds of its last good refresh
 
     def current(self) -> RulesSnapshot:
         return self._snapshot
@@ -86,6 +100,9 @@ class RulesSource:
             self.refreshes += 1
             if r.error:
                 self.failures += 1
+                self.failures_by_feed[r.name] += 1
+            elif r.status in ("updated", "not_modified", "file"):
+                self.last_success[r.name] = time.time()
             if r.feed is not None and r.status in ("updated", "file", "cached"):
                 prev = self._results.get(r.name)
                 changed |= prev is None or prev.feed is not r.feed
@@ -93,6 +110,21 @@ class RulesSource:
         if changed and self._thread is not None:
             self._publish()
         return results
+
+    def feed_stats(self) -> list[FeedStats]:
+        """Per configured feed: entries in use, last good refresh, failures (for the metrics)."""
+        out = []
+        for src in self.cache.sources:
+            r = self._results.get(src.name)
+            out.append(
+                FeedStats(
+                    src.name,
+                    r.feed.entries if r is not None and r.feed is not None else 0,
+                    self.last_success.get(src.name),
+                    self.failures_by_feed[src.name],
+                )
+            )
+        return out
 
     def _load_policy(self, *, strict: bool) -> None:
         assert self.policy_path is not None

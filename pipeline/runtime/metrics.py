@@ -8,12 +8,17 @@ contract with the dashboards: change them only together with ``dashboards/``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from flowwarden.build_info import register_build_info
 from flowwarden.retry import register_retry_metrics
+
+if TYPE_CHECKING:
+    from flowwarden.pipeline.runtime.feeds import FeedStats
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +124,43 @@ class PipelineMetrics:
             ["topic"],
             registry=r,
         )
+        self.resolutions = Counter(
+            "flowwarden_alert_resolutions",
+            "People's verdicts on alerts (flowwarden alerts resolve) the engine has applied.",
+            ["verdict"],
+            registry=r,
+        )
+        for verdict in ("benign", "malicious"):
+            self.resolutions.labels(verdict=verdict)
+        # Declared policy and threat feeds (issue 17).
+        self.feed_entries = Gauge(
+            "flowwarden_feed_entries", "Entries of each threat feed in use.", ["feed"], registry=r
+        )
+        self.feed_last_success = Gauge(
+            "flowwarden_feed_last_success_timestamp_seconds",
+            "When each feed last refreshed without error (epoch seconds).",
+            ["feed"],
+            registry=r,
+        )
+        self.feed_failures = Counter(
+            "flowwarden_feed_refresh_failures",
+            "Feed refreshes that failed (the last good copy stayed in use).",
+            ["feed"],
+            registry=r,
+        )
+        self.feed_hits = Counter(
+            "flowwarden_feed_hits",
+            "Flows to a feed-listed address or name, by feed and the threat_feed detector's mode.",
+            ["feed", "mode"],
+            registry=r,
+        )
+        self.policy_violations = Counter(
+            "flowwarden_policy_violations",
+            "Flows the declared policy does not allow, by rule kind (egress, ingress, a cluster endpoint).",
+            ["kind"],
+            registry=r,
+        )
+        self._rule_totals: dict[tuple[str, ...], float] = {}
         register_build_info(r)
         register_retry_metrics(r)
         self._server: WSGIServer | None = None
@@ -131,6 +173,26 @@ class PipelineMetrics:
         self._current_model = version
         if version is not None:
             self.model_info.labels(version=version).set(1)
+
+    def record_rules(
+        self, feeds: Iterable[FeedStats], tallies: dict[str, dict[str, int]], feed_mode: str
+    ) -> None:
+        """Export the feeds' health and the rule detectors' running totals (their growth)."""
+        for f in feeds:
+            self.feed_entries.labels(feed=f.name).set(f.entries)
+            if f.last_success is not None:
+                self.feed_last_success.labels(feed=f.name).set(f.last_success)
+            self._grow(self.feed_failures.labels(feed=f.name), ("failures", f.name), f.failures)
+        for feed, n in tallies.get("threat_feed", {}).items():
+            self._grow(self.feed_hits.labels(feed=feed, mode=feed_mode), ("hits", feed, feed_mode), n)
+        for kind, n in tallies.get("policy_violation", {}).items():
+            self._grow(self.policy_violations.labels(kind=kind), ("violations", kind), n)
+
+    def _grow(self, counter: Counter, key: tuple[str, ...], total: float) -> None:
+        seen = self._rule_totals.get(key, 0.0)
+        if total > seen:
+            counter.inc(total - seen)
+        self._rule_totals[key] = float(total)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:  # noqa: S104 - scraped from the pod network
         """Expose ``/metrics``; port 0 picks a free one. Returns the bound port."""

@@ -36,6 +36,12 @@ class EngineOutput(Protocol):
     def windows(self) -> pd.DataFrame: ...  # the entity-windows scored
 
 
+class VerdictTaker(Protocol):
+    """What applying a person's verdict on an alert needs of the engine."""
+
+    def resolve(self, alert: Alert, *, benign: bool) -> int: ...
+
+
 class Engine(Protocol):
     """Windows, features, detectors and alerts over a stream of flow batches."""
 
@@ -48,10 +54,12 @@ class Engine(Protocol):
     def export_state(self) -> bytes: ...
     def import_state(self, data: bytes) -> None: ...
     def stats(self) -> EngineStats: ...
+    def resolve(self, alert: Alert, *, benign: bool) -> int: ...  # a person's verdict on an alert
 
 
 class PipelineStore(Protocol):
-    """The store's side of exactly-once effects: alerts, rollups, batch marks, engine state."""
+    """The store's side of exactly-once effects: alerts, rollups, batch marks, engine state;
+    and people's verdicts on alerts (a state key, and the alerts they name)."""
 
     on_retry: Callable[[str], None] | None
 
@@ -66,3 +74,4 @@ class PipelineStore(Protocol):
     ) -> set[BatchRef]: ...
     def put_state(self, key: str, value: bytes, *, conn: Connection | None = None) -> None: ...
     def get_state(self, key: str, *, conn: Connection | None = None) -> bytes | None: ...
+    def get_alert(self, alert_id: str, *, conn: Connection | None = None) -> Alert | None: ...

@@ -15,7 +15,10 @@ One loop, one thread (notifiers and ``/metrics`` have their own):
    the notifiers; every ``store_flush_s`` (and before each checkpoint) write the per-minute
    rollups of the batches fed since, with their batch marks, in ONE store transaction
    (:class:`StoreSink`): a replayed batch adds no rollups twice.
-4. At each checkpoint (every ``checkpoint_interval_s`` and at stop): store the engine's
+4. Every ``resolution_poll_s``: apply the verdicts people gave on alerts since
+   (``flowwarden alerts resolve``, read from the store by :class:`VerdictFollower`) to the
+   engine; which ones its state holds is saved with each checkpoint.
+5. At each checkpoint (every ``checkpoint_interval_s`` and at stop): store the engine's
    state, then commit, per partition, up to the last batch whose windows have all closed
    (:class:`CommitTracker`): at-least-once delivery, exactly-once effects (alert ids are
    deterministic, batch marks stop rollups being added twice on replay).
@@ -56,6 +59,7 @@ from flowwarden.bus import (
     route_dead_letters,
 )
 from flowwarden.kube import InventorySource, PodInventory, inventory_source_from_settings
+from flowwarden.pipeline.detection.detectors.flow_rules import rule_tallies
 from flowwarden.pipeline.runtime.batches import CommitTracker, PartitionAligner, PartitionKey, PendingBatch
 from flowwarden.pipeline.runtime.feeds import RulesSnapshot, RulesSource
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
@@ -63,7 +67,8 @@ from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
 from flowwarden.pipeline.runtime.ports import Engine, EngineOutput, PipelineStore
 from flowwarden.pipeline.runtime.sinks import AlertPublisher, BatchId, StoreSink
-from flowwarden.records import empty_flows
+from flowwarden.pipeline.runtime.verdicts import VerdictFollower
+from flowwarden.records import Alert, empty_flows
 from flowwarden.retry import RetryPolicy
 from flowwarden.settings import Settings
 from flowwarden.store import DuplicateBatch
@@ -90,6 +95,7 @@ class StageOptions:
     flush_timeout_s: float = 30.0
     store_flush_s: float = 2.0  # rollups and batch marks are written at least this often
     store_flush_rows: int = 500_000  # ... or once this many flows wait for it
+    resolution_poll_s: float = 2.0  # how often the store is asked for new verdicts on alerts
     worker_id: str = "0"
     state_key: str = ""  # default: pipeline/<group>/<worker_id>
 
@@ -183,6 +189,7 @@ class PipelineStage:
             idle_s=self.options.align_idle_s, max_flows=self.options.align_max_flows
         )
         self.tracker = CommitTracker()
+        self.verdicts = VerdictFollower(self.options.resolution_poll_s)
         self.stats = StageStats()
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
@@ -352,6 +359,8 @@ class PipelineStage:
             self.checkpoint()
         if now >= self._next_model_poll:
             self._poll_model()
+        if self.verdicts.due(now):
+            self._poll_verdicts(now)
         return len(messages)
 
     def _lagging(self) -> frozenset[int]:
@@ -595,6 +604,13 @@ class PipelineStage:
             self._count_growth(self.metrics.suppressed.labels(reason=reason), ("suppressed", reason), n)
         self._count_growth(self.metrics.late_flows, ("late",), counted.late_flows)
         self._count_growth(self.metrics.early_alerts, ("early",), counted.early_alerts)
+        if self.rules_source is not None:  # feeds' health, feed hits, policy violations
+            en = self.settings.enforcement
+            self.metrics.record_rules(
+                self.rules_source.feed_stats(),
+                rule_tallies(getattr(self.engine, "detectors", [])),
+                en.mode_by_detector.get("threat_feed", en.mode),
+            )
         if self.inventory_source is not None:  # lists, watch events, rebuilds of the pod inventory
             for what, total in self.inventory_source.stats.counts().items():
                 counter = self.metrics.inventory_watch.labels(what=what)
@@ -682,6 +698,7 @@ class PipelineStage:
                 "committed": [[t, p, o] for (t, p), o in sorted(self._committed.items())],
                 "epochs": [[t, p, e] for (t, p), e in sorted(self._epochs.items())],
                 "pending": [list(x) for x in self.tracker.pending_timestamps()],
+                "resolutions": self.verdicts.export(),
             }
             self.sink.save_state(self.state_key, data, json.dumps(guard).encode())
         except Exception as exc:  # the next checkpoint will try again; nothing is committed
@@ -716,6 +733,7 @@ class PipelineStage:
             then = {(str(t), int(p)): int(e) for t, p, e in guard.get("epochs", [])}
             for t, p, o, ts in guard.get("pending", []):
                 self._pending_ts.setdefault((str(t), int(p)), {})[int(o)] = int(ts)
+            self.verdicts.restore(guard.get("resolutions"))
             known = {*self._replay_offsets, *self._committed, *self._pending_ts}
             for key in [k for k in known if then.get(k, 0) != self._epochs.get(k, 0)]:
                 self._replay_offsets.pop(key, None)
@@ -723,6 +741,16 @@ class PipelineStage:
                 self._pending_ts.pop(key, None)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("checkpoint offsets unreadable, replay may count twice: %s", exc)
+
+    def _poll_verdicts(self, now: float) -> None:
+        """Hand the engine the verdicts on alerts recorded since the last look (idempotent)."""
+        try:
+            self.verdicts.poll(self.sink.store, self.engine, now, on_applied=self._on_verdict)
+        except Exception as exc:  # the store is down: the next poll tries again
+            log.warning("alert verdicts not read: %s", exc)
+
+    def _on_verdict(self, alert: Alert, verdict: str) -> None:
+        self.metrics.resolutions.labels(verdict=verdict).inc()
 
     def _poll_model(self) -> None:
         self._next_model_poll = self.clock() + self.options.model_poll_s

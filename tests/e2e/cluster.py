@@ -338,6 +338,9 @@ def flowwarden_config(workdir: Path, *, inventory_path: Path) -> dict[str, Any]:
             # The two "new external destination" detectors only trust novelty after learn_s of
             # memory (default 60 s); the test gives the engine 12 s of benign history instead.
             "detectors": {"bulk_egress": {"learn_s": 10.0}, "new_destination_volume": {"learn_s": 10.0}},
+            # Alerts within learning_s of the engine's start say learning: true and the enforcer
+            # leaves them alone (enforcement.act_on_learning): the same 12 s are enough here.
+            "learning_s": 10.0,
         },
         "enforcement": {
             "mode": "enforce",

@@ -70,6 +70,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _declare_rules(sim: Any, tmp: Any) -> dict[str, Any]:
+    """A feed listing an external address an attack reaches, and a policy for that attacker's
+    namespace that allows only the cluster: threat_feed and policy_violation alerts follow."""
+    import numpy as np
+
+    external = ~sim.flows["dst_ip"].astype(str).str.startswith("10.").to_numpy()
+    first = int(np.flatnonzero((sim.flow_episode > 0) & external)[0])  # episode 0 is allowlisted
+    (tmp / "feed.txt").write_text(f"# seeded\n{sim.flows['dst_ip'].iloc[first]}\n")
+    namespace = sim.labels.episodes[int(sim.flow_episode[first])].source.namespace
+    policy = {"namespaces": {namespace: {"egress": [{"name": "cluster", "to": {"namespaces": ["*"]}}]}}}
+    (tmp / "policy.yaml").write_text(yaml.safe_dump(policy))
+    return {
+        "policy_file": str(tmp / "policy.yaml"),
+        "feeds": [{"name": "seeded", "url": str(tmp / "feed.txt")}],
+        "feed_cache_dir": str(tmp / "feeds"),
+    }
+
+
 @pytest.fixture(scope="module")
 def seeded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     """Simulator -> memory bus -> pipeline stage -> PostgreSQL; alerts -> enforcer (dry-run)."""
@@ -88,6 +106,7 @@ def seeded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     inventory = tmp / "inventory.json"
     inventory.write_text(json.dumps(sim.inventory))
     allowed = sim.labels.episodes[0].source  # one attacker allowlisted: its hits are suppressed
+    rules = _declare_rules(sim, tmp)  # a feed and a policy: the rule panels have alerts to show
     settings = load_settings(
         None,
         bus={"kind": "memory"},
@@ -97,6 +116,7 @@ def seeded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
             "metrics_port": 0,
             "allowlist_sources": [f"{allowed.namespace}/{allowed.workload}"],
         },
+        rules=rules,
         # Low bars and a tight rate limit: some alerts become blocks, some are refused.
         enforcement={"min_severity": "low", "min_score": 0.0, "max_new_blocks_per_minute": 3},
         # A webhook nobody answers: the notifier panel (and its alert) has failures to show.
@@ -318,7 +338,7 @@ def test_every_sql_panel_returns_rows(seeded: Seeded) -> None:
             seeded.time_from, seeded.time_to, {"namespace": [seeded.namespace], "workload": [seeded.workload]}
         )
         report, empty = [], []
-        edges_nodes: dict[str, set[str]] = {}
+        edges_nodes: dict[str, set[str]] = {}  # per node graph: "<dashboard> nodes" / "<dashboard> ends"
         for q in _queries(POSTGRES_TYPE):
             cols, rows = _run_sql(store, interpolate_sql(q.text, everything))
             report.append(f"{q.dashboard:18} {q.panel[:55]:55} {q.ref:7} rows={len(rows)}")
@@ -328,14 +348,17 @@ def test_every_sql_panel_returns_rows(seeded: Seeded) -> None:
             _check_shape(q, cols, rows, _panel(q))
             if q.panel_type == "nodeGraph":
                 if q.ref == "nodes":
-                    edges_nodes["nodes"] = {r[cols.index("id")] for r in rows}
+                    edges_nodes[f"{q.dashboard} nodes"] = {r[cols.index("id")] for r in rows}
                 else:
-                    edges_nodes["ends"] = {r[cols.index(c)] for r in rows for c in ("source", "target")}
+                    ends = {r[cols.index(c)] for r in rows for c in ("source", "target")}
+                    edges_nodes[f"{q.dashboard} ends"] = ends
             # The same query narrowed to one namespace and workload must run too.
             _run_sql(store, interpolate_sql(q.text, narrowed))
         print("\nSQL panels (dashboard, panel, query, rows):\n" + "\n".join(report))
         assert not empty, f"panels with no rows on the seeded data: {empty}"
-        assert edges_nodes["ends"] <= edges_nodes["nodes"], "an edge points at a node the graph lacks"
+        for board in {k.split()[0] for k in edges_nodes}:
+            lacking = edges_nodes[f"{board} ends"] - edges_nodes[f"{board} nodes"]
+            assert not lacking, f"{board}: edges point at nodes the graph lacks: {lacking}"
         assert len(report) >= 30
         _check_new_edges(store, seeded)
     finally:
@@ -345,7 +368,11 @@ def test_every_sql_panel_returns_rows(seeded: Seeded) -> None:
 def _check_new_edges(store: Store, seeded: Seeded) -> None:
     """Edges are new when the lookback before the range lacks them: all of them when the store
     starts inside the range, only some when the range starts halfway through the data."""
-    (edges,) = [q for q in _queries(POSTGRES_TYPE) if q.panel_type == "nodeGraph" and q.ref == "edges"]
+    (edges,) = [
+        q
+        for q in _queries(POSTGRES_TYPE)
+        if q.panel_type == "nodeGraph" and q.ref == "edges" and q.dashboard == "lateral-movement"
+    ]
     every: dict[str, list[str] | None] = {"namespace": None, "workload": None}
     cols, rows = _run_sql(
         store, interpolate_sql(edges.text, QueryContext(seeded.time_from, seeded.time_to, every))
@@ -356,6 +383,26 @@ def _check_new_edges(store: Store, seeded: Seeded) -> None:
     known = [r for r in rows if not r[cols.index("highlighted")]]
     assert known, "edges already seen in the first half must not be marked new in the second"
     assert {r[cols.index("color")] for r in known} == {"gray"}
+
+
+def test_rule_panels_show_feed_hits_and_policy_violations_per_workload(seeded: Seeded) -> None:
+    """The seeded feed and policy (issue 17) show up per workload, with the feed and rule named."""
+    ctx = QueryContext(seeded.time_from, seeded.time_to, {"namespace": None, "workload": None})
+    title = "Feed hits and policy violations per workload"
+    panels = {q.dashboard: q for q in _queries(POSTGRES_TYPE) if q.panel == title}
+    assert set(panels) == {"overview", "exfiltration"}
+    store = Store(seeded.pg_url).start()
+    try:
+        cols, rows = _run_sql(store, interpolate_sql(panels["overview"].text, ctx))
+        per = [dict(zip(cols, r, strict=True)) for r in rows]
+        assert sum(r["feed_hit_alerts"] for r in per) > 0
+        assert sum(r["policy_violation_alerts"] for r in per) > 0
+        cols, rows = _run_sql(store, interpolate_sql(panels["exfiltration"].text, ctx))
+        named = {(r[cols.index("detector")], r[cols.index("feeds_or_rules")]) for r in rows}
+        assert any(d == "threat_feed" and "seeded" in n for d, n in named), named
+        assert any(d == "policy_violation" and ".egress" in n for d, n in named), named
+    finally:
+        store.stop()
 
 
 def _prom(url: str, expr: str) -> list[dict[str, Any]]:

@@ -23,10 +23,20 @@ def netns_available() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A lab command that failed, shown with what it wrote to stderr (the reason)."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr: {(self.stderr or '').strip()[-2000:]}"
+
+
 def run(
     args: Sequence[str], *, check: bool = True, timeout: float = 30.0, **kw: Any
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), check=check, timeout=timeout, capture_output=True, text=True, **kw)
+    done = subprocess.run(list(args), timeout=timeout, capture_output=True, text=True, **kw)
+    if check and done.returncode:
+        raise CommandFailed(done.returncode, done.args, done.stdout, done.stderr)
+    return done
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tests.support.netns import Host, Lab, run, wait_for
@@ -117,7 +118,20 @@ class PodLab:
                 h.run("ip", "route", "add", there.cidr, "dev", dev)
             else:
                 h.run("ip", "route", "add", there.cidr, "via", peer, "dev", dev)
+        if kind != "native":
+            # Both endpoints forward (and, on Ethernet overlays, the peer's address is resolved)
+            # before any test traffic: a pod's first SYN must not race the tunnel's start.
+            for here, peer in ((a, "172.30.0.2"), (b, "172.30.0.1")):
+                wait_for(
+                    partial(_answers_ping, here.host, peer),
+                    timeout=20,
+                    what=f"the {kind} tunnel to carry traffic to {peer}",
+                )
         return "fwtun0"
+
+
+def _answers_ping(host: Host, address: str) -> bool:
+    return host.run("ping", "-c1", "-W1", address, check=False).returncode == 0
 
 
 def tcp_exchange(client: Pod, server: Pod, port: int, *, rounds: int = 5, size: int = 700) -> str:
@@ -175,9 +189,17 @@ for _ in range(rounds):
 c.close(); s.close()
 """
 _CLIENT = """
-import socket, sys
+import socket, sys, time
 ip, port, rounds, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-c = socket.create_connection((ip, port), timeout=20)
+deadline = time.monotonic() + 20
+while True:  # bounded: a server that is listening but not yet reachable gets a few more tries
+    try:
+        c = socket.create_connection((ip, port), timeout=5)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
 print(c.getsockname()[1])
 for _ in range(rounds):
     c.sendall(b"q" * size)

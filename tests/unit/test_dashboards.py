@@ -44,6 +44,8 @@ EXPECTED = {
     "lateral-movement": "flowwarden / Lateral movement",
     "enforcement": "flowwarden / Enforcement",
     "pipeline-health": "flowwarden / Pipeline health",
+    "service-graph": "flowwarden / Service graph",
+    "dns": "flowwarden / DNS",
 }
 GRAFANA_ENV = {
     "FLOWWARDEN_GRAFANA_PG_HOST": "postgres:5432",
@@ -79,9 +81,9 @@ def test_stale_detects_an_edited_and_an_extra_file(tmp_path: Path) -> None:
     assert any("old.json: no dashboard" in p for p in problems)
 
 
-def test_five_dashboards_with_their_titles(committed: dict[str, dict]) -> None:
+def test_seven_dashboards_with_their_titles(committed: dict[str, dict]) -> None:
     assert {name: b["title"] for name, b in committed.items()} == EXPECTED
-    assert len({b["uid"] for b in committed.values()}) == 5
+    assert len({b["uid"] for b in committed.values()}) == 7
 
 
 VARIABLE_FOR = {PROMETHEUS_TYPE: "${datasource}", POSTGRES_TYPE: "${store}"}

@@ -77,6 +77,7 @@ def test_each_family_resolves_its_built_ins_through_its_registry() -> None:
         "policy_violation",
         "port_scan",
         "threat_feed",
+        "trust_boundary",
     ]
     assert BACKENDS.names() == [
         "adminnetworkpolicy",
@@ -100,6 +101,7 @@ def test_each_family_resolves_its_built_ins_through_its_registry() -> None:
         "enforce",
         "models",
         "dashboards",
+        "report",
         "demo",
     ]
     for family in (DETECTORS, BACKENDS, NOTIFIERS):

@@ -114,6 +114,9 @@ class StandInEngine:
     def set_rules(self, policy: Any, policy_version: str, feeds: Any, feeds_version: str) -> None:
         self.rules = (policy_version, feeds_version)
 
+    def resolve(self, alert: Alert, *, benign: bool) -> int:
+        return 0
+
     def stats(self) -> EngineStats:
         return EngineStats(
             windows_scored=self.windows_scored, state_entities=self.state_entities, evicted=dict(self.evicted)

@@ -162,11 +162,28 @@ class StoreContract:
                 for col in ("dns_queries", "dns_nxdomain"):
                     conn.execute(sa.text(f"ALTER TABLE flow_rollups DROP COLUMN {col}"))
         with Store(fresh_url) as s:
-            assert s.schema_version() == 3
+            assert s.schema_version() == LATEST
             got = s.list_rollups()
             assert len(got) == rows and (got["dns_queries"] == 0).all() and (got["dns_nxdomain"] == 0).all()
             s.add_rollups(rollup_flows(make_flows()))  # and the new measures add up from now on
             assert int(s.list_rollups()["dns_queries"].sum()) == 4
+
+    def test_the_service_edges_view_names_workloads_and_addresses_of_no_pod(self, fresh_url: str) -> None:
+        with Store(fresh_url, migrations=MIGRATIONS[:3]) as old:
+            old.add_rollups(rollup_flows(make_flows()))
+            with old.transaction() as conn:  # the store as version 3 made it
+                conn.execute(sa.text("DROP VIEW service_edges"))
+            assert not sa.inspect(old.engine).get_view_names()
+        with Store(fresh_url) as s:  # migration 5 adds the view to a version-3 store
+            assert sa.inspect(s.engine).get_view_names() == ["service_edges"]
+            with s.engine.connect() as conn:
+                query = "SELECT source, target, target_kind, flows FROM service_edges"
+                rows = conn.execute(sa.text(query)).all()
+            rollups = s.list_rollups()
+            assert len(rows) == len(rollups) > 0
+            assert {r.target_kind for r in rows} <= {"workload", "address"}
+            ext = rollups[rollups["dst_namespace"] == ""]["dst_external"]
+            assert set(ext) <= {r.target for r in rows if r.target_kind == "address"}
 
     def test_concurrent_first_starts_migrate_once(self, fresh_url: str) -> None:
         errors: list[BaseException] = []

@@ -23,6 +23,7 @@ from flowwarden.pipeline.detection.detectors import (  # noqa: F401 - importing 
     policy_violation,
     port_scan,
     threat_feed,
+    trust_boundary,
 )
 from flowwarden.pipeline.detection.detectors.base import (
     DETECTORS,

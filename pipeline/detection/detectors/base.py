@@ -92,6 +92,9 @@ class Detector:
     # (baselines, the model, beaconing) need the whole window and stay False.
     early: ClassVar[bool] = False
     reads_novelty: ClassVar[bool] = False  # its score reads the seen-edges features (new_*, young_*)
+    # Its findings rest on learned memory, so they are "learning" while that memory is young;
+    # a declared rule (a policy, a feed) judges the same on the first day as on the hundredth.
+    learns: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -10,7 +10,8 @@ Nodes (host network: kubelets, etcd peers, CNI agents talk to every node) are le
 Must not flag: a Prometheus scraper (its edges are known per destination *workload*, so new
 replicas are not new edges), a rolling deployment (a new replica inherits its workload's
 edges; the new version's one new dependency is a single edge to a few pods), anything while
-the workload is still learning.
+the workload is still learning. A new peer in another namespace counts
+``cluster.cross_namespace_weight`` (1.25) peers, or its pair's ``cluster.namespace_pair_weights``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from flowwarden.pipeline.detection.detectors.base import DETECTORS, Context, Detector, ratio_score
+from flowwarden.pipeline.detection.detectors.common import column
 from flowwarden.plugins import Interval
 
 
@@ -39,7 +41,10 @@ class FanOut(Detector):
 
     def score(self, ctx: Context) -> np.ndarray:
         w, p = ctx.windows, self.params
-        peers = np.maximum(w["new_int_peers"].to_numpy(), w["recent_new_peers"].to_numpy())
+        # A new peer in another namespace weighs more (cluster.cross_namespace_weight; trust.py).
+        weighted = column(ctx, "new_int_peers_weighted", default=-1.0)
+        new_peers = np.where(weighted >= 0, weighted, w["new_int_peers"].to_numpy())
+        peers = np.maximum(new_peers, w["recent_new_peers"].to_numpy())
         s = ratio_score(peers, p["min_new_peers"])
         # Learned: the workload has initiated traffic for a while, or (a workload that only ever
         # served, now suddenly a client) its pod is old and the engine has been watching.

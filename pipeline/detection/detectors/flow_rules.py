@@ -16,6 +16,7 @@ Pure: no I/O. Snapshots (policy, feeds) are handed in by the runtime.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -158,6 +159,7 @@ class FlowRuleDetector(Detector):
     """
 
     base_score: ClassVar[float] = 0.9
+    learns: ClassVar[bool] = False  # a declared rule: never "learning"
     # Columns every finding row carries (besides the subclass's own).
     FINDING_COLUMNS: ClassVar[tuple[str, ...]] = ("entity", "ws", "dst_ip", "dst_port", "proto", "egress")
     # What makes two findings the same piece of evidence.
@@ -172,6 +174,16 @@ class FlowRuleDetector(Detector):
         self._round: pd.DataFrame = pd.DataFrame()  # the confirmed findings of the windows being scored
         self._pairs: dict[bool, set[tuple[str, str, int]]] = {}
         self._by_entity: dict[str, pd.DataFrame] = {}
+        self._rows: dict[str, np.ndarray] | None = None
+        # Running totals of confirmed finding flows by :attr:`tally_column` (the metrics export
+        # their growth): hits per feed, violations per rule kind.
+        self.tally: Counter[str] = Counter()
+
+    tally_column: ClassVar[str] = ""
+
+    def tally_key(self, values: pd.Series) -> pd.Series:
+        """What a finding counts under in :attr:`tally` (the column's value by default)."""
+        return values.astype(str)
 
     # ------------------------------------------------------------------ runtime side
     @property
@@ -220,31 +232,46 @@ class FlowRuleDetector(Detector):
         w = ctx.windows
         out = np.zeros(len(w), dtype="float64")
         self._set_round(pd.DataFrame())
-        if not len(w) or not len(self.pending):
+        if not len(w):
             return out
         ws = w["window_start"].to_numpy(dtype="float64")
         top = float(ws.max())
         # Windows close in time order: findings of windows before this round's latest are done.
+        # Kept even while nothing is pending: a late flow's finding must fold into an open
+        # window (as the engine folds the flow), not into a closed one that is never scored.
         self.closed_until = max(self.closed_until, top + self.window_s)
+        if not len(self.pending):
+            return out
         # Pending findings are few (one row per entity, window, destination, port): plain
         # Python sets and dicts cost less here than pandas' per-call overhead.
-        key_w = [f"{e}|{s!r}" for e, s in zip(w["entity"].tolist(), ws.tolist(), strict=True)]
         p = self.pending
         p_ws = p["ws"].to_numpy(dtype="float64")
         key_p = [f"{e}|{s!r}" for e, s in zip(p["entity"].tolist(), p_ws.tolist(), strict=True)]
+        # Only the windows of entities with findings need a key (a round has thousands of windows).
+        cand = np.flatnonzero(w["entity"].isin(p["entity"].unique()).to_numpy())
+        key_w = [
+            f"{e}|{s!r}"
+            for e, s in zip(w["entity"].to_numpy(dtype=object)[cand].tolist(), ws[cand].tolist(), strict=True)
+        ]
         scored = set(key_w)
         here = np.fromiter((k in scored for k in key_p), dtype=bool, count=len(key_p))
         if here.any():
             found = self.confirm(p[here].reset_index(drop=True))
             if len(found):
                 self._set_round(found)
+                if self.tally_column in found.columns:
+                    per = found["n"].groupby(self.tally_key(found[self.tally_column]), sort=False).sum()
+                    self.tally.update({str(k): int(v) for k, v in per.items()})
                 counts: dict[str, float] = {}
                 for e, s, n in zip(
                     found["entity"].tolist(), found["ws"].tolist(), found["n"].tolist(), strict=True
                 ):
                     k = f"{e}|{float(s)!r}"
                     counts[k] = counts.get(k, 0.0) + float(n)
-                n_w = np.fromiter((counts.get(k, 0.0) for k in key_w), dtype="float64", count=len(key_w))
+                n_w = np.zeros(len(w), dtype="float64")
+                n_w[cand] = np.fromiter(
+                    (counts.get(k, 0.0) for k in key_w), dtype="float64", count=len(key_w)
+                )
                 hit = n_w >= self.params.get("min_flows", 1.0)
                 out = np.where(hit, self.base_score + 0.09 * np.minimum(n_w / 10.0, 1.0), 0.0)
         self.pending = p[p_ws >= top].reset_index(drop=True)
@@ -279,6 +306,7 @@ class FlowRuleDetector(Detector):
         self._round = found
         self._pairs = {}
         self._by_entity = {}
+        self._rows = None
 
     def round_for(self, flows: pd.DataFrame) -> pd.DataFrame:
         """This round's findings of the entity whose window's flows these are (an alert's evidence),
@@ -286,9 +314,12 @@ class FlowRuleDetector(Detector):
         f = self._round
         if not len(flows) or not len(f):
             return f.iloc[0:0]
+        if self._rows is None:  # the rows of each entity, found once per round (not a scan per alert)
+            self._rows = {str(e): np.asarray(i) for e, i in f.groupby("entity", sort=False).indices.items()}
         entity = str(entity_keys(flows.iloc[:1])[0])
         if entity not in self._by_entity:
-            mine = f[f["entity"].to_numpy(dtype=object) == entity]
+            rows = self._rows.get(entity)
+            mine = f.iloc[rows] if rows is not None else f.iloc[0:0]
             self._by_entity[entity] = mine.drop_duplicates(list(self.evidence_key))
         return self._by_entity[entity]
 
@@ -360,6 +391,11 @@ def observe_enriched(
     for d in takers:
         d.observe(enriched, inventory, settings)
     return len(takers)
+
+
+def rule_tallies(detectors: Sequence[Detector]) -> dict[str, dict[str, int]]:
+    """Per rule detector: a copy of its running totals (the stage exports their growth)."""
+    return {d.name: dict(d.tally) for d in detectors if isinstance(d, FlowRuleDetector)}
 
 
 def set_rules(

@@ -32,6 +32,7 @@ from flowwarden.settings import Settings
 
 MAX_EVIDENCE = 10
 _KEEP = ("entity", "ts_start", "ts_end", "direction", *COLUMNS)
+_NEED = (*_KEEP[1:], "src_pod")  # what judging a finding reads (the entity is made from src_pod)
 
 
 @DETECTORS.register("policy_violation")
@@ -43,6 +44,11 @@ class PolicyViolation(FlowRuleDetector):
     constraints = {"min_flows": Interval(Integral, 1, None, closed="left")}
     base_score = 0.9
     evidence_key = ("rule", "reason", "dst_ip", "dst_port", "proto")
+    tally_column = "rule"  # violations per rule kind
+
+    def tally_key(self, values: pd.Series) -> pd.Series:
+        """The rule's kind: ``egress``, ``ingress``, or the cluster endpoint (``etcd``, ``kubelet``…)."""
+        return values.astype(str).str.rsplit(".", n=1).str[-1]
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -83,7 +89,8 @@ class PolicyViolation(FlowRuleDetector):
         first = policy.evaluate(flows)  # names on the flow itself; most flows end here
         if not first.violation.any():
             return None
-        sub = flows[first.violation].reset_index(drop=True)
+        # Only the columns a finding keeps (the enriched frame is wide; findings are few).
+        sub = flows.loc[first.violation, list(_NEED)].reset_index(drop=True)
         bad = first.violation
         before = Verdicts(np.ones(int(bad.sum()), dtype=bool), first.rule[bad], first.reason[bad])
         return self._judge(policy, sub.assign(entity=entity_keys(sub)), before)

@@ -28,6 +28,7 @@ from flowwarden.records import Direction
 from flowwarden.settings import Settings
 
 MAX_EVIDENCE = 10
+MAX_CACHED = 200_000  # distinct destination addresses whose verdict is kept across batches
 
 
 @DETECTORS.register("threat_feed")
@@ -39,17 +40,37 @@ class ThreatFeed(FlowRuleDetector):
     constraints = {"min_flows": Interval(Integral, 1, None, closed="left")}
     base_score = 0.95
     evidence_key = ("feed", "entry", "matched", "dst_ip")
+    tally_column = "feed"  # hits per feed
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
         self.feeds: FeedSet | None = None
         self.feeds_version = ""
         self.dns = DnsCache()  # answers for listed names only
+        # Per destination address: listed or not, for the feed set in force. A cluster talks
+        # to the same addresses batch after batch; each is searched once, not once per batch.
+        self._listed: dict[str, bool] = {}
 
     def set_feeds(self, feeds: FeedSet | None, version: str = "") -> None:
         """Match against this snapshot from now on (the runtime loads and refreshes feeds)."""
         self.feeds = feeds
         self.feeds_version = version
+        self._listed = {}  # verdicts of the previous feeds no longer hold
+
+    def _match_addresses(self, feeds: FeedSet, addresses: pd.Series) -> np.ndarray:
+        """Per row: whether a feed lists the address; only addresses not seen before are searched."""
+        codes, uniques = pd.factorize(addresses)
+        u = np.asarray(uniques, dtype=object)
+        cache = self._listed
+        new = [a for a in u.tolist() if a not in cache]
+        if new:
+            if len(cache) + len(new) > MAX_CACHED:
+                cache.clear()
+                new = u.tolist()
+            cache.update(zip(new, feeds.match_addresses(pd.Series(new, dtype=object)).tolist(), strict=True))
+        listed = np.fromiter((cache[a] for a in u.tolist()), dtype=bool, count=len(u))
+        listed = np.append(listed, False)  # a missing address (code -1) is never listed
+        return listed[np.where(codes < 0, len(u), codes)]
 
     @property
     def wants_flows(self) -> bool:
@@ -62,7 +83,7 @@ class ThreatFeed(FlowRuleDetector):
         if feeds is None:
             return None
         n = len(flows)
-        by_addr = feeds.match_addresses(flows["dst_ip"])
+        by_addr = self._match_addresses(feeds, flows["dst_ip"])
         q_hit, _ = feeds.domains.match(flows["dns_qname"])
         s_hit, _ = feeds.domains.match(flows["server_name"])
         if q_hit.any():  # remember what listed names resolved to, per pod

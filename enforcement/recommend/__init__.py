@@ -1,0 +1,1 @@
+"""Least-privilege policy from observed flows: recommend, evaluate (NetworkPolicy semantics), diff."""

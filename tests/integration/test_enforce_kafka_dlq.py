@@ -37,6 +37,7 @@ def test_bad_alerts_go_to_the_dead_letter_topic_and_a_sweep_stalls_nothing(
     data["control_plane"] = sim.settings.control_plane.model_dump(mode="json")
     data["enforcement"].update(
         mode="dry_run",
+        act_on_learning=True,  # the simulator's short run is all learning; this test is about the sweep
         max_active_blocks=10_000,
         max_new_blocks_per_minute=10_000,
         metrics_port=0,

@@ -58,6 +58,7 @@ def _plan(sim: Lab, tmp_path_factory: pytest.TempPathFactory) -> Planned:
     out = tmp_path_factory.mktemp("rules")
     s = sim.settings.model_copy(deep=True)
     s.enforcement.gitops_dir = out / "gitops"
+    s.enforcement.act_on_learning = True  # the short simulation is all learning; these tests are about rules
     alerts = [*sim.alerts, *mutations(sim.alerts, s)]
     decisions = plan_offline(alerts, s, out, inventory=sim.inventory)
     return decisions, out, s

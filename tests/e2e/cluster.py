@@ -323,7 +323,11 @@ def flowwarden_config(workdir: Path, *, inventory_path: Path) -> dict[str, Any]:
         },
         "collector": {
             "node": NODE,
-            "interfaces": ["br0"],
+            # As on a node: the pods' interfaces (br0 stands for its ports) and the uplinks
+            # (the router's links to the control plane, the DNS and the internet, v5route..v7route;
+            # the ports match too and stay workload interfaces). Without the uplinks, answers
+            # the router forwards to a pod are never counted: they enter the node there.
+            "interfaces": ["br0", "v*route"],
             "active_timeout_s": 2.0,
             "idle_timeout_s": 5.0,
             "batch_interval_ms": 500,

@@ -45,6 +45,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
+from flowwarden.dns_rollups import conform_dns_rollups, dns_rollup_dtypes, empty_dns_rollups
 from flowwarden.errors import ConfigError, FlowwardenError, RecordError, ServiceUnavailable
 from flowwarden.migrations import MIGRATIONS, Migration, SchemaTooNew, applied_versions, migrate
 from flowwarden.records import SEVERITY_ORDER, Alert, Decision, Entity
@@ -52,12 +53,15 @@ from flowwarden.retry import RetryPolicy
 from flowwarden.rollups import conform_rollups, empty_rollups, rollup_dtypes
 from flowwarden.store_schema import (
     DATA_TABLES,
+    DNS_ROLLUP_COLUMNS,
+    DNS_ROLLUP_DIMENSIONS,
+    DNS_ROLLUP_MAXES,
     ROLLUP_COLUMNS,
     ROLLUP_DIMENSIONS,
-    ROLLUP_MEASURES,
     alerts,
     consumed_batches,
     decisions,
+    dns_rollups,
     flow_rollups,
     model_events,
     pipeline_state,
@@ -435,23 +439,30 @@ def _alert_upsert(conn: Connection) -> Any:
 
 
 def _rollup_upsert(
-    dialect: Any, df: pd.DataFrame
+    dialect: Any, df: pd.DataFrame, table: sa.Table, dimensions: Sequence[str], maxes: Sequence[str] = ()
 ) -> tuple[str, list[tuple[Any, ...]], Callable[[tuple[Any, ...]], Any]]:
-    """The rollup upsert as driver SQL, plain row tuples for one ``executemany``, and the
-    function that gives a row tuple's primary key (to send rows in key order).
+    """A rollup upsert as driver SQL, plain row tuples for one ``executemany``, and the
+    function that gives a row tuple's primary key (to send rows in key order). Measures are
+    added to what is stored, except ``maxes``, which keep the greater value.
 
     SQLAlchemy's per-row parameter processing cost five times the database's own work on
     a batch of thousands of rollups, so the statement is compiled once and the values are
     converted by column: the minute as SQLAlchemy's SQLite text format (its key compares as
     text there) or an aware datetime for PostgreSQL.
     """
-    stmt = _insert_for(dialect.name, flow_rollups)
-    add = {m: flow_rollups.c[m] + stmt.excluded[m] for m in ROLLUP_MEASURES}
-    compiled = stmt.on_conflict_do_update(index_elements=list(ROLLUP_DIMENSIONS), set_=add).compile(
+    stmt = _insert_for(dialect.name, table)
+    greatest = sa.func.greatest if dialect.name == "postgresql" else sa.func.max  # SQLite: scalar max
+    names = [c.name for c in table.columns]
+    update = {
+        m: greatest(table.c[m], stmt.excluded[m]) if m in maxes else table.c[m] + stmt.excluded[m]
+        for m in names
+        if m not in dimensions
+    }
+    compiled = stmt.on_conflict_do_update(index_elements=list(dimensions), set_=update).compile(
         dialect=dialect
     )
     minute = df["minute"]
-    columns: dict[str, list[Any]] = {c: df[c].tolist() for c in ROLLUP_COLUMNS if c != "minute"}
+    columns: dict[str, list[Any]] = {c: df[c].tolist() for c in names if c != "minute"}
     if dialect.name == "sqlite":
         columns["minute"] = minute.dt.tz_convert(None).dt.strftime("%Y-%m-%d %H:%M:%S.%f").tolist()
     else:
@@ -459,11 +470,10 @@ def _rollup_upsert(
     order = list(compiled.positiontup) if compiled.positional else None
     sql = str(compiled)
     if order is None:  # named placeholders (psycopg): the same values, by position
-        names = list(ROLLUP_COLUMNS)
         for c in names:
             sql = sql.replace(f"%({c})s", "%s")
         order = sorted(names, key=lambda c: str(compiled).index(f"%({c})s"))
-    key = itemgetter(*(order.index(c) for c in ROLLUP_DIMENSIONS))
+    key = itemgetter(*(order.index(c) for c in dimensions))
     return sql, list(zip(*(columns[c] for c in order), strict=True)), key
 
 
@@ -773,8 +783,25 @@ class Store:
         frame = conform_rollups(df)
         if frame.empty:
             return 0
+        return self._upsert_rollups(frame, flow_rollups, ROLLUP_DIMENSIONS, (), conn)
+
+    def add_dns_rollups(self, df: pd.DataFrame, *, conn: Connection | None = None) -> int:
+        """Add DNS rollup rows (from :func:`~flowwarden.dns_rollups.rollup_dns`); returns rows written."""
+        frame = conform_dns_rollups(df)
+        if frame.empty:
+            return 0
+        return self._upsert_rollups(frame, dns_rollups, DNS_ROLLUP_DIMENSIONS, DNS_ROLLUP_MAXES, conn)
+
+    def _upsert_rollups(
+        self,
+        frame: pd.DataFrame,
+        table: sa.Table,
+        dimensions: Sequence[str],
+        maxes: Sequence[str],
+        conn: Connection | None,
+    ) -> int:
         with self._write(conn) as c:
-            sql, rows, key = _rollup_upsert(c.dialect, frame)
+            sql, rows, key = _rollup_upsert(c.dialect, frame, table, dimensions, maxes)
             if c.dialect.name != "sqlite":  # SQLite locks the whole database up front: no row locks
                 # In key order: two workers' transactions over shared keys (replicas of one
                 # workload) take their row locks in the same order, so one waits instead of
@@ -782,6 +809,23 @@ class Store:
                 rows.sort(key=key)
             c.exec_driver_sql(sql, rows)
         return len(rows)
+
+    def list_dns_rollups(
+        self, *, since: datetime | None = None, until: datetime | None = None, conn: Connection | None = None
+    ) -> pd.DataFrame:
+        """Stored DNS rollups in ``[since, until)``, in key order."""
+        q = sa.select(*(dns_rollups.c[c] for c in DNS_ROLLUP_COLUMNS)).order_by(
+            *dns_rollups.primary_key.columns
+        )
+        if since is not None:
+            q = q.where(dns_rollups.c.minute >= since)
+        if until is not None:
+            q = q.where(dns_rollups.c.minute < until)
+        with self._read(conn) as c:
+            rows = c.execute(q).all()
+        if not rows:
+            return empty_dns_rollups()
+        return dns_rollup_dtypes(pd.DataFrame([tuple(r) for r in rows], columns=list(DNS_ROLLUP_COLUMNS)))
 
     def list_rollups(
         self, *, since: datetime | None = None, until: datetime | None = None, conn: Connection | None = None
@@ -801,9 +845,11 @@ class Store:
         return rollup_dtypes(pd.DataFrame([tuple(r) for r in rows], columns=list(ROLLUP_COLUMNS)))
 
     def prune_rollups(self, before: datetime, *, conn: Connection | None = None) -> int:
-        """Delete rollups of minutes before ``before`` (retention); returns how many rows."""
+        """Delete rollups (flow and DNS) of minutes before ``before`` (retention); returns how many rows."""
         with self._write(conn) as c:
-            return int(c.execute(sa.delete(flow_rollups).where(flow_rollups.c.minute < before)).rowcount)
+            n = c.execute(sa.delete(flow_rollups).where(flow_rollups.c.minute < before)).rowcount
+            n_dns = c.execute(sa.delete(dns_rollups).where(dns_rollups.c.minute < before)).rowcount
+            return int(n) + int(n_dns)
 
     # ---- checkpoints
 

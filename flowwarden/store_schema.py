@@ -183,6 +183,43 @@ flow_rollups = sa.Table(
     sa.PrimaryKeyConstraint(*ROLLUP_DIMENSIONS, name="pk_flow_rollups"),
 )
 
+# Per-minute DNS by asking workload and registered domain (migration 6): the DNS dashboard's
+# top names and odd names for every workload, not only those an alert named. Summed like
+# flow_rollups; ``max_name_len`` and ``max_record_names`` keep the greatest value on upsert.
+DNS_ROLLUP_DIMENSIONS: tuple[str, ...] = (
+    "minute",
+    "node",
+    "src_namespace",
+    "src_workload",
+    "src_external",
+    "domain",
+)
+DNS_ROLLUP_SUMS: tuple[str, ...] = ("records", "queries", "names", "nxdomain", "unanswered", "entropy_sum")
+DNS_ROLLUP_MAXES: tuple[str, ...] = ("max_name_len", "max_record_names")
+DNS_ROLLUP_MEASURES: tuple[str, ...] = DNS_ROLLUP_SUMS + DNS_ROLLUP_MAXES
+DNS_ROLLUP_COLUMNS: tuple[str, ...] = DNS_ROLLUP_DIMENSIONS + DNS_ROLLUP_MEASURES
+
+dns_rollups = sa.Table(
+    "dns_rollups",
+    metadata,
+    sa.Column("minute", UTCDateTime, nullable=False),
+    _text("node"),
+    _text("src_namespace"),
+    _text("src_workload"),
+    _text("src_external"),  # the source IP when it is no known pod, else ""
+    _text("domain"),  # registered domain (public-suffix aware), or OTHER_DOMAINS past the cap
+    sa.Column("records", sa.BigInteger, nullable=False),  # DNS flow records
+    sa.Column("queries", sa.BigInteger, nullable=False),
+    sa.Column("names", sa.BigInteger, nullable=False),  # distinct names per record, summed
+    sa.Column("nxdomain", sa.BigInteger, nullable=False),
+    sa.Column("unanswered", sa.BigInteger, nullable=False),  # UDP queries without a response packet
+    sa.Column("entropy_sum", sa.Float, nullable=False),  # label entropy x names: mean = sum / names
+    sa.Column("max_name_len", sa.Integer, nullable=False),
+    # The most distinct names one flow record carried: a tunnel's one socket sends hundreds.
+    sa.Column("max_record_names", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint(*DNS_ROLLUP_DIMENSIONS, name="pk_dns_rollups"),
+)
+
 pipeline_state = sa.Table(
     "pipeline_state",
     metadata,
@@ -250,6 +287,7 @@ DATA_TABLES: tuple[sa.Table, ...] = (
     alerts,
     decisions,
     flow_rollups,
+    dns_rollups,
     pipeline_state,
     consumed_batches,
     model_events,

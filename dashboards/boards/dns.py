@@ -3,8 +3,9 @@
 Reads the DNS aggregates the flow records carry (``dns_queries``, ``dns_nxdomain`` in
 ``flow_rollups``): a DNS flow's destination is its resolver, so failing resolutions are the
 rejected or unanswered flows to port 53 and resolvers other than the cluster DNS stand out.
-Long and high-entropy names come from the ``dns_tunnel`` alerts, whose evidence carries the
-domain, example names, mean label length and entropy.
+The names come from ``dns_rollups`` (per asking workload and registered domain: queries,
+distinct names, longest name, label entropy, unanswered queries), for every workload, and
+from the ``dns_tunnel`` alerts, whose evidence carries example names.
 """
 
 from __future__ import annotations
@@ -94,6 +95,40 @@ def top_domains_sql() -> str:
     )
 
 
+DNS_SCOPE = scope("src_namespace", "src_workload")
+ASKER = "CASE WHEN src_namespace <> '' THEN src_namespace || '/' || src_workload ELSE src_external END"
+
+
+def top_asked_domains_sql() -> str:
+    """Registered domains every workload asked (``dns_rollups``), busiest first."""
+    return (
+        "SELECT domain, sum(queries) AS queries, sum(names) AS names, sum(nxdomain) AS nxdomain,"
+        f" sum(unanswered) AS unanswered, count(DISTINCT {ASKER}) AS askers,"
+        f" string_agg(DISTINCT {ASKER}, ', ') AS asked_by FROM dns_rollups"
+        f" WHERE $__timeFilter(minute) AND {DNS_SCOPE} GROUP BY 1 ORDER BY queries DESC LIMIT 30"
+    )
+
+
+def odd_domains_sql() -> str:
+    """Per asker and domain: many distinct names, long names or random-looking labels, whether
+    or not a detector alerted (the rollups see every DNS record)."""
+    return (
+        f"SELECT {ASKER} AS asker, domain, max(max_record_names) AS names_in_one_flow,"
+        " max(max_name_len) AS longest_name,"
+        " round((sum(entropy_sum) / greatest(sum(names), 1))::numeric, 2) AS mean_entropy_bits,"
+        " sum(queries) AS queries FROM dns_rollups"
+        f" WHERE $__timeFilter(minute) AND {DNS_SCOPE} AND left(domain, 1) <> '(' GROUP BY 1, 2"
+        " ORDER BY names_in_one_flow DESC, longest_name DESC LIMIT 30"
+    )
+
+
+def unanswered_sql() -> str:
+    return (
+        "SELECT minute AS time, sum(unanswered) AS unanswered, sum(nxdomain) AS nxdomain FROM dns_rollups"
+        f" WHERE $__timeFilter(minute) AND {DNS_SCOPE} GROUP BY 1 ORDER BY 1"
+    )
+
+
 def build() -> Json:
     head = [
         stat(
@@ -164,6 +199,30 @@ def build() -> Json:
             "names under one domain.",
         ),
         table("Top alerted names and domains", [sql(top_domains_sql())], w=10, h=9),
+        table(
+            "Top domains asked",
+            [sql(top_asked_domains_sql())],
+            w=12,
+            h=9,
+            description="Registered domains every workload asked, from the DNS rollups: queries, "
+            "distinct names, NXDOMAIN answers, UDP queries left unanswered, who asked.",
+        ),
+        table(
+            "Many, long or random-looking names per domain",
+            [sql(odd_domains_sql())],
+            w=12,
+            h=9,
+            description="Every asker and domain by the most distinct names one flow carried, with "
+            "the longest name and the mean label entropy (a tunnel: hundreds of names on one socket, "
+            "50+ characters, 4+ bits), alert or not.",
+        ),
+        timeseries(
+            "Unanswered queries and NXDOMAIN",
+            [sql(unanswered_sql(), fmt="time_series")],
+            w=24,
+            h=7,
+            description="UDP queries that got no response packet, and NXDOMAIN answers, per minute.",
+        ),
     ]
     return dashboard(
         UID,

@@ -24,6 +24,7 @@ from flowwarden.store_schema import (
     alerts,
     consumed_batches,
     create_views,
+    dns_rollups,
     flow_rollups,
     metadata,
     schema_migrations,
@@ -93,12 +94,18 @@ def _alert_learning(conn: Connection) -> None:
     conn.execute(sa.text(f"ALTER TABLE alerts ADD COLUMN learning BOOLEAN NOT NULL DEFAULT {false}"))
 
 
+def _dns_rollups(conn: Connection) -> None:
+    """``dns_rollups``: DNS per asking workload and registered domain, per minute."""
+    dns_rollups.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables", _initial),
     Migration(2, "epoch in batch marks", _batch_epochs),
     Migration(3, "DNS measures in flow rollups", _rollup_dns),
     Migration(4, "learning flag on alerts", _alert_learning),
     Migration(5, "service graph edges view", create_views),
+    Migration(6, "DNS rollups by workload and domain", _dns_rollups),
 )
 """Every migration, in order; the last one's version is the code's schema version."""
 

@@ -102,9 +102,12 @@ class StoreSink:
 
         The stage gives alerts alone (at once) or rollups with their marks (at a flush).
         """
+        from flowwarden.dns_rollups import rollup_dns
         from flowwarden.rollups import rollup_flows
 
-        rollups = rollup_flows(enriched) if enriched is not None and len(enriched) else None
+        has_flows = enriched is not None and len(enriched) > 0
+        rollups = rollup_flows(enriched) if enriched is not None and has_flows else None
+        dns = rollup_dns(enriched) if enriched is not None and has_flows else None
         if not alerts and rollups is None and not batches:
             return
 
@@ -113,6 +116,8 @@ class StoreSink:
                 self.store.upsert_alerts(list(alerts), conn=conn)
             if rollups is not None and len(rollups):
                 self.store.add_rollups(rollups, conn=conn)
+            if dns is not None and len(dns):
+                self.store.add_dns_rollups(dns, conn=conn)
             for epoch, refs in _by_epoch(batches).items():
                 self.store.mark_batches(self.group_id, refs, epoch=epoch, conn=conn)
 

@@ -157,6 +157,23 @@ def test_dns_dashboard_shows_the_tunnels_long_names(seeded: tuple[SeededStore, S
     assert domains <= {r["name"] for r in top}
 
 
+def test_dns_rollups_show_every_workloads_domains_and_the_tunnel_first_by_names(
+    seeded: tuple[SeededStore, Store],
+) -> None:
+    s, store = seeded
+    asked = _rows(store, _query("dns", "Top domains asked"), s)
+    assert asked and all(int(r["askers"]) >= 1 and r["asked_by"] for r in asked)
+    # Every query of the range is in some domain's row (the panel shows the top 30 of them).
+    ((total,),) = _sql(store, "SELECT sum(queries) FROM dns_rollups")
+    assert int(total) == int(s.flows["dns_queries"].sum())
+    tunnels = {t for e in s.labels.episodes if e.technique == "dns_tunnel" for t in e.targets}
+    odd = _rows(store, _query("dns", "Many, long or random-looking names"), s)
+    assert odd[0]["domain"] in tunnels, odd[:3]
+    others = [int(r["names_in_one_flow"]) for r in odd if r["domain"] not in tunnels]
+    assert int(odd[0]["names_in_one_flow"]) > 5 * max(others), odd[:5]
+    assert _rows(store, _query("dns", "Unanswered queries and NXDOMAIN"), s)
+
+
 def test_the_pictures_of_the_new_dashboards_are_in_the_docs() -> None:
     docs = Path(__file__).resolve().parents[2] / "docs"
     text = (docs / "dashboards.md").read_text()

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flowwarden.dns_rollups import rollup_dns
 from flowwarden.errors import ConfigError, RecordError, ServiceUnavailable
 from flowwarden.migrations import MIGRATIONS, Migration, SchemaTooNew, applied_versions
 from flowwarden.records import Alert, Decision, Entity, empty_flows
@@ -109,6 +110,29 @@ def make_flows() -> pd.DataFrame:
     return df
 
 
+def make_dns_flows() -> pd.DataFrame:
+    """DNS records of one minute: a pod's ordinary lookups, a tunnel in two records, a node's query."""
+    df = empty_flows(4)
+    df["ts_end"] = [5.0, 20.0, 40.0, 50.0]
+    df["node"] = "n1"
+    df["src_ip"] = ["10.244.1.2", "10.244.1.2", "10.244.1.2", "10.0.0.5"]
+    df["dst_ip"] = "10.96.0.10"
+    df["dst_port"] = 53
+    df["proto"] = 17
+    df["pkts_in"] = [3, 200, 390, 0]
+    df["dns_queries"] = [3, 200, 400, 1]
+    df["dns_names"] = [2, 200, 400, 1]
+    df["dns_nxdomain"] = [1, 0, 0, 0]
+    df["dns_name_max_len"] = [20, 60, 63, 12]
+    df["dns_label_entropy"] = [2.0, 4.0, 4.5, 2.5]
+    df["dns_top_domain"] = ["example.com", "t.example.org", "t.example.org", ""]
+    df["dns_qname"] = ["api.example.com", "a1.t.example.org", "b2.t.example.org", "Repo.Example.NET."]
+    df["src_namespace"] = ["shop", "shop", "shop", ""]
+    df["src_pod"] = ["cart-1", "cart-1", "cart-1", ""]
+    df["src_workload"] = ["cart", "cart", "cart", ""]
+    return df
+
+
 class StoreContract:
     """Behaviour every dialect must show. Subclasses provide ``store`` and ``fresh_url``."""
 
@@ -184,6 +208,14 @@ class StoreContract:
             assert {r.target_kind for r in rows} <= {"workload", "address"}
             ext = rollups[rollups["dst_namespace"] == ""]["dst_external"]
             assert set(ext) <= {r.target for r in rows if r.target_kind == "address"}
+
+    def test_a_version_5_store_gains_the_dns_rollups(self, fresh_url: str) -> None:
+        with Store(fresh_url, migrations=MIGRATIONS[:5]) as old, old.transaction() as conn:
+            conn.execute(sa.text("DROP TABLE dns_rollups"))  # the store as version 5 made it
+        with Store(fresh_url) as s:
+            assert s.schema_version() == LATEST
+            assert s.add_dns_rollups(rollup_dns(make_dns_flows())) > 0
+            assert int(s.list_dns_rollups()["queries"].sum()) == int(make_dns_flows()["dns_queries"].sum())
 
     def test_concurrent_first_starts_migrate_once(self, fresh_url: str) -> None:
         errors: list[BaseException] = []
@@ -374,6 +406,24 @@ class StoreContract:
         store.add_rollups(rollup_flows(make_flows()))
         assert store.prune_rollups(datetime(1970, 1, 1, 0, 1, tzinfo=UTC)) == 3
         assert len(store.list_rollups()) == 2
+
+    def test_dns_rollups_add_up_and_keep_the_longest_name(self, store: Store) -> None:
+        flows = make_dns_flows()
+        whole = rollup_dns(flows)
+        store.add_dns_rollups(rollup_dns(flows.iloc[:2]))
+        store.add_dns_rollups(rollup_dns(flows.iloc[2:]))
+        stored = store.list_dns_rollups()
+        dims = ["minute", "src_namespace", "src_workload", "src_external", "domain"]
+        expected = whole.sort_values(dims).reset_index(drop=True)
+        pd.testing.assert_frame_equal(stored.sort_values(dims).reset_index(drop=True), expected)
+        tunnel = stored[stored["domain"] == "t.example.org"]
+        assert tunnel["max_name_len"].tolist() == [63] and tunnel["queries"].tolist() == [600]
+        store.add_dns_rollups(whole)  # sums double, the longest name stays the longest
+        again = store.list_dns_rollups().sort_values(dims).reset_index(drop=True)
+        assert (again["queries"] == expected["queries"] * 2).all()
+        assert (again["max_name_len"] == expected["max_name_len"]).all()
+        assert store.prune_rollups(datetime(1970, 1, 1, 0, 1, tzinfo=UTC)) == len(stored)
+        assert store.list_dns_rollups().empty
 
     def test_bad_rollups_name_the_field(self, store: Store) -> None:
         rows = rollup_flows(make_flows())

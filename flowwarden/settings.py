@@ -180,6 +180,13 @@ class StoreSettings(Section):
     # connections, drops them, shuts down or aborts for a deadlock or a serialization
     # failure, before the process gives up (a restart or failover of the database).
     retry_deadline_s: float = Field(60.0, ge=0)
+    # Retention (flowwarden/retention.py; 0 keeps forever). Rollups feed the dashboards and
+    # ``policy recommend --since``; batch marks only need to outlive the flows topic's own
+    # retention (a batch still in Kafka may be replayed and must be recognised).
+    rollup_retention_days: float = Field(30.0, ge=0)
+    batch_mark_retention_days: float = Field(7.0, ge=0)
+    # How often a running pipeline prunes (every worker may; the deletes are idempotent).
+    prune_interval_s: float = Field(3600.0, gt=0)
 
 
 class CollectorSettings(Section):

@@ -34,6 +34,7 @@ from flowwarden.cli import (  # noqa: F401 - importing registers them
     models,
     dashboards,
     report,
+    store,
     demo,
 )
 

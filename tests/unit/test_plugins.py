@@ -102,6 +102,7 @@ def test_each_family_resolves_its_built_ins_through_its_registry() -> None:
         "models",
         "dashboards",
         "report",
+        "store",
         "demo",
     ]
     for family in (DETECTORS, BACKENDS, NOTIFIERS):

@@ -67,8 +67,10 @@ class Pruner:
         self.settings = settings
         self._next = 0.0
 
-    def maybe_prune(self, now_s: float) -> PruneResult | None:
+    def maybe_prune(self, now_s: float, wall: datetime | None = None) -> PruneResult | None:
+        """Prune when due by ``now_s`` (any clock: a monotonic one is fine); the cut-offs are
+        taken from ``wall`` (the current UTC time by default)."""
         if now_s < self._next:
             return None
         self._next = now_s + self.settings.prune_interval_s
-        return prune_store(self.store, self.settings, datetime.fromtimestamp(now_s, UTC))
+        return prune_store(self.store, self.settings, wall)

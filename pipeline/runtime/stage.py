@@ -69,6 +69,7 @@ from flowwarden.pipeline.runtime.ports import Engine, EngineOutput, PipelineStor
 from flowwarden.pipeline.runtime.sinks import AlertPublisher, BatchId, StoreSink
 from flowwarden.pipeline.runtime.verdicts import VerdictFollower
 from flowwarden.records import Alert, empty_flows
+from flowwarden.retention import Pruner
 from flowwarden.retry import RetryPolicy
 from flowwarden.settings import Settings
 from flowwarden.store import DuplicateBatch
@@ -190,6 +191,7 @@ class PipelineStage:
         )
         self.tracker = CommitTracker()
         self.verdicts = VerdictFollower(self.options.resolution_poll_s)
+        self.pruner = Pruner(store, settings.store)  # retention: flowwarden/retention.py
         self.stats = StageStats()
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
@@ -361,6 +363,7 @@ class PipelineStage:
             self._poll_model()
         if self.verdicts.due(now):
             self._poll_verdicts(now)
+        self.pruner.maybe_prune(now)
         return len(messages)
 
     def _lagging(self) -> frozenset[int]:

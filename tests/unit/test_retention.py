@@ -59,10 +59,10 @@ def test_prune_keeps_what_is_younger_than_the_retention(tmp_path: Path) -> None:
 def test_the_pruner_runs_at_most_once_per_interval(tmp_path: Path) -> None:
     with Store(f"sqlite:///{tmp_path / 's.db'}") as store:
         pruner = Pruner(store, StoreSettings(prune_interval_s=3600))
-        t0 = NOW.timestamp()
-        assert pruner.maybe_prune(t0) is not None
-        assert pruner.maybe_prune(t0 + 3599) is None
-        assert pruner.maybe_prune(t0 + 3600) is not None
+        assert pruner.maybe_prune(100.0, NOW) is not None
+        assert pruner.maybe_prune(3699.0, NOW) is None
+        result = pruner.maybe_prune(3700.0, NOW)
+        assert result is not None and result.rollups_before == NOW - timedelta(days=30)
 
 
 def test_store_prune_and_info_commands(tmp_path: Path) -> None:

@@ -814,35 +814,33 @@ class Store:
         self, *, since: datetime | None = None, until: datetime | None = None, conn: Connection | None = None
     ) -> pd.DataFrame:
         """Stored DNS rollups in ``[since, until)``, in key order."""
-        q = sa.select(*(dns_rollups.c[c] for c in DNS_ROLLUP_COLUMNS)).order_by(
-            *dns_rollups.primary_key.columns
-        )
-        if since is not None:
-            q = q.where(dns_rollups.c.minute >= since)
-        if until is not None:
-            q = q.where(dns_rollups.c.minute < until)
-        with self._read(conn) as c:
-            rows = c.execute(q).all()
-        if not rows:
-            return empty_dns_rollups()
-        return dns_rollup_dtypes(pd.DataFrame([tuple(r) for r in rows], columns=list(DNS_ROLLUP_COLUMNS)))
+        frame = self._list_minutes(dns_rollups, DNS_ROLLUP_COLUMNS, since, until, conn)
+        return empty_dns_rollups() if frame is None else dns_rollup_dtypes(frame)
 
     def list_rollups(
         self, *, since: datetime | None = None, until: datetime | None = None, conn: Connection | None = None
     ) -> pd.DataFrame:
         """Stored rollups in ``[since, until)`` as a frame with the rollup columns."""
-        q = sa.select(*(flow_rollups.c[c] for c in ROLLUP_COLUMNS)).order_by(
-            *flow_rollups.primary_key.columns
-        )
+        frame = self._list_minutes(flow_rollups, ROLLUP_COLUMNS, since, until, conn)
+        return empty_rollups() if frame is None else rollup_dtypes(frame)
+
+    def _list_minutes(
+        self,
+        table: sa.Table,
+        columns: Sequence[str],
+        since: datetime | None,
+        until: datetime | None,
+        conn: Connection | None,
+    ) -> pd.DataFrame | None:
+        """Rows of a per-minute table in ``[since, until)``, in key order (None: no rows)."""
+        q = sa.select(*(table.c[c] for c in columns)).order_by(*table.primary_key.columns)
         if since is not None:
-            q = q.where(flow_rollups.c.minute >= since)
+            q = q.where(table.c.minute >= since)
         if until is not None:
-            q = q.where(flow_rollups.c.minute < until)
+            q = q.where(table.c.minute < until)
         with self._read(conn) as c:
             rows = c.execute(q).all()
-        if not rows:
-            return empty_rollups()
-        return rollup_dtypes(pd.DataFrame([tuple(r) for r in rows], columns=list(ROLLUP_COLUMNS)))
+        return pd.DataFrame([tuple(r) for r in rows], columns=list(columns)) if rows else None
 
     def prune_rollups(self, before: datetime, *, conn: Connection | None = None) -> int:
         """Delete rollups (flow and DNS) of minutes before ``before`` (retention); returns how many rows."""

@@ -5,6 +5,7 @@ as soon as any policy of its namespace selects it for that direction (default de
 flow passes only if some rule of a selecting policy matches its peer and port. A flow needs
 the source's egress and the destination's ingress. ipBlock is matched on the peer's address
 (with ``except``); named ports cannot be resolved from flows and are counted as unsupported.
+Protocol 0 (the store's rollups keep no protocol) matches a TCP or a UDP port.
 """
 
 from __future__ import annotations
@@ -160,9 +161,9 @@ def _ports_match(
 ) -> bool:
     if not ports:
         return True
-    name = PROTOCOLS.get(proto, "")
+    names = ("TCP", "UDP") if proto == 0 else (PROTOCOLS.get(proto, ""),)  # 0: unknown (rollups)
     for p in ports:
-        if p.get("protocol", "TCP") != name:
+        if p.get("protocol", "TCP") not in names:
             continue
         if "port" not in p:
             return True

@@ -93,6 +93,9 @@ class Decoded:
     outer_src_lo: np.ndarray
     outer_dst_hi: np.ndarray
     outer_dst_lo: np.ndarray
+    # ICMP/ICMPv6 type << 8 | code (0 for other protocols, or when not captured): the
+    # Community ID's "ports" of an ICMP flow (collectors/community_id.py).
+    icmp: np.ndarray  # int64
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -138,6 +141,7 @@ class _Layers:
     flags: np.ndarray
     tcp: np.ndarray  # bool: a TCP header was read
     udp: np.ndarray
+    icmp: np.ndarray  # ICMP/ICMPv6 type << 8 | code
 
 
 def _link(rd: _Reader, off: np.ndarray, end: np.ndarray, lt: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -259,7 +263,11 @@ def _layers(rd: _Reader, l3: np.ndarray, et: np.ndarray, end: np.ndarray, cause:
         dport[ports] = rd.u16(l4[ports] + 2)
     if tcp.any():
         flags[tcp] = rd.u8(l4[tcp] + 13)
-    return _Layers(src_hi, src_lo, dst_hi, dst_lo, proto, l4, sport, dport, flags, tcp, udp)
+    icmp = np.zeros(n, dtype=np.int64)
+    ic = ip_ok & ((proto == ICMP) | (proto == ICMPV6)) & (l4 + 2 <= end)
+    if ic.any():
+        icmp[ic] = rd.u16(l4[ic])
+    return _Layers(src_hi, src_lo, dst_hi, dst_lo, proto, l4, sport, dport, flags, tcp, udp, icmp)
 
 
 def _inner(rd: _Reader, f: _Layers, end: np.ndarray, cause: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -375,6 +383,7 @@ def decode(batch: PacketBatch) -> Decoded:
             "flags",
             "tcp",
             "udp",
+            "icmp",
         ):
             getattr(f, name)[tun] = getattr(g, name)
         l3 = l3.copy()
@@ -427,6 +436,7 @@ def decode(batch: PacketBatch) -> Decoded:
         outer_src_lo=outer[1],
         outer_dst_hi=outer[2],
         outer_dst_lo=outer[3],
+        icmp=f.icmp,
     )
 
 

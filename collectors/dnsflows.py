@@ -41,7 +41,11 @@ COLUMNS: dict[str, str] = {
     "dns_nxdomain": "int32",
     "dns_answers": "str",
     "dns_answer_ttl": "int32",
+    "dns_rtt_n": "int32",
+    "dns_rtt_mean_ms": "float64",
+    "dns_rtt_max_ms": "float64",
 }
+MAX_PENDING = 64  # unanswered queries a flow remembers (by ID) to time their responses
 
 
 # (message indices in packet order, queries, NXDOMAIN responses, first query with a name,
@@ -77,6 +81,12 @@ class _Acc:
     qtypes: set[int] = field(default_factory=set)
     answers: dict[str, None] = field(default_factory=dict)
     ttl: int = -1
+    # Resolution time: a response's timestamp minus its query's (same flow, same DNS ID).
+    # Queries still unanswered at a record move on to the flow's next one.
+    pending: dict[int, float] = field(default_factory=dict)
+    rtt_n: int = 0
+    rtt_sum: float = 0.0
+    rtt_max: float = 0.0
 
     def fold(self, b: _Lists, g: _Group) -> None:
         """Fold one group of a batch's messages (see :meth:`DnsFlows._groups`)."""
@@ -109,6 +119,7 @@ class _Acc:
                 self.sum_len += length
                 self.sum_ent += ent
                 self.domains[reg] += 1
+        self._time(b, idx)
         if answered:
             self.ttl = ttl if self.ttl < 0 else min(self.ttl, ttl)
             lo, hi = b.ans_lo, b.ans_hi
@@ -118,6 +129,30 @@ class _Acc:
                     if len(ans) >= MAX_ANSWERS:
                         break
                     ans[a] = None
+
+    def _time(self, b: _Lists, idx: list[int]) -> None:
+        """Pair responses with their queries by DNS ID; a retransmitted query restarts its clock."""
+        txid, resp, ts, pending = b.txid, b.response, b.ts, self.pending
+        for i in idx:
+            t = txid[i]
+            if t < 0:
+                continue
+            if not resp[i]:
+                if len(pending) >= MAX_PENDING and t not in pending:
+                    del pending[next(iter(pending))]  # the oldest: its answer is not coming
+                pending[t] = ts[i]
+                continue
+            sent = pending.pop(t, None)
+            if sent is not None and ts[i] >= sent:
+                ms = (ts[i] - sent) * 1000.0
+                self.rtt_n += 1
+                self.rtt_sum += ms
+                if ms > self.rtt_max:
+                    self.rtt_max = ms
+
+    def carry(self) -> _Acc | None:
+        """What the flow's next record inherits: the queries still waiting for an answer."""
+        return _Acc(pending=self.pending) if self.pending else None
 
     def row(self) -> tuple[object, ...]:
         """The record's values, in :data:`COLUMNS` order."""
@@ -141,15 +176,32 @@ class _Acc:
             self.nxdomain,
             ",".join(self.answers),
             self.ttl,
+            self.rtt_n,
+            self.rtt_sum / self.rtt_n if self.rtt_n else 0.0,
+            self.rtt_max,
         )
 
 
 class _Lists:
     """A :class:`DnsBatch`'s columns as Python lists: the group folds index them one by one."""
 
-    __slots__ = ("addrs", "ans_hi", "ans_lo", "qkey", "qname", "qtype", "rcode", "response", "ttl")
+    __slots__ = (
+        "addrs",
+        "ans_hi",
+        "ans_lo",
+        "qkey",
+        "qname",
+        "qtype",
+        "rcode",
+        "response",
+        "ts",
+        "ttl",
+        "txid",
+    )
 
-    def __init__(self, b: DnsBatch) -> None:
+    def __init__(self, b: DnsBatch, ts: np.ndarray) -> None:
+        self.txid: list[int] = b.txid.tolist() if len(b.txid) == len(b) else [-1] * len(b)
+        self.ts: list[float] = np.asarray(ts, dtype=np.float64).tolist()
         self.response: list[bool] = b.response.tolist()
         self.rcode: list[int] = b.rcode.tolist()
         self.qtype: list[int] = b.qtype.tolist()
@@ -203,7 +255,7 @@ class DnsFlows:
         if batch is not None and len(batch):
             assert uids is not None and ts is not None
             groups = self._groups(batch, uids.astype(np.int64), ts, su, se, sf)
-        lists = _Lists(batch) if batch is not None and groups else None
+        lists = _Lists(batch, ts) if batch is not None and ts is not None and groups else None
         acc = self._acc
         values: list[tuple[object, ...]] = []
         rows: list[int] = []
@@ -225,6 +277,8 @@ class DnsFlows:
                 a.fold(lists, g)
             values.append(a.row())
             rows.append(int(rorder[j]))
+            if not sf[j] and (rest := a.carry()) is not None:
+                acc[u] = rest
         for (u, _), g in groups.items():  # messages after the flow's last record here
             assert lists is not None
             a = acc.get(u)

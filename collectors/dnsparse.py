@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -246,6 +246,8 @@ class DnsBatch:
     ans_lo: np.ndarray  # int64
     ans_hi: np.ndarray
     addrs: list[str]
+    # The header's ID (-1: message shorter than 2 bytes): pairs a response with its query.
+    txid: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.qname)
@@ -290,6 +292,10 @@ def _wire_text(wire: bytes) -> tuple[str, str]:
     return out
 
 
+def _txid(data: bytes, start: int, end: int) -> int:
+    return (data[start] << 8) | data[start + 1] if end - start >= 2 else -1
+
+
 def _scalar_batch(data: bytes, start: np.ndarray, end: np.ndarray) -> DnsBatch:
     """:func:`parse_batch` for a few messages: :func:`parse` each."""
     n = len(start)
@@ -313,7 +319,10 @@ def _scalar_batch(data: bytes, start: np.ndarray, end: np.ndarray) -> DnsBatch:
         lo[i] = len(addrs)
         addrs.extend(m.answers)
         hi[i] = len(addrs)
-    return DnsBatch(response, rcode, qtype, ttl, problem, qname, qkey, lo, hi, addrs)
+    txid = np.array(
+        [_txid(data, a, b) for a, b in zip(start.tolist(), end.tolist(), strict=True)], dtype=np.int64
+    )
+    return DnsBatch(response, rcode, qtype, ttl, problem, qname, qkey, lo, hi, addrs, txid)
 
 
 def parse_batch(data: bytes, start: np.ndarray, end: np.ndarray) -> DnsBatch:
@@ -340,6 +349,7 @@ def parse_batch(data: bytes, start: np.ndarray, end: np.ndarray) -> DnsBatch:
     s = start.astype(np.int64)
     e = end.astype(np.int64)
     whole = e - s >= HEADER_LEN
+    txid = np.where(e - s >= 2, u16(s), -1)
     flags = u16(s + 2)
     response = (flags & 0x8000) != 0
     rcode = flags & 0x000F
@@ -428,7 +438,7 @@ def parse_batch(data: bytes, start: np.ndarray, end: np.ndarray) -> DnsBatch:
     if len(slow) == 0:
         hi = np.cumsum(counts)
         ttl = np.where(fast, ttl, -1)
-        return DnsBatch(response, rcode, qtype, ttl, problem, qname, qkey, hi - counts, hi, fast_addrs)
+        return DnsBatch(response, rcode, qtype, ttl, problem, qname, qkey, hi - counts, hi, fast_addrs, txid)
     # The slow path, message by message; its answers are appended after the fast ones.
     ttl[slow] = -1
     extra: list[str] = []
@@ -456,4 +466,4 @@ def parse_batch(data: bytes, start: np.ndarray, end: np.ndarray) -> DnsBatch:
     lo = hi - counts
     lo = np.where(fast, lo, extra_lo)
     hi = np.where(fast, hi, extra_lo + extra_n)
-    return DnsBatch(response, rcode, qtype, ttl, problem, qname, qkey, lo, hi, fast_addrs + extra)
+    return DnsBatch(response, rcode, qtype, ttl, problem, qname, qkey, lo, hi, fast_addrs + extra, txid)

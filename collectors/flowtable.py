@@ -40,7 +40,8 @@ into columnar slot arrays; the only per-flow Python work is one dict lookup per 
 key per tick, by that hash (an int: cheaper to hash than the 40-byte key), checked against
 the slot's full key; the rare flow whose hash another open flow already holds is indexed
 by its full key instead. Each record carries an internal ``uid`` (the flow's identity in this table)
-so that application-layer names can be joined afterwards.
+so that application-layer names can be joined afterwards, and the flow's Community ID
+(:mod:`collectors.community_id`), hashed once per flow when its first record is emitted.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from flowwarden.collectors.community_id import ID_LEN, community_ids
 from flowwarden.collectors.decode import ICMP, ICMPV6, TCP, TUNNELS, UDP, Decoded
 from flowwarden.records import FLOW_COLUMNS, FLOW_DEFAULTS, FLOW_SCHEMA, FlowEnd, FlowState, conform_flows
 
@@ -73,6 +75,7 @@ class FlowTableConfig:
     fin_grace_s: float = 0.5  # after both FINs: the last ACK still belongs to the flow
     handshake_wait_s: float = 1.0  # first sight of an unanswered SYN waits this long
     node: str = ""
+    community_id_seed: int = 0
 
 
 # end_reason codes of raw blocks (index into _END_NAMES)
@@ -192,7 +195,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 # Slot arrays: the state of every open flow, in initiator orientation.
-_SLOT_FIELDS: dict[str, type] = {
+_SLOT_FIELDS: dict[str, type | np.dtype] = {
     "i_hi": np.uint64,
     "i_lo": np.uint64,
     "r_hi": np.uint64,
@@ -217,6 +220,8 @@ _SLOT_FIELDS: dict[str, type] = {
     "o_src_lo": np.uint64,
     "o_dst_hi": np.uint64,
     "o_dst_lo": np.uint64,
+    "icmp": np.int64,  # ICMP type << 8 | code of the flow's first packet
+    "cid": np.dtype(f"S{ID_LEN}"),  # Community ID, computed at the flow's first record
     "uid": np.int64,
 }
 
@@ -270,7 +275,7 @@ class FlowTable:
             uids[idx] = self._merge(dec, idx)
             out.extend(self._evict())
         self.last_uids = uids
-        return _frames(out, self.cfg.node)
+        return self._frames(out)
 
     def open_uids(self) -> np.ndarray:
         """Uids of the flows still open."""
@@ -289,12 +294,12 @@ class FlowTable:
         if self._tick is not None and t <= self._tick:
             return []
         self._tick = t
-        return _frames(list(self._sweep(t * self.cfg.tick_s)), self.cfg.node)
+        return self._frames(list(self._sweep(t * self.cfg.tick_s)))
 
     def flush(self) -> pd.DataFrame:
         """End every open flow (end of file, SIGTERM)."""
         slots = np.flatnonzero(self._used)
-        frames = _frames([self._end(slots, _EOC)], self.cfg.node)
+        frames = self._frames([self._end(slots, _EOC)])
         return frames[0] if frames else _EMPTY.copy()
 
     # ------------------------------------------------------------------ internals
@@ -412,6 +417,8 @@ class FlowTable:
             s["tunnel"][ns] = d.tunnel[fp]
             s["o_src_hi"][ns], s["o_src_lo"][ns] = d.outer_src_hi[fp], d.outer_src_lo[fp]
             s["o_dst_hi"][ns], s["o_dst_lo"][ns] = d.outer_dst_hi[fp], d.outer_dst_lo[fp]
+            s["icmp"][ns] = d.icmp[fp]
+            s["cid"][ns] = b""  # named at its first record (a freed slot keeps its last flow's)
             s["uid"][ns] = np.arange(self._next_uid, self._next_uid + len(ns))
             self._next_uid += len(ns)
             self._used[ns] = True
@@ -530,6 +537,7 @@ class FlowTable:
         if len(slots) == 0:
             return {}
         block = {k: v[slots] for k, v in self._s.items()}
+        block["slot"] = slots
         block["final"] = np.full(len(slots), final)
         block["first"] = block["emitted"] == 0
         block["end_reason"] = np.full(len(slots), reason, dtype=np.int64)
@@ -541,13 +549,51 @@ class FlowTable:
             self._s["period_ts"][slots] = np.nan
         return block
 
+    def _frames(self, blocks: list[dict[str, np.ndarray]]) -> list[pd.DataFrame]:
+        """Record frames from raw blocks, each flow's Community ID filled in (see :meth:`_name`)."""
+        blocks = [b for b in blocks if b]
+        if not blocks:
+            return []
+        s = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+        self._name(s)
+        return [_frame(s, self.cfg.node)]
 
-def _frames(blocks: list[dict[str, np.ndarray]], node: str) -> list[pd.DataFrame]:
-    """One record frame (FLOW_SCHEMA + ``uid``) from raw blocks: the only per-record pandas work."""
-    blocks = [b for b in blocks if b]
-    if not blocks:
-        return []
-    s = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+    def _name(self, s: dict[str, np.ndarray]) -> None:
+        """Fill in the Community ID of the records whose flow has none yet, once per flow.
+
+        Hashed here, for every record of a batch at once, rather than in each tick's sweep
+        (hundreds of small calls); kept in the flow's slot for its later records, unless the
+        slot has been freed (the flow ended) or taken by another flow since.
+        """
+        need = np.flatnonzero(s["cid"] == b"")
+        if len(need) == 0:
+            return
+        codes, uids = pd.factorize(s["uid"][need])
+        codes = codes.astype(np.int64)
+        prev_max = np.maximum.accumulate(np.concatenate([[-1], codes[:-1]]))
+        one = need[np.flatnonzero(codes > prev_max)]  # one record per flow, in code order
+        proto = s["proto"][one]
+        icmp = (proto == ICMP) | (proto == ICMPV6)
+        kind = s["icmp"][one]
+        ids = community_ids(
+            s["i_hi"][one],
+            s["i_lo"][one],
+            s["r_hi"][one],
+            s["r_lo"][one],
+            proto,
+            np.where(icmp, kind >> 8, s["i_port"][one]),
+            np.where(icmp, kind & 0xFF, s["r_port"][one]),
+            seed=self.cfg.community_id_seed,
+        )
+        s["cid"][need] = ids[codes]
+        slot = s["slot"][one]
+        same = self._used[slot] & (self._s["uid"][slot] == np.asarray(uids))
+        self._s["cid"][slot[same]] = ids[same]
+
+
+def _frame(s: dict[str, np.ndarray], node: str) -> pd.DataFrame:
+    """One record frame (FLOW_SCHEMA + ``uid``) from the concatenated raw blocks: the only
+    per-record pandas work."""
     n = len(s["uid"])
     proto = s["proto"]
     state = np.full(n, _CODE[FlowState.OTHER], dtype=np.int8)
@@ -585,6 +631,7 @@ def _frames(blocks: list[dict[str, np.ndarray]], node: str) -> list[pd.DataFrame
         "tunnel": _text(_take_text(s["tunnel"], pa.array(list(TUNNELS), type=pa.string()))),
         "outer_src_ip": _outer_ips(s["tunnel"], s["o_src_hi"], s["o_src_lo"]),
         "outer_dst_ip": _outer_ips(s["tunnel"], s["o_dst_hi"], s["o_dst_lo"]),
+        "community_id": _text(_fixed_width_text(s["cid"])),
     }
     for c in FLOW_COLUMNS:
         if c not in cols:
@@ -592,7 +639,15 @@ def _frames(blocks: list[dict[str, np.ndarray]], node: str) -> list[pd.DataFrame
             cols[c] = empty if dtype == "str" else np.full(n, FLOW_DEFAULTS[c], dtype=dtype)
     df = pd.DataFrame({c: cols[c] for c in FLOW_COLUMNS})
     df["uid"] = s["uid"]
-    return [df]
+    return df
+
+
+def _fixed_width_text(values: np.ndarray) -> pa.StringArray:
+    """An ``S<w>`` array (every item exactly w ASCII bytes) as Arrow strings, without copies per item."""
+    width = values.dtype.itemsize
+    offsets = np.arange(0, (len(values) + 1) * width, width, dtype=np.int32)
+    data = np.ascontiguousarray(values).view(np.uint8)
+    return pa.StringArray.from_buffers(len(values), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 def _text(values: pa.Array) -> pd.api.extensions.ExtensionArray:

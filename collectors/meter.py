@@ -32,6 +32,7 @@ def table_config(settings: CollectorSettings) -> FlowTableConfig:
         handshake_wait_s=settings.handshake_wait_s,
         max_flows=settings.max_flows,
         node=settings.node,
+        community_id_seed=settings.community_id_seed,
     )
 
 

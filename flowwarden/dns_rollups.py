@@ -2,8 +2,9 @@
 
 One row per (minute, node, asking workload or address, registered domain) with the records'
 DNS aggregates summed (queries, distinct names per record, NXDOMAIN answers, UDP queries that
-got no response packet, label entropy weighted by names), the longest name and the most names
-one record carried (a tunnel's single socket carries hundreds; a resolver client a few). The DNS dashboard
+got no response packet, label entropy weighted by names, resolution times), the longest name,
+the most names one record carried (a tunnel's single socket carries hundreds; a resolver
+client a few) and the slowest resolution. The DNS dashboard
 reads them for its top domains and odd names of every workload, where ``flow_rollups`` only
 knows the resolver (a DNS flow's destination) and the alerts only the domains they named.
 
@@ -45,7 +46,11 @@ _INPUT = (
     "dns_label_entropy",
     "dns_top_domain",
     "dns_qname",
+    "dns_rtt_n",
+    "dns_rtt_mean_ms",
+    "dns_rtt_max_ms",
 )
+_FLOAT = ("entropy_sum", "rtt_ms_sum", "rtt_ms_max")
 _UDP = 17
 
 
@@ -59,7 +64,7 @@ def dns_rollup_dtypes(df: pd.DataFrame) -> pd.DataFrame:
     for c in DNS_ROLLUP_DIMENSIONS[1:]:
         out[c] = out[c].astype("str")
     for c in (*DNS_ROLLUP_SUMS, *DNS_ROLLUP_MAXES):
-        out[c] = out[c].astype("float64" if c == "entropy_sum" else "int64")
+        out[c] = out[c].astype("float64" if c in _FLOAT else "int64")
     return out
 
 
@@ -108,6 +113,9 @@ def rollup_dns(flows: pd.DataFrame, *, max_domains_per_source: int = MAX_DOMAINS
             "entropy_sum": dns["dns_label_entropy"].to_numpy(dtype="float64") * names,
             "max_name_len": dns["dns_name_max_len"].to_numpy(dtype="int64"),
             "max_record_names": names,
+            "rtt_n": dns["dns_rtt_n"].to_numpy(dtype="int64"),
+            "rtt_ms_sum": dns["dns_rtt_mean_ms"].to_numpy(dtype="float64") * dns["dns_rtt_n"].to_numpy(),
+            "rtt_ms_max": dns["dns_rtt_max_ms"].to_numpy(dtype="float64"),
         }
     )
     dims = list(DNS_ROLLUP_DIMENSIONS)

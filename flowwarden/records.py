@@ -76,10 +76,18 @@ FLOW_SCHEMA: dict[str, str] = {
     # most 16) and their smallest TTL (-1: no answer): what a pod resolved, for domain policy.
     "dns_answers": STR,
     "dns_answer_ttl": "int32",
+    # Resolution time: responses paired with their queries by DNS ID within the record's
+    # period, how many, their mean and slowest (ms; 0 when none was paired).
+    "dns_rtt_n": "int32",
+    "dns_rtt_mean_ms": "float64",
+    "dns_rtt_max_ms": "float64",
     # An overlay's outer header, when the collector decapsulated the packet (#20).
     "tunnel": STR,
     "outer_src_ip": STR,
     "outer_dst_ip": STR,
+    # Community ID v1 of the 5-tuple (ICMP: of the first packet's type and code), the name
+    # Zeek, Suricata and other tools log the same flow by (collectors/community_id.py, #20).
+    "community_id": STR,
     "direction": STR,
     "src_namespace": STR,
     "src_pod": STR,
@@ -120,9 +128,13 @@ FLOW_DEFAULTS: dict[str, Any] = {
     "dns_nxdomain": 0,
     "dns_answers": "",
     "dns_answer_ttl": -1,
+    "dns_rtt_n": 0,
+    "dns_rtt_mean_ms": 0.0,
+    "dns_rtt_max_ms": 0.0,
     "tunnel": "",
     "outer_src_ip": "",
     "outer_dst_ip": "",
+    "community_id": "",
     "direction": "",
     "src_namespace": "",
     "src_pod": "",

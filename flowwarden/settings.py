@@ -207,6 +207,9 @@ class CollectorSettings(Section):
     # A SYN with no answer yet waits this long before its first record says "syn_only".
     handshake_wait_s: float = Field(1.0, ge=0, le=10)
     max_flows: int = Field(1_000_000, ge=1)
+    # Seed of each record's Community ID (v1); set the seed Zeek or Suricata use (0 there too
+    # by default) so that their logs join the records on community_id.
+    community_id_seed: int = Field(0, ge=0, le=65535)
     batch_max_flows: int = Field(5_000, ge=1)
     batch_interval_ms: int = Field(1_000, ge=1)
     queue_max_batches: int = Field(256, ge=1)

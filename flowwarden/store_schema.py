@@ -194,8 +194,17 @@ DNS_ROLLUP_DIMENSIONS: tuple[str, ...] = (
     "src_external",
     "domain",
 )
-DNS_ROLLUP_SUMS: tuple[str, ...] = ("records", "queries", "names", "nxdomain", "unanswered", "entropy_sum")
-DNS_ROLLUP_MAXES: tuple[str, ...] = ("max_name_len", "max_record_names")
+DNS_ROLLUP_SUMS: tuple[str, ...] = (
+    "records",
+    "queries",
+    "names",
+    "nxdomain",
+    "unanswered",
+    "entropy_sum",
+    "rtt_n",
+    "rtt_ms_sum",
+)
+DNS_ROLLUP_MAXES: tuple[str, ...] = ("max_name_len", "max_record_names", "rtt_ms_max")
 DNS_ROLLUP_MEASURES: tuple[str, ...] = DNS_ROLLUP_SUMS + DNS_ROLLUP_MAXES
 DNS_ROLLUP_COLUMNS: tuple[str, ...] = DNS_ROLLUP_DIMENSIONS + DNS_ROLLUP_MEASURES
 
@@ -217,6 +226,10 @@ dns_rollups = sa.Table(
     sa.Column("max_name_len", sa.Integer, nullable=False),
     # The most distinct names one flow record carried: a tunnel's one socket sends hundreds.
     sa.Column("max_record_names", sa.Integer, nullable=False),
+    # Resolution time: responses paired with their queries, the sum and the slowest (ms).
+    sa.Column("rtt_n", sa.BigInteger, nullable=False),
+    sa.Column("rtt_ms_sum", sa.Float, nullable=False),
+    sa.Column("rtt_ms_max", sa.Float, nullable=False),
     sa.PrimaryKeyConstraint(*DNS_ROLLUP_DIMENSIONS, name="pk_dns_rollups"),
 )
 

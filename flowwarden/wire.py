@@ -18,7 +18,7 @@ from flowwarden.errors import RecordError
 from flowwarden.records import DNS_AGGREGATES, FLOW_DEFAULTS, FLOW_SCHEMA, conform_flows
 
 MAGIC = b"FWF"
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 # The columns each version added; a message of an older version gets them as defaults.
 ADDED_IN: dict[int, tuple[str, ...]] = {
     2: (
@@ -31,6 +31,7 @@ ADDED_IN: dict[int, tuple[str, ...]] = {
         "outer_src_ip",
         "outer_dst_ip",
     ),
+    3: ("community_id", "dns_rtt_n", "dns_rtt_mean_ms", "dns_rtt_max_ms"),
 }
 READABLE_VERSIONS: frozenset[int] = frozenset({1, *ADDED_IN})
 _HEADER = MAGIC + bytes([WIRE_VERSION])

@@ -129,6 +129,25 @@ def unanswered_sql() -> str:
     )
 
 
+def resolution_time_sql() -> str:
+    return (
+        "SELECT minute AS time, sum(rtt_ms_sum) / greatest(sum(rtt_n), 1) AS mean_ms,"
+        " max(rtt_ms_max) AS slowest_ms FROM dns_rollups"
+        f" WHERE $__timeFilter(minute) AND {DNS_SCOPE} AND rtt_n > 0 GROUP BY 1 ORDER BY 1"
+    )
+
+
+def slow_resolutions_sql() -> str:
+    """Per asker and domain, the slowest resolutions (queries paired with their responses)."""
+    return (
+        f"SELECT {ASKER} AS asker, domain, max(rtt_ms_max) AS slowest_ms,"
+        " round((sum(rtt_ms_sum) / greatest(sum(rtt_n), 1))::numeric, 1) AS mean_ms,"
+        " sum(rtt_n) AS timed, sum(unanswered) AS unanswered, sum(nxdomain) AS nxdomain FROM dns_rollups"
+        f" WHERE $__timeFilter(minute) AND {DNS_SCOPE} AND (rtt_n > 0 OR unanswered > 0) GROUP BY 1, 2"
+        " ORDER BY slowest_ms DESC, unanswered DESC LIMIT 30"
+    )
+
+
 def build() -> Json:
     head = [
         stat(
@@ -224,6 +243,25 @@ def build() -> Json:
             description="UDP queries that got no response packet, and NXDOMAIN answers, per minute.",
         ),
     ]
+    slow = [
+        timeseries(
+            "Resolution time",
+            [sql(resolution_time_sql(), fmt="time_series")],
+            unit="ms",
+            w=12,
+            h=8,
+            description="Mean and slowest time from a query to its response (paired by DNS ID "
+            "in the same flow), per minute.",
+        ),
+        table(
+            "Slow or failing resolutions",
+            [sql(slow_resolutions_sql())],
+            w=12,
+            h=8,
+            description="Per asker and domain: the slowest and mean resolution, queries timed, "
+            "UDP queries never answered, NXDOMAIN answers.",
+        ),
+    ]
     return dashboard(
         UID,
         "flowwarden / DNS",
@@ -233,6 +271,7 @@ def build() -> Json:
             Row("Volume", head + volume),
             Row("Failures and resolvers", failing),
             Row("Names", names),
+            Row("Resolution time", slow),
         ],
         tags=["dns"],
     )

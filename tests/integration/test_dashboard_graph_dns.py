@@ -174,6 +174,22 @@ def test_dns_rollups_show_every_workloads_domains_and_the_tunnel_first_by_names(
     assert _rows(store, _query("dns", "Unanswered queries and NXDOMAIN"), s)
 
 
+def test_dns_resolution_times_add_up_to_the_records(seeded: tuple[SeededStore, Store]) -> None:
+    s, store = seeded
+    dns = s.flows[s.flows["dns_rtt_n"] > 0]
+    assert len(dns), "the simulator times its resolutions"
+    series = _rows(store, _query("dns", "Resolution time"), s)
+    assert series and all(0 < _num(r["mean_ms"]) <= _num(r["slowest_ms"]) for r in series)
+    assert max(_num(r["slowest_ms"]) for r in series) == pytest.approx(float(dns["dns_rtt_max_ms"].max()))
+    slow = _rows(store, _query("dns", "Slow or failing resolutions"), s)
+    assert slow and _num(slow[0]["slowest_ms"]) == pytest.approx(float(dns["dns_rtt_max_ms"].max()))
+    # Names the cluster DNS answers itself are fast; the slowest ones went upstream.
+    assert not slow[0]["domain"].endswith("cluster.local")
+    ((n, total),) = _sql(store, "SELECT sum(rtt_n), sum(rtt_ms_sum) FROM dns_rollups")
+    assert int(n) == int(dns["dns_rtt_n"].sum())
+    assert float(total) == pytest.approx(float((dns["dns_rtt_mean_ms"] * dns["dns_rtt_n"]).sum()))
+
+
 def test_the_pictures_of_the_new_dashboards_are_in_the_docs() -> None:
     docs = Path(__file__).resolve().parents[2] / "docs"
     text = (docs / "dashboards.md").read_text()

@@ -57,6 +57,9 @@ def test_a_tunnel_flow_carries_every_query_split_by_record(tmp_path: Path, chunk
     assert (busy["dns_label_entropy"] > 4.0).all()
     assert (busy["dns_name_max_len"] > 100).all() and (busy["dns_name_mean_len"] > 100).all()
     assert (busy["dns_nxdomain"] == 0).all() and (busy["dns_answers"] == "").all()
+    # Each query answered 1 ms later; all but those cut by a record boundary are timed.
+    assert flow["dns_rtt_n"].sum() >= n - len(flow)
+    assert (busy["dns_rtt_mean_ms"] - 1.0).abs().max() < 0.01
     assert (flow["dns_rcode"].iloc[1:] == 0).all()
     assert flow["dns_qname"].str.endswith(".t.tunnel.example").all()
 
@@ -95,6 +98,37 @@ def test_resolver_flow_aggregates_qtypes_nxdomain_answers_and_ttl(tmp_path: Path
     assert r["dns_nxdomain"] == 1
     assert r["dns_answers"] == "10.96.0.20,fd00::20" and r["dns_answer_ttl"] == 5
     assert r["dns_top_domain"] == "cluster.local" and r["dns_top_domain_names"] == 2
+
+
+def test_resolution_time_pairs_responses_with_their_queries_by_id(tmp_path: Path) -> None:
+    c, r = ("10.244.0.5", 41000), ("10.96.0.10", 53)
+    t = 200.0
+    pkts = [
+        Packet(t, *c, *r, query("a.example.com", ident=7)),
+        Packet(t + 0.002, *c, *r, query("b.example.com", ident=8)),
+        Packet(t + 0.0045, *r, *c, response("b.example.com", ident=8)),  # 2.5 ms, out of order
+        Packet(t + 0.010, *r, *c, response("a.example.com", ident=7)),  # 10 ms
+        Packet(t + 0.011, *r, *c, response("c.example.com", ident=9)),  # no query: not timed
+        Packet(t + 0.020, *c, *r, query("d.example.com", ident=10)),  # never answered
+    ]
+    (rec,) = meter_records(write_pcap(tmp_path / "r.pcap", pkts)).to_dict("records")
+    assert rec["dns_rtt_n"] == 2
+    assert rec["dns_rtt_max_ms"] == pytest.approx(10.0, abs=0.01)
+    assert rec["dns_rtt_mean_ms"] == pytest.approx((10.0 + 2.5) / 2, abs=0.01)
+
+
+def test_a_query_answered_in_the_next_record_is_timed_there(tmp_path: Path) -> None:
+    # The flow's first record closes at the end of its first 1 s tick; the answer comes
+    # 1.5 s after its query (a slow upstream), in the flow's next record.
+    c, r = ("10.244.0.5", 41001), ("10.96.0.10", 53)
+    pkts = [
+        Packet(300.0, *c, *r, query("slow.example.com", ident=1)),
+        Packet(301.5, *r, *c, response("slow.example.com", ident=1)),
+    ]
+    df = meter_records(write_pcap(tmp_path / "r.pcap", pkts)).sort_values("ts_end")
+    assert len(df) == 2
+    assert df["dns_rtt_n"].tolist() == [0, 1]
+    assert df["dns_rtt_max_ms"].iloc[1] == pytest.approx(1500.0, abs=0.01)
 
 
 def test_a_response_without_its_query_names_the_record(tmp_path: Path) -> None:

@@ -278,3 +278,6 @@ def test_batch_parser_agrees_with_the_scalar_one(seed: int) -> None:
         else:
             assert got == want, (i, m)
         assert batch.qkey[i] == got.qname.lower()
+        assert batch.txid[i] == (int.from_bytes(m[:2], "big") if len(m) >= 2 else -1)
+    few = parse_batch(data, starts[:5], ends[:5])  # the scalar path reads the same IDs
+    assert few.txid.tolist() == batch.txid[:5].tolist()

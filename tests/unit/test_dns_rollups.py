@@ -25,6 +25,9 @@ def test_one_row_per_workload_and_domain_with_the_records_aggregates() -> None:
     node = out.loc["repo.example.net"]
     assert (node["src_namespace"], node["src_external"], node["unanswered"]) == ("", "10.0.0.5", 1)
     assert out.loc["example.com", "nxdomain"] == 1
+    # Resolution times: pairs summed, the slowest kept.
+    assert (tunnel["rtt_n"], tunnel["rtt_ms_max"]) == (590, 40.0)
+    assert tunnel["rtt_ms_sum"] == pytest.approx(200 * 2.0 + 390 * 3.0)
 
 
 def test_records_without_queries_are_left_out_and_tcp_is_never_unanswered() -> None:

@@ -147,9 +147,13 @@ def to_ecs(alert: Alert, *, cluster: str = "") -> dict[str, Any]:
         },
         "host": {"name": e.node},
         "labels": {"cluster": cluster, "workload": e.workload, "detector": alert.detector},
+        # A learning alert (raised before the engine knew the workload's normal) is tagged, so
+        # a SIEM rule can route or mute it; the flag is also under flowwarden.learning.
+        "tags": ["learning"] if alert.learning else [],
         "flowwarden": {
             "kind": alert.kind,
             "severity": alert.severity,
+            "learning": alert.learning,
             "score": alert.score,
             "technique": alert.technique,
             "tactic": alert.tactic,
@@ -265,6 +269,7 @@ def to_ocsf(alert: Alert, *, cluster: str = "", product_version: str = "") -> di
             "kind": alert.kind,
             "detector": alert.detector,
             "severity": alert.severity,
+            "learning": alert.learning,
             "score": alert.score,
             "targets": list(alert.targets),
             "target_ports": ports,

@@ -212,6 +212,11 @@ def test_ecs_export_validates_against_the_published_fields(demo_alerts: list[Ale
         assert doc["source"]["ip"] == a.entity.ip
         tech = doc["threat"]["technique"]
         assert a.technique in tech["id"] + tech.get("subtechnique", {}).get("id", [])
+    learning = to_ecs(demo_alerts[0].model_copy(update={"learning": True}))
+    assert learning["tags"] == ["learning"] and learning["flowwarden"]["learning"] is True
+    assert ecs_problems(json.loads(json.dumps(learning))) == []
+    settled = to_ecs(demo_alerts[0].model_copy(update={"learning": False}))
+    assert "tags" not in settled and settled["flowwarden"]["learning"] is False
     metadata = next(a for a in demo_alerts if a.detector == "metadata_api")
     threat = to_ecs(metadata)["threat"]
     assert threat["technique"]["id"] == ["T1552"]
@@ -230,6 +235,7 @@ def test_ocsf_export_validates_against_the_detection_finding_schema(demo_alerts:
         attacks = doc["finding_info"]["attacks"]
         assert attacks and attacks[0]["tactic"]["name"] == a.tactic
         assert doc["severity_id"] == alert_formats.OCSF_SEVERITY_ID[a.severity]
+        assert doc["unmapped"].get("learning", False) is a.learning
 
 
 def test_validators_reject_what_the_schemas_do_not_allow(demo_alerts: list[Alert]) -> None:

@@ -5,7 +5,8 @@ the flowwarden alert id plus the fields a route would match on: ``severity`` as 
 expect it (high and critical: ``critical``, medium: ``warning``, low: ``info``; the alert's
 own in ``flowwarden_severity``), the ``cluster``, the ATT&CK ``technique`` and ``tactic``;
 ``endsAt`` is left out so that Alertmanager resolves the alert itself after its
-``resolve_timeout`` unless we resend.
+``resolve_timeout`` unless we resend. Whether the alert was raised while learning is the
+``learning`` annotation (a label would make it another alert once the learning period ends).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class AlertmanagerNotifier(Notifier):
                     "window": f"{a.window_start.isoformat()} .. {a.window_end.isoformat()}",
                     "targets": ",".join(a.targets[:20]),
                     "model_version": a.model_version,
+                    # An annotation, not a label: labels identify the alert to Alertmanager, and
+                    # an alert that outgrows its learning period must stay the same alert.
+                    "learning": "true" if a.learning else "false",
                 },
                 "startsAt": (a.first_seen or a.window_start).isoformat(),
             }

@@ -25,7 +25,8 @@ def alert_line(a: Alert) -> str:
     who = a.entity.key() + (f" ({a.entity.workload})" if a.entity.workload else "")
     what = a.summary or f"{a.detector} score {a.score:.2f}"
     technique = f" [{a.technique}]" if a.technique else ""
-    return f"{_ICON[a.severity]} *{a.severity}* {a.kind}/{a.detector}{technique}: {who}: {what}"
+    learning = " _(learning: the workload's normal is not known yet)_" if a.learning else ""
+    return f"{_ICON[a.severity]} *{a.severity}* {a.kind}/{a.detector}{technique}: {who}: {what}{learning}"
 
 
 @NOTIFIERS.register("slack")

@@ -169,7 +169,7 @@ def build() -> Json:
             [
                 sql(
                     f"SELECT window_start AS time, severity, round(score::numeric, 2) AS score, detector,"
-                    " technique,"
+                    " technique, CASE WHEN learning THEN 'learning' ELSE '' END AS learning,"
                     f" namespace || '/' || workload AS workload, src_ip AS ip, summary,"
                     f" evidence::text AS evidence FROM alerts WHERE kind = 'lateral_movement'"
                     f" AND $__timeFilter(window_start) AND {ALERT_SCOPE} ORDER BY score DESC, window_start"

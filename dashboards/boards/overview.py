@@ -123,7 +123,7 @@ def build() -> Json:
             [
                 sql(
                     f"SELECT window_start AS time, kind, detector, severity, round(score::numeric, 2) AS"
-                    " score,"
+                    " score, CASE WHEN learning THEN 'learning' ELSE '' END AS learning,"
                     f" namespace AS namespace, workload AS workload, src_ip AS ip, summary"
                     f" FROM alerts WHERE $__timeFilter(window_start) AND {ALERT_SCOPE}"
                     f" ORDER BY window_start DESC LIMIT 50"

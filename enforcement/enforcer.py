@@ -33,6 +33,7 @@ from typing import Any
 from flowwarden.bus import Bus, Consumer, Message, Producer, send_dlq
 from flowwarden.enforcement import policy
 from flowwarden.enforcement.backends import Backend, BackendError, make_backends
+from flowwarden.enforcement.feeds_export import FeedExportLoop, feed_export_enabled
 from flowwarden.enforcement.guardrails import Context, DroppedTarget, Guardrails
 from flowwarden.enforcement.metrics import EnforcerMetrics
 from flowwarden.errors import FlowwardenError, RecordError
@@ -83,6 +84,9 @@ class Enforcer:
         )
         self.metrics = metrics or EnforcerMetrics()
         self.clock = clock
+        # Threat feeds as nftables sets / Calico network sets, refreshed on the feeds' schedule
+        # (enforcement.feed_export) while the enforcer runs as the stage; see start().
+        self.feed_export: FeedExportLoop | None = None
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self._last_reconcile = 0.0
@@ -106,6 +110,10 @@ class Enforcer:
         """Everything the guardrails protect, for the backends' own second line (nft accept set)."""
         return [str(n) for group in self.guardrails.protected for n in group.networks]
 
+    def _feed_protected(self) -> list[str]:
+        """What no exported feed entry may cover: the guardrails' networks and the known nodes."""
+        return [*self.protected_networks(), *self.inventory.node_ips]
+
     @property
     def backend_name(self) -> str:
         return ",".join(b.name for b in self.backends)
@@ -116,8 +124,8 @@ class Enforcer:
         return modes != {"dry_run"}
 
     def start(self, *, consume: bool = True) -> dict[str, Any]:
-        """List the pods (when watched), start backends, reconcile them with the store, then join
-        the consumer group."""
+        """List the pods (when watched), start backends, reconcile them with the store, start the
+        feed export (``consume`` and ``enforcement.feed_export``), then join the consumer group."""
         result: dict[str, Any] = {}
         self.inventory_source.start()  # the first list or read is complete before any decision
         self.refresh_inventory()
@@ -126,6 +134,11 @@ class Enforcer:
                 b.start()
             self._started_backends = True
             result = self.reconcile()
+        if consume and feed_export_enabled(self.settings):
+            # The running stage only: a one-shot command (``blocks add``) exports no feed.
+            # The guardrails' protected addresses are never exported.
+            self.feed_export = FeedExportLoop(self.settings, self.metrics, protected=self._feed_protected)
+            self.feed_export.start()
         if self.bus is not None:
             t = self.settings.kafka.topics
             self.producer = self.bus.producer()
@@ -136,6 +149,8 @@ class Enforcer:
 
     def stop(self) -> None:
         self.inventory_source.stop()
+        if self.feed_export is not None:
+            self.feed_export.stop()
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None

@@ -17,21 +17,34 @@ the ``threat_feed`` detector).
   ``output`` chain: ``reject`` (mode ``enforce``) or ``counter`` only (``dry_run``, ``alert``).
   Every refresh is ONE libnftables batch (flush the set, add the elements), which the
   kernel applies atomically: there is no moment with an empty set.
+
+A running enforcer keeps the export current (:class:`FeedExportLoop`, ``enforcement.feed_export``):
+a thread of its own looks at the feeds every ``refresh_s``, and when a copy changed applies the
+new set in one batch. A fetch that fails keeps the feed's last good copy; an apply that fails
+leaves the previous set in the kernel (the batch is atomic) and is tried again at the next look.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from flowwarden.enforcement.backends.kube import write_manifest
 from flowwarden.enforcement.backends.nftables import FAMILY, Transport, make_transport
+from flowwarden.enforcement.metrics import EnforcerMetrics
+from flowwarden.errors import FlowwardenError
 from flowwarden.feeds import FeedHit, FeedSet
 from flowwarden.feeds_index import AddressSet, parse_network
+from flowwarden.feeds_refresh import FeedRefresher
 from flowwarden.settings import Settings
+
+log = logging.getLogger("flowwarden.enforcement.feeds")
 
 NETS_PER_SET = 20_000
 FEED_LABEL = "flowwarden.io/feed"
@@ -247,3 +260,101 @@ def export_mode(settings: Settings) -> ExportMode:
         return "alert"
     mode = e.mode_by_detector.get("threat_feed", e.mode)
     return "enforce" if mode == "enforce" else "dry_run"
+
+
+def feed_export_enabled(settings: Settings) -> bool:
+    """Whether the running enforcer exports feeds: some feed configured and some export on."""
+    fe = settings.enforcement.feed_export
+    return any(f.enabled for f in settings.rules.feeds) and (fe.nft or fe.calico_dir is not None)
+
+
+class FeedExportLoop:
+    """The enforcer's feed export, kept current on the feeds' schedule (a thread of its own).
+
+    ``protected``: what the guardrails protect beyond the settings' addresses (the enforcer's
+    nodes from its pod inventory), asked for at each export: never exported, reported.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: EnforcerMetrics,
+        *,
+        transport: Transport | None = None,
+        protected: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
+        fe = settings.enforcement.feed_export
+        self.settings = settings
+        self.metrics = metrics
+        self.interval_s = fe.refresh_s
+        self.mode = export_mode(settings)
+        self.calico_dir = fe.calico_dir
+        self.nft = NftFeedExporter(settings, self.mode, transport) if fe.nft else None
+        self.refresher = FeedRefresher(settings)
+        self.protected = protected
+        self.exports = 0  # exports applied since the start
+        self.last_report: ExportReport | None = None
+        self._pending = False  # a changed set not applied yet (the last apply failed)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Export the last good copies, then refresh in the background."""
+        self.refresher.load_cached()
+        self.tick()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="flowwarden-feed-export", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.rules.feed_timeout_s + 5.0)
+            self._thread = None
+
+    def tick(self, *, force: bool = False) -> bool:
+        """Refresh what is due; export when a feed changed (or the last export failed). True if applied."""
+        results, changed = self.refresher.refresh(force=force)
+        for r in results:
+            if r.error:
+                self.metrics.feed_export_failures.labels("fetch").inc()
+        self._pending |= changed or self.exports == 0
+        if not self._pending:
+            return False
+        feeds = self.refresher.feed_set(self.protected())
+        if feeds is None:
+            return False
+        try:
+            report = self.apply(feeds)
+        except (FlowwardenError, OSError, ValueError) as exc:
+            self.metrics.feed_export_failures.labels("apply").inc()
+            log.error("feed export failed, the previous export stays in force error=%s", exc)
+            return False
+        self._pending = False
+        self.exports += 1
+        self.last_report = report
+        for feed, n in report.cidrs.items():
+            self.metrics.feed_export_entries.labels(feed=feed).set(n)
+        self.metrics.feed_export_protected.set(len(report.protected))
+        self.metrics.feed_export_last_success.set(time.time())
+        for hit in report.protected:
+            log.warning("feed lists a protected address, not exported feed=%s entry=%s", hit.feed, hit.entry)
+        log.info("feeds exported mode=%s %s", self.mode, "; ".join(report.lines()[:5]))
+        return True
+
+    def apply(self, feeds: FeedSet) -> ExportReport:
+        """nftables first (one atomic batch), then the Calico files; one report."""
+        report = ExportReport(protected=list(feeds.protected_entries))
+        if self.nft is not None:
+            report = self.nft.apply(feeds)
+        if self.calico_dir is not None:
+            report = write_calico(feeds, self.calico_dir, self.mode)
+        return report
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception:  # the export must never end the enforcer; the last good set stays
+                self.metrics.feed_export_failures.labels("apply").inc()
+                log.exception("feed export failed")

@@ -48,6 +48,31 @@ class EnforcerMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
             registry=self.registry,
         )
+        # Threat feeds exported by the running enforcer (enforcement.feed_export).
+        self.feed_export_entries = Gauge(
+            "flowwarden_feed_export_entries",
+            "CIDRs of each threat feed in the last export that applied (protected entries left out).",
+            ["feed"],
+            registry=self.registry,
+        )
+        self.feed_export_protected = Gauge(
+            "flowwarden_feed_export_protected_entries",
+            "Feed entries left out of the export because they cover a protected address.",
+            registry=self.registry,
+        )
+        self.feed_export_last_success = Gauge(
+            "flowwarden_feed_export_last_success_timestamp_seconds",
+            "When the feed export last applied without error (epoch seconds).",
+            registry=self.registry,
+        )
+        self.feed_export_failures = Counter(
+            "flowwarden_feed_export_failures",
+            "Feed refreshes or exports that failed (the last good copy stayed in force), by stage.",
+            ["stage"],
+            registry=self.registry,
+        )
+        for stage in ("fetch", "apply"):
+            self.feed_export_failures.labels(stage)
         register_build_info(self.registry)
         register_retry_metrics(self.registry)
 

@@ -3,8 +3,10 @@
 Pure and vectorised: a :class:`CompiledPolicy` is built once per policy (address sets, name
 sets, port ranges per rule) and :meth:`CompiledPolicy.evaluate` judges a whole enriched flow
 frame with numpy masks, one pass per *declared* scope over that scope's rows only, so a
-cluster where little is declared pays little. The pipeline's ``policy_violation`` detector
-and the recommender's ``policy diff`` both judge flows here.
+cluster where little is declared pays little. Within a scope a rule asks for its peer (address
+intervals, name and namespace sets) only on the rows its ports allow, and why a row was refused
+(its port, or no peer matched) is worked out for the refused rows only. The pipeline's
+``policy_violation`` detector and the recommender's ``policy diff`` both judge flows here.
 
 A flow is judged by up to three parts of the policy, and violates the first that refuses it:
 its source's ``egress`` (the workload's list if declared, else the namespace's), its
@@ -125,14 +127,20 @@ class _Col:
 
     def __init__(self, values: pd.Series | np.ndarray) -> None:
         # Factorised as they come (Arrow strings, categoricals): no Python object per row.
-        codes, uniques = pd.factorize(values)
-        codes = np.asarray(codes, dtype="int64")
-        u = np.asarray(uniques, dtype=object)
+        if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+            codes = values.cat.codes.to_numpy(dtype="int64")  # already codes: nothing to hash
+            u = np.asarray(values.cat.categories, dtype=object)
+        else:
+            codes, uniques = pd.factorize(values)
+            codes = np.asarray(codes, dtype="int64")
+            u = np.asarray(uniques, dtype=object)
         if len(codes) and codes.min() < 0:  # missing text reads as ""
             codes = np.where(codes < 0, len(u), codes)
             u = np.append(u, "")
         self.codes = codes
         self.uniques = u
+        self._member: dict[frozenset[str], np.ndarray] = {}
+        self._filled: np.ndarray | None = None
 
     @classmethod
     def pairs(cls, a: _Col, b: _Col, sep: str = "/") -> _Col:
@@ -145,15 +153,34 @@ class _Col:
         out.uniques = np.array(
             [f"{a.uniques[k // n]}{sep}{b.uniques[k % n]}" for k in uniq.tolist()], dtype=object
         )
+        out._member = {}
+        out._filled = None
         return out
 
-    def isin(self, allowed: frozenset[str] | set[str], sel: np.ndarray) -> np.ndarray:
-        u = np.fromiter((v in allowed for v in self.uniques.tolist()), dtype=bool, count=len(self.uniques))
-        return u[self.codes[sel]]
+    def member(self, allowed: frozenset[str]) -> np.ndarray:
+        """Per distinct value: in ``allowed``; worked out once per batch and set (every scope asks)."""
+        u = self._member.get(allowed)
+        if u is None:
+            u = np.fromiter(
+                (v in allowed for v in self.uniques.tolist()), dtype=bool, count=len(self.uniques)
+            )
+            self._member[allowed] = u
+        return u
+
+    def isin(self, allowed: frozenset[str], sel: np.ndarray) -> np.ndarray:
+        return self.member(allowed)[self.codes[sel]]
+
+    @property
+    def filled(self) -> np.ndarray:
+        """Per distinct value: not empty."""
+        if self._filled is None:
+            self._filled = np.fromiter(
+                (bool(v) for v in self.uniques.tolist()), dtype=bool, count=len(self.uniques)
+            )
+        return self._filled
 
     def nonempty(self, sel: np.ndarray) -> np.ndarray:
-        u = np.fromiter((bool(v) for v in self.uniques.tolist()), dtype=bool, count=len(self.uniques))
-        return u[self.codes[sel]]
+        return self.filled[self.codes[sel]]
 
 
 class _Batch:
@@ -169,6 +196,8 @@ class _Batch:
         self._full: dict[str, _Col] = {}
         self._parsed: dict[str, ParsedAddresses] = {}
         self._names: list[_Col] | None = None
+        self._name_offsets: list[int] = []
+        self._name_table: np.ndarray | None = None
 
     def col(self, name: str) -> _Col:
         """A column, factorised the first time a rule reads it (most batches need few)."""
@@ -184,7 +213,22 @@ class _Batch:
             if self._resolved is not None:
                 cols.append(_Col(self._resolved.reset_index(drop=True)))
             self._names = cols
+            self._name_offsets = np.cumsum([0, *(len(c.uniques) for c in cols)]).tolist()[:-1]
         return self._names
+
+    def name_ids(self) -> list[tuple[_Col, int]]:
+        """The name columns with the offset of their distinct values in :meth:`name_table`:
+        a matched name is carried as an int id (no object array per rule)."""
+        cols = self.names
+        return list(zip(cols, self._name_offsets, strict=True))
+
+    def name_table(self) -> np.ndarray:
+        """Every name column's distinct values, one after the other (what a name id points at)."""
+        if self._name_table is None:
+            self._name_table = (
+                np.concatenate([c.uniques for c in self.names]) if self.names else np.zeros(0, dtype=object)
+            )
+        return self._name_table
 
     def workloads(self, end: str) -> _Col:
         """``namespace/workload`` of one end (built when a rule names workloads)."""
@@ -240,16 +284,17 @@ class CompiledPolicy:
         violation = np.zeros(n, dtype=bool)
         rule = np.full(n, "", dtype=object)
         reason = np.full(n, "", dtype=object)
-        matched = np.full(n, "", dtype=object)
         if not n or not self.declared:
-            return Verdicts(violation, rule, reason, matched)
+            return Verdicts(violation, rule, reason, np.full(n, "", dtype=object))
+        matched_id = np.full(n, -1, dtype="int64")  # into batch.name_table()
         batch = _Batch(flows, resolved)
         for direction, table, end in (("egress", self.egress, "src"), ("ingress", self.ingress, "dst")):
             if not table:
                 continue
             keys = list(table)
             scope = self._scope_index(keys, batch, end)
-            for i in np.unique(scope[scope >= 0]).tolist():
+            present = np.bincount(scope[scope >= 0], minlength=len(keys))  # no hash of every row
+            for i in np.flatnonzero(present).tolist():
                 sel = np.flatnonzero((scope == i) & ~violation)
                 if not len(sel):
                     continue
@@ -261,9 +306,13 @@ class CompiledPolicy:
                 other = REASON_DESTINATION if direction == "egress" else REASON_SOURCE
                 reason[hit] = np.where(peer_ok[bad], REASON_PORT, other)
                 if len(name):
-                    matched[sel] = np.where(name != "", name, matched[sel])
+                    matched_id[sel] = np.where(name >= 0, name, matched_id[sel])
         if self.endpoints:
             self._judge_endpoints(batch, violation, rule, reason)
+        matched = np.full(n, "", dtype=object)
+        has = matched_id >= 0
+        if has.any():
+            matched[has] = batch.name_table()[matched_id[has]]
         return Verdicts(violation, rule, reason, matched)
 
     @staticmethod
@@ -281,8 +330,8 @@ class CompiledPolicy:
     def _peer_mask(
         self, peers: _Peers, b: _Batch, sel: np.ndarray, end: str
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Whether the ``end`` ("dst"/"src") of the selected rows is in ``peers``; the names
-        that matched (None when the rule has no domains: no object array is built)."""
+        """Whether the ``end`` ("dst"/"src") of the selected rows is in ``peers``; the ids of the
+        names that matched (-1: none; None when the rule has no domains)."""
         m = len(sel)
         if peers.any:
             return np.ones(m, dtype=bool), None
@@ -297,17 +346,18 @@ class CompiledPolicy:
             ok |= b.workloads(end).isin(peers.workloads, sel)
         name: np.ndarray | None = None
         if end == "dst" and len(peers.names):
-            name = np.full(m, "", dtype=object)
-            for col in b.names:
+            name = np.full(m, -1, dtype="int64")  # ids into b.name_table()
+            for col, offset in b.name_ids():
                 codes = col.codes[sel]
-                present = np.unique(codes)
+                filled = col.filled[codes]
+                if not filled.any():  # most flows carry no name in this column
+                    continue
+                present = np.unique(codes[filled])
                 u_hit = np.zeros(len(col.uniques), dtype=bool)
-                u_hit[present] = [
-                    bool(v) and peers.names.lookup(str(v)) is not None for v in col.uniques[present]
-                ]
+                u_hit[present] = [peers.names.lookup(str(v)) is not None for v in col.uniques[present]]
                 hit = u_hit[codes]
                 fresh = hit & ~ok
-                name[fresh] = col.uniques[codes[fresh]]
+                name[fresh] = codes[fresh] + offset
                 ok |= hit
         if peers.nodes or peers.control_plane:
             cp = self.env.api_server_ips if (peers.control_plane and self.env.api_server_ips) else None
@@ -318,10 +368,9 @@ class CompiledPolicy:
         self, rules: _Rules, b: _Batch, sel: np.ndarray, direction: str
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per selected row: not allowed, whether some rule's peer matched (then the port was
-        wrong), and the name that allowed it (empty array when no domain rule allowed any)."""
+        wrong), and the id of the name that allowed it (-1: none; empty when no domain rule allowed any)."""
         port, proto = b.port[sel], b.proto[sel]
         allowed = np.zeros(len(sel), dtype=bool)
-        peer_ok = np.zeros(len(sel), dtype=bool)
         name: np.ndarray | None = None
         if rules.allow_dns:
             allowed |= b.col("dst_ip").isin(self.env.cluster_dns, sel) & (port == self.env.dns_port)
@@ -330,18 +379,30 @@ class CompiledPolicy:
             todo = np.flatnonzero(~allowed)  # each rule looks only at what no earlier rule allowed
             if not len(todo):
                 break
-            p_ok = ports.match(port[todo], proto[todo])
-            ok, nm = self._peer_mask(peers, b, sel[todo], end)
-            both = ok & p_ok
-            allowed[todo[both]] = True
+            # The port first (plain integer compares): the peer, which costs set and interval
+            # look-ups, is only asked for the rows whose port this rule allows.
+            cand = todo[ports.match(port[todo], proto[todo])]
+            if not len(cand):
+                continue
+            ok, nm = self._peer_mask(peers, b, sel[cand], end)
+            allowed[cand[ok]] = True
             if nm is not None:
-                named = both & (nm != "")
+                named = ok & (nm >= 0)
                 if named.any():
                     if name is None:
-                        name = np.full(len(sel), "", dtype=object)
-                    name[todo[named]] = nm[named]
+                        name = np.full(len(sel), -1, dtype="int64")
+                    name[cand[named]] = nm[named]
+        # Why each refused row was refused: a rule's peer matched it (then its port was wrong) or
+        # none did. Asked only for those rows (few), not for every row and rule.
+        bad = np.flatnonzero(~allowed)
+        peer_ok = np.zeros(len(sel), dtype=bool)
+        for _name, peers, _ports in rules.rules:
+            todo = bad[~peer_ok[bad]]
+            if not len(todo):
+                break
+            ok, _ = self._peer_mask(peers, b, sel[todo], end)
             peer_ok[todo[ok]] = True
-        return ~allowed, peer_ok, name if name is not None else np.zeros(0, dtype=object)
+        return ~allowed, peer_ok, name if name is not None else np.zeros(0, dtype="int64")
 
     def _judge_endpoints(
         self, b: _Batch, violation: np.ndarray, rule: np.ndarray, reason: np.ndarray

@@ -363,6 +363,16 @@ class AlertSettings(Section):
     export_topic: str = "alerts.export"
 
 
+class FeedExportSettings(Section):
+    """The threat feeds exported by the running enforcer (enforcement/feeds_export.py), kept current."""
+
+    nft: bool = False  # the nftables sets feed_v4 / feed_v6 in table inet <nft_table>_feeds
+    calico_dir: Path | None = None  # GlobalNetworkSets written here (calico/feeds/); None: not written
+    # How often the enforcer looks at the feeds: an edited file feed is exported at the next look;
+    # a URL feed is asked again on its own rules.feeds[].refresh_s (conditionally).
+    refresh_s: float = Field(60.0, gt=0)
+
+
 class EnforcementSettings(Section):
     mode: Literal["dry_run", "approval", "enforce"] = "dry_run"
     mode_by_detector: dict[str, Literal["dry_run", "approval", "enforce"]] = {}
@@ -411,6 +421,7 @@ class EnforcementSettings(Section):
     webhook_url: str | None = None
     webhook_retries: int = Field(3, ge=0)
     metrics_port: int = Field(9103, ge=0, le=65535)
+    feed_export: FeedExportSettings = FeedExportSettings()  # with rules.feeds: refreshed by the enforcer
 
     _v_cidrs = field_validator("allow_cidrs")(_cidrs)
     _v_ips = field_validator("protected_ips")(_ips)

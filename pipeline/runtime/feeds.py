@@ -12,18 +12,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from flowwarden.errors import ConfigError
 from flowwarden.feeds import FeedSet
-from flowwarden.feeds_fetch import FeedCache, FeedResult, build_feed_set, is_url
+from flowwarden.feeds_fetch import FeedResult
+from flowwarden.feeds_refresh import FeedRefresher, FeedStats
 from flowwarden.policy import Policy, load_policy
 from flowwarden.settings import Settings
 
 log = logging.getLogger(__name__)
+__all__ = ["FeedStats", "RulesSnapshot", "RulesSource"]
 
 POLICY_POLL_S = 5.0  # how often the policy file's modification time is looked at
 
@@ -38,16 +38,6 @@ class RulesSnapshot:
     feeds_version: str
 
 
-@dataclass(frozen=True)
-class FeedStats:
-    """One feed's health: what the metrics export (entries, last good refresh, failures)."""
-
-    name: str
-    entries: int
-    last_success: float | None  # epoch seconds; None: never refreshed since the start
-    failures: int
-
-
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
@@ -58,16 +48,12 @@ class RulesSource:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.policy_path: Path | None = settings.rules.policy_file
-        self.cache = FeedCache(settings)
+        self.feeds = FeedRefresher(settings)  # the refresh logic the enforcer's feed export shares
+        self.cache = self.feeds.cache
         self._snapshot = RulesSnapshot(Policy(), "", None, "")
         self._policy_mtime: float | None = None
-        self._results: dict[str, FeedResult] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.refreshes = 0
-        self.failures = 0
-        self.failures_by_feed: Counter[str] = Counter()
-        self.last_success: dict[str, float] = {}  # feed -> epoch seconds of its last good refresh
 
     def current(self) -> RulesSnapshot:
         return self._snapshot
@@ -76,10 +62,7 @@ class RulesSource:
         """Load the policy (an error stops the start) and each usable feed; then refresh in the background."""
         if self.policy_path is not None:
             self._load_policy(strict=True)
-        for src in self.cache.sources:  # the last good copies first: a refresh may fail
-            feed = self.cache.cached(src) if is_url(src.url) else None
-            if feed is not None:
-                self._results[src.name] = FeedResult(src.name, "cached", feed)
+        self.feeds.load_cached()  # the last good copies first: a refresh may fail
         self.refresh_feeds()
         self._publish()
         self._stop.clear()
@@ -94,37 +77,26 @@ class RulesSource:
 
     def refresh_feeds(self, *, force: bool = False) -> list[FeedResult]:
         """Refresh the due feeds now (every one with ``force``); publish a new snapshot if any changed."""
-        results = self.cache.refresh_due(force=force)
-        changed = False
-        for r in results:
-            self.refreshes += 1
-            if r.error:
-                self.failures += 1
-                self.failures_by_feed[r.name] += 1
-            elif r.status in ("updated", "not_modified", "file"):
-                self.last_success[r.name] = time.time()
-            if r.feed is not None and r.status in ("updated", "file", "cached"):
-                prev = self._results.get(r.name)
-                changed |= prev is None or prev.feed is not r.feed
-            self._results[r.name] = r
+        results, changed = self.feeds.refresh(force=force)
         if changed and self._thread is not None:
             self._publish()
         return results
 
+    @property
+    def refreshes(self) -> int:
+        return self.feeds.refreshes
+
+    @property
+    def failures(self) -> int:
+        return self.feeds.failures
+
+    @property
+    def last_success(self) -> dict[str, float]:
+        return self.feeds.last_success
+
     def feed_stats(self) -> list[FeedStats]:
         """Per configured feed: entries in use, last good refresh, failures (for the metrics)."""
-        out = []
-        for src in self.cache.sources:
-            r = self._results.get(src.name)
-            out.append(
-                FeedStats(
-                    src.name,
-                    r.feed.entries if r is not None and r.feed is not None else 0,
-                    self.last_success.get(src.name),
-                    self.failures_by_feed[src.name],
-                )
-            )
-        return out
+        return self.feeds.stats()
 
     def _load_policy(self, *, strict: bool) -> None:
         assert self.policy_path is not None
@@ -147,15 +119,11 @@ class RulesSource:
         )
 
     def _publish(self) -> None:
-        usable = [r for r in self._results.values() if r.feed is not None]
-        feeds = build_feed_set(usable, self.settings) if usable else None
-        version = _digest(
-            "|".join(f"{r.name}:{r.feed.entries if r.feed else 0}:{id(r.feed)}" for r in usable).encode()
-        )
+        feeds = self.feeds.feed_set()
         snap = self._snapshot
-        self._snapshot = RulesSnapshot(snap.policy, snap.policy_version, feeds, version if usable else "")
+        self._snapshot = RulesSnapshot(snap.policy, snap.policy_version, feeds, self.feeds.version())
         if feeds is not None:
-            log.info("feeds loaded feeds=%d entries=%d", len(usable), len(feeds))
+            log.info("feeds loaded feeds=%d entries=%d", len(feeds.feeds), len(feeds))
             for hit in feeds.protected_entries:  # alerts still fire; exports and blocks leave it out
                 log.warning(
                     "feed lists a protected address, never blocked feed=%s entry=%s", hit.feed, hit.entry

@@ -44,6 +44,25 @@ def entity_keys(flows: pd.DataFrame) -> np.ndarray:
     return np.where(has, full, flows["src_ip"].to_numpy(dtype=object))
 
 
+def group_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Per row, the code of its combination of ``columns``, numbered by first appearance
+    (no NaN in them: keys of findings). Cheaper than a groupby on the few rows of findings."""
+    codes = np.zeros(len(frame), dtype="int64")
+    for c in columns:
+        col, uniq = pd.factorize(frame[c], use_na_sentinel=False)
+        codes = pd.factorize(codes * max(len(uniq), 1) + col)[0]
+    return np.asarray(codes, dtype="int64")
+
+
+def first_entity(flows: pd.DataFrame) -> str:
+    """:func:`entity_keys` of the first flow, read as scalars (a one-row slice of a wide frame
+    costs more than the rest of an alert's evidence)."""
+    pod, ns = flows["src_pod"].iat[0], flows["src_namespace"].iat[0]
+    if isinstance(pod, str) and isinstance(ns, str):
+        return f"{ns}/{pod}" if pod else str(flows["src_ip"].iat[0])
+    return str(entity_keys(flows.iloc[:1])[0])
+
+
 class DnsCache:
     """Per pod: the addresses its own DNS answers gave, the name asked, and until when they hold.
 
@@ -175,6 +194,7 @@ class FlowRuleDetector(Detector):
         self._pairs: dict[bool, set[tuple[str, str, int]]] = {}
         self._by_entity: dict[str, pd.DataFrame] = {}
         self._rows: dict[str, np.ndarray] | None = None
+        self._distinct: pd.DataFrame = pd.DataFrame()
         # Running totals of confirmed finding flows by :attr:`tally_column` (the metrics export
         # their growth): hits per feed, violations per rule kind.
         self.tally: Counter[str] = Counter()
@@ -209,9 +229,9 @@ class FlowRuleDetector(Detector):
         found = found.assign(ws=ws)
         # One row per (entity, window, destination, port, protocol) with its flow count: a
         # scan's thousands of records are judged and shown as what they are, few findings.
-        key = ["entity", "ws", "dst_ip", "dst_port", "proto"]
-        found = found.assign(n=found.groupby(key, sort=False)["ws"].transform("size").to_numpy())
-        found = found[~found.duplicated(key).to_numpy()]
+        group = group_codes(found, ("entity", "ws", "dst_ip", "dst_port", "proto"))
+        first = np.unique(group, return_index=True)[1]  # codes follow first appearance: in order
+        found = found.iloc[first].assign(n=np.bincount(group)[group[first]])
         pending = pd.concat([self.pending, found], ignore_index=True) if len(self.pending) else found
         if len(pending) > MAX_PENDING:
             self.dropped += len(pending) - MAX_PENDING
@@ -274,7 +294,9 @@ class FlowRuleDetector(Detector):
                 )
                 hit = n_w >= self.params.get("min_flows", 1.0)
                 out = np.where(hit, self.base_score + 0.09 * np.minimum(n_w / 10.0, 1.0), 0.0)
-        self.pending = p[p_ws >= top].reset_index(drop=True)
+        keep = p_ws >= top
+        if not keep.all():  # a copy of the pending frame only when some of it is done
+            self.pending = p[keep].reset_index(drop=True)
         return out
 
     def kinds(self, ctx: Context, hit: np.ndarray) -> np.ndarray:
@@ -314,13 +336,27 @@ class FlowRuleDetector(Detector):
         f = self._round
         if not len(flows) or not len(f):
             return f.iloc[0:0]
-        if self._rows is None:  # the rows of each entity, found once per round (not a scan per alert)
-            self._rows = {str(e): np.asarray(i) for e, i in f.groupby("entity", sort=False).indices.items()}
-        entity = str(entity_keys(flows.iloc[:1])[0])
+        if self._rows is None:
+            # Once per round, not per alert: the distinct findings (per entity and evidence key,
+            # the first of each in round order) and the rows of each entity among them.
+            self._distinct = f.drop_duplicates(["entity", *self.evidence_key]).reset_index(drop=True)
+            ent = self._distinct["entity"].to_numpy(dtype=object)
+            order = np.argsort(ent, kind="stable")
+            cut = (
+                np.flatnonzero(np.r_[True, ent[order][1:] != ent[order][:-1]])
+                if len(ent)
+                else np.zeros(0, int)
+            )
+            bounds = np.r_[cut, len(ent)]
+            self._rows = {
+                str(ent[order[a]]): order[a:b]
+                for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+            }
+        entity = first_entity(flows)
         if entity not in self._by_entity:
             rows = self._rows.get(entity)
-            mine = f.iloc[rows] if rows is not None else f.iloc[0:0]
-            self._by_entity[entity] = mine.drop_duplicates(list(self.evidence_key))
+            d = self._distinct
+            self._by_entity[entity] = d.iloc[rows] if rows is not None else d.iloc[0:0]
         return self._by_entity[entity]
 
     def _round_pairs(self, *, targets_only: bool) -> set[tuple[str, str, int]]:

@@ -89,8 +89,9 @@ class ThreatFeed(FlowRuleDetector):
         if q_hit.any():  # remember what listed names resolved to, per pod
             self.dns.grace_s, self.dns.max_rows = settings.rules.dns_grace_s, settings.rules.dns_cache_max
             self.dns.learn(flows[q_hit].reset_index(drop=True))
-        resolved = self.dns.resolve(flows) if len(self.dns) else pd.Series(np.full(n, "", dtype=object))
-        r_hit = (resolved != "").to_numpy()
+        # Only listed names' answers are kept, so the cache is mostly empty: then no per-row work.
+        resolved = self.dns.resolve(flows).to_numpy(dtype=object) if len(self.dns) else None
+        r_hit = resolved != "" if resolved is not None else np.zeros(n, dtype=bool)
         hit = by_addr | q_hit | s_hit | r_hit
         if not hit.any():
             return None
@@ -99,7 +100,7 @@ class ThreatFeed(FlowRuleDetector):
         dst = sub["dst_ip"].to_numpy(dtype=object)
         qn = sub["dns_qname"].to_numpy(dtype=object)
         sn = sub["server_name"].to_numpy(dtype=object)
-        rs = resolved.to_numpy(dtype=object)[rows]
+        rs = resolved[rows] if resolved is not None else np.full(len(rows), "", dtype=object)
         feed, entry, how = [], [], []
         ip_hits = {a: feeds.address_hit(a) for a in pd.unique(dst[by_addr[rows]])}
         for i in range(len(rows)):

@@ -1,0 +1,372 @@
+"""The policy judge as it was before the speed work (commit b99109e): the equivalence test's reference.
+
+Kept verbatim but for this docstring, so that `tests/unit/test_policy_match_equivalence.py` can judge
+random flows with both and demand identical verdicts. Do not use it elsewhere.
+
+Pure and vectorised: a :class:`CompiledPolicy` is built once per policy (address sets, name
+sets, port ranges per rule) and :meth:`CompiledPolicy.evaluate` judges a whole enriched flow
+frame with numpy masks, one pass per *declared* scope over that scope's rows only, so a
+cluster where little is declared pays little. The pipeline's ``policy_violation`` detector
+and the recommender's ``policy diff`` both judge flows here.
+
+A flow is judged by up to three parts of the policy, and violates the first that refuses it:
+its source's ``egress`` (the workload's list if declared, else the namespace's), its
+destination's ``ingress`` (same precedence), and the ``cluster`` endpoint it reaches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from flowwarden.feeds_index import AddressSet, NameSet, ParsedAddresses, parse_addresses, parse_network
+from flowwarden.policy import ANY_PROTO, ENDPOINTS, NodePeers, Peers, Policy, PortRange, Scope, parse_port
+from flowwarden.settings import Settings
+
+REASON_DESTINATION = "destination_not_allowed"
+REASON_PORT = "port_not_allowed"
+REASON_SOURCE = "source_not_allowed"
+COLUMNS: tuple[str, ...] = (
+    "src_ip",
+    "dst_ip",
+    "dst_port",
+    "proto",
+    "src_namespace",
+    "src_workload",
+    "dst_namespace",
+    "dst_workload",
+    "dns_qname",
+    "server_name",
+)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What the policy's words mean in this cluster (from the settings and the pod inventory)."""
+
+    cluster_dns: frozenset[str] = frozenset()
+    dns_port: int = 53
+    node_ips: frozenset[str] = frozenset()
+    api_server_ips: frozenset[str] = frozenset()
+    metadata_api: frozenset[str] = frozenset()
+    api_server_port: int = 6443
+    etcd_ports: tuple[int, ...] = (2379, 2380)
+    kubelet_port: int = 10250
+
+    @classmethod
+    def from_settings(cls, settings: Settings, node_ips: Iterable[str] = ()) -> Environment:
+        cp, cl = settings.control_plane, settings.cluster
+        return cls(
+            cluster_dns=frozenset(cl.cluster_dns),
+            dns_port=cp.dns_port,
+            node_ips=frozenset([*cl.node_ips, *node_ips]),
+            api_server_ips=frozenset(cp.api_server_ips),
+            metadata_api=frozenset(cl.metadata_api),
+            api_server_port=cp.api_server_port,
+            etcd_ports=tuple(cp.etcd_ports),
+            kubelet_port=cp.kubelet_port,
+        )
+
+
+class _Peers:
+    """One rule's peers, compiled."""
+
+    def __init__(self, peers: Peers | None) -> None:
+        self.any = peers is None
+        p = peers or Peers()
+        nets = [parse_network(c) for c in p.cidrs]
+        self.cidrs = AddressSet((n[0], n[1], n[2], 0) for n in nets if n is not None) if nets else None
+        self.names = NameSet()
+        for d in p.domains:
+            self.names.add(d, 0, subdomains=False)
+        self.any_namespace = "*" in p.namespaces
+        self.namespaces = frozenset(n for n in p.namespaces if n != "*")
+        self.workloads = frozenset(p.workloads)
+        self.nodes = isinstance(p, NodePeers) and p.nodes
+        self.control_plane = isinstance(p, NodePeers) and p.control_plane
+
+
+class _Ports:
+    def __init__(self, ports: list[str]) -> None:
+        self.ranges: list[PortRange] = [parse_port(p) for p in ports]
+
+    def match(self, port: np.ndarray, proto: np.ndarray) -> np.ndarray:
+        if not self.ranges:
+            return np.ones(len(port), dtype=bool)
+        out = np.zeros(len(port), dtype=bool)
+        for r in self.ranges:
+            if r.proto in (1, 58):
+                out |= proto == r.proto
+                continue
+            p_ok = (proto == r.proto) if r.proto != ANY_PROTO else ((proto == 6) | (proto == 17))
+            out |= p_ok & (port >= r.lo) & (port <= r.hi)
+        return out
+
+
+@dataclass
+class _Rules:
+    path: str  # "namespaces.shop.egress"
+    rules: list[tuple[str, _Peers, _Ports]]
+    allow_dns: bool = False
+
+
+@dataclass
+class Verdicts:
+    """Per flow: ``violation``, and for those the rule path broken and the reason."""
+
+    violation: np.ndarray
+    rule: np.ndarray  # object: "namespaces.shop.egress", "" when allowed or not declared
+    reason: np.ndarray  # object
+    matched_name: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+
+
+class _Col:
+    """A column as codes into its distinct values: rules are judged per distinct value."""
+
+    def __init__(self, values: pd.Series | np.ndarray) -> None:
+        # Factorised as they come (Arrow strings, categoricals): no Python object per row.
+        codes, uniques = pd.factorize(values)
+        codes = np.asarray(codes, dtype="int64")
+        u = np.asarray(uniques, dtype=object)
+        if len(codes) and codes.min() < 0:  # missing text reads as ""
+            codes = np.where(codes < 0, len(u), codes)
+            u = np.append(u, "")
+        self.codes = codes
+        self.uniques = u
+
+    @classmethod
+    def pairs(cls, a: _Col, b: _Col, sep: str = "/") -> _Col:
+        """``a + sep + b`` per row, built once per distinct pair."""
+        out = cls.__new__(cls)
+        codes, uniq = pd.factorize(a.codes * max(len(b.uniques), 1) + b.codes)
+        uniq = np.asarray(uniq, dtype="int64")
+        n = max(len(b.uniques), 1)
+        out.codes = np.asarray(codes, dtype="int64")
+        out.uniques = np.array(
+            [f"{a.uniques[k // n]}{sep}{b.uniques[k % n]}" for k in uniq.tolist()], dtype=object
+        )
+        return out
+
+    def isin(self, allowed: frozenset[str] | set[str], sel: np.ndarray) -> np.ndarray:
+        u = np.fromiter((v in allowed for v in self.uniques.tolist()), dtype=bool, count=len(self.uniques))
+        return u[self.codes[sel]]
+
+    def nonempty(self, sel: np.ndarray) -> np.ndarray:
+        u = np.fromiter((bool(v) for v in self.uniques.tolist()), dtype=bool, count=len(self.uniques))
+        return u[self.codes[sel]]
+
+
+class _Batch:
+    """The columns a judgement reads, factorised once per batch."""
+
+    def __init__(self, flows: pd.DataFrame, resolved: pd.Series | None) -> None:
+        self.n = len(flows)
+        self.port = flows["dst_port"].to_numpy().astype("int64")
+        self.proto = flows["proto"].to_numpy().astype("int64")
+        self._flows = flows
+        self._resolved = resolved
+        self._cols: dict[str, _Col] = {}
+        self._full: dict[str, _Col] = {}
+        self._parsed: dict[str, ParsedAddresses] = {}
+        self._names: list[_Col] | None = None
+
+    def col(self, name: str) -> _Col:
+        """A column, factorised the first time a rule reads it (most batches need few)."""
+        if name not in self._cols:
+            self._cols[name] = _Col(self._flows[name])
+        return self._cols[name]
+
+    @property
+    def names(self) -> list[_Col]:
+        """The names a domain rule matches: DNS name, SNI / Host, what the pod resolved."""
+        if self._names is None:
+            cols = [self.col("dns_qname"), self.col("server_name")]
+            if self._resolved is not None:
+                cols.append(_Col(self._resolved.reset_index(drop=True)))
+            self._names = cols
+        return self._names
+
+    def workloads(self, end: str) -> _Col:
+        """``namespace/workload`` of one end (built when a rule names workloads)."""
+        if end not in self._full:
+            wl = _Col(self._flows[f"{end}_workload"])
+            self._full[end] = _Col.pairs(self.col(f"{end}_namespace"), wl)
+        return self._full[end]
+
+    def parsed(self, end: str) -> ParsedAddresses:
+        """The distinct addresses of one end, parsed (index them with the column's codes)."""
+        if end not in self._parsed:
+            self._parsed[end] = parse_addresses(self.col(f"{end}_ip").uniques)
+        return self._parsed[end]
+
+
+class CompiledPolicy:
+    """A :class:`~flowwarden.policy.Policy` ready to judge flow frames."""
+
+    def __init__(self, policy: Policy, env: Environment | None = None) -> None:
+        self.policy = policy
+        self.env = env or Environment()
+        self.declared = policy.declared
+        self.egress: dict[str, _Rules] = {}  # "ns" or "ns/workload" -> rules
+        self.ingress: dict[str, _Rules] = {}
+        for ns, pol in policy.namespaces.items():
+            self._add(ns, f"namespaces.{ns}", pol)
+            for wl, scope in pol.workloads.items():
+                self._add(f"{ns}/{wl}", f"namespaces.{ns}.workloads.{wl}", scope)
+        self.endpoints: dict[str, _Peers] = {
+            e: _Peers(ep.from_) for e in ENDPOINTS if (ep := getattr(policy.cluster, e)) is not None
+        }
+
+    def _add(self, key: str, path: str, scope: Scope) -> None:
+        if scope.egress is not None:
+            self.egress[key] = _Rules(
+                f"{path}.egress",
+                [(r.name, _Peers(r.to), _Ports(r.ports)) for r in scope.egress],
+                scope.allow_cluster_dns,
+            )
+        if scope.ingress is not None:
+            self.ingress[key] = _Rules(
+                f"{path}.ingress", [(r.name, _Peers(r.from_), _Ports(r.ports)) for r in scope.ingress]
+            )
+
+    # ------------------------------------------------------------------ judging
+    def evaluate(self, flows: pd.DataFrame, resolved: pd.Series | None = None) -> Verdicts:
+        """Judge every row of an enriched flow frame (columns :data:`COLUMNS`).
+
+        ``resolved``: per row, a name the source pod resolved to the destination address
+        (its own DNS answers, "" when none): a domain rule matches it like the flow's SNI.
+        """
+        n = len(flows)
+        violation = np.zeros(n, dtype=bool)
+        rule = np.full(n, "", dtype=object)
+        reason = np.full(n, "", dtype=object)
+        matched = np.full(n, "", dtype=object)
+        if not n or not self.declared:
+            return Verdicts(violation, rule, reason, matched)
+        batch = _Batch(flows, resolved)
+        for direction, table, end in (("egress", self.egress, "src"), ("ingress", self.ingress, "dst")):
+            if not table:
+                continue
+            keys = list(table)
+            scope = self._scope_index(keys, batch, end)
+            for i in np.unique(scope[scope >= 0]).tolist():
+                sel = np.flatnonzero((scope == i) & ~violation)
+                if not len(sel):
+                    continue
+                rules = table[keys[i]]
+                bad, peer_ok, name = self._judge(rules, batch, sel, direction)
+                hit = sel[bad]
+                violation[hit] = True
+                rule[hit] = rules.path
+                other = REASON_DESTINATION if direction == "egress" else REASON_SOURCE
+                reason[hit] = np.where(peer_ok[bad], REASON_PORT, other)
+                if len(name):
+                    matched[sel] = np.where(name != "", name, matched[sel])
+        if self.endpoints:
+            self._judge_endpoints(batch, violation, rule, reason)
+        return Verdicts(violation, rule, reason, matched)
+
+    @staticmethod
+    def _scope_index(keys: list[str], b: _Batch, end: str) -> np.ndarray:
+        """Per row: the declared scope judging it (workload first, then namespace), -1 for none."""
+        index = {k: i for i, k in enumerate(keys)}
+        ns = b.col(f"{end}_namespace")
+        out = np.array([index.get(v, -1) for v in ns.uniques.tolist()], dtype="int64")[ns.codes]
+        if any("/" in k for k in keys):
+            full = b.workloads(end)
+            by_wl = np.array([index.get(v, -1) for v in full.uniques.tolist()], dtype="int64")[full.codes]
+            out = np.where(by_wl >= 0, by_wl, out)
+        return out
+
+    def _peer_mask(
+        self, peers: _Peers, b: _Batch, sel: np.ndarray, end: str
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Whether the ``end`` ("dst"/"src") of the selected rows is in ``peers``; the names
+        that matched (None when the rule has no domains: no object array is built)."""
+        m = len(sel)
+        if peers.any:
+            return np.ones(m, dtype=bool), None
+        ok = np.zeros(m, dtype=bool)
+        if peers.cidrs is not None:
+            ok |= peers.cidrs.contains(b.parsed(end))[b.col(f"{end}_ip").codes[sel]]
+        if peers.any_namespace:
+            ok |= b.col(f"{end}_namespace").nonempty(sel)
+        elif peers.namespaces:
+            ok |= b.col(f"{end}_namespace").isin(peers.namespaces, sel)
+        if peers.workloads:
+            ok |= b.workloads(end).isin(peers.workloads, sel)
+        name: np.ndarray | None = None
+        if end == "dst" and len(peers.names):
+            name = np.full(m, "", dtype=object)
+            for col in b.names:
+                codes = col.codes[sel]
+                present = np.unique(codes)
+                u_hit = np.zeros(len(col.uniques), dtype=bool)
+                u_hit[present] = [
+                    bool(v) and peers.names.lookup(str(v)) is not None for v in col.uniques[present]
+                ]
+                hit = u_hit[codes]
+                fresh = hit & ~ok
+                name[fresh] = col.uniques[codes[fresh]]
+                ok |= hit
+        if peers.nodes or peers.control_plane:
+            cp = self.env.api_server_ips if (peers.control_plane and self.env.api_server_ips) else None
+            ok |= b.col(f"{end}_ip").isin(cp if cp is not None else self.env.node_ips, sel)
+        return ok, name
+
+    def _judge(
+        self, rules: _Rules, b: _Batch, sel: np.ndarray, direction: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per selected row: not allowed, whether some rule's peer matched (then the port was
+        wrong), and the name that allowed it (empty array when no domain rule allowed any)."""
+        port, proto = b.port[sel], b.proto[sel]
+        allowed = np.zeros(len(sel), dtype=bool)
+        peer_ok = np.zeros(len(sel), dtype=bool)
+        name: np.ndarray | None = None
+        if rules.allow_dns:
+            allowed |= b.col("dst_ip").isin(self.env.cluster_dns, sel) & (port == self.env.dns_port)
+        end = "dst" if direction == "egress" else "src"
+        for _name, peers, ports in rules.rules:
+            todo = np.flatnonzero(~allowed)  # each rule looks only at what no earlier rule allowed
+            if not len(todo):
+                break
+            p_ok = ports.match(port[todo], proto[todo])
+            ok, nm = self._peer_mask(peers, b, sel[todo], end)
+            both = ok & p_ok
+            allowed[todo[both]] = True
+            if nm is not None:
+                named = both & (nm != "")
+                if named.any():
+                    if name is None:
+                        name = np.full(len(sel), "", dtype=object)
+                    name[todo[named]] = nm[named]
+            peer_ok[todo[ok]] = True
+        return ~allowed, peer_ok, name if name is not None else np.zeros(0, dtype=object)
+
+    def _judge_endpoints(
+        self, b: _Batch, violation: np.ndarray, rule: np.ndarray, reason: np.ndarray
+    ) -> None:
+        env = self.env
+        dst, every = b.col("dst_ip"), np.arange(b.n)
+        port, proto = b.port, b.proto
+        tcp = proto == 6
+        to_node = dst.isin(env.node_ips | env.api_server_ips, every)
+        to_api = dst.isin(env.api_server_ips, every) if env.api_server_ips else to_node
+        reach = {
+            "etcd": to_node & tcp & np.isin(port, env.etcd_ports),
+            "api_server": to_api & tcp & (port == env.api_server_port),
+            "kubelet": to_node & tcp & (port == env.kubelet_port),
+            "metadata_api": dst.isin(env.metadata_api, every),
+        }
+        for endpoint, peers in self.endpoints.items():
+            sel = np.flatnonzero(reach[endpoint] & ~violation)
+            if not len(sel):
+                continue
+            ok, _ = self._peer_mask(peers, b, sel, "src")
+            bad = sel[~ok]
+            violation[bad] = True
+            rule[bad] = f"cluster.{endpoint}"
+            reason[bad] = REASON_SOURCE

@@ -127,6 +127,10 @@ class TopicSettings(Section):
     decisions: str = "decisions"
     flows_dlq: str = "flows.dlq"
     alerts_dlq: str = "alerts.dlq"  # alerts the enforcer could not read, with the reason in headers
+    # Scale-out (docs/scale-out.md): enriched flows keyed by workload, from the enrich stage to
+    # the detect stage; and the cluster-wide memory every detect worker reads in full.
+    flows_by_workload: str = "flows-by-workload"
+    global_memory: str = "flowwarden-global-memory"
 
 
 class KafkaSettings(Section):

@@ -11,6 +11,9 @@ version lacked with their defaults (:data:`ADDED_IN`).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import pandas as pd
 import pyarrow as pa
 
@@ -185,3 +188,19 @@ def decode_flows(data: bytes) -> pd.DataFrame:
     :func:`~flowwarden.records.split_invalid_flows`.
     """
     return table_to_flows(decode_table(data))
+
+
+def encode_flow_parts(df: pd.DataFrame, bounds: Sequence[int]) -> list[bytes]:
+    """One message per row range ``bounds[i]:bounds[i + 1]`` of ``df`` (a batch split by
+    partition): converted to Arrow once and sliced, since most of :func:`encode_flows`'s cost
+    is per call, not per row (the enrich stage splits every batch over every partition)."""
+    if not _has_schema(df):
+        df = conform_flows(df)
+    table = pa.Table.from_pandas(df, schema=ARROW_SCHEMA, preserve_index=False).combine_chunks()
+    out = []
+    for lo, hi in itertools.pairwise(bounds):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, ARROW_SCHEMA, options=_OPTIONS) as writer:
+            writer.write_table(table.slice(lo, hi - lo))
+        out.append(_HEADER + sink.getvalue().to_pybytes())
+    return out

@@ -147,6 +147,9 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(ExitCode.FOUND)
 
 
+STAGES = ("all", "enrich", "detect")
+
+
 def _register_run(app: typer.Typer) -> None:
     """``flowwarden pipeline run``, owned by the pipeline runtime (``pipeline/runtime/stage.py``)."""
     pipeline_app = typer.Typer(help="The streaming detection pipeline.", no_args_is_help=True)
@@ -179,6 +182,16 @@ def _register_run(app: typer.Typer) -> None:
                 help="Serve /ready (Kafka and the store reachable) and /healthz here (0: off).",
             ),
         ] = 0,
+        stage: Annotated[
+            str,
+            typer.Option(
+                "--stage",
+                help="all: one process does everything (default). enrich: flows in, enriched flows "
+                "keyed by workload out (kafka.topics.flows_by_workload). detect: those in, alerts out, "
+                "the cluster-wide memory shared with the other detect workers. Scale enrich and "
+                "detect by replicas (docs/scale-out.md).",
+            ),
+        ] = "all",
         output: OutputOption = Output.text,
     ) -> None:
         """Consume flows, detect, send alerts to the topic, the store and the notifiers."""
@@ -187,7 +200,11 @@ def _register_run(app: typer.Typer) -> None:
         from flowwarden.pipeline.runtime.stage import StageOptions, run_pipeline
         from flowwarden.readiness import Readiness
 
+        if stage not in STAGES:
+            raise InputError(f"--stage must be one of {', '.join(STAGES)}, not {stage!r}")
         settings = settings_from(config)
+        if stage != "all" and settings.bus.kind != "kafka":
+            raise InputError(f"--stage {stage} needs bus.kind=kafka: the stages meet on Kafka topics")
         worker_id = worker_id or socket.gethostname()
         readiness = Readiness.from_settings(settings)
         if ready_port:
@@ -199,6 +216,7 @@ def _register_run(app: typer.Typer) -> None:
                 metrics_port=metrics_port,
                 max_seconds=max_seconds,
                 flush_on_stop=flush_on_stop,
+                stage=stage,
             )
         finally:
             readiness.close()

@@ -138,6 +138,9 @@ class DetectionEngine:
         self.flows_unscored = 0
         self.evicted: dict[str, int] = {"entities": 0, "workloads": 0, "edges": 0, "connections": 0}
         self._last_expire = -math.inf
+        # Cluster-wide first sightings (external addresses) to share with other workers:
+        # None until a runtime asks for them (:meth:`take_global_memory`), so one worker pays nothing.
+        self._global_new: dict[int, float] | None = None
         self.set_model(model)
 
     # ------------------------------------------------------------------ API
@@ -178,6 +181,43 @@ class DetectionEngine:
                     getattr(model, "version", "?"),
                     exc,
                 )
+
+    def take_global_memory(self) -> dict[int, float]:
+        """Cluster-wide edges (one per external address) this engine saw before anyone it
+        knows of, since the last call: edge hash -> first-seen window start.
+
+        For a runtime that runs several engines over one cluster: it shares these with the
+        others and hands theirs to :meth:`merge_global_memory`, so an address one worker has
+        known for days is not "new to the cluster" for another. The first call starts the
+        bookkeeping (one engine alone never pays for it)."""
+        out = self._global_new or {}
+        self._global_new = {}
+        return out
+
+    def merge_global_memory(self, entries: dict[int, float]) -> None:
+        """First sightings other workers shared (:meth:`take_global_memory`): the earliest wins."""
+        if not entries:
+            return
+        hashes = np.fromiter(entries.keys(), dtype="uint64", count=len(entries))
+        first = np.fromiter(entries.values(), dtype="float64", count=len(entries))
+        self.edges.merge_first(hashes, first)
+
+    def _note_global(self, edges: pd.DataFrame) -> None:
+        """Remember the cluster-wide edges these windows saw first (see :meth:`take_global_memory`)."""
+        if self._global_new is None or not len(edges):
+            return
+        g = edges[edges["glob"].to_numpy(dtype=bool)]
+        if not len(g):
+            return
+        row, uniq = pd.factorize(g["hash"].to_numpy())
+        hashes = np.asarray(uniq, dtype="uint64")
+        first = np.full(len(hashes), np.inf)
+        np.minimum.at(first, row, g["window_start"].to_numpy(dtype="float64"))
+        known = self.edges.first_seen(hashes)
+        fresh = ~(known <= first)  # never seen (NaN), or seen earlier here than known so far
+        out = self._global_new
+        for h, f in zip(hashes[fresh].tolist(), first[fresh].tolist(), strict=True):
+            out[h] = min(f, out.get(h, f))
 
     def process(self, flows: pd.DataFrame, *, now: float | None = None) -> EngineResult:
         """Score a raw flow batch; returns the alerts of every window that closed."""
@@ -337,6 +377,7 @@ class DetectionEngine:
         # An exfiltration alert pins its edges as new too (the next pod of the workload sending
         # there still stands out), unless it was raised while learning.
         exfil &= ~ctx.learning(self.settings.pipeline.learning_s)
+        self._note_global(edges_all)
         commit_edges(edges_all, self.edges, np.flatnonzero(lateral | exfil), taint_s=self.taint_s)
         calm = windows[~flagged]
         ws = calm["window_start"].to_numpy()

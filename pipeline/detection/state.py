@@ -274,6 +274,21 @@ class SeenEdges:
             pos[new] = rows
         return pos
 
+    def merge_first(self, hashes: np.ndarray, first: np.ndarray) -> None:
+        """Edges other workers saw first at ``first`` (unique ``hashes``): known ones keep the
+        earliest sighting, unknown ones are remembered as seen then (no bytes, no taint)."""
+        if not len(hashes):
+            return
+        hashes = np.asarray(hashes, dtype="uint64")
+        first = np.asarray(first, dtype="float64")
+        pos = self.positions(hashes)
+        old = pos >= 0
+        p = pos[old]
+        self._first[p] = np.fmin(self._first[p], first[old])
+        new = ~old
+        if new.any():
+            self.update(hashes[new], pos[new], first[new], first[new], np.zeros(int(new.sum())))
+
     def taint(
         self,
         rows: np.ndarray,

@@ -40,6 +40,14 @@ class PipelineMetrics:
             ["partition"],
             registry=r,
         )
+        # One series per worker and topic: what a HorizontalPodAutoscaler scales the stage on
+        # (summed over the stage's pods: the messages its consumer group is behind).
+        self.consumer_lag_total = Gauge(
+            "flowwarden_pipeline_consumer_lag_total",
+            "Messages behind the end of the partitions this worker owns, summed, per topic it consumes.",
+            ["topic"],
+            registry=r,
+        )
         self.windows_scored = Counter(
             "flowwarden_pipeline_windows_scored", "Entity-windows closed and scored.", registry=r
         )
@@ -165,6 +173,12 @@ class PipelineMetrics:
         register_retry_metrics(r)
         self._server: WSGIServer | None = None
         self._current_model: str | None = None
+
+    def record_lag(self, topic: str, lag: dict[int, int]) -> None:
+        """The lag per partition just measured, and its sum for the topic."""
+        for partition, n in lag.items():
+            self.consumer_lag.labels(partition=str(partition)).set(n)
+        self.consumer_lag_total.labels(topic=topic).set(sum(lag.values()))
 
     def set_model(self, version: str | None) -> None:
         """Keep exactly one ``model_info`` series: the version in use."""

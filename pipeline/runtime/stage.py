@@ -34,15 +34,16 @@ were still open (the others are in the restored baselines already and would coun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -66,6 +67,7 @@ from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
 from flowwarden.pipeline.runtime.ports import Engine, EngineOutput, PipelineStore
+from flowwarden.pipeline.runtime.repartition import MAX_TS_HEADER, PEERS_HEADER, SOURCE_HEADER, UpstreamLag
 from flowwarden.pipeline.runtime.sinks import AlertPublisher, BatchId, StoreSink
 from flowwarden.pipeline.runtime.verdicts import VerdictFollower
 from flowwarden.records import Alert, empty_flows
@@ -73,6 +75,9 @@ from flowwarden.retention import Pruner
 from flowwarden.retry import RetryPolicy
 from flowwarden.settings import Settings
 from flowwarden.store import DuplicateBatch
+
+if TYPE_CHECKING:  # imports kafka-python: only a detect worker of several needs it
+    from flowwarden.pipeline.runtime.global_memory import GlobalMemory
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +122,58 @@ class StageOptions:
         return cls(**(base | overrides))
 
 
+class SourceAligner(PartitionAligner):
+    """A :class:`PartitionAligner` that, behind the enrich stage, aligns the *source* partitions.
+
+    One partition of the topic keyed by workload interleaves the batches of every partition
+    of ``flows`` (header ``fw.source``); each is aligned as a partition of its own, and
+    advanced by its source batch's event time (header ``fw.max_ts``, also on batches with no
+    rows for this partition), exactly as one process aligns the partitions of ``flows``.
+    Without the headers (``flows`` itself) it is the plain aligner.
+    """
+
+    def add(self, batch: PendingBatch, mono_now: float) -> None:
+        m = batch.message
+        source = m.header(SOURCE_HEADER)
+        if source is None:
+            super().add(batch, mono_now)
+            return
+        key = _aligned_key(m.topic, m.partition, source.decode(errors="replace").rsplit("/", 3)[0:2])
+        max_ts = batch.max_ts_end
+        raw = m.header(MAX_TS_HEADER)
+        if raw is not None:
+            with contextlib.suppress(ValueError):  # not a number: the rows' own event time
+                max_ts = max(max_ts, float(raw))
+        peers = m.header(PEERS_HEADER)
+        for peer in peers.decode(errors="replace").split(",") if peers else ():
+            # The sender's other source partitions: wait for them from now on (up to idle_s).
+            self._last_seen.setdefault(_aligned_key(m.topic, m.partition, peer.rsplit("/", 1)), mono_now)
+        self._pending.setdefault(key, deque()).append(batch)
+        self._last_seen[key] = mono_now
+        self._frontier[key] = max(self._frontier.get(key, -math.inf), max_ts)
+        self.buffered_flows += batch.n_flows
+
+    def expect(self, keys: Iterable[PartitionKey], mono_now: float) -> None:
+        # Which source partitions a new partition carries is known once they speak.
+        super().expect([k for k in keys if not self._carries_sources(k)], mono_now)
+
+    def forget(self, keys: Iterable[PartitionKey]) -> None:
+        gone = set(keys)
+        super().forget([k for k in list(self._last_seen) if k in gone or _real_key(k) in gone])
+
+    def _carries_sources(self, key: PartitionKey) -> bool:
+        return any(_real_key(k) == key and k != key for k in self._last_seen)
+
+
+def _aligned_key(topic: str, partition: int, source: list[str]) -> PartitionKey:
+    """The aligner's key of a source partition inside ``(topic, partition)``."""
+    return (f"{topic}\x00{'/'.join(source)}", partition)
+
+
+def _real_key(key: PartitionKey) -> PartitionKey:
+    return (key[0].split("\x00", 1)[0], key[1])
+
+
 @dataclass
 class StageStats:
     batches: int = 0
@@ -125,6 +182,7 @@ class StageStats:
     alerts: int = 0
     replayed: int = 0
     redelivered: int = 0
+    resent: int = 0  # batches the enrich stage sent twice (fed once)
     ticks: int = 0  # idle-clock calls that closed windows without data
     commits: int = 0
     alert_ids: set[str] = field(default_factory=set)
@@ -152,6 +210,9 @@ class PipelineStage:
         inventory_source: InventorySource | None = None,
         rules_source: RulesSource | None = None,
         options: StageOptions | None = None,
+        topic: str | None = None,
+        global_memory: GlobalMemory | None = None,
+        upstream: UpstreamLag | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -178,7 +239,17 @@ class PipelineStage:
         self.clock = clock
         self.wall = wall
         topics = settings.kafka.topics
-        self.flows_topic = topics.flows
+        # ``flows`` (one process does it all), or the enrich stage's topic keyed by workload.
+        self.flows_topic = topic or topics.flows
+        # The cluster-wide memory shared by detect workers (None: this worker is the only one).
+        self.global_memory = global_memory
+        # The enrich stage's progress, when it feeds this one: the idle clock waits for it.
+        self.upstream = upstream
+        # Per (partition, source partition) of a repartition topic: the highest source offset
+        # fed (saved with the checkpoint) and taken in, to tell a batch the enrich stage sent
+        # again after a restart (see _resent).
+        self._sources: dict[tuple[int, str], int] = {}
+        self._sources_in: dict[tuple[int, str], int] = {}
         self.alerts_topic = topics.alerts
         self.dlq_topic = topics.flows_dlq
         self.group_id = settings.pipeline.group_id
@@ -186,9 +257,7 @@ class PipelineStage:
         # Transactions the database aborted and the sink ran again.
         store.on_retry = lambda cause: self.metrics.store_retries.labels(cause=cause).inc()
         self.state_key = self.options.state_key or f"pipeline/{self.group_id}/{self.options.worker_id}"
-        self.aligner = PartitionAligner(
-            idle_s=self.options.align_idle_s, max_flows=self.options.align_max_flows
-        )
+        self.aligner = SourceAligner(idle_s=self.options.align_idle_s, max_flows=self.options.align_max_flows)
         self.tracker = CommitTracker()
         self.verdicts = VerdictFollower(self.options.resolution_poll_s)
         self.pruner = Pruner(store, settings.store)  # retention: flowwarden/retention.py
@@ -253,6 +322,8 @@ class PipelineStage:
         self.publisher = AlertPublisher.from_settings(self.producer, self.settings)  # alerts.format
         if self.publisher.export_topic:
             self.bus.ensure_topics([self.publisher.export_topic])
+        if self.global_memory is not None:  # before any flow: what the cluster already knows
+            self.global_memory.start()
         self.consumer = self.bus.consumer([self.flows_topic], self.group_id)
         self.notifiers.start()
         log.info(
@@ -275,8 +346,13 @@ class PipelineStage:
             if flush:
                 self._feed(self.aligner.release(self.clock(), everything=True))
                 self._deliver(self.engine.flush())
+            self._exchange_memory()
             self.checkpoint()
         finally:
+            if self.global_memory is not None:
+                self.global_memory.close()
+            if self.upstream is not None:
+                self.upstream.close()
             self.consumer.close()
             if self.producer is not None:
                 self.producer.close()
@@ -354,9 +430,11 @@ class PipelineStage:
             and not len(self.aligner)
             and not self._lagging()
             and now - self._last_feed >= self.options.idle_tick_s
+            and not (self.upstream is not None and self.upstream.behind(now))
         ):
             self._tick(now)
         self.metrics.buffered_flows.set(self.aligner.buffered_flows)
+        self._exchange_memory()
         if now >= self._next_checkpoint:
             self.checkpoint()
         if now >= self._next_model_poll:
@@ -405,6 +483,7 @@ class PipelineStage:
         500 rows as for 50,000, so one call per poll rather than per message.
         """
         fresh: list[Message] = []
+        resent: set[int] = set()
         for m in messages:
             key = (m.topic, m.partition)
             if m.offset < self._committed.get(key, -1) or self._another_message(m):
@@ -417,6 +496,8 @@ class PipelineStage:
                 self.stats.redelivered += 1
                 continue
             self._ingested[key] = m.offset
+            if self._resent(m):
+                resent.add(id(m))
             fresh.append(m)
         if not fresh:
             return
@@ -434,7 +515,7 @@ class PipelineStage:
         decoded = {id(m): flows for m, flows in good}
         window_s = self.settings.pipeline.window_s
         for m in fresh:
-            flows = decoded.get(id(m))
+            flows = None if id(m) in resent else decoded.get(id(m))
             guard = self._replay_offsets.get((m.topic, m.partition))
             if flows is not None and guard is not None and m.offset <= guard and len(flows):
                 # Already in the restored state, except its rows of windows that were open.
@@ -449,6 +530,22 @@ class PipelineStage:
             )
             self.tracker.add(batch)
             self.aligner.add(batch, now)
+
+    def _resent(self, m: Message) -> bool:
+        """A batch of the enrich stage that it sent before (it restarted before its commit).
+
+        Its header names the source batch; per source partition, the enrich stage sends in
+        offset order, so one at or below the highest already fed here is a copy. Messages the
+        replay guard covers are the restored state's own, never copies."""
+        source = _source_of(m)
+        if source is None or m.offset <= self._replay_offsets.get((m.topic, m.partition), -1):
+            return False
+        where, at = source
+        if at <= self._sources_in.get(where, self._sources.get(where, -1)):
+            self.stats.resent += 1
+            return True
+        self._sources_in[where] = at
+        return False
 
     def _another_message(self, m: Message) -> bool:
         """True when we held another message at ``m``'s offset (known by its broker timestamp)."""
@@ -532,6 +629,10 @@ class PipelineStage:
         for b in released:
             if b.epoch == self._epochs.get(b.key, 0):  # the replay guard knows the current offsets only
                 self._fed_offsets[b.key] = max(self._fed_offsets.get(b.key, -1), b.message.offset)
+            source = _source_of(b.message)
+            if source is not None:  # what the checkpoint says was fed from each source partition
+                where, at = source
+                self._sources[where] = max(at, self._sources.get(where, -1))
             b.fed = True
             b.bound = bound
             b.flows = None  # the engine has them now; keep only the bookkeeping
@@ -702,6 +803,7 @@ class PipelineStage:
                 "epochs": [[t, p, e] for (t, p), e in sorted(self._epochs.items())],
                 "pending": [list(x) for x in self.tracker.pending_timestamps()],
                 "resolutions": self.verdicts.export(),
+                "sources": [[p, w, o] for (p, w), o in sorted(self._sources.items())],
             }
             self.sink.save_state(self.state_key, data, json.dumps(guard).encode())
         except Exception as exc:  # the next checkpoint will try again; nothing is committed
@@ -737,6 +839,7 @@ class PipelineStage:
             for t, p, o, ts in guard.get("pending", []):
                 self._pending_ts.setdefault((str(t), int(p)), {})[int(o)] = int(ts)
             self.verdicts.restore(guard.get("resolutions"))
+            self._sources = {(int(p), str(w)): int(o) for p, w, o in guard.get("sources", [])}
             known = {*self._replay_offsets, *self._committed, *self._pending_ts}
             for key in [k for k in known if then.get(k, 0) != self._epochs.get(k, 0)]:
                 self._replay_offsets.pop(key, None)
@@ -785,11 +888,31 @@ class PipelineStage:
             restarted = []
         for t, p in restarted:
             self._new_epoch((t, p), -1)
-        for partition, n in lag.items():
-            self.metrics.consumer_lag.labels(partition=str(partition)).set(n)
+        self.metrics.record_lag(self.flows_topic, self._lag)
+
+    def _exchange_memory(self) -> None:
+        """Share the engine's new cluster-wide first sightings; take the other workers'."""
+        if self.global_memory is None or self.producer is None:
+            return
+        try:
+            self.global_memory.exchange(self.producer)
+        except Exception as exc:  # the broker is away: the next turn tries again
+            log.warning("global memory not exchanged: %s", exc)
 
     def _on_notify(self, notifier: str, status: str) -> None:
         self.metrics.notifications.labels(notifier=notifier, status=status).inc()
+
+
+def _source_of(m: Message) -> tuple[tuple[int, str], int] | None:
+    """((partition, source partition), source offset) of an enrich stage's batch; else None."""
+    raw = m.header(SOURCE_HEADER)
+    if raw is None:
+        return None
+    try:
+        topic, partition, offset, epoch = raw.decode().rsplit("/", 3)
+        return (m.partition, f"{topic}/{int(partition)}/{int(epoch)}"), int(offset)
+    except ValueError:  # not ours: a batch like any other
+        return None
 
 
 def build_stage(
@@ -799,10 +922,15 @@ def build_stage(
     store: PipelineStore | None = None,
     options: StageOptions | None = None,
     metrics: PipelineMetrics | None = None,
+    stage: str = "all",
 ) -> PipelineStage:
     """Wire a stage from the settings: the bus, the store, the inventory, the engine, the model.
 
-    The store is created but not started (the caller owns its lifecycle, as with the bus).
+    ``stage`` ``all``: one process consumes ``flows`` and does everything (the default, the
+    embedded mode). ``detect``: consume the enrich stage's topic keyed by workload
+    (:mod:`~flowwarden.pipeline.runtime.repartition`) and share the cluster-wide memory with
+    the other detect workers (:mod:`~flowwarden.pipeline.runtime.global_memory`). The store
+    is created but not started (the caller owns its lifecycle, as with the bus).
     """
     from flowwarden.bus import open_bus
     from flowwarden.pipeline.detection.engine import DetectionEngine
@@ -811,9 +939,24 @@ def build_stage(
     # The file (reloaded when it changes), a watch on the Kubernetes API, or none: the stage
     # starts it, hands its snapshots to the engine, and stops it.
     engine = DetectionEngine(settings)
+    bus = bus if bus is not None else open_bus(settings)
+    topic = None
+    memory = None
+    upstream = None
+    if stage == "detect":
+        from flowwarden.bus import KafkaBus
+        from flowwarden.pipeline.runtime.global_memory import GlobalMemory
+
+        if not isinstance(bus, KafkaBus):
+            raise ValueError("--stage detect needs bus.kind=kafka (stages meet on Kafka topics)")
+        topic = settings.kafka.topics.flows_by_workload
+        memory = GlobalMemory(bus, settings.kafka.topics.global_memory, engine)
+        upstream = UpstreamLag(bus, settings)
+    elif stage != "all":
+        raise ValueError(f"no pipeline stage {stage!r} here (all, detect; enrich runs run_enrich)")
     return PipelineStage(
         settings,
-        bus=bus if bus is not None else open_bus(settings),
+        bus=bus,
         store=store if store is not None else Store(settings.store.url),
         engine=engine,
         metrics=metrics,
@@ -821,6 +964,9 @@ def build_stage(
         inventory_source=inventory_source_from_settings(settings),
         rules_source=RulesSource(settings) if settings.rules.policy_file or settings.rules.feeds else None,
         options=options,
+        topic=topic,
+        global_memory=memory,
+        upstream=upstream,
     )
 
 
@@ -832,11 +978,14 @@ def run_pipeline(
     metrics_port: int | None = None,
     max_seconds: float | None = None,
     flush_on_stop: bool = False,
+    stage: str = "all",
 ) -> StageStats:
     """The ``flowwarden pipeline run`` process: store, metrics, stage, signals, loop, clean stop.
 
     SIGTERM / SIGINT end the loop; :meth:`PipelineStage.stop` then commits what is accounted
     for and checkpoints. ``metrics_port`` 0 serves no ``/metrics`` (default: the setting).
+    ``stage``: ``all`` (one process), ``enrich`` or ``detect`` (docs/scale-out.md); the
+    enrich stage needs no store and reports its counts as batches, flows and dead letters.
     """
     import signal
 
@@ -851,23 +1000,33 @@ def run_pipeline(
             "bus.kind is memory: this process sees only flows published inside it "
             "(the embedded mode is `flowwarden demo`; a deployment sets bus.kind=kafka)"
         )
+    metrics = PipelineMetrics()
+    port = settings.pipeline.metrics_port if metrics_port is None else metrics_port
+    if stage == "enrich":
+        from flowwarden.pipeline.runtime.repartition import run_enrich
+
+        try:
+            if port:
+                metrics.serve(port)
+            counted = run_enrich(settings, stop_event=stop, metrics=metrics, max_seconds=max_seconds)
+        finally:
+            metrics.close()
+        return StageStats(batches=counted.batches, flows=counted.flows, dlq=counted.dlq)
     store = Store(
         settings.store.url,
         retry_deadline_s=settings.store.retry_deadline_s,
         retry=RetryPolicy.from_settings(settings.retry, "store"),
     ).start()
-    metrics = PipelineMetrics()
-    port = settings.pipeline.metrics_port if metrics_port is None else metrics_port
     try:
         if port:
             metrics.serve(port)
-        stage = build_stage(settings, store=store, metrics=metrics, options=options)
-        stage.start()
+        worker = build_stage(settings, store=store, metrics=metrics, options=options, stage=stage)
+        worker.start()
         try:
-            stage.run(stop, max_seconds=max_seconds)
+            worker.run(stop, max_seconds=max_seconds)
         finally:
-            stage.stop(flush=flush_on_stop)
-        return stage.stats
+            worker.stop(flush=flush_on_stop)
+        return worker.stats
     finally:
         metrics.close()
         store.stop()

@@ -23,7 +23,15 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "kubernetes"
 K8S_VERSION = "1.37.0"
-FLOWWARDEN_SERVICES = {"collector", "pipeline", "enforcer", "simulate", "replay"}
+FLOWWARDEN_SERVICES = {
+    "collector",
+    "pipeline-enrich",
+    "pipeline",
+    "pipeline-detect-2",
+    "enforcer",
+    "simulate",
+    "replay",
+}
 
 
 def _tool(name: str) -> str:
@@ -394,7 +402,7 @@ def test_every_container_command_is_a_flowwarden_command(
     for doc in manifests:
         if doc["kind"] in ("DaemonSet", "Deployment"):
             commands[f"{doc['kind']} {doc['metadata']['name']}"] = _flowwarden_container(doc)["args"]
-    assert len(commands) == len(FLOWWARDEN_SERVICES) + 3
+    assert len(commands) == len(FLOWWARDEN_SERVICES) + 4  # manifests: collector, enforcer, enrich, detect
     for where, args in commands.items():
         if args[0] in NOT_WIRED_YET:
             assert not _cli_accepts(args), f"`flowwarden {args[0]}` exists now: drop it from NOT_WIRED_YET"

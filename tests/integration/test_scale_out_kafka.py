@@ -1,0 +1,332 @@
+"""Scale-out on the real broker (tansu) and PostgreSQL, with the real engine (issue 19).
+
+Must show: from a cold start, an enrich stage and three detect workers in one group, with
+the replicas of each workload spread over different source partitions of ``flows``, raise
+the same alerts (ids and all) as one worker doing everything on the same input; and a
+destination first seen by one detect worker is not "new to the cluster" for another
+(the global-memory topic).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import zlib
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flowwarden import simulator
+from flowwarden.bus import KafkaBus
+from flowwarden.kube import FixedSource, PodInventory
+from flowwarden.pipeline.detection.engine import DetectionEngine
+from flowwarden.pipeline.detection.state import mix
+from flowwarden.pipeline.runtime.global_memory import GlobalMemory
+from flowwarden.pipeline.runtime.notify import NotifierHub
+from flowwarden.pipeline.runtime.repartition import EnrichStage, UpstreamLag
+from flowwarden.pipeline.runtime.stage import PipelineStage, StageOptions
+from flowwarden.records import Alert, empty_flows
+from flowwarden.settings import Settings
+from flowwarden.store import Store
+from flowwarden.wire import encode_flows
+from tests.support.broker import unique_group
+from tests.support.netns import wait_for
+
+pytestmark = pytest.mark.integration
+
+CHUNK_S = 5.0  # simulated seconds per published batch, like a collector's flush interval
+# Alert fields that say when this process wrote the record, not what it found.
+VOLATILE = {"created_at"}
+
+
+class Loop(Protocol):
+    def run(self, stop_event: threading.Event, *, max_seconds: float | None = None) -> None: ...
+
+
+class Runner:
+    """A stage looping in a thread (its own consumer, so its own group member)."""
+
+    def __init__(self, stage: Loop, name: str) -> None:
+        self.stage = stage
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.stage.run(self.stop_event, max_seconds=240)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def start(self) -> Runner:
+        self.thread.start()
+        return self
+
+    def halt(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), f"{self.thread.name} did not stop"
+        assert self.error is None, self.error
+
+
+def settings_with(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    data = settings.model_dump()
+    for name, values in sections.items():
+        for key, value in values.items():
+            data[name][key] = {**data[name][key], **value} if isinstance(value, dict) else value
+    return Settings.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Any:
+    return simulator.simulate(minutes=4, pods=30, seed=23, attacks="all")
+
+
+def spread_partitions(flows: pd.DataFrame, inventory: PodInventory, partitions: int) -> np.ndarray:
+    """A source partition per flow that puts the replicas of each workload on different
+    partitions (replica i of a workload on partition i mod n); other sources by CRC-32."""
+    pods = inventory.pods
+    by_ip: dict[str, int] = {}
+    for _, group in pods.groupby(["namespace", "workload"], sort=True):
+        for i, ip in enumerate(sorted(set(group["ip"]))):
+            by_ip[ip] = i % partitions
+    src = flows["src_ip"].astype("str")
+    return np.fromiter(
+        (by_ip.get(ip, zlib.crc32(ip.encode()) % partitions) for ip in src), dtype=np.int64, count=len(src)
+    )
+
+
+def publish_spread(settings: Settings, flows: pd.DataFrame, inventory: PodInventory) -> int:
+    """The flows in 5 s chunks, each split by :func:`spread_partitions`; messages sent."""
+    n = settings.kafka.partitions
+    bus = KafkaBus(settings.kafka)
+    producer = bus.producer()
+    sent = 0
+    ts = flows["ts_end"].to_numpy()
+    for lo in np.arange(ts.min(), ts.max() + CHUNK_S, CHUNK_S):
+        chunk = flows[(ts >= lo) & (ts < lo + CHUNK_S)]
+        parts = spread_partitions(chunk, inventory, n)
+        for p in np.unique(parts):
+            producer.send(settings.kafka.topics.flows, encode_flows(chunk[parts == p]), partition=int(p))
+            sent += 1
+    assert producer.flush(60)
+    assert producer.failed_count == 0
+    producer.close()
+    return sent
+
+
+def detect_stage(
+    settings: Settings, store: Store, inventory: PodInventory, worker_id: str, *, scale_out: bool
+) -> PipelineStage:
+    engine = DetectionEngine(settings, inventory=inventory)
+    bus = KafkaBus(settings.kafka)
+    topics = settings.kafka.topics
+    return PipelineStage(
+        settings,
+        bus=bus,
+        store=store,
+        engine=engine,
+        notifiers=NotifierHub([]),
+        options=StageOptions(poll_timeout_s=0.2, idle_tick_s=1.0, align_idle_s=3.0, worker_id=worker_id),
+        topic=topics.flows_by_workload if scale_out else None,
+        global_memory=GlobalMemory(bus, topics.global_memory, engine) if scale_out else None,
+        upstream=UpstreamLag(bus, settings) if scale_out else None,
+    )
+
+
+def comparable(alerts: list[Alert]) -> dict[str, dict[str, Any]]:
+    """Each alert as a dict, but for what depends on the order rows arrive in, not on what
+    was found: when it was detected (the event clock of the call), which example flows were
+    picked among equals (how many is compared) and the order of the targets."""
+    out = {}
+    for a in alerts:
+        d = a.model_dump(mode="json", exclude=VOLATILE)
+        d["evidence"].pop("detected_at", None)
+        d["example_flows"] = len(d["example_flows"])
+        d["targets"] = sorted(d["targets"])
+        out[a.id] = d
+    return out
+
+
+@pytest.fixture
+def runners() -> Iterator[list[Runner]]:
+    started: list[Runner] = []
+    yield started
+    for r in started:
+        r.stop_event.set()
+    for r in started:
+        r.thread.join(timeout=30)
+
+
+def test_three_detect_workers_keyed_by_workload_raise_the_same_alerts_as_one(
+    kafka_settings: Settings, fresh_pg_url: str, tmp_path: Any, sim: Any, runners: list[Runner]
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"flows_by_workload": f"by-workload-{suffix}", "global_memory": f"memory-{suffix}"}
+    one = settings_with(
+        kafka_settings,
+        pipeline={"group_id": unique_group("one"), "checkpoint_interval_s": 1.0},
+        kafka={"topics": topics},
+    )
+    many = settings_with(
+        kafka_settings,
+        pipeline={"group_id": unique_group("many"), "checkpoint_interval_s": 1.0},
+        kafka={"topics": {**topics, "alerts": kafka_settings.kafka.topics.alerts + "-many"}},
+    )
+    inventory = PodInventory.from_dict(sim.inventory)
+    n = kafka_settings.kafka.partitions
+    assert n == 3
+    # The input really spreads each multi-replica workload over several source partitions.
+    parts = spread_partitions(sim.flows, inventory, n)
+    wl = sim.flows.assign(part=parts, ip=sim.flows["src_ip"]).merge(
+        inventory.pods[["ip", "namespace", "workload"]], on="ip"
+    )
+    by_workload = wl.groupby(["namespace", "workload"])
+    replicated = by_workload["ip"].nunique() >= 2
+    assert replicated.sum() >= 3
+    assert (by_workload["part"].nunique()[replicated] >= 2).all()
+
+    store_one = Store(f"sqlite:///{tmp_path / 'one.db'}").start()
+    store_many = Store(fresh_pg_url).start()
+    stages: list[Any] = []
+    try:
+        enrich = EnrichStage(
+            many, bus=KafkaBus(many.kafka), inventory_source=FixedSource(inventory), poll_timeout_s=0.2
+        )
+        enrich.start()
+        stages.append(enrich)
+        detectors = [detect_stage(many, store_many, inventory, f"d{i}", scale_out=True) for i in range(3)]
+        for d in detectors:
+            d.start()
+            stages.append(d)
+        solo = detect_stage(one, store_one, inventory, "solo", scale_out=False)
+        solo.start()
+        stages.append(solo)
+        for i, s in enumerate(stages):
+            runners.append(Runner(s, f"stage-{i}").start())
+
+        def owned(stage: PipelineStage) -> set[int]:
+            return {p for _, p in stage._assigned}
+
+        # Every member holds its partitions before any flow exists: no rebalance mid-stream.
+        wait_for(
+            lambda: (
+                all(len(owned(d)) == 1 for d in detectors)
+                and set().union(*(owned(d) for d in detectors)) == set(range(n))
+                and owned(solo) == set(range(n))
+                and len(enrich._assigned) == n
+            ),
+            timeout=120,
+            what="one partition per detect worker, all of them for the enrich stage and the solo worker",
+        )
+        publish_spread(kafka_settings, sim.flows, inventory)
+        valid = len(sim.flows)
+
+        def idle(stage: PipelineStage) -> bool:
+            return not len(stage.aligner) and stage.engine.open_window_floor() is None
+
+        wait_for(
+            lambda: (
+                solo.stats.flows == valid
+                and idle(solo)
+                and enrich.stats.flows >= valid  # more if it read some twice (a rebalance)
+                and sum(d.stats.flows for d in detectors) == valid
+                and all(idle(d) for d in detectors)
+            ),
+            timeout=120,
+            what="every flow through both paths and every window closed",
+        )
+        for r in runners:
+            r.halt()
+        runners.clear()
+        for s in stages:
+            s.stop()
+        stages.clear()
+
+        alone = comparable(store_one.list_alerts())
+        together = comparable(store_many.list_alerts())
+        assert len(alone) >= 5
+        assert len({a["detector"] for a in alone.values()}) >= 4
+        assert set(together) == set(alone)
+        assert together == alone
+        assert all(d.stats.flows > 0 for d in detectors)  # each did part of the work
+        assert sum(d.global_memory.published for d in detectors if d.global_memory) > 0
+    finally:
+        for r in runners:
+            r.stop_event.set()
+        for s in stages:
+            s.stop()
+        store_one.stop()
+        store_many.stop()
+
+
+def test_a_destination_one_worker_saw_is_not_new_to_the_cluster_for_another(kafka_settings: Settings) -> None:
+    """Worker A talks to an address first; B, started afterwards from the global-memory topic,
+    and C, already running, both know the address since A's window, and neither counts it
+    as new to the cluster when their own pods first use it."""
+    from tests.unit.flowkit import T0, flows, pod
+
+    settings = settings_with(kafka_settings, pipeline={"window_s": 10.0, "allowed_lateness_s": 0.0})
+    inventory = PodInventory.from_dict(
+        {
+            "items": [
+                pod("a-1", "10.244.9.1", owner=("ReplicaSet", "alpha-1")),
+                pod("b-1", "10.244.9.2", owner=("ReplicaSet", "beta-1")),
+                pod("c-1", "10.244.9.3", owner=("ReplicaSet", "gamma-1")),
+            ]
+        }
+    )
+    topic = f"memory-{uuid.uuid4().hex[:8]}"
+    bus = KafkaBus(settings.kafka)
+    producer = bus.producer()
+    dst = "203.0.113.7"
+
+    def engine_with_memory() -> tuple[DetectionEngine, GlobalMemory]:
+        engine = DetectionEngine(settings, inventory=inventory)
+        memory = GlobalMemory(bus, topic, engine)
+        memory.start()
+        return engine, memory
+
+    def first_seen(engine: DetectionEngine) -> float:
+        h = mix(engine.vocab.hash_of(engine.vocab.encode(np.array([dst], dtype=object))), 0, 6)
+        return float(engine.edges.first_seen(h)[0])
+
+    a, mem_a = engine_with_memory()
+    c, mem_c = engine_with_memory()
+    try:
+        a.process(flows([{"ts_start": T0 + 1, "src_ip": "10.244.9.1", "dst_ip": dst, "dst_port": 443}]))
+        a.process(empty_flows(), now=T0 + 25)  # the window closes: A learns the address
+        assert mem_a.exchange(producer) == (0, 1)
+        assert producer.flush(30)
+
+        b, mem_b = engine_with_memory()  # a new worker: replays the topic
+        try:
+            assert first_seen(b) == T0
+            wait_for(lambda: mem_c.exchange(producer)[0] == 1, timeout=30, what="C to hear of A's address")
+            assert first_seen(c) == T0
+            for late, src, engine in ((60.0, "10.244.9.2", b), (60.0, "10.244.9.3", c)):
+                engine.process(
+                    flows([{"ts_start": T0 + late + 1, "src_ip": src, "dst_ip": dst, "dst_port": 443}])
+                )
+                out = engine.process(empty_flows(), now=T0 + late + 25)
+                w = out.windows
+                assert len(w) == 1
+                assert w["young_ext_age"].iloc[0] == late  # known to the cluster since A's window
+            # Without the memory, the same window says the address is brand new (age 0).
+            alone = DetectionEngine(settings, inventory=inventory)
+            alone.process(
+                flows([{"ts_start": T0 + 61, "src_ip": "10.244.9.2", "dst_ip": dst, "dst_port": 443}])
+            )
+            assert alone.process(empty_flows(), now=T0 + 85).windows["young_ext_age"].iloc[0] == 0.0
+            # B and C learnt nothing new to share: the address was the cluster's already.
+            assert mem_b.exchange(producer)[1] == 0
+        finally:
+            mem_b.close()
+    finally:
+        mem_a.close()
+        mem_c.close()
+        producer.close()

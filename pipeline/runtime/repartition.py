@@ -42,6 +42,7 @@ from flowwarden.bus import Bus, Consumer, Message, Producer, read_flow_batches, 
 from flowwarden.kube import InventorySource, PodInventory
 from flowwarden.pipeline.detection.enrich import enrich_flows
 from flowwarden.pipeline.runtime.batches import PartitionAligner, PartitionKey, PendingBatch
+from flowwarden.pipeline.runtime.loop import SteppedStage
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.records import conform_flows
 from flowwarden.settings import Settings
@@ -87,7 +88,7 @@ class EnrichStats:
     commits: int = 0
 
 
-class EnrichStage:
+class EnrichStage(SteppedStage):
     """Consume ``flows``, enrich, produce to the repartition topic keyed by workload, commit.
 
     Stateless apart from the pod inventory: any number of these run in one consumer group
@@ -165,20 +166,6 @@ class EnrichStage:
                 self.stats.sent,
                 self.stats.dlq,
             )
-
-    def __enter__(self) -> EnrichStage:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def run(self, stop_event: threading.Event, *, max_seconds: float | None = None) -> None:
-        deadline = None if max_seconds is None else self.clock() + max_seconds
-        while not stop_event.is_set():
-            if deadline is not None and self.clock() >= deadline:
-                break
-            self.step()
 
     # ------------------------------------------------------------------ one turn
 

@@ -63,6 +63,7 @@ from flowwarden.kube import InventorySource, PodInventory, inventory_source_from
 from flowwarden.pipeline.detection.detectors.flow_rules import rule_tallies
 from flowwarden.pipeline.runtime.batches import CommitTracker, PartitionAligner, PartitionKey, PendingBatch
 from flowwarden.pipeline.runtime.feeds import RulesSnapshot, RulesSource
+from flowwarden.pipeline.runtime.loop import SteppedStage
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
@@ -189,7 +190,7 @@ class StageStats:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))  # seconds, newest last
 
 
-class PipelineStage:
+class PipelineStage(SteppedStage):
     """Consume ``flows``, detect, deliver, commit (see the module docstring).
 
     Embedded mode and production are the same class: give it a ``MemoryBus`` and a SQLite
@@ -373,21 +374,6 @@ class PipelineStage:
                 self.stats.ticks,
                 self.engine.stats().late_flows,
             )
-
-    def __enter__(self) -> PipelineStage:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def run(self, stop_event: threading.Event, *, max_seconds: float | None = None) -> None:
-        """Loop until ``stop_event`` is set (or ``max_seconds`` have passed)."""
-        deadline = None if max_seconds is None else self.clock() + max_seconds
-        while not stop_event.is_set():
-            if deadline is not None and self.clock() >= deadline:
-                break
-            self.step()
 
     def drain(self, *, idle_polls: int = 3, max_seconds: float = 300.0, flush: bool = True) -> None:
         """Consume until ``idle_polls`` polls in a row bring nothing, then (optionally) flush.

@@ -42,7 +42,7 @@ from flowwarden.bus import Bus, Consumer, Message, Producer, read_flow_batches, 
 from flowwarden.kube import InventorySource, PodInventory
 from flowwarden.pipeline.detection.enrich import enrich_flows
 from flowwarden.pipeline.runtime.batches import PartitionAligner, PartitionKey, PendingBatch
-from flowwarden.pipeline.runtime.loop import SteppedStage
+from flowwarden.pipeline.runtime.loop import SteppedStage, delivered
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.records import conform_flows
 from flowwarden.settings import Settings
@@ -193,15 +193,8 @@ class EnrichStage(SteppedStage):
             return
         # A short wait: this loop must poll again within max_poll_interval_ms, and a commit
         # postponed now is made at the next turn (nothing is lost meanwhile, only re-sent on a crash).
-        if not self.producer.flush(min(self.settings.pipeline.producer_flush_timeout_s, 2.0)):
-            self.metrics.commits.labels(status="postponed").inc()
-            return
-        failed = self.producer.take_failed()
-        if failed:
-            log.warning("resending %d messages that failed to produce; commit postponed", len(failed))
-            for f in failed:
-                self.producer.send(f.topic, f.value, key=f.key, partition=f.partition, headers=f.headers)
-            self.metrics.commits.labels(status="postponed").inc()
+        timeout = min(self.settings.pipeline.producer_flush_timeout_s, 2.0)
+        if not delivered(self.producer, timeout, self.metrics.commits):
             return
         try:
             self.consumer.commit(self._forwarded)

@@ -63,7 +63,7 @@ from flowwarden.kube import InventorySource, PodInventory, inventory_source_from
 from flowwarden.pipeline.detection.detectors.flow_rules import rule_tallies
 from flowwarden.pipeline.runtime.batches import CommitTracker, PartitionAligner, PartitionKey, PendingBatch
 from flowwarden.pipeline.runtime.feeds import RulesSnapshot, RulesSource
-from flowwarden.pipeline.runtime.loop import SteppedStage
+from flowwarden.pipeline.runtime.loop import SteppedStage, delivered
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
@@ -768,17 +768,9 @@ class PipelineStage(SteppedStage):
         self.flush_effects()  # the marks of everything fed, before the state that holds it
         floor = self.engine.open_window_floor()
         ready = self.tracker.ready(floor)
-        if not self.producer.flush(self.options.flush_timeout_s):
-            log.warning("producer flush timed out: checkpoint and commit postponed")
-            self.metrics.commits.labels(status="postponed").inc()
-            return
-        failed = self.producer.take_failed()
-        if failed:
-            # Alerts (or dead letters) that did not reach the bus: send again, commit later.
-            log.warning("resending %d messages that failed to produce; commit postponed", len(failed))
-            for f in failed:
-                self.producer.send(f.topic, f.value, key=f.key, partition=f.partition, headers=f.headers)
-            self.metrics.commits.labels(status="postponed").inc()
+        # Alerts (or dead letters) that did not reach the bus are sent again; checkpoint and
+        # commit wait for a later turn.
+        if not delivered(self.producer, self.options.flush_timeout_s, self.metrics.commits):
             return
         try:
             data = self.engine.export_state()

@@ -87,6 +87,28 @@ def test_an_alert_raised_while_learning_says_so_and_is_at_most_medium() -> None:
     assert Alert.from_json(alerts["port_scan"].to_json()).learning  # on the wire
 
 
+def test_a_long_running_pod_that_never_sourced_a_flow_is_not_learning_when_it_starts_scanning() -> None:
+    """A broker's pod, running for an hour by the inventory, answers for ten minutes, then scans:
+    its workload's first *sourced* flow is the scan, but nothing about it is new to the cluster."""
+    started = datetime.fromtimestamp(FLOW_T0 - 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    broker = pod("kafka-0", "10.244.1.40", owner=("StatefulSet", "kafka"), created=started)
+    inv = PodInventory.from_dict({"items": [broker, pod("web-5d9c8f7b6-a", "10.244.1.30")]})
+    rows: list[dict[str, Any]] = [
+        {"ts_start": t, "src_ip": "10.244.1.30", "dst_ip": "10.244.1.40", "dst_port": 9092}
+        for t in np.arange(FLOW_T0, FLOW_T0 + 900, 5.0)
+    ]
+    rows += [
+        {"ts_start": FLOW_T0 + 600 + 0.1 * i, "src_ip": "10.244.1.40", "dst_ip": "10.244.1.30",
+         "dst_port": 1000 + i, "state": "rejected", "bytes_out": 60, "bytes_in": 0, "pkts_out": 1,
+         "pkts_in": 1}
+        for i in range(40)
+    ]  # fmt: skip
+    eng = DetectionEngine(Settings(), inventory=inv)
+    alerts = [a for a in eng.process(flows(rows)).alerts + eng.flush().alerts if a.detector == "port_scan"]
+    assert alerts and alerts[0].entity.pod == "kafka-0"
+    assert not alerts[0].learning and alerts[0].severity == "critical", alerts[0]
+
+
 def test_resolving_an_alert_closes_it_in_the_engine() -> None:
     eng, rows = _upload_engine()
     df = flows(rows)

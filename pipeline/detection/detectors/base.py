@@ -52,9 +52,17 @@ class Context:
 
     def learning(self, learn_s: float) -> np.ndarray:
         """Whether each window falls while the engine's memory or its workload is younger than
-        ``learn_s``: a finding then may be the cluster's normal, not yet learned."""
+        ``learn_s``: a finding then may be the cluster's normal, not yet learned.
+
+        A workload counts as new by its first *sourced* flow only while the inventory does not
+        say its pod has run for longer (``extra["pod_age"]``; 0 when unknown): a database or a
+        broker that never opened a connection and starts scanning is news, not a newcomer."""
         ws = self.windows["window_start"].to_numpy(dtype="float64")
-        return (ws < self.memory_since + learn_s) | (self.workload_age < learn_s)
+        young = self.workload_age < learn_s
+        pod_age = self.extra.get("pod_age")
+        if pod_age is not None:
+            young &= np.asarray(pod_age, dtype="float64") < learn_s
+        return (ws < self.memory_since + learn_s) | young
 
     def zscore(self, feature: str, base: pd.DataFrame, min_dev: float = 0.5) -> np.ndarray:
         """Robust deviation of ``log1p(feature)`` from a baseline (0 when there is none)."""

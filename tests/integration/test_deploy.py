@@ -402,12 +402,53 @@ def test_every_container_command_is_a_flowwarden_command(
     for doc in manifests:
         if doc["kind"] in ("DaemonSet", "Deployment"):
             commands[f"{doc['kind']} {doc['metadata']['name']}"] = _flowwarden_container(doc)["args"]
-    assert len(commands) == len(FLOWWARDEN_SERVICES) + 4  # manifests: collector, enforcer, enrich, detect
+    assert len(commands) == len(FLOWWARDEN_SERVICES) + 3  # manifests: collector, pipeline, enforcer
+    for doc in scale_out_manifests(manifests):
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"].startswith("flowwarden-pipeline"):
+            commands[f"scale-out {doc['metadata']['name']}"] = _flowwarden_container(doc)["args"]
     for where, args in commands.items():
         if args[0] in NOT_WIRED_YET:
             assert not _cli_accepts(args), f"`flowwarden {args[0]}` exists now: drop it from NOT_WIRED_YET"
             continue
         assert _cli_accepts(args), f"{where}: `flowwarden {' '.join(args)}` is not a valid command line"
+
+
+def scale_out_manifests(base: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What ``kubectl apply -k deploy/kubernetes/scale-out`` applies: the base, its resources,
+    and its JSON-patch ``replace`` operations (the only kind it uses; anything else fails)."""
+    kustomization = yaml.safe_load((K8S_DIR / "scale-out" / "kustomization.yaml").read_text())
+    docs = copy.deepcopy(base)
+    for res in kustomization["resources"]:
+        if res != "../":
+            docs.extend(d for d in yaml.safe_load_all((K8S_DIR / "scale-out" / res).read_text()) if d)
+    for patch in kustomization["patches"]:
+        target = _one(docs, patch["target"]["kind"], patch["target"]["name"])
+        for op in yaml.safe_load(patch["patch"]):
+            assert op["op"] == "replace", op
+            *parents, leaf = [int(k) if k.isdigit() else k for k in op["path"].strip("/").split("/")]
+            node: Any = target
+            for k in parents:
+                node = node[k]
+            assert isinstance(node, list) or leaf in node, op["path"]  # replace: the path exists
+            node[leaf] = op["value"]
+    return docs
+
+
+def test_the_scale_out_overlay_runs_an_enrich_stage_and_detect_workers(
+    manifests: list[dict[str, Any]],
+) -> None:
+    docs = scale_out_manifests(manifests)
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    enrich = _flowwarden_container(_one(docs, "Deployment", "flowwarden-pipeline-enrich"))
+    detect = _one(docs, "Deployment", "flowwarden-pipeline")
+    assert enrich["args"][:4] == ["pipeline", "run", "--stage", "enrich"]
+    assert _flowwarden_container(detect)["args"][:4] == ["pipeline", "run", "--stage", "detect"]
+    assert detect["spec"]["replicas"] == 2
+    # The base stays one process doing both (the chart's too).
+    assert (
+        "--stage" not in _flowwarden_container(_one(manifests, "Deployment", "flowwarden-pipeline"))["args"]
+    )
 
 
 def _am_route(labels: dict[str, str]) -> str:

@@ -42,8 +42,8 @@ class PipelineMetrics:
         )
         # One series per worker and topic: what a HorizontalPodAutoscaler scales the stage on
         # (summed over the stage's pods: the messages its consumer group is behind).
-        self.consumer_lag_total = Gauge(
-            "flowwarden_pipeline_consumer_lag_total",
+        self.topic_lag = Gauge(
+            "flowwarden_pipeline_topic_lag",
             "Messages behind the end of the partitions this worker owns, summed, per topic it consumes.",
             ["topic"],
             registry=r,
@@ -178,7 +178,7 @@ class PipelineMetrics:
         """The lag per partition just measured, and its sum for the topic."""
         for partition, n in lag.items():
             self.consumer_lag.labels(partition=str(partition)).set(n)
-        self.consumer_lag_total.labels(topic=topic).set(sum(lag.values()))
+        self.topic_lag.labels(topic=topic).set(sum(lag.values()))
 
     def set_model(self, version: str | None) -> None:
         """Keep exactly one ``model_info`` series: the version in use."""

@@ -162,8 +162,9 @@ def _register_run(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--worker-id",
-                help="Names this worker's checkpoint: unique per replica, stable across its restarts "
-                "(a StatefulSet ordinal). Default: the host name.",
+                help="Names this worker in logs and, for --stage all, its checkpoint: unique per "
+                "replica, stable across its restarts (a StatefulSet ordinal). A detect worker's state "
+                "is checkpointed per partition and moves with it. Default: the host name.",
             ),
         ] = None,
         metrics_port: Annotated[

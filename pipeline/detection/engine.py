@@ -258,6 +258,10 @@ class DetectionEngine:
     def open_window_floor(self) -> float | None:
         return self.buffer.open_floor()
 
+    def watermark(self) -> float:
+        """The event time the windows close by: the newest ``ts_end`` of a scored flow."""
+        return self.buffer.watermark
+
     @property
     def late_flows(self) -> int:
         return self.buffer.late_flows

@@ -80,6 +80,12 @@ class PipelineMetrics:
         self.checkpoints = Counter(
             "flowwarden_pipeline_checkpoints", "State checkpoints written.", ["status"], registry=r
         )
+        self.partition_restores = Counter(
+            "flowwarden_pipeline_partition_restores",
+            "Partitions a detect worker was assigned: state restored from its last checkpoint, or cold.",
+            ["state"],
+            registry=r,
+        )
         self.replayed_batches = Counter(
             "flowwarden_pipeline_replayed_batches",
             "Batches seen again after a restart (their rollups were already stored).",

@@ -67,6 +67,7 @@ from flowwarden.pipeline.runtime.loop import SteppedStage, delivered
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
+from flowwarden.pipeline.runtime.partition_engines import PartitionEngines
 from flowwarden.pipeline.runtime.ports import Engine, EngineOutput, PipelineStore
 from flowwarden.pipeline.runtime.repartition import MAX_TS_HEADER, PEERS_HEADER, SOURCE_HEADER, UpstreamLag
 from flowwarden.pipeline.runtime.sinks import AlertPublisher, BatchId, StoreSink
@@ -135,11 +136,10 @@ class SourceAligner(PartitionAligner):
 
     def add(self, batch: PendingBatch, mono_now: float) -> None:
         m = batch.message
-        source = m.header(SOURCE_HEADER)
-        if source is None:
+        key = fed_in_order_key(m)
+        if key == batch.key:
             super().add(batch, mono_now)
             return
-        key = _aligned_key(m.topic, m.partition, source.decode(errors="replace").rsplit("/", 3)[0:2])
         max_ts = batch.max_ts_end
         raw = m.header(MAX_TS_HEADER)
         if raw is not None:
@@ -164,6 +164,19 @@ class SourceAligner(PartitionAligner):
 
     def _carries_sources(self, key: PartitionKey) -> bool:
         return any(_real_key(k) == key and k != key for k in self._last_seen)
+
+
+def fed_in_order_key(m: Message) -> PartitionKey:
+    """The key under which a partition's batches are released (so fed) in offset order.
+
+    The partition itself; behind the enrich stage, each source partition within it (the
+    aligner interleaves those in event time, so the highest offset fed of the partition
+    does not mean every lower one was). The checkpoint's replay guard counts per this key.
+    """
+    source = m.header(SOURCE_HEADER)
+    if source is None:
+        return (m.topic, m.partition)
+    return _aligned_key(m.topic, m.partition, source.decode(errors="replace").rsplit("/", 3)[0:2])
 
 
 def _aligned_key(topic: str, partition: int, source: list[str]) -> PartitionKey:
@@ -220,6 +233,9 @@ class PipelineStage(SteppedStage):
         self.settings = settings
         self.bus = bus
         self.engine = engine
+        # A detect worker's engines, one per assigned partition, each checkpointed under its
+        # partition's key (partition_engines.py); None: one engine and one checkpoint per worker.
+        self.partitioned = engine if isinstance(engine, PartitionEngines) else None
         self.metrics = metrics or PipelineMetrics()
         self.options = options or StageOptions.from_settings(settings)
         self.notifiers = (
@@ -270,7 +286,10 @@ class PipelineStage(SteppedStage):
         self._fed_max_ts = -math.inf  # newest ts_end given to the engine
         self._fed_offsets: dict[PartitionKey, int] = {}
         self._replay_offsets: dict[PartitionKey, int] = {}  # from the checkpoint: already in the state
-        self._replay_floor = math.inf  # rows of those batches before this window start are in it too
+        # Per partition: rows of those batches before this window start are in the state too.
+        self._replay_floors: dict[PartitionKey, float] = {}
+        # Partitioned: which verdicts each partition's restored state holds.
+        self._partition_verdicts: dict[int, VerdictFollower] = {}
         self._clock_max = -math.inf  # newest event time the engine has been told (data or now)
         self._last_feed = 0.0
         self._last_tick_now = -math.inf
@@ -313,10 +332,11 @@ class PipelineStage(SteppedStage):
                 self.engine.set_model(model)
             self.metrics.set_model(self.model_watcher.version)
         self._epochs = self.sink.load_epochs(self.epochs_key)
-        state = self.sink.load_state(self.state_key)
+        # Partitioned, each partition's state is restored when it is assigned (_track_assignment).
+        state = self.sink.load_state(self.state_key) if self.partitioned is None else None
         if state:
             self.engine.import_state(state)
-            self._restore_replay_guard(self.sink.load_state(self.state_key + "/offsets"))
+            self._restore_replay_guard(self.sink.load_state(self.state_key + "/offsets"), self.verdicts)
             log.info("state restored key=%s bytes=%d", self.state_key, len(state))
         self.bus.ensure_topics([self.flows_topic, self.alerts_topic, self.dlq_topic])
         self.producer = self.bus.producer()
@@ -453,10 +473,14 @@ class PipelineStage(SteppedStage):
                 # Their uncommitted batches will come again at their new owner.
                 self.aligner.forget(gone)
                 self.tracker.forget(gone)
+                for key in gone if self.partitioned is not None else ():
+                    self._release_partition(key)
                 log.info("partitions revoked %s", sorted(p for _, p in gone))
             if new:
                 self.aligner.expect(new, now)
                 self._epochs |= self.sink.load_epochs(self.epochs_key)  # another member may have bumped one
+                for key in sorted(new) if self.partitioned is not None else ():
+                    self._restore_partition(key)
                 self._lag_at = -math.inf  # ask for their lag at once
                 log.info("partitions assigned %s", sorted(p for _, p in new))
             self._assigned = assigned
@@ -502,11 +526,12 @@ class PipelineStage(SteppedStage):
         window_s = self.settings.pipeline.window_s
         for m in fresh:
             flows = None if id(m) in resent else decoded.get(id(m))
-            guard = self._replay_offsets.get((m.topic, m.partition))
+            in_order = fed_in_order_key(m)
+            guard = self._replay_offsets.get(in_order)
             if flows is not None and guard is not None and m.offset <= guard and len(flows):
                 # Already in the restored state, except its rows of windows that were open.
                 starts = np.floor(flows["ts_end"].to_numpy() / window_s)
-                flows = flows[starts * window_s >= self._replay_floor]
+                flows = flows[starts * window_s >= self._replay_floors.get(in_order, math.inf)]
             max_ts = float(flows["ts_end"].max()) if flows is not None and len(flows) else -math.inf
             batch = PendingBatch(
                 m,
@@ -524,7 +549,7 @@ class PipelineStage(SteppedStage):
         offset order, so one at or below the highest already fed here is a copy. Messages the
         replay guard covers are the restored state's own, never copies."""
         source = _source_of(m)
-        if source is None or m.offset <= self._replay_offsets.get((m.topic, m.partition), -1):
+        if source is None or m.offset <= self._replay_offsets.get(fed_in_order_key(m), -1):
             return False
         where, at = source
         if at <= self._sources_in.get(where, self._sources.get(where, -1)):
@@ -549,8 +574,15 @@ class PipelineStage(SteppedStage):
         committed = self._committed.get(key, -1)
         # What we knew of the old offsets means nothing for the new ones. Batches of the old
         # epoch still held back are fed as usual but never committed (their offsets are gone).
-        for known in (self._ingested, self._fed_offsets, self._replay_offsets, self._committed):
-            known.pop(key, None)
+        for known in (
+            self._ingested,
+            self._fed_offsets,
+            self._replay_offsets,
+            self._replay_floors,
+            self._committed,
+        ):
+            for k in [k for k in known if _real_key(k) == key]:
+                known.pop(k, None)
         self._pending_ts.pop(key, None)
         self.tracker.forget([key])
         self.metrics.offset_resets.labels(topic=key[0]).inc()
@@ -583,38 +615,34 @@ class PipelineStage(SteppedStage):
         )
 
     def _feed(self, released: list[PendingBatch]) -> None:
-        """One engine call over the released batches; alerts out now, rollups and marks soon."""
+        """One engine call over the released batches (partitioned: one per partition, then
+        every engine to the newest event time); alerts out now, rollups and marks soon."""
         if not released:
             return
-        frames = [b.flows for b in released if b.flows is not None]
-        result: EngineOutput | None = None
-        if frames:
-            flows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-            self._sync_inventory()
-            self._sync_rules()
-            result = self.engine.process(flows)
-            self._fed_max_ts = max(self._fed_max_ts, float(flows["ts_end"].max()))
-            self._clock_max = max(self._clock_max, self._fed_max_ts)
-            self.metrics.flows.inc(len(flows))
-            self.stats.flows += len(flows)
-            if len(result.enriched) != len(flows):
-                log.error(
-                    "engine returned %d enriched rows for %d flows: rollups of this call skipped",
-                    len(result.enriched),
-                    len(flows),
-                )
-                self._effects.append(([(b.id, 0) for b in released], None))
-            else:
-                self._effects.append(([(b.id, b.n_flows) for b in released], result.enriched))
-                self._effect_rows += len(flows)
+        self._sync_inventory()
+        self._sync_rules()
+        if self.partitioned is None:
+            self._feed_engine(self.engine, released)
         else:
-            self._effects.append(([(b.id, 0) for b in released], None))
+            groups: dict[int, list[PendingBatch]] = {}
+            for b in released:
+                groups.setdefault(b.message.partition, []).append(b)
+            for p, batches in groups.items():
+                if p in self.partitioned:
+                    self._feed_engine(self.partitioned.engine(p), batches)
+                    continue
+                # Polled before its partition moved away: neither fed nor committed here.
+                log.warning("batches of a partition no longer assigned left to its owner partition=%d", p)
+                self.tracker.forget([batches[0].key])
+                released = [b for b in released if b.message.partition != p]
+            # One clock: a quiet partition's windows close as one engine's would.
+            self._deliver(self.partitioned.advance())
         self._last_feed = self.clock()
-        self._deliver(result)
         bound = self._window_start(self._clock_max)
         for b in released:
             if b.epoch == self._epochs.get(b.key, 0):  # the replay guard knows the current offsets only
-                self._fed_offsets[b.key] = max(self._fed_offsets.get(b.key, -1), b.message.offset)
+                in_order = fed_in_order_key(b.message)
+                self._fed_offsets[in_order] = max(self._fed_offsets.get(in_order, -1), b.message.offset)
             source = _source_of(b.message)
             if source is not None:  # what the checkpoint says was fed from each source partition
                 where, at = source
@@ -624,6 +652,31 @@ class PipelineStage(SteppedStage):
             b.flows = None  # the engine has them now; keep only the bookkeeping
         if self._effect_rows >= self.options.store_flush_rows or self.clock() >= self._next_store_flush:
             self.flush_effects()
+
+    def _feed_engine(self, engine: Engine, batches: list[PendingBatch]) -> None:
+        """One engine call over ``batches``: alerts delivered, rollups and marks queued."""
+        frames = [b.flows for b in batches if b.flows is not None]
+        if not frames:
+            self._effects.append(([(b.id, 0) for b in batches], None))
+            self._deliver(None)
+            return
+        flows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        result = engine.process(flows)
+        self._fed_max_ts = max(self._fed_max_ts, float(flows["ts_end"].max()))
+        self._clock_max = max(self._clock_max, self._fed_max_ts)
+        self.metrics.flows.inc(len(flows))
+        self.stats.flows += len(flows)
+        if len(result.enriched) != len(flows):
+            log.error(
+                "engine returned %d enriched rows for %d flows: rollups of this call skipped",
+                len(result.enriched),
+                len(flows),
+            )
+            self._effects.append(([(b.id, 0) for b in batches], None))
+        else:
+            self._effects.append(([(b.id, b.n_flows) for b in batches], result.enriched))
+            self._effect_rows += len(flows)
+        self._deliver(result)
 
     def flush_effects(self) -> None:
         """Write the rollups and marks of the batches fed so far, in one transaction.
@@ -698,7 +751,9 @@ class PipelineStage(SteppedStage):
             en = self.settings.enforcement
             self.metrics.record_rules(
                 self.rules_source.feed_stats(),
-                rule_tallies(getattr(self.engine, "detectors", [])),
+                self.partitioned.rule_tallies()
+                if self.partitioned is not None
+                else rule_tallies(getattr(self.engine, "detectors", [])),
                 en.mode_by_detector.get("threat_feed", en.mode),
             )
         if self.inventory_source is not None:  # lists, watch events, rebuilds of the pod inventory
@@ -773,17 +828,15 @@ class PipelineStage(SteppedStage):
         if not delivered(self.producer, self.options.flush_timeout_s, self.metrics.commits):
             return
         try:
-            data = self.engine.export_state()
-            guard = {
-                "fed": [[t, p, o] for (t, p), o in sorted(self._fed_offsets.items())],
-                "open_floor": floor,
-                "committed": [[t, p, o] for (t, p), o in sorted(self._committed.items())],
-                "epochs": [[t, p, e] for (t, p), e in sorted(self._epochs.items())],
-                "pending": [list(x) for x in self.tracker.pending_timestamps()],
-                "resolutions": self.verdicts.export(),
-                "sources": [[p, w, o] for (p, w), o in sorted(self._sources.items())],
-            }
-            self.sink.save_state(self.state_key, data, json.dumps(guard).encode())
+            if self.partitioned is None:
+                guard = self._guard(lambda _key: True, floor, self.verdicts)
+                self.sink.save_state(self.state_key, self.engine.export_state(), guard)
+            for p, engine in self.partitioned or ():
+                # Each partition's state under the partition's key: it moves with the partition.
+                own = self._guard(
+                    self._of_partition(p), engine.open_window_floor(), self._partition_verdicts[p]
+                )
+                self.sink.save_state(self._partition_state_key(p), engine.export_state(), own)
         except Exception as exc:  # the next checkpoint will try again; nothing is committed
             log.error("checkpoint failed key=%s error=%s", self.state_key, exc)
             self.metrics.checkpoints.labels(status="failed").inc()
@@ -803,33 +856,117 @@ class PipelineStage(SteppedStage):
         self.stats.commits += 1
         self.metrics.commits.labels(status="ok").inc()
 
-    def _restore_replay_guard(self, raw: bytes | None) -> None:
+    def _guard(
+        self, mine: Callable[[PartitionKey], bool], floor: float | None, verdicts: VerdictFollower
+    ) -> bytes:
+        """The checkpoint's bookkeeping beside an engine state, for the partitions ``mine`` keeps."""
+        pending = [list(x) for x in self.tracker.pending_timestamps() if mine((x[0], x[1]))]
+        guard = {
+            "fed": [[t, p, o] for (t, p), o in sorted(self._fed_offsets.items()) if mine((t, p))],
+            "open_floor": floor,
+            "committed": [[t, p, o] for (t, p), o in sorted(self._committed.items()) if mine((t, p))],
+            "epochs": [[t, p, e] for (t, p), e in sorted(self._epochs.items()) if mine((t, p))],
+            "pending": pending,
+            "resolutions": verdicts.export(),
+            "sources": [
+                [p, w, o] for (p, w), o in sorted(self._sources.items()) if mine((self.flows_topic, p))
+            ],
+        }
+        return json.dumps(guard).encode()
+
+    def _restore_replay_guard(self, raw: bytes | None, verdicts: VerdictFollower) -> None:
+        """What a checkpoint's engine state already holds: offsets fed, the open windows' floor,
+        what was committed and pending, the verdicts applied; for the partitions it names."""
         if not raw:
             return
         try:
             guard = json.loads(raw)
-            self._replay_offsets = {(str(t), int(p)): int(o) for t, p, o in guard["fed"]}
+            fed = {(str(t), int(p)): int(o) for t, p, o in guard["fed"]}
+            self._replay_offsets.update(fed)
             floor = guard.get("open_floor")
-            self._replay_floor = math.inf if floor is None else float(floor)
-            self._committed = {(str(t), int(p)): int(o) for t, p, o in guard.get("committed", [])}
+            for key in fed:
+                self._replay_floors[key] = math.inf if floor is None else float(floor)
+            committed = {(str(t), int(p)): int(o) for t, p, o in guard.get("committed", [])}
+            self._committed.update(committed)
             # Offsets of an epoch the group has left since mean nothing now.
             then = {(str(t), int(p)): int(e) for t, p, e in guard.get("epochs", [])}
+            pending: dict[PartitionKey, dict[int, int]] = {}
             for t, p, o, ts in guard.get("pending", []):
-                self._pending_ts.setdefault((str(t), int(p)), {})[int(o)] = int(ts)
-            self.verdicts.restore(guard.get("resolutions"))
-            self._sources = {(int(p), str(w)): int(o) for p, w, o in guard.get("sources", [])}
-            known = {*self._replay_offsets, *self._committed, *self._pending_ts}
-            for key in [k for k in known if then.get(k, 0) != self._epochs.get(k, 0)]:
+                pending.setdefault((str(t), int(p)), {})[int(o)] = int(ts)
+            self._pending_ts.update(pending)
+            verdicts.restore(guard.get("resolutions"))
+            self._sources.update({(int(p), str(w)): int(o) for p, w, o in guard.get("sources", [])})
+            known = {*fed, *committed, *pending}
+            for key in [k for k in known if then.get(_real_key(k), 0) != self._epochs.get(_real_key(k), 0)]:
                 self._replay_offsets.pop(key, None)
+                self._replay_floors.pop(key, None)
                 self._committed.pop(key, None)
                 self._pending_ts.pop(key, None)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("checkpoint offsets unreadable, replay may count twice: %s", exc)
 
+    def _of_partition(self, partition: int) -> Callable[[PartitionKey], bool]:
+        return lambda key: _real_key(key) == (self.flows_topic, partition)
+
+    def _partition_state_key(self, partition: int) -> str:
+        """Where a partition's engine state lives: the group's and the partition's, no worker's."""
+        return f"pipeline/{self.group_id}/partitions/{self.flows_topic}/{partition}"
+
+    def _restore_partition(self, key: PartitionKey) -> None:
+        """A newly assigned partition: its engine, from its last checkpoint by whichever worker."""
+        assert self.partitioned is not None
+        _, p = key
+        skey = self._partition_state_key(p)
+        state = self.sink.load_state(skey)
+        verdicts = VerdictFollower(self.options.resolution_poll_s)
+        self._sync_inventory()
+        self._sync_rules()
+        self.partitioned.assign(p, state)
+        self._partition_verdicts[p] = verdicts
+        if state:
+            self._restore_replay_guard(self.sink.load_state(skey + "/offsets"), verdicts)
+            self.metrics.partition_restores.labels(state="restored").inc()
+            log.info("partition state restored partition=%d key=%s bytes=%d", p, skey, len(state))
+        else:
+            self.metrics.partition_restores.labels(state="cold").inc()
+            log.info("partition starts cold (no state yet) partition=%d key=%s", p, skey)
+
+    def _release_partition(self, key: PartitionKey) -> None:
+        """A partition that moved away: its engine and bookkeeping go (its owner restores them)."""
+        assert self.partitioned is not None
+        self.partitioned.revoke(key[1])
+        self._partition_verdicts.pop(key[1], None)
+        for known in (
+            self._ingested,
+            self._fed_offsets,
+            self._replay_offsets,
+            self._replay_floors,
+            self._committed,
+            self._pending_ts,
+        ):
+            for k in [k for k in known if _real_key(k) == key]:
+                known.pop(k, None)
+        for where in [w for w in (*self._sources, *self._sources_in) if w[0] == key[1]]:
+            self._sources.pop(where, None)
+            self._sources_in.pop(where, None)
+
     def _poll_verdicts(self, now: float) -> None:
         """Hand the engine the verdicts on alerts recorded since the last look (idempotent)."""
         try:
-            self.verdicts.poll(self.sink.store, self.engine, now, on_applied=self._on_verdict)
+            if self.partitioned is None:
+                self.verdicts.poll(self.sink.store, self.engine, now, on_applied=self._on_verdict)
+                return
+            # Each partition's engine takes the verdicts its own restored state lacks.
+            items = self.verdicts.read(self.sink.store, now)
+            counted: set[str] = set()
+
+            def once(alert: Alert, verdict: str) -> None:
+                if alert.id not in counted:
+                    counted.add(alert.id)
+                    self._on_verdict(alert, verdict)
+
+            for p, engine in self.partitioned:
+                self._partition_verdicts[p].apply(items, self.sink.store, engine, on_applied=once)
         except Exception as exc:  # the store is down: the next poll tries again
             log.warning("alert verdicts not read: %s", exc)
 
@@ -916,7 +1053,7 @@ def build_stage(
 
     # The file (reloaded when it changes), a watch on the Kubernetes API, or none: the stage
     # starts it, hands its snapshots to the engine, and stops it.
-    engine = DetectionEngine(settings)
+    engine: Engine = DetectionEngine(settings)
     bus = bus if bus is not None else open_bus(settings)
     topic = None
     memory = None
@@ -928,7 +1065,10 @@ def build_stage(
         if not isinstance(bus, KafkaBus):
             raise ValueError("--stage detect needs bus.kind=kafka (stages meet on Kafka topics)")
         topic = settings.kafka.topics.flows_by_workload
-        memory = GlobalMemory(bus, settings.kafka.topics.global_memory, engine)
+        # One engine per assigned partition, its state moving with it (partition_engines.py).
+        engines = PartitionEngines(lambda: DetectionEngine(settings))
+        engine = engines
+        memory = GlobalMemory(bus, settings.kafka.topics.global_memory, engines)
         upstream = UpstreamLag(bus, settings)
     elif stage != "all":
         raise ValueError(f"no pipeline stage {stage!r} here (all, detect; enrich runs run_enrich)")

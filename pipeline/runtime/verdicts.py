@@ -47,13 +47,26 @@ class VerdictFollower:
         on_applied: Callable[[Alert, str], None] | None = None,
     ) -> int:
         """Apply the verdicts recorded since the last poll; returns how many were applied."""
+        return self.apply(self.read(store, now), store, engine, on_applied)
+
+    def read(self, store: PipelineStore, now: float) -> list[dict[str, str]]:
+        """Every verdict recorded (the store keeps one list); schedules the next poll."""
         self._next_poll = now + self.poll_s
         self.polls += 1
         try:
-            items = parse_resolutions(store.get_state(RESOLUTIONS_KEY))
+            return parse_resolutions(store.get_state(RESOLUTIONS_KEY))
         except RecordError as exc:
             log.error("alert verdicts unreadable key=%s error=%s", RESOLUTIONS_KEY, exc)
-            return 0
+            return []
+
+    def apply(
+        self,
+        items: list[dict[str, str]],
+        store: PipelineStore,
+        engine: VerdictTaker,
+        on_applied: Callable[[Alert, str], None] | None = None,
+    ) -> int:
+        """Hand ``engine`` the verdicts among ``items`` it does not hold yet; how many."""
         done = 0
         for item in items:
             alert_id, verdict, at = item.get("alert_id", ""), item.get("verdict", ""), item.get("at", "")

@@ -264,30 +264,13 @@ class EnrichStage(SteppedStage):
     def _inventory(self) -> PodInventory | None:
         return self.inventory_source.current() if self.inventory_source is not None else None
 
-    def _lagging(self) -> frozenset[int]:
-        if self._lag is None:
-            return frozenset()
-        return frozenset(p for _, p in self._assigned if self._lag.get(p, 1) > 0)
+    def _partitions_revoked(self, gone: set[PartitionKey]) -> None:
+        self.aligner.forget(gone)
+        # What was sent from them but not committed is sent again by the new owner.
+        self._forwarded = [m for m in self._forwarded if (m.topic, m.partition) not in gone]
 
-    def _track_assignment(self, now: float) -> None:
-        assert self.consumer is not None
-        try:
-            assigned = {(t, int(p)) for t, p in self.consumer.assignment()}
-        except Exception:  # advisory for alignment; never fatal
-            return
-        if assigned != self._assigned:
-            gone = self._assigned - assigned
-            new = assigned - self._assigned
-            if gone:
-                self.aligner.forget(gone)
-                # What was sent from them but not committed is sent again by the new owner.
-                self._forwarded = [m for m in self._forwarded if (m.topic, m.partition) not in gone]
-                log.info("partitions revoked %s", sorted(p for _, p in gone))
-            if new:
-                self.aligner.expect(new, now)
-                self._lag_at = -math.inf
-                log.info("partitions assigned %s", sorted(p for _, p in new))
-            self._assigned = assigned
+    def _partitions_assigned(self, new: set[PartitionKey], now: float) -> None:
+        self.aligner.expect(new, now)
 
     def _update_lag(self, now: float) -> None:
         self._lag_at = now

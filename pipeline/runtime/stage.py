@@ -332,7 +332,7 @@ class PipelineStage(SteppedStage):
                 self.engine.set_model(model)
             self.metrics.set_model(self.model_watcher.version)
         self._epochs = self.sink.load_epochs(self.epochs_key)
-        # Partitioned, each partition's state is restored when it is assigned (_track_assignment).
+        # Partitioned, each partition's state is restored when it is assigned (_partitions_assigned).
         state = self.sink.load_state(self.state_key) if self.partitioned is None else None
         if state:
             self.engine.import_state(state)
@@ -450,40 +450,18 @@ class PipelineStage(SteppedStage):
         self.pruner.maybe_prune(now)
         return len(messages)
 
-    def _lagging(self) -> frozenset[int]:
-        """Partitions that may have messages on the broker not fetched yet.
+    def _partitions_revoked(self, gone: set[PartitionKey]) -> None:
+        # Their uncommitted batches will come again at their new owner.
+        self.aligner.forget(gone)
+        self.tracker.forget(gone)
+        for key in gone if self.partitioned is not None else ():
+            self._release_partition(key)
 
-        Those behind at the last lag check, and those assigned since (lag unknown). When the
-        consumer cannot tell its lag at all, none: the aligner's idle timeout decides alone.
-        """
-        if self._lag is None:
-            return frozenset()
-        return frozenset(p for _, p in self._assigned if self._lag.get(p, 1) > 0)
-
-    def _track_assignment(self, now: float) -> None:
-        assert self.consumer is not None
-        try:
-            assigned = {(t, int(p)) for t, p in self.consumer.assignment()}
-        except Exception:  # an assignment is advisory for alignment; never fatal
-            return
-        if assigned != self._assigned:
-            gone = self._assigned - assigned
-            new = assigned - self._assigned
-            if gone:
-                # Their uncommitted batches will come again at their new owner.
-                self.aligner.forget(gone)
-                self.tracker.forget(gone)
-                for key in gone if self.partitioned is not None else ():
-                    self._release_partition(key)
-                log.info("partitions revoked %s", sorted(p for _, p in gone))
-            if new:
-                self.aligner.expect(new, now)
-                self._epochs |= self.sink.load_epochs(self.epochs_key)  # another member may have bumped one
-                for key in sorted(new) if self.partitioned is not None else ():
-                    self._restore_partition(key)
-                self._lag_at = -math.inf  # ask for their lag at once
-                log.info("partitions assigned %s", sorted(p for _, p in new))
-            self._assigned = assigned
+    def _partitions_assigned(self, new: set[PartitionKey], now: float) -> None:
+        self.aligner.expect(new, now)
+        self._epochs |= self.sink.load_epochs(self.epochs_key)  # another member may have bumped one
+        for key in sorted(new) if self.partitioned is not None else ():
+            self._restore_partition(key)
 
     def _ingest(self, messages: list[Message], now: float) -> None:
         """Decode one poll; route what is bad to the DLQ; queue the rest for alignment.

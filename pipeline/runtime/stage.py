@@ -552,16 +552,7 @@ class PipelineStage(SteppedStage):
         committed = self._committed.get(key, -1)
         # What we knew of the old offsets means nothing for the new ones. Batches of the old
         # epoch still held back are fed as usual but never committed (their offsets are gone).
-        for known in (
-            self._ingested,
-            self._fed_offsets,
-            self._replay_offsets,
-            self._replay_floors,
-            self._committed,
-        ):
-            for k in [k for k in known if _real_key(k) == key]:
-                known.pop(k, None)
-        self._pending_ts.pop(key, None)
+        self._forget_offsets(key)
         self.tracker.forget([key])
         self.metrics.offset_resets.labels(topic=key[0]).inc()
         log.error(
@@ -909,11 +900,8 @@ class PipelineStage(SteppedStage):
             self.metrics.partition_restores.labels(state="cold").inc()
             log.info("partition starts cold (no state yet) partition=%d key=%s", p, skey)
 
-    def _release_partition(self, key: PartitionKey) -> None:
-        """A partition that moved away: its engine and bookkeeping go (its owner restores them)."""
-        assert self.partitioned is not None
-        self.partitioned.revoke(key[1])
-        self._partition_verdicts.pop(key[1], None)
+    def _forget_offsets(self, key: PartitionKey) -> None:
+        """Drop what this worker knows of a partition's offsets (per source partition too)."""
         for known in (
             self._ingested,
             self._fed_offsets,
@@ -924,6 +912,13 @@ class PipelineStage(SteppedStage):
         ):
             for k in [k for k in known if _real_key(k) == key]:
                 known.pop(k, None)
+
+    def _release_partition(self, key: PartitionKey) -> None:
+        """A partition that moved away: its engine and bookkeeping go (its owner restores them)."""
+        assert self.partitioned is not None
+        self.partitioned.revoke(key[1])
+        self._partition_verdicts.pop(key[1], None)
+        self._forget_offsets(key)
         for where in [w for w in (*self._sources, *self._sources_in) if w[0] == key[1]]:
             self._sources.pop(where, None)
             self._sources_in.pop(where, None)

@@ -42,6 +42,14 @@ COLUMNS: tuple[str, ...] = (
 )
 
 
+def _blank(n: int) -> np.ndarray:
+    """``np.full(n, "", dtype=object)``, several times faster (``np.full`` copies an object
+    scalar element by element; ``fill`` stores the one reference)."""
+    out = np.empty(n, dtype=object)
+    out.fill("")
+    return out
+
+
 @dataclass(frozen=True)
 class Environment:
     """What the policy's words mean in this cluster (from the settings and the pod inventory)."""
@@ -282,10 +290,10 @@ class CompiledPolicy:
         """
         n = len(flows)
         violation = np.zeros(n, dtype=bool)
-        rule = np.full(n, "", dtype=object)
-        reason = np.full(n, "", dtype=object)
+        rule = _blank(n)
+        reason = _blank(n)
         if not n or not self.declared:
-            return Verdicts(violation, rule, reason, np.full(n, "", dtype=object))
+            return Verdicts(violation, rule, reason, _blank(n))
         matched_id = np.full(n, -1, dtype="int64")  # into batch.name_table()
         batch = _Batch(flows, resolved)
         for direction, table, end in (("egress", self.egress, "src"), ("ingress", self.ingress, "dst")):
@@ -309,7 +317,7 @@ class CompiledPolicy:
                     matched_id[sel] = np.where(name >= 0, name, matched_id[sel])
         if self.endpoints:
             self._judge_endpoints(batch, violation, rule, reason)
-        matched = np.full(n, "", dtype=object)
+        matched = _blank(n)
         has = matched_id >= 0
         if has.any():
             matched[has] = batch.name_table()[matched_id[has]]

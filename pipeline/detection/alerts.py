@@ -18,6 +18,7 @@ is, so a behaviour that goes on past the learning period gets its full severity.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -118,6 +119,7 @@ class AlertBuilder:
         # it was first raised (``detected_at``, epoch seconds), which early firing makes sooner
         # than its window's close; the evaluation measures time to detect with it.
         self.clock = -math.inf
+        self._columns: dict[tuple[int, str], pd.Series] = {}
 
     def build(
         self,
@@ -161,13 +163,26 @@ class AlertBuilder:
         }
         learning = ctx.learning(self.settings.pipeline.learning_s)
         out: dict[str, Alert] = {}
-        for name, row, score, kind in hits:
-            det = detectors[name]
-            idx = groups.get(row, np.empty(0, dtype="int64"))
-            wflows = sub.iloc[idx]
-            alert = self._alert(ctx, row, det, kind, score, wflows, det.learns and bool(learning[row]))
-            out[alert.id] = alert
+        try:
+            for name, row, score, kind in hits:
+                det = detectors[name]
+                idx = groups.get(row, np.empty(0, dtype="int64"))
+                wflows = sub.iloc[idx]
+                learns = det.learns and bool(learning[row])
+                alert = self._alert(ctx, row, det, kind, score, wflows, learns, (sub, idx))
+                out[alert.id] = alert
+        finally:
+            self._columns.clear()  # the frames are this round's: not kept past it
         return list(out.values())
+
+    def _col(self, frame: pd.DataFrame, name: str) -> pd.Series:
+        """``frame[name]``, taken once per :meth:`build` (selecting a column of the wide window
+        frame costs more than reading a value of it; every alert reads the same few)."""
+        key = (id(frame), name)
+        col = self._columns.get(key)
+        if col is None:
+            col = self._columns[key] = frame[name]
+        return col
 
     def _alert(
         self,
@@ -178,9 +193,12 @@ class AlertBuilder:
         score: float,
         wflows: pd.DataFrame,
         learning: bool,
+        within: tuple[pd.DataFrame, np.ndarray] | None = None,
     ) -> Alert:
+        """The alert of one window; ``within``: the frame ``wflows`` was taken from and its
+        rows there (the examples are then read from that frame's columns, taken once a build)."""
         # Only the columns needed: a whole row of the wide window frame is a costly object.
-        w: dict[str, Any] = {c: ctx.windows[c].iat[row] for c in _ALERT_KEYS}
+        w: dict[str, Any] = {c: self._col(ctx.windows, c).iat[row] for c in _ALERT_KEYS}
         entity = Entity(
             ip=str(w["src_ip"]),
             namespace=str(w["namespace"]),
@@ -195,7 +213,11 @@ class AlertBuilder:
         targets = tflows["dst_ip"].value_counts().index[:MAX_TARGETS].tolist()
         ports = [int(p) for p in tflows["dst_port"].value_counts().index[:MAX_TARGETS]]
         evidence = {**self._evidence(ctx, row, det), **(det.describe(tflows) if mask.any() else {})}
-        examples = _examples(tflows if len(tflows) else wflows)
+        if within is not None:
+            frame, idx = within
+            examples = self._examples_at(frame, idx[mask] if len(tflows) else idx)
+        else:
+            examples = _examples(tflows if len(tflows) else wflows)
         ws, we = float(w["window_start"]), float(w["window_end"])
         key = (entity.key(), det.name)
         prev = self.open.get(key)
@@ -206,7 +228,7 @@ class AlertBuilder:
         ):
             merged_targets = list(dict.fromkeys([*prev.targets, *targets]))[:MAX_TARGETS]
             merged_ports = list(dict.fromkeys([*prev.target_ports, *ports]))[:MAX_TARGETS]
-            new_score = max(prev.score, score)
+            new_score = round(max(prev.score, score), 4)  # as a new alert's, whichever path raised it
             still_learning = prev.learning and learning
             alert = prev.model_copy(
                 update={
@@ -224,7 +246,8 @@ class AlertBuilder:
                         "windows": int(prev.evidence.get("windows", 1))
                         + int(ws >= prev.last_seen.timestamp()),
                     },
-                    "example_flows": (prev.example_flows + examples)[:MAX_EXAMPLES],
+                    # The early alert's examples come again when its window closes: once each.
+                    "example_flows": _distinct(prev.example_flows + examples)[:MAX_EXAMPLES],
                 }
             )
         else:
@@ -249,20 +272,29 @@ class AlertBuilder:
         self.open[key] = alert
         return alert
 
+    def _examples_at(self, frame: pd.DataFrame, pos: np.ndarray) -> list[dict[str, Any]]:
+        """:func:`_examples` of ``frame.iloc[pos]``, without building that frame."""
+        if not len(pos):
+            return []
+        bytes_out = self._col(frame, "bytes_out").to_numpy(dtype="float64")[pos]
+        take = pos[np.argsort(-bytes_out, kind="stable")[:MAX_EXAMPLES]]
+        cols = {c: _taken(self._col(frame, c), take).tolist() for c in EXAMPLE_COLUMNS}
+        return [{c: _plain(cols[c][i]) for c in EXAMPLE_COLUMNS} for i in range(len(take))]
+
     def _detected_at(self) -> float | None:
         return round(self.clock, 3) if math.isfinite(self.clock) else None
 
     def _evidence(self, ctx: Context, row: int, det: Detector) -> dict[str, Any]:
         ev: dict[str, Any] = {"detector_score": None}
         for f in det.evidence:
-            item: dict[str, Any] = {"value": _num(ctx.windows[f].iloc[row])}
+            item: dict[str, Any] = {"value": _num(self._col(ctx.windows, f).iloc[row])}
             for label, base in (
                 ("entity_baseline", ctx.entity_base),
                 ("workload_baseline", ctx.workload_base),
             ):
                 col = f"m_{f}"
                 if col in base.columns:
-                    m = base[col].iloc[row]
+                    m = self._col(base, col).iloc[row]
                     if not (isinstance(m, float) and math.isnan(m)):
                         item[label] = _num(float(np.expm1(m)))
             ev[f] = item
@@ -310,8 +342,16 @@ def _examples(flows: pd.DataFrame) -> list[dict[str, Any]]:
     # The largest uploads first (ties in flow order), as plain JSON values: no frame is
     # built per alert, and times keep their sub-second digits.
     idx = np.argsort(-flows["bytes_out"].to_numpy(dtype="float64"), kind="stable")[:MAX_EXAMPLES]
-    cols = {c: flows[c].to_numpy()[idx].tolist() for c in EXAMPLE_COLUMNS}
+    cols = {c: _taken(flows[c], idx).tolist() for c in EXAMPLE_COLUMNS}
     return [{c: _plain(cols[c][i]) for c in EXAMPLE_COLUMNS} for i in range(len(idx))]
+
+
+def _taken(col: pd.Series, idx: np.ndarray) -> np.ndarray:
+    """``col.to_numpy()[idx]``; an Arrow or categorical column converts only the taken rows
+    (a scan's window has thousands of flows; an example shows five)."""
+    if isinstance(col.dtype, np.dtype):
+        return col.to_numpy()[idx]
+    return np.asarray(col.array.take(idx).to_numpy())
 
 
 def _plain(value: Any) -> Any:
@@ -322,3 +362,15 @@ def _summary(det: Detector, entity: Entity, targets: list[str], ports: list[int]
     who = entity.key()
     tgt = ", ".join(targets[:3]) + (" …" if len(targets) > 3 else "")
     return f"{det.name.replace('_', ' ')} by {who}" + (f" to {tgt}" if tgt else "")
+
+
+def _distinct(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The example flows without repeats, in their order."""
+    seen: set[str] = set()
+    out = []
+    for e in examples:
+        key = json.dumps(e, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out

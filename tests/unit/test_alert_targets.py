@@ -43,3 +43,26 @@ def test_control_plane_targets_are_control_plane_endpoints_not_any_https() -> No
     )
     ctx = cast(Any, SimpleNamespace(settings=Settings()))
     assert ControlPlaneAccess().target_mask(flows, ctx).tolist() == [True, True, False]
+
+
+def test_examples_read_from_the_build_frame_match_those_of_the_window_frame() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from flowwarden.pipeline.detection.alerts import EXAMPLE_COLUMNS, AlertBuilder, _examples
+    from flowwarden.settings import Settings
+
+    rng = np.random.default_rng(5)
+    n = 40
+    frame = pd.DataFrame(
+        {
+            c: pd.array(rng.choice(["a", "b", ""], n), dtype="str")
+            if c not in ("ts_start", "ts_end", "dst_port", "proto", "bytes_out", "bytes_in")
+            else rng.integers(0, 5, n)
+            for c in EXAMPLE_COLUMNS
+        }
+    ).assign(extra=1.5)
+    frame["ts_start"] = frame["ts_start"] + 0.25
+    builder = AlertBuilder(Settings())
+    for pos in (np.array([3, 7, 7, 1, 30, 12, 5]), np.arange(n), np.zeros(0, dtype="int64")):
+        assert builder._examples_at(frame, pos) == _examples(frame.iloc[pos])

@@ -45,3 +45,60 @@ def test_group_codes_dedupe_like_duplicated_and_count_like_groupby_size() -> Non
     first = np.unique(group, return_index=True)[1]
     got = frame.iloc[first].assign(n=np.bincount(group)[group[first]])
     pd.testing.assert_frame_equal(got, want)
+
+
+def _entity_keys_by_pandas(flows: pd.DataFrame) -> np.ndarray:
+    """The vectorised form (what frames above ``_FEW`` rows take)."""
+    pod = flows["src_pod"].astype(object)
+    has = (pod != "").to_numpy()
+    if not has.any():
+        return flows["src_ip"].to_numpy(dtype=object)
+    full = (flows["src_namespace"].astype(object) + "/" + pod).to_numpy(dtype=object)
+    return np.where(has, full, flows["src_ip"].to_numpy(dtype=object))
+
+
+@pytest.mark.parametrize("pods", [["web-1", "", "api-0"], ["", "", ""]])
+def test_entity_keys_of_a_few_rows_match_the_vectorised_form(pods: list[str]) -> None:
+    for dtype in ("str", "string[pyarrow]", object):
+        flows = pd.DataFrame(
+            {
+                "src_pod": pd.array(pods, dtype=dtype),
+                "src_namespace": pd.Categorical(["shop", "", "pay"]),
+                "src_ip": pd.array(["10.0.0.1", "192.0.2.7", "10.0.0.3"], dtype=dtype),
+            }
+        )
+        got = entity_keys(flows)
+        assert got.dtype == object
+        assert got.tolist() == _entity_keys_by_pandas(flows).tolist()
+
+
+def test_policy_tally_key_splits_each_rule_path_like_the_string_accessor() -> None:
+    from flowwarden.pipeline.detection.detectors.policy_violation import PolicyViolation
+
+    for values in (
+        pd.Series(
+            ["namespaces.a.egress", "cluster.etcd", "namespaces.a.workloads.w.ingress", np.nan], dtype="str"
+        ),
+        pd.Series(np.array(["namespaces.a.egress", None, np.nan, "x", "cluster.etcd"], dtype=object)),
+    ):
+        want = values.astype(str).str.rsplit(".", n=1).str[-1]
+        got = PolicyViolation().tally_key(values)
+        assert got.index.equals(values.index)
+        assert [None if pd.isna(v) else v for v in got] == [None if pd.isna(v) else v for v in want]
+
+
+def test_a_policy_snapshot_is_compiled_once_per_environment() -> None:
+    from flowwarden.pipeline.detection.detectors.policy_violation import compiled
+    from flowwarden.policy import parse_policy
+    from flowwarden.policy_match import Environment
+
+    raw = {
+        "namespaces": {
+            "shop": {"egress": [{"name": "web", "to": {"cidrs": ["0.0.0.0/0"]}, "ports": ["443/tcp"]}]}
+        }
+    }
+    p1, p2 = parse_policy(raw), parse_policy(raw)
+    env = Environment(node_ips=frozenset({"10.0.0.1"}))
+    assert compiled(p1, env) is compiled(p1, Environment(node_ips=frozenset({"10.0.0.1"})))
+    assert compiled(p2, env) is not compiled(p1, env)  # another snapshot: its own compile
+    assert compiled(p1, Environment()) is not compiled(p1, env)  # another cluster: its own

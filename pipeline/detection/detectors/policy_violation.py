@@ -35,6 +35,27 @@ _KEEP = ("entity", "ts_start", "ts_end", "direction", *COLUMNS)
 _NEED = (*_KEEP[1:], "src_pod")  # what judging a finding reads (the entity is made from src_pod)
 
 
+# Compiled policies shared by the detectors judging with the same policy snapshot in the same
+# cluster (a worker holds one engine per assigned partition; each used to compile its own).
+# Keyed by the snapshot's identity (the runtime hands over a new object on every reload, and a
+# snapshot is never changed in place), which the entry keeps alive; the last few are kept.
+_COMPILED: dict[tuple[int, Environment], tuple[Policy, CompiledPolicy]] = {}
+_COMPILED_MAX = 4
+
+
+def compiled(policy: Policy, env: Environment) -> CompiledPolicy:
+    """``CompiledPolicy(policy, env)``, built once per (policy snapshot, environment)."""
+    key = (id(policy), env)
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    out = CompiledPolicy(policy, env)
+    _COMPILED[key] = (policy, out)
+    while len(_COMPILED) > _COMPILED_MAX:
+        del _COMPILED[next(iter(_COMPILED))]
+    return out
+
+
 @DETECTORS.register("policy_violation")
 class PolicyViolation(FlowRuleDetector):
     name = "policy_violation"
@@ -48,7 +69,12 @@ class PolicyViolation(FlowRuleDetector):
 
     def tally_key(self, values: pd.Series) -> pd.Series:
         """The rule's kind: ``egress``, ``ingress``, or the cluster endpoint (``etcd``, ``kubelet``…)."""
-        return values.astype(str).str.rsplit(".", n=1).str[-1]
+        codes, uniq = pd.factorize(values, use_na_sentinel=False)  # few rule paths: each split once
+        kinds = np.array(
+            [str(v).rsplit(".", 1)[-1] if isinstance(v, str) or not pd.isna(v) else v for v in uniq],
+            dtype=object,
+        )
+        return pd.Series(kinds[codes], index=values.index, dtype=object)
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -74,7 +100,7 @@ class PolicyViolation(FlowRuleDetector):
     def _compiled_for(self, settings: Settings, inventory: PodInventory | None) -> CompiledPolicy:
         nodes = frozenset(inventory.node_ips) if inventory is not None else frozenset()
         if self._compiled is None or nodes != self._nodes:
-            self._compiled = CompiledPolicy(self.policy, Environment.from_settings(settings, nodes))
+            self._compiled = compiled(self.policy, Environment.from_settings(settings, nodes))
             self._nodes = nodes
         return self._compiled
 
@@ -93,9 +119,11 @@ class PolicyViolation(FlowRuleDetector):
         # findings are few, and a frame-level selection costs more than the judging).
         bad = first.violation
         rows = np.flatnonzero(bad)
-        sub = pd.DataFrame({c: flows[c].array.take(rows) for c in _NEED}, copy=False)
+        data = {c: flows[c].array.take(rows) for c in _NEED}
+        data["entity"] = entity_keys(pd.DataFrame(data, copy=False))
+        sub = pd.DataFrame(data, copy=False)
         before = Verdicts(np.ones(int(bad.sum()), dtype=bool), first.rule[bad], first.reason[bad])
-        return self._judge(policy, sub.assign(entity=entity_keys(sub)), before)
+        return self._judge(policy, sub, before)
 
     def _judge(
         self, policy: CompiledPolicy, rows: pd.DataFrame, before: Verdicts | None = None
@@ -111,22 +139,29 @@ class PolicyViolation(FlowRuleDetector):
         v = before if before is not None and not named else policy.evaluate(rows, resolved)
         bad = v.violation
         cols = [c for c in (*_KEEP, "ws", "n") if c in rows.columns]
-        out = rows.loc[bad, cols].reset_index(drop=True)
-        names = (
-            out["server_name"].astype(object).where(out["server_name"] != "", out["dns_qname"].astype(object))
-        )
+        # ``rows.loc[bad, cols]`` from the columns' arrays (a frame-level selection, then a
+        # copy per ``assign``, cost more than the judging on these few rows).
+        idx = np.flatnonzero(bad)
+        data: dict[str, Any] = {c: rows[c].array.take(idx) for c in cols}
+        # The name a finding shows: SNI / Host, else the DNS name, else one the pod resolved.
+        sn = np.asarray(data["server_name"].to_numpy(dtype=object), dtype=object)
+        qn = np.asarray(data["dns_qname"].to_numpy(dtype=object), dtype=object)
+        names = np.where(sn != "", sn, qn)
         if (names == "").any():
             asked = self.dns.names_for(
-                out["entity"].to_numpy(dtype=object), out["dst_ip"].to_numpy(dtype=object)
+                np.asarray(data["entity"].to_numpy(dtype=object), dtype=object),
+                np.asarray(data["dst_ip"].to_numpy(dtype=object), dtype=object),
             )
-            names = names.where(names != "", pd.Series(asked, dtype=object))
-        return out.assign(
-            gen=self.dns.generation,
+            names = np.where(names != "", names, asked)
+        direction = np.asarray(data["direction"].to_numpy(dtype=object), dtype=object)
+        data.update(
+            gen=np.full(len(idx), self.dns.generation, dtype="int64"),
             rule=v.rule[bad],
             reason=v.reason[bad],
-            name=names.to_numpy(dtype=object),
-            egress=(out["direction"] == Direction.EGRESS.value).to_numpy(),
+            name=names,
+            egress=np.asarray(direction == Direction.EGRESS.value, dtype=bool),
         )
+        return pd.DataFrame(data, copy=False)
 
     def confirm(self, findings: pd.DataFrame) -> pd.DataFrame:
         """Judge again with the DNS answers that arrived since (the answer may trail the connection)."""

@@ -230,6 +230,8 @@ class DetectionEngine:
             flows, self.inventory, self.settings, inside=(addresses.src_in, addresses.dst_in)
         )
         self.flows_in += len(enriched)
+        if len(flows):  # the engine's memory starts with the first flow it is given
+            self.note_stream_start(float(flows["ts_end"].min()))
         # Rule detectors (declared policy, threat feeds) judge each flow, not window features.
         observe_enriched(self.detectors, enriched, self.inventory, self.settings)
         lean = pd.DataFrame()
@@ -257,6 +259,16 @@ class DetectionEngine:
 
     def open_window_floor(self) -> float | None:
         return self.buffer.open_floor()
+
+    def note_stream_start(self, ts: float) -> None:
+        """The stream this engine sees part of holds flows since ``ts``: its memory starts there.
+
+        An engine given every flow learns it from them; an engine behind the enrich stage
+        sees only its partition's workloads, and is told by the runtime where the stream
+        starts (every partition hears of every source batch), so "learning" and "new after
+        learning" mean the same time on every worker."""
+        if math.isfinite(ts):
+            self.first_ws = min(self.first_ws, math.floor(ts / self.window_s) * self.window_s)
 
     def watermark(self) -> float:
         """The event time the windows close by: the newest ``ts_end`` of a scored flow."""

@@ -42,6 +42,8 @@ class ClockedEngine(Engine, Protocol):
 
     def watermark(self) -> float: ...
 
+    def note_stream_start(self, ts: float) -> None: ...
+
 
 @dataclass
 class MergedOutput:

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 SOURCE_HEADER = "fw.source"  # "topic/partition/offset/epoch" of the source batch
 MAX_TS_HEADER = "fw.max_ts"  # the source batch's newest ts_end: its event time, even with no rows here
 PEERS_HEADER = "fw.peers"  # the source partitions this enrich worker reads ("topic/p,topic/q")
+MIN_TS_HEADER = "fw.min_ts"  # the source batch's oldest ts_end: where the stream's memory starts
 
 
 def workload_keys(enriched: pd.DataFrame) -> np.ndarray:
@@ -244,6 +245,7 @@ class EnrichStage(SteppedStage):
             headers = (
                 (SOURCE_HEADER, f"{m.topic}/{m.partition}/{m.offset}/{b.epoch}".encode()),
                 (MAX_TS_HEADER, repr(b.max_ts_end).encode()),
+                (MIN_TS_HEADER, repr(float(b.flows["ts_end"].min())).encode()),
                 (PEERS_HEADER, peers),
             )
             # Every target partition hears of every source batch, with no rows if none are its:

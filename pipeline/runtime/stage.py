@@ -69,7 +69,13 @@ from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
 from flowwarden.pipeline.runtime.partition_engines import PartitionEngines
 from flowwarden.pipeline.runtime.ports import Engine, EngineOutput, PipelineStore
-from flowwarden.pipeline.runtime.repartition import MAX_TS_HEADER, PEERS_HEADER, SOURCE_HEADER, UpstreamLag
+from flowwarden.pipeline.runtime.repartition import (
+    MAX_TS_HEADER,
+    MIN_TS_HEADER,
+    PEERS_HEADER,
+    SOURCE_HEADER,
+    UpstreamLag,
+)
 from flowwarden.pipeline.runtime.sinks import AlertPublisher, BatchId, StoreSink
 from flowwarden.pipeline.runtime.verdicts import VerdictFollower
 from flowwarden.records import Alert, empty_flows
@@ -598,7 +604,11 @@ class PipelineStage(SteppedStage):
                 groups.setdefault(b.message.partition, []).append(b)
             for p, batches in groups.items():
                 if p in self.partitioned:
-                    self._feed_engine(self.partitioned.engine(p), batches)
+                    engine = self.partitioned.engine(p)
+                    # Every partition hears of every source batch: the stream's memory starts
+                    # at its oldest flow, on every worker alike (not at this partition's first).
+                    engine.note_stream_start(min(map(_min_ts_of, batches)))
+                    self._feed_engine(engine, batches)
                     continue
                 # Polled before its partition moved away: neither fed nor committed here.
                 log.warning("batches of a partition no longer assigned left to its owner partition=%d", p)
@@ -989,6 +999,15 @@ class PipelineStage(SteppedStage):
 
     def _on_notify(self, notifier: str, status: str) -> None:
         self.metrics.notifications.labels(notifier=notifier, status=status).inc()
+
+
+def _min_ts_of(b: PendingBatch) -> float:
+    """The oldest flow of the source batch behind ``b`` (header ``fw.min_ts``; else its rows')."""
+    raw = b.message.header(MIN_TS_HEADER)
+    if raw is not None:
+        with contextlib.suppress(ValueError):
+            return float(raw)
+    return float(b.flows["ts_end"].min()) if b.flows is not None and len(b.flows) else math.inf
 
 
 def _source_of(m: Message) -> tuple[tuple[int, str], int] | None:

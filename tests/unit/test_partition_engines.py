@@ -96,3 +96,20 @@ def test_rows_without_a_partition_are_refused() -> None:
         e.process(flows([call("10.244.1.1", T0 + 1)]))
     with pytest.raises(TypeError, match="per partition"):
         e.export_state()
+
+
+def test_memory_starts_with_the_stream_not_with_the_partition_s_first_flow() -> None:
+    """A partition whose workloads speak late still learns from the stream's start: one engine
+    given every flow would have (so "learning" ends at the same time on every worker)."""
+    alone = DetectionEngine(SETTINGS, inventory=INVENTORY)
+    alone.process(flows([call("10.244.1.1", T0 + 1), call("10.244.1.2", T0 + 301)]))
+    e = engines()
+    e.set_inventory(INVENTORY)
+    late = e.assign(1)
+    late.note_stream_start(T0 + 1.1)  # the enrich stage's fw.min_ts of the first source batch
+    e.process_partition(1, flows([call("10.244.1.2", T0 + 301)]))
+    assert isinstance(late, DetectionEngine)
+    assert late.first_ws == alone.first_ws == T0
+    cold = DetectionEngine(SETTINGS, inventory=INVENTORY)
+    cold.process(flows([call("10.244.1.2", T0 + 301)]))
+    assert cold.first_ws == T0 + 300  # without it: the partition's own first window

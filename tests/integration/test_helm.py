@@ -382,3 +382,162 @@ def test_kustomize_base_and_chart_agree_on_the_essentials(chart: list[Doc], kust
     )
     for section in ("bus", "kafka", "kubernetes", "pipeline", "collector"):
         assert chart_settings[section] == kustomize_settings[section], section
+
+
+# --------------------------------------------------------------------------- scale-out
+
+
+SCALE_OUT = {"pipeline": {"scaleOut": {"enabled": True}}}
+SCALE_OUT_HPA = {"pipeline": {"scaleOut": {"enabled": True, "autoscaling": {"enabled": True}}}}
+ENRICH = "flowwarden-pipeline-enrich"
+
+
+def _merge(*layers: Doc) -> Doc:
+    out: Doc = {}
+    for layer in layers:
+        for k, v in layer.items():
+            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def scale_out() -> list[Doc]:
+    return render_chart(CHART, _merge(EVERYTHING_ON, SCALE_OUT))
+
+
+def test_scale_out_off_renders_exactly_as_before(chart: list[Doc], scale_out: list[Doc]) -> None:
+    """Default values take none of the scale-out path; switched on, the only changes are the
+    enrich stage's objects and the pipeline Deployment's --stage detect and replicas."""
+    assert render_chart(CHART, _merge(EVERYTHING_ON, {"pipeline": {"scaleOut": {"enabled": False}}})) == chart
+    assert render_chart(CHART, {}) == render_chart(CHART, {"pipeline": {"scaleOut": {"enabled": False}}})
+    added = [
+        d for d in scale_out if d["metadata"]["name"] == ENRICH or d["metadata"]["name"].startswith(ENRICH)
+    ]
+    assert sorted(d["kind"] for d in added) == [
+        "Deployment",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+    ]
+    rest = copy.deepcopy([d for d in scale_out if d not in added])
+    detect = _one(rest, "Deployment", "flowwarden-pipeline")
+    args = _pod(detect)["containers"][0]["args"]
+    assert args[2:4] == ["--stage", "detect"] and detect["spec"]["replicas"] == 2
+    del args[2:4]
+    detect["spec"]["replicas"] = 1
+    assert rest == chart
+
+
+def test_scale_out_runs_an_enrich_stage_and_detect_workers(scale_out: list[Doc]) -> None:
+    from typer.testing import CliRunner
+
+    from flowwarden.cli import app
+
+    for doc in scale_out:
+        if doc["kind"] not in OPERATOR_KINDS:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    enrich, detect = (
+        _one(scale_out, "Deployment", ENRICH),
+        _one(scale_out, "Deployment", "flowwarden-pipeline"),
+    )
+    assert enrich["spec"]["replicas"] == 1 and detect["spec"]["replicas"] == 2
+    (e,), (d,) = _pod(enrich)["containers"], _pod(detect)["containers"]
+    assert e["args"][:4] == ["pipeline", "run", "--stage", "enrich"]
+    assert d["args"][:4] == ["pipeline", "run", "--stage", "detect"]
+    for args in (e["args"], d["args"]):
+        assert CliRunner().invoke(app, [*args, "--help"]).exit_code == 0, args
+    for workload in (enrich, detect):
+        assert _restricted_problems(_pod(workload)) == [], workload["metadata"]["name"]
+    # The detect stage is ready when Kafka and the store answer; the enrich stage never
+    # touches the store: no Secret, and /ready (which checks the store) is not its probe.
+    assert d["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ready"}
+    assert "--ready-port" not in e["args"] and not any("valueFrom" in v for v in e["env"])
+    assert e["readinessProbe"]["tcpSocket"] == e["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
+    assert _pod(enrich)["serviceAccountName"] == "flowwarden-pipeline"  # list and watch on pods
+    # Replicas follow the values.
+    sized = render_chart(
+        CHART,
+        _merge(SCALE_OUT, {"pipeline": {"scaleOut": {"detect": {"replicas": 5}, "enrich": {"replicas": 3}}}}),
+    )
+    assert _one(sized, "Deployment", "flowwarden-pipeline")["spec"]["replicas"] == 5
+    assert _one(sized, "Deployment", ENRICH)["spec"]["replicas"] == 3
+
+
+def test_scale_out_agrees_with_the_kustomize_overlay(scale_out: list[Doc], kustomize: list[Doc]) -> None:
+    from tests.integration.test_deploy import scale_out_manifests
+
+    overlay = scale_out_manifests(kustomize)
+    for name in (ENRICH, "flowwarden-pipeline"):
+        mine, theirs = _containers(scale_out)[name], _containers(overlay)[name]
+        assert mine["args"] == theirs["args"], name
+        assert mine["image"] == theirs["image"], name
+        assert {(p["name"], p["containerPort"]) for p in mine["ports"]} == {
+            (p["name"], p["containerPort"]) for p in theirs["ports"]
+        }, name
+        assert (
+            _one(scale_out, "Deployment", name)["spec"]["replicas"]
+            == _one(overlay, "Deployment", name)["spec"]["replicas"]
+        ), name
+
+
+def test_scale_out_budgets_policies_and_scrapes_each_stage(scale_out: list[Doc]) -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]
+    for name in (ENRICH, "flowwarden-pipeline"):
+        pdb = _one(scale_out, "PodDisruptionBudget", name)
+        labels = _one(scale_out, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
+        assert pdb["spec"]["maxUnavailable"] == 1
+    # The detect stage stays under the shared policy (store, notifiers); the enrich stage has
+    # its own: DNS, Kafka and the API server's pod watch, nothing else.
+    shared = _one(scale_out, "NetworkPolicy", "flowwarden")["spec"]
+    assert ENRICH not in shared["podSelector"]["matchExpressions"][0]["values"]
+    assert "flowwarden-pipeline" in shared["podSelector"]["matchExpressions"][0]["values"]
+    own = _one(scale_out, "NetworkPolicy", ENRICH)["spec"]
+    enrich_labels = _one(scale_out, "Deployment", ENRICH)["spec"]["template"]["metadata"]["labels"]
+    assert own["podSelector"]["matchLabels"].items() <= enrich_labels.items()
+    assert own["egress"] == [
+        {"to": values[k]["to"], "ports": values[k]["ports"]} for k in ("dns", "kafka", "apiServer")
+    ]
+    assert own["ingress"] == [
+        {"from": values["metricsFrom"], "ports": [{"port": "metrics", "protocol": "TCP"}]}
+    ]
+    # The ServiceMonitor picks up the enrich stage's metrics Service too.
+    sm = _one(scale_out, "ServiceMonitor", "flowwarden")["spec"]
+    service = _one(scale_out, "Service", f"{ENRICH}-metrics")
+    assert sm["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= enrich_labels.items()
+    (endpoint,) = sm["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    off = render_chart(CHART, _merge(SCALE_OUT, {"networkPolicy": {"enabled": False}}))
+    assert not any(d["kind"] == "NetworkPolicy" for d in off)
+
+
+def test_scale_out_autoscales_detect_on_topic_lag() -> None:
+    assert not any(d["kind"] == "HorizontalPodAutoscaler" for d in render_chart(CHART, SCALE_OUT))
+    docs = render_chart(CHART, SCALE_OUT_HPA)
+    hpa = _one(docs, "HorizontalPodAutoscaler", "flowwarden-pipeline", "flowwarden")
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "flowwarden-pipeline",
+    }
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 6)
+    (metric,) = spec["metrics"]
+    assert metric["type"] == "Pods"
+    from flowwarden.pipeline.runtime import metrics as pipeline_metrics
+
+    assert '"flowwarden_pipeline_topic_lag"' in Path(pipeline_metrics.__file__).read_text()
+    topic = load_settings(None).kafka.topics.flows_by_workload
+    assert metric["pods"]["metric"] == {
+        "name": "flowwarden_pipeline_topic_lag",
+        "selector": {"matchLabels": {"topic": topic}},
+    }
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "200"}
+    # The HPA owns the detect stage's replicas; the enrich stage keeps its own.
+    assert "replicas" not in _one(docs, "Deployment", "flowwarden-pipeline")["spec"]
+    assert _one(docs, "Deployment", ENRICH)["spec"]["replicas"] == 1
+    # Off with scale-out off: autoscaling alone changes nothing.
+    alone = render_chart(CHART, {"pipeline": {"scaleOut": {"autoscaling": {"enabled": True}}}})
+    assert alone == render_chart(CHART, {})

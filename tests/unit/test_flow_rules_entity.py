@@ -6,7 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flowwarden.pipeline.detection.detectors.flow_rules import entity_keys, first_entity, group_codes
+from flowwarden.pipeline.detection.detectors.flow_rules import (
+    entity_keys,
+    entity_keys_vectorised,
+    first_entity,
+    group_codes,
+)
 
 
 @pytest.mark.parametrize(
@@ -47,16 +52,6 @@ def test_group_codes_dedupe_like_duplicated_and_count_like_groupby_size() -> Non
     pd.testing.assert_frame_equal(got, want)
 
 
-def _entity_keys_by_pandas(flows: pd.DataFrame) -> np.ndarray:
-    """The vectorised form (what frames above ``_FEW`` rows take)."""
-    pod = flows["src_pod"].astype(object)
-    has = (pod != "").to_numpy()
-    if not has.any():
-        return flows["src_ip"].to_numpy(dtype=object)
-    full = (flows["src_namespace"].astype(object) + "/" + pod).to_numpy(dtype=object)
-    return np.where(has, full, flows["src_ip"].to_numpy(dtype=object))
-
-
 @pytest.mark.parametrize("pods", [["web-1", "", "api-0"], ["", "", ""]])
 def test_entity_keys_of_a_few_rows_match_the_vectorised_form(pods: list[str]) -> None:
     for dtype in ("str", "string[pyarrow]", object):
@@ -69,7 +64,7 @@ def test_entity_keys_of_a_few_rows_match_the_vectorised_form(pods: list[str]) ->
         )
         got = entity_keys(flows)
         assert got.dtype == object
-        assert got.tolist() == _entity_keys_by_pandas(flows).tolist()
+        assert got.tolist() == entity_keys_vectorised(flows).tolist()
 
 
 def test_policy_tally_key_splits_each_rule_path_like_the_string_accessor() -> None:

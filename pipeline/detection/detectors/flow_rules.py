@@ -56,6 +56,11 @@ def entity_keys(flows: pd.DataFrame) -> np.ndarray:
             out = np.empty(len(flows), dtype=object)
             out[:] = [f"{n}/{p}" if p else i for p, n, i in zip(pods, nss, ips, strict=True)]
             return out
+    return entity_keys_vectorised(flows)
+
+
+def entity_keys_vectorised(flows: pd.DataFrame) -> np.ndarray:
+    """:func:`entity_keys` in pandas (frames above ``_FEW`` rows, or with missing values)."""
     pod = flows["src_pod"].astype(object)
     has = (pod != "").to_numpy()
     if not has.any():

@@ -591,7 +591,7 @@ class PipelineStage(SteppedStage):
 
     def _feed(self, released: list[PendingBatch]) -> None:
         """One engine call over the released batches (partitioned: one per partition, then
-        every engine to the newest event time); alerts out now, rollups and marks soon."""
+        every engine to the newest watermark among them); alerts out now, rollups and marks soon."""
         if not released:
             return
         self._sync_inventory()

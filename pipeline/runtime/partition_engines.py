@@ -79,6 +79,9 @@ class PartitionEngines:
         self._known: dict[int, float] = {}  # every cluster-wide first sighting merged so far
         self._retired = EngineStats()  # the totals of engines whose partitions moved away
         self._retired_tallies: dict[str, dict[str, int]] = {}
+        # Restored partitions replaying from their committed offset, behind the others' clock:
+        # never advanced by it (their replayed rows would all be late) until they catch up.
+        self._catching_up: dict[int, float] = {}  # partition -> the clock when it was restored
 
     # ------------------------------------------------------------------ partitions
     def __contains__(self, partition: int) -> bool:
@@ -106,12 +109,14 @@ class PartitionEngines:
             self._merge_into(engine, self._known)
         if state:
             engine.import_state(state)
+            self._catching_up[partition] = self._clock()
         self.engines[partition] = engine
         return engine
 
     def revoke(self, partition: int) -> None:
         """Drop ``partition``'s engine: its new owner restores the last checkpoint."""
         engine = self.engines.pop(partition, None)
+        self._catching_up.pop(partition, None)
         if engine is not None:
             self._retired = _add_totals(self._retired, engine.stats())
             self._retired_tallies = _add_tallies(self._retired_tallies, _tallies_of(engine))
@@ -126,13 +131,19 @@ class PartitionEngines:
         """Drive every engine to the newest watermark among them: the windows that closed.
 
         One engine over all these partitions would close its windows by that one clock; a
-        partition that went quiet does the same here (and its batches can be committed)."""
+        partition that went quiet does the same here (and its batches can be committed). A
+        partition restored after a rebalance replays from its committed offset, behind that
+        clock: it keeps its own until it has caught up (the uninterrupted run closed its
+        windows as it went, not at the clock of partitions that were ahead)."""
         out = MergedOutput()
-        now = self.watermark()
+        # A restored partition rejoins the clock once its replay has reached where it was
+        # when the partition came here.
+        self._catching_up = {p: t for p, t in self._catching_up.items() if self.engines[p].watermark() < t}
+        now = self._clock()
         if not math.isfinite(now):
             return out
-        for _, engine in self:
-            if engine.watermark() < now:
+        for p, engine in self:
+            if p not in self._catching_up and engine.watermark() < now:
                 out.add(engine.process(empty_flows(), now=now))
         return out
 
@@ -158,6 +169,10 @@ class PartitionEngines:
 
     def watermark(self) -> float:
         return max((engine.watermark() for _, engine in self), default=-math.inf)
+
+    def _clock(self) -> float:
+        """The newest watermark among the engines that are not replaying."""
+        return max((e.watermark() for p, e in self if p not in self._catching_up), default=-math.inf)
 
     def set_model(self, model: LoadedModel | None) -> None:
         self._model = (model,)

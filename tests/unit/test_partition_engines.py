@@ -113,3 +113,24 @@ def test_memory_starts_with_the_stream_not_with_the_partition_s_first_flow() -> 
     cold = DetectionEngine(SETTINGS, inventory=INVENTORY)
     cold.process(flows([call("10.244.1.2", T0 + 301)]))
     assert cold.first_ws == T0 + 300  # without it: the partition's own first window
+
+
+def test_a_restored_partition_replays_by_its_own_clock_until_it_catches_up() -> None:
+    """A partition moved here after a rebalance replays from its committed offset; the clock
+    of a partition already ahead must not close its windows under it (its rows would be late)."""
+    e = engines()
+    e.set_inventory(INVENTORY)
+    first = DetectionEngine(SETTINGS, inventory=INVENTORY)
+    first.process(flows([call("10.244.1.2", T0 + 1)]))
+    saved = first.export_state()  # its owner's checkpoint, at T0 + 1
+    e.assign(0)
+    e.process_partition(0, flows([call("10.244.1.1", T0 + 95)]))  # this worker is ahead
+    e.assign(1, saved)
+    e.process_partition(1, flows([call("10.244.1.2", T0 + 12)]))  # the replay, behind
+    e.advance()
+    assert e.engine(1).late_flows == 0  # type: ignore[attr-defined]
+    assert e.engine(1).open_window_floor() == T0 + 10  # its own clock closed only what it passed
+    e.process_partition(1, flows([call("10.244.1.2", T0 + 99)]))  # caught up: one clock again
+    e.process_partition(0, flows([call("10.244.1.1", T0 + 140)]))
+    e.advance()
+    assert e.engine(1).open_window_floor() is None

@@ -74,6 +74,19 @@ def unpack_state(data: bytes) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
 # ------------------------------------------------------------------------- baselines
 
 
+def _window_rank(codes: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """For each row, how many earlier windows of its key are in the same call (0 for the first)."""
+    order = np.lexsort((ws, codes))
+    c, w = codes[order], ws[order]
+    new_key = np.r_[True, c[1:] != c[:-1]]
+    new_window = new_key | np.r_[True, w[1:] != w[:-1]]
+    dense = np.cumsum(new_window)
+    rank_sorted = dense - dense[np.maximum.accumulate(np.where(new_key, np.arange(len(c)), 0))]
+    rank = np.empty(len(c), dtype="int64")
+    rank[order] = rank_sorted
+    return rank
+
+
 class Baselines:
     """EWMA mean and mean absolute deviation of ``log1p(feature)`` per key (numpy rows + a key index)."""
 
@@ -115,26 +128,58 @@ class Baselines:
         return pd.DataFrame(out, columns=self.columns, index=keys.index)
 
     def update(self, keys: pd.Series, ws: np.ndarray, window_s: float, values: pd.DataFrame) -> None:
-        """Fold the observed windows into the baselines (several windows of a key at once)."""
+        """Fold the observed windows into the baselines, one EWMA step per window in window order.
+
+        The rows of one key and one window (a workload's replicas) make one step together. A
+        key's windows that close in the same call are still folded one step each, in order, so
+        a baseline does not depend on how many windows each call closes (one worker closing
+        three windows at once must learn what three workers closing one each learn).
+        """
         if not len(keys):
             return
-        nf = len(self.features)
         logs = np.log1p(values[self.features].to_numpy(dtype="float64").clip(min=0))
         codes, uniq = pd.factorize(keys.to_numpy(dtype=object))
-        uniq = np.asarray(uniq, dtype=object)
+        pos = self._positions_adding(np.asarray(uniq, dtype=object))
+        ws = np.asarray(ws, dtype="float64")
+        step = _window_rank(codes, ws)
+        if not step.any():
+            self._fold(pos, codes, ws, window_s, logs)
+            return
+        order = np.argsort(step, kind="stable")
+        bounds = np.flatnonzero(np.diff(step[order])) + 1
+        for rows in np.split(order, bounds):
+            self._fold(pos, codes[rows], ws[rows], window_s, logs[rows])
+
+    def _positions_adding(self, uniq: np.ndarray) -> np.ndarray:
+        """Row positions of ``uniq``; keys not yet known get rows of NaN (nothing learned)."""
         pos = self._positions(uniq)
-        prev = np.full((len(uniq), len(self.columns)), np.nan)
-        prev[pos >= 0] = self._rows[pos[pos >= 0]]
+        new = pos < 0
+        if new.any():
+            base = len(self._rows)
+            count = int(new.sum())
+            self._rows = np.vstack([self._rows, np.full((count, len(self.columns)), np.nan)])
+            pos[new] = np.arange(base, base + count)
+            self._index.update(zip(uniq[new].tolist(), pos[new].tolist(), strict=True))
+        return pos
+
+    def _fold(
+        self, pos: np.ndarray, codes: np.ndarray, ws: np.ndarray, window_s: float, logs: np.ndarray
+    ) -> None:
+        """One EWMA step for each key in ``codes`` (its rows here all belong to one window)."""
+        nf = len(self.features)
+        used, codes = np.unique(codes, return_inverse=True)
+        rows = pos[used]
+        prev = self._rows[rows]
         m_old_obs = prev[codes, 3 : 3 + nf]
         m_old_obs = np.where(np.isnan(m_old_obs), logs, m_old_obs)
         absdev = np.abs(logs - m_old_obs)
-        k = np.bincount(codes, minlength=len(uniq)).astype("float64")
-        sums = [np.bincount(codes, weights=logs[:, j], minlength=len(uniq)) for j in range(nf)]
-        devs = [np.bincount(codes, weights=absdev[:, j], minlength=len(uniq)) for j in range(nf)]
+        k = np.bincount(codes, minlength=len(used)).astype("float64")
+        sums = [np.bincount(codes, weights=logs[:, j], minlength=len(used)) for j in range(nf)]
+        devs = [np.bincount(codes, weights=absdev[:, j], minlength=len(used)) for j in range(nf)]
         xbar = np.stack(sums, 1).astype("float64") / k[:, None]
         abar = np.stack(devs, 1).astype("float64") / k[:, None]
-        first = np.full(len(uniq), np.inf)
-        last = np.full(len(uniq), -np.inf)
+        first = np.full(len(used), np.inf)
+        last = np.full(len(used), -np.inf)
         np.minimum.at(first, codes, ws)
         np.maximum.at(last, codes, ws + window_s)
         n_old = np.nan_to_num(prev[:, 0])
@@ -145,7 +190,7 @@ class Baselines:
         d_old = prev[:, 3 + nf :]
         m_old = np.where(np.isnan(m_old), xbar, m_old)
         d_old = np.where(np.isnan(d_old), abar, d_old)
-        fresh = np.hstack(
+        self._rows[rows] = np.hstack(
             [
                 n_new[:, None],
                 np.fmin(prev[:, 1], first)[:, None],
@@ -154,14 +199,6 @@ class Baselines:
                 d_old + a_eff * (abar - d_old),
             ]
         )
-        known = pos >= 0
-        self._rows[pos[known]] = fresh[known]
-        if (~known).any():
-            base = len(self._rows)
-            self._rows = np.vstack([self._rows, fresh[~known]])
-            self._index.update(
-                zip(uniq[~known].tolist(), range(base, base + int((~known).sum())), strict=True)
-            )
 
     def expire(self, now: float) -> int:
         """Drop keys idle for longer than the TTL, then the stalest beyond the size limit."""

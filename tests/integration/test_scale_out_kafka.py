@@ -97,19 +97,6 @@ class Input:
     # Workloads with two or more pods that the spread input must put on several partitions.
     replicated: int = 3
     chunk_s: float = CHUNK_S  # event time per published batch
-    differs: str = ""  # known differences between the two paths (an expected failure) and why
-
-
-# Why the lab capture may not raise exactly the same alerts yet (then the test is an expected
-# failure naming what differed, and anything but this cause fails it). Fixed this round: a
-# detect worker's memory started at its own first window (engine.first_ws), not the stream's
-# (the enrich stage's fw.min_ts now says where the stream starts); an early alert updated at
-# its window's close kept an unrounded score and its examples twice. Left:
-LAB_DIFFERS = (
-    "baselines depend on how many windows close per engine call: Baselines.update folds the "
-    "k windows of a key that close together with one batch EWMA step, not k steps, and one "
-    "worker over every partition may close them in other groups than three"
-)
 
 
 @pytest.fixture(scope="module", params=["sim-seed-23", "lab-reporting"])
@@ -134,7 +121,6 @@ def source(request: pytest.FixtureRequest) -> Input:
         sections,
         replicated=2,
         chunk_s=10.0,
-        differs=LAB_DIFFERS,
     )
 
 
@@ -226,22 +212,6 @@ def differences(alone: dict[str, dict[str, Any]], together: dict[str, dict[str, 
                 f"{name(alone[k])}: " + ", ".join(f"{f} {alone[k][f]} vs {together[k][f]}" for f in fields)
             )
     return "; ".join(out)
-
-
-def _apart_from_baselines(alert: dict[str, Any]) -> dict[str, Any]:
-    """The alert without its evidence's baselines, and without the score and severity when
-    those differ (they are what a baseline feeds)."""
-
-    baselines = ("entity_baseline", "workload_baseline")
-
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in baselines}
-        return value
-
-    out = {k: v for k, v in alert.items() if k not in ("score", "severity")}
-    out["evidence"] = strip(alert["evidence"])
-    return out
 
 
 @pytest.fixture
@@ -346,14 +316,8 @@ def test_three_detect_workers_keyed_by_workload_raise_the_same_alerts_as_one(
         assert len({a["detector"] for a in alone.values()}) >= 4
         assert all(d.stats.flows > 0 for d in detectors)  # each did part of the work
         assert sum(d.global_memory.published for d in detectors if d.global_memory) > 0
-        if source.differs and together != alone and set(together) == set(alone):
-            # Only the known cause may differ: an alert's baselines, and what they score.
-            assert all(
-                _apart_from_baselines(alone[k]) == _apart_from_baselines(together[k]) for k in alone
-            ), differences(alone, together)
-            pytest.xfail(f"{differences(alone, together)}; known cause: {source.differs}")
-        assert set(together) == set(alone)
-        assert together == alone
+        assert set(together) == set(alone), differences(alone, together)
+        assert together == alone, differences(alone, together)
     finally:
         for r in runners:
             r.stop_event.set()

@@ -279,3 +279,26 @@ def test_a_long_transfer_is_one_connection_not_a_beacon() -> None:
         last["beacon_conns"].to_dict()["shop/web-5d9c8f7b6-bbbbb"] >= 20
     )  # 30 starts, some windows still open
     assert last["beacon_score"].to_dict()["shop/web-5d9c8f7b6-bbbbb"] > 0.9
+
+
+def test_baseline_does_not_depend_on_how_many_windows_close_together() -> None:
+    """Three windows folded in one call learn what three calls of one window each learn."""
+    from flowwarden.pipeline.detection.state import Baselines
+
+    rng = np.random.default_rng(5)
+    keys = pd.Series(["a", "b", "a", "a", "b", "a"])  # "a" has two replicas in window 10
+    ws = np.array([10.0, 10.0, 0.0, 20.0, 20.0, 10.0])
+    vals = pd.DataFrame({"flows": rng.integers(1, 1000, len(keys)).astype(float)})
+
+    together = Baselines(["flows"], half_life_s=60, ttl_s=1e9, max_keys=10)
+    together.update(keys, ws, 10.0, vals)
+    one_by_one = Baselines(["flows"], half_life_s=60, ttl_s=1e9, max_keys=10)
+    for w in (0.0, 10.0, 20.0):
+        sel = ws == w
+        one_by_one.update(keys[sel].reset_index(drop=True), ws[sel], 10.0, vals[sel].reset_index(drop=True))
+
+    got, want = together.table.sort_index(), one_by_one.table.sort_index()
+    pd.testing.assert_frame_equal(got, want)
+    assert got.loc["a", "n"] == 4 and got.loc["a", "first"] == 0 and got.loc["a", "last"] == 30
+    # a batch step would have moved the mean by a different amount than three steps
+    assert got.loc["a", "d_flows"] > 0

@@ -7,7 +7,8 @@ rollout waits for it, a PodDisruptionBudget sees it). :class:`Readiness` checks 
 serves the answer over HTTP:
 
 * ``GET /ready``: 200 with ``{"kafka": "ok", "store": "ok"}`` when both answer, else 503 with
-  the error of each that does not;
+  the error of each that does not (a process that never opens the store, the pipeline's enrich
+  stage, checks Kafka only);
 * ``GET /healthz``: 200 while the process serves (the liveness probe).
 
 The CLI's long-running commands start it on ``--ready-port`` beside ``/metrics``. It shares no
@@ -80,8 +81,10 @@ class Readiness:
         self._server: ThreadingHTTPServer | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, timeout_s: float = 3.0) -> Readiness:
-        checks: dict[str, Check] = {"store": store_check(settings.store.url, timeout_s)}
+    def from_settings(cls, settings: Settings, *, timeout_s: float = 3.0, store: bool = True) -> Readiness:
+        """The checks for what the process uses: ``store=False`` for one that never opens it
+        (the pipeline's enrich stage), so an outage of the store does not take it out of service."""
+        checks: dict[str, Check] = {"store": store_check(settings.store.url, timeout_s)} if store else {}
         if settings.bus.kind == "kafka":
             checks["kafka"] = kafka_check(settings, timeout_s)
         return cls(checks)

@@ -207,7 +207,7 @@ def _register_run(app: typer.Typer) -> None:
         if stage != "all" and settings.bus.kind != "kafka":
             raise InputError(f"--stage {stage} needs bus.kind=kafka: the stages meet on Kafka topics")
         worker_id = worker_id or socket.gethostname()
-        readiness = Readiness.from_settings(settings)
+        readiness = Readiness.from_settings(settings, store=stage != "enrich")  # enrich never opens it
         if ready_port:
             readiness.serve(ready_port)
         try:

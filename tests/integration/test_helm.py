@@ -449,10 +449,13 @@ def test_scale_out_runs_an_enrich_stage_and_detect_workers(scale_out: list[Doc])
     for workload in (enrich, detect):
         assert _restricted_problems(_pod(workload)) == [], workload["metadata"]["name"]
     # The detect stage is ready when Kafka and the store answer; the enrich stage never
-    # touches the store: no Secret, and /ready (which checks the store) is not its probe.
-    assert d["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ready"}
-    assert "--ready-port" not in e["args"] and not any("valueFrom" in v for v in e["env"])
-    assert e["readinessProbe"]["tcpSocket"] == e["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
+    # touches the store: no Secret, and its /ready checks Kafka only.
+    for c in (d, e):
+        assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ready"}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ready"}
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert int(c["args"][c["args"].index("--ready-port") + 1]) == ports["ready"] != ports["metrics"]
+    assert not any("valueFrom" in v for v in e["env"])
     assert _pod(enrich)["serviceAccountName"] == "flowwarden-pipeline"  # list and watch on pods
     # Replicas follow the values.
     sized = render_chart(

@@ -67,6 +67,9 @@ def test_not_ready_while_the_store_is_unreachable(kafka_settings: Settings) -> N
     status = readiness.status()
     assert status["kafka"] == "ok" and status["store"].startswith("OperationalError")
     assert not readiness.ready()
+    # The enrich stage never opens the store: its outage does not take that stage out of service.
+    enrich = Readiness.from_settings(_settings(kafka_settings, dead), timeout_s=2.0, store=False)
+    assert enrich.status() == {"kafka": "ok"} and enrich.ready()
 
 
 def test_pipeline_process_serves_readiness_through_an_outage(

@@ -1,4 +1,4 @@
-"""Vectorised header decoding: link, IPv4/IPv6 (VLAN-tagged too), TCP/UDP/ICMP.
+"""Vectorised header decoding: link, IPv4/IPv6 (VLAN-tagged too), TCP/UDP/SCTP/ICMP.
 
 Every field is taken for a whole :class:`~collectors.pcapfile.PacketBatch` at once with
 numpy fancy indexing at per-packet offsets; a packet whose captured bytes do not cover a
@@ -11,8 +11,10 @@ fail). Causes are counted by the collector, never fatal:
 * ``bad_header``: an IP header that contradicts itself (version, header length);
 * ``unknown_link``: a link type this decoder does not read.
 
-Packets of other IP protocols (ESP, SCTP, GRE that is not decapsulated, ...) are metered
-as port-less flows and counted under ``unknown_proto`` as well, so operators see them.
+SCTP is metered with its ports (its common header starts with them, as UDP's does:
+Kubernetes Services and NetworkPolicies name SCTP ports). Packets of other IP protocols (ESP,
+GRE that is not decapsulated, ...) are metered as port-less flows and counted under
+``unknown_proto`` as well, so operators see them.
 
 Overlays are decapsulated (one level): VXLAN (UDP 4789, Flannel's 8472), Geneve (6081),
 IP-in-IP (protocol 4; IPv6-in-IPv4, 41) and GRE (47; IP or Ethernet payload). The inner
@@ -62,7 +64,8 @@ WIREGUARD_PORTS = (51820, 51821, 51871)
 CAUSES = ("ok", "non_ip", "fragment", "truncated", "bad_header", "unknown_link", "unknown_proto", "wireguard")
 OK, NON_IP, FRAGMENT, TRUNCATED, BAD_HEADER, UNKNOWN_LINK, UNKNOWN_PROTO, WIREGUARD = range(len(CAUSES))
 
-TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+TCP, UDP, ICMP, ICMPV6, SCTP = 6, 17, 1, 58, 132
+SCTP_HEADER = 12  # ports, verification tag, checksum
 IPV6_EXT = (0, 43, 60, 51)  # hop-by-hop, routing, destination options, AH
 IPV6_FRAG = 44
 
@@ -253,11 +256,13 @@ def _layers(rd: _Reader, l3: np.ndarray, et: np.ndarray, end: np.ndarray, cause:
     ip_ok = cause == OK
     tcp = ip_ok & (proto == TCP)
     udp = ip_ok & (proto == UDP)
+    sctp = ip_ok & (proto == SCTP)
     cause[tcp & (l4 + 14 > end)] = TRUNCATED
     cause[udp & (l4 + 4 > end)] = TRUNCATED
+    cause[sctp & (l4 + SCTP_HEADER > end)] = TRUNCATED
     tcp &= cause == OK
     udp &= cause == OK
-    ports = tcp | udp
+    ports = tcp | udp | (sctp & (cause == OK))
     if ports.any():
         sport[ports] = rd.u16(l4[ports])
         dport[ports] = rd.u16(l4[ports] + 2)
@@ -396,7 +401,7 @@ def decode(batch: PacketBatch) -> Decoded:
         length[tun] = np.where(c == OK, ip_len + 14, np.maximum(batch.wirelen[tun] - (q - off[tun]) + 14, 0))
 
     wg = _wireguard(rd, f, end)
-    cause[(cause == OK) & ~np.isin(f.proto, (TCP, UDP, ICMP, ICMPV6))] = UNKNOWN_PROTO
+    cause[(cause == OK) & ~np.isin(f.proto, (TCP, UDP, SCTP, ICMP, ICMPV6))] = UNKNOWN_PROTO
     cause[wg & (cause == OK)] = WIREGUARD
 
     # Candidates for application-layer names: DNS by port, TLS ClientHello and HTTP

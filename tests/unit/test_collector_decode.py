@@ -92,3 +92,14 @@ def test_truncated_bad_and_unknown_are_counted_not_fatal() -> None:
     assert d.metered.tolist() == [False, True, False, False, False, False]
     assert _decode([ip], linktype=147).cause.tolist() == [CAUSES.index("unknown_link")]
     assert np.all(d.sport[~d.metered] == 0)
+
+
+def test_sctp_is_metered_with_its_ports() -> None:
+    """Kubernetes Services and NetworkPolicies name SCTP ports: the flow keeps them."""
+    sctp = struct.pack(">HHII", 38412, 36412, 0xDEADBEEF, 0) + b"\x01\x00\x00\x10" + b"\0" * 12  # INIT
+    ip = dpkt.ip.IP(src=bytes([10, 244, 1, 5]), dst=bytes([10, 96, 0, 9]), p=132, data=sctp)
+    short = bytes(ip)[: 20 + 8]  # the IP header and half of SCTP's common header
+    d = _decode([bytes(ip), short], linktype=101)
+    assert _causes(d) == ["ok", "truncated"]
+    assert (d.sport[0], d.dport[0], d.proto[0]) == (38412, 36412, 132)
+    assert d.metered.tolist() == [True, False] and d.sport[1] == d.dport[1] == 0

@@ -186,7 +186,8 @@ def test_the_seed_comes_from_the_collector_settings(tmp_path: Path) -> None:
 
 def _icmp_capture(path: Path) -> list[tuple[int, str, str, int, int]]:
     """Ping (v4, v6), a ping seen from its reply, one-way ICMP errors, neighbour discovery
-    and an SCTP packet; returns each flow's first packet as (proto, src, dst, type, code)."""
+    and an SCTP packet; returns each flow's first packet as (proto, src, dst, type or source
+    port, code or destination port)."""
     first: list[tuple[int, str, str, int, int]] = []
     frames = []
 
@@ -216,7 +217,7 @@ def _icmp_capture(path: Path) -> list[tuple[int, str, str, int, int]]:
     add(58, "fd00::5", "fd00::9", 129, 0, first_of_flow=False)
     add(58, "fe80::2", "fe80::1", 135, 0)
     add(58, "fd00::1", "fd00::3", 1, 4)  # destination unreachable, one-way
-    add(132, "fd00::4", "fd00::6", 0, 0)  # SCTP: the decoder meters it without ports
+    add(132, "fd00::4", "fd00::6", 38412, 36412)  # SCTP (its common header): named with its ports
     write_pcap(path, tuple(frames))
     return first
 

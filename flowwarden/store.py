@@ -229,6 +229,14 @@ def _insert_for(dialect_name: str, table: sa.Table) -> Any:
 # --------------------------------------------------------------------------- conversions
 
 
+def _claim_number(raw: bytes | None) -> int:
+    """A stored claim (a decimal number); 0 for none, or for one that is not a number."""
+    try:
+        return int(bytes(raw).decode()) if raw else 0
+    except (UnicodeDecodeError, ValueError):
+        return 0
+
+
 def _clean(text: str) -> str:
     """PostgreSQL text and JSON cannot hold NUL: it becomes U+FFFD on both dialects."""
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
@@ -871,6 +879,32 @@ class Store:
         with self._read(conn) as c:
             value = c.execute(sa.select(pipeline_state.c.value).where(pipeline_state.c.key == key)).scalar()
         return bytes(value) if value is not None else None
+
+    def claim_state(self, key: str, *, conn: Connection | None = None) -> int:
+        """Take over what ``key`` guards (a fencing token): one more than the last claim, stored.
+
+        Whoever claimed last owns it; an earlier claimant's :meth:`holds_claim` is False from
+        now on. The row is locked until the transaction ends, so a save that checks its claim
+        either commits before this claim or sees it.
+        """
+        with self._write(conn) as c:
+            raw = c.execute(
+                sa.select(pipeline_state.c.value).where(pipeline_state.c.key == key).with_for_update()
+            ).scalar()
+            claim = _claim_number(raw) + 1
+            self.put_state(key, str(claim).encode(), conn=c)
+            return claim
+
+    def holds_claim(self, key: str, claim: int, *, conn: Connection | None = None) -> bool:
+        """True while ``claim`` is the newest claim on ``key``; it stays so until ``conn``'s
+        transaction ends (the row is locked: a newer claim waits for it)."""
+        with self._write(conn) as c:
+            done = c.execute(
+                sa.update(pipeline_state)
+                .where(pipeline_state.c.key == key, pipeline_state.c.value == str(claim).encode())
+                .values(updated_at=datetime.now(UTC))
+            )
+            return bool(done.rowcount)
 
     def delete_state(self, key: str, *, conn: Connection | None = None) -> bool:
         """Forget a checkpoint; True if there was one."""

@@ -146,15 +146,29 @@ class StoreSink:
         """The group's epoch per partition (partitions never reset are absent: epoch 0)."""
         return _epoch_table(self.load_state(key))
 
-    def save_state(self, key: str, data: bytes, offsets: bytes | None = None) -> None:
-        """The engine's state and the offsets it holds, together (``key`` and ``key/offsets``)."""
+    def save_state(
+        self, key: str, data: bytes, offsets: bytes | None = None, *, claim: int | None = None
+    ) -> bool:
+        """The engine's state and the offsets it holds, together (``key`` and ``key/offsets``).
 
-        def work(conn: Connection) -> None:
+        With ``claim`` (what :meth:`claim_state` returned for ``key``), only while that claim is
+        the newest: a worker the group has replaced (it stalled past the session timeout) must
+        not overwrite the state its successor restored. Returns False when it did not write.
+        """
+
+        def work(conn: Connection) -> bool:
+            if claim is not None and not self.store.holds_claim(key + "/owner", claim, conn=conn):
+                return False
             self.store.put_state(key, data, conn=conn)
             if offsets is not None:
                 self.store.put_state(key + "/offsets", offsets, conn=conn)
+            return True
 
-        self.store.in_transaction(work)
+        return self.store.in_transaction(work)
+
+    def claim_state(self, key: str) -> int:
+        """Own the state under ``key`` from now on (a fencing token; see :meth:`save_state`)."""
+        return self.store.in_transaction(lambda conn: self.store.claim_state(key + "/owner", conn=conn))
 
 
 def _by_epoch(batches: Iterable[BatchId]) -> dict[int, list[BatchRef]]:

@@ -67,7 +67,7 @@ from flowwarden.pipeline.runtime.loop import SteppedStage, delivered
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
 from flowwarden.pipeline.runtime.model_watch import ModelWatcher
 from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
-from flowwarden.pipeline.runtime.partition_engines import PartitionEngines
+from flowwarden.pipeline.runtime.partition_engines import ClockedEngine, PartitionEngines
 from flowwarden.pipeline.runtime.ports import Engine, EngineOutput, PipelineStore
 from flowwarden.pipeline.runtime.repartition import (
     MAX_TS_HEADER,
@@ -296,6 +296,10 @@ class PipelineStage(SteppedStage):
         self._replay_floors: dict[PartitionKey, float] = {}
         # Partitioned: which verdicts each partition's restored state holds.
         self._partition_verdicts: dict[int, VerdictFollower] = {}
+        # Partitioned: this worker's claim on each partition's state (a fencing token, taken when
+        # the partition came), and the partitions another worker has claimed since.
+        self._claims: dict[int, int] = {}
+        self._fenced: set[int] = set()
         self._clock_max = -math.inf  # newest event time the engine has been told (data or now)
         self._last_feed = 0.0
         self._last_tick_now = -math.inf
@@ -811,16 +815,14 @@ class PipelineStage(SteppedStage):
                 guard = self._guard(lambda _key: True, floor, self.verdicts)
                 self.sink.save_state(self.state_key, self.engine.export_state(), guard)
             for p, engine in self.partitioned or ():
-                # Each partition's state under the partition's key: it moves with the partition.
-                own = self._guard(
-                    self._of_partition(p), engine.open_window_floor(), self._partition_verdicts[p]
-                )
-                self.sink.save_state(self._partition_state_key(p), engine.export_state(), own)
+                if p not in self._fenced:
+                    self._save_partition(p, engine)
         except Exception as exc:  # the next checkpoint will try again; nothing is committed
             log.error("checkpoint failed key=%s error=%s", self.state_key, exc)
             self.metrics.checkpoints.labels(status="failed").inc()
             return
         self.metrics.checkpoints.labels(status="ok").inc()
+        ready = [b for b in ready if not self._is_fenced(b.key)]
         if not ready:
             return
         try:
@@ -834,6 +836,24 @@ class PipelineStage(SteppedStage):
             self._committed[b.key] = max(self._committed.get(b.key, -1), b.message.offset + 1)
         self.stats.commits += 1
         self.metrics.commits.labels(status="ok").inc()
+
+    def _save_partition(self, p: int, engine: ClockedEngine) -> None:
+        """One partition's state under the partition's key (it moves with the partition), unless
+        another worker has claimed the partition since this one restored it."""
+        own = self._guard(self._of_partition(p), engine.open_window_floor(), self._partition_verdicts[p])
+        if self.sink.save_state(
+            self._partition_state_key(p), engine.export_state(), own, claim=self._claims.get(p)
+        ):
+            return
+        # The group gave the partition to another worker while this one stalled (past the
+        # session timeout): that worker restored the state and owns it. Writing this older
+        # state over it, or committing offsets, would undo its work; the next poll revokes it.
+        self._fenced.add(p)
+        self.metrics.checkpoints.labels(status="fenced").inc()
+        log.warning("partition state claimed by another worker, not saved partition=%d", p)
+
+    def _is_fenced(self, key: PartitionKey) -> bool:
+        return self.partitioned is not None and _real_key(key)[1] in self._fenced
 
     def _guard(
         self, mine: Callable[[PartitionKey], bool], floor: float | None, verdicts: VerdictFollower
@@ -896,6 +916,10 @@ class PipelineStage(SteppedStage):
         assert self.partitioned is not None
         _, p = key
         skey = self._partition_state_key(p)
+        # Claim first, then read: a save by the previous owner either landed before the claim
+        # (and is read here) or is refused (sinks.save_state).
+        self._claims[p] = self.sink.claim_state(skey)
+        self._fenced.discard(p)
         state = self.sink.load_state(skey)
         verdicts = VerdictFollower(self.options.resolution_poll_s)
         self._sync_inventory()
@@ -928,6 +952,8 @@ class PipelineStage(SteppedStage):
         assert self.partitioned is not None
         self.partitioned.revoke(key[1])
         self._partition_verdicts.pop(key[1], None)
+        self._claims.pop(key[1], None)
+        self._fenced.discard(key[1])
         self._forget_offsets(key)
         for where in [w for w in (*self._sources, *self._sources_in) if w[0] == key[1]]:
             self._sources.pop(where, None)

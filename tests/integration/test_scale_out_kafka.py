@@ -393,3 +393,71 @@ def test_a_destination_one_worker_saw_is_not_new_to_the_cluster_for_another(kafk
         mem_a.close()
         mem_c.close()
         producer.close()
+
+
+def test_a_worker_replaced_while_it_stalled_neither_saves_nor_commits_its_old_partitions(
+    kafka_settings: Settings, fresh_pg_url: str, runners: list[Runner]
+) -> None:
+    """Fencing: when the group gives a stalled worker's partition to another worker, which
+    claims the partition's state as it restores it, the stalled worker's next checkpoint
+    must not overwrite that state nor commit the partition's offsets."""
+    from flowwarden.pipeline.runtime.sinks import StoreSink
+
+    suffix = uuid.uuid4().hex[:8]
+    settings = settings_with(
+        kafka_settings,
+        pipeline={"group_id": unique_group("fence"), "checkpoint_interval_s": 0.5},
+        kafka={"topics": {"flows_by_workload": f"by-workload-{suffix}", "global_memory": f"memory-{suffix}"}},
+    )
+    sim = simulator.simulate(minutes=2, pods=30, seed=31)
+    inventory = PodInventory.from_dict(sim.inventory)
+    half = sim.flows["ts_end"].median()
+    first, second = sim.flows[sim.flows["ts_end"] < half], sim.flows[sim.flows["ts_end"] >= half]
+    store = Store(fresh_pg_url).start()
+    stages: list[Any] = []
+    try:
+        enrich = EnrichStage(
+            settings,
+            bus=KafkaBus(settings.kafka),
+            inventory_source=FixedSource(inventory),
+            poll_timeout_s=0.2,
+        )
+        worker = detect_stage(settings, store, inventory, "stalled", scale_out=True)
+        for s in (enrich, worker):
+            s.start()
+            stages.append(s)
+            runners.append(Runner(s, f"fence-{len(stages)}").start())
+        n = settings.kafka.partitions
+        wait_for(lambda: len(worker._assigned) == n, timeout=120, what="the worker to hold every partition")
+        publish_spread(settings, first, inventory)
+        wait_for(
+            lambda: worker.stats.flows == len(first) and worker.stats.commits > 0,
+            timeout=120,
+            what="the first half checkpointed and committed",
+        )
+        # Another worker is given every partition and claims their state, then saves its own.
+        sink = StoreSink(store, settings.pipeline.group_id)
+        for p in range(n):
+            key = worker._partition_state_key(p)
+            assert sink.save_state(key, b"successor", b"{}", claim=sink.claim_state(key))
+        fenced = worker.metrics.checkpoints.labels(status="fenced")
+        committed = dict(worker._committed)
+        publish_spread(settings, second, inventory)
+        wait_for(
+            lambda: worker.stats.flows == len(sim.flows) and fenced._value.get() == n,
+            timeout=120,
+            what="the second half fed and every partition's save refused",
+        )
+        checkpoints = worker.metrics.checkpoints.labels(status="ok")
+        done = checkpoints._value.get()
+        wait_for(lambda: checkpoints._value.get() >= done + 2, timeout=30, what="two more checkpoints")
+        assert worker._committed == committed  # nothing of the second half committed
+        for p in range(n):
+            assert store.get_state(worker._partition_state_key(p)) == b"successor"
+    finally:
+        for r in runners:
+            r.halt()
+        runners.clear()
+        for s in stages:
+            s.stop()
+        store.stop()

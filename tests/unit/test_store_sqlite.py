@@ -449,6 +449,25 @@ class StoreContract:
         with pytest.raises(RecordError, match="value"):
             store.put_state("x", "not bytes")  # type: ignore[arg-type]
 
+    def test_a_newer_claim_fences_the_older_claimant(self, store: Store) -> None:
+        """A partition's state is saved only by the worker that claimed the partition last."""
+        from flowwarden.pipeline.runtime.sinks import StoreSink
+
+        sink = StoreSink(store, "g")
+        key = "pipeline/g/partitions/flows-by-workload/3"
+        stale = sink.claim_state(key)
+        assert sink.save_state(key, b"old owner", b"{}", claim=stale)
+        successor = sink.claim_state(key)
+        assert successor == stale + 1 and store.holds_claim(key + "/owner", successor)
+        assert not store.holds_claim(key + "/owner", stale)
+        assert sink.save_state(key, b"new owner", b"{}", claim=successor)
+        # The stalled worker wakes up and checkpoints: refused, the successor's state stays.
+        assert not sink.save_state(key, b"stale", b"{stale}", claim=stale)
+        assert sink.load_state(key) == b"new owner" and sink.load_state(key + "/offsets") == b"{}"
+        assert sink.save_state(key, b"unclaimed", None)  # no claim: the one-engine worker's save
+        store.put_state(key + "/owner", b"garbage")
+        assert sink.claim_state(key) == 1  # an unreadable claim starts again, it does not fail
+
     # ---- exactly-once bookkeeping
 
     def test_batch_effects_and_mark_commit_together(self, store: Store) -> None:

@@ -167,9 +167,6 @@ class PartitionEngines:
         floors = [f for _, e in self if (f := e.open_window_floor()) is not None]
         return min(floors) if floors else None
 
-    def watermark(self) -> float:
-        return max((engine.watermark() for _, engine in self), default=-math.inf)
-
     def _clock(self) -> float:
         """The newest watermark among the engines that are not replaying."""
         return max((e.watermark() for p, e in self if p not in self._catching_up), default=-math.inf)

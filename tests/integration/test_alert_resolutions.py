@@ -13,7 +13,6 @@ older store's alerts gain ``learning`` (false).
 from __future__ import annotations
 
 import math
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +34,7 @@ from flowwarden.settings import Settings
 from flowwarden.store import Store, alert_to_row
 from tests.support.broker import unique_group
 from tests.support.netns import wait_for
+from tests.support.stage_thread import StageThread
 from tests.unit.flowkit import flows, pod
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,7 @@ def _scenario() -> tuple[PodInventory, pd.DataFrame, float]:
     return PodInventory.from_dict({"items": pods}), df, t0 + 600
 
 
-class Pipeline:
+class Pipeline(StageThread):
     """One pipeline stage with the real engine, looping in a thread."""
 
     def __init__(self, settings: Settings, store: Store, inventory: PodInventory) -> None:
@@ -94,28 +94,15 @@ class Pipeline:
                 poll_timeout_s=0.2, idle_tick_s=1.0, align_idle_s=1.0, resolution_poll_s=0.5
             ),
         )
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.error: BaseException | None = None
-
-    def _run(self) -> None:
-        try:
-            self.stage.run(self.stop_event, max_seconds=240)
-        except BaseException as exc:
-            self.error = exc
-            raise
+        super().__init__(self.stage, "pipeline")
 
     def __enter__(self) -> Pipeline:
         self.stage.start()
-        self.thread.start()
-        return self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "pipeline did not stop"
+        self.halt()
         self.stage.stop()
-        assert self.error is None, self.error
 
     def idle(self, flows_in: int) -> bool:
         """Every flow published so far consumed and every window closed."""

@@ -11,11 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -36,6 +35,7 @@ from flowwarden.settings import Settings, dump_settings
 from flowwarden.store import Store
 from tests.support.broker import unique_group
 from tests.support.netns import wait_for
+from tests.support.stage_thread import StageThread
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +98,7 @@ def publish(settings: Settings, parts: list[pd.DataFrame]) -> int:
     return sent
 
 
-class Worker:
+class Worker(StageThread):
     """A pipeline stage with the real engine, looping in a thread."""
 
     def __init__(
@@ -114,21 +114,11 @@ class Worker:
             notifiers=NotifierHub([]),
             options=StageOptions(poll_timeout_s=0.2, idle_tick_s=1.0, align_idle_s=3.0, worker_id=worker_id),
         )
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"worker-{worker_id}", daemon=True)
-        self.error: BaseException | None = None
+        super().__init__(self.stage, f"worker-{worker_id}")
 
-    def _run(self) -> None:
-        try:
-            self.stage.run(self.stop_event, max_seconds=240)
-        except BaseException as exc:
-            self.error = exc
-            raise
-
-    def start(self) -> Worker:
+    def start(self) -> Self:
         self.stage.start()
-        self.thread.start()
-        return self
+        return super().start()
 
     def partitions(self) -> set[int]:
         return {p for _, p in self.stage._assigned}
@@ -138,11 +128,8 @@ class Worker:
         return not len(self.stage.aligner) and self.stage.engine.open_window_floor() is None
 
     def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "worker did not stop"
+        self.halt()
         self.stage.stop()
-        assert self.error is None, self.error
 
 
 def test_two_workers_in_one_group_raise_the_same_alerts_as_one(
@@ -204,9 +191,7 @@ def test_two_workers_in_one_group_raise_the_same_alerts_as_one(
         assert store_batches(store_one, one) == store_batches(store_two, two)
     finally:
         for w in workers:
-            w.stop_event.set()
-        for w in workers:
-            w.thread.join(timeout=30)
+            w.abandon()
         store_one.stop()
         store_two.stop()
 

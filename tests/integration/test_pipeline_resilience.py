@@ -9,12 +9,11 @@ PostgreSQL made unreachable for a moment (through a loopback proxy the test owns
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pandas as pd
 import pyarrow as pa
@@ -43,6 +42,7 @@ from tests.integration.test_pipeline_kafka import (
 from tests.support.broker import TansuBroker, kafka_settings_for, unique_group
 from tests.support.netns import wait_for
 from tests.support.postgres import PG_HOST, PG_PORT
+from tests.support.stage_thread import StageThread
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,7 @@ def warm_state() -> bytes:
     return state
 
 
-class Run:
+class Run(StageThread):
     """One pipeline stage (real engine, warm state) looping in a thread until told to finish.
 
     The idle clock is off: windows close with the flows, and the last ones at :meth:`finish`
@@ -89,36 +89,18 @@ class Run:
             notifiers=NotifierHub([]),
             options=StageOptions(poll_timeout_s=0.2, idle_tick_s=3600.0, align_idle_s=3.0, worker_id="r"),
         )
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="resilience-run", daemon=True)
+        super().__init__(self.stage, "resilience-run", max_seconds=300)
 
-    def _run(self) -> None:
-        try:
-            self.stage.run(self.stop_event, max_seconds=300)
-        except BaseException as exc:
-            self.error = exc
-            raise
-
-    def start(self) -> Run:
+    def start(self) -> Self:
         self.stage.start()
-        self.thread.start()
-        return self
+        return super().start()
 
     def consumed(self, flows: int) -> bool:
-        assert self.error is None and self.thread.is_alive(), self.error
-        return self.stage.stats.flows >= flows and not len(self.stage.aligner)
+        return self.running() and self.stage.stats.flows >= flows and not len(self.stage.aligner)
 
     def finish(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "stage did not stop"
-        assert self.error is None, self.error
+        self.halt()
         self.stage.stop(flush=True)
-
-    def abort(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=30)
 
     def __enter__(self) -> Run:
         return self.start()
@@ -128,7 +110,7 @@ class Run:
         if exc_type is None:
             self.finish()
         else:
-            self.abort()
+            self.abandon()
 
     def metric(self, name: str, **labels: str) -> float:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0

@@ -10,13 +10,12 @@ detect worker is not "new to the cluster" for another (the global-memory topic).
 
 from __future__ import annotations
 
-import threading
 import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +37,7 @@ from flowwarden.store import Store
 from flowwarden.wire import encode_flows
 from tests.support.broker import unique_group
 from tests.support.netns import wait_for
+from tests.support.stage_thread import StageThread
 
 pytestmark = pytest.mark.integration
 
@@ -45,37 +45,6 @@ LAB = Path(__file__).resolve().parents[1] / "data" / "lab"
 CHUNK_S = 5.0  # simulated seconds per published batch, like a collector's flush interval
 # Alert fields that say when this process wrote the record, not what it found.
 VOLATILE = {"created_at"}
-
-
-class Loop(Protocol):
-    def run(self, stop_event: threading.Event, *, max_seconds: float | None = None) -> None: ...
-
-
-class Runner:
-    """A stage looping in a thread (its own consumer, so its own group member)."""
-
-    def __init__(self, stage: Loop, name: str) -> None:
-        self.stage = stage
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.stage.run(self.stop_event, max_seconds=240)
-        except BaseException as exc:
-            self.error = exc
-            raise
-
-    def start(self) -> Runner:
-        self.thread.start()
-        return self
-
-    def halt(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), f"{self.thread.name} did not stop"
-        assert self.error is None, self.error
 
 
 def settings_with(settings: Settings, **sections: dict[str, Any]) -> Settings:
@@ -215,17 +184,15 @@ def differences(alone: dict[str, dict[str, Any]], together: dict[str, dict[str, 
 
 
 @pytest.fixture
-def runners() -> Iterator[list[Runner]]:
-    started: list[Runner] = []
+def runners() -> Iterator[list[StageThread]]:
+    started: list[StageThread] = []
     yield started
     for r in started:
-        r.stop_event.set()
-    for r in started:
-        r.thread.join(timeout=30)
+        r.abandon()
 
 
 def test_three_detect_workers_keyed_by_workload_raise_the_same_alerts_as_one(
-    kafka_settings: Settings, fresh_pg_url: str, tmp_path: Any, source: Input, runners: list[Runner]
+    kafka_settings: Settings, fresh_pg_url: str, tmp_path: Any, source: Input, runners: list[StageThread]
 ) -> None:
     kafka_settings = settings_with(kafka_settings, **source.sections)
     suffix = uuid.uuid4().hex[:8]
@@ -270,7 +237,7 @@ def test_three_detect_workers_keyed_by_workload_raise_the_same_alerts_as_one(
         solo.start()
         stages.append(solo)
         for i, s in enumerate(stages):
-            runners.append(Runner(s, f"stage-{i}").start())
+            runners.append(StageThread(s, f"stage-{i}").start())
 
         def owned(stage: PipelineStage) -> set[int]:
             return {p for _, p in stage._assigned}
@@ -396,7 +363,7 @@ def test_a_destination_one_worker_saw_is_not_new_to_the_cluster_for_another(kafk
 
 
 def test_a_worker_replaced_while_it_stalled_neither_saves_nor_commits_its_old_partitions(
-    kafka_settings: Settings, fresh_pg_url: str, runners: list[Runner]
+    kafka_settings: Settings, fresh_pg_url: str, runners: list[StageThread]
 ) -> None:
     """Fencing: when the group gives a stalled worker's partition to another worker, which
     claims the partition's state as it restores it, the stalled worker's next checkpoint
@@ -426,7 +393,7 @@ def test_a_worker_replaced_while_it_stalled_neither_saves_nor_commits_its_old_pa
         for s in (enrich, worker):
             s.start()
             stages.append(s)
-            runners.append(Runner(s, f"fence-{len(stages)}").start())
+            runners.append(StageThread(s, f"fence-{len(stages)}").start())
         n = settings.kafka.partitions
         wait_for(lambda: len(worker._assigned) == n, timeout=120, what="the worker to hold every partition")
         publish_spread(settings, first, inventory)

@@ -107,7 +107,7 @@ def error_document(exc: BaseException, code: int) -> str:
 
 # --------------------------------------------------------------------------- logging
 
-_HANDLER_NAME = "flowwarden-cli"
+LOG_HANDLER_NAME = "flowwarden-cli"
 
 
 class JsonFormatter(logging.Formatter):
@@ -133,10 +133,10 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     """
     root = logging.getLogger()
     for h in list(root.handlers):
-        if h.get_name() == _HANDLER_NAME:
+        if h.get_name() == LOG_HANDLER_NAME:
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
-    handler.set_name(_HANDLER_NAME)
+    handler.set_name(LOG_HANDLER_NAME)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -31,14 +31,10 @@ from flowwarden.kube import FixedSource, PodInventory
 from flowwarden.pipeline.runtime.repartition import EnrichStage
 from flowwarden.settings import Settings
 from flowwarden.store import Store
-from tests.integration.test_scale_out_kafka import (
-    Runner,
-    comparable,
-    publish_spread,
-    settings_with,
-)
+from tests.integration.test_scale_out_kafka import comparable, publish_spread, settings_with
 from tests.support.broker import unique_group
 from tests.support.netns import wait_for
+from tests.support.stage_thread import StageThread
 
 pytestmark = pytest.mark.integration
 
@@ -188,7 +184,7 @@ def test_a_killed_detect_worker_s_partition_moves_with_its_state(
         many, bus=KafkaBus(many.kafka), inventory_source=FixedSource(inventory), poll_timeout_s=0.2
     )
     enrich.start()
-    runner = Runner(enrich, "enrich").start()
+    runner = StageThread(enrich, "enrich").start()
     try:
         solo = Worker(one_file, "solo", tmp_path, stage="all")
         detect = [Worker(many_file, f"d{i}", tmp_path) for i in range(3)]

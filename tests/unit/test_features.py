@@ -300,5 +300,9 @@ def test_baseline_does_not_depend_on_how_many_windows_close_together() -> None:
     got, want = together.table.sort_index(), one_by_one.table.sort_index()
     pd.testing.assert_frame_equal(got, want)
     assert got.loc["a", "n"] == 4 and got.loc["a", "first"] == 0 and got.loc["a", "last"] == 30
-    # a batch step would have moved the mean by a different amount than three steps
-    assert got.loc["a", "d_flows"] > 0
+    # "b": two windows in one call are two steps (the second moves the mean halfway, 1/n), not
+    # one step over their average (which would leave a deviation of 0).
+    x1, x2 = np.log1p(vals["flows"].to_numpy()[[1, 4]])
+    b = got.loc["b"]
+    assert np.isclose(b["m_flows"], (x1 + x2) / 2)
+    assert np.isclose(b["d_flows"], abs(x2 - x1) / 2) and x1 != x2

@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         f"slowdown: {slower:+.1f} % (target: under 10 %), median of {len(pairs)} pairs "
         f"(from {pairs[0]:+.1f} to {pairs[-1]:+.1f} %); where the extra time went (medians):"
     )
+    print("  pairs (%): " + " ".join(f"{x:+.1f}" for x in pairs))
     for key, sec in sorted(ruled[2].items(), key=lambda kv: -kv[1]):
         was = base[2].get(key, 0.0)
         extra = f" (nothing declared: {was:.3f}s)" if was else ""

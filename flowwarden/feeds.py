@@ -57,11 +57,15 @@ class ParsedFeed:
     """One feed's valid entries: networks as ``(family, int, prefix length)``, names normalised."""
 
     name: str
-    networks: list[tuple[int, int, int]] = field(default_factory=list)
+    # A tuple (see :meth:`_done`): the cyclic GC untracks a tuple of plain tuples of ints (after
+    # a collection or two), so a million entries are no longer walked by every full collection
+    # (a list is: ~40 ms more per full pass with the benchmark's 1,000,000-entry feed loaded).
+    networks: tuple[tuple[int, int, int], ...] = ()
     domains: list[str] = field(default_factory=list)
     exact_names: list[str] = field(default_factory=list)  # URLhaus hosts: the name only
     rejected: int = 0
     first_rejected: str = ""
+    _parsed: list[tuple[int, int, int]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def entries(self) -> int:
@@ -71,7 +75,7 @@ class ParsedFeed:
         token = token.strip().strip('"')
         net = parse_network(token)
         if net is not None:
-            self.networks.append(net)
+            self._parsed.append(net)
             return
         name = normalise_name(token)
         if valid_name(name):
@@ -80,6 +84,13 @@ class ParsedFeed:
         self.rejected += 1
         if not self.first_rejected:
             self.first_rejected = token[:80]
+
+    def _done(self) -> ParsedFeed:
+        """The networks parsed so far moved into :attr:`networks` (a tuple), once parsing ends."""
+        if self._parsed:
+            self.networks = (*self.networks, *self._parsed)
+            self._parsed = []
+        return self
 
     def cidr_texts(self, keep: Iterable[bool] | None = None) -> list[str]:
         """The networks as canonical CIDR text (``keep``: a mask over :attr:`networks`)."""
@@ -165,7 +176,7 @@ def parse_feed(name: str, text: str, fmt: str = "auto") -> ParsedFeed:
                 feed._entry(value)
     else:
         raise ValueError(f"unknown feed format {fmt!r} (valid: auto, {', '.join(FORMATS)})")
-    return feed
+    return feed._done()
 
 
 @dataclass(frozen=True)
@@ -196,7 +207,7 @@ class FeedSet:
                 self.domains.add(d, tag, subdomains=False)
         self.protected = [p for p in (parse_network(x) for x in protected) if p is not None]
         self.protected_entries: list[FeedHit] = []
-        self._exportable: dict[str, list[bool]] = {}
+        self._exportable: dict[str, np.ndarray] = {}  # per feed, per network (an array: not walked by the GC)
         for f in self.feeds:
             keep = _not_protected(f.networks, self.protected)
             self._exportable[f.name] = keep
@@ -249,16 +260,18 @@ class FeedSet:
         return FeedHit(self.names[found[1]], found[0]) if found else None
 
 
-def _not_protected(networks: list[tuple[int, int, int]], protected: list[tuple[int, int, int]]) -> list[bool]:
+def _not_protected(
+    networks: Sequence[tuple[int, int, int]], protected: list[tuple[int, int, int]]
+) -> np.ndarray:
     """Per network: False when it covers (or lies in) a protected network. Vectorised for IPv4."""
     if not protected or not networks:
-        return [True] * len(networks)
+        return np.ones(len(networks), dtype=bool)
     fam = np.fromiter((n[0] for n in networks), dtype="int8", count=len(networks))
     keep = np.ones(len(networks), dtype=bool)
     v4 = np.flatnonzero(fam == 4)
     if len(v4):
-        start = np.fromiter((networks[i][1] for i in v4), dtype="int64", count=len(v4))
-        plen = np.fromiter((networks[i][2] for i in v4), dtype="int64", count=len(v4))
+        start = np.fromiter((networks[i][1] for i in v4.tolist()), dtype="int64", count=len(v4))
+        plen = np.fromiter((networks[i][2] for i in v4.tolist()), dtype="int64", count=len(v4))
         end = start + (np.int64(1) << (32 - plen)) - 1
         for pf, pv, pl in protected:
             if pf == 4:
@@ -270,4 +283,4 @@ def _not_protected(networks: list[tuple[int, int, int]], protected: list[tuple[i
         for pf, pv, pl in protected:
             if pf == 6 and value6 <= pv + (1 << (128 - pl)) - 1 and pv <= end6:
                 keep[i] = False
-    return keep.tolist()
+    return keep

@@ -98,7 +98,11 @@ def parse_addresses(values: pd.Series | np.ndarray | Sequence[str]) -> ParsedAdd
     parsed = [_parse_one(u) if isinstance(u, str) else (0, 0) for u in np.asarray(uniques, dtype=object)]
     u_fam = np.array([p[0] for p in parsed] + [0], dtype="int8")
     u_v4 = np.array([p[1] if p[0] == 4 else 0 for p in parsed] + [0], dtype="int64")
-    u_v6 = _to_v6([p[1] if p[0] == 6 else 0 for p in parsed] + [0])
+    # IPv6 bytes only for the IPv6 addresses (a cluster's flows are mostly IPv4): zeros elsewhere.
+    u_v6 = np.zeros(len(parsed) + 1, dtype=V6)
+    six = np.flatnonzero(u_fam == 6)
+    if len(six):
+        u_v6[six] = _to_v6([parsed[i][1] for i in six.tolist()])
     idx = np.where(codes < 0, len(parsed), codes)
     return ParsedAddresses(u_fam[idx], u_v4[idx], u_v6[idx])
 
@@ -266,7 +270,11 @@ class NameSet:
     def match(self, names: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """Per row: whether the name is covered, and the tag (-1: not covered); once per distinct name."""
         codes, uniques = pd.factorize(names)
-        found = [self.lookup(str(u)) if u else None for u in np.asarray(uniques, dtype=object)]
+        return self.match_codes(np.asarray(codes), np.asarray(uniques, dtype=object))
+
+    def match_codes(self, codes: np.ndarray, uniques: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`match` of a column already factorised (``codes`` into ``uniques``; -1: missing)."""
+        found = [self.lookup(str(u)) if u else None for u in uniques.tolist()]
         u_tag = np.array([f[1] if f else -1 for f in found] + [-1], dtype="int32")
         tags = u_tag[np.where(codes < 0, len(found), codes)]
         return tags >= 0, tags

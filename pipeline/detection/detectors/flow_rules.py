@@ -27,6 +27,7 @@ from flowwarden.kube import PodInventory
 from flowwarden.pipeline.detection.detectors.base import Context, Detector
 from flowwarden.pipeline.detection.enrich import enrich_flows
 from flowwarden.pipeline.detection.windows import window_starts
+from flowwarden.policy_match import BatchCodes
 from flowwarden.records import Direction
 from flowwarden.settings import Settings
 
@@ -35,6 +36,7 @@ MAX_PENDING = 200_000  # pending finding rows; past it the oldest go first (coun
 
 
 _FEW = 1024
+_NO_FINDINGS = pd.DataFrame()  # a round without findings (shared, never changed: one per call costs)
 
 
 def _blank(n: int) -> np.ndarray:
@@ -42,6 +44,22 @@ def _blank(n: int) -> np.ndarray:
     out = np.empty(n, dtype=object)
     out.fill("")
     return out
+
+
+def taken(col: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """``col.to_numpy()[rows]``, converting only the taken rows (text as Python objects)."""
+    if isinstance(col.dtype, np.dtype):
+        return col.to_numpy()[rows]
+    return np.asarray(col.array.take(rows).to_numpy(dtype=object), dtype=object)
+
+
+def renumbered(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame.reset_index(drop=True)`` in place, for a frame the caller just selected (and so
+    owns): ``reset_index`` copies every column, and pending findings are renumbered often."""
+    index = frame.index
+    if not (isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1):
+        frame.index = pd.RangeIndex(len(frame))
+    return frame
 
 
 def entity_keys(flows: pd.DataFrame) -> np.ndarray:
@@ -112,10 +130,16 @@ class DnsCache:
     def __len__(self) -> int:
         return len(self.table)
 
-    def learn(self, flows: pd.DataFrame) -> int:
-        """Add the answers of the batch's DNS records; returns how many (pod, address) pairs came in."""
+    def learn(self, flows: pd.DataFrame, named: np.ndarray | None = None) -> int:
+        """Add the answers of the batch's DNS records; returns how many (pod, address) pairs came in.
+
+        ``named``: the rows with a DNS name when the caller knows them (only those are looked at)."""
         ans = flows["dns_answers"]
-        has = ((ans != "") & (flows["dns_qname"] != "")).to_numpy()
+        if named is None:
+            has = ((ans != "") & (flows["dns_qname"] != "")).to_numpy()
+        else:
+            has = np.zeros(len(flows), dtype=bool)
+            has[named] = np.asarray(ans.array.take(named) != "", dtype=bool)
         if not has.any():
             return 0
         sub = pd.DataFrame(
@@ -208,6 +232,15 @@ class FlowRuleDetector(Detector):
     FINDING_COLUMNS: ClassVar[tuple[str, ...]] = ("entity", "ws", "dst_ip", "dst_port", "proto", "egress")
     # What makes two findings the same piece of evidence.
     evidence_key: ClassVar[tuple[str, ...]] = ("dst_ip", "dst_port", "proto")
+    # The only columns :meth:`target_mask` and :meth:`describe` read from an alert's flows (the
+    # alert builder then cuts just these out of the wide window frame for each alert).
+    alert_flow_columns: ClassVar[tuple[str, ...]] = (
+        "src_pod",
+        "src_namespace",
+        "src_ip",
+        "dst_ip",
+        "dst_port",
+    )
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -217,7 +250,7 @@ class FlowRuleDetector(Detector):
         self.dropped = 0
         self._round: pd.DataFrame = pd.DataFrame()  # the confirmed findings of the windows being scored
         self._pairs: dict[bool, set[tuple[str, str, int]]] = {}
-        self._by_entity: dict[str, pd.DataFrame] = {}
+        self._lists: dict[str, list[Any]] = {}  # columns of the round's findings (see round_values)
         self._rows: dict[str, np.ndarray] | None = None  # per entity: its distinct findings' rows
         # Running totals of confirmed finding flows by :attr:`tally_column` (the metrics export
         # their growth): hits per feed, violations per rule kind.
@@ -235,12 +268,20 @@ class FlowRuleDetector(Detector):
         """Whether :func:`observe_flows` should enrich and hand batches to this detector."""
         return True
 
-    def observe(self, enriched: pd.DataFrame, inventory: PodInventory | None, settings: Settings) -> None:
-        """Judge an enriched batch; keep the findings until their windows close."""
+    def observe(
+        self,
+        enriched: pd.DataFrame,
+        inventory: PodInventory | None,
+        settings: Settings,
+        codes: BatchCodes | None = None,
+    ) -> None:
+        """Judge an enriched batch; keep the findings until their windows close.
+
+        ``codes``: the batch's columns already factorised (the rule detectors share them)."""
         self.window_s = settings.pipeline.window_s
         if not len(enriched):
             return
-        found = self.find(enriched, inventory, settings)
+        found = self.find(enriched, inventory, settings, codes=codes)
         if found is None or not len(found):
             return
         # Only flows sourced in the cluster have an entity-window to alert on.
@@ -252,21 +293,28 @@ class FlowRuleDetector(Detector):
         ws = window_starts(found["ts_end"].to_numpy(dtype="float64"), self.window_s)
         if math.isfinite(self.closed_until):
             ws = np.maximum(ws, self.closed_until)  # the engine folds late flows the same way
-        found = found.assign(ws=ws)
+        found = found.copy(deep=False)  # its own frame: columns are added in place below
+        found["ws"] = ws
         # One row per (entity, window, destination, port, protocol) with its flow count: a
         # scan's thousands of records are judged and shown as what they are, few findings.
         group = group_codes(found, ("entity", "ws", "dst_ip", "dst_port", "proto"))
         first = np.unique(group, return_index=True)[1]  # codes follow first appearance: in order
         counts = np.bincount(group)[group[first]]
-        found = (found.iloc[first] if len(first) < len(found) else found).assign(n=counts)
+        if len(first) < len(found):
+            found = found.iloc[first]
+        found["n"] = counts
         pending = pd.concat([self.pending, found], ignore_index=True) if len(self.pending) else found
         if len(pending) > MAX_PENDING:
             self.dropped += len(pending) - MAX_PENDING
             pending = pending.iloc[len(pending) - MAX_PENDING :]
-        self.pending = pending.reset_index(drop=True)
+        self.pending = renumbered(pending)
 
     def find(
-        self, flows: pd.DataFrame, inventory: PodInventory | None, settings: Settings
+        self,
+        flows: pd.DataFrame,
+        inventory: PodInventory | None,
+        settings: Settings,
+        codes: BatchCodes | None = None,
     ) -> pd.DataFrame | None:
         """One enriched batch's findings: :attr:`FINDING_COLUMNS` but ``ws``, plus ``direction``."""
         raise NotImplementedError
@@ -278,7 +326,7 @@ class FlowRuleDetector(Detector):
     def score(self, ctx: Context) -> np.ndarray:
         w = ctx.windows
         out = np.zeros(len(w), dtype="float64")
-        self._set_round(pd.DataFrame())
+        self._set_round(_NO_FINDINGS)
         if not len(w):
             return out
         ws = w["window_start"].to_numpy(dtype="float64")
@@ -297,14 +345,11 @@ class FlowRuleDetector(Detector):
         # Only the windows of entities with findings need a key (a round has thousands of windows).
         w_ent = w["entity"]  # one selection of the wide window frame, not two
         cand = np.flatnonzero(w_ent.isin(p["entity"].unique()).to_numpy())
-        key_w = [
-            f"{e}|{s!r}"
-            for e, s in zip(w_ent.to_numpy(dtype=object)[cand].tolist(), ws[cand].tolist(), strict=True)
-        ]
+        key_w = [f"{e}|{s!r}" for e, s in zip(taken(w_ent, cand).tolist(), ws[cand].tolist(), strict=True)]
         scored = set(key_w)
         here = np.fromiter((k in scored for k in key_p), dtype=bool, count=len(key_p))
         if here.any():
-            found = self.confirm(p[here].reset_index(drop=True))
+            found = self.confirm(p if here.all() else renumbered(p[here]))
             if len(found):
                 self._set_round(found)
                 if self.tally_column in found.columns:
@@ -329,7 +374,7 @@ class FlowRuleDetector(Detector):
                 out = np.where(hit, self.base_score + 0.09 * np.minimum(n_w / 10.0, 1.0), 0.0)
         keep = p_ws >= top
         if not keep.all():  # a copy of the pending frame only when some of it is done
-            self.pending = p[keep].reset_index(drop=True)
+            self.pending = renumbered(p[keep])
         return out
 
     def kinds(self, ctx: Context, hit: np.ndarray) -> np.ndarray:
@@ -344,11 +389,7 @@ class FlowRuleDetector(Detector):
                 f["egress"].to_numpy(dtype=bool)
             ]
         )
-        keys = (
-            w["entity"].astype(object).to_numpy()[rows]
-            + "|"
-            + w["window_start"].to_numpy(dtype="float64")[rows].astype(str)
-        )
+        keys = taken(w["entity"], rows) + "|" + w["window_start"].to_numpy(dtype="float64")[rows].astype(str)
         return np.array(
             ["exfiltration" if k in egress_keys else "lateral_movement" for k in keys], dtype=object
         )
@@ -360,15 +401,15 @@ class FlowRuleDetector(Detector):
         """The findings of the windows being scored; per-entity evidence is cut out when asked."""
         self._round = found
         self._pairs = {}
-        self._by_entity = {}
+        self._lists = {}
         self._rows = None
 
-    def round_for(self, flows: pd.DataFrame) -> pd.DataFrame:
-        """This round's findings of the entity whose window's flows these are (an alert's evidence),
-        one row per distinct finding (a scan repeats thousands)."""
+    def round_rows(self, flows: pd.DataFrame) -> np.ndarray:
+        """Positions in this round's findings of the entity whose window's flows these are (an
+        alert's evidence), one per distinct finding (a scan repeats thousands), in round order."""
         f = self._round
         if not len(flows) or not len(f):
-            return f.iloc[0:0]
+            return np.zeros(0, dtype="int64")
         if self._rows is None:
             # Once per round, not per alert: the distinct findings (per entity and evidence key,
             # the first of each in round order) and the rows of each entity among them.
@@ -388,11 +429,16 @@ class FlowRuleDetector(Detector):
                 str(ent[order[a]]): first[order[a:b]]
                 for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
             }
-        entity = first_entity(flows)
-        if entity not in self._by_entity:
-            rows = self._rows.get(entity)
-            self._by_entity[entity] = f.iloc[rows] if rows is not None else f.iloc[0:0]
-        return self._by_entity[entity]
+        rows = self._rows.get(first_entity(flows))
+        return rows if rows is not None else np.zeros(0, dtype="int64")
+
+    def round_values(self, column: str) -> list[Any]:
+        """A column of this round's findings as a list, made once per round (an alert's evidence
+        reads a few of its values: cheaper than cutting a frame out for every alert)."""
+        values = self._lists.get(column)
+        if values is None:
+            values = self._lists[column] = self._round[column].tolist()
+        return values
 
     def _round_pairs(self, *, targets_only: bool) -> set[tuple[str, str, int]]:
         if targets_only in self._pairs:
@@ -457,10 +503,11 @@ def observe_enriched(
 ) -> int:
     """The same with a batch the caller already enriched (the engine: no second enrichment)."""
     takers = [d for d in detectors if isinstance(d, FlowRuleDetector) and d.wants_flows]
-    if not len(enriched):
+    if not len(enriched) or not takers:
         return 0
+    codes = BatchCodes(enriched)  # the destination and names, factorised once for every taker
     for d in takers:
-        d.observe(enriched, inventory, settings)
+        d.observe(enriched, inventory, settings, codes=codes)
     return len(takers)
 
 

@@ -26,7 +26,7 @@ from flowwarden.pipeline.detection.detectors.base import DETECTORS
 from flowwarden.pipeline.detection.detectors.flow_rules import DnsCache, FlowRuleDetector, entity_keys
 from flowwarden.plugins import Interval
 from flowwarden.policy import Policy
-from flowwarden.policy_match import COLUMNS, CompiledPolicy, Environment, Verdicts
+from flowwarden.policy_match import COLUMNS, BatchCodes, CompiledPolicy, Environment, Verdicts
 from flowwarden.records import Direction
 from flowwarden.settings import Settings
 
@@ -105,23 +105,28 @@ class PolicyViolation(FlowRuleDetector):
         return self._compiled
 
     def find(
-        self, flows: pd.DataFrame, inventory: PodInventory | None, settings: Settings
+        self,
+        flows: pd.DataFrame,
+        inventory: PodInventory | None,
+        settings: Settings,
+        codes: BatchCodes | None = None,
     ) -> pd.DataFrame | None:
         r = settings.rules
         self.dns.grace_s, self.dns.max_rows = r.dns_grace_s, r.dns_cache_max
-        self.dns.learn(flows)
+        cols = codes.of(flows) if codes is not None else BatchCodes(flows)  # shared with the feeds
+        q = cols.column("dns_qname")
+        self.dns.learn(flows, named=np.flatnonzero(q.filled[q.codes]))  # most flows carry no name
         self.dns.expire(float(flows["ts_start"].min()))
         policy = self._compiled_for(settings, inventory)
-        first = policy.evaluate(flows)  # names on the flow itself; most flows end here
+        first = policy.evaluate(flows, codes=cols)  # names on the flow itself; most flows end here
         if not first.violation.any():
             return None
         # Only the columns a finding keeps, taken from their arrays (the enriched frame is wide;
         # findings are few, and a frame-level selection costs more than the judging).
         bad = first.violation
         rows = np.flatnonzero(bad)
-        data = {c: flows[c].array.take(rows) for c in _NEED}
-        data["entity"] = entity_keys(pd.DataFrame(data, copy=False))
-        sub = pd.DataFrame(data, copy=False)
+        sub = pd.DataFrame({c: flows[c].array.take(rows) for c in _NEED}, copy=False)
+        sub["entity"] = entity_keys(sub)
         before = Verdicts(np.ones(int(bad.sum()), dtype=bool), first.rule[bad], first.reason[bad])
         return self._judge(policy, sub, before)
 
@@ -142,7 +147,10 @@ class PolicyViolation(FlowRuleDetector):
         # ``rows.loc[bad, cols]`` from the columns' arrays (a frame-level selection, then a
         # copy per ``assign``, cost more than the judging on these few rows).
         idx = np.flatnonzero(bad)
-        data: dict[str, Any] = {c: rows[c].array.take(idx) for c in cols}
+        # Every row a finding (the usual case: ``before`` stands): the columns as they are.
+        data: dict[str, Any] = {
+            c: rows[c].array if len(idx) == len(rows) else rows[c].array.take(idx) for c in cols
+        }
         # The name a finding shows: SNI / Host, else the DNS name, else one the pod resolved.
         sn = np.asarray(data["server_name"].to_numpy(dtype=object), dtype=object)
         qn = np.asarray(data["dns_qname"].to_numpy(dtype=object), dtype=object)
@@ -182,13 +190,16 @@ class PolicyViolation(FlowRuleDetector):
 
     def describe(self, flows: pd.DataFrame) -> dict[str, Any]:
         """Each broken rule, why, and where to (the evidence a person reviews before a block)."""
-        f = self.round_for(flows)  # one row per distinct finding of this entity
-        if not len(f):
+        rows = self.round_rows(flows)  # one per distinct finding of this entity
+        if not len(rows):
             return {}
         pairs = set(zip(flows["dst_ip"].tolist(), flows["dst_port"].astype(int).tolist(), strict=True))
-        cols = {c: f[c].tolist() for c in ("rule", "reason", "dst_ip", "dst_port", "proto", "name", "egress")}
+        cols = {
+            c: self.round_values(c)
+            for c in ("rule", "reason", "dst_ip", "dst_port", "proto", "name", "egress")
+        }
         items: list[dict[str, Any]] = []
-        for i in range(len(f)):
+        for i in rows.tolist():
             if (cols["dst_ip"][i], int(cols["dst_port"][i])) not in pairs:
                 continue
             items.append(

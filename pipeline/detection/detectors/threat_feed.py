@@ -22,13 +22,20 @@ import pandas as pd
 from flowwarden.feeds import FeedSet
 from flowwarden.kube import PodInventory
 from flowwarden.pipeline.detection.detectors.base import DETECTORS
-from flowwarden.pipeline.detection.detectors.flow_rules import DnsCache, FlowRuleDetector, entity_keys
+from flowwarden.pipeline.detection.detectors.flow_rules import (
+    DnsCache,
+    FlowRuleDetector,
+    entity_keys,
+    taken,
+)
 from flowwarden.plugins import Interval
+from flowwarden.policy_match import BatchCodes
 from flowwarden.records import Direction
 from flowwarden.settings import Settings
 
 MAX_EVIDENCE = 10
 MAX_CACHED = 200_000  # distinct destination addresses whose verdict is kept across batches
+_ENTITY = ("src_pod", "src_namespace", "src_ip")  # what a finding's entity is made from
 
 
 @DETECTORS.register("threat_feed")
@@ -57,10 +64,9 @@ class ThreatFeed(FlowRuleDetector):
         self.feeds_version = version
         self._listed = {}  # verdicts of the previous feeds no longer hold
 
-    def _match_addresses(self, feeds: FeedSet, addresses: pd.Series) -> np.ndarray:
-        """Per row: whether a feed lists the address; only addresses not seen before are searched."""
-        codes, uniques = pd.factorize(addresses)
-        u = np.asarray(uniques, dtype=object)
+    def _match_addresses(self, feeds: FeedSet, codes: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Per row: whether a feed lists the address (``codes`` into the distinct addresses ``u``;
+        -1: missing); only addresses not seen before are searched."""
         cache = self._listed
         new = [a for a in u.tolist() if a not in cache]
         if new:
@@ -77,15 +83,23 @@ class ThreatFeed(FlowRuleDetector):
         return self.feeds is not None and len(self.feeds) > 0
 
     def find(
-        self, flows: pd.DataFrame, inventory: PodInventory | None, settings: Settings
+        self,
+        flows: pd.DataFrame,
+        inventory: PodInventory | None,
+        settings: Settings,
+        codes: BatchCodes | None = None,
     ) -> pd.DataFrame | None:
         feeds = self.feeds
         if feeds is None:
             return None
         n = len(flows)
-        by_addr = self._match_addresses(feeds, flows["dst_ip"])
-        q_hit, _ = feeds.domains.match(flows["dns_qname"])
-        s_hit, _ = feeds.domains.match(flows["server_name"])
+        cols = codes.of(flows) if codes is not None else BatchCodes(flows)  # shared with the policy
+        dst_col = cols.column("dst_ip")
+        by_addr = self._match_addresses(feeds, dst_col.codes, dst_col.uniques)
+        q = cols.column("dns_qname")
+        q_hit, _ = feeds.domains.match_codes(q.codes, q.uniques)
+        sn_col = cols.column("server_name")
+        s_hit, _ = feeds.domains.match_codes(sn_col.codes, sn_col.uniques)
         if q_hit.any():  # remember what listed names resolved to, per pod
             self.dns.grace_s, self.dns.max_rows = settings.rules.dns_grace_s, settings.rules.dns_cache_max
             self.dns.learn(flows[q_hit].reset_index(drop=True))
@@ -96,10 +110,11 @@ class ThreatFeed(FlowRuleDetector):
         if not hit.any():
             return None
         rows = np.flatnonzero(hit)
-        sub = flows.iloc[rows]
-        dst = sub["dst_ip"].to_numpy(dtype=object)
-        qn = sub["dns_qname"].to_numpy(dtype=object)
-        sn = sub["server_name"].to_numpy(dtype=object)
+        # The hit rows' columns from their arrays (the enriched frame is wide, hits are few).
+        sub = pd.DataFrame({c: flows[c].array.take(rows) for c in (*_ENTITY, "direction")}, copy=False)
+        dst = taken(flows["dst_ip"], rows)
+        qn = taken(flows["dns_qname"], rows)
+        sn = taken(flows["server_name"], rows)
         rs = resolved[rows] if resolved is not None else np.full(len(rows), "", dtype=object)
         feed, entry, how = [], [], []
         ip_hits = {a: feeds.address_hit(a) for a in pd.unique(dst[by_addr[rows]])}
@@ -117,16 +132,17 @@ class ThreatFeed(FlowRuleDetector):
             entry.append(h.entry if h else "")
             how.append(m)
         how_a = np.array(how, dtype=object)
+        direction = sub["direction"].to_numpy(dtype=object)
         return pd.DataFrame(
             {
                 "entity": entity_keys(sub),
-                "direction": sub["direction"].to_numpy(dtype=object),
-                "ts_start": sub["ts_start"].to_numpy(),
-                "ts_end": sub["ts_end"].to_numpy(),
+                "direction": direction,
+                "ts_start": flows["ts_start"].to_numpy()[rows],
+                "ts_end": flows["ts_end"].to_numpy()[rows],
                 "dst_ip": dst,
-                "dst_port": sub["dst_port"].to_numpy(dtype="int64"),
-                "proto": sub["proto"].to_numpy(dtype="int64"),
-                "egress": (sub["direction"] == Direction.EGRESS.value).to_numpy(),
+                "dst_port": flows["dst_port"].to_numpy(dtype="int64")[rows],
+                "proto": flows["proto"].to_numpy(dtype="int64")[rows],
+                "egress": np.asarray(direction == Direction.EGRESS.value, dtype=bool),
                 "feed": feed,
                 "entry": entry,
                 "matched": how_a,
@@ -137,23 +153,25 @@ class ThreatFeed(FlowRuleDetector):
 
     def describe(self, flows: pd.DataFrame) -> dict[str, Any]:
         """The feeds and entries hit, and how (address, DNS query, SNI, resolved name)."""
-        f = self.round_for(flows)
-        if not len(f):
+        rows = self.round_rows(flows)  # distinct by feed, entry, how and destination already
+        if not len(rows):
             return {}
         ent = set(flows["dst_ip"].tolist())
-        sel = f[f["dst_ip"].isin(ent).to_numpy() | ~f["target"].to_numpy(dtype=bool)]
-        sel = sel.drop_duplicates(["feed", "entry", "matched", "dst_ip"])
-        sel = sel.sort_values("target", ascending=False, kind="stable")  # blockable hits first
+        col = {c: self.round_values(c) for c in ("feed", "entry", "matched", "dst_ip", "dst_port", "name")}
+        target = self.round_values("target")
+        # This window's destinations, and the hits that name none (a DNS query); blockable first.
+        sel = [i for i in rows.tolist() if col["dst_ip"][i] in ent or not target[i]]
+        sel = [i for i in sel if target[i]] + [i for i in sel if not target[i]]
         items = [
             {
-                "feed": str(r.feed),
-                "entry": str(r.entry),
-                "matched": str(r.matched),
-                "destination": str(r.dst_ip),
-                "port": int(r.dst_port),
-                "name": str(r.name),
+                "feed": str(col["feed"][i]),
+                "entry": str(col["entry"][i]),
+                "matched": str(col["matched"][i]),
+                "destination": str(col["dst_ip"][i]),
+                "port": int(col["dst_port"][i]),
+                "name": str(col["name"][i]),
             }
-            for r in sel.head(MAX_EVIDENCE).itertuples(index=False)
+            for i in sel[:MAX_EVIDENCE]
         ]
         return {
             "feeds": sorted({i["feed"] for i in items}),

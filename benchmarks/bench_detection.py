@@ -14,10 +14,12 @@ active entities, and peak memory. It prints figures; it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -84,14 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     eng.alerts.build = timed("alerts", eng.alerts.build)  # type: ignore[method-assign]
 
     batches = [flows.iloc[a : a + args.batch_flows] for a in range(0, len(flows), args.batch_flows)]
-    n_alerts = 0
+    emitted = []
     t = time.perf_counter()
     cpu0 = time.process_time()
     active_peak = 0
     for b in batches:
-        n_alerts += len(eng.process(b).alerts)
+        emitted += eng.process(b).alerts
         active_peak = max(active_peak, len(eng.entity_base))
-    n_alerts += len(eng.flush().alerts)
+    emitted += eng.flush().alerts
+    n_alerts = len(emitted)
     wall = time.perf_counter() - t
     cpu = time.process_time() - cpu0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -119,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         f"vocabulary {len(eng.vocab):,}"
     )
     print(f"peak memory (max RSS): {peak_mb:,.0f} MiB")
+    # Equal digests, same alerts (ids, windows, evidence): a check for behaviour-neutral changes.
+    final = {a.id: a for a in emitted}
+    print(
+        f"alert digests: final {_digest(sorted(_canonical(a) for a in final.values()))} "
+        f"({len(final)} alerts), emitted {_digest([_canonical(a) for a in emitted])} ({len(emitted)})"
+    )
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from results import emit
 
@@ -130,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     emit("detection", "peak RSS", peak_mb, "MiB", note="includes the simulated frame")
     _ = pd  # imported for the frame types the engine uses
     return 0
+
+
+def _canonical(alert: Any) -> str:
+    """An alert's JSON without ``created_at`` (the wall clock of this run)."""
+    return str(alert.model_dump_json(exclude={"created_at"}))
+
+
+def _digest(items: list[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:12]
 
 
 if __name__ == "__main__":

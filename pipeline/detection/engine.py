@@ -44,11 +44,13 @@ from flowwarden.pipeline.detection.detectors.flow_rules import observe_enriched,
 from flowwarden.pipeline.detection.enrich import enrich_flows
 from flowwarden.pipeline.detection.features import (
     ID_COLUMNS,
+    Prepared,
     beacon_features,
     commit_edges,
     decode_lean,
     detail_features,
     edge_table,
+    first_rows,
     novelty_features,
     prepare,
     recent_features,
@@ -90,6 +92,10 @@ BASELINE_FEATURES: tuple[str, ...] = (
 # behaviour (each memory forgets by its own TTL, whatever the sweep's cadence). The tuning
 # knobs (lateness, TTLs, horizons, memory bounds) are settings in ``settings.pipeline``.
 EXPIRE_EVERY_S = 60.0
+# An open window whose early alert is out already is scored again only once the rows of one
+# of its ready detectors grew by this factor since (its next findings there are more of the
+# same; the window's close has the final word): see DetectionEngine._rescore.
+EARLY_GROWTH = 1.5
 
 
 @dataclass
@@ -133,6 +139,8 @@ class DetectionEngine:
         self.early_alerts = 0  # alerts (new or updated) raised from open windows
         self._early_rows: dict[tuple[float, int], np.ndarray] = {}  # (window, entity) -> rows per detector
         self._early_scored: dict[tuple[float, int], float] = {}  # (window, entity) -> when last scored
+        # (window, entity, novelty pass) -> its rows per detector when that pass last found something
+        self._early_fired: dict[tuple[float, int, bool], np.ndarray] = {}
         self.flows_in = 0
         self.flows_scored = 0
         self.flows_unscored = 0
@@ -141,6 +149,7 @@ class DetectionEngine:
         # Cluster-wide first sightings (external addresses) to share with other workers:
         # None until a runtime asks for them (:meth:`take_global_memory`), so one worker pays nothing.
         self._global_new: dict[int, float] | None = None
+        self._created: tuple[dict[str, float], pd.Index, np.ndarray] | None = None  # see _pod_age
         self.set_model(model)
 
     # ------------------------------------------------------------------ API
@@ -324,7 +333,13 @@ class DetectionEngine:
         if self.inventory is None or not len(keys):
             return np.zeros(len(keys))
         created = self.inventory.created_by_key()
-        start = keys["entity"].map(created).to_numpy(dtype="float64")
+        if self._created is None or self._created[0] is not created:
+            # Indexed once per inventory snapshot: a dict ``map`` made a Series of every pod per call.
+            self._created = (created, pd.Index(list(created)), np.fromiter(created.values(), "float64"))
+        _, index, times = self._created
+        at = index.get_indexer(pd.Index(keys["entity"].to_numpy(dtype=object)))
+        start = np.full(len(at), np.nan)
+        start[at >= 0] = times[at[at >= 0]]
         return np.nan_to_num(keys["window_start"].to_numpy() - start, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _compact_vocab(self) -> None:
@@ -424,9 +439,10 @@ class DetectionEngine:
         Each open (window, entity) counts its early rows per detector across batches; it is
         scored once some detector's count reaches :meth:`Detector.early_min_rows` (five
         refused connections cannot be a scan of eight ports yet), then again at most every
-        ``pipeline.early_interval_s`` of event time to add the targets found since (the
-        window's close has the final word). This keeps early firing's cost to the entities
-        that may fire, not every pod with a failed connection."""
+        ``pipeline.early_interval_s`` of event time to add the targets found since, and
+        once its pass found something, only when its rows grew by half (:meth:`_rescore`;
+        the window's close has the final word). This keeps early firing's cost to the
+        entities that may fire, not every pod with a failed connection."""
         sel = np.flatnonzero(wanted)
         ws = np.floor(batch["ts_end"].to_numpy(dtype="float64")[sel] / self.window_s) * self.window_s
         ws = np.maximum(ws, self.buffer.closed_until)  # late rows count in the oldest open window
@@ -446,20 +462,60 @@ class DetectionEngine:
             acc = add if acc is None else acc + add
             self._early_rows[(w, e)] = acc
             ready = acc >= need
-            if ready.any() and clock - self._early_scored.get((w, e), -math.inf) >= every:
+            if not ready.any() or clock - self._early_scored.get((w, e), -math.inf) < every:
+                continue
+            plain = self._rescore(w, e, False, acc, ready & ~novelty_reader)
+            novel = self._rescore(w, e, True, acc, ready & novelty_reader)
+            if plain or novel:
                 self._early_scored[(w, e)] = clock
-                if (ready & ~novelty_reader).any():
-                    picked.append(int(e))
-                if (ready & novelty_reader).any():
-                    picked_novel.append(int(e))
+            if plain:
+                picked.append(int(e))
+            if novel:
+                picked_novel.append(int(e))
         floor = self.buffer.closed_until
         if len(self._early_rows) > 4 * len(uniq) + 10_000:  # forget closed windows
             self._early_rows = {k: v for k, v in self._early_rows.items() if k[0] >= floor}
             self._early_scored = {k: v for k, v in self._early_scored.items() if k[0] >= floor}
+            self._early_fired = {k: v for k, v in self._early_fired.items() if k[0] >= floor}
         return (
             np.unique(np.asarray(picked, dtype=np.int64)),
             np.unique(np.asarray(picked_novel, dtype=np.int64)),
         )
+
+    def _rescore(self, w: float, e: int, novelty: bool, acc: np.ndarray, ready: np.ndarray) -> bool:
+        """Whether to score this open (window, entity) again in one pass (``novelty``: the
+        novelty readers'), given its rows per detector and which detectors are ``ready``.
+
+        Until the pass finds something, every time (the first finding is what early firing
+        is for: it is raised as soon as it would be); after, once a ready detector's rows
+        grew by :data:`EARLY_GROWTH`: scoring the same attack again each batch cost most of
+        early firing in a cold start and only re-sent the same alert."""
+        if not ready.any():
+            return False
+        fired = self._early_fired.get((w, e, novelty))
+        return fired is None or bool((acc[ready] >= EARLY_GROWTH * np.maximum(fired[ready], 1)).any())
+
+    def _note_fired(self, p: Prepared, scores: dict[str, np.ndarray], novelty: bool) -> None:
+        """Remember the rows of the open (window, entity) pairs this pass found something in."""
+        hit = np.logical_or.reduce([s > 0 for s in scores.values()]) if scores else None
+        if hit is None or not hit.any():
+            return
+        codes = _entity_codes(p.flows)[first_rows(p.gid)]  # per entity-window (gid order)
+        ws = p.keys["window_start"].to_numpy(dtype="float64")
+        for w, e in zip(ws[hit].tolist(), codes[hit].tolist(), strict=True):
+            acc = self._early_rows.get((w, e))
+            if acc is not None:
+                self._early_fired[(w, e, novelty)] = acc.copy()
+
+    def _novelty_quiet(self, dets: list[Detector]) -> bool:
+        """Whether no novelty reader can score any open window (:meth:`Detector.quiet_before`):
+        in an engine's first minute, "new to the cluster" cannot be told from "first seen"."""
+        floor = self.buffer.open_floor()
+        if not math.isfinite(self.buffer.watermark):
+            return False
+        since = min(self.first_ws, floor if floor is not None else math.inf)  # at most the pass's
+        newest = math.floor(self.buffer.watermark / self.window_s) * self.window_s
+        return all(d.quiet_before(since) > newest for d in dets if d.reads_novelty)
 
     def _score_early(self, batch: pd.DataFrame) -> list[Alert]:
         """Alerts of early detectors from the open windows of the entities ``batch`` concerns."""
@@ -477,18 +533,20 @@ class DetectionEngine:
         if not wanted.any() or not parts:
             return []
         entities, novel = self._early_candidates(batch, dets, rows, wanted)
-        flows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-        codes = _entity_codes(flows)
+        if len(novel) and self._novelty_quiet(dets):
+            novel = novel[:0]  # the pass would score 0 (and find nothing) for every entity
+        if not len(entities) and not len(novel):
+            return []
+        plain_rows, novel_rows = _open_rows(parts, entities, novel)
         alerts: list[Alert] = []
         if len(entities):
             plain = [d for d in dets if not d.reads_novelty]
-            alerts += self._early_pass(flows[np.isin(codes, entities)], plain, novelty=False)
+            alerts += self._early_pass(plain_rows, plain, novelty=False)
         if len(novel):
             # A lookup of every edge in the seen-edges memory: only for the entities a novelty
             # reader may fire on, and over their external flows only (what those detectors read).
             readers = [d for d in dets if d.reads_novelty]
-            ext = flows["ext"].to_numpy(dtype=bool)
-            alerts += self._early_pass(flows[np.isin(codes, novel) & ext], readers, novelty=True)
+            alerts += self._early_pass(novel_rows, readers, novelty=True)
         self.early_alerts += len(alerts)
         return alerts
 
@@ -514,6 +572,7 @@ class DetectionEngine:
             extra={"pod_age": self._pod_age(p.keys)},
         )
         scores = {d.name: np.clip(np.asarray(d.score(ctx), dtype="float64"), 0.0, 1.0) for d in dets}
+        self._note_fired(p, scores, novelty)
         return self.alerts.build(
             ctx,
             p.flows,
@@ -605,6 +664,36 @@ def _as_history(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     if "edges" in out:
         out["edges"] = out["edges"].assign(bytes=0.0, taint_until=-math.inf, taint_ent=np.uint64(0))
     return out
+
+
+def _open_rows(
+    parts: list[pd.DataFrame], entities: np.ndarray, novel: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The open-window flows of ``entities``, and the external ones of ``novel``, in buffer
+    order: taken part by part (the open windows hold seconds of flows; a few hundred rows
+    are wanted, and concatenating every part first cost more than scoring them)."""
+    plain: list[pd.DataFrame] = []
+    ext: list[pd.DataFrame] = []
+    for part in parts:
+        codes = _entity_codes(part)
+        if len(entities):
+            plain += _taken(part, np.isin(codes, entities))
+        if len(novel):
+            ext += _taken(part, np.isin(codes, novel) & part["ext"].to_numpy(dtype=bool))
+    return _joined(plain, parts[0]), _joined(ext, parts[0])
+
+
+def _taken(part: pd.DataFrame, mask: np.ndarray) -> list[pd.DataFrame]:
+    """``[part[mask]]`` by position (cheaper than a boolean take), none when no row is."""
+    rows = np.flatnonzero(mask)
+    return [part.iloc[rows]] if len(rows) else []
+
+
+def _joined(frames: list[pd.DataFrame], like: pd.DataFrame) -> pd.DataFrame:
+    """The frames one after another (no rows: ``like``'s columns, empty)."""
+    if not frames:
+        return like.iloc[:0]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def _entity_codes(lean: pd.DataFrame) -> np.ndarray:

@@ -113,18 +113,20 @@ def to_lean(
     out["src_is_node"] = a.src_node[keep]
     out["dst_is_node"] = a.dst_node[keep]
     out.update({k: v[keep] for k, v in _control_plane(flows, settings, a).items()})
-    out["src_resolver"] = _resolver(flows, settings)[keep]
+    out["src_resolver"] = _resolver(flows, settings, vocab, a.src_id)[keep]
     out.update(_dns_columns(flows, keep, vocab))
     return pd.DataFrame(out)
 
 
-def _resolver(flows: pd.DataFrame, settings: Settings) -> np.ndarray:
+def _resolver(flows: pd.DataFrame, settings: Settings, vocab: Vocab, src_id: np.ndarray) -> np.ndarray:
     """Sources that are the cluster DNS: its service addresses, or its own pods.
 
     The resolver forwards every pod's queries upstream; a tunnel through it is the querying
-    pod's, whose own flow to the resolver carries the queries.
+    pod's, whose own flow to the resolver carries the queries. The addresses are compared as
+    the vocabulary ids of the sources (``src_id``), not as strings.
     """
-    out = flows["src_ip"].isin(settings.cluster.cluster_dns).to_numpy().copy()
+    dns_ids = [i for i in (vocab.id_of(ip) for ip in settings.cluster.cluster_dns) if i >= 0]
+    out = np.isin(src_id, np.asarray(dns_ids, dtype="int64"))
     # Workload names first, namespaces only for the few candidates.
     names = [k.split("/")[1] for k in RESOLVER_WORKLOADS]
     col = flows["src_workload"]
@@ -252,8 +254,7 @@ def prepare(lean: pd.DataFrame, vocab: Vocab, window_s: float) -> Prepared | Non
     h_ns, h_pod, h_wl, h_ip = (vocab.hash_of(x) for x in (ns, pod, wl, ip))
     entity_hash = np.where(has_pod, mix(h_ns, h_pod, 2), mix(h_ip, 0, 3))
     source_hash = np.where(has_wl, mix(h_ns, h_wl, 1), entity_hash)
-    first = np.unique(gid, return_index=True)[1]
-    r = first
+    r = first_rows(gid)
     ns_s, pod_s, wl_s, ip_s = (vocab.decode(x[r]) for x in (ns, pod, wl, ip))
     entity = np.where(has_pod[r], ns_s + "/" + pod_s, ip_s)
     keys = pd.DataFrame(
@@ -271,6 +272,16 @@ def prepare(lean: pd.DataFrame, vocab: Vocab, window_s: float) -> Prepared | Non
         }
     )
     return Prepared(f, gid, keys, entity_hash, source_hash)
+
+
+def first_rows(codes: np.ndarray) -> np.ndarray:
+    """The first row of each code, in code order, for codes numbered in order of first
+    appearance (``pd.factorize``): where a new running maximum appears. ``np.unique(...,
+    return_index=True)`` gives the same rows with a sort."""
+    if not len(codes):
+        return np.zeros(0, dtype="int64")
+    top = np.maximum.accumulate(codes)
+    return np.flatnonzero(np.r_[True, top[1:] > top[:-1]])
 
 
 def _nunique(gid: np.ndarray, ng: int, values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -444,81 +455,114 @@ def novelty_features(
     """Never-seen edges per entity-window (``seen`` is updated later by :func:`commit_edges`).
 
     Returns the features, the per-flow local edges, and every edge row (for the commit).
+    Numpy over the edge columns, one frame built at the end: early firing calls this on a
+    few hundred rows many times a minute, where each pandas step cost more than its work.
     """
     ng = len(p.keys)
-    row, uniq = pd.factorize(edges["hash"].to_numpy())
+    h_all = edges["hash"].to_numpy()
+    row, uniq = pd.factorize(h_all)
     hashes = np.asarray(uniq, dtype="uint64")
-    chunk_first = np.full(len(hashes), np.inf)
-    np.minimum.at(chunk_first, row, edges["window_start"].to_numpy(dtype="float64"))
-    pos = seen.positions(hashes)
-    prior_first = seen.first_at(pos)
-    prior_bytes = seen.bytes_at(pos)
-    first = np.fmin(prior_first, chunk_first)
-    taint_until, _ = seen.taint_at(pos)
-    edges = edges.assign(first=first[row], prior=prior_bytes[row])
-    # New: never seen before this window, or tainted by an alerted movement of another entity.
     ws_all = edges["window_start"].to_numpy()
-    ent = edges["ent"].to_numpy()
+    chunk_first = np.full(len(hashes), np.inf)
+    np.minimum.at(chunk_first, row, ws_all.astype("float64", copy=False))
+    pos = seen.positions(hashes)
+    first = np.fmin(seen.first_at(pos), chunk_first)[row]
+    prior = seen.bytes_at(pos)[row]
+    taint_until, _ = seen.taint_at(pos)
+    # New: never seen before this window, or tainted by an alerted movement of another entity.
     tainted = taint_until[row] > ws_all
     if tainted.any():  # ...unless this entity was itself alerted on for that edge, recently
         idx = np.flatnonzero(tainted)
-        tainted[idx] = ~seen.alerted_before(edges["hash"].to_numpy()[idx], ent[idx], ws_all[idx])
-    edges = edges.assign(new=(edges["first"].to_numpy() >= ws_all) | tainted)
+        tainted[idx] = ~seen.alerted_before(h_all[idx], edges["ent"].to_numpy()[idx], ws_all[idx])
+    new = (first >= ws_all) | tainted
     glob = edges["glob"].to_numpy()
     own = edges["own"].to_numpy()
-    e = edges[~glob & ~own]
+    local = ~glob & ~own
+    edges = edges.assign(first=first, prior=prior, new=new)
+    e = _rows(edges, local)
     # Repeat: the workload used this external address (edge not new, not tainted) before
     # this entity first did. Glob and own rows are in the order of the local external rows.
-    e_ext = e["ext"].to_numpy()
-    repeat = ~e["new"].to_numpy()[e_ext] & (e["first"].to_numpy()[e_ext] < edges["first"].to_numpy()[own])
-    edges = edges.assign(repeat=False)
-    edges.loc[glob, "repeat"] = repeat
+    ext_all = edges["ext"].to_numpy()
+    e_ext = ext_all[local]
+    repeat = np.zeros(len(edges), dtype=bool)
+    repeat[glob] = ~new[local][e_ext] & (first[local][e_ext] < first[own])
+    edges = edges.assign(repeat=repeat)
     gid = e["gid"].to_numpy()
-    new = e["new"].to_numpy()
-    ext = e["ext"].to_numpy()
-    h = e["hash"].to_numpy()
-    dst = e["dst_ip"].to_numpy()
+    new_l, ext, h, dst = new[local], e_ext, h_all[local], e["dst_ip"].to_numpy()
     out = {
-        "new_edges": _nunique(gid, ng, h, new),
-        "new_int_peers": _nunique(gid, ng, dst, new & ~ext),
-        "new_int_edges": _nunique(gid, ng, h, new & ~ext),
-        "new_ext_dsts": _nunique(gid, ng, dst, new & ext),
-        "new_ext_bytes": _sum(gid, ng, np.where(new & ext, e["bytes"].to_numpy(), 0.0)),
+        "new_edges": _nunique(gid, ng, h, new_l),
+        "new_int_peers": _nunique(gid, ng, dst, new_l & ~ext),
+        "new_int_edges": _nunique(gid, ng, h, new_l & ~ext),
+        "new_ext_dsts": _nunique(gid, ng, dst, new_l & ext),
+        "new_ext_bytes": _sum(gid, ng, np.where(new_l & ext, e["bytes"].to_numpy(), 0.0)),
     }
-    # Bytes sent to an address new to the whole cluster, over its young life.
-    young = np.zeros(ng)
-    young_age = np.zeros(ng)
-    young_ratio = np.zeros(ng)
-    young_repeat = np.zeros(ng)
-    young_prior = np.zeros(ng)
-    gl = edges[glob]
-    if len(gl):
-        ws_now = float(p.keys["window_start"].max())
-        gl = gl[(ws_now - gl["first"].to_numpy()) <= YOUNG_EDGE_S]
-    if len(gl):
-        ge = gl.groupby(["gid", "hash"], sort=False).agg(
-            b=("bytes", "sum"),
-            bi=("bytes_in", "sum"),
-            prior=("prior", "first"),
-            first=("first", "first"),
-            repeat=("repeat", "min"),
-        )
-        ge = ge.assign(total=ge["b"] + ge["prior"]).sort_values("total")
-        top = ge[~ge.index.get_level_values(0).duplicated(keep="last")]
-        idx = top.index.get_level_values(0).to_numpy(dtype="int64")
-        young[idx] = top["total"].to_numpy()
-        young_age[idx] = p.keys["window_start"].to_numpy()[idx] - top["first"].to_numpy()
-        young_ratio[idx] = top["b"].to_numpy() / np.maximum(top["bi"].to_numpy(), 1.0)
-        young_repeat[idx] = top["repeat"].to_numpy(dtype="float64")
-        young_prior[idx] = top["prior"].to_numpy()
-    out["young_ext_bytes"] = young
-    out["young_ext_age"] = young_age
-    out["young_ext_upload_ratio"] = young_ratio
+    out.update(_young(p, edges, glob, row, first, prior, repeat))
+    return pd.DataFrame(out), e, edges
+
+
+def _rows(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """``frame[mask]``; a slice when the rows are a prefix (the local edges of :func:`edge_table`)."""
+    n = int(mask.sum())
+    if mask[:n].all():
+        return frame.iloc[:n]
+    return frame[mask]
+
+
+def _young(
+    p: Prepared,
+    edges: pd.DataFrame,
+    glob: np.ndarray,
+    row: np.ndarray,
+    first: np.ndarray,
+    prior: np.ndarray,
+    repeat: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Bytes sent to an address new to the whole cluster, over its young life: per
+    entity-window, its top young address (most bytes, this window's and before).
+
+    Per (entity-window, address) in the order the rows first name them (a groupby's
+    ``sort=False``), then the same quicksort on the totals that picked the top before: ties
+    break as they did."""
+    ng = len(p.keys)
+    young = (
+        "young_ext_bytes",
+        "young_ext_age",
+        "young_ext_upload_ratio",
+        "young_ext_repeat",
+        "young_ext_prior",
+    )
+    out = {k: np.zeros(ng) for k in young}
+    sel = np.flatnonzero(glob)
+    if not len(sel):
+        return out
+    ws_now = float(p.keys["window_start"].max())
+    sel = sel[(ws_now - first[sel]) <= YOUNG_EDGE_S]
+    if not len(sel):
+        return out
+    gid = edges["gid"].to_numpy()[sel].astype("int64")
+    codes, uniq = pd.factorize(gid * (int(row.max()) + 1) + row[sel])
+    npair = len(uniq)
+    head = np.full(npair, len(sel), dtype="int64")
+    np.minimum.at(head, codes, np.arange(len(sel)))  # each pair's first row
+    b = np.bincount(codes, weights=edges["bytes"].to_numpy(dtype="float64")[sel], minlength=npair)
+    bi = np.bincount(codes, weights=edges["bytes_in"].to_numpy(dtype="float64")[sel], minlength=npair)
+    not_repeat = np.bincount(codes, weights=(~repeat[sel]).astype("float64"), minlength=npair)
+    g_pair = gid[head]
+    total = b + prior[sel][head]
+    order = total.argsort(kind="quicksort")
+    # Each entity-window's last pair in that order (the groupby's ``duplicated(keep="last")``).
+    last = np.full(ng, -1, dtype="int64")
+    np.maximum.at(last, g_pair[order], np.arange(npair))
+    top = order[last[last >= 0]]
+    idx = g_pair[top]
+    out["young_ext_bytes"][idx] = total[top]
+    out["young_ext_age"][idx] = p.keys["window_start"].to_numpy()[idx] - first[sel][head][top]
+    out["young_ext_upload_ratio"][idx] = b[top] / np.maximum(bi[top], 1.0)
     # Detail columns (see DETAIL_COLUMNS): whether the top young address is a repeat of the
     # workload's, and the bytes the cluster had sent it before this window.
-    out["young_ext_repeat"] = young_repeat
-    out["young_ext_prior"] = young_prior
-    return pd.DataFrame(out), e, edges
+    out["young_ext_repeat"][idx] = (not_repeat[top] == 0).astype("float64")
+    out["young_ext_prior"][idx] = prior[sel][head][top]
+    return out
 
 
 def commit_edges(
@@ -804,29 +848,27 @@ def detail_features(
     when no early detector that reads it had rows (``novelty`` None): those read 0.
     """
     ng = len(p.keys)
-    auth = auth_features(p, e, list(settings.pipeline.auth_ports)) if e is not None else None
+    zeros = np.zeros(ng)
+    cols: dict[str, np.ndarray] = {}
+    # One frame of columns (not a concat of five frames: early firing builds this per pass).
+    if e is not None:
+        auth = auth_features(p, e, list(settings.pipeline.auth_ports))
+        cols.update({c: auth[c].to_numpy() for c in AUTH_COLUMNS})
+    else:
+        cols.update({c: zeros for c in AUTH_COLUMNS})
+    for c in ("young_ext_repeat", "young_ext_prior"):
+        cols[c] = novelty[c].to_numpy() if novelty is not None else zeros
+    cols["beacon_interval"] = beacon["beacon_interval"].to_numpy() if beacon is not None else zeros
     resolver = np.zeros(ng, dtype=bool)
     np.logical_or.at(resolver, p.gid, p.flows["src_resolver"].to_numpy(dtype=bool))
+    cols["is_resolver"] = resolver
     # Namespaces as trust boundaries (needs the closed window's local edges and the vocabulary).
-    boundary = (
-        boundary_features(p, e, vocab, settings.cluster)
-        if e is not None and vocab is not None
-        else pd.DataFrame({c: np.zeros(ng) for c in BOUNDARY_COLUMNS})
-    )
-    return pd.concat(
-        [
-            auth if auth is not None else pd.DataFrame({c: np.zeros(ng) for c in AUTH_COLUMNS}),
-            novelty[["young_ext_repeat", "young_ext_prior"]]
-            if novelty is not None
-            else pd.DataFrame({"young_ext_repeat": np.zeros(ng), "young_ext_prior": np.zeros(ng)}),
-            beacon[["beacon_interval"]]
-            if beacon is not None
-            else pd.DataFrame({"beacon_interval": np.zeros(ng)}),
-            pd.DataFrame({"is_resolver": resolver}),
-            boundary,
-        ],
-        axis=1,
-    )
+    if e is not None and vocab is not None:
+        boundary = boundary_features(p, e, vocab, settings.cluster)
+        cols.update({c: boundary[c].to_numpy() for c in boundary.columns})
+    else:
+        cols.update({c: zeros for c in BOUNDARY_COLUMNS})
+    return pd.DataFrame(cols)
 
 
 DETAIL_COLUMNS: tuple[str, ...] = (

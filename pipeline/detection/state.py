@@ -492,13 +492,42 @@ class Vocab:
         self.strings: list[str] = [""]
         self.hashes = np.zeros(1024, dtype="uint64")
         self._table: np.ndarray | None = None
+        # Categorical columns (enrichment's, over the inventory's strings): the id of each
+        # category once known, -1 before; keyed by the categories' identity (kept alive here).
+        self._categories: dict[int, tuple[pd.Index, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.strings)
 
     def encode(self, values: pd.Series | np.ndarray) -> np.ndarray:
         """Ids of ``values`` (vectorised: one dictionary lookup per distinct value)."""
+        if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+            return self._encode_categorical(values)
         codes, uniques = pd.factorize(values)
+        return np.append(self._ids_of(uniques), 0)[codes]  # code -1 (missing) reads as ""
+
+    def _encode_categorical(self, values: pd.Series) -> np.ndarray:
+        """:meth:`encode` of a categorical column: a take through the categories' ids, looking
+        up only the categories this vocabulary has not met yet (new ids in the order the
+        column first names them, as :meth:`encode` gives them)."""
+        cats = values.cat.categories
+        entry = self._categories.get(id(cats))
+        if entry is None or entry[0] is not cats:
+            if len(self._categories) >= 64:
+                self._categories.clear()
+            entry = self._categories[id(cats)] = (cats, np.full(len(cats), -1, dtype="int64"))
+        known = entry[1]
+        codes = values.cat.codes.to_numpy()
+        ids = np.append(known, 0)[codes]  # code -1 (missing) reads as ""
+        fresh = ids < 0
+        if fresh.any():
+            need = pd.unique(codes[fresh])
+            known[need] = self._ids_of(cats[need])
+            ids = np.append(known, 0)[codes]
+        return ids
+
+    def _ids_of(self, uniques: pd.Index | np.ndarray) -> np.ndarray:
+        """Ids of distinct strings, new ones numbered in their order."""
         # A plain list of str: iterating an Arrow-backed index yields one boxed scalar at a
         # time and cost more than the lookups themselves.
         strings = [str(u) for u in np.asarray(uniques, dtype=object).tolist()]
@@ -515,8 +544,7 @@ class Vocab:
             added = self.strings[start:]
             self.hashes[start : start + len(added)] = pd.util.hash_array(np.array(added, dtype=object))
             ids = np.fromiter((get(s) for s in strings), dtype="int64", count=len(strings))
-        # A trailing 0 so a missing value (code -1) reads as the empty string.
-        return np.append(ids, 0)[codes]
+        return ids
 
     def _grow(self) -> None:
         if len(self.strings) > len(self.hashes):

@@ -110,6 +110,22 @@ def test_new_destination_volume_only_after_learning() -> None:
     assert s[0] > 0.5 and s[1] == 0  # the second edge appeared while the workload was learning
 
 
+def test_new_destination_volume_scores_nothing_before_its_quiet_bound() -> None:
+    det = DETECTORS["new_destination_volume"]()
+    rows: list[dict[str, Any]] = [
+        {"window_start": ws, "window_end": ws + 10, "young_ext_bytes": 10e6, "young_ext_age": age}
+        | {"young_ext_upload_ratio": 10.0}
+        for ws in (0.0, 10.0, 50.0, 60.0, 70.0, 500.0)
+        for age in (0.0, 10.0, 60.0)
+    ]
+    ctx = _ctx(rows)
+    ctx.memory_since = 0.0
+    s = det.score(ctx)
+    ws = ctx.windows["window_start"].to_numpy()
+    assert det.quiet_before(0.0) == 60.0 and DETECTORS["port_scan"]().quiet_before(0.0) == -np.inf
+    assert (s[ws < 60.0] == 0).all() and (s[ws >= 60.0] > 0).any()
+
+
 def test_beaconing_lone_new_destination_not_shared_saas() -> None:
     base = _learned({"flows": 1}, n=100)
     rows = [

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from flowwarden.kube import PodInventory
 from flowwarden.pipeline.detection.engine import DetectionEngine
 from flowwarden.pipeline.runtime.offline import detect_flows
+from flowwarden.records import Alert
 from flowwarden.settings import Settings
 from tests.unit.flowkit import T0, flows, pod
 
@@ -66,6 +69,59 @@ def test_a_conclusive_scan_fires_from_the_open_window_and_its_close_updates_the_
     assert closed[0].evidence["windows"] == 1 and closed[0].window_end == early[0].window_end
     quiet = DetectionEngine(Settings(), inventory=INV)
     assert quiet.process(_quiet(T0 + 1)).alerts == [], "rows no early detector looks at: no early scoring"
+
+
+def test_an_open_window_that_fired_early_is_scored_again_only_once_its_evidence_grew_by_half() -> None:
+    eng = DetectionEngine(Settings(), inventory=INV)
+    first = eng.process(_scan(T0 + 1, n=40)).alerts
+    assert [a.detector for a in first] == ["port_scan"] and eng.early_alerts == 1
+    assert eng.process(_scan(T0 + 3, n=10)).alerts == [], "50 probes after 40: more of the same"
+    assert eng.early_alerts == 1
+    again = eng.process(_scan(T0 + 5, n=10)).alerts
+    assert [a.id for a in again] == [first[0].id] and eng.early_alerts == 2, "60 probes: scored again"
+    closed = eng.process(_quiet(T0 + 13)).alerts
+    assert [a.id for a in closed] == [first[0].id], "the close has the final word, as before"
+
+
+class _Counting(DetectionEngine):
+    """Counts the early passes over novelty readers."""
+
+    novelty_passes = 0
+
+    def _early_pass(self, flows: pd.DataFrame, dets: list[Any], *, novelty: bool) -> list[Alert]:
+        self.novelty_passes += novelty
+        return super()._early_pass(flows, dets, novelty=novelty)
+
+
+class _NeverQuiet(_Counting):
+    def _novelty_quiet(self, dets: list[Any]) -> bool:
+        return False
+
+
+def _upload(t: float, dst: str) -> pd.DataFrame:
+    rows = [{"ts_start": t + i * 0.1, "src_ip": SCANNER, "dst_ip": dst, "dst_port": 443} for i in range(5)]
+    return flows([r | {"bytes_out": 5_000_000, "bytes_in": 2000} for r in rows])
+
+
+def test_the_novelty_pass_is_skipped_only_while_no_reader_can_fire() -> None:
+    stream = [_quiet(T0 + 1), _upload(T0 + 20, "203.0.113.66"), _quiet(T0 + 45)]
+    stream += [_upload(T0 + 85, "198.51.100.7"), _upload(T0 + 87, "198.51.100.7"), _quiet(T0 + 100)]
+    skip, full = _Counting(Settings(), inventory=INV), _NeverQuiet(Settings(), inventory=INV)
+    got: list[Alert] = []
+    want: list[Alert] = []
+    for batch in stream:
+        got += skip.process(batch).alerts
+        want += full.process(batch).alerts
+    got += skip.flush().alerts
+    want += full.flush().alerts
+
+    def canonical(alerts: list[Alert]) -> list[str]:
+        return [a.model_dump_json(exclude={"created_at"}) for a in alerts]
+
+    assert canonical(got) == canonical(want), "the same alerts, evidence and all"
+    assert skip.novelty_passes < full.novelty_passes, "no pass in the first minute of memory"
+    early = [a for a in got if a.detector == "new_destination_volume" and a.evidence["detected_at"] < T0 + 90]
+    assert early, "after it, an upload to a new address still fires from its open window"
 
 
 def test_offline_detection_fed_by_the_second_fires_early_as_live_would() -> None:

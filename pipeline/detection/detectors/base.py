@@ -12,6 +12,7 @@ model sets ``needs_model`` and receives it through :meth:`Detector.set_model`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -147,6 +148,12 @@ class Detector:
         """Rows of a new batch (lean flows) that could complete this detector's evidence in an
         open window; only their entities are scored early (it keeps early firing cheap)."""
         return np.zeros(len(lean), dtype=bool)
+
+    def quiet_before(self, memory_since: float) -> float:
+        """The window start before which this detector scores 0 whatever the flows, for an
+        engine whose memory starts at ``memory_since`` (never decreasing as it does): early
+        firing skips a pass no detector of which can score. ``-inf``: any window may score."""
+        return -math.inf
 
     def describe(self, flows: pd.DataFrame) -> dict[str, Any]:
         """Extra evidence from the window's evidence flows (e.g. the tunnel's domain)."""

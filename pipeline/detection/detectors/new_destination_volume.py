@@ -74,5 +74,10 @@ class NewDestinationVolume(Detector):
         first_upload = np.where(upload, ratio_score(sent, p["min_upload_bytes"], floor=0.5), 0.0)
         return np.where(ok, np.maximum(volume, first_upload), 0.0)
 
+    def quiet_before(self, memory_since: float) -> float:
+        # An address counts only if first seen once the memory had ``learn_s`` (its first
+        # window starts then or later), and no window holds an address seen after it.
+        return memory_since + float(self.params["learn_s"])
+
     def target_mask(self, flows: pd.DataFrame, ctx: Context) -> np.ndarray:
         return heavy_egress_mask(flows)

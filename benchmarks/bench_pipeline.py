@@ -26,11 +26,20 @@ Run: ``.venv/bin/python benchmarks/bench_pipeline.py [--quick] [--only NAME]`` (
 < 60 s: the dense run and a small one at 25 flows per entity-window). The target of issue 4
 is 300,000 flows/s on one core. Times vary with the load of this shared machine: the
 harness prints the load average.
+
+``--engine-only`` feeds the same flows straight to one :class:`DetectionEngine` (the shipped
+model, no broker, no store) in ``--batch-flows`` batches (36,000: a poll of several collector
+batches) and prints the engine's flows per CPU-second, its peak RSS and a digest of the
+alerts (the final version of each, and every version emitted), so a change meant to be
+behaviour-neutral can be checked on this input too; ``--profile FILE`` writes a cProfile of
+the engine's calls (issue 19's target for the engine alone: 1,500,000 flows/s at ``10k``).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -377,6 +386,74 @@ def latency(
     }
 
 
+def engine_only(sc: Scenario, *, batch_flows: int, profile: str | None = None) -> dict[str, Any]:
+    """The engine alone over a scenario's flows, in this process: CPU, peak RSS, alert digests."""
+    from flowwarden.models.registry import load_default
+
+    flows = cluster_flows(
+        entities=sc.entities,
+        seconds=sc.seconds,
+        rate=sc.entities * sc.per_entity_rate,
+        t0=1_800_000_000.0,
+        seed=5,
+    )
+    engine = DetectionEngine(Settings(), inventory=inventory(sc.entities), model=load_default())
+    batches = [flows.iloc[a : a + batch_flows] for a in range(0, len(flows), batch_flows)]
+    emitted: list[Any] = []
+    prof = cProfile.Profile() if profile else None
+    rss0 = current_rss_mb()
+    t, cpu0 = time.perf_counter(), time.process_time()
+    if prof is not None:
+        prof.enable()
+    for b in batches:
+        emitted += engine.process(b).alerts
+    emitted += engine.flush().alerts
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(profile)  # type: ignore[arg-type]
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu0
+    final = {a.id: a for a in emitted}
+    return {
+        "flows": len(flows),
+        "batches": len(batches),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "flows_per_cpu_s": len(flows) / cpu,
+        "alerts": len(final),
+        "emitted": len(emitted),
+        "early": engine.early_alerts,
+        "final_digest": _digest(sorted(_canonical(a) for a in final.values())),
+        "emitted_digest": _digest([_canonical(a) for a in emitted]),
+        "rss_start_mb": rss0,
+        "peak_rss_mb": hwm_mb(),
+    }
+
+
+def _canonical(alert: Any) -> str:
+    """An alert's JSON without ``created_at`` (the wall clock of this run)."""
+    return alert.model_dump_json(exclude={"created_at"})
+
+
+def _digest(items: list[str]) -> str:
+    """A short hash of the alerts' JSON: equal digests, same alerts (ids, windows, evidence)."""
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:12]
+
+
+def run_engine_only(scenarios: list[Scenario], *, batch_flows: int, profile: str | None) -> None:
+    """Print the engine-alone figures of each scenario."""
+    print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores shared)")
+    for sc in scenarios:
+        r = engine_only(sc, batch_flows=batch_flows, profile=profile)
+        print(
+            f"engine-only {sc.name:<6} {r['flows']:,} flows in {r['batches']} batches of {batch_flows:,}: "
+            f"{r['flows_per_cpu_s']:,.0f} flows/CPU-s ({r['cpu_s']:.2f} s CPU, {r['wall_s']:.2f} s wall); "
+            f"{r['alerts']} alerts ({r['emitted']} emitted, {r['early']} early) "
+            f"final {r['final_digest']} emitted {r['emitted_digest']}; "
+            f"peak RSS {r['peak_rss_mb']:,.0f} MB ({r['rss_start_mb']:,.0f} MB before the engine ran)"
+        )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -407,10 +484,18 @@ def main() -> None:
     ap.add_argument(
         "--only", choices=sorted({sc.name for sc in (*FULL, *QUICK)}), action="append", help="run only these"
     )
-    ap.add_argument("--poll-batches", type=int, default=None, help="pipeline.max_poll_batches (default 50)")
+    ap.add_argument("--poll-batches", type=int, default=None, help="pipeline.max_poll_batches (default 10)")
+    ap.add_argument(
+        "--engine-only", action="store_true", help="the detection engine alone: no broker, no store"
+    )
+    ap.add_argument("--batch-flows", type=int, default=36_000, help="flows per engine call (--engine-only)")
+    ap.add_argument("--profile", default=None, help="write a cProfile of the engine here (--engine-only)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     scenarios = [sc for sc in (QUICK if args.quick else FULL) if not args.only or sc.name in args.only]
+    if args.engine_only:
+        run_engine_only(scenarios, batch_flows=args.batch_flows, profile=args.profile)
+        return
     # Quick: 21 s live, so at least one 10 s window closes while flows still come (with 10 s,
     # a run that started late in a window closed none and printed NaN).
     live_s, live_rate = (21.0, 2_000.0) if args.quick else (30.0, 5_000.0)

@@ -284,8 +284,33 @@ def valid_ip_mask(series: pd.Series) -> np.ndarray:
     return result
 
 
+# The columns :func:`_row_problems` reads: a reader may check only these (and convert only
+# these to pandas) before it converts the rest. Keep in step with the checks below.
+CHECKED_COLUMNS: tuple[str, ...] = (
+    "src_ip",
+    "dst_ip",
+    *COUNTER_COLUMNS,
+    "src_port",
+    "dst_port",
+    "proto",
+    "ts_start",
+    "ts_end",
+    "state",
+    "direction",
+    "end_reason",
+    "dns_queries",
+    "dns_names",
+    "dns_name_max_len",
+    "dns_top_domain_names",
+    "dns_nxdomain",
+    "outer_src_ip",
+    "outer_dst_ip",
+)
+
+
 def _row_problems(df: pd.DataFrame) -> pd.Series:
-    """Per row, the reason it is invalid ("" when valid). ``df`` already has the schema.
+    """Per row, the reason it is invalid ("" when valid). ``df`` has the schema's dtypes and
+    at least :data:`CHECKED_COLUMNS`.
 
     A row gets the first reason that applies. Reasons are tracked as small integer codes
     (comparing a column of Python strings per check cost more than the checks).

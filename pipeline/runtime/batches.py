@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
 
 from flowwarden.bus import Message
 from flowwarden.pipeline.runtime.sinks import BatchId
@@ -26,7 +27,7 @@ class PendingBatch:
     """One consumed message on its way through the stage."""
 
     message: Message
-    flows: pd.DataFrame | None  # valid rows; None when the whole batch went to the DLQ
+    flows: pd.DataFrame | pa.Table | None  # valid rows; None when the whole batch went to the DLQ
     max_ts_end: float  # -inf when there is no valid row
     fed: bool = False
     bound: float = math.inf  # every window this batch touched starts at or before this

@@ -62,6 +62,7 @@ from flowwarden.bus import (
 from flowwarden.kube import InventorySource, PodInventory, inventory_source_from_settings
 from flowwarden.pipeline.detection.detectors.flow_rules import rule_tallies
 from flowwarden.pipeline.runtime.batches import CommitTracker, PartitionAligner, PartitionKey, PendingBatch
+from flowwarden.pipeline.runtime.decode import Rows, engine_input, keep_rows, read_clean_poll, ts_end
 from flowwarden.pipeline.runtime.feeds import RulesSnapshot, RulesSource
 from flowwarden.pipeline.runtime.loop import SteppedStage, delivered
 from flowwarden.pipeline.runtime.metrics import PipelineMetrics
@@ -476,9 +477,9 @@ class PipelineStage(SteppedStage):
     def _ingest(self, messages: list[Message], now: float) -> None:
         """Decode one poll; route what is bad to the DLQ; queue the rest for alignment.
 
-        The whole poll is decoded and its rows checked in one go
-        (:func:`~flowwarden.bus.read_flow_batches`): row checks cost about the same for
-        500 rows as for 50,000, so one call per poll rather than per message.
+        The whole poll is decoded and its rows checked in one go (:meth:`_decode`): row checks
+        cost about the same for 500 rows as for 50,000, so one call per poll rather than per
+        message. A clean poll's batches stay Arrow tables until :meth:`_feed_engine`.
         """
         fresh: list[Message] = []
         resent: set[int] = set()
@@ -504,13 +505,7 @@ class PipelineStage(SteppedStage):
         # Event time is bounded by the wall clock: a node whose clock runs ahead must not
         # drag the watermark (and every window after it) into the future.
         bound = self.wall() + self.settings.pipeline.max_clock_skew_s
-        good, dead = read_flow_batches(fresh, max_event_ts=bound)
-        # Dead letters in the order of their messages, as the poll delivered them.
-        order = {(m.topic, m.partition, m.offset): i for i, m in enumerate(fresh)}
-        dead.sort(key=lambda d: order.get((d.source_topic, d.source_partition, d.source_offset), -1))
-        for d in dead:
-            self._dead_letter(d)
-        decoded = {id(m): flows for m, flows in good}
+        decoded = self._decode(fresh, bound)
         window_s = self.settings.pipeline.window_s
         for m in fresh:
             flows = None if id(m) in resent else decoded.get(id(m))
@@ -518,9 +513,9 @@ class PipelineStage(SteppedStage):
             guard = self._replay_offsets.get(in_order)
             if flows is not None and guard is not None and m.offset <= guard and len(flows):
                 # Already in the restored state, except its rows of windows that were open.
-                starts = np.floor(flows["ts_end"].to_numpy() / window_s)
-                flows = flows[starts * window_s >= self._replay_floors.get(in_order, math.inf)]
-            max_ts = float(flows["ts_end"].max()) if flows is not None and len(flows) else -math.inf
+                starts = np.floor(ts_end(flows) / window_s)
+                flows = keep_rows(flows, starts * window_s >= self._replay_floors.get(in_order, math.inf))
+            max_ts = float(ts_end(flows).max()) if flows is not None and len(flows) else -math.inf
             batch = PendingBatch(
                 m,
                 flows if flows is not None and len(flows) else None,
@@ -529,6 +524,23 @@ class PipelineStage(SteppedStage):
             )
             self.tracker.add(batch)
             self.aligner.add(batch, now)
+
+    def _decode(self, messages: list[Message], bound: float) -> dict[int, Rows]:
+        """Each readable message's valid rows, by ``id``; dead letters sent, in poll order.
+
+        A clean poll (the usual case) stays Arrow until the engine takes it
+        (:mod:`~flowwarden.pipeline.runtime.decode`); any other goes the general way.
+        """
+        clean = read_clean_poll(messages, max_event_ts=bound)
+        if clean is not None:
+            return {id(m): t for m, t in zip(messages, clean, strict=True)}
+        good, dead = read_flow_batches(messages, max_event_ts=bound)
+        # Dead letters in the order of their messages, as the poll delivered them.
+        order = {(m.topic, m.partition, m.offset): i for i, m in enumerate(messages)}
+        dead.sort(key=lambda d: order.get((d.source_topic, d.source_partition, d.source_offset), -1))
+        for d in dead:
+            self._dead_letter(d)
+        return {id(m): flows for m, flows in good}
 
     def _resent(self, m: Message) -> bool:
         """A batch of the enrich stage that it sent before (it restarted before its commit).
@@ -643,7 +655,13 @@ class PipelineStage(SteppedStage):
             self._effects.append(([(b.id, 0) for b in batches], None))
             self._deliver(None)
             return
-        flows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        flows = engine_input(frames)
+        sizes = [(b.id, b.n_flows) for b in batches]
+        # The engine's input is a copy: let the batches' own rows go before the engine runs
+        # (the engine's call is the worker's peak; its input need not be held twice meanwhile).
+        del frames
+        for b in batches:
+            b.flows = None
         result = engine.process(flows)
         self._fed_max_ts = max(self._fed_max_ts, float(flows["ts_end"].max()))
         self._clock_max = max(self._clock_max, self._fed_max_ts)
@@ -657,7 +675,7 @@ class PipelineStage(SteppedStage):
             )
             self._effects.append(([(b.id, 0) for b in batches], None))
         else:
-            self._effects.append(([(b.id, b.n_flows) for b in batches], result.enriched))
+            self._effects.append((sizes, result.enriched))
             self._effect_rows += len(flows)
         self._deliver(result)
 
@@ -1033,7 +1051,7 @@ def _min_ts_of(b: PendingBatch) -> float:
     if raw is not None:
         with contextlib.suppress(ValueError):
             return float(raw)
-    return float(b.flows["ts_end"].min()) if b.flows is not None and len(b.flows) else math.inf
+    return float(ts_end(b.flows).min()) if b.flows is not None and len(b.flows) else math.inf
 
 
 def _source_of(m: Message) -> tuple[tuple[int, str], int] | None:

@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from flowwarden.errors import RecordError
 from flowwarden.records import FLOW_SCHEMA, conform_flows, empty_flows
-from flowwarden.wire import ADDED_IN, ARROW_SCHEMA, MAGIC, WIRE_VERSION, decode_flows, encode_flows
+from flowwarden.wire import (
+    ADDED_IN,
+    ARROW_SCHEMA,
+    MAGIC,
+    MAX_STREAM_BYTES,
+    WIRE_VERSION,
+    decode_flows,
+    encode_flows,
+)
 from tests.unit.test_records import flow_rows
 
 
@@ -76,6 +84,31 @@ def test_message_is_versioned_and_compressed():
     data = encode_flows(df)
     assert data[:3] == MAGIC and data[3] == WIRE_VERSION
     assert len(data) < len(df) * 20, "zstd keeps a repetitive batch small"
+
+
+def test_the_stream_is_one_zstd_frame_and_per_buffer_streams_still_decode():
+    """Version 4 compresses the whole stream once; a version 3 message (each Arrow buffer
+    zstd-compressed) from a producer not yet upgraded decodes the same."""
+    df = pd.concat([sample()] * 50, ignore_index=True)
+    data = encode_flows(df)
+    assert data[4:8] == b"\x28\xb5\x2f\xfd", "a zstd frame after the header"
+    table = pa.Table.from_pandas(df, schema=ARROW_SCHEMA, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, ARROW_SCHEMA, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(table)
+    v3 = MAGIC + bytes([3]) + sink.getvalue().to_pybytes()
+    pd.testing.assert_frame_equal(decode_flows(v3), decode_flows(data))
+    pd.testing.assert_frame_equal(decode_flows(data), df)
+
+
+def test_a_frame_declaring_a_huge_size_is_rejected_before_allocating():
+    frame = bytearray(encode_flows(sample()))
+    # Frame header descriptor: 8-byte content size, single segment, no dictionary.
+    frame[8] = 0b1110_0000
+    frame[9:17] = (MAX_STREAM_BYTES + 1).to_bytes(8, "little")
+    with pytest.raises(RecordError) as err:
+        decode_flows(bytes(frame))
+    assert err.value.field == "batch" and "zstd frame declares" in err.value.reason
 
 
 @pytest.mark.parametrize(

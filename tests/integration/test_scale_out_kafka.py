@@ -183,6 +183,19 @@ def differences(alone: dict[str, dict[str, Any]], together: dict[str, dict[str, 
     return "; ".join(out)
 
 
+def stop_all(runners: list[StageThread], stages: list[Any], *, check: bool = True) -> None:
+    """Stop the loops (``check``: each must stop cleanly), then the stages (they commit)."""
+    for r in runners:
+        if check:
+            r.halt()
+        else:
+            r.abandon()
+    runners.clear()
+    for s in stages:
+        s.stop()
+    stages.clear()
+
+
 @pytest.fixture
 def runners() -> Iterator[list[StageThread]]:
     started: list[StageThread] = []
@@ -270,12 +283,7 @@ def test_three_detect_workers_keyed_by_workload_raise_the_same_alerts_as_one(
             timeout=120,
             what="every flow through both paths and every window closed",
         )
-        for r in runners:
-            r.halt()
-        runners.clear()
-        for s in stages:
-            s.stop()
-        stages.clear()
+        stop_all(runners, stages)
 
         alone = comparable(store_one.list_alerts())
         together = comparable(store_many.list_alerts())
@@ -286,10 +294,7 @@ def test_three_detect_workers_keyed_by_workload_raise_the_same_alerts_as_one(
         assert set(together) == set(alone), differences(alone, together)
         assert together == alone, differences(alone, together)
     finally:
-        for r in runners:
-            r.stop_event.set()
-        for s in stages:
-            s.stop()
+        stop_all(runners, stages, check=False)
         store_one.stop()
         store_many.stop()
 
@@ -422,9 +427,5 @@ def test_a_worker_replaced_while_it_stalled_neither_saves_nor_commits_its_old_pa
         for p in range(n):
             assert store.get_state(worker._partition_state_key(p)) == b"successor"
     finally:
-        for r in runners:
-            r.halt()
-        runners.clear()
-        for s in stages:
-            s.stop()
+        stop_all(runners, stages)
         store.stop()

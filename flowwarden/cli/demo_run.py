@@ -229,8 +229,10 @@ class _RecordingEngine:
             self.windows.append(result.windows)
         return result
 
-    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> EngineResult:
-        return self._keep(self.engine.process(flows, now=now))
+    def process(
+        self, flows: pd.DataFrame, *, now: float | None = None, enriched: bool = False
+    ) -> EngineResult:
+        return self._keep(self.engine.process(flows, now=now, enriched=enriched))
 
     def flush(self) -> EngineResult:
         return self._keep(self.engine.flush())

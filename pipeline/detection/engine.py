@@ -228,36 +228,48 @@ class DetectionEngine:
         for h, f in zip(hashes[fresh].tolist(), first[fresh].tolist(), strict=True):
             out[h] = min(f, out.get(h, f))
 
-    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> EngineResult:
-        """Score a raw flow batch; returns the alerts of every window that closed."""
+    def process(
+        self, flows: pd.DataFrame, *, now: float | None = None, enriched: bool = False
+    ) -> EngineResult:
+        """Score a flow batch; returns the alerts of every window that closed.
+
+        ``enriched``: the enrich stage already looked the batch up in the pod inventory
+        (:mod:`~flowwarden.pipeline.runtime.repartition`), so it is taken as it is. Looking
+        up again what that stage found nothing for (every external address) cost a detect
+        worker about a tenth of its time, and could only disagree with the workload key the
+        batch was routed by."""
         if list(flows.columns) != list(FLOW_SCHEMA) or any(
             str(flows[c].dtype) != t for c, t in FLOW_SCHEMA.items() if t != "str"
         ):
             flows = conform_flows(flows)
         addresses = self.facts.batch(self.vocab, flows["src_ip"], flows["dst_ip"], self._node_ips())
-        enriched = enrich_flows(
-            flows, self.inventory, self.settings, inside=(addresses.src_in, addresses.dst_in)
+        batch = (
+            flows.reset_index(drop=True)
+            if enriched
+            else enrich_flows(
+                flows, self.inventory, self.settings, inside=(addresses.src_in, addresses.dst_in)
+            )
         )
-        self.flows_in += len(enriched)
+        self.flows_in += len(batch)
         if len(flows):  # the engine's memory starts with the first flow it is given
             self.note_stream_start(float(flows["ts_end"].min()))
         # Rule detectors (declared policy, threat feeds) judge each flow, not window features.
-        observe_enriched(self.detectors, enriched, self.inventory, self.settings)
+        observe_enriched(self.detectors, batch, self.inventory, self.settings)
         lean = pd.DataFrame()
-        if len(enriched):
-            lean = to_lean(enriched, self.vocab, self.settings, self._node_ips(), addresses=addresses)
+        if len(batch):
+            lean = to_lean(batch, self.vocab, self.settings, self._node_ips(), addresses=addresses)
             # Ingress and transit flows have no in-cluster source to score (still enriched, still counted).
-            self.flows_unscored += len(enriched) - len(lean)
+            self.flows_unscored += len(batch) - len(lean)
             self.buffer.add(lean)
         closed = self.buffer.close(now)
         self.alerts.clock = max(self.buffer.watermark, now if now is not None else -math.inf)
         alerts, windows = self._score(closed)
-        if len(enriched) and len(lean):
+        if len(batch) and len(lean):
             seen = {a.id for a in alerts}
             alerts += [a for a in self._score_early(lean) if a.id not in seen]
         if len(self.vocab) > self.vocab_max:
             self._compact_vocab()
-        return EngineResult(alerts, enriched, windows)
+        return EngineResult(alerts, batch, windows)
 
     def flush(self) -> EngineResult:
         """Close every open window (end of a file, shutdown)."""

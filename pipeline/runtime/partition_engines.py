@@ -148,7 +148,9 @@ class PartitionEngines:
         return out
 
     # ------------------------------------------------------------------ Engine
-    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> MergedOutput:
+    def process(
+        self, flows: pd.DataFrame, *, now: float | None = None, enriched: bool = False
+    ) -> MergedOutput:
         """The idle clock (no rows): every engine to ``now``. Rows need a partition."""
         if len(flows):
             raise ValueError("flows go to their partition's engine: process_partition(p, flows)")

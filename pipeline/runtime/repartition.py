@@ -54,6 +54,9 @@ SOURCE_HEADER = "fw.source"  # "topic/partition/offset/epoch" of the source batc
 MAX_TS_HEADER = "fw.max_ts"  # the source batch's newest ts_end: its event time, even with no rows here
 PEERS_HEADER = "fw.peers"  # the source partitions this enrich worker reads ("topic/p,topic/q")
 MIN_TS_HEADER = "fw.min_ts"  # the source batch's oldest ts_end: where the stream's memory starts
+# Present when the rows were looked up in a pod inventory: the detect stage takes them as
+# they are (absent while this stage has none yet: the detect stage then looks them up itself).
+ENRICHED_HEADER = "fw.enriched"
 
 
 def workload_keys(enriched: pd.DataFrame) -> np.ndarray:
@@ -247,6 +250,7 @@ class EnrichStage(SteppedStage):
                 (MAX_TS_HEADER, repr(b.max_ts_end).encode()),
                 (MIN_TS_HEADER, repr(float(b.flows["ts_end"].min())).encode()),
                 (PEERS_HEADER, peers),
+                *(((ENRICHED_HEADER, b"1"),) if inventory is not None else ()),
             )
             # Every target partition hears of every source batch, with no rows if none are its:
             # its detect worker aligns the source partitions in event time (as one process

@@ -71,6 +71,7 @@ from flowwarden.pipeline.runtime.notify import NotifierHub, build_hub
 from flowwarden.pipeline.runtime.partition_engines import ClockedEngine, PartitionEngines
 from flowwarden.pipeline.runtime.ports import Engine, EngineOutput, PipelineStore
 from flowwarden.pipeline.runtime.repartition import (
+    ENRICHED_HEADER,
     MAX_TS_HEADER,
     MIN_TS_HEADER,
     PEERS_HEADER,
@@ -662,7 +663,7 @@ class PipelineStage(SteppedStage):
         del frames
         for b in batches:
             b.flows = None
-        result = engine.process(flows)
+        result = engine.process(flows, enriched=all(map(_enriched_upstream, batches)))
         self._fed_max_ts = max(self._fed_max_ts, float(flows["ts_end"].max()))
         self._clock_max = max(self._clock_max, self._fed_max_ts)
         self.metrics.flows.inc(len(flows))
@@ -1052,6 +1053,11 @@ def _min_ts_of(b: PendingBatch) -> float:
         with contextlib.suppress(ValueError):
             return float(raw)
     return float(ts_end(b.flows).min()) if b.flows is not None and len(b.flows) else math.inf
+
+
+def _enriched_upstream(b: PendingBatch) -> bool:
+    """True when the enrich stage looked ``b``'s rows up in a pod inventory (header ``fw.enriched``)."""
+    return b.message.header(ENRICHED_HEADER) is not None
 
 
 def _source_of(m: Message) -> tuple[tuple[int, str], int] | None:

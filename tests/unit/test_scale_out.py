@@ -127,3 +127,16 @@ def test_pipeline_run_refuses_an_unknown_stage_and_stages_without_kafka(
     monkeypatch.setenv("FLOWWARDEN_BUS__KIND", "memory")
     assert run(["pipeline", "run", "--stage", "detect"]) == 2
     assert "needs bus.kind=kafka" in capsys.readouterr().err
+
+
+def test_the_engine_takes_a_batch_the_enrich_stage_looked_up_as_it_is() -> None:
+    """Behind the enrich stage (header ``fw.enriched``) the inventory was asked once already:
+    what it found nothing for stays so, instead of being looked up again per detect worker."""
+    inventory = PodInventory.from_dict({"items": [pod("a-1", "10.244.9.1")]})
+    batch = flows([{"ts_start": T0 + 1, "src_ip": "10.244.9.1", "dst_ip": "203.0.113.7", "dst_port": 443}])
+    batch["direction"] = "egress"
+    looked_up = DetectionEngine(Settings(), inventory=inventory).process(batch)
+    taken = DetectionEngine(Settings(), inventory=inventory).process(batch, enriched=True)
+    assert looked_up.enriched["src_pod"].tolist() == ["a-1"]
+    assert taken.enriched["src_pod"].tolist() == [""]
+    assert taken.enriched["direction"].tolist() == ["egress"]

@@ -80,7 +80,7 @@ class StandInEngine:
                 )
         return alerts
 
-    def process(self, flows: pd.DataFrame, *, now: float | None = None) -> _Result:
+    def process(self, flows: pd.DataFrame, *, now: float | None = None, enriched: bool = False) -> _Result:
         if len(flows):
             ws = np.floor(flows["ts_end"].to_numpy() / self.window_s) * self.window_s
             sums = flows.assign(ws=ws).groupby(["src_ip", "ws"])["bytes_out"].sum()

@@ -7,9 +7,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.ensemble import IsolationForest
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
-from flowwarden.models.estimators import BudgetThreshold, Method, WindowAnomalyDetector
+from flowwarden.models.estimators import (
+    BudgetThreshold,
+    Method,
+    WindowAnomalyDetector,
+    forest_score_samples,
+)
 
 ESTIMATORS = [
     WindowAnomalyDetector(n_estimators=20, random_state=0),
@@ -87,3 +93,19 @@ def test_budget_threshold_lets_through_at_most_the_budget() -> None:
     assert BudgetThreshold.from_dict(thr.to_dict()) == thr
     with pytest.raises(ValueError, match="pods"):
         BudgetThreshold.fit(scores, hours=1, pods=0)
+
+
+@pytest.mark.parametrize("max_features", [1.0, 0.6])
+def test_the_forest_scores_are_scikit_learns_to_the_last_bit(max_features: float) -> None:
+    """The pipeline scores through :func:`forest_score_samples`, not scikit-learn's dispatch:
+    the alerts must not move by a rounding step (features subsampled or not)."""
+    rng = np.random.default_rng(4)
+    forest = IsolationForest(n_estimators=50, max_features=max_features, random_state=7)
+    forest.fit(rng.normal(size=(600, 9)))
+    probe = rng.normal(scale=3.0, size=(400, 9))
+    fast = forest_score_samples(forest, probe)
+    assert fast is not None
+    assert np.array_equal(fast, forest.score_samples(probe))
+    fitted = WindowAnomalyDetector(n_estimators=40, random_state=3).fit(rng.gamma(2.0, size=(500, 4)))
+    z = fitted._transform(probe[:, :4])
+    assert np.array_equal(fitted.score_samples(probe[:, :4]), fitted.estimator_.score_samples(z))

@@ -88,6 +88,24 @@ class ParsedAddresses:
     v4: np.ndarray  # int64 (valid where fam == 4)
     v6: np.ndarray  # S16 (valid where fam == 6)
 
+    def at(self, rows: np.ndarray) -> ParsedAddresses:
+        """The rows at positions ``rows``."""
+        return ParsedAddresses(self.fam[rows], self.v4[rows], self.v6[rows])
+
+
+def parse_distinct(values: Sequence[object]) -> ParsedAddresses:
+    """:func:`parse_addresses` of values already distinct (a factorised column's uniques, shared
+    by the policy and the feeds): each parsed, none factorised again."""
+    parsed = [_parse_one(u) if isinstance(u, str) else (0, 0) for u in values]
+    fam = np.array([p[0] for p in parsed], dtype="int8")
+    v4 = np.array([p[1] if p[0] == 4 else 0 for p in parsed], dtype="int64")
+    # IPv6 bytes only for the IPv6 addresses (a cluster's flows are mostly IPv4): zeros elsewhere.
+    v6 = np.zeros(len(parsed), dtype=V6)
+    six = np.flatnonzero(fam == 6)
+    if len(six):
+        v6[six] = _to_v6([parsed[i][1] for i in six.tolist()])
+    return ParsedAddresses(fam, v4, v6)
+
 
 def parse_addresses(values: pd.Series | np.ndarray | Sequence[str]) -> ParsedAddresses:
     """Parse every distinct value once; rows share the result."""
@@ -95,16 +113,8 @@ def parse_addresses(values: pd.Series | np.ndarray | Sequence[str]) -> ParsedAdd
     codes, uniques = pd.factorize(
         values if isinstance(values, pd.Series | np.ndarray) else np.asarray(values, dtype=object)
     )
-    parsed = [_parse_one(u) if isinstance(u, str) else (0, 0) for u in np.asarray(uniques, dtype=object)]
-    u_fam = np.array([p[0] for p in parsed] + [0], dtype="int8")
-    u_v4 = np.array([p[1] if p[0] == 4 else 0 for p in parsed] + [0], dtype="int64")
-    # IPv6 bytes only for the IPv6 addresses (a cluster's flows are mostly IPv4): zeros elsewhere.
-    u_v6 = np.zeros(len(parsed) + 1, dtype=V6)
-    six = np.flatnonzero(u_fam == 6)
-    if len(six):
-        u_v6[six] = _to_v6([parsed[i][1] for i in six.tolist()])
-    idx = np.where(codes < 0, len(parsed), codes)
-    return ParsedAddresses(u_fam[idx], u_v4[idx], u_v6[idx])
+    distinct = parse_distinct([*np.asarray(uniques, dtype=object).tolist(), None])  # last: missing
+    return distinct.at(np.where(codes < 0, len(uniques), codes))
 
 
 def _merge(starts: list[int], ends: list[int]) -> tuple[list[int], list[int]]:

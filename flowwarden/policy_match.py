@@ -15,13 +15,15 @@ destination's ``ingress`` (same precedence), and the ``cluster`` endpoint it rea
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from flowwarden.feeds_index import AddressSet, NameSet, ParsedAddresses, parse_addresses, parse_network
+from flowwarden.feeds_index import AddressSet, NameSet, ParsedAddresses, parse_distinct, parse_network
 from flowwarden.policy import ANY_PROTO, ENDPOINTS, NodePeers, Peers, Policy, PortRange, Scope, parse_port
 from flowwarden.settings import Settings
 
@@ -40,6 +42,7 @@ COLUMNS: tuple[str, ...] = (
     "dns_qname",
     "server_name",
 )
+_SPARSE = frozenset({"dns_qname", "server_name"})  # text columns most flows leave empty
 
 
 def _blank(n: int) -> np.ndarray:
@@ -86,6 +89,8 @@ class _Peers:
         p = peers or Peers()
         nets = [parse_network(c) for c in p.cidrs]
         self.cidrs = AddressSet((n[0], n[1], n[2], 0) for n in nets if n is not None) if nets else None
+        # Rules that list the same networks (every scope's "HTTPS anywhere") share their verdicts.
+        self.cidr_key = frozenset(n for n in nets if n is not None)
         self.names = NameSet()
         for d in p.domains:
             self.names.add(d, 0, subdomains=False)
@@ -96,6 +101,7 @@ class _Peers:
         self.control_plane = isinstance(p, NodePeers) and p.control_plane
 
 
+_SEEN_MAX = 200_000  # addresses whose verdict a list of networks keeps (then it starts over)
 _FEW_ROWS = 256  # rows left to judge below which a rule's ports are checked per distinct port first
 
 
@@ -149,12 +155,30 @@ class Verdicts:
     matched_name: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
 
 
+def _filled_rows(values: pd.Series) -> np.ndarray | None:
+    """The rows of an Arrow text column that hold a non-empty value (None: not Arrow text).
+
+    A string length per row is a read of the offsets, no hashing of the text."""
+    if not isinstance(values.array, pd.arrays.ArrowStringArray):
+        return None
+    lengths = pc.fill_null(pc.binary_length(pa.array(values.array)), 0)
+    return np.flatnonzero(lengths.to_numpy(zero_copy_only=False) > 0)
+
+
 class _Col:
     """A column as codes into its distinct values: rules are judged per distinct value."""
 
-    def __init__(self, values: pd.Series | np.ndarray) -> None:
+    def __init__(self, values: pd.Series | np.ndarray, *, sparse: bool = False) -> None:
+        """``sparse``: the column is mostly empty (a DNS name, an SNI): only its filled rows are
+        factorised (empty and missing rows get the code of a trailing "")."""
+        rows = _filled_rows(values) if sparse and isinstance(values, pd.Series) else None
         # Factorised as they come (Arrow strings, categoricals): no Python object per row.
-        if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+        if rows is not None and isinstance(values, pd.Series):
+            taken_codes, taken_u = pd.factorize(values.array.take(rows))
+            u = np.append(np.asarray(taken_u, dtype=object), "")
+            codes = np.full(len(values), len(u) - 1, dtype="int64")
+            codes[rows] = taken_codes
+        elif isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
             codes = values.cat.codes.to_numpy(dtype="int64")  # already codes: nothing to hash
             u = np.asarray(values.cat.categories, dtype=object)
         else:
@@ -180,6 +204,14 @@ class _Col:
         out._filled = None
         out._names = {}
         return out
+
+    @classmethod
+    def of_ids(cls, ids: np.ndarray, strings: Sequence[str]) -> _Col:
+        """A column given as ids into ``strings`` (the engine's vocabulary: id 0 is "", as a
+        missing value reads here): factorising the integers is cheaper than the text."""
+        codes, uniq = pd.factorize(ids)
+        u = np.array([strings[i] for i in np.asarray(uniq, dtype="int64").tolist()], dtype=object)
+        return cls._of(np.asarray(codes, dtype="int64"), u)
 
     @classmethod
     def pairs(cls, a: _Col, b: _Col, sep: str = "/") -> _Col:
@@ -234,16 +266,32 @@ class BatchCodes:
     shared by every judge of the batch (the policy and the threat feeds both read the
     destination, the DNS name and the SNI; factorising a 50,000-row column costs ~0.5 ms)."""
 
-    def __init__(self, flows: pd.DataFrame) -> None:
+    def __init__(
+        self, flows: pd.DataFrame, ids: Mapping[str, tuple[np.ndarray, Sequence[str]]] | None = None
+    ) -> None:
+        """``ids``: per column, its rows as ids into a list of strings when the caller has them
+        (the engine encodes the destination into its vocabulary anyway)."""
         self.flows = flows
+        self._ids = dict(ids) if ids else {}
         self._cols: dict[str, _Col] = {}
+        self._parsed: dict[str, ParsedAddresses] = {}
 
     def column(self, name: str) -> _Col:
         """The column as codes (a missing value reads as ""), factorised the first time it is asked."""
         col = self._cols.get(name)
         if col is None:
-            col = self._cols[name] = _Col(self.flows[name])
+            given = self._ids.get(name)
+            col = _Col.of_ids(*given) if given is not None else _Col(self.flows[name], sparse=name in _SPARSE)
+            self._cols[name] = col
         return col
+
+    def parsed(self, name: str) -> ParsedAddresses:
+        """An address column's distinct values (:meth:`column`'s uniques), parsed once per batch:
+        the policy's networks and the feeds' are both matched against them."""
+        out = self._parsed.get(name)
+        if out is None:
+            out = self._parsed[name] = parse_distinct(self.column(name).uniques.tolist())
+        return out
 
     def of(self, flows: pd.DataFrame) -> BatchCodes:
         """These codes when ``flows`` is the batch they were made from, else fresh ones."""
@@ -254,17 +302,22 @@ class _Batch:
     """The columns a judgement reads, factorised once per batch."""
 
     def __init__(
-        self, flows: pd.DataFrame, resolved: pd.Series | None, codes: BatchCodes | None = None
+        self,
+        flows: pd.DataFrame,
+        resolved: pd.Series | None,
+        codes: BatchCodes | None = None,
+        seen: dict[frozenset[tuple[int, int, int]], dict[str, bool]] | None = None,
     ) -> None:
+        """``seen``: the compiled policy's verdicts of addresses in its lists of networks."""
         self.n = len(flows)
+        self._seen = seen if seen is not None else {}
         self.port = flows["dst_port"].to_numpy().astype("int64")
         self.proto = flows["proto"].to_numpy().astype("int64")
         self._flows = flows
         self._resolved = resolved
         self._codes = codes.of(flows) if codes is not None else BatchCodes(flows)
         self._full: dict[str, _Col] = {}
-        self._cidrs: dict[tuple[int, str], np.ndarray] = {}
-        self._parsed: dict[str, ParsedAddresses] = {}
+        self._cidrs: dict[tuple[frozenset[tuple[int, int, int]], str], np.ndarray] = {}
         self._names: list[_Col] | None = None
         self._name_offsets: list[int] = []
         self._name_table: np.ndarray | None = None
@@ -305,20 +358,42 @@ class _Batch:
             self._full[end] = _Col.pairs(self.col(f"{end}_namespace"), wl)
         return self._full[end]
 
-    def parsed(self, end: str) -> ParsedAddresses:
-        """The distinct addresses of one end, parsed (index them with the column's codes)."""
-        if end not in self._parsed:
-            self._parsed[end] = parse_addresses(self.col(f"{end}_ip").uniques)
-        return self._parsed[end]
+    def in_cidrs(self, peers: _Peers, end: str, codes: np.ndarray) -> np.ndarray:
+        """Per row of ``codes`` (one end's address codes): in the rule's CIDRs.
 
-    def in_cidrs(self, peers: _Peers, end: str) -> np.ndarray:
-        """Per distinct address of one end: in the rule's CIDRs (once per batch and rule)."""
-        key = (id(peers), end)
-        hit = self._cidrs.get(key)
-        if hit is None:
-            assert peers.cidrs is not None
-            hit = self._cidrs[key] = peers.cidrs.contains(self.parsed(end))
-        return hit
+        A distinct address is looked up once per batch and list of networks (every scope's rules
+        may list the same ones), and only once a rule asks about it: a scope's later rules see
+        the few rows its first rules left."""
+        assert peers.cidrs is not None
+        key = (peers.cidr_key, end)
+        known = self._cidrs.get(key)
+        if known is None:
+            known = self._cidrs[key] = np.full(len(self.col(f"{end}_ip").uniques), -1, dtype="int8")
+        row = known[codes]
+        unknown = row < 0
+        if unknown.any():
+            ask = np.unique(codes[unknown])
+            known[ask] = self._cidr_verdicts(peers, end, ask)
+            row = known[codes]
+        return row > 0
+
+    def _cidr_verdicts(self, peers: _Peers, end: str, ask: np.ndarray) -> np.ndarray:
+        """Whether the distinct addresses ``ask`` of one end are in the rule's networks. A
+        cluster's flows go to the same addresses batch after batch: a verdict is kept across
+        batches (per list of networks), and only addresses never seen are searched."""
+        assert peers.cidrs is not None
+        seen = self._seen.setdefault(peers.cidr_key, {})
+        values = self.col(f"{end}_ip").uniques[ask].tolist()
+        got = [seen.get(v) for v in values]
+        new = [i for i, g in enumerate(got) if g is None]
+        if new:
+            found = peers.cidrs.contains(self._codes.parsed(f"{end}_ip").at(ask[new])).tolist()
+            for i, f in zip(new, found, strict=True):
+                got[i] = f
+            if len(seen) + len(new) > _SEEN_MAX:
+                seen.clear()
+            seen.update(zip([values[i] for i in new], found, strict=True))
+        return np.array(got, dtype=bool)
 
 
 class CompiledPolicy:
@@ -334,6 +409,8 @@ class CompiledPolicy:
             self._add(ns, f"namespaces.{ns}", pol)
             for wl, scope in pol.workloads.items():
                 self._add(f"{ns}/{wl}", f"namespaces.{ns}.workloads.{wl}", scope)
+        # Per list of networks: address -> in it (kept across batches; see _Batch.in_cidrs).
+        self._seen: dict[frozenset[tuple[int, int, int]], dict[str, bool]] = {}
         self.endpoints: dict[str, _Peers] = {
             e: _Peers(ep.from_) for e in ENDPOINTS if (ep := getattr(policy.cluster, e)) is not None
         }
@@ -367,7 +444,7 @@ class CompiledPolicy:
         if not n or not self.declared:
             return Verdicts(violation, rule, reason, _blank(n))
         matched_id = np.full(n, -1, dtype="int64")  # into batch.name_table()
-        batch = _Batch(flows, resolved, codes)
+        batch = _Batch(flows, resolved, codes, self._seen)
         for direction, table, end in (("egress", self.egress, "src"), ("ingress", self.ingress, "dst")):
             if not table:
                 continue
@@ -417,7 +494,7 @@ class CompiledPolicy:
             return np.ones(m, dtype=bool), None
         ok = np.zeros(m, dtype=bool)
         if peers.cidrs is not None:
-            ok |= b.in_cidrs(peers, end)[b.col(f"{end}_ip").codes[sel]]
+            ok |= b.in_cidrs(peers, end, b.col(f"{end}_ip").codes[sel])
         if peers.any_namespace:
             ok |= b.col(f"{end}_namespace").nonempty(sel)
         elif peers.namespaces:

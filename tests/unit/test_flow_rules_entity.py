@@ -77,9 +77,30 @@ def test_policy_tally_key_splits_each_rule_path_like_the_string_accessor() -> No
         pd.Series(np.array(["namespaces.a.egress", None, np.nan, "x", "cluster.etcd"], dtype=object)),
     ):
         want = values.astype(str).str.rsplit(".", n=1).str[-1]
-        got = PolicyViolation().tally_key(values)
-        assert got.index.equals(values.index)
+        got = PolicyViolation().tally_key(values.to_numpy(dtype=object))
+        assert len(got) == len(values)
         assert [None if pd.isna(v) else v for v in got] == [None if pd.isna(v) else v for v in want]
+
+
+def test_first_of_groups_matches_group_codes_missing_values_included() -> None:
+    from flowwarden.pipeline.detection.detectors.flow_rules import Findings, _first_of_groups, group_codes
+
+    rows = Findings(
+        {
+            "entity": np.array(["a/p", "a/p", "b/q", "a/p", np.nan, None, "b/q"], dtype=object),
+            "ws": np.array([10.0, 10.0, 10.0, 20.0, np.nan, np.nan, 10.0]),
+            "dst_ip": np.array(
+                ["1.1.1.1", "1.1.1.1", "2.2.2.2", "1.1.1.1", "3.3.3.3", "3.3.3.3", np.nan], dtype=object
+            ),
+            "dst_port": np.array([443, 443, 53, 443, 80, 80, 53]),
+        }
+    )
+    columns = ("entity", "ws", "dst_ip", "dst_port")
+    first, counts = _first_of_groups([rows[c] for c in columns])
+    codes = group_codes(rows, columns)
+    want_first = np.unique(codes, return_index=True)[1]
+    assert first.tolist() == want_first.tolist()
+    assert counts.tolist() == np.bincount(codes)[codes[want_first]].tolist()
 
 
 def test_a_policy_snapshot_is_compiled_once_per_environment() -> None:

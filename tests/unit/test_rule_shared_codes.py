@@ -34,6 +34,42 @@ def test_a_judgement_with_shared_codes_equals_one_without(seed: int) -> None:
         assert v.matched_name.tolist() == alone.matched_name.tolist()
 
 
+def _values(codes: BatchCodes, name: str) -> list[object]:
+    col = codes.column(name)
+    return col.uniques[col.codes].tolist()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_codes_from_vocabulary_ids_read_as_the_text_does(seed: int) -> None:
+    """The engine's ids of the destination give each row the value factorising its text does,
+    and the same verdicts (a missing address reads as "" both ways)."""
+    rng = random.Random(seed)
+    policy = CompiledPolicy(parse_policy(random_policy(rng)), ENV)
+    flows = random_flows(rng, rng.choice([1, 7, 300, 2000]))
+    if len(flows) > 3:
+        flows.loc[2, "dst_ip"] = None
+    strings = ["", *sorted({v for v in flows["dst_ip"].tolist() if isinstance(v, str)} - {""})]
+    index = {v: i for i, v in enumerate(strings)}
+    ids = np.array([index.get(v, 0) if isinstance(v, str) else 0 for v in flows["dst_ip"].tolist()])
+    given, text = BatchCodes(flows, {"dst_ip": (ids, strings)}), BatchCodes(flows)
+    assert _values(given, "dst_ip") == _values(text, "dst_ip")
+    a, b = policy.evaluate(flows, codes=given), policy.evaluate(flows, codes=text)
+    assert np.array_equal(a.violation, b.violation) and a.rule.tolist() == b.rule.tolist()
+    assert a.reason.tolist() == b.reason.tolist() and a.matched_name.tolist() == b.matched_name.tolist()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_mostly_empty_names_factorised_on_their_filled_rows_read_as_all_rows(seed: int) -> None:
+    rng = random.Random(seed)
+    flows = random_flows(rng, rng.choice([1, 7, 300, 2000]))
+    if len(flows) > 3:
+        flows.loc[1, "dns_qname"] = None
+    codes = BatchCodes(flows)
+    for name in ("dns_qname", "server_name"):
+        want = [v if isinstance(v, str) else "" for v in flows[name].tolist()]
+        assert _values(codes, name) == want
+
+
 def test_codes_of_another_frame_are_not_used() -> None:
     rng = random.Random(1)
     a, b = random_flows(rng, 50), random_flows(rng, 60)

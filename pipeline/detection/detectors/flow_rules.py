@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,7 +36,6 @@ MAX_PENDING = 200_000  # pending finding rows; past it the oldest go first (coun
 
 
 _FEW = 1024
-_NO_FINDINGS = pd.DataFrame()  # a round without findings (shared, never changed: one per call costs)
 
 
 def _blank(n: int) -> np.ndarray:
@@ -53,28 +52,73 @@ def taken(col: pd.Series, rows: np.ndarray) -> np.ndarray:
     return np.asarray(col.array.take(rows).to_numpy(dtype=object), dtype=object)
 
 
-def renumbered(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame.reset_index(drop=True)`` in place, for a frame the caller just selected (and so
-    owns): ``reset_index`` copies every column, and pending findings are renumbered often."""
-    index = frame.index
-    if not (isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1):
-        frame.index = pd.RangeIndex(len(frame))
-    return frame
+class Findings:
+    """Finding rows as equal-length numpy arrays by column name.
+
+    Findings are a few dozen rows per batch, selected, appended and read every batch and
+    round: a pandas frame's per-call cost was most of what the rule detectors added."""
+
+    __slots__ = ("cols", "n")
+
+    def __init__(self, cols: dict[str, np.ndarray]) -> None:
+        self.cols = cols
+        self.n = len(next(iter(cols.values()))) if cols else 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.cols[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.cols
+
+    def take(self, rows: np.ndarray | slice) -> Findings:
+        """The rows at ``rows`` (positions, a mask or a slice), in that order."""
+        return Findings({c: v[rows] for c, v in self.cols.items()})
+
+    def with_columns(self, **cols: np.ndarray) -> Findings:
+        """These rows with columns added or replaced (the arrays are shared, not copied)."""
+        return Findings({**self.cols, **cols})
+
+    def frame(self, columns: Sequence[str]) -> pd.DataFrame:
+        """Some columns as a frame (to judge the rows again)."""
+        return pd.DataFrame({c: self.cols[c] for c in columns})
+
+    @staticmethod
+    def concat(first: Findings, then: Findings) -> Findings:
+        """``first``'s rows, then ``then``'s (the columns of ``first``)."""
+        if not len(first):
+            return then
+        if not len(then):
+            return first
+        return Findings({c: np.concatenate([v, then.cols[c]]) for c, v in first.cols.items()})
+
+
+_NO_ROWS = Findings({})
 
 
 def entity_keys(flows: pd.DataFrame) -> np.ndarray:
     """The engine's entity of each flow: ``namespace/pod``, else the source address."""
     if len(flows) <= _FEW:  # findings, an alert's window: plain Python beats pandas' per-call cost
-        pods = flows["src_pod"].to_numpy(dtype=object)
-        nss = flows["src_namespace"].to_numpy(dtype=object)
-        if all(isinstance(v, str) for v in pods) and all(isinstance(v, str) for v in nss):
-            ips = flows["src_ip"].to_numpy(dtype=object)
-            if not any(pods):
-                return ips
-            out = np.empty(len(flows), dtype=object)
-            out[:] = [f"{n}/{p}" if p else i for p, n, i in zip(pods, nss, ips, strict=True)]
-            return out
+        return entity_keys_of(
+            flows["src_pod"].to_numpy(dtype=object),
+            flows["src_namespace"].to_numpy(dtype=object),
+            flows["src_ip"].to_numpy(dtype=object),
+        )
     return entity_keys_vectorised(flows)
+
+
+def entity_keys_of(pods: np.ndarray, nss: np.ndarray, ips: np.ndarray) -> np.ndarray:
+    """:func:`entity_keys` of columns already taken out as object arrays (a few rows)."""
+    if all(isinstance(v, str) for v in pods) and all(isinstance(v, str) for v in nss):
+        if not any(pods):
+            return ips
+        out = np.empty(len(pods), dtype=object)
+        out[:] = [f"{n}/{p}" if p else i for p, n, i in zip(pods, nss, ips, strict=True)]
+        return out
+    cols = {"src_pod": pods, "src_namespace": nss, "src_ip": ips}
+    return entity_keys_vectorised(pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in cols.items()}))
 
 
 def entity_keys_vectorised(flows: pd.DataFrame) -> np.ndarray:
@@ -87,7 +131,7 @@ def entity_keys_vectorised(flows: pd.DataFrame) -> np.ndarray:
     return np.where(has, full, flows["src_ip"].to_numpy(dtype=object))
 
 
-def group_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+def group_codes(frame: pd.DataFrame | Findings, columns: Sequence[str]) -> np.ndarray:
     """Per row, the code of its combination of ``columns``, numbered by first appearance
     (no NaN in them: keys of findings). Cheaper than a groupby on the few rows of findings."""
     codes = np.zeros(len(frame), dtype="int64")
@@ -95,6 +139,32 @@ def group_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
         col, uniq = pd.factorize(frame[c], use_na_sentinel=False)
         codes = pd.factorize(codes * max(len(uniq), 1) + col)[0]
     return np.asarray(codes, dtype="int64")
+
+
+def _missing(value: object) -> bool:
+    """None or NaN (a missing text value)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _first_of_groups(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The position of the first row of each combination of ``columns`` (in order of first
+    appearance) and its number of rows: :func:`group_codes` for the few rows of findings, in
+    plain Python (a missing value is its own combination, as there)."""
+    index: dict[tuple[Any, ...], int] = {}
+    first: list[int] = []
+    counts: list[int] = []
+    lists = [c.tolist() for c in columns]
+    for i, key in enumerate(zip(*lists, strict=True)):
+        if any(_missing(v) for v in key):
+            key = tuple(None if _missing(v) else v for v in key)
+        g = index.get(key)
+        if g is None:
+            index[key] = len(first)
+            first.append(i)
+            counts.append(1)
+        else:
+            counts[g] += 1
+    return np.array(first, dtype="int64"), np.array(counts, dtype="int64")
 
 
 def first_entity(flows: pd.DataFrame) -> str:
@@ -125,6 +195,7 @@ class DnsCache:
             {c: pd.Series(dtype=object if c in ("pod", "ip", "name") else "float64") for c in self.COLUMNS}
         )
         self.evicted = 0
+        self._ips: set[str] | None = None  # the table's addresses (see resolve_rows)
         self.generation = 0  # bumped by every learn that added answers (judgements older than it may change)
 
     def __len__(self) -> int:
@@ -164,6 +235,7 @@ class DnsCache:
             self.evicted += len(table) - self.max_rows
             table = table.iloc[len(table) - self.max_rows :]
         self.table = table.reset_index(drop=True)
+        self._ips = None
         self.generation += 1
         return len(sub)
 
@@ -180,21 +252,37 @@ class DnsCache:
         if not len(rows):
             return out
         sub = flows.iloc[rows]
-        q = pd.DataFrame(
-            {
-                "row": rows,
-                "pod": pods[rows] if pods is not None else entity_keys(sub),
-                "ip": sub["dst_ip"].to_numpy(dtype=object),
-                "t0": sub["ts_start"].to_numpy(dtype="float64"),
-                "t1": sub["ts_end"].to_numpy(dtype="float64"),
-            }
+        out.iloc[rows] = self._names_at(
+            pods[rows] if pods is not None else entity_keys(sub),
+            sub["dst_ip"].to_numpy(dtype=object),
+            sub["ts_start"].to_numpy(dtype="float64"),
+            sub["ts_end"].to_numpy(dtype="float64"),
         )
+        return out
+
+    def resolve_rows(self, pods: np.ndarray, ips: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
+        """:meth:`resolve` of a few rows given as arrays (entity, destination, start, end)."""
+        out = _blank(len(pods))
+        if not len(self.table) or not len(pods):
+            return out
+        known = self._ips
+        if known is None:  # the table's addresses, once per change of the table
+            known = self._ips = set(self.table["ip"].tolist())
+        rows = np.flatnonzero([ip in known for ip in ips.tolist()])
+        if len(rows):
+            out[rows] = self._names_at(pods[rows], ips[rows], t0[rows], t1[rows])
+        return out
+
+    def _names_at(self, pods: np.ndarray, ips: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
+        """Per row: the name of the first answer that held for it ("" if none)."""
+        out = _blank(len(pods))
+        q = pd.DataFrame({"row": np.arange(len(pods)), "pod": pods, "ip": ips, "t0": t0, "t1": t1})
         m = q.merge(self.table, on=["pod", "ip"], how="inner")
         ok = (m["seen"] <= m["t1"] + 1.0) & (m["t0"] <= m["expires"] + self.grace_s)
         m = m[ok]
         if len(m):
             first = m.drop_duplicates("row")
-            out.iloc[first["row"].to_numpy()] = first["name"].to_numpy(dtype=object)
+            out[first["row"].to_numpy()] = first["name"].to_numpy(dtype=object)
         return out
 
     def names_for(self, pods: np.ndarray, ips: np.ndarray) -> np.ndarray:
@@ -215,6 +303,7 @@ class DnsCache:
         n = int((~keep).sum())
         if n:
             self.table = self.table[keep].reset_index(drop=True)
+            self._ips = None
         return n
 
 
@@ -245,10 +334,10 @@ class FlowRuleDetector(Detector):
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
         self.window_s = 10.0
-        self.pending = pd.DataFrame()
+        self.pending = _NO_ROWS
         self.closed_until = -math.inf  # windows starting before this were scored already
         self.dropped = 0
-        self._round: pd.DataFrame = pd.DataFrame()  # the confirmed findings of the windows being scored
+        self._round = _NO_ROWS  # the confirmed findings of the windows being scored
         self._pairs: dict[bool, set[tuple[str, str, int]]] = {}
         self._lists: dict[str, list[Any]] = {}  # columns of the round's findings (see round_values)
         self._rows: dict[str, np.ndarray] | None = None  # per entity: its distinct findings' rows
@@ -258,9 +347,10 @@ class FlowRuleDetector(Detector):
 
     tally_column: ClassVar[str] = ""
 
-    def tally_key(self, values: pd.Series) -> pd.Series:
-        """What a finding counts under in :attr:`tally` (the column's value by default)."""
-        return values.astype(str)
+    def tally_key(self, values: np.ndarray) -> list[Any]:
+        """What a finding counts under in :attr:`tally` (the column's text by default; a missing
+        value counts nowhere)."""
+        return [None if _missing(v) else str(v) for v in values.tolist()]
 
     # ------------------------------------------------------------------ runtime side
     @property
@@ -285,29 +375,28 @@ class FlowRuleDetector(Detector):
         if found is None or not len(found):
             return
         # Only flows sourced in the cluster have an entity-window to alert on.
-        scored = found["direction"].isin(SCORED).to_numpy()
+        scored = np.fromiter((d in SCORED for d in found["direction"].tolist()), dtype=bool, count=len(found))
         if not scored.all():
-            found = found[scored]
+            found = found.take(scored)
         if not len(found):
             return
-        ws = window_starts(found["ts_end"].to_numpy(dtype="float64"), self.window_s)
+        ws = window_starts(np.asarray(found["ts_end"], dtype="float64"), self.window_s)
         if math.isfinite(self.closed_until):
             ws = np.maximum(ws, self.closed_until)  # the engine folds late flows the same way
-        found = found.copy(deep=False)  # its own frame: columns are added in place below
-        found["ws"] = ws
         # One row per (entity, window, destination, port, protocol) with its flow count: a
         # scan's thousands of records are judged and shown as what they are, few findings.
-        group = group_codes(found, ("entity", "ws", "dst_ip", "dst_port", "proto"))
-        first = np.unique(group, return_index=True)[1]  # codes follow first appearance: in order
-        counts = np.bincount(group)[group[first]]
+        first, counts = _first_of_groups(
+            (found["entity"], ws, found["dst_ip"], found["dst_port"], found["proto"])
+        )
+        found = found.with_columns(ws=ws)
         if len(first) < len(found):
-            found = found.iloc[first]
-        found["n"] = counts
-        pending = pd.concat([self.pending, found], ignore_index=True) if len(self.pending) else found
+            found = found.take(first)
+        found = found.with_columns(n=counts)
+        pending = Findings.concat(self.pending, found)
         if len(pending) > MAX_PENDING:
             self.dropped += len(pending) - MAX_PENDING
-            pending = pending.iloc[len(pending) - MAX_PENDING :]
-        self.pending = renumbered(pending)
+            pending = pending.take(slice(len(pending) - MAX_PENDING, None))
+        self.pending = pending
 
     def find(
         self,
@@ -315,18 +404,18 @@ class FlowRuleDetector(Detector):
         inventory: PodInventory | None,
         settings: Settings,
         codes: BatchCodes | None = None,
-    ) -> pd.DataFrame | None:
+    ) -> Findings | None:
         """One enriched batch's findings: :attr:`FINDING_COLUMNS` but ``ws``, plus ``direction``."""
         raise NotImplementedError
 
-    def confirm(self, findings: pd.DataFrame) -> pd.DataFrame:
+    def confirm(self, findings: Findings) -> Findings:
         return findings
 
     # ------------------------------------------------------------------ engine side
     def score(self, ctx: Context) -> np.ndarray:
         w = ctx.windows
         out = np.zeros(len(w), dtype="float64")
-        self._set_round(_NO_FINDINGS)
+        self._set_round(_NO_ROWS)
         if not len(w):
             return out
         ws = w["window_start"].to_numpy(dtype="float64")
@@ -340,22 +429,23 @@ class FlowRuleDetector(Detector):
         # Pending findings are few (one row per entity, window, destination, port): plain
         # Python sets and dicts cost less here than pandas' per-call overhead.
         p = self.pending
-        p_ws = p["ws"].to_numpy(dtype="float64")
-        key_p = [f"{e}|{s!r}" for e, s in zip(p["entity"].tolist(), p_ws.tolist(), strict=True)]
+        p_ws = np.asarray(p["ws"], dtype="float64")
+        p_ent = p["entity"].tolist()
+        key_p = [f"{e}|{s!r}" for e, s in zip(p_ent, p_ws.tolist(), strict=True)]
         # Only the windows of entities with findings need a key (a round has thousands of windows).
         w_ent = w["entity"]  # one selection of the wide window frame, not two
-        cand = np.flatnonzero(w_ent.isin(p["entity"].unique()).to_numpy())
+        cand = np.flatnonzero(w_ent.isin(list(dict.fromkeys(p_ent))).to_numpy())
         key_w = [f"{e}|{s!r}" for e, s in zip(taken(w_ent, cand).tolist(), ws[cand].tolist(), strict=True)]
         scored = set(key_w)
         here = np.fromiter((k in scored for k in key_p), dtype=bool, count=len(key_p))
         if here.any():
-            found = self.confirm(p if here.all() else renumbered(p[here]))
+            found = self.confirm(p if here.all() else p.take(here))
             if len(found):
                 self._set_round(found)
-                if self.tally_column in found.columns:
+                if self.tally_column in found:
                     # A few rows: summed in Python (a groupby costs more than the whole round).
                     per: dict[str, int] = {}
-                    keys = self.tally_key(found[self.tally_column]).tolist()
+                    keys = self.tally_key(found[self.tally_column])
                     for k, v in zip(keys, found["n"].tolist(), strict=True):
                         if isinstance(k, str):  # a missing key counts nowhere (as in a groupby)
                             per[k] = per.get(k, 0) + int(v)
@@ -373,8 +463,8 @@ class FlowRuleDetector(Detector):
                 hit = n_w >= self.params.get("min_flows", 1.0)
                 out = np.where(hit, self.base_score + 0.09 * np.minimum(n_w / 10.0, 1.0), 0.0)
         keep = p_ws >= top
-        if not keep.all():  # a copy of the pending frame only when some of it is done
-            self.pending = renumbered(p[keep])
+        if not keep.all():
+            self.pending = p.take(keep)
         return out
 
     def kinds(self, ctx: Context, hit: np.ndarray) -> np.ndarray:
@@ -385,8 +475,8 @@ class FlowRuleDetector(Detector):
             return np.full(len(rows), self.kind, dtype=object)
         f = self._round
         egress_keys = set(
-            (f["entity"].to_numpy(dtype=object) + "|" + f["ws"].to_numpy(dtype="float64").astype(str))[
-                f["egress"].to_numpy(dtype=bool)
+            (np.asarray(f["entity"], dtype=object) + "|" + np.asarray(f["ws"], dtype="float64").astype(str))[
+                np.asarray(f["egress"], dtype=bool)
             ]
         )
         keys = taken(w["entity"], rows) + "|" + w["window_start"].to_numpy(dtype="float64")[rows].astype(str)
@@ -397,7 +487,7 @@ class FlowRuleDetector(Detector):
     def technique_for(self, kind: str) -> str:
         return self.technique
 
-    def _set_round(self, found: pd.DataFrame) -> None:
+    def _set_round(self, found: Findings) -> None:
         """The findings of the windows being scored; per-entity evidence is cut out when asked."""
         self._round = found
         self._pairs = {}
@@ -417,7 +507,7 @@ class FlowRuleDetector(Detector):
             # what ``drop_duplicates`` keeps, without building (and re-indexing) that frame.
             codes = group_codes(f, ("entity", *self.evidence_key))
             first = np.sort(np.unique(codes, return_index=True)[1])
-            ent = f["entity"].to_numpy(dtype=object)[first]
+            ent = np.asarray(f["entity"], dtype=object)[first]
             order = np.argsort(ent, kind="stable")
             cut = (
                 np.flatnonzero(np.r_[True, ent[order][1:] != ent[order][:-1]])
@@ -444,14 +534,14 @@ class FlowRuleDetector(Detector):
         if targets_only in self._pairs:
             return self._pairs[targets_only]
         f = self._round
-        if targets_only and "target" in f.columns:  # findings that name no blockable destination
-            f = f[f["target"].to_numpy(dtype=bool)]
+        if targets_only and "target" in f:  # findings that name no blockable destination
+            f = f.take(np.asarray(f["target"], dtype=bool))
         pairs = (
             set(
                 zip(
-                    f["entity"].to_numpy(dtype=object).tolist(),
-                    f["dst_ip"].to_numpy(dtype=object).tolist(),
-                    f["dst_port"].to_numpy(dtype="int64").tolist(),
+                    f["entity"].tolist(),
+                    f["dst_ip"].tolist(),
+                    np.asarray(f["dst_port"], dtype="int64").tolist(),
                     strict=True,
                 )
             )
@@ -499,13 +589,21 @@ def observe_flows(
 
 
 def observe_enriched(
-    detectors: Sequence[Detector], enriched: pd.DataFrame, inventory: PodInventory | None, settings: Settings
+    detectors: Sequence[Detector],
+    enriched: pd.DataFrame,
+    inventory: PodInventory | None,
+    settings: Settings,
+    *,
+    ids: Mapping[str, tuple[np.ndarray, Sequence[str]]] | None = None,
 ) -> int:
-    """The same with a batch the caller already enriched (the engine: no second enrichment)."""
+    """The same with a batch the caller already enriched (the engine: no second enrichment).
+
+    ``ids``: per column, the rows' ids into a list of strings (the engine's vocabulary ids of
+    the destination): the rule detectors then need not factorise that column's text."""
     takers = [d for d in detectors if isinstance(d, FlowRuleDetector) and d.wants_flows]
     if not len(enriched) or not takers:
         return 0
-    codes = BatchCodes(enriched)  # the destination and names, factorised once for every taker
+    codes = BatchCodes(enriched, ids)  # the destination and names, factorised once for every taker
     for d in takers:
         d.observe(enriched, inventory, settings, codes=codes)
     return len(takers)

@@ -23,7 +23,13 @@ import pandas as pd
 
 from flowwarden.kube import PodInventory
 from flowwarden.pipeline.detection.detectors.base import DETECTORS
-from flowwarden.pipeline.detection.detectors.flow_rules import DnsCache, FlowRuleDetector, entity_keys
+from flowwarden.pipeline.detection.detectors.flow_rules import (
+    DnsCache,
+    Findings,
+    FlowRuleDetector,
+    entity_keys_of,
+    taken,
+)
 from flowwarden.plugins import Interval
 from flowwarden.policy import Policy
 from flowwarden.policy_match import COLUMNS, BatchCodes, CompiledPolicy, Environment, Verdicts
@@ -67,14 +73,16 @@ class PolicyViolation(FlowRuleDetector):
     evidence_key = ("rule", "reason", "dst_ip", "dst_port", "proto")
     tally_column = "rule"  # violations per rule kind
 
-    def tally_key(self, values: pd.Series) -> pd.Series:
+    def tally_key(self, values: np.ndarray) -> list[Any]:
         """The rule's kind: ``egress``, ``ingress``, or the cluster endpoint (``etcd``, ``kubelet``…)."""
-        codes, uniq = pd.factorize(values, use_na_sentinel=False)  # few rule paths: each split once
-        kinds = np.array(
-            [str(v).rsplit(".", 1)[-1] if isinstance(v, str) or not pd.isna(v) else v for v in uniq],
-            dtype=object,
-        )
-        return pd.Series(kinds[codes], index=values.index, dtype=object)
+        kinds: dict[Any, Any] = {}  # few rule paths: each split once
+        out = []
+        for v in values.tolist():
+            k = kinds.get(v)
+            if k is None and v not in kinds:
+                k = kinds[v] = str(v).rsplit(".", 1)[-1] if isinstance(v, str) or not pd.isna(v) else v
+            out.append(k)
+        return out
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -110,13 +118,14 @@ class PolicyViolation(FlowRuleDetector):
         inventory: PodInventory | None,
         settings: Settings,
         codes: BatchCodes | None = None,
-    ) -> pd.DataFrame | None:
+    ) -> Findings | None:
         r = settings.rules
         self.dns.grace_s, self.dns.max_rows = r.dns_grace_s, r.dns_cache_max
         cols = codes.of(flows) if codes is not None else BatchCodes(flows)  # shared with the feeds
         q = cols.column("dns_qname")
         self.dns.learn(flows, named=np.flatnonzero(q.filled[q.codes]))  # most flows carry no name
-        self.dns.expire(float(flows["ts_start"].min()))
+        if len(self.dns):  # nothing learnt: no need for the batch's earliest start
+            self.dns.expire(float(flows["ts_start"].min()))
         policy = self._compiled_for(settings, inventory)
         first = policy.evaluate(flows, codes=cols)  # names on the flow itself; most flows end here
         if not first.violation.any():
@@ -125,68 +134,59 @@ class PolicyViolation(FlowRuleDetector):
         # findings are few, and a frame-level selection costs more than the judging).
         bad = first.violation
         rows = np.flatnonzero(bad)
-        sub = pd.DataFrame({c: flows[c].array.take(rows) for c in _NEED}, copy=False)
-        sub["entity"] = entity_keys(sub)
-        before = Verdicts(np.ones(int(bad.sum()), dtype=bool), first.rule[bad], first.reason[bad])
-        return self._judge(policy, sub, before)
+        sub = {c: taken(flows[c], rows) for c in _NEED}
+        sub["entity"] = entity_keys_of(sub["src_pod"], sub["src_namespace"], sub["src_ip"])
+        del sub["src_pod"]
+        before = Verdicts(np.ones(len(rows), dtype=bool), first.rule[bad], first.reason[bad])
+        return self._judge(policy, Findings(sub), before)
 
-    def _judge(
-        self, policy: CompiledPolicy, rows: pd.DataFrame, before: Verdicts | None = None
-    ) -> pd.DataFrame:
+    def _judge(self, policy: CompiledPolicy, rows: Findings, before: Verdicts | None = None) -> Findings:
         """Findings among candidate rows, with the pod's DNS answers known so far.
 
         ``before``: the rows' verdicts without those answers; they stand unless an answer
         names a row's destination (then it is judged again with that name).
         """
-        pods = rows["entity"].to_numpy(dtype=object)
-        resolved = self.dns.resolve(rows, pods)
-        named = bool((resolved != "").any())
-        v = before if before is not None and not named else policy.evaluate(rows, resolved)
+        resolved = self.dns.resolve_rows(rows["entity"], rows["dst_ip"], rows["ts_start"], rows["ts_end"])
+        named = any(resolved)
+        v = (
+            before
+            if before is not None and not named
+            else policy.evaluate(rows.frame(COLUMNS), pd.Series(resolved, dtype=object))
+        )
         bad = v.violation
-        cols = [c for c in (*_KEEP, "ws", "n") if c in rows.columns]
-        # ``rows.loc[bad, cols]`` from the columns' arrays (a frame-level selection, then a
-        # copy per ``assign``, cost more than the judging on these few rows).
-        idx = np.flatnonzero(bad)
-        # Every row a finding (the usual case: ``before`` stands): the columns as they are.
-        data: dict[str, Any] = {
-            c: rows[c].array if len(idx) == len(rows) else rows[c].array.take(idx) for c in cols
-        }
+        # Every row a finding (the usual case: ``before`` stands): the rows as they are.
+        found = rows.take(bad) if not bad.all() else rows
         # The name a finding shows: SNI / Host, else the DNS name, else one the pod resolved.
-        sn = np.asarray(data["server_name"].to_numpy(dtype=object), dtype=object)
-        qn = np.asarray(data["dns_qname"].to_numpy(dtype=object), dtype=object)
+        sn, qn = found["server_name"], found["dns_qname"]
         names = np.where(sn != "", sn, qn)
         if (names == "").any():
-            asked = self.dns.names_for(
-                np.asarray(data["entity"].to_numpy(dtype=object), dtype=object),
-                np.asarray(data["dst_ip"].to_numpy(dtype=object), dtype=object),
-            )
+            asked = self.dns.names_for(found["entity"], found["dst_ip"])
             names = np.where(names != "", names, asked)
-        direction = np.asarray(data["direction"].to_numpy(dtype=object), dtype=object)
-        data.update(
-            gen=np.full(len(idx), self.dns.generation, dtype="int64"),
+        return found.with_columns(
+            gen=np.full(len(found), self.dns.generation, dtype="int64"),
             rule=v.rule[bad],
             reason=v.reason[bad],
             name=names,
-            egress=np.asarray(direction == Direction.EGRESS.value, dtype=bool),
+            egress=np.asarray(found["direction"] == Direction.EGRESS.value, dtype=bool),
         )
-        return pd.DataFrame(data, copy=False)
 
-    def confirm(self, findings: pd.DataFrame) -> pd.DataFrame:
+    def confirm(self, findings: Findings) -> Findings:
         """Judge again with the DNS answers that arrived since (the answer may trail the connection)."""
         if self._compiled is None:
             return findings
-        stale = (findings["gen"] < self.dns.generation).to_numpy()
+        stale = findings["gen"] < self.dns.generation
         if not stale.any():  # no answer came in since they were judged: nothing can change
             return findings
         rows = np.flatnonzero(stale)
-        named = self.dns.resolve(findings.iloc[rows], findings["entity"].to_numpy(dtype=object)[rows])
-        rows = rows[(named != "").to_numpy()]  # only a finding whose pod now has an answer may change
+        old = findings.take(rows)
+        named = self.dns.resolve_rows(old["entity"], old["dst_ip"], old["ts_start"], old["ts_end"])
+        rows = rows[named != ""]  # only a finding whose pod now has an answer may change
         if not len(rows):
             return findings
         keep = np.ones(len(findings), dtype=bool)
         keep[rows] = False
-        again = self._judge(self._compiled, findings.iloc[rows].reset_index(drop=True))
-        return pd.concat([findings[keep], again], ignore_index=True)
+        again = self._judge(self._compiled, findings.take(rows))
+        return Findings.concat(findings.take(keep), again)
 
     def describe(self, flows: pd.DataFrame) -> dict[str, Any]:
         """Each broken rule, why, and where to (the evidence a person reviews before a block)."""

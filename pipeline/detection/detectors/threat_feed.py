@@ -24,8 +24,9 @@ from flowwarden.kube import PodInventory
 from flowwarden.pipeline.detection.detectors.base import DETECTORS
 from flowwarden.pipeline.detection.detectors.flow_rules import (
     DnsCache,
+    Findings,
     FlowRuleDetector,
-    entity_keys,
+    entity_keys_of,
     taken,
 )
 from flowwarden.plugins import Interval
@@ -64,19 +65,21 @@ class ThreatFeed(FlowRuleDetector):
         self.feeds_version = version
         self._listed = {}  # verdicts of the previous feeds no longer hold
 
-    def _match_addresses(self, feeds: FeedSet, codes: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """Per row: whether a feed lists the address (``codes`` into the distinct addresses ``u``;
-        -1: missing); only addresses not seen before are searched."""
+    def _match_addresses(self, feeds: FeedSet, cols: BatchCodes) -> np.ndarray:
+        """Per row: whether a feed lists the destination address; only addresses not seen
+        before are searched (parsed once per batch, with the policy's judging)."""
+        col = cols.column("dst_ip")
+        u = col.uniques.tolist()
         cache = self._listed
-        new = [a for a in u.tolist() if a not in cache]
+        new = [i for i, a in enumerate(u) if a not in cache]
         if new:
             if len(cache) + len(new) > MAX_CACHED:
                 cache.clear()
-                new = u.tolist()
-            cache.update(zip(new, feeds.match_addresses(pd.Series(new, dtype=object)).tolist(), strict=True))
-        listed = np.fromiter((cache[a] for a in u.tolist()), dtype=bool, count=len(u))
-        listed = np.append(listed, False)  # a missing address (code -1) is never listed
-        return listed[np.where(codes < 0, len(u), codes)]
+                new = list(range(len(u)))
+            found = feeds.addresses.contains(cols.parsed("dst_ip").at(np.array(new, dtype="int64")))
+            cache.update(zip([u[i] for i in new], found.tolist(), strict=True))
+        listed = np.fromiter((cache[a] for a in u), dtype=bool, count=len(u))
+        return listed[col.codes]
 
     @property
     def wants_flows(self) -> bool:
@@ -88,14 +91,13 @@ class ThreatFeed(FlowRuleDetector):
         inventory: PodInventory | None,
         settings: Settings,
         codes: BatchCodes | None = None,
-    ) -> pd.DataFrame | None:
+    ) -> Findings | None:
         feeds = self.feeds
         if feeds is None:
             return None
         n = len(flows)
         cols = codes.of(flows) if codes is not None else BatchCodes(flows)  # shared with the policy
-        dst_col = cols.column("dst_ip")
-        by_addr = self._match_addresses(feeds, dst_col.codes, dst_col.uniques)
+        by_addr = self._match_addresses(feeds, cols)
         q = cols.column("dns_qname")
         q_hit, _ = feeds.domains.match_codes(q.codes, q.uniques)
         sn_col = cols.column("server_name")
@@ -111,7 +113,6 @@ class ThreatFeed(FlowRuleDetector):
             return None
         rows = np.flatnonzero(hit)
         # The hit rows' columns from their arrays (the enriched frame is wide, hits are few).
-        sub = pd.DataFrame({c: flows[c].array.take(rows) for c in (*_ENTITY, "direction")}, copy=False)
         dst = taken(flows["dst_ip"], rows)
         qn = taken(flows["dns_qname"], rows)
         sn = taken(flows["server_name"], rows)
@@ -132,10 +133,10 @@ class ThreatFeed(FlowRuleDetector):
             entry.append(h.entry if h else "")
             how.append(m)
         how_a = np.array(how, dtype=object)
-        direction = sub["direction"].to_numpy(dtype=object)
-        return pd.DataFrame(
+        direction = taken(flows["direction"], rows)
+        return Findings(
             {
-                "entity": entity_keys(sub),
+                "entity": entity_keys_of(*(taken(flows[c], rows) for c in _ENTITY)),
                 "direction": direction,
                 "ts_start": flows["ts_start"].to_numpy()[rows],
                 "ts_end": flows["ts_end"].to_numpy()[rows],
@@ -143,8 +144,8 @@ class ThreatFeed(FlowRuleDetector):
                 "dst_port": flows["dst_port"].to_numpy(dtype="int64")[rows],
                 "proto": flows["proto"].to_numpy(dtype="int64")[rows],
                 "egress": np.asarray(direction == Direction.EGRESS.value, dtype=bool),
-                "feed": feed,
-                "entry": entry,
+                "feed": np.array(feed, dtype=object),
+                "entry": np.array(entry, dtype=object),
                 "matched": how_a,
                 "name": np.where(sn != "", sn, np.where(qn != "", qn, rs)),
                 "target": how_a != "dns_query",
